@@ -1,0 +1,3 @@
+"""schedsync: run cron jobs once, safely, and say what happened."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,77 @@
+"""Token-bucket arithmetic: pure functions of (bucket, now). The store does the transaction.
+
+Refill is continuous, ``capacity`` tokens per ``per`` seconds. ``updated`` never
+moves backwards, so a clock that steps back mints nothing; a 429's Retry-After
+pushes ``updated`` into the future with the bucket empty, so nothing refills
+until then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .models import Bucket
+
+EPSILON = 1e-9  # float refill must not deny a token that is there by a rounding error
+
+
+def refill(bucket: Bucket, capacity: float, per: float, now: float) -> Bucket:
+    if now <= bucket.updated:
+        return replace(bucket, tokens=min(bucket.tokens, capacity))
+    tokens = min(capacity, bucket.tokens + (now - bucket.updated) * capacity / per)
+    return replace(bucket, tokens=tokens, updated=now)
+
+
+def take(bucket: Bucket | None, name: str, capacity: float, per: float, cost: float,
+         now: float) -> tuple[bool, Bucket, float | None]:
+    """(granted, new bucket, when ``cost`` tokens will be there). None: never (cost > capacity)."""
+    current = refill(bucket or Bucket(name, capacity, now), capacity, per, now)
+    if current.tokens + EPSILON >= cost:
+        return True, replace(current, tokens=max(0.0, current.tokens - cost)), now
+    if cost > capacity:
+        return False, current, None
+    ready = max(now, current.updated) + (cost - current.tokens) * per / capacity
+    return False, current, ready
+
+
+def block_until(bucket: Bucket | None, name: str, until: float) -> Bucket:
+    """Empty the bucket until ``until`` (an upstream's Retry-After)."""
+    updated = until if bucket is None else max(bucket.updated, until)
+    return Bucket(name, 0.0, updated)
+
+
+# --- on the store (one transaction each; the caller sleeps outside it) --------------------
+
+def spend(store, rates: dict, names: list[str], cost: float, now: float) -> float | None:
+    """Take ``cost`` tokens from every bucket in ``names`` or from none.
+
+    Returns None when granted, else when all of them will have enough (inf: never).
+    """
+    with store.transaction():
+        taken, ready = [], now
+        for name in names:
+            capacity, per = rates[name]
+            granted, bucket, at = take(store.load_bucket(name), name, capacity, per, cost, now)
+            if not granted:
+                ready = max(ready, float("inf") if at is None else at)
+            taken.append(bucket)
+        if ready > now:
+            return ready
+        for bucket in taken:
+            store.save_bucket(bucket)
+        return None
+
+
+def block(store, names: list[str], until: float) -> None:
+    with store.transaction():
+        for name in names:
+            store.save_bucket(block_until(store.load_bucket(name), name, until))
+
+
+def levels(store, rates: dict, now: float) -> dict[str, float]:
+    """Tokens in each bucket now (full for a bucket never used)."""
+    out = {}
+    for name, (capacity, per) in rates.items():
+        bucket = store.load_bucket(name)
+        out[name] = capacity if bucket is None else refill(bucket, capacity, per, now).tokens
+    return out

@@ -1,0 +1,216 @@
+"""The typer app users see. Each command loads config, opens the store, calls
+one function, hands the result to ``render``, and maps errors to exit codes.
+(A plain ``schedsync run JOB`` skips typer entirely: see ``main``.)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Optional
+
+import typer
+
+from .errors import Exit, SchedsyncError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  rich_markup_mode=None,
+                  help="Run cron jobs once, safely: locks, shared budgets, breakers, retries, records.")
+breaker_app = typer.Typer(no_args_is_help=True, help="Circuit breakers.")
+app.add_typer(breaker_app, name="breaker")
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    config: Optional[str] = typer.Option(None, "--config", "-c", metavar="PATH",
+                                         help="jobs.yaml (else $SCHEDSYNC_CONFIG, else ./jobs.yaml)."),
+    state: Optional[str] = typer.Option(None, "--state", metavar="PATH",
+                                        help="State file (else $SCHEDSYNC_STATE, else the registry's state:)."),
+):
+    ctx.obj = {"config": config, "state": state}
+
+
+@contextmanager
+def _errors():
+    try:
+        yield
+    except SchedsyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(int(exc.exit_code))
+
+
+def _config(ctx: typer.Context):
+    from .config import load, resolve_config
+
+    return load(resolve_config(ctx.obj["config"]))
+
+
+@contextmanager
+def _opened(ctx: typer.Context):
+    from .config import resolve_state
+    from .store import open_store
+
+    config = _config(ctx)
+    store = open_store(resolve_state(ctx.obj["state"], config))
+    try:
+        yield config, store
+    finally:
+        store.close()
+
+
+@app.command()
+def run(ctx: typer.Context, job: str = typer.Argument(..., help="Job name from jobs.yaml.")):
+    """Run one job once, with every protection. Example: schedsync run airdrops"""
+    from .main import run_cli
+
+    raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job))
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    job: Optional[str] = typer.Argument(None, help="Show one job in detail."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (see README)."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 if any job is LATE, STALLED or FAILING."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh every 2 seconds until Ctrl-C."),
+):
+    """Health of every job. Example: schedsync status --check"""
+    from . import render, report
+
+    with _errors(), _opened(ctx) as (config, store):
+        if watch:
+            _watch(config, store, job)
+            return
+        data = report.status(config, store, time.time(), only=job)
+        if as_json:
+            render.print_json(data)
+        elif job:
+            render.job_detail(data["jobs"][0], data, store.transitions(data["jobs"][0]["breaker"]["name"]),
+                              report.history(config, store, job, 10, False))
+        else:
+            render.status_table(data, report.worst_first(data["jobs"]))
+    if check and any(j["health"] in ("LATE", "STALLED", "FAILING") for j in data["jobs"]):
+        raise typer.Exit(Exit.FAILED)
+
+
+def _watch(config, store, job):
+    from rich.live import Live
+
+    from . import render, report
+
+    def frame():
+        from rich.console import Group
+        from rich.text import Text
+
+        data = report.status(config, store, time.time(), only=job)
+        table = render.status_renderable(data, report.worst_first(data["jobs"]))
+        return Group(Text(f"schedsync status — {data['generated_at']} (Ctrl-C to stop)", style="dim"), table)
+
+    try:
+        with Live(frame(), refresh_per_second=1, screen=False) as live:
+            while True:
+                time.sleep(2)
+                live.update(frame())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., help="Job name."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many runs, newest first."),
+    failed: bool = typer.Option(False, "--failed", help="Only failed, timed-out and crashed runs."),
+    as_json: bool = typer.Option(False, "--json", help="A JSON list of runs, newest first."),
+):
+    """Recent runs of one job. Example: schedsync history airdrops --failed"""
+    from . import render, report
+
+    with _errors(), _opened(ctx) as (config, store):
+        runs = report.history(config, store, job, limit, failed)
+    if as_json:
+        render.print_json(runs)
+    else:
+        render.history_table(runs)
+
+
+@app.command("list")
+def list_jobs(ctx: typer.Context):
+    """The jobs in jobs.yaml. Example: schedsync list"""
+    from . import render
+
+    with _errors():
+        render.jobs_table(_config(ctx))
+
+
+@app.command()
+def validate(ctx: typer.Context):
+    """Check jobs.yaml fully, environment variables included (exit 0 or 2). Example: schedsync validate"""
+    from .config import expand
+
+    with _errors():
+        config = _config(ctx)
+        for name in config.jobs:
+            expand(config.job(name), config.path)
+    print(f"{config.path}: {len(config.jobs)} jobs, {len(config.budgets)} budgets: ok")
+
+
+@app.command()
+def pause(ctx: typer.Context, job: str = typer.Argument(..., help="Job name.")):
+    """Skip a job's runs (recorded as skipped: paused) until resumed. Example: schedsync pause quests"""
+    with _errors(), _opened(ctx) as (config, store):
+        config.job(job)
+        store.set_paused(job, True, time.time())
+    print(f"{job}: paused; its runs are skipped until `schedsync resume {job}`")
+
+
+@app.command()
+def resume(ctx: typer.Context, job: str = typer.Argument(..., help="Job name.")):
+    """Let a paused job run again. Example: schedsync resume quests"""
+    with _errors(), _opened(ctx) as (config, store):
+        config.job(job)
+        store.set_paused(job, False, time.time())
+    print(f"{job}: resumed")
+
+
+@breaker_app.command("reset")
+def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., help="Job whose breaker to close.")):
+    """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
+    from . import breaker as breakers
+    from .models import Breaker
+
+    with _errors(), _opened(ctx) as (config, store):
+        name = config.job(job).breaker["name"]
+        now = time.time()
+        with store.transaction():
+            before = breakers.state_at(store.load_breaker(name), now)
+            store.save_breaker(Breaker(name))
+            if before != breakers.CLOSED:
+                store.record_transition(name, now, before, breakers.CLOSED, "reset by hand")
+    print(f"breaker {name}: closed (was {before})")
+
+
+@app.command()
+def prune(ctx: typer.Context):
+    """Apply the retention policy now. Example: schedsync prune"""
+    with _errors(), _opened(ctx) as (config, store):
+        now = time.time()
+        removed = 0
+        for name in config.jobs:
+            keep = config.job(name).retention
+            with store.transaction():
+                removed += store.prune(name, now, keep.get("success"), keep.get("failed"))
+    print(f"pruned {removed} runs")
+
+
+@app.command()
+def crontab(ctx: typer.Context):
+    """Crontab lines for every scheduled job. Example: schedsync crontab | crontab -"""
+    from .crontab import crontab_lines
+
+    with _errors():
+        config = _config(ctx)
+        print("\n".join(crontab_lines(config, ctx.obj["state"])))
+

@@ -1,0 +1,682 @@
+"""Loading and validating ``jobs.yaml``.
+
+``load(path)`` returns a ``Config`` of plain, validated values (durations in
+seconds, defaults merged into every job). Every error names the file, the line
+and the key path, and carries exit code 2.
+
+The validated form is cached (marshal, keyed on the file's path, size, mtime
+and inode) because ``schedsync run`` pays for PyYAML and cronsim on every cron
+tick otherwise. ``${VAR}`` is expanded per job at use time, not cached, since
+cron's environment is not the shell's.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .durations import parse_duration
+from .errors import ConfigError
+
+CACHE_VERSION = 3
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASS|AUTH|CRED", re.I)
+
+TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs")
+# Settings that may sit in ``defaults`` and be overridden per job.
+SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
+            "max_wait", "cost", "env", "notify", "ping")
+JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "cwd", "command", "http",
+                       "into", "python")
+MERGED = ("retries", "breaker", "retention", "env")  # mappings merged key by key
+RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
+BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
+RETENTION_KEYS = ("success", "failed")
+HTTP_KEYS = ("url", "method", "headers", "params", "body", "items", "next", "max_pages",
+             "timeout", "since")
+INTO_KEYS = ("table", "pk", "db")
+NOTIFY_KEYS = ("url", "events", "after_failures")
+EVENTS = ("failure", "recovery", "breaker_open", "late")
+
+BUILTIN = {
+    "timeout": 300.0,
+    "jitter": 0.0,
+    "overlap": ["skip", 0.0],
+    "retries": {"attempts": 3, "initial": 1.0, "max": 60.0, "multiplier": 2.0,
+                "jitter": 0.1, "on_exit_codes": []},
+    "breaker": {"failures": 5, "reset_after": 600.0, "half_open_runs": 1},
+    "grace": 300.0,
+    "retention": {"success": 14 * 86400.0, "failed": None},
+    "max_wait": 0.0,
+    "cost": 1,
+    "env": {},
+    "notify": [],
+    "ping": None,
+}
+
+
+@dataclass
+class Job:
+    """One job with defaults merged in; strings may still hold ``${VAR}``."""
+
+    name: str
+    kind: str  # command | http | python
+    schedule: str | None
+    description: str
+    timeout: float
+    jitter: float
+    overlap: list  # [mode, wait seconds]
+    retries: dict
+    breaker: dict  # always has "name"
+    grace: float
+    retention: dict
+    budgets: list[str]
+    cost: int
+    max_wait: float
+    env: dict
+    cwd: str
+    notify: list
+    ping: str | None
+    command: list[str] | str | None = None
+    http: dict | None = None
+    into: dict | None = None
+    python: str | None = None
+    lines: dict = field(default_factory=dict)  # key path -> line, for ${VAR} errors
+
+
+@dataclass
+class Config:
+    path: str  # as the user named it, for messages
+    dir: str  # absolute folder of jobs.yaml
+    state: str | None  # absolute, or None for the default
+    timezone: str | None
+    budgets: dict  # name -> [capacity, per_seconds]
+    jobs: dict  # name -> Job as a dict (see ``job``)
+
+    def job(self, name: str) -> Job:
+        if name not in self.jobs:
+            raise unknown_job(name, self)
+        return Job(**self.jobs[name])
+
+
+def unknown_job(name: str, config: Config) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(config.jobs), n=1)
+    fix = f"did you mean {close[0]!r}?" if close else "see `schedsync list`"
+    return ConfigError(f"{config.path}: no job named {name!r}", fix)
+
+
+# --- loading -------------------------------------------------------------------------
+
+def load(path: str | os.PathLike) -> Config:
+    """The validated config at ``path``, from the cache when the file is unchanged."""
+    shown = str(path)
+    real = os.path.abspath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: no such file",
+                          "pass --config PATH, set SCHEDSYNC_CONFIG, or cd to the folder of jobs.yaml")
+    except OSError as exc:
+        raise ConfigError(f"{shown}: cannot read ({exc.strerror})", "check the file's permissions")
+    key = (CACHE_VERSION, real, st.st_size, st.st_mtime_ns, st.st_ino)
+    cache = _cache_path(real)
+    if cache:
+        try:
+            with open(cache, "rb") as f:
+                cached_key, data = marshal.load(f)
+            if tuple(cached_key) == key:
+                return Config(path=shown, **data)
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
+    try:
+        with open(real, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{shown}: cannot read ({exc})", "check the file")
+    config = parse(text, shown, os.path.dirname(real))
+    if cache:
+        _write_cache(cache, key, config)
+    return config
+
+
+def _cache_path(real: str) -> str | None:
+    if os.environ.get("SCHEDSYNC_NO_CACHE"):
+        return None
+    base = os.environ.get("SCHEDSYNC_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "schedsync")
+    import hashlib
+
+    return os.path.join(base, hashlib.sha1(real.encode()).hexdigest()[:16] + ".config")
+
+
+def _write_cache(cache: str, key: tuple, config: Config) -> None:
+    data = {k: getattr(config, k) for k in ("dir", "state", "timezone", "budgets", "jobs")}
+    try:
+        os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
+        tmp = f"{cache}.{os.getpid()}"
+        with open(tmp, "wb") as f:
+            marshal.dump((key, data), f)
+        os.replace(tmp, cache)
+    except (OSError, ValueError):
+        pass  # a cache we cannot write only costs speed
+
+
+# --- parsing with line numbers ---------------------------------------------------------
+
+class _Doc:
+    """Parsed YAML values plus the line of every key path, for messages."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.lines: dict[str, int] = {}
+
+    def error(self, path: str, what: str, fix: str | None = None) -> ConfigError:
+        line = self.lines.get(path)
+        where = f"{self.file}:{line}" if line else self.file
+        return ConfigError(f"{where} {path}: {what}" if path else f"{where}: {what}", fix)
+
+
+def parse(text: str, file: str, folder: str) -> Config:
+    import yaml
+
+    doc = _Doc(file)
+    try:
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        node = yaml.compose(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, text, file)
+    if node is None:
+        raise ConfigError(f"{file}: the file is empty", "add a `jobs:` mapping (see the README)")
+    raw = _to_python(node, "", doc, yaml)
+    return _validate(raw, doc, folder)
+
+
+def _yaml_error(exc, text: str, file: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark else None
+    where = f"{file}:{line}" if line else file
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    source = text.splitlines()[line - 1] if line and line <= len(text.splitlines()) else ""
+    if "*" in source and re.search(r":\s*\*", source):
+        key = source.split(":", 1)[0].strip()
+        value = source.split(":", 1)[1].strip()
+        return ConfigError(f"{where}: {key}: unquoted cron expression {value} (YAML reads * as an alias)",
+                           f'quote it: {key}: "{value}"')
+    return ConfigError(f"{where}: not valid YAML ({problem})", "fix the syntax at that line")
+
+
+def _to_python(node, path: str, doc: _Doc, yaml):
+    doc.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise doc.error(path, "keys must be plain names")
+            key = str(key_node.value)
+            sub = f"{path}.{key}" if path else key
+            doc.lines[sub] = key_node.start_mark.line + 1
+            if key in out:
+                raise doc.error(sub, "duplicate key", "keep one of them")
+            out[key] = _to_python(value_node, sub, doc, yaml)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, f"{path}[{i}]", doc, yaml) for i, item in enumerate(node.value)]
+    return yaml.constructor.SafeConstructor().construct_object(node)
+
+
+# --- validation -----------------------------------------------------------------------
+
+def _validate(raw, doc: _Doc, folder: str) -> Config:
+    if not isinstance(raw, dict):
+        raise doc.error("", "the top level must be a mapping with a `jobs:` key")
+    _known(raw, TOP_KEYS, "", doc)
+    state = raw.get("state")
+    if state is not None:
+        if not isinstance(state, str) or not state:
+            raise doc.error("state", "must be a file path")
+        state = os.path.join(folder, os.path.expanduser(state))
+    timezone = raw.get("timezone")
+    if timezone is not None:
+        _check_timezone(timezone, doc)
+
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise doc.error("defaults", "must be a mapping")
+    _known(defaults, SETTINGS, "defaults", doc)
+    base = {**BUILTIN}
+    base = _merge(base, _settings(defaults, "defaults", doc))
+
+    budgets = {}
+    raw_budgets = raw.get("budgets") or {}
+    if not isinstance(raw_budgets, dict):
+        raise doc.error("budgets", "must be a mapping of name: rate")
+    for name, rate in raw_budgets.items():
+        _check_name(name, f"budgets.{name}", doc)
+        budgets[name] = _rate(rate, f"budgets.{name}", doc)
+
+    raw_jobs = raw.get("jobs")
+    if not isinstance(raw_jobs, dict) or not raw_jobs:
+        raise doc.error("jobs" if "jobs" in raw else "", "needs a `jobs:` mapping with at least one job")
+    jobs = {}
+    for name, spec in raw_jobs.items():
+        jobs[name] = _job(str(name), spec, base, budgets, timezone, folder, doc)
+    return Config(path=doc.file, dir=folder, state=state, timezone=timezone,
+                  budgets=budgets, jobs=jobs)
+
+
+def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
+    path = f"jobs.{name}"
+    _check_name(name, path, doc)
+    if not isinstance(spec, dict):
+        raise doc.error(path, "must be a mapping with one of command, http or python")
+    _known(spec, JOB_KEYS, path, doc)
+    kinds = [k for k in ("command", "http", "python") if k in spec]
+    if len(kinds) != 1:
+        what = "has none of" if not kinds else f"has {' and '.join(kinds)}; pick one of"
+        raise doc.error(path, f"{what} command, http, python")
+    kind = kinds[0]
+    merged = _merge(base, _settings(spec, path, doc))
+    job = {
+        "name": name, "kind": kind, "schedule": None,
+        "description": _str(spec.get("description", ""), f"{path}.description", doc),
+        "budgets": [], "cwd": folder, **merged,
+    }
+    job["breaker"].setdefault("name", name)
+    _check_name(job["breaker"]["name"], f"{path}.breaker.name", doc)
+
+    if "schedule" in spec:
+        job["schedule"] = _schedule(spec["schedule"], f"{path}.schedule", timezone, doc)
+    budget = spec.get("budget")
+    if budget is not None:
+        names = budget if isinstance(budget, list) else [budget]
+        for i, b in enumerate(names):
+            if b not in budgets:
+                where = f"{path}.budget"
+                raise doc.error(where, f"no budget named {b!r}",
+                                f"define it under `budgets:` ({', '.join(budgets) or 'none yet'})")
+        job["budgets"] = [str(b) for b in names]
+    if "cwd" in spec:
+        job["cwd"] = os.path.join(folder, os.path.expanduser(_str(spec["cwd"], f"{path}.cwd", doc)))
+
+    if kind == "command":
+        command = spec["command"]
+        if isinstance(command, list):
+            if not command or not all(isinstance(a, (str, int, float)) for a in command):
+                raise doc.error(f"{path}.command", "must be a non-empty list of strings, or one shell string")
+            job["command"] = [str(a) for a in command]
+        elif isinstance(command, str) and command.strip():
+            job["command"] = command
+        else:
+            raise doc.error(f"{path}.command", "must be a list of arguments or a shell string")
+        if "into" in spec:
+            raise doc.error(f"{path}.into", "only http jobs store into a table")
+    elif kind == "python":
+        target = spec["python"]
+        if not isinstance(target, str) or not re.match(r"^[\w.]+:[\w]+$", target):
+            raise doc.error(f"{path}.python", f"{target!r} is not module:function",
+                            'write e.g. python: "myapp.sync:points"')
+        job["python"] = target
+        if "into" in spec:
+            raise doc.error(f"{path}.into", "only http jobs store into a table")
+    else:
+        job["http"] = _http(spec["http"], f"{path}.http", doc)
+        into = spec.get("into")
+        if not isinstance(into, dict):
+            raise doc.error(f"{path}.into" if "into" in spec else path,
+                            "an http job needs `into: {table: NAME, pk: KEY}`")
+        _known(into, INTO_KEYS, f"{path}.into", doc)
+        if not isinstance(into.get("table"), str) or not into["table"]:
+            raise doc.error(f"{path}.into.table", "is required: the table to upsert into")
+        pk = into.get("pk")
+        if not (isinstance(pk, str) and pk) and not (
+                isinstance(pk, list) and pk and all(isinstance(p, str) for p in pk)):
+            raise doc.error(f"{path}.into.pk", "is required: the item key (or list of keys) to upsert on")
+        job["into"] = {"table": into["table"], "pk": pk,
+                       "db": os.path.join(folder, into["db"]) if into.get("db") else None}
+    job["lines"] = {p[len(path) + 1:]: line for p, line in doc.lines.items()
+                    if p.startswith(path + ".")}
+    return job
+
+
+def _settings(spec: dict, path: str, doc: _Doc) -> dict:
+    out = {}
+    for key in SETTINGS:
+        if key not in spec:
+            continue
+        value, where = spec[key], f"{path}.{key}"
+        if key in ("timeout", "jitter", "grace", "max_wait"):
+            out[key] = _duration(value, where, doc)
+            if key == "timeout" and out[key] <= 0:
+                raise doc.error(where, "must be more than 0s")
+        elif key == "overlap":
+            out[key] = _overlap(value, where, doc)
+        elif key == "cost":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise doc.error(where, f"{value!r} is not a whole number of tokens")
+            out[key] = value
+        elif key == "retries":
+            out[key] = _retries(value, where, doc)
+        elif key == "breaker":
+            out[key] = _breaker(value, where, doc)
+        elif key == "retention":
+            out[key] = _retention(value, where, doc)
+        elif key == "env":
+            if not isinstance(value, dict):
+                raise doc.error(where, "must be a mapping of NAME: value")
+            out[key] = {str(k): "" if v is None else str(v) for k, v in value.items()}
+        elif key == "notify":
+            out[key] = _notify(value, where, doc)
+        elif key == "ping":
+            out[key] = None if value is None else _url(value, where, doc)
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = {**base[key], **value} if key in MERGED and base.get(key) is not None else value
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in out.items()}
+
+
+def _known(mapping: dict, allowed, path: str, doc: _Doc) -> None:
+    for key in mapping:
+        if key not in allowed:
+            import difflib
+
+            where = f"{path}.{key}" if path else str(key)
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            fix = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(allowed)}"
+            raise doc.error(where, "unknown key", fix)
+
+
+def _check_name(name, path: str, doc: _Doc) -> None:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise doc.error(path, f"{name!r} is not a valid name",
+                        "use lowercase letters, digits and _ . - (starting with a letter or digit)")
+
+
+def _str(value, path: str, doc: _Doc) -> str:
+    if not isinstance(value, str):
+        raise doc.error(path, f"{value!r} must be a string")
+    return value
+
+
+def _duration(value, path: str, doc: _Doc) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise doc.error(path, str(exc))
+
+
+def _rate(value, path: str, doc: _Doc) -> list:
+    if isinstance(value, str) and "/" in value:
+        count, _, per = value.partition("/")
+        per = per.strip()
+        if per and per[0].isalpha():
+            per = "1" + per  # "100/s" reads as 100 per 1s
+        try:
+            capacity, seconds = float(count), parse_duration(per)
+        except ValueError:
+            raise doc.error(path, f"{value!r} is not a rate", "write N/duration, e.g. 15/15m")
+    elif isinstance(value, dict):
+        _known(value, ("capacity", "per"), path, doc)
+        capacity = value.get("capacity")
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, float)):
+            raise doc.error(f"{path}.capacity", "must be a number of tokens")
+        seconds = _duration(value.get("per"), f"{path}.per", doc)
+    else:
+        raise doc.error(path, f"{value!r} is not a rate", "write N/duration or {capacity: N, per: 1h}")
+    if capacity <= 0 or seconds <= 0:
+        raise doc.error(path, "capacity and period must be more than 0")
+    return [float(capacity), float(seconds)]
+
+
+def _overlap(value, path: str, doc: _Doc) -> list:
+    if value in ("skip", "allow"):
+        return [value, 0.0]
+    if isinstance(value, str) and value.startswith("wait "):
+        return ["wait", _duration(value[5:], path, doc)]
+    raise doc.error(path, f"{value!r} is not an overlap policy", "use skip, allow or wait 30s")
+
+
+def _retries(value, path: str, doc: _Doc) -> dict:
+    if not isinstance(value, dict):
+        raise doc.error(path, "must be a mapping, e.g. {attempts: 3, initial: 1s}")
+    _known(value, RETRY_KEYS, path, doc)
+    out = {}
+    for key, item in value.items():
+        where = f"{path}.{key}"
+        if key == "attempts":
+            if not isinstance(item, int) or isinstance(item, bool) or item < 1:
+                raise doc.error(where, f"{item!r} must be a whole number of 1 or more")
+            out[key] = item
+        elif key in ("initial", "max"):
+            out[key] = _duration(item, where, doc)
+        elif key in ("multiplier", "jitter"):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0:
+                raise doc.error(where, f"{item!r} must be a number of 0 or more")
+            out[key] = float(item)
+        else:
+            if not isinstance(item, list) or not all(isinstance(c, int) and not isinstance(c, bool)
+                                                     for c in item):
+                raise doc.error(where, "must be a list of exit codes, e.g. [75, 111]")
+            out[key] = item
+    return out
+
+
+def _breaker(value, path: str, doc: _Doc) -> dict:
+    if not isinstance(value, dict):
+        raise doc.error(path, "must be a mapping, e.g. {failures: 5, reset_after: 10m}")
+    _known(value, BREAKER_KEYS, path, doc)
+    out = {}
+    for key, item in value.items():
+        where = f"{path}.{key}"
+        if key == "reset_after":
+            out[key] = _duration(item, where, doc)
+        elif key == "name":
+            _check_name(item, where, doc)
+            out[key] = item
+        elif not isinstance(item, int) or isinstance(item, bool) or item < 1:
+            raise doc.error(where, f"{item!r} must be a whole number of 1 or more")
+        else:
+            out[key] = item
+    return out
+
+
+def _retention(value, path: str, doc: _Doc) -> dict:
+    if not isinstance(value, dict):
+        raise doc.error(path, "must be a mapping, e.g. {success: 14d, failed: forever}")
+    _known(value, RETENTION_KEYS, path, doc)
+    return {k: None if v == "forever" else _duration(v, f"{path}.{k}", doc) for k, v in value.items()}
+
+
+def _notify(value, path: str, doc: _Doc) -> list:
+    if not isinstance(value, list):
+        raise doc.error(path, "must be a list of {url, events}")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        if isinstance(item, str):
+            item = {"url": item}
+        if not isinstance(item, dict):
+            raise doc.error(where, "must be {url: ..., events: [...]}")
+        _known(item, NOTIFY_KEYS, where, doc)
+        events = item.get("events", ["failure", "recovery"])
+        if not isinstance(events, list) or any(e not in EVENTS for e in events):
+            raise doc.error(f"{where}.events", f"{events!r}: events are {', '.join(EVENTS)}")
+        after = item.get("after_failures", 1)
+        if not isinstance(after, int) or isinstance(after, bool) or after < 1:
+            raise doc.error(f"{where}.after_failures", "must be a whole number of 1 or more")
+        out.append({"url": _url(item.get("url"), f"{where}.url", doc), "events": events,
+                    "after_failures": after})
+    return out
+
+
+def _url(value, path: str, doc: _Doc) -> str:
+    if not isinstance(value, str) or not re.match(r"^(https?://|\$\{)", value):
+        raise doc.error(path, f"{value!r} is not an http(s) URL")
+    return value
+
+
+def _http(value, path: str, doc: _Doc) -> dict:
+    if not isinstance(value, dict):
+        raise doc.error(path, "must be a mapping with at least `url:`")
+    _known(value, HTTP_KEYS, path, doc)
+    out = {"url": _url(value.get("url"), f"{path}.url", doc),
+           "method": str(value.get("method", "GET")).upper(),
+           "headers": value.get("headers") or {}, "params": value.get("params") or {},
+           "body": value.get("body"), "items": value.get("items"), "next": value.get("next"),
+           "max_pages": value.get("max_pages", 1000), "timeout": 30.0, "since": value.get("since")}
+    if out["method"] not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
+        raise doc.error(f"{path}.method", f"{out['method']!r} is not an HTTP method")
+    for key in ("headers", "params"):
+        if not isinstance(out[key], dict):
+            raise doc.error(f"{path}.{key}", "must be a mapping of name: value")
+        out[key] = {str(k): "" if v is None else str(v) for k, v in out[key].items()}
+    if out["items"] is not None and not isinstance(out["items"], str):
+        raise doc.error(f"{path}.items", "must be a dotted path such as data or result.items")
+    nxt = out["next"]
+    ok = (nxt is None or isinstance(nxt, str)
+          or (isinstance(nxt, dict) and (set(nxt) in ({"cursor", "param"}, {"page"}))))
+    if not ok:
+        raise doc.error(f"{path}.next", f"{nxt!r} is not a pagination rule",
+                        "use a dotted path, {cursor: PATH, param: NAME}, {page: NAME} or link-header")
+    if not isinstance(out["max_pages"], int) or isinstance(out["max_pages"], bool) or out["max_pages"] < 1:
+        raise doc.error(f"{path}.max_pages", "must be a whole number of 1 or more")
+    if "timeout" in value:
+        out["timeout"] = _duration(value["timeout"], f"{path}.timeout", doc)
+    since = out["since"]
+    if since is not None:
+        if not isinstance(since, dict) or "param" not in since:
+            raise doc.error(f"{path}.since", "must be {param: NAME} with optional field: and format:",
+                            "see the README's incremental sync section")
+        _known(since, ("param", "field", "format"), f"{path}.since", doc)
+        if since.get("format", "iso") not in ("iso", "epoch"):
+            raise doc.error(f"{path}.since.format", "must be iso or epoch")
+    return out
+
+
+def _schedule(value, path: str, timezone, doc: _Doc) -> str:
+    if not isinstance(value, str):
+        raise doc.error(path, f"{value!r} is not a cron expression", 'quote it: "0 * * * *"')
+    from .schedule import Schedule
+
+    try:
+        Schedule(value, _zone(timezone) if timezone else None)
+    except ValueError as exc:
+        raise doc.error(path, f'"{value}" is not a cron expression: {exc}',
+                        'write 5 fields (minute hour day month weekday) or @hourly/@daily/…')
+    return value
+
+
+def _check_timezone(name, doc: _Doc) -> None:
+    try:
+        _zone(name)
+    except Exception:
+        raise doc.error("timezone", f"{name!r} is not a known time zone", "use an IANA name such as Europe/Berlin")
+
+
+def _zone(name: str):
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
+
+
+# --- ${VAR} and secrets -----------------------------------------------------------------
+
+class Secrets:
+    """Values that must never be shown; ``redact`` replaces each with ``***``."""
+
+    def __init__(self):
+        self.values: set[str] = set()
+
+    def add(self, value: str) -> None:
+        if len(value) >= 4:
+            from urllib.parse import quote, quote_plus
+
+            self.values.update({value, quote(value, safe=""), quote_plus(value)})
+
+    def redact(self, text):
+        if not text or not self.values:
+            return text
+        for value in sorted(self.values, key=len, reverse=True):
+            text = text.replace(value, "***")
+        return text
+
+
+# Where every ${VAR} is a secret regardless of its name (SPEC: Secrets).
+_SECRET_PLACES = ("http.headers", "http.params", "http.body")
+
+
+def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets]:
+    """``job`` with every ``${VAR}`` replaced from ``environ``, and the secrets it used."""
+    secrets = Secrets()
+    for key, value in job.env.items():
+        if SECRET_NAME.search(key) and "${" not in value:
+            secrets.add(value)
+
+    def sub(value, path):
+        if isinstance(value, dict):
+            return {k: sub(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [sub(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def one(match):
+            name, default = match.group(1), match.group(2)
+            got = environ.get(name)
+            if got is None or (got == "" and default is not None):
+                if default is None:
+                    line = job.lines.get(path.split(".", 1)[1] if "." in path else path)
+                    where = f"{config_path}:{line}" if line else config_path
+                    raise ConfigError(
+                        f"{where} jobs.{job.name}.{path.split('.', 1)[1]}: environment variable "
+                        f"{name} is not set",
+                        f"export {name} (cron has its own environment: set it in the crontab) "
+                        f"or write ${{{name}:-default}}")
+                got = default
+            secret_place = (any(path.startswith(f"job.{p}") for p in _SECRET_PLACES)
+                            or (path == "job.http.url" and _in_query_or_userinfo(value, match.start())))
+            if SECRET_NAME.search(name) or secret_place:
+                secrets.add(got)
+            return got
+
+        return VAR.sub(one, value)
+
+    fields = {}
+    for key in ("command", "http", "env", "cwd", "notify", "ping"):
+        fields[key] = sub(getattr(job, key), f"job.{key}")
+    from dataclasses import replace
+
+    return replace(job, **fields), secrets
+
+
+def _in_query_or_userinfo(url: str, pos: int) -> bool:
+    """Whether position ``pos`` of ``url`` falls in its query or its user:password@ part."""
+    if "?" in url[:pos]:
+        return True
+    start = url.find("://") + 3
+    authority = url[start:].split("/", 1)[0]
+    return start >= 3 and "@" in authority and start <= pos < start + authority.index("@")
+
+
+def default_state_path() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "schedsync", "state.db")
+
+
+def resolve_state(cli_state: str | None, config: Config | None) -> str:
+    """--state, else $SCHEDSYNC_STATE, else the registry's ``state:``, else the default."""
+    return (cli_state or os.environ.get("SCHEDSYNC_STATE")
+            or (config.state if config else None) or default_state_path())
+
+
+def resolve_config(cli_config: str | None) -> str:
+    return cli_config or os.environ.get("SCHEDSYNC_CONFIG") or "jobs.yaml"

@@ -1,0 +1,39 @@
+"""Durations as users write them (``500ms``, ``30s``, ``5m``, ``1h``, ``2d``) and as we show them."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+
+def parse_duration(text: object) -> float:
+    """Seconds in ``text``; raises ValueError with a short reason."""
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise ValueError(f"{text!r} is not a duration (write e.g. 30s, 5m, 1h, 2d)")
+    if isinstance(text, (int, float)):
+        if text < 0:
+            raise ValueError(f"{text!r} is negative")
+        return float(text)
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (write e.g. 500ms, 30s, 5m, 1h, 2d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """Short and human: ``850ms``, ``42s``, ``5m``, ``3h05m``, ``2d4h``."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{int(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{int(seconds)}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s" if secs and minutes < 10 else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"

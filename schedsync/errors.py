@@ -1,0 +1,39 @@
+"""One base error for everything a user can cause; each carries its exit code.
+
+Only the CLI prints these (as ``error: <what> — <fix>``); library code raises them.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1  # the job failed, or the state is unusable so it could not run
+    USAGE = 2  # usage or configuration error: nothing was run
+    SKIPPED = 75  # EX_TEMPFAIL: lock held, breaker open, budget exhausted, paused
+
+
+class SchedsyncError(Exception):
+    exit_code = Exit.FAILED
+
+    def __init__(self, what: str, fix: str | None = None):
+        super().__init__(what)
+        self.what = what
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.what} — {self.fix}" if self.fix else self.what
+
+
+class ConfigError(SchedsyncError):
+    """jobs.yaml or the command line is wrong; nothing ran."""
+
+    exit_code = Exit.USAGE
+
+
+class StateError(SchedsyncError):
+    """The state file cannot be opened or written; the job did not start."""
+
+    exit_code = Exit.FAILED

@@ -1,0 +1,79 @@
+"""The ``schedsync`` executable.
+
+Every cron tick pays our start-up, so a plain ``schedsync [-c X] [--state Y] run JOB``
+is parsed here and run without importing typer, rich or httpx. Anything else
+(help, other commands, unusual options) goes to the typer app in ``cli``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    plain = _plain_run(argv)
+    if plain is None:
+        from .cli import app
+
+        app(args=argv, prog_name="schedsync")
+        return
+    sys.exit(run_cli(*plain))
+
+
+def _plain_run(argv: list[str]):
+    """(config, state, job) for ``[-c X] [--state Y] run JOB``; None for anything else."""
+    options = {"config": None, "state": None}
+    names = {"-c": "config", "--config": "config", "--state": "state"}
+    args = list(argv)
+    while args and args[0].startswith("-"):
+        flag = args.pop(0)
+        flag, eq, value = flag.partition("=")
+        if flag not in names or (not eq and not args):
+            return None
+        value = value if eq else args.pop(0)
+        if not value or value.startswith("-"):
+            return None
+        options[names[flag]] = value
+    if len(args) != 2 or args[0] != "run" or args[1].startswith("-"):
+        return None
+    return options["config"], options["state"], args[1]
+
+
+def run_cli(config_opt: str | None, state_opt: str | None, job_name: str) -> int:
+    """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
+    from .config import load, resolve_config, resolve_state
+    from .errors import SchedsyncError
+    from .runner import run_job, summary
+    from .store import open_store
+
+    interactive = sys.stderr.isatty() or sys.stdout.isatty()
+    try:
+        config = load(resolve_config(config_opt))
+        config.job(job_name)  # an unknown job is a usage error before any state is touched
+        store = open_store(resolve_state(state_opt, config))
+        try:
+            result = run_job(config, job_name, store, trigger="manual" if interactive else "cron",
+                             interactive=interactive)
+        finally:
+            store.close()
+    except SchedsyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    for message in result.messages:
+        print(message, file=sys.stderr)
+    if result.run.status in ("success", "partial", "skipped"):
+        if interactive:
+            print(summary(result), file=sys.stderr)
+        return int(result.exit_code)
+    if result.held_output and not interactive:
+        sys.stdout.write(result.held_output if result.held_output.endswith("\n")
+                         else result.held_output + "\n")
+        sys.stdout.flush()
+    print(f"error: {summary(result)} — see `schedsync history {job_name}`", file=sys.stderr)
+    return int(result.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,28 @@
+"""What a job kind returns, and the exceptions that cut a run short."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class Cancelled(BaseException):
+    """SIGTERM/SIGINT/SIGHUP reached ``schedsync run``; str() names the signal."""
+
+
+class DeadlinePassed(BaseException):
+    """The run's hard timeout passed inside Python code (http and python jobs)."""
+
+
+@dataclass
+class Outcome:
+    status: str  # success | partial | failed | timeout
+    exit_code: int | None = None
+    error: str | None = None
+    reason: str | None = None
+    attempts: int = 1
+    requests: int = 0
+    items_processed: int = 0
+    items_failed: int = 0
+    output: str | None = None  # redacted tail kept in the record
+    held: str | None = None  # redacted output shown when a cron run fails
+    retry_at: float | None = None

@@ -1,0 +1,262 @@
+"""One run of one job, in the order SPEC fixes:
+reap crashed runs → jitter → lock → pause / breaker → budget → work → record.
+
+The runner decides nothing itself: breaker and bucket arithmetic are pure
+functions, the store persists, the job kinds do the work.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from . import breaker as breakers
+from . import budgets
+from .config import Config, Job, Secrets, expand
+from .errors import Exit
+from .models import (BREAKER_OPEN, CANCELLED, CRASHED, FAILURES, LOCKED, PARTIAL, PAUSED,
+                     RATE_LIMITED, RUNNING, SKIPPED, SUCCESS, Run)
+from .outcome import Cancelled, Outcome
+from .store import Store
+
+HOST = socket.gethostname()
+PRUNE_BATCH = 100  # rows pruned per run, so retention stays cheap however old the backlog
+
+
+@dataclass
+class RunResult:
+    run: Run
+    exit_code: int
+    held_output: str | None = None
+    messages: list[str] = field(default_factory=list)  # one-line notes for stderr
+
+
+@dataclass
+class Context:
+    """What a job kind may use: its deadline, the budgets, retries, the data db."""
+
+    job: Job
+    config: Config
+    store: Store
+    secrets: Secrets
+    deadline: float
+    interactive: bool
+    pass_fds: tuple = ()
+    last_success_at: float | None = None
+    sleep: object = time.sleep
+    requests: int = 0
+
+    def retrying(self, retry):
+        from .retry import retrying
+
+        return retrying(self.job.retries, self.deadline, retry=retry, sleep=self.sleep)
+
+    def spend(self, tokens: float = 1) -> float | None:
+        """Take tokens from the job's budgets, waiting up to ``max_wait``.
+
+        Returns None when granted, else when the budget allows again.
+        """
+        waited_until = time.time() + self.job.max_wait
+        while True:
+            now = time.time()
+            ready = budgets.spend(self.store, self.config.budgets, self.job.budgets, tokens, now)
+            if ready is None:
+                return None
+            if ready > min(waited_until, self.deadline):
+                return ready
+            self.sleep(max(0.0, ready - now))
+
+    def block_budgets(self, until: float) -> None:
+        if self.job.budgets:
+            budgets.block(self.store, self.job.budgets, until)
+
+
+def run_job(config: Config, name: str, store: Store, *, trigger: str, interactive: bool,
+            environ=os.environ, sleep=time.sleep) -> RunResult:
+    job, secrets = expand(config.job(name), config.path, environ)
+    reap(store, config, [job.name])
+    if job.jitter:
+        sleep(random.uniform(0, job.jitter))
+
+    lock = None
+    if job.overlap[0] != "allow":
+        lock = store.job_lock(job.name)
+        if not lock.acquire(job.overlap[1]):
+            holder = store.running_runs(job.name)
+            who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
+            return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going")
+    try:
+        return _admitted(config, job, secrets, store, lock, trigger, interactive, sleep)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) -> RunResult:
+    breaker_name = job.breaker["name"]
+    wait_until = time.time() + job.max_wait
+    while True:
+        now = time.time()
+        with store.transaction():
+            store.see_job(job.name, now)
+            if store.is_paused(job.name):
+                skip = (PAUSED, None, "paused; `schedsync resume` it")
+            else:
+                before = store.load_breaker(breaker_name)
+                admission, state = breakers.admit(before, job.breaker, now, lease=job.timeout + 60)
+                skip = None
+                if not admission.allowed:
+                    skip = (BREAKER_OPEN, admission.retry_at, f"breaker {breaker_name} is open")
+                elif job.kind != "http" and job.budgets and job.cost:
+                    ready = budgets.spend(store, config.budgets, job.budgets, job.cost, now)
+                    if ready is not None:
+                        skip = (RATE_LIMITED, ready, f"budget {', '.join(job.budgets)} is empty")
+                if skip is None:
+                    if state != before:
+                        store.save_breaker(state)  # a half-open trial's lease
+                    run = Run(0, job.name, RUNNING, trigger, now, HOST, os.getpid())
+                    store.start_run(run)
+                    break
+        reason, retry_at, error = skip
+        if reason == RATE_LIMITED and retry_at is not None and retry_at <= wait_until:
+            sleep(max(0.0, retry_at - time.time()))
+            continue
+        return _skip(store, job, trigger, reason, retry_at, error)
+
+    ctx = Context(job, config, store, secrets, deadline=now + job.timeout,
+                  interactive=interactive, pass_fds=(lock.fd,) if lock else (), sleep=sleep)
+    if job.kind != "command":
+        ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
+    with _cancel_on_signals():
+        try:
+            outcome = _work(job, ctx)
+        except Cancelled as exc:
+            outcome = Outcome("failed", reason=CANCELLED, error=f"cancelled by {exc}")
+    return _finish(store, job, run, outcome, admission.trial, secrets)
+
+
+def _work(job: Job, ctx: Context) -> Outcome:
+    if job.kind == "command":
+        from .command import run_command
+
+        return run_command(job, ctx)
+    if job.kind == "http":
+        from .httpsync import run_http
+
+        return run_http(job, ctx)
+    from .pyjob import run_python
+
+    return run_python(job, ctx)
+
+
+def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets) -> RunResult:
+    now = time.time()
+    run.status = outcome.status
+    run.reason = outcome.reason
+    run.finished_at = now
+    run.duration_ms = int((now - run.started_at) * 1000)
+    run.attempts, run.requests = outcome.attempts, outcome.requests
+    run.items_processed, run.items_failed = outcome.items_processed, outcome.items_failed
+    run.exit_code = outcome.exit_code
+    run.error = secrets.redact(outcome.error)
+    run.output = secrets.redact(outcome.output)
+    run.retry_at = outcome.retry_at
+    with store.transaction():
+        store.finish_run(run)
+        count_on_breaker(store, job, run, trial, now)
+        keep = job.retention
+        store.prune(job.name, now, keep.get("success"), keep.get("failed"), limit=PRUNE_BATCH)
+    ok = run.status in (SUCCESS, PARTIAL)
+    result = RunResult(run, Exit.OK if ok else Exit.FAILED,
+                       held_output=None if ok else secrets.redact(outcome.held))
+    if run.status == PARTIAL:
+        result.messages.append(f"{job.name}: partial: {run.items_failed} of "
+                               f"{run.items_processed + run.items_failed} items failed"
+                               + (f" ({run.error})" if run.error else ""))
+    return result
+
+
+def count_on_breaker(store, job: Job, run: Run, trial: bool, now: float) -> None:
+    """Feed a finished run to its breaker and record any transition."""
+    name = job.breaker["name"]
+    before = store.load_breaker(name)
+    after, transition = breakers.record(before, job.breaker, now,
+                                        ok=run.status not in FAILURES, trial=trial)
+    if after != before:
+        store.save_breaker(after)
+    if transition:
+        why = f"run {run.id} of {job.name}: {run.status}" + (f" ({run.error})" if run.error else "")
+        store.record_transition(name, now, transition[0], transition[1], why[:300])
+
+
+def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str) -> RunResult:
+    now = time.time()
+    run = Run(0, job.name, SKIPPED, trigger, now, HOST, os.getpid(), reason=reason,
+              finished_at=now, duration_ms=0, retry_at=retry_at, error=error)
+    with store.transaction():
+        store.see_job(job.name, now)
+        store.start_run(run)
+    return RunResult(run, Exit.SKIPPED)
+
+
+def reap(store, config: Config, names: list[str] | None = None) -> list[Run]:
+    """Turn ``running`` rows whose process is gone into ``crashed``, and count them."""
+    from .store_sqlite import process_alive
+
+    crashed = []
+    for run in store.running_runs(names[0] if names and len(names) == 1 else None):
+        if run.host != HOST or (names and run.job not in names):
+            continue
+        if process_alive(run.pid, run.pid_start):
+            continue
+        now = time.time()
+        with store.transaction():
+            if not store.mark_crashed(run.id, now, f"schedsync (pid {run.pid}) died before the run ended"):
+                continue  # another process recorded it first
+            run.status, run.error = CRASHED, "schedsync died before the run ended"
+            if run.job in config.jobs:
+                count_on_breaker(store, config.job(run.job), run, trial=False, now=now)
+        crashed.append(run)
+    return crashed
+
+
+@contextmanager
+def _cancel_on_signals():
+    """SIGTERM, SIGINT and SIGHUP raise Cancelled once, so the child is stopped and recorded."""
+    names = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP"}
+    previous = {sig: signal.getsignal(sig) for sig in names}
+
+    def handler(sig, frame):
+        for s in names:
+            signal.signal(s, signal.SIG_IGN)  # one cancel; the cleanup must not be cut short
+        raise Cancelled(names[sig])
+
+    for sig in names:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def summary(result: RunResult) -> str:
+    """One line for a person: what happened to this run."""
+    from .durations import format_duration
+
+    run = result.run
+    if run.status == SKIPPED:
+        when = ""
+        if run.retry_at:
+            when = f"; allowed again in {format_duration(run.retry_at - time.time())}"
+        return f"{run.job}: skipped ({run.reason}): {run.error}{when}"
+    took = format_duration((run.duration_ms or 0) / 1000)
+    items = f", {run.items_processed} items" if run.items_processed or run.requests else ""
+    error = f": {run.error}" if run.error and run.status not in (SUCCESS,) else ""
+    return f"{run.job}: {run.status} in {took}{items}{error}"

@@ -1,0 +1,309 @@
+"""The SQLite backend of the store: WAL, a busy timeout, and every
+read-modify-write inside ``BEGIN IMMEDIATE`` so concurrent cron processes
+serialise instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+
+from .errors import StateError
+from .lock import FileLock
+from .models import Breaker, Bucket, JobState, Run, SUCCESS, PARTIAL, SKIPPED
+
+BUSY_TIMEOUT = 60.0  # seconds; cron fires many lines in the same second
+
+RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
+              "finished_at", "duration_ms", "attempts", "requests", "items_processed",
+              "items_failed", "exit_code", "error", "retry_at", "output")
+RUN_COLUMNS = ", ".join(RUN_FIELDS)
+FAILED_STATUSES = ("failed", "timeout", "crashed")
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    _script(db, """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY, job TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+            trigger TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
+            duration_ms INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
+            requests INTEGER NOT NULL DEFAULT 0, items_processed INTEGER NOT NULL DEFAULT 0,
+            items_failed INTEGER NOT NULL DEFAULT 0, exit_code INTEGER, error TEXT,
+            retry_at REAL, host TEXT NOT NULL, pid INTEGER NOT NULL, pid_start INTEGER,
+            output TEXT);
+        CREATE INDEX runs_by_job ON runs (job, id);
+        CREATE INDEX runs_by_job_status ON runs (job, status, started_at);
+        CREATE INDEX runs_running ON runs (job) WHERE status = 'running';
+        CREATE TABLE jobs (name TEXT PRIMARY KEY, first_seen REAL NOT NULL,
+                           paused INTEGER NOT NULL DEFAULT 0, paused_at REAL);
+        CREATE TABLE buckets (name TEXT PRIMARY KEY, tokens REAL NOT NULL, updated REAL NOT NULL);
+        CREATE TABLE breakers (name TEXT PRIMARY KEY, state TEXT NOT NULL,
+                               failures INTEGER NOT NULL, opened_at REAL, opens_until REAL,
+                               leases TEXT NOT NULL DEFAULT '[]');
+        CREATE TABLE breaker_events (id INTEGER PRIMARY KEY, name TEXT NOT NULL, at REAL NOT NULL,
+                                     old TEXT NOT NULL, new TEXT NOT NULL, reason TEXT);
+        CREATE INDEX breaker_events_by_name ON breaker_events (name, id);
+    """)
+
+
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    # Not executescript(): it COMMITs first, which would end the migration's transaction.
+    for statement in sql.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+MIGRATIONS = [_v1]  # append, never edit: user_version counts how many were applied
+
+
+def state_error(path: str, exc: BaseException) -> StateError:
+    text = str(exc)
+    if "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
+        fix = "make it (and its folder) writable by this user, or pass --state PATH"
+        text = "is read-only"
+    elif "not a database" in text or "malformed" in text:
+        fix = "point --state at a schedsync state file, or move this file aside"
+        text = "is not a schedsync state database"
+    elif "full" in text or getattr(exc, "errno", None) == 28:
+        fix = "free space on that disk"
+        text = "cannot be written: the disk is full"
+    elif "unable to open" in text:
+        fix = "check that its folder exists and is writable, or pass --state PATH"
+        text = "cannot be opened"
+    elif "locked" in text:
+        fix = "another process held it too long; try again"
+        text = "is locked"
+    else:
+        fix = "check the file, or pass --state PATH"
+    return StateError(f"state file {path} {text}", fix)
+
+
+class SQLiteStore:
+    def __init__(self, path: str):
+        self.path = path
+        self._depth = 0
+        try:
+            folder = os.path.dirname(os.path.abspath(path))
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            if not os.path.exists(path):
+                # Create it private before SQLite does (its -wal and -shm copy these modes).
+                os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
+            self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version != len(MIGRATIONS):
+                self._migrate(version)
+        except (sqlite3.Error, OSError) as exc:
+            raise state_error(path, exc) from None
+
+    def _migrate(self, version: int) -> None:
+        if version > len(MIGRATIONS):
+            raise StateError(f"state file {self.path} was written by a newer schedsync",
+                             "upgrade schedsync, or pass --state PATH")
+        self._wal()
+        with self.transaction():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for migration in MIGRATIONS[version:]:
+                migration(self.db)
+            self.db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+    def _wal(self) -> None:
+        # Switching to WAL takes an exclusive lock that the busy handler does not
+        # always wait for, so many first-time processes retry here.
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    @contextmanager
+    def transaction(self):
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise state_error(self.path, exc) from None
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self.db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise state_error(self.path, exc) from None
+
+    def _run_sql(self, sql: str, params=()):
+        try:
+            return self.db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise state_error(self.path, exc) from None
+
+    # --- runs -------------------------------------------------------------------------
+
+    def start_run(self, run: Run) -> int:
+        cur = self._run_sql(
+            "INSERT INTO runs (job, status, reason, trigger, started_at, finished_at,"
+            " duration_ms, retry_at, host, pid, pid_start, error, exit_code)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
+             run.duration_ms, run.retry_at, run.host, run.pid, _process_start(run.pid),
+             run.error, run.exit_code))
+        run.id = cur.lastrowid
+        return run.id
+
+    def finish_run(self, run: Run) -> None:
+        self._run_sql(
+            "UPDATE runs SET status=?, reason=?, finished_at=?, duration_ms=?, attempts=?,"
+            " requests=?, items_processed=?, items_failed=?, exit_code=?, error=?, retry_at=?,"
+            " output=? WHERE id=?",
+            (run.status, run.reason, run.finished_at, run.duration_ms, run.attempts,
+             run.requests, run.items_processed, run.items_failed, run.exit_code, run.error,
+             run.retry_at, run.output, run.id))
+
+    def running_runs(self, job: str | None = None) -> list[Run]:
+        where = "status = 'running'" + (" AND job = ?" if job else "")
+        rows = self._run_sql(f"SELECT {RUN_COLUMNS}, pid_start FROM runs WHERE {where}",
+                             (job,) if job else ()).fetchall()
+        return [Run(*row) for row in rows]
+
+    def mark_crashed(self, run_id: int, now: float, error: str) -> bool:
+        cur = self._run_sql(
+            "UPDATE runs SET status='crashed', finished_at=?,"
+            " duration_ms=CAST((? - started_at) * 1000 AS INTEGER), error=?"
+            " WHERE id=? AND status='running'", (now, now, error, run_id))
+        return cur.rowcount == 1
+
+    def runs(self, job: str, limit: int = 20, failed_only: bool = False) -> list[Run]:
+        where = "job = ?"
+        if failed_only:
+            where += f" AND status IN {FAILED_STATUSES}"
+        rows = self._run_sql(f"SELECT {RUN_COLUMNS} FROM runs WHERE {where} ORDER BY id DESC LIMIT ?",
+                             (job, limit)).fetchall()
+        return [Run(*row) for row in rows]
+
+    def job_states(self, names: list[str], recent: int = 10) -> dict[str, JobState]:
+        seen = dict(self._run_sql("SELECT name, first_seen FROM jobs").fetchall())
+        paused = {n for (n,) in self._run_sql("SELECT name FROM jobs WHERE paused = 1")}
+        out = {}
+        for name in names:
+            runs = self.runs(name, recent)
+            success = self._run_sql(
+                "SELECT MAX(started_at) FROM runs WHERE job = ? AND status IN (?, ?)",
+                (name, SUCCESS, PARTIAL)).fetchone()[0]
+            out[name] = JobState(name, seen.get(name), name in paused, runs, success,
+                                 runs[0].started_at if runs else None)
+        return out
+
+    def prune(self, job: str, now: float, keep_success: float | None,
+              keep_failed: float | None, limit: int | None = None) -> int:
+        removed = 0
+        for statuses, keep in (((SUCCESS, PARTIAL, SKIPPED), keep_success),
+                               (FAILED_STATUSES, keep_failed)):
+            if keep is None:
+                continue
+            marks = ",".join("?" * len(statuses))
+            pick = (f"SELECT id FROM runs WHERE job = ? AND status IN ({marks})"
+                    f" AND started_at < ? LIMIT {int(limit) if limit else -1}")
+            cur = self._run_sql(f"DELETE FROM runs WHERE id IN ({pick})",
+                                (job, *statuses, now - keep))
+            removed += cur.rowcount
+        return removed
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def see_job(self, name: str, now: float) -> None:
+        self._run_sql("INSERT OR IGNORE INTO jobs (name, first_seen) VALUES (?, ?)", (name, now))
+
+    def set_paused(self, name: str, paused: bool, now: float) -> None:
+        with self.transaction():
+            self.see_job(name, now)
+            self._run_sql("UPDATE jobs SET paused = ?, paused_at = ? WHERE name = ?",
+                          (int(paused), now if paused else None, name))
+
+    def is_paused(self, name: str) -> bool:
+        row = self._run_sql("SELECT paused FROM jobs WHERE name = ?", (name,)).fetchone()
+        return bool(row and row[0])
+
+    # --- budgets and breakers ---------------------------------------------------------
+
+    def load_bucket(self, name: str) -> Bucket | None:
+        row = self._run_sql("SELECT tokens, updated FROM buckets WHERE name = ?", (name,)).fetchone()
+        return Bucket(name, *row) if row else None
+
+    def save_bucket(self, bucket: Bucket) -> None:
+        self._run_sql("INSERT OR REPLACE INTO buckets (name, tokens, updated) VALUES (?, ?, ?)",
+                      (bucket.name, bucket.tokens, bucket.updated))
+
+    def load_breaker(self, name: str) -> Breaker:
+        row = self._run_sql("SELECT state, failures, opened_at, opens_until, leases FROM breakers"
+                            " WHERE name = ?", (name,)).fetchone()
+        if not row:
+            return Breaker(name)
+        return Breaker(name, row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+    def save_breaker(self, breaker: Breaker) -> None:
+        self._run_sql(
+            "INSERT OR REPLACE INTO breakers (name, state, failures, opened_at, opens_until, leases)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (breaker.name, breaker.state, breaker.failures, breaker.opened_at,
+             breaker.opens_until, json.dumps(breaker.leases)))
+
+    def record_transition(self, name: str, at: float, old: str, new: str, reason: str) -> None:
+        self._run_sql("INSERT INTO breaker_events (name, at, old, new, reason) VALUES (?,?,?,?,?)",
+                      (name, at, old, new, reason))
+
+    def transitions(self, name: str, limit: int = 10) -> list[tuple[float, str, str, str]]:
+        return self._run_sql("SELECT at, old, new, reason FROM breaker_events WHERE name = ?"
+                             " ORDER BY id DESC LIMIT ?", (name, limit)).fetchall()
+
+    # --- overlap ----------------------------------------------------------------------
+
+    def job_lock(self, name: str) -> FileLock:
+        folder = f"{self.path}.locks"
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise state_error(folder, exc) from None
+        return FileLock(os.path.join(folder, f"{name}.lock"))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _process_start(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return started is None or _process_start(pid) in (None, started)

@@ -52,6 +52,12 @@ class Context:
     sleep: object = time.sleep
     requests: int = 0
 
+    @property
+    def data_db(self) -> str:
+        """Where http and python jobs store items: ``into.db``, else data.db beside the state."""
+        chosen = (self.job.into or {}).get("db")
+        return chosen or os.path.join(os.path.dirname(os.path.abspath(self.store.path)), "data.db")
+
     def retrying(self, retry):
         from .retry import retrying
 

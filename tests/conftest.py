@@ -1,0 +1,73 @@
+"""Shared fixtures: an isolated home per test and the real CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Project:
+    """A folder with a jobs.yaml, and the real ``schedsync`` CLI run against it."""
+
+    def __init__(self, path: Path, env: dict):
+        self.path = path
+        self.env = env
+        self.config = path / "jobs.yaml"
+        self.state = path / "schedsync.db"
+
+    def write(self, text: str) -> Path:
+        self.config.write_text(textwrap.dedent(text))
+        return self.config
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "schedsync", "-c", str(self.config), *args]
+
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 60,
+            **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env={**self.env, **(env or {})},
+                              cwd=self.path, **kwargs)
+
+    def start(self, *args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True, cwd=self.path,
+                                env={**self.env, **(env or {})}, **kwargs)
+
+    def history(self, job: str, limit: int = 200) -> list[dict]:
+        import json
+
+        result = self.cli("history", job, "--json", "--limit", str(limit))
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def status(self) -> dict:
+        import json
+
+        result = self.cli("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> dict:
+    """An environment whose HOME, caches and state all live under tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDSYNC_")}
+    env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               XDG_STATE_HOME=str(tmp_path / "xdg-state"), PYTHONPATH=str(ROOT))
+    for key in ("HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(key, env[key])
+    return env
+
+
+@pytest.fixture
+def project(tmp_path, home) -> Project:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    return Project(folder, home)

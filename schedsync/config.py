@@ -177,7 +177,10 @@ class _Doc:
         self.lines: dict[str, int] = {}
 
     def error(self, path: str, what: str, fix: str | None = None) -> ConfigError:
-        line = self.lines.get(path)
+        near = path
+        while near and near not in self.lines:  # a missing key: point at its parent
+            near = near.rsplit(".", 1)[0] if "." in near else ""
+        line = self.lines.get(near)
         where = f"{self.file}:{line}" if line else self.file
         return ConfigError(f"{where} {path}: {what}" if path else f"{where}: {what}", fix)
 

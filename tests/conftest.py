@@ -70,4 +70,4 @@ def home(tmp_path, monkeypatch) -> dict:
 def project(tmp_path, home) -> Project:
     folder = tmp_path / "project"
     folder.mkdir()
-    return Project(folder, home)
+    return Project(folder, {**home, "SCHEDSYNC_STATE": str(folder / "schedsync.db")})

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from .errors import Exit, SchedsyncError
+from .errors import ConfigError, Exit, SchedsyncError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   rich_markup_mode=None,
@@ -61,7 +61,7 @@ def _opened(ctx: typer.Context):
 
 
 @app.command()
-def run(ctx: typer.Context, job: str = typer.Argument(..., help="Job name from jobs.yaml.")):
+def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name from jobs.yaml.")):
     """Run one job once, with every protection. Example: schedsync run airdrops"""
     from .main import run_cli
 
@@ -71,47 +71,66 @@ def run(ctx: typer.Context, job: str = typer.Argument(..., help="Job name from j
 @app.command()
 def status(
     ctx: typer.Context,
-    job: Optional[str] = typer.Argument(None, help="Show one job in detail."),
+    job: Optional[str] = typer.Argument(None, metavar="[JOB]", help="Show one job in detail."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (see README)."),
     check: bool = typer.Option(False, "--check", help="Exit 1 if any job is LATE, STALLED or FAILING."),
     watch: bool = typer.Option(False, "--watch", help="Refresh every 2 seconds until Ctrl-C."),
 ):
     """Health of every job. Example: schedsync status --check"""
-    from . import render, report
+    from . import notify, report
 
-    with _errors(), _opened(ctx) as (config, store):
-        if watch:
-            _watch(config, store, job)
-            return
-        data = report.status(config, store, time.time(), only=job)
-        if as_json:
-            render.print_json(data)
-        elif job:
-            render.job_detail(data["jobs"][0], data, store.transitions(data["jobs"][0]["breaker"]["name"]),
-                              report.history(config, store, job, 10, False))
+    with _errors():
+        if watch and (as_json or check):
+            raise ConfigError("--watch shows a live table; it does not combine with "
+                              f"{'--json' if as_json else '--check'}", "drop one of them")
+        with _opened(ctx) as (config, store):
+            if watch:
+                _watch(config, store, job)
+                return
+            now = time.time()
+            detail = job and not as_json
+            data = report.job_detail(config, store, job, now) if detail else report.status(config, store, now, only=job)
+            notify.late(config, store, data["jobs"], now)
+    if as_json:
+        _print_json(data)
+    else:
+        from . import render
+
+        if detail:
+            render.job_detail(data)
         else:
             render.status_table(data, report.worst_first(data["jobs"]))
-    if check and any(j["health"] in ("LATE", "STALLED", "FAILING") for j in data["jobs"]):
+    if check and any(j["health"] in report.NEEDS_ACTION for j in data["jobs"]):
         raise typer.Exit(Exit.FAILED)
 
 
-def _watch(config, store, job):
-    from rich.live import Live
+def _print_json(data) -> None:
+    import json
 
-    from . import render, report
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _watch(config, store, job, interval: float = 2.0):
+    from . import notify, render, report
 
     def frame():
-        from rich.console import Group
-        from rich.text import Text
+        now = time.time()
+        data = report.status(config, store, now, only=job)
+        notify.late(config, store, data["jobs"], now)
+        return render.watch_frame(data, report.worst_first(data["jobs"]))
 
-        data = report.status(config, store, time.time(), only=job)
-        table = render.status_renderable(data, report.worst_first(data["jobs"]))
-        return Group(Text(f"schedsync status — {data['generated_at']} (Ctrl-C to stop)", style="dim"), table)
-
+    console = render.console()
     try:
-        with Live(frame(), refresh_per_second=1, screen=False) as live:
+        if not console.is_terminal:  # a pipe gets one snapshot per refresh
             while True:
-                time.sleep(2)
+                console.print(frame())
+                console.print()
+                time.sleep(interval)
+        from rich.live import Live
+
+        with Live(frame(), console=console, refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval)
                 live.update(frame())
     except KeyboardInterrupt:
         pass
@@ -120,7 +139,7 @@ def _watch(config, store, job):
 @app.command()
 def history(
     ctx: typer.Context,
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = typer.Argument(..., metavar="JOB", help="Job name."),
     limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many runs, newest first."),
     failed: bool = typer.Option(False, "--failed", help="Only failed, timed-out and crashed runs."),
     as_json: bool = typer.Option(False, "--json", help="A JSON list of runs, newest first."),
@@ -158,7 +177,7 @@ def validate(ctx: typer.Context):
 
 
 @app.command()
-def pause(ctx: typer.Context, job: str = typer.Argument(..., help="Job name.")):
+def pause(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name.")):
     """Skip a job's runs (recorded as skipped: paused) until resumed. Example: schedsync pause quests"""
     with _errors(), _opened(ctx) as (config, store):
         config.job(job)
@@ -167,7 +186,7 @@ def pause(ctx: typer.Context, job: str = typer.Argument(..., help="Job name.")):
 
 
 @app.command()
-def resume(ctx: typer.Context, job: str = typer.Argument(..., help="Job name.")):
+def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name.")):
     """Let a paused job run again. Example: schedsync resume quests"""
     with _errors(), _opened(ctx) as (config, store):
         config.job(job)
@@ -176,7 +195,7 @@ def resume(ctx: typer.Context, job: str = typer.Argument(..., help="Job name."))
 
 
 @breaker_app.command("reset")
-def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., help="Job whose breaker to close.")):
+def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
     from . import breaker as breakers
     from .models import Breaker
@@ -203,6 +222,37 @@ def prune(ctx: typer.Context):
             with store.transaction():
                 removed += store.prune(name, now, keep.get("success"), keep.get("failed"))
     print(f"pruned {removed} runs")
+
+
+@app.command()
+def metrics(
+    ctx: typer.Context,
+    textfile: Optional[str] = typer.Option(
+        None, "--textfile", metavar="PATH",
+        help="Write to PATH atomically (for node_exporter's textfile collector) instead of stdout."),
+):
+    """Prometheus metrics of jobs, budgets and breakers.
+    Example: schedsync metrics --textfile /var/lib/node_exporter/textfile_collector/schedsync.prom"""
+    from . import notify, report
+    from .metrics import exposition, write_textfile
+
+    with _errors():
+        if textfile is not None and not textfile.endswith(".prom"):
+            raise ConfigError(f"--textfile {textfile}: node_exporter's textfile collector reads only *.prom files",
+                              "name it e.g. schedsync.prom")
+        with _opened(ctx) as (config, store):
+            now = time.time()
+            views, budget_rows = report.snapshot(config, store, now)
+            text = exposition(views, budget_rows)
+            notify.late(config, store, [report.job_json(view) for view in views], now)
+        if textfile is None:
+            sys.stdout.write(text)
+            return
+        try:
+            write_textfile(textfile, text)
+        except OSError as exc:
+            raise SchedsyncError(f"cannot write {textfile}: {exc.strerror or exc}",
+                                 "check that its folder exists and is writable by this user") from None
 
 
 @app.command()

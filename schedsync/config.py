@@ -16,7 +16,6 @@ import marshal
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .durations import parse_duration
 from .errors import ConfigError
@@ -150,9 +149,8 @@ def _cache_path(real: str) -> str | None:
         return None
     base = os.environ.get("SCHEDSYNC_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "schedsync")
-    import hashlib
-
-    return os.path.join(base, hashlib.sha1(real.encode()).hexdigest()[:16] + ".config")
+    # The cached key holds the full path, so a shortened name that collides only misses.
+    return os.path.join(base, real.strip("/").replace("/", "%")[-180:] + ".config")
 
 
 def _write_cache(cache: str, key: tuple, config: Config) -> None:
@@ -160,7 +158,7 @@ def _write_cache(cache: str, key: tuple, config: Config) -> None:
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
         tmp = f"{cache}.{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             marshal.dump((key, data), f)
         os.replace(tmp, cache)
     except (OSError, ValueError):

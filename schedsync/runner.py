@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from .models import (BREAKER_OPEN, CANCELLED, CRASHED, FAILURES, LOCKED, PARTIAL
 from .outcome import Cancelled, Outcome
 from .store import Store
 
-HOST = socket.gethostname()
+HOST = os.uname().nodename  # what socket.gethostname() returns, without importing socket
 PRUNE_BATCH = 100  # rows pruned per run, so retention stays cheap however old the backlog
 
 
@@ -121,7 +120,10 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
                     skip = (BREAKER_OPEN, admission.retry_at, f"breaker {breaker_name} is open")
                 elif job.kind != "http" and job.budgets and job.cost:
                     ready = budgets.spend(store, config.budgets, job.budgets, job.cost, now)
-                    if ready is not None:
+                    if ready == float("inf"):  # cost > capacity: no retry_at to record
+                        skip = (RATE_LIMITED, None, f"cost {job.cost} is more than budget "
+                                f"{', '.join(job.budgets)} can ever hold")
+                    elif ready is not None:
                         skip = (RATE_LIMITED, ready, f"budget {', '.join(job.budgets)} is empty")
                 if skip is None:
                     if state != before:
@@ -135,6 +137,9 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
             continue
         return _skip(store, job, trigger, reason, retry_at, error)
 
+    if job.ping:  # alert code is imported only by jobs that use it
+        from .notify import ping_start
+        ping_start(store, job, run, secrets)
     ctx = Context(job, config, store, secrets, deadline=now + job.timeout,
                   interactive=interactive, pass_fds=(lock.fd,) if lock else (), sleep=sleep)
     if job.kind != "command":
@@ -144,7 +149,11 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
             outcome = _work(job, ctx)
         except Cancelled as exc:
             outcome = Outcome("failed", reason=CANCELLED, error=f"cancelled by {exc}")
-    return _finish(store, job, run, outcome, admission.trial, secrets)
+    result = _finish(store, job, run, outcome, admission.trial, secrets)
+    if job.notify or job.ping:  # after the records are committed, still holding the lock
+        from .notify import after_run
+        after_run(config, store, job, result.run, secrets, now=result.run.finished_at)
+    return result
 
 
 def _work(job: Job, ctx: Context) -> Outcome:
@@ -228,6 +237,9 @@ def reap(store, config: Config, names: list[str] | None = None) -> list[Run]:
             run.status, run.error = CRASHED, "schedsync died before the run ended"
             if run.job in config.jobs:
                 count_on_breaker(store, config.job(run.job), run, trial=False, now=now)
+        if run.job in config.jobs and (config.jobs[run.job]["notify"] or config.jobs[run.job]["ping"]):
+            from .notify import after_crash
+            after_crash(config, store, run, now)
         crashed.append(run)
     return crashed
 

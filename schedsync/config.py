@@ -558,6 +558,10 @@ def _http(value, path: str, doc: _Doc) -> dict:
             raise doc.error(f"{path}.since", "must be {param: NAME} with optional field: and format:",
                             "see the README's incremental sync section")
         _known(since, ("param", "field", "format"), f"{path}.since", doc)
+        for key in ("param", "field"):
+            if key in since and (not isinstance(since[key], str) or not since[key]):
+                raise doc.error(f"{path}.since.{key}", f"{since[key]!r} must be a name",
+                                "e.g. since: {param: updated_since, field: updated_at}")
         if since.get("format", "iso") not in ("iso", "epoch"):
             raise doc.error(f"{path}.since.format", "must be iso or epoch")
     return out

@@ -182,15 +182,19 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets) -> Run
     run.error = secrets.redact(outcome.error)
     run.output = secrets.redact(outcome.output)
     run.retry_at = outcome.retry_at
+    skipped = run.status == SKIPPED  # e.g. an http job whose budget was empty before any request
     with store.transaction():
         store.finish_run(run)
-        count_on_breaker(store, job, run, trial, now)
+        if not skipped:
+            count_on_breaker(store, job, run, trial, now)
         keep = job.retention
         store.prune(job.name, now, keep.get("success"), keep.get("failed"), limit=PRUNE_BATCH)
     ok = run.status in (SUCCESS, PARTIAL)
-    result = RunResult(run, Exit.OK if ok else Exit.FAILED,
-                       held_output=None if ok else secrets.redact(outcome.held))
-    if run.status == PARTIAL:
+    result = RunResult(run, Exit.OK if ok else Exit.SKIPPED if skipped else Exit.FAILED,
+                       held_output=None if ok or skipped else secrets.redact(outcome.held))
+    if run.status == PARTIAL and run.reason == RATE_LIMITED:
+        result.messages.append(f"{job.name}: partial: {run.items_processed} items stored, then {run.error}")
+    elif run.status == PARTIAL:
         result.messages.append(f"{job.name}: partial: {run.items_failed} of "
                                f"{run.items_processed + run.items_failed} items failed"
                                + (f" ({run.error})" if run.error else ""))

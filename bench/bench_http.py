@@ -1,0 +1,169 @@
+"""Benchmark: an http job syncing 100,000 items in 100 pages from a local server.
+
+    python bench/bench_http.py [--repeat 3] [--per-page 1000]
+
+Starts scripts/demo_api.py (its /v1/bench endpoint: pages built once and cached,
+so the server is not what is measured), then runs, each in its own process:
+
+- ``schedsync run bench``: the real CLI, every protection on (lock, budget
+  token per request, breaker, run record, upsert via sqlite-utils);
+- a minimal hand-written httpx + sqlite3 script doing the same sync.
+
+It reports items/s for both, their time ratio (target: schedsync <= 1.5x the
+script) and the peak RSS of each process at 10k and 100k items (target for
+schedsync: flat in the item count, <= 80 MiB). Figures are printed; nothing is
+asserted, since times depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASELINE = textwrap.dedent("""
+    import json, sqlite3, sys
+    import httpx
+
+    url, db_path = sys.argv[1], sys.argv[2]
+    db = sqlite3.connect(db_path)
+    db.execute("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT, chain TEXT,"
+               " score INTEGER, reward TEXT, tags TEXT, updated_at TEXT)")
+    sql = ("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+           " name=excluded.name, chain=excluded.chain, score=excluded.score,"
+           " reward=excluded.reward, tags=excluded.tags, updated_at=excluded.updated_at")
+    count = 0
+    with httpx.Client() as client:
+        while url:
+            page = client.get(url, timeout=30).raise_for_status().json()
+            db.executemany(sql, [(i["id"], i["name"], i["chain"], i["score"], json.dumps(i["reward"]),
+                                  json.dumps(i["tags"]), i["updated_at"]) for i in page["data"]])
+            db.commit()
+            count += len(page["data"])
+            nxt = page["links"]["next"]
+            url = str(httpx.URL(url).join(nxt)) if nxt else None
+    print(count)
+""")
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "demo_api.py"), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    banner = server.stdout.readline()
+    match = re.search(r"http://[\d.]+:\d+", banner)
+    if not match:
+        server.kill()
+        raise SystemExit(f"the demo API did not start: {banner!r}")
+    return server, match.group(0)
+
+
+def measured(argv: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MiB, stdout+stderr) of one process, from its own rusage."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    took = time.perf_counter() - began
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[:4]} exited {proc.returncode}:\n{out}")
+    return took, usage.ru_maxrss / 1024, out
+
+
+def bench_url(base: str, total: int, per_page: int) -> str:
+    return f"{base}/v1/bench?page=1&per_page={per_page}&total={total}"
+
+
+def run_schedsync(base: str, total: int, per_page: int, folder: Path, env: dict):
+    for stale in folder.glob("*.db*"):
+        stale.unlink() if stale.is_file() else None
+    (folder / "jobs.yaml").write_text(textwrap.dedent(f"""
+        state: schedsync.db
+        budgets:
+          bench-api: 1000/1m
+        jobs:
+          bench:
+            budget: bench-api
+            timeout: 10m
+            http:
+              url: "{bench_url(base, total, per_page)}"
+              items: data
+              next: links.next
+              max_pages: 10000
+            into: {{table: items, pk: id}}
+    """))
+    took, rss, out = measured([sys.executable, "-m", "schedsync", "-c", "jobs.yaml", "run", "bench"],
+                              folder, env)
+    import sqlite3
+
+    db = sqlite3.connect(folder / "data.db")
+    stored = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    db.close()
+    if stored != total:
+        raise SystemExit(f"schedsync stored {stored} items, expected {total}:\n{out}")
+    return took, rss
+
+
+def run_baseline(base: str, total: int, per_page: int, folder: Path, env: dict):
+    db = folder / "baseline.sqlite"
+    if db.exists():
+        db.unlink()
+    took, rss, out = measured([sys.executable, "-c", BASELINE, bench_url(base, total, per_page), str(db)],
+                              folder, env)
+    if out.strip() != str(total):
+        raise SystemExit(f"the baseline synced {out.strip()} items, expected {total}")
+    return took, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best time is kept")
+    parser.add_argument("--per-page", type=int, default=1000)
+    args = parser.parse_args()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDSYNC_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    server, base = start_server()
+    try:
+        with tempfile.TemporaryDirectory(prefix="schedsync-bench-") as tmp:
+            folder = Path(tmp)
+            env.update(HOME=tmp, XDG_CACHE_HOME=f"{tmp}/cache", XDG_STATE_HOME=f"{tmp}/state")
+            run_baseline(base, 100_000, args.per_page, folder, env)  # warm the server's page cache
+            results = {}
+            for total in (10_000, 100_000):
+                best = {"schedsync": (float("inf"), 0.0), "baseline": (float("inf"), 0.0)}
+                for _ in range(args.repeat):
+                    for name, fn in (("schedsync", run_schedsync), ("baseline", run_baseline)):
+                        took, rss = fn(base, total, args.per_page, folder, env)
+                        best[name] = (min(best[name][0], took), max(best[name][1], rss))
+                results[total] = best
+    finally:
+        server.terminate()
+        server.wait()
+
+    print(f"http job sync, {args.per_page} items per page, best of {args.repeat} "
+          f"(process start to exit; peak RSS from the process's rusage)")
+    print(f"{'items':>8} {'pages':>6} {'schedsync':>18} {'httpx+sqlite3':>18} {'time ratio':>11} "
+          f"{'RSS schedsync':>14} {'RSS script':>11}")
+    for total, best in results.items():
+        (s_time, s_rss), (b_time, b_rss) = best["schedsync"], best["baseline"]
+        print(f"{total:>8,} {total // args.per_page:>6} {total / s_time:>11,.0f} it/s "
+              f"{total / b_time:>11,.0f} it/s {s_time / b_time:>10.2f}x "
+              f"{s_rss:>10.1f} MiB {b_rss:>7.1f} MiB")
+    small, large = results[10_000]["schedsync"][1], results[100_000]["schedsync"][1]
+    ratio = results[100_000]["schedsync"][0] / results[100_000]["baseline"][0]
+    print(f"targets: time ratio at 100k <= 1.50x: {ratio:.2f}x; "
+          f"RSS flat (10k {small:.1f} MiB -> 100k {large:.1f} MiB) and <= 80 MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Example python jobs, imported from the folder of jobs.yaml (see pyjob)."""

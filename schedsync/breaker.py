@@ -49,7 +49,9 @@ def record(breaker: Breaker, settings: dict, now: float, ok: bool,
         closed = Breaker(breaker.name)
         return closed, ((before, CLOSED) if before != CLOSED else None)
     if trial or before == HALF_OPEN:
-        return _open(breaker, settings, now, breaker.failures + 1), (before, OPEN)
+        # A second trial failing after the first re-opened it renews the wait, quietly.
+        return _open(breaker, settings, now, breaker.failures + 1), (
+            (before, OPEN) if before != OPEN else None)
     failures = breaker.failures + 1
     if before == CLOSED and failures >= settings["failures"]:
         return _open(breaker, settings, now, failures), (CLOSED, OPEN)

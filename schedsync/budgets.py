@@ -8,7 +8,7 @@ until then.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
 
 from .models import Bucket
 
@@ -17,21 +17,23 @@ EPSILON = 1e-9  # float refill must not deny a token that is there by a rounding
 
 def refill(bucket: Bucket, capacity: float, per: float, now: float) -> Bucket:
     if now <= bucket.updated:
-        return replace(bucket, tokens=min(bucket.tokens, capacity))
+        return Bucket(bucket.name, min(bucket.tokens, capacity), bucket.updated)
     tokens = min(capacity, bucket.tokens + (now - bucket.updated) * capacity / per)
-    return replace(bucket, tokens=tokens, updated=now)
+    return Bucket(bucket.name, tokens, now)  # not dataclasses.replace: this is every acquire's path
 
 
 def take(bucket: Bucket | None, name: str, capacity: float, per: float, cost: float,
          now: float) -> tuple[bool, Bucket, float | None]:
     """(granted, new bucket, when ``cost`` tokens will be there). None: never (cost > capacity)."""
     current = refill(bucket or Bucket(name, capacity, now), capacity, per, now)
-    if current.tokens + EPSILON >= cost:
-        return True, replace(current, tokens=max(0.0, current.tokens - cost)), now
     if cost > capacity:
         return False, current, None
+    if current.tokens + EPSILON >= cost:
+        return True, Bucket(current.name, max(0.0, current.tokens - cost), current.updated), now
     ready = max(now, current.updated) + (cost - current.tokens) * per / capacity
-    return False, current, ready
+    # Up by one ulp: at epoch scale the sum may round down, and a caller that sleeps
+    # until ``ready`` must find the tokens there, not a hair short of them.
+    return False, current, math.nextafter(ready, math.inf)
 
 
 def block_until(bucket: Bucket | None, name: str, until: float) -> Bucket:
@@ -48,14 +50,15 @@ def spend(store, rates: dict, names: list[str], cost: float, now: float) -> floa
     Returns None when granted, else when all of them will have enough (inf: never).
     """
     with store.transaction():
-        taken, ready = [], now
+        taken, ready = [], None
         for name in names:
             capacity, per = rates[name]
             granted, bucket, at = take(store.load_bucket(name), name, capacity, per, cost, now)
             if not granted:
-                ready = max(ready, float("inf") if at is None else at)
+                # A flag, not ``ready > now``: a denial whose wait rounds to zero is still a denial.
+                ready = max(now if ready is None else ready, math.inf if at is None else at)
             taken.append(bucket)
-        if ready > now:
+        if ready is not None:
             return ready
         for bucket in taken:
             store.save_bucket(bucket)

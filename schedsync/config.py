@@ -302,6 +302,11 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
                 raise doc.error(where, f"no budget named {b!r}",
                                 f"define it under `budgets:` ({', '.join(budgets) or 'none yet'})")
         job["budgets"] = [str(b) for b in names]
+        for b in job["budgets"]:
+            if kind != "http" and job["cost"] > budgets[b][0]:
+                raise doc.error(f"{path}.cost" if "cost" in spec else f"{path}.budget",
+                                f"cost {job['cost']} is more than budget {b!r} can ever hold "
+                                f"({budgets[b][0]:g})", "lower the cost or raise the capacity")
     if "cwd" in spec:
         job["cwd"] = os.path.join(folder, os.path.expanduser(_str(spec["cwd"], f"{path}.cwd", doc)))
 

@@ -44,5 +44,8 @@ def retrying(retries: dict, deadline: float, *, retry, sleep=time.sleep, clock=t
         # Stop rather than sleep through the run's timeout: the wait would be wasted.
         return clock() + wait(state) >= deadline
 
+    # reraise only re-raises exceptions; when retries end on a result (a command's
+    # listed exit code), hand back that last result instead of a RetryError.
     return Retrying(stop=stop_after_attempt(retries["attempts"]) | past_deadline, wait=wait,
-                    retry=retry, sleep=sleep, reraise=True)
+                    retry=retry, sleep=sleep, reraise=True,
+                    retry_error_callback=lambda state: state.outcome.result())

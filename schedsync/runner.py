@@ -120,10 +120,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
                     skip = (BREAKER_OPEN, admission.retry_at, f"breaker {breaker_name} is open")
                 elif job.kind != "http" and job.budgets and job.cost:
                     ready = budgets.spend(store, config.budgets, job.budgets, job.cost, now)
-                    if ready == float("inf"):  # cost > capacity: no retry_at to record
-                        skip = (RATE_LIMITED, None, f"cost {job.cost} is more than budget "
-                                f"{', '.join(job.budgets)} can ever hold")
-                    elif ready is not None:
+                    if ready is not None:
                         skip = (RATE_LIMITED, ready, f"budget {', '.join(job.budgets)} is empty")
                 if skip is None:
                     if state != before:

@@ -265,3 +265,14 @@ def test_list_shows_every_job(project):
     assert result.returncode == 0
     for name in ("airdrops", "validate-entries", "points"):
         assert name in result.stdout
+
+
+def test_a_cost_above_the_budget_capacity_is_a_config_error():
+    message = error_of("""\
+        budgets:
+          small: 2/1h
+        jobs:
+          a: {command: "true", budget: small, cost: 3}
+        """)
+    assert message == ("jobs.yaml:4 jobs.a.cost: cost 3 is more than budget 'small' can ever hold (2)"
+                       " — lower the cost or raise the capacity")

@@ -215,13 +215,10 @@ def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., metavar="JO
 def prune(ctx: typer.Context):
     """Apply the retention policy now. Example: schedsync prune"""
     with _errors(), _opened(ctx) as (config, store):
-        now = time.time()
-        removed = 0
-        for name in config.jobs:
-            keep = config.job(name).retention
-            with store.transaction():
-                removed += store.prune(name, now, keep.get("success"), keep.get("failed"))
-    print(f"pruned {removed} runs")
+        policies = {name: (job["retention"].get("success"), job["retention"].get("failed"))
+                    for name, job in config.jobs.items()}
+        removed = store.prune_all(policies, time.time())
+    print(f"pruned {removed} run{'' if removed == 1 else 's'}")
 
 
 @app.command()

@@ -1,34 +1,72 @@
-"""``schedsync crontab``: one line per scheduled job, ready for ``crontab -``."""
+"""``schedsync crontab``: one line per scheduled job, ready for ``crontab -``.
+
+Cron runs each line with ``/bin/sh``, a bare environment (HOME, a short PATH,
+no $SCHEDSYNC_*), and the crontab file's own rules (``%`` means newline), so
+every line names this installation's executable, the config and, when cron
+would not find the same one by itself, the state file, all by absolute path.
+"""
 
 from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 
-from .config import Config
+from .config import Config, resolve_state
 
 MARK = "# schedsync"
+LATE_WATCH = "*/5 * * * *"  # how often the watcher line looks for late jobs
 
 
 def executable() -> str:
-    """The absolute path cron should call: the installed script, else this interpreter."""
-    here = shutil.which("schedsync")
-    if here:
-        return os.path.abspath(here)
+    """The command cron should call: this very installation, never another one on PATH."""
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) == "schedsync" and os.path.isfile(script):
+        return shlex.quote(os.path.abspath(script))
+    beside = os.path.join(os.path.dirname(sys.executable), "schedsync")  # a venv's script
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return shlex.quote(beside)
     return f"{shlex.quote(sys.executable)} -m schedsync"
 
 
 def crontab_lines(config: Config, state: str | None = None) -> list[str]:
+    """The crontab; ``state`` is --state as given (or None)."""
+    from .notify import wants_late
+
     config_path = os.path.join(config.dir, os.path.basename(config.path))
     prefix = f"{executable()} -c {shlex.quote(config_path)}"
-    if state:
-        prefix += f" --state {shlex.quote(os.path.abspath(state))}"
-    lines = [f"{MARK}: generated from {config_path}; cron mails only failures (exit 75 = skipped)"]
+    # Cron has neither --state nor $SCHEDSYNC_STATE nor $XDG_STATE_HOME: pin the state
+    # status reads here unless jobs.yaml's own `state:` already names it.
+    chosen = os.path.abspath(resolve_state(state, config))
+    if config.state is None or chosen != os.path.abspath(config.state):
+        prefix += f" --state {shlex.quote(chosen)}"
+    prefix = _cron_escape(prefix)
+    lines = [
+        f"{MARK}: the jobs of {config_path}, from `schedsync crontab`.",
+        "# Install with `schedsync crontab | crontab -` (this replaces the user's crontab: merge",
+        "# any other lines in). Each line runs one job once; schedsync locks, budgets, retries",
+        "# and records it. cron mails only what a failed run prints; exit 75 means skipped.",
+    ]
     if config.timezone:
-        lines.append(f"CRON_TZ={config.timezone}")
+        lines += [f"# Schedules are read in {config.timezone} (cronie honours CRON_TZ; Debian's cron does not).",
+                  f"CRON_TZ={config.timezone}"]
     for name, job in config.jobs.items():
+        about = f": {job['description']}" if job["description"] else ""
         if job["schedule"]:
+            if about:
+                lines.append(_comment(f"# {name}{about}"))
             lines.append(f"{job['schedule']:<13} {prefix} run {name}")
+        else:
+            lines.append(_comment(f"# {name}{about} (no schedule: run by hand with `schedsync run {name}`)"))
+    if wants_late(config):
+        lines.append("# Late alerts: a job cron failed to start cannot report itself, so status looks.")
+        lines.append(f"{LATE_WATCH:<13} {prefix} status --json > /dev/null")
     return lines
+
+
+def _cron_escape(command: str) -> str:
+    return command.replace("%", "\\%")  # cron turns a bare % into a newline
+
+
+def _comment(text: str) -> str:
+    return " ".join(text.split())  # a description must not end the comment line

@@ -18,20 +18,35 @@ RUN_MARK = {"success": ("●", "green"), "partial": ("◐", "yellow"), "failed":
             "timeout": ("⏱", "red"), "crashed": ("☠", "red"), "skipped": ("·", "dim"),
             "running": ("▶", "cyan")}
 BARS = "▁▂▃▄▅▆▇█"
+FAILED_STATUSES = ("failed", "timeout", "crashed")
+
+
+WIDE = 1000  # columns when stdout is not a terminal and $COLUMNS is unset: never cut a pipe short
+WHY_MIN = 30  # the WHY column needs this much room; narrower, reasons follow the table
 
 
 def console() -> Console:
-    return Console(highlight=False)
+    """A terminal's width; a pipe's $COLUMNS, else wide enough not to cut anything."""
+    import os
+
+    wide = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(highlight=False, width=WIDE if wide else None)
 
 
 def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def _time(iso_time: str) -> datetime:
+    return datetime.fromisoformat(iso_time.replace("Z", "+00:00"))
+
+
 def _when(iso_time: str | None, now: datetime) -> str:
     if not iso_time:
         return "—"
-    delta = (now - datetime.fromisoformat(iso_time.replace("Z", "+00:00"))).total_seconds()
+    delta = (now - _time(iso_time)).total_seconds()
+    if abs(delta) < 1:
+        return "just now"
     return f"{format_duration(delta)} ago" if delta >= 0 else f"in {format_duration(-delta)}"
 
 
@@ -45,76 +60,193 @@ def _strip(recent: list[dict]) -> Text:
 
 def _sparkline(recent: list[dict]) -> str:
     values = [r["duration_ms"] for r in reversed(recent)
-              if r["duration_ms"] is not None and r["status"] != "skipped"]
+              if r["duration_ms"] is not None and r["status"] not in ("skipped", "running")]
     if not values:
         return ""
     top = max(values) or 1
     return "".join(BARS[min(len(BARS) - 1, int(v / top * (len(BARS) - 1)))] for v in values)
 
 
+def _recent(recent: list[dict], width: int) -> Text:
+    """The last ``width`` runs as marks, then their durations as a sparkline (skips have none)."""
+    shown = recent[:width]
+    text = _strip(shown)
+    spark = _sparkline(shown)
+    if spark:
+        text.append(" " + spark, style="cyan")
+    return text
+
+
 def status_table(report: dict, jobs: list[dict]) -> None:
-    console().print(status_renderable(report, jobs))
+    out = console()
+    _print(out, status_renderable(report, jobs, out.width))
 
 
-def status_renderable(report: dict, jobs: list[dict]):
+def _print(out: Console, renderable) -> None:
+    """Print; into a pipe without the padding that ends a table's lines, for grep, awk and diff."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    with out.capture() as captured:
+        out.print(renderable)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
+def watch_frame(report: dict, jobs: list[dict]):
     from rich.console import Group
 
-    now = datetime.fromisoformat(report["generated_at"].replace("Z", "+00:00"))
+    width = console().width
+    title = Text(f"schedsync status at {report['generated_at']} (every 2s; Ctrl-C to stop)", style="dim")
+    return Group(title, status_renderable(report, jobs, width))
+
+
+def status_renderable(report: dict, jobs: list[dict], width: int = 160):
+    """The status table laid out for ``width`` columns. Wide: every column, reasons in WHY.
+    Narrower: reasons for jobs that need a look follow the table. Narrowest (80): TOOK and
+    BUDGET make way (budgets are listed below anyway) and the strip shows 6 runs."""
+    from rich.console import Group
+
+    if not jobs:
+        return Text("no jobs in the registry", style="dim")
+    now = _time(report["generated_at"])
     levels = {b["name"]: b for b in report["budgets"]}
+    strip = 20 if width >= 150 else 12
+    for layout in (FULL, NO_WHY, NO_REASON, COMPACT):
+        table = _status_table(jobs, now, levels, strip if layout != COMPACT else 6, layout, width)
+        if _width(table) <= width:
+            break
+    parts = [table]
+    if "WHY" not in [c.header for c in table.columns]:
+        for job in jobs:
+            if job["health"] not in ("OK", "NEVER"):
+                parts.append(Text.assemble("  ", (job["name"], "bold"), f": {job['why']}"))
+    if report["budgets"]:
+        parts.append(Text("budgets: " + "  ".join(
+            f"{b['name']} {b['tokens']:.1f}/{b['capacity']:g} per {format_duration(b['per_seconds'])}"
+            for b in report["budgets"]), style="dim"))
+    return Group(*parts)
+
+
+def _width(table: Table) -> int:
+    return Console(width=10_000).measure(table).maximum
+
+
+FULL, NO_WHY, NO_REASON, COMPACT = range(4)  # status layouts, widest first
+
+
+def _status_table(jobs: list[dict], now: datetime, levels: dict, strip: int, layout: int,
+                  width: int) -> Table:
+    compact, why = layout == COMPACT, layout == FULL
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("JOB", "HEALTH", "LAST RUN", "TOOK", "NEXT", "BREAKER", "BUDGET", "RECENT", "WHY"):
-        table.add_column(column, no_wrap=column != "WHY")
+    table.add_column("JOB", overflow="fold", max_width=max(28, width // 5),
+                     min_width=min(10, max(len(j["name"]) for j in jobs)))
+    for column in ("HEALTH", "LAST RUN") + (() if compact else ("TOOK",)) + ("NEXT", "BREAKER") \
+            + (() if compact else ("BUDGET",)) + ("RECENT",):
+        table.add_column(column, no_wrap=True)
+    if why:
+        table.add_column("WHY", overflow="fold", min_width=WHY_MIN)
     for job in jobs:
         last = job["last_run"]
-        last_text = f"{last['status']} {_when(last['started_at'], now)}" if last else "never"
-        took = format_duration(last["duration_ms"] / 1000) if last and last["duration_ms"] is not None else "—"
-        breaker = job["breaker"]
-        breaker_text = breaker["state"]
-        if breaker["state"] == "open" and breaker["opens_until"]:
-            breaker_text += f" (half-opens {_when(breaker['opens_until'], now)})"
-        budget = ", ".join(f"{levels[b]['tokens']:.0f}/{levels[b]['capacity']:.0f}"
-                           for b in job["budgets"]) or "—"
-        strip = _strip(job["recent"])
-        strip.append(" " + _sparkline(job["recent"]), style="dim")
-        table.add_row(job["name"], Text(job["health"], style=HEALTH_STYLE.get(job["health"], "")),
-                      last_text, took, _when(job["next_expected"], now) if job["next_expected"] else "—",
-                      breaker_text, budget, strip, job["why"])
-    if not report["budgets"]:
-        return table
-    return Group(table, Text("budgets: " + "  ".join(
-        f"{b['name']} {b['tokens']:.1f}/{b['capacity']:.0f} per {format_duration(b['per_seconds'])}"
-        for b in report["budgets"]), style="dim"))
+        if last:
+            style = RUN_MARK.get(last["status"], ("?", ""))[1]
+            status = last["status"] + (f" ({last['reason']})" if last["reason"] and layout < NO_REASON else "")
+            last_text = Text.assemble((status, style), f" {_when(last['started_at'], now)}")
+        else:
+            last_text = Text("never", style="dim")
+        row = [job["name"], Text(job["health"], style=HEALTH_STYLE.get(job["health"], "")), last_text]
+        if not compact:
+            timed = last and last["duration_ms"] is not None and last["status"] not in ("skipped", "running")
+            row.append(format_duration(last["duration_ms"] / 1000) if timed else "—")
+        row += [_when(job["next_expected"], now), _breaker(job["breaker"], now, compact)]
+        if not compact:
+            row.append(_budgets(job["budgets"], levels))
+        row.append(_recent(job["recent"], strip))
+        if why:
+            row.append(job["why"])
+        table.add_row(*row)
+    return table
 
 
-def job_detail(job: dict, report: dict, transitions: list, runs: list[dict]) -> None:
+def _breaker(breaker: dict, now: datetime, compact: bool = False) -> Text:
+    state = breaker["state"]
+    if state == "open":
+        left = breaker["opens_until"] and not compact
+        return Text("open" + (f", {_when(breaker['opens_until'], now).replace('in ', '')} left" if left else ""),
+                    style="bold red")
+    if state == "half-open":
+        return Text(state, style="yellow")
+    return Text(state, style="dim")
+
+
+def _budgets(names: list[str], levels: dict) -> Text:
+    text = Text()
+    for i, name in enumerate(names):
+        if i:
+            text.append(", ")
+        level = levels[name]
+        text.append(f"{level['tokens']:.0f}/{level['capacity']:g}", style="yellow" if level["tokens"] < 1 else "")
+    return text if names else Text("—", style="dim")
+
+
+def job_detail(detail: dict) -> None:
+    """``status JOB``: its row, why, schedule, breaker with transitions, budgets, alerts, runs."""
     out = console()
-    now = datetime.fromisoformat(report["generated_at"].replace("Z", "+00:00"))
+    job = detail["jobs"][0]
+    now = _time(detail["generated_at"])
     out.print(Text.assemble((job["name"], "bold"), "  ",
                             (job["health"], HEALTH_STYLE.get(job["health"], "")), f"  {job['why']}"))
     if job["description"]:
         out.print(job["description"])
-    out.print(f"schedule   {job['schedule'] or 'none (run by hand)'}"
+    paused = " (paused)" if job["paused"] else ""
+    out.print(f"schedule   {job['schedule'] or 'none (run by hand)'}{paused}"
               + (f", next {_when(job['next_expected'], now)}" if job["next_expected"] else ""))
-    out.print(f"last ok    {_when(job['last_success_at'], now)}")
+    streak = job["consecutive_failures"]
+    failures = f"{streak} failure{'s' if streak != 1 else ''} in a row"
+    if job["last_success_at"]:
+        out.print(f"last ok    {_when(job['last_success_at'], now)}" + (f"; {failures} since" if streak else ""))
+    else:
+        out.print("last ok    never" + (f" ({failures})" if streak else ""))
     breaker = job["breaker"]
-    out.print(f"breaker    {breaker['name']}: {breaker['state']}, {breaker['failures']} failures in a row"
-              + (f", half-opens {_when(breaker['opens_until'], now)}" if breaker["state"] == "open" else ""))
-    for at, old, new, why in transitions:
-        out.print(f"           {_when(report_iso(at), now)}: {old} → {new} ({why})", style="dim")
-    for b in report["budgets"]:
+    out.print(Text.assemble("breaker    ", f"{breaker['name']}: ", _breaker(breaker, now),
+                            f", {breaker['failures']} failure{'' if breaker['failures'] == 1 else 's'} counted"))
+    for event in detail["transitions"]:
+        out.print(f"           {_when(event['at'], now)}: {event['from']} → {event['to']} ({event['reason']})",
+                  style="dim")
+    for b in detail["budgets"]:
         if b["name"] in job["budgets"]:
-            out.print(f"budget     {b['name']}: {b['tokens']:.1f} of {b['capacity']:.0f} tokens"
+            out.print(f"budget     {b['name']}: {b['tokens']:.1f} of {b['capacity']:g} tokens"
                       f" per {format_duration(b['per_seconds'])}")
-    last = job["last_run"]
-    if last and last["error"]:
-        out.print(f"last error {last['error']}", style="red")
-    history_table(runs)
+    failed = next((r for r in detail["runs"] if r["status"] in FAILED_STATUSES), None)
+    if failed and failed["error"]:
+        out.print(Text.assemble("last error ", f"{_when(failed['finished_at'] or failed['started_at'], now)}"
+                                f" (run {failed['id']}): ", (failed["error"].strip(), "red")))
+    for i, note in enumerate(detail["notifications"]):
+        label = "alerts     " if i == 0 else "           "
+        result = Text(note["detail"], style="" if note["ok"] else "red")
+        out.print(Text.assemble(label, f"{_when(note['at'], now)}: {note['event']} → {note['target']}: ",
+                                result))
+    if detail["runs"]:
+        out.print()
+        _print(out, _runs_table(detail["runs"], now))
 
 
-def report_iso(t: float) -> str:
-    from .report import iso
-
-    return iso(t)
+def _runs_table(runs: list[dict], now: datetime) -> Table:
+    """Recent runs for ``status JOB``: fewer columns than ``history``, times relative."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "STARTED", "STATUS", "TOOK", "EXIT"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("DETAIL", overflow="fold", min_width=20)
+    for run in runs:
+        mark, style = RUN_MARK.get(run["status"], ("?", ""))
+        status = run["status"] + (f" ({run['reason']})" if run["reason"] else "")
+        detail = (run["error"] or "").strip().splitlines()[0] if (run["error"] or "").strip() else ""
+        if run["retry_at"]:
+            detail += f" (allowed again {_when(run['retry_at'], now)})"
+        timed = run["duration_ms"] is not None and run["status"] != "skipped"
+        table.add_row(str(run["id"]), _when(run["started_at"], now), Text(f"{mark} {status}", style=style),
+                      format_duration(run["duration_ms"] / 1000) if timed else "—",
+                      "" if run["exit_code"] is None else str(run["exit_code"]), detail)
+    return table
 
 
 def history_table(runs: list[dict]) -> None:

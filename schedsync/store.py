@@ -6,9 +6,23 @@ operations, never on SQL; every SQL string lives in a backend module
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 from .models import Breaker, Bucket, JobState, Run
+
+
+@dataclass
+class Notification:
+    """One webhook or ping attempt, kept (bounded per job) so `status JOB` can show it."""
+
+    job: str
+    event: str  # failure | recovery | breaker_open | late | ping:start | ping:success | ping:fail
+    target: str  # scheme://host/… only: webhook and ping paths often carry a token
+    at: float
+    ok: bool
+    detail: str  # "HTTP 204", "timed out after 5s", …
+    run_id: int | None = None
 
 
 class JobLock(Protocol):
@@ -34,7 +48,12 @@ class Store(Protocol):
     def runs(self, job: str, limit: int = 20, failed_only: bool = False) -> list[Run]: ...
     def job_states(self, names: list[str], recent: int = 10) -> dict[str, JobState]: ...
     def prune(self, job: str, now: float, keep_success: float | None,
-              keep_failed: float | None, limit: int | None = None) -> int: ...
+              keep_failed: float | None, limit: int | None = None) -> int:
+        """Delete finished runs past retention (at most ``limit``); a job's newest success is kept."""
+    def prune_all(self, policies: dict[str, tuple[float | None, float | None]], now: float) -> int:
+        """``prune`` every job in ``policies`` ({job: (keep_success, keep_failed)}), in bounded transactions."""
+    def failure_streak(self, job: str, before: float | None = None) -> int:
+        """Failed, timed-out and crashed runs since the last success (started before ``before``)."""
 
     # jobs
     def see_job(self, name: str, now: float) -> None: ...
@@ -48,6 +67,13 @@ class Store(Protocol):
     def save_breaker(self, breaker: Breaker) -> None: ...
     def record_transition(self, name: str, at: float, old: str, new: str, reason: str) -> None: ...
     def transitions(self, name: str, limit: int = 10) -> list[tuple[float, str, str, str]]: ...
+
+    # alerts
+    def record_notifications(self, notes: list[Notification], keep: int = 50) -> None:
+        """Store attempts, keeping the ``keep`` newest per job."""
+    def notifications(self, job: str, limit: int = 10) -> list[Notification]: ...
+    def claim_alert(self, job: str, event: str, mark: float) -> bool:
+        """True if ``event`` was not yet sent for ``mark``; marks it sent (one process wins)."""
 
     # overlap
     def job_lock(self, name: str) -> JobLock: ...

@@ -1,0 +1,191 @@
+"""`schedsync metrics`: Prometheus text exposition, read back with prometheus_client's parser."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from schedsync.metrics import Exposition
+
+JOBS = """
+    state: schedsync.db
+    budgets:
+      api: 10/1h
+      spare: {capacity: 60, per: 1h}
+    jobs:
+      fine:
+        schedule: "*/5 * * * *"
+        budget: api
+        command: ["true"]
+      broken:
+        command: "exit 3"
+        breaker: {failures: 2, reset_after: 10m}
+      idle:
+        command: ["true"]
+        breaker: {name: shared}
+      idle-too:
+        command: ["true"]
+        breaker: {name: shared}
+"""
+
+
+def parse(text: str) -> dict:
+    """{metric name: {frozenset of label items: value}}"""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
+    return out
+
+
+def value(metrics: dict, name: str, **labels) -> float:
+    return metrics[name][frozenset(labels.items())]
+
+
+@pytest.fixture
+def metrics(project):
+    project.write(JOBS)
+    assert project.cli("run", "fine").returncode == 0
+    for _ in range(2):
+        assert project.cli("run", "broken").returncode == 1
+    result = project.cli("metrics")
+    assert result.returncode == 0 and result.stderr == ""
+    return parse(result.stdout)
+
+
+def test_every_family_has_help_and_type_gauge(project):
+    project.write(JOBS)
+    text = project.cli("metrics").stdout
+    families = list(text_string_to_metric_families(text))
+    assert {f.type for f in families} == {"gauge"}
+    assert all(f.documentation for f in families)
+    assert {f.name for f in families} == {
+        "schedsync_job_last_success_timestamp_seconds", "schedsync_job_last_run_timestamp_seconds",
+        "schedsync_job_last_duration_seconds", "schedsync_job_last_status",
+        "schedsync_job_consecutive_failures", "schedsync_job_health",
+        "schedsync_job_next_expected_timestamp_seconds", "schedsync_budget_tokens",
+        "schedsync_budget_capacity", "schedsync_budget_period_seconds", "schedsync_breaker_state",
+        "schedsync_breaker_failures"}
+
+
+def test_the_last_success_is_a_unix_timestamp_and_absent_for_jobs_without_one(project, metrics):
+    started = project.history("fine")[0]["started_at"]
+    from datetime import datetime
+
+    expected = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+    assert abs(value(metrics, "schedsync_job_last_success_timestamp_seconds", job="fine") - expected) < 1
+    assert abs(expected - time.time()) < 120
+    jobs = {dict(labels)["job"] for labels in metrics["schedsync_job_last_success_timestamp_seconds"]}
+    assert jobs == {"fine"}
+
+
+def test_the_last_duration_is_in_seconds(project, metrics):
+    took = project.history("broken")[0]["duration_ms"] / 1000
+    assert value(metrics, "schedsync_job_last_duration_seconds", job="broken") == pytest.approx(took)
+
+
+def test_the_last_status_is_one_hot_over_every_status(metrics):
+    statuses = ("running", "success", "partial", "failed", "timeout", "skipped", "crashed")
+    for job, last in (("fine", "success"), ("broken", "failed")):
+        assert {s: value(metrics, "schedsync_job_last_status", job=job, status=s) for s in statuses} == \
+            {s: 1.0 if s == last else 0.0 for s in statuses}
+    assert sum(value(metrics, "schedsync_job_last_status", job="idle", status=s) for s in statuses) == 0
+
+
+def test_consecutive_failures_count_failed_runs_since_the_last_success(metrics):
+    assert value(metrics, "schedsync_job_consecutive_failures", job="broken") == 2
+    assert value(metrics, "schedsync_job_consecutive_failures", job="fine") == 0
+
+
+def test_health_is_one_hot_over_every_health(metrics):
+    healths = ("RUNNING", "OK", "LATE", "STALLED", "FAILING", "PAUSED", "NEVER")
+    for job, health in (("fine", "OK"), ("broken", "FAILING"), ("idle", "NEVER")):
+        assert {h: value(metrics, "schedsync_job_health", job=job, health=h) for h in healths} == \
+            {h: 1.0 if h == health else 0.0 for h in healths}
+
+
+def test_budgets_show_tokens_capacity_and_period(metrics):
+    assert 8.9 < value(metrics, "schedsync_budget_tokens", budget="api") < 9.5
+    assert value(metrics, "schedsync_budget_capacity", budget="api") == 10
+    assert value(metrics, "schedsync_budget_tokens", budget="spare") == 60  # never used: full
+    assert value(metrics, "schedsync_budget_period_seconds", budget="spare") == 3600
+
+
+def test_breakers_show_their_state_once_each_even_when_shared(metrics):
+    assert value(metrics, "schedsync_breaker_state", breaker="broken", state="open") == 1
+    assert value(metrics, "schedsync_breaker_state", breaker="broken", state="closed") == 0
+    assert value(metrics, "schedsync_breaker_state", breaker="shared", state="closed") == 1
+    assert value(metrics, "schedsync_breaker_failures", breaker="broken") == 2
+    breakers = [dict(labels)["breaker"] for labels in metrics["schedsync_breaker_failures"]]
+    assert sorted(breakers) == ["broken", "fine", "shared"]
+
+
+def test_next_expected_is_given_for_scheduled_jobs_only(metrics):
+    nxt = value(metrics, "schedsync_job_next_expected_timestamp_seconds", job="fine")
+    assert time.time() < nxt <= time.time() + 300
+    assert len(metrics["schedsync_job_next_expected_timestamp_seconds"]) == 1
+
+
+def test_textfile_is_written_whole_and_readable_by_node_exporter(project):
+    project.write(JOBS)
+    project.cli("run", "fine")
+    target = project.path / "collector" / "schedsync.prom"
+    target.parent.mkdir()
+    result = project.cli("metrics", "--textfile", str(target))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert value(parse(target.read_text()), "schedsync_job_health", job="fine", health="OK") == 1
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert os.listdir(target.parent) == ["schedsync.prom"]  # no temporary file left behind
+
+
+def test_textfile_replaces_the_previous_file_by_rename(project):
+    project.write(JOBS)
+    target = project.path / "schedsync.prom"
+    target.write_text("old\n")
+    before = target.stat().st_ino
+    assert project.cli("metrics", "--textfile", str(target)).returncode == 0
+    assert target.stat().st_ino != before  # a new file renamed over the old: never half-written
+    assert "schedsync_job_health" in target.read_text()
+
+
+def test_textfile_must_end_in_prom(project):
+    project.write(JOBS)
+    result = project.cli("metrics", "--textfile", "out.txt")
+    assert result.returncode == 2
+    assert result.stderr == ("error: --textfile out.txt: node_exporter's textfile collector reads only"
+                             " *.prom files — name it e.g. schedsync.prom\n")
+
+
+def test_textfile_in_a_missing_folder_exits_1(project):
+    project.write(JOBS)
+    result = project.cli("metrics", "--textfile", "/nonexistent/schedsync.prom")
+    assert result.returncode == 1
+    assert result.stderr == ("error: cannot write /nonexistent/schedsync.prom: No such file or directory"
+                             " — check that its folder exists and is writable by this user\n")
+
+
+def test_metrics_of_a_broken_config_exit_2(project):
+    project.write("jobs: {}\n")
+    result = project.cli("metrics")
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+
+
+def test_label_values_and_help_are_escaped():
+    out = Exposition()
+    out.family("x_total", "Help with a \\ backslash\nand a newline.")
+    out.sample("x_total", {"job": 'a "quoted"\\ name\nwith a newline'}, 1.5)
+    family, = text_string_to_metric_families(out.text())
+    assert family.documentation == "Help with a \\ backslash\nand a newline."
+    assert family.samples[0].labels == {"job": 'a "quoted"\\ name\nwith a newline'}
+    assert family.samples[0].value == 1.5
+
+
+def test_metrics_does_not_import_prometheus_client(project):
+    project.write(JOBS)
+    result = project.cli("metrics", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "schedsync.metrics" in imported and "prometheus_client" not in imported

@@ -133,25 +133,37 @@ def _pump(proc, fd: int, output: Output, deadline: float) -> bool:
     """Copy output until the command exits; False if the deadline passed first."""
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP)
-    open_pipe = True
-    while True:
-        left = deadline - time.time()
-        if left <= 0:
-            return False
-        if open_pipe:
-            for _ in poller.poll(min(left, 0.5) * 1000):
-                data = os.read(fd, 65536)
-                if data:
-                    output.feed(data)
-                else:
-                    open_pipe = False
-                    poller.unregister(fd)
-        else:
-            time.sleep(min(left, 0.05))
-        # WNOWAIT: see the exit without reaping, so the group id cannot be reused yet.
-        exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        if exited is not None:
-            return True
+    try:  # readable once the child has exited: no sleep between the pipe's EOF and the exit
+        pidfd = os.pidfd_open(proc.pid)
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):  # not Linux >= 5.3
+        pidfd = None
+    open_pipe, nap = True, 0.001
+    try:
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                return False
+            if open_pipe or pidfd is not None:
+                for ready, _ in poller.poll(min(left, 0.5) * 1000):
+                    if ready != fd:
+                        continue
+                    data = os.read(fd, 65536)
+                    if data:
+                        output.feed(data)
+                    else:
+                        open_pipe = False
+                        poller.unregister(fd)
+            else:
+                time.sleep(min(left, nap))  # the exit follows the pipe's EOF within microseconds
+                nap = min(nap * 2, 0.05)
+            # WNOWAIT: see the exit without reaping, so the group id cannot be reused yet.
+            exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if exited is not None:
+                return True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _stop(proc, fd: int, output: Output) -> None:

@@ -8,14 +8,14 @@ A trial's success closes the breaker; its failure re-opens it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from .records import dataclass, replace
 
 from .models import Breaker
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Admission:
     allowed: bool
     trial: bool = False

@@ -15,7 +15,7 @@ from __future__ import annotations
 import marshal
 import os
 import re
-from dataclasses import dataclass, field
+from .records import dataclass, field
 
 from .durations import parse_duration
 from .errors import ConfigError
@@ -663,7 +663,7 @@ def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets
     fields = {}
     for key in ("command", "http", "env", "cwd", "notify", "ping"):
         fields[key] = sub(getattr(job, key), f"job.{key}")
-    from dataclasses import replace
+    from .records import replace
 
     return replace(job, **fields), secrets
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .records import dataclass, field
 
 # Run statuses and skip reasons, as SPEC names them.
 RUNNING, SUCCESS, PARTIAL, FAILED, TIMEOUT, SKIPPED, CRASHED = (
@@ -74,3 +74,16 @@ class JobState:
     recent: list[Run]  # newest first, bounded
     last_success_at: float | None
     last_started_at: float | None  # newest run of any status, skips included
+
+
+@dataclass
+class Notification:
+    """One webhook or ping attempt, kept (bounded per job) so `status JOB` can show it."""
+
+    job: str
+    event: str  # failure | recovery | breaker_open | late | ping:start | ping:success | ping:fail
+    target: str  # scheme://host/… only: webhook and ping paths often carry a token
+    at: float
+    ok: bool
+    detail: str  # "HTTP 204", "timed out after 5s", …
+    run_id: int | None = None

@@ -33,7 +33,7 @@ import time
 
 from .config import Config, Job, Secrets
 from .models import FAILURES, PARTIAL, SUCCESS, Run
-from .store import Notification
+from .models import Notification
 
 TIMEOUT = 5.0  # seconds for one request, connect to last byte
 KEEP = 50  # attempts kept per job
@@ -78,7 +78,7 @@ def after_run(config: Config, store, job: Job, run: Run, secrets: Secrets, now: 
 
 def after_crash(config: Config, store, run: Run, now: float) -> None:
     """A run found ``crashed`` (its process died): alert as for any failed run."""
-    from dataclasses import replace
+    from .records import replace
 
     from .config import expand
     from .errors import ConfigError

@@ -8,12 +8,11 @@ functions, the store persists, the job kinds do the work.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from .records import dataclass, field
 
 from . import breaker as breakers
 from . import budgets
@@ -87,6 +86,8 @@ def run_job(config: Config, name: str, store: Store, *, trigger: str, interactiv
     job, secrets = expand(config.job(name), config.path, environ)
     reap(store, config, [job.name])
     if job.jitter:
+        import random
+
         sleep(random.uniform(0, job.jitter))
 
     lock = None

@@ -1,39 +1,20 @@
 """The one interface to persisted state. Features are built on these domain
 operations, never on SQL; every SQL string lives in a backend module
 (``store_sqlite`` now, PostgreSQL next), and one contract test runs against each.
+
+``Store`` documents the operations a backend provides; backends do not inherit
+from it (a Protocol would cost every cron tick the ``typing`` import).
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Protocol
 
-from .models import Breaker, Bucket, JobState, Run
-
-
-@dataclass
-class Notification:
-    """One webhook or ping attempt, kept (bounded per job) so `status JOB` can show it."""
-
-    job: str
-    event: str  # failure | recovery | breaker_open | late | ping:start | ping:success | ping:fail
-    target: str  # scheme://host/… only: webhook and ping paths often carry a token
-    at: float
-    ok: bool
-    detail: str  # "HTTP 204", "timed out after 5s", …
-    run_id: int | None = None
+from .lock import FileLock
+from .models import Breaker, Bucket, JobState, Notification, Run
 
 
-class JobLock(Protocol):
-    fd: int | None
-
-    def acquire(self, wait: float = 0.0) -> bool: ...
-    def release(self) -> None: ...
-    def is_held(self) -> bool: ...
-
-
-class Store(Protocol):
+class Store:
     path: str
 
     def transaction(self) -> AbstractContextManager[None]:
@@ -76,7 +57,8 @@ class Store(Protocol):
         """True if ``event`` was not yet sent for ``mark``; marks it sent (one process wins)."""
 
     # overlap
-    def job_lock(self, name: str) -> JobLock: ...
+    def job_lock(self, name: str) -> FileLock:
+        """The job's overlap lock (``acquire(wait)``, ``release()``, ``fd``), held by the OS."""
 
     def close(self) -> None: ...
 

@@ -5,7 +5,6 @@ serialise instead of failing with "database is locked".
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -13,8 +12,7 @@ from contextlib import contextmanager
 
 from .errors import StateError
 from .lock import FileLock
-from .models import Breaker, Bucket, JobState, Run, SUCCESS, PARTIAL, SKIPPED
-from .store import Notification
+from .models import Breaker, Bucket, JobState, Notification, Run, SUCCESS, PARTIAL, SKIPPED
 
 BUSY_TIMEOUT = 60.0  # seconds; cron fires many lines in the same second
 
@@ -333,14 +331,14 @@ class SQLiteStore:
                             " WHERE name = ?", (name,)).fetchone()
         if not row:
             return Breaker(name)
-        return Breaker(name, row[0], row[1], row[2], row[3], json.loads(row[4]))
+        return Breaker(name, row[0], row[1], row[2], row[3], _leases(row[4]))
 
     def save_breaker(self, breaker: Breaker) -> None:
         self._run_sql(
             "INSERT OR REPLACE INTO breakers (name, state, failures, opened_at, opens_until, leases)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (breaker.name, breaker.state, breaker.failures, breaker.opened_at,
-             breaker.opens_until, json.dumps(breaker.leases)))
+             breaker.opens_until, _leases_text(breaker.leases)))
 
     def record_transition(self, name: str, at: float, old: str, new: str, reason: str) -> None:
         self._run_sql("INSERT INTO breaker_events (name, at, old, new, reason) VALUES (?,?,?,?,?)",
@@ -410,3 +408,19 @@ def process_alive(pid: int, started: int | None) -> bool:
     except PermissionError:
         pass
     return started is None or _process_start(pid) in (None, started)
+
+
+def _leases(text: str) -> list[float]:
+    if text == "[]":
+        return []  # the usual case: json only when a half-open trial is in flight
+    import json
+
+    return json.loads(text)
+
+
+def _leases_text(leases: list[float]) -> str:
+    if not leases:
+        return "[]"
+    import json
+
+    return json.dumps(leases)

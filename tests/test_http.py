@@ -504,7 +504,7 @@ def test_a_hanging_upstream_ends_at_the_run_timeout(project, upstream):
     took = time.monotonic() - began
 
     assert result.returncode == 1
-    assert took < 6, took
+    assert took < 15, took  # without the hard deadline the trickle would last hours
     [run] = project.history("items")
     assert (run["status"], run["error"]) == ("timeout", "timed out after 2.0s")
     assert "timed out after 2.0s" in one_error_line(result)
@@ -537,7 +537,7 @@ def test_an_upstream_that_trickles_bytes_is_cut_by_the_hard_deadline(project, up
     took = time.monotonic() - began
 
     assert result.returncode == 1, result.stderr
-    assert took < 6, took
+    assert took < 15, took  # without the hard deadline the trickle would last hours
     [run] = project.history("items")
     assert (run["status"], run["error"]) == ("timeout", "timed out after 2.0s")
 

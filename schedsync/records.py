@@ -1,0 +1,69 @@
+"""``@dataclass`` for plain records, without importing dataclasses.
+
+``import dataclasses`` pulls in inspect (and ast, dis, tokenize), and each
+decorated class compiles generated code: together the largest cost of a cron
+tick (measured: 6.4x -> 3.5x ``python -c pass`` for ``schedsync run``). Our
+records need only ``__init__`` with defaults, ``__eq__``, ``__repr__`` and
+``replace``. Modules off the hot path (health) use the real dataclasses.
+"""
+
+_MISSING = object()
+
+
+class _Factory:
+    __slots__ = ("make",)
+
+    def __init__(self, make):
+        self.make = make
+
+
+def field(*, default=_MISSING, default_factory=_MISSING):
+    return default if default_factory is _MISSING else _Factory(default_factory)
+
+
+def dataclass(cls):
+    names, defaults = [], {}
+    for klass in reversed(cls.__mro__[:-1]):
+        for name in klass.__dict__.get("__annotations__", {}):
+            if name not in names:
+                names.append(name)
+            if name in klass.__dict__:
+                defaults[name] = klass.__dict__[name]
+    for name in defaults:
+        if name in cls.__dict__:
+            delattr(cls, name)
+    names = tuple(names)
+
+    def __init__(self, *args, **kwargs):
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__}() takes {len(names)} arguments")
+        values = dict(zip(names, args))
+        for key, value in kwargs.items():
+            if key not in names or key in values:
+                raise TypeError(f"{cls.__name__}() got an unexpected or repeated argument {key!r}")
+            values[key] = value
+        for name in names:
+            if name not in values:
+                if name not in defaults:
+                    raise TypeError(f"{cls.__name__}() missing argument {name!r}")
+                default = defaults[name]
+                values[name] = default.make() if isinstance(default, _Factory) else default
+            setattr(self, name, values[name])
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in names)
+
+    def __repr__(self):
+        return f"{cls.__qualname__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
+
+    cls.__init__, cls.__eq__, cls.__repr__, cls.__hash__ = __init__, __eq__, __repr__, None
+    cls.__record_fields__ = names
+    return cls
+
+
+def replace(obj, **changes):
+    values = {n: getattr(obj, n) for n in obj.__record_fields__}
+    values.update(changes)
+    return obj.__class__(**values)

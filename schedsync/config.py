@@ -363,9 +363,7 @@ def _settings(spec: dict, path: str, doc: _Doc) -> dict:
         elif key == "overlap":
             out[key] = _overlap(value, where, doc)
         elif key == "cost":
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise doc.error(where, f"{value!r} is not a whole number of tokens")
-            out[key] = value
+            out[key] = _whole(value, where, doc, least=0)
         elif key == "retries":
             out[key] = _retries(value, where, doc)
         elif key == "breaker":
@@ -410,6 +408,12 @@ def _check_name(name, path: str, doc: _Doc) -> None:
 def _str(value, path: str, doc: _Doc) -> str:
     if not isinstance(value, str):
         raise doc.error(path, f"{value!r} must be a string")
+    return value
+
+
+def _whole(value, path: str, doc: _Doc, least: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise doc.error(path, f"{value!r} must be a whole number of {least} or more")
     return value
 
 
@@ -459,9 +463,7 @@ def _retries(value, path: str, doc: _Doc) -> dict:
     for key, item in value.items():
         where = f"{path}.{key}"
         if key == "attempts":
-            if not isinstance(item, int) or isinstance(item, bool) or item < 1:
-                raise doc.error(where, f"{item!r} must be a whole number of 1 or more")
-            out[key] = item
+            out[key] = _whole(item, where, doc)
         elif key in ("initial", "max"):
             out[key] = _duration(item, where, doc)
         elif key in ("multiplier", "jitter"):
@@ -488,10 +490,8 @@ def _breaker(value, path: str, doc: _Doc) -> dict:
         elif key == "name":
             _check_name(item, where, doc)
             out[key] = item
-        elif not isinstance(item, int) or isinstance(item, bool) or item < 1:
-            raise doc.error(where, f"{item!r} must be a whole number of 1 or more")
         else:
-            out[key] = item
+            out[key] = _whole(item, where, doc)
     return out
 
 
@@ -516,9 +516,7 @@ def _notify(value, path: str, doc: _Doc) -> list:
         events = item.get("events", ["failure", "recovery"])
         if not isinstance(events, list) or any(e not in EVENTS for e in events):
             raise doc.error(f"{where}.events", f"{events!r}: events are {', '.join(EVENTS)}")
-        after = item.get("after_failures", 1)
-        if not isinstance(after, int) or isinstance(after, bool) or after < 1:
-            raise doc.error(f"{where}.after_failures", "must be a whole number of 1 or more")
+        after = _whole(item.get("after_failures", 1), f"{where}.after_failures", doc)
         out.append({"url": _url(item.get("url"), f"{where}.url", doc), "events": events,
                     "after_failures": after})
     return out
@@ -553,8 +551,7 @@ def _http(value, path: str, doc: _Doc) -> dict:
     if not ok:
         raise doc.error(f"{path}.next", f"{nxt!r} is not a pagination rule",
                         "use a dotted path, {cursor: PATH, param: NAME}, {page: NAME} or link-header")
-    if not isinstance(out["max_pages"], int) or isinstance(out["max_pages"], bool) or out["max_pages"] < 1:
-        raise doc.error(f"{path}.max_pages", "must be a whole number of 1 or more")
+    _whole(out["max_pages"], f"{path}.max_pages", doc)
     if "timeout" in value:
         out["timeout"] = _duration(value["timeout"], f"{path}.timeout", doc)
     since = out["since"]

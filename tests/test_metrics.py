@@ -162,9 +162,10 @@ def test_textfile_must_end_in_prom(project):
 
 def test_textfile_in_a_missing_folder_exits_1(project):
     project.write(JOBS)
-    result = project.cli("metrics", "--textfile", "/nonexistent/schedsync.prom")
+    target = project.path / "no-such-folder" / "schedsync.prom"
+    result = project.cli("metrics", "--textfile", str(target))
     assert result.returncode == 1
-    assert result.stderr == ("error: cannot write /nonexistent/schedsync.prom: No such file or directory"
+    assert result.stderr == (f"error: cannot write {target}: No such file or directory"
                              " — check that its folder exists and is writable by this user\n")
 
 

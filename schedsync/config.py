@@ -190,11 +190,11 @@ def parse(text: str, file: str, folder: str) -> Config:
     try:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         node = yaml.compose(text, Loader=loader)
+        if node is None:
+            raise ConfigError(f"{file}: the file is empty", "add a `jobs:` mapping (see the README)")
+        raw = _to_python(node, "", doc, yaml)  # may meet an unknown tag such as !!python/name
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, text, file)
-    if node is None:
-        raise ConfigError(f"{file}: the file is empty", "add a `jobs:` mapping (see the README)")
-    raw = _to_python(node, "", doc, yaml)
     return _validate(raw, doc, folder)
 
 
@@ -296,13 +296,16 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
     budget = spec.get("budget")
     if budget is not None:
         names = budget if isinstance(budget, list) else [budget]
-        for i, b in enumerate(names):
-            if b not in budgets:
+        for b in names:
+            if not isinstance(b, str) or b not in budgets:
                 where = f"{path}.budget"
                 raise doc.error(where, f"no budget named {b!r}",
                                 f"define it under `budgets:` ({', '.join(budgets) or 'none yet'})")
         job["budgets"] = [str(b) for b in names]
         for b in job["budgets"]:
+            if kind == "http" and budgets[b][0] < 1:
+                raise doc.error(f"{path}.budget", f"budget {b!r} holds less than the 1 token a request costs",
+                                "raise its capacity to 1 or more")
             if kind != "http" and job["cost"] > budgets[b][0]:
                 raise doc.error(f"{path}.cost" if "cost" in spec else f"{path}.budget",
                                 f"cost {job['cost']} is more than budget {b!r} can ever hold "
@@ -343,8 +346,11 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
         if not (isinstance(pk, str) and pk) and not (
                 isinstance(pk, list) and pk and all(isinstance(p, str) for p in pk)):
             raise doc.error(f"{path}.into.pk", "is required: the item key (or list of keys) to upsert on")
+        db = into.get("db")
+        if db is not None and (not isinstance(db, str) or not db):
+            raise doc.error(f"{path}.into.db", f"{db!r} is not a file path")
         job["into"] = {"table": into["table"], "pk": pk,
-                       "db": os.path.join(folder, into["db"]) if into.get("db") else None}
+                       "db": os.path.join(folder, os.path.expanduser(db)) if db else None}
     job["lines"] = {p[len(path) + 1:]: line for p, line in doc.lines.items()
                     if p.startswith(path + ".")}
     return job
@@ -547,7 +553,8 @@ def _http(value, path: str, doc: _Doc) -> dict:
         raise doc.error(f"{path}.items", "must be a dotted path such as data or result.items")
     nxt = out["next"]
     ok = (nxt is None or isinstance(nxt, str)
-          or (isinstance(nxt, dict) and (set(nxt) in ({"cursor", "param"}, {"page"}))))
+          or (isinstance(nxt, dict) and (set(nxt) in ({"cursor", "param"}, {"page"}))
+              and all(isinstance(v, str) and v for v in nxt.values())))
     if not ok:
         raise doc.error(f"{path}.next", f"{nxt!r} is not a pagination rule",
                         "use a dotted path, {cursor: PATH, param: NAME}, {page: NAME} or link-header")
@@ -624,9 +631,6 @@ _SECRET_PLACES = ("http.headers", "http.params", "http.body")
 def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets]:
     """``job`` with every ``${VAR}`` replaced from ``environ``, and the secrets it used."""
     secrets = Secrets()
-    for key, value in job.env.items():
-        if SECRET_NAME.search(key) and "${" not in value:
-            secrets.add(value)
 
     def sub(value, path):
         if isinstance(value, dict):
@@ -639,6 +643,8 @@ def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets
         def one(match):
             name, default = match.group(1), match.group(2)
             got = environ.get(name)
+            if got is None and path == "job.command":
+                got = job.env.get(name)  # the job's own env: sets it for sh to expand
             if got is None or (got == "" and default is not None):
                 if default is None:
                     line = job.lines.get(path.split(".", 1)[1] if "." in path else path)
@@ -660,6 +666,15 @@ def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets
     fields = {}
     for key in ("command", "http", "env", "cwd", "notify", "ping"):
         fields[key] = sub(getattr(job, key), f"job.{key}")
+    if isinstance(job.command, str):
+        # /bin/sh expands ${VAR} and ${VAR:-default} itself, from the environment the
+        # command inherits; pasting values into the text would re-parse them as shell
+        # code (a ; in a password runs a command). sub() above still checked and
+        # collected them.
+        fields["command"] = job.command
+    for key, value in fields["env"].items():
+        if SECRET_NAME.search(key):
+            secrets.add(value)
     from .records import replace
 
     return replace(job, **fields), secrets

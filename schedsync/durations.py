@@ -13,8 +13,8 @@ def parse_duration(text: object) -> float:
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise ValueError(f"{text!r} is not a duration (write e.g. 30s, 5m, 1h, 2d)")
     if isinstance(text, (int, float)):
-        if text < 0:
-            raise ValueError(f"{text!r} is negative")
+        if not 0 <= text < float("inf"):  # also rejects YAML's .nan and .inf
+            raise ValueError(f"{text!r} is not a duration (write e.g. 30s, 5m, 1h, 2d)")
         return float(text)
     match = _DURATION.match(text)
     if not match:

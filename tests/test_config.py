@@ -276,3 +276,19 @@ def test_a_cost_above_the_budget_capacity_is_a_config_error():
         """)
     assert message == ("jobs.yaml:4 jobs.a.cost: cost 3 is more than budget 'small' can ever hold (2)"
                        " — lower the cost or raise the capacity")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('jobs:\n  a: {command: "true", budget: [[1]]}\n', "jobs.yaml:2 jobs.a.budget: no budget named [1]"),
+    ('jobs:\n  a: {command: "true", timeout: .inf}\n', "jobs.yaml:2 jobs.a.timeout: inf is not a duration"),
+    ('jobs:\n  a: {command: "true", jitter: .nan}\n', "jobs.yaml:2 jobs.a.jitter: nan is not a duration"),
+    ('jobs:\n  a: {command: !!python/name:os.system x}\n', "jobs.yaml:2: not valid YAML"),
+    ('jobs:\n  a:\n    http: {url: "http://h.test/", next: {cursor: 5, param: x}}\n    into: {table: t, pk: id}\n',
+     "jobs.yaml:3 jobs.a.http.next: {'cursor': 5, 'param': 'x'} is not a pagination rule"),
+    ('jobs:\n  a:\n    http: {url: "http://h.test/"}\n    into: {table: t, pk: id, db: 5}\n',
+     "jobs.yaml:4 jobs.a.into.db: 5 is not a file path"),
+    ('budgets: {tiny: 0.5/1m}\njobs:\n  a:\n    budget: tiny\n    http: {url: "http://h.test/"}\n    into: {table: t, pk: id}\n',
+     "jobs.yaml:4 jobs.a.budget: budget 'tiny' holds less than the 1 token a request costs"),
+])
+def test_odd_shapes_are_one_line_config_errors(text, expected):
+    assert error_of(text).startswith(expected)

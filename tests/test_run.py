@@ -333,3 +333,30 @@ def test_the_database_stays_consistent_after_a_kill_mid_write(project):
     db.close()
     assert project.cli("run", "a").returncode == 0
     assert all(r["status"] in ("success", "crashed") for r in project.history("a"))
+
+
+def test_a_variable_in_a_shell_string_is_never_parsed_as_shell_code(project):
+    project.write("""\
+        jobs:
+          quoted:
+            command: 'printf "%s\\\\n" "${MY_PASS}" > got.txt; echo "${GREETING:-hi} ${WHO}"'
+            env: {WHO: there}
+        """)
+    value = "s3cr;touch INJECTED;x"
+    result = project.cli("run", "quoted", env={"MY_PASS": value})
+    assert (result.returncode, result.stderr) == (0, "")
+    assert not (project.path / "INJECTED").exists()
+    assert (project.path / "got.txt").read_text() == value + "\n"
+    assert project.cli("history", "quoted", "--json").stdout.count("hi there") == 1
+
+
+def test_a_secret_named_env_entry_is_redacted_even_when_it_comes_from_a_variable(project):
+    project.write("""\
+        jobs:
+          leaky:
+            command: ["sh", "-c", "echo $API_TOKEN; exit 1"]
+            env: {API_TOKEN: "${UPSTREAM_CREDENTIAL_VALUE}"}
+        """)
+    result = project.cli("run", "leaky", env={"UPSTREAM_CREDENTIAL_VALUE": "tok-998877"})
+    assert result.returncode == 1
+    assert "tok-998877" not in result.stdout + result.stderr and "***" in result.stdout

@@ -15,7 +15,8 @@ import sys
 import time
 from collections import deque
 
-from .models import FAILED, SUCCESS, TIMEOUT, CANCELLED
+from .durations import format_duration
+from .models import CANCELLED, FAILED, SUCCESS, TIMEOUT
 from .outcome import Cancelled, Outcome
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -25,9 +26,10 @@ HEAD, TAIL, RECORD_TAIL, LONG_LINE = 16_384, 49_152, 4_096, 8_192
 class Output:
     """Everything the job printed: redacted, bounded, optionally echoed live."""
 
-    def __init__(self, redact, live=None):
+    def __init__(self, redact, live=None, hold: int = 0):
         self.redact = redact
         self.live = live
+        self.hold = hold  # the longest secret's length - 1: see feed()
         self.pending = b""
         self.head: list[str] = []
         self.head_size = 0
@@ -38,12 +40,16 @@ class Output:
     def feed(self, data: bytes) -> None:
         self.pending += data
         cut = self.pending.rfind(b"\n") + 1
-        if not cut and len(self.pending) < LONG_LINE:
-            return  # wait for the line's end: a secret may straddle two reads
-        if not cut:
-            cut = len(self.pending)
-        chunk, self.pending = self.pending[:cut], self.pending[cut:]
-        self._keep(self.redact(chunk.decode("utf-8", "replace")))
+        if cut:  # whole lines: a secret cannot straddle a line's end
+            chunk, self.pending = self.pending[:cut], self.pending[cut:]
+            self._keep(self.redact(chunk.decode("utf-8", "replace")))
+        elif len(self.pending) >= LONG_LINE:
+            # A long line still going: redact what is there and hold back a tail as long
+            # as any secret but one, so one split across reads is whole when redacted.
+            text = self.redact(self.pending.decode("utf-8", "replace"))
+            split = len(text) - self.hold
+            self._keep(text[:split])
+            self.pending = text[split:].encode()
 
     def close(self) -> None:
         if self.pending:
@@ -77,7 +83,8 @@ def run_command(job, ctx) -> Outcome:
     """Run ``job.command`` until it ends, the deadline passes or the run is cancelled."""
     argv = job.command if isinstance(job.command, list) else ["/bin/sh", "-c", job.command]
     env = {**os.environ, **job.env}
-    output = Output(ctx.secrets.redact, sys.stdout if ctx.interactive else None)
+    output = Output(ctx.secrets.redact, sys.stdout if ctx.interactive else None,
+                    hold=ctx.secrets.longest - 1)
     codes = job.retries.get("on_exit_codes") or []
     if not codes:
         outcome = _once(argv, env, job, ctx, output)
@@ -121,7 +128,7 @@ def _once(argv, env, job, ctx, output: Output) -> Outcome:
     if cancelled:
         return Outcome(FAILED, exit_code=code, reason=CANCELLED, error=f"cancelled by {cancelled}")
     if timed_out:
-        return Outcome(TIMEOUT, exit_code=code, error=f"timed out after {_secs(job.timeout)}")
+        return Outcome(TIMEOUT, exit_code=code, error=f"timed out after {format_duration(job.timeout)}")
     if code == 0:
         return Outcome(SUCCESS, exit_code=0)
     what = f"killed by signal {-code}" if code < 0 else f"exit {code}"
@@ -197,9 +204,3 @@ def _drain(fd: int, output: Output, wait: float) -> None:
 def _last_line(output: Output) -> str:
     text = output.held().rstrip()
     return text.rsplit("\n", 1)[-1][:200] if text else ""
-
-
-def _secs(seconds: float) -> str:
-    from .durations import format_duration
-
-    return format_duration(seconds)

@@ -616,6 +616,10 @@ class Secrets:
 
             self.values.update({value, quote(value, safe=""), quote_plus(value)})
 
+    @property
+    def longest(self) -> int:
+        return max(map(len, self.values), default=0)
+
     def redact(self, text):
         if not text or not self.values:
             return text

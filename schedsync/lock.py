@@ -35,12 +35,3 @@ class FileLock:
         if self.fd is not None:
             os.close(self.fd)  # closing our descriptor drops our hold; a child's copy keeps it
             self.fd = None
-
-    def is_held(self) -> bool:
-        """Whether any process holds the lock now (without taking it for long)."""
-        if self.fd is not None:
-            return True
-        if not self.acquire():
-            return True
-        self.release()
-        return False

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .durations import format_duration
+from .models import FAILURES
 
 HEALTH_STYLE = {"OK": "green", "RUNNING": "cyan", "LATE": "yellow", "STALLED": "magenta",
                 "FAILING": "bold red", "PAUSED": "dim", "NEVER": "dim"}
@@ -18,7 +19,6 @@ RUN_MARK = {"success": ("●", "green"), "partial": ("◐", "yellow"), "failed":
             "timeout": ("⏱", "red"), "crashed": ("☠", "red"), "skipped": ("·", "dim"),
             "running": ("▶", "cyan")}
 BARS = "▁▂▃▄▅▆▇█"
-FAILED_STATUSES = ("failed", "timeout", "crashed")
 
 
 WIDE = 1000  # columns when stdout is not a terminal and $COLUMNS is unset: never cut a pipe short
@@ -216,7 +216,7 @@ def job_detail(detail: dict) -> None:
         if b["name"] in job["budgets"]:
             out.print(f"budget     {b['name']}: {b['tokens']:.1f} of {b['capacity']:g} tokens"
                       f" per {format_duration(b['per_seconds'])}")
-    failed = next((r for r in detail["runs"] if r["status"] in FAILED_STATUSES), None)
+    failed = next((r for r in detail["runs"] if r["status"] in FAILURES), None)
     if failed and failed["error"]:
         out.print(Text.assemble("last error ", f"{_when(failed['finished_at'] or failed['started_at'], now)}"
                                 f" (run {failed['id']}): ", (failed["error"].strip(), "red")))

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from . import breaker as breakers
 from . import budgets
 from .config import Config, Job
+from .errors import StateError
 from .health import SEVERITY, Health, job_health
 from .models import FAILURES, PARTIAL, SUCCESS, Breaker, JobState, Run
 from .runner import reap
@@ -139,6 +140,14 @@ def snapshot(config: Config, store, now: float, only: str | None = None) -> tupl
         config.job(only)  # an unknown name is a usage error before anything is read
     reap(store, config, [only] if only else None)
     names = [only] if only else list(config.jobs)
+    try:
+        # A job never run (say, its crontab line was forgotten) turns LATE only once
+        # schedsync has seen it: status is where that is noticed first.
+        with store.transaction():
+            for name in names:
+                store.see_job(name, now)
+    except StateError:
+        pass  # a read-only state can still be shown
     levels = budgets.levels(store, config.budgets, now)
     budget_rows = [{"name": n, "tokens": round(levels[n], 3), "capacity": c, "per_seconds": p}
                    for n, (c, p) in config.budgets.items()]

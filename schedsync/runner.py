@@ -115,6 +115,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
                 skip = (PAUSED, None, "paused; `schedsync resume` it")
             else:
                 before = store.load_breaker(breaker_name)
+                # the lease ends when the run surely has (``_finish`` hands it back by this value)
                 admission, state = breakers.admit(before, job.breaker, now, lease=job.timeout + 60)
                 skip = None
                 if not admission.allowed:
@@ -126,7 +127,8 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
                 if skip is None:
                     if state != before:
                         store.save_breaker(state)  # a half-open trial's lease
-                    run = Run(0, job.name, RUNNING, trigger, now, HOST, os.getpid())
+                    run = Run(0, job.name, RUNNING, trigger, now, HOST, os.getpid(),
+                              pid_start=process_start(os.getpid()))
                     store.start_run(run)
                     break
         reason, retry_at, error = skip
@@ -147,6 +149,11 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
             outcome = _work(job, ctx)
         except Cancelled as exc:
             outcome = Outcome("failed", reason=CANCELLED, error=f"cancelled by {exc}")
+        except Exception as exc:  # a bug of ours: record it, never leave the run "running"
+            import traceback
+
+            outcome = Outcome("failed", error=f"internal error: {type(exc).__name__}: {exc}"[:300],
+                              held=traceback.format_exc())
     result = _finish(store, job, run, outcome, admission.trial, secrets)
     if job.notify or job.ping:  # after the records are committed, still holding the lock
         from .notify import after_run
@@ -185,6 +192,12 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets) -> Run
         store.finish_run(run)
         if not skipped:
             count_on_breaker(store, job, run, trial, now)
+        elif trial:  # hand the half-open trial slot back: nothing was tried
+            breaker = store.load_breaker(job.breaker["name"])
+            lease = run.started_at + job.timeout + 60
+            if lease in breaker.leases:
+                breaker.leases.remove(lease)
+                store.save_breaker(breaker)
         keep = job.retention
         store.prune(job.name, now, keep.get("success"), keep.get("failed"), limit=PRUNE_BATCH)
     ok = run.status in (SUCCESS, PARTIAL)
@@ -219,13 +232,13 @@ def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str) -> R
     with store.transaction():
         store.see_job(job.name, now)
         store.start_run(run)
+        keep = job.retention  # a paused or rate-limited job must not grow without bound
+        store.prune(job.name, now, keep.get("success"), keep.get("failed"), limit=PRUNE_BATCH)
     return RunResult(run, Exit.SKIPPED)
 
 
 def reap(store, config: Config, names: list[str] | None = None) -> list[Run]:
     """Turn ``running`` rows whose process is gone into ``crashed``, and count them."""
-    from .store_sqlite import process_alive
-
     crashed = []
     for run in store.running_runs(names[0] if names and len(names) == 1 else None):
         if run.host != HOST or (names and run.job not in names):
@@ -280,3 +293,22 @@ def summary(result: RunResult) -> str:
     items = f", {run.items_processed} items" if run.items_processed or run.requests else ""
     error = f": {run.error}" if run.error and run.status not in (SUCCESS,) else ""
     return f"{run.job}: {run.status} in {took}{items}{error}"
+
+
+def process_start(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return started is None or process_start(pid) in (None, started)

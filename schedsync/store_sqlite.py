@@ -11,7 +11,7 @@ import time
 
 from .errors import StateError
 from .lock import FileLock
-from .models import Breaker, Bucket, JobState, Notification, Run, SUCCESS, PARTIAL, SKIPPED
+from .models import FAILURES, PARTIAL, SKIPPED, SUCCESS, Breaker, Bucket, JobState, Notification, Run
 
 BUSY_TIMEOUT = 60.0  # seconds; cron fires many lines in the same second
 
@@ -19,7 +19,6 @@ RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "re
               "finished_at", "duration_ms", "attempts", "requests", "items_processed",
               "items_failed", "exit_code", "error", "retry_at", "output")
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
-FAILED_STATUSES = ("failed", "timeout", "crashed")
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -78,7 +77,10 @@ def state_error(path: str, exc: BaseException) -> StateError:
     elif "not a database" in text or "malformed" in text:
         fix = "point --state at a schedsync state file, or move this file aside"
         text = "is not a schedsync state database"
-    elif "full" in text or getattr(exc, "errno", None) == 28 or _disk_full(path):
+    elif os.path.isdir(path):
+        fix = "pass the path of a file, e.g. --state /srv/sync/schedsync.db"
+        text = "is a folder"
+    elif "full" in text or getattr(exc, "errno", None) == 28 or ("disk I/O" in text and _disk_full(path)):
         fix = "free space on that disk"
         text = "cannot be written: the disk is full"
     elif "unable to open" in text:
@@ -194,7 +196,7 @@ class SQLiteStore:
             " duration_ms, retry_at, host, pid, pid_start, error, exit_code)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
-             run.duration_ms, run.retry_at, run.host, run.pid, _process_start(run.pid),
+             run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start,
              run.error, run.exit_code))
         run.id = cur.lastrowid
         return run.id
@@ -222,11 +224,12 @@ class SQLiteStore:
         return cur.rowcount == 1
 
     def runs(self, job: str, limit: int = 20, failed_only: bool = False) -> list[Run]:
-        where = "job = ?"
+        where, args = "job = ?", (job,)
         if failed_only:
-            where += f" AND status IN {FAILED_STATUSES}"
+            where += f" AND status IN ({','.join('?' * len(FAILURES))})"
+            args += FAILURES
         rows = self._run_sql(f"SELECT {RUN_COLUMNS} FROM runs WHERE {where} ORDER BY id DESC LIMIT ?",
-                             (job, limit)).fetchall()
+                             (*args, limit)).fetchall()
         return [Run(*row) for row in rows]
 
     def job_states(self, names: list[str], recent: int = 10) -> dict[str, JobState]:
@@ -250,9 +253,9 @@ class SQLiteStore:
 
     def failure_streak(self, job: str, before: float | None = None) -> int:
         since = self._last_success(job, before)
-        marks = ",".join("?" * len(FAILED_STATUSES))
+        marks = ",".join("?" * len(FAILURES))
         sql = f"SELECT COUNT(*) FROM runs WHERE job = ? AND status IN ({marks}) AND started_at > ?"
-        args = (job, *FAILED_STATUSES, since if since is not None else float("-inf"))
+        args = (job, *FAILURES, since if since is not None else float("-inf"))
         if before is not None:
             sql, args = sql + " AND started_at < ?", args + (before,)
         return self._run_sql(sql, args).fetchone()[0]
@@ -261,21 +264,20 @@ class SQLiteStore:
               keep_failed: float | None, limit: int | None = None) -> int:
         removed = 0
         for statuses, keep in (((SUCCESS, PARTIAL, SKIPPED), keep_success),
-                               (FAILED_STATUSES, keep_failed)):
+                               (FAILURES, keep_failed)):
             if keep is None:
                 continue
-            cutoff = now - keep
-            if SUCCESS in statuses:
-                # Keep the newest success however old: "last success 20d ago" and
-                # STALLED's judgement need it, and failure streaks count from it.
-                newest = self._last_success(job)
-                if newest is not None:
-                    cutoff = min(cutoff, newest)
             marks = ",".join("?" * len(statuses))
-            pick = (f"SELECT id FROM runs WHERE job = ? AND status IN ({marks})"
-                    f" AND started_at < ? LIMIT {int(limit) if limit else -1}")
-            cur = self._run_sql(f"DELETE FROM runs WHERE id IN ({pick})",
-                                (job, *statuses, cutoff))
+            pick = f"SELECT id FROM runs WHERE job = ? AND status IN ({marks}) AND started_at < ?"
+            args = (job, *statuses, now - keep)
+            newest = self._last_success(job) if SUCCESS in statuses else None
+            if newest is not None:
+                # Keep the newest success however old (and only it: skips after it go):
+                # "last success 20d ago", STALLED and failure streaks need it.
+                pick += " AND NOT (status IN (?, ?) AND started_at = ?)"
+                args += (SUCCESS, PARTIAL, newest)
+            pick += f" LIMIT {int(limit) if limit else -1}"
+            cur = self._run_sql(f"DELETE FROM runs WHERE id IN ({pick})", args)
             removed += cur.rowcount
         return removed
 
@@ -397,25 +399,6 @@ class SQLiteStore:
 
     def close(self) -> None:
         self.db.close()
-
-
-def _process_start(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def process_alive(pid: int, started: int | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return started is None or _process_start(pid) in (None, started)
 
 
 def _leases(text: str) -> list[float]:

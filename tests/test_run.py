@@ -360,3 +360,33 @@ def test_a_secret_named_env_entry_is_redacted_even_when_it_comes_from_a_variable
     result = project.cli("run", "leaky", env={"UPSTREAM_CREDENTIAL_VALUE": "tok-998877"})
     assert result.returncode == 1
     assert "tok-998877" not in result.stdout + result.stderr and "***" in result.stdout
+
+
+def test_a_secret_split_across_reads_of_an_endless_line_is_still_redacted(project):
+    secret = "supersecret123456"
+    # 8190 bytes, then the secret in two writes with a pause, and no newline until later.
+    script = ("import sys, time, os; w = sys.stdout.buffer; s = os.environ['SYNC_TOKEN'];"
+              "w.write(b'x' * 8190 + s[:6].encode()); w.flush(); time.sleep(0.3);"
+              "w.write(s[6:].encode() + b' end'); w.flush(); sys.exit(1)")
+    project.write(f"""\
+        jobs:
+          long:
+            command: ["python3", "-c", "{script}"]
+            env: {{SYNC_TOKEN: "${{SYNC_TOKEN}}"}}
+        """)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(project.argv("run", "long"), stdin=follower, stdout=follower,
+                            stderr=follower, env={**project.env, "SYNC_TOKEN": secret}, cwd=project.path)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(20) == 1
+    text = seen.decode(errors="replace").replace("\r", "").replace("\n", "")
+    assert "***" in text and secret[:6] not in text.replace("x" * 8190, "")

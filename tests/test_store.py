@@ -104,6 +104,15 @@ class TestRetention:
         assert removed == 2
         assert [r.status for r in store.runs("a")] == ["skipped", "success", "failed"]
 
+    def test_prune_removes_old_skips_even_after_an_old_newest_success(self, store):
+        day = 86400.0
+        finished(store, at=T0 - 99 * day, status="success")
+        for age in range(98, 40, -1):
+            finished(store, at=T0 - age * day, status="skipped")
+        with store.transaction():
+            assert store.prune("a", T0, keep_success=14 * day, keep_failed=None) == 58
+        assert [r.status for r in store.runs("a")] == ["success"]
+
     def test_prune_all_applies_each_jobs_policy(self, store):
         finished(store, "a", at=T0 - 100, status="failed")
         finished(store, "b", at=T0 - 100, status="failed")

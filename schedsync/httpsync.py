@@ -64,7 +64,6 @@ python jobs (``ctx.http``).
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import ssl
@@ -73,15 +72,15 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
-import sqlite_utils
 from sqlite_utils.db import InvalidColumns
 
 from .models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, TIMEOUT
 from .outcome import Cancelled, DeadlinePassed, Outcome
-from .pyjob import LiveProgress, hard_deadline, one_line
+from .pyjob import LiveProgress, hard_deadline, one_line, open_data_db
 from .retry import RetryAfter
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request when a python job's call names none
@@ -146,11 +145,18 @@ class Requester:
         self._reopen_at: float | None = None  # when a 429 we got emptied the budgets until
         # Python jobs may call ctx.http from threads; the store's connection is not for sharing.
         self._lock = threading.RLock()
+        self.closed = False  # set when the run ends: threads the job left behind must stop here
         self.client = httpx.Client(headers={"User-Agent": USER_AGENT, **(headers or {})},
                                    follow_redirects=True)
 
     def close(self) -> None:
+        with self._lock:  # waits for a request being admitted; none is admitted after
+            self.closed = True
         self.client.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RequestFailed("the run has ended")
 
     def send(self, method: str, url, *, timeout: float | None = None, **kwargs) -> httpx.Response:
         """The response to one request, after retries; raises Transient when they run out.
@@ -159,12 +165,14 @@ class Requester:
         """
         from tenacity import retry_if_exception_type
 
+        self._check_open()
         tries = 0
         limit = self.timeout if timeout is None else timeout
 
         def once() -> httpx.Response:
             nonlocal tries
             with self._lock:
+                self._check_open()
                 self._spend()
                 left = self.ctx.deadline - time.time()
                 if left <= 0:
@@ -190,6 +198,7 @@ class Requester:
                 seconds = retry_after(response.headers.get("Retry-After"), now)
                 if code == 429 and seconds is not None:
                     with self._lock:
+                        self._check_open()
                         self._reopen_at = now + seconds
                         self.ctx.block_budgets(self._reopen_at)
                 self.log(f"{_request_line(response, self.ctx.secrets)} → HTTP {code}"
@@ -209,6 +218,7 @@ class Requester:
         return response
 
     def _spend(self) -> None:
+        self._check_open()
         while True:
             ready = self.ctx.spend(1)
             if ready is None:
@@ -349,6 +359,7 @@ class Sync:
 
     def run(self) -> None:
         http = self.http
+        check_next_rule(http["next"])
         self._open_table()
         url = http["url"]
         params = dict(http["params"])
@@ -379,7 +390,12 @@ class Sync:
 
     def _fetch(self, url: str, params: dict) -> httpx.Response:
         # Merged by hand: httpx drops a URL's own query when ``params=`` is given.
-        target = httpx.URL(url).copy_merge_params(params) if params else httpx.URL(url)
+        try:
+            target = httpx.URL(url).copy_merge_params(params) if params else httpx.URL(url)
+        except (httpx.InvalidURL, TypeError, ValueError) as exc:
+            # Never the exception's text: httpx quotes pieces of the URL, secrets included.
+            where = "http.url" if url == self.http["url"] else "the next page's URL"
+            raise RequestFailed(f"{where} is not valid after expanding variables") from exc
         kwargs = {} if self.http["body"] is None else {"json": self.http["body"]}
         try:
             response = self.requester.send(self.http["method"], target, **kwargs)
@@ -455,16 +471,24 @@ class Sync:
         url = urljoin(current, link)
         if url in seen:
             return None
-        carried = httpx.URL(url).params
+        try:
+            carried = httpx.URL(url).params
+        except httpx.InvalidURL as exc:
+            raise RequestFailed("the next page's URL from the upstream is not valid") from exc
         return url, {k: v for k, v in base_params.items() if k not in carried}
 
     # -- storing --
 
     def _open_table(self) -> None:
-        path = self.ctx.data_db
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.db = sqlite_utils.Database(path)
-        self.table = self.db.table(self.job.into["table"])
+        try:
+            self.db = open_data_db(self.ctx.data_db)
+            self.table = self.db.table(self.job.into["table"])
+        except (sqlite3.Error, OSError) as exc:
+            raise self._store_error(exc) from exc
+
+    def _store_error(self, exc: Exception) -> RequestFailed:
+        return RequestFailed(f"cannot store items into {self.job.into['table']} "
+                             f"in {self.ctx.data_db}: {one_line(exc, 200)}")
 
     def _store(self, items: list) -> None:
         good = []
@@ -479,11 +503,10 @@ class Sync:
         self.failed += failed
         if good:
             try:
-                with _transaction(self.db):
+                with _immediate(self.db):
                     self.table.upsert_all(good, pk=self.pk, alter=True)
-            except (sqlite3.Error, InvalidColumns, OverflowError, ValueError) as exc:
-                raise RequestFailed(f"cannot store items into {self.job.into['table']} "
-                                    f"in {self.ctx.data_db}: {one_line(exc, 200)}") from exc
+            except (sqlite3.Error, OSError, InvalidColumns, OverflowError, ValueError) as exc:
+                raise self._store_error(exc) from exc
             self.processed += len(good)
         self.display.update(items=len(good), failed=failed)
 
@@ -501,6 +524,12 @@ class Sync:
         return _iso(started)
 
     def _stored_max(self, column: str) -> str | None:
+        try:
+            return self._stored_max_of(column)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._store_error(exc) from exc
+
+    def _stored_max_of(self, column: str) -> str | None:
         if not self.table.exists():
             return None
         if column not in self.table.columns_dict:
@@ -618,7 +647,28 @@ def show_url(url, secrets) -> str:
         f"{name}=***" if sep and _credential_name(name) else f"{name}{sep}{value}"
         for name, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair))
     shown = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    return secrets.redact(shown) if secrets else shown
+    return _redact(shown, secrets)
+
+
+def _redact(text: str, secrets) -> str:
+    """``secrets.redact``, and also each secret as httpx writes it into a URL's query."""
+    if not secrets or not text:
+        return text
+    for value in sorted(secrets.values, key=len, reverse=True):
+        form = _query_form(value)
+        if form:
+            text = text.replace(form, "***")
+    return secrets.redact(text)
+
+
+@lru_cache(maxsize=256)
+def _query_form(value: str) -> str | None:
+    """``value`` as httpx percent-encodes it in a URL's query (``a b/c`` → ``a%20b/c``)."""
+    try:
+        form = httpx.URL("http://h/?q=" + value).query.decode("ascii")[2:]
+    except (httpx.InvalidURL, UnicodeDecodeError, ValueError):
+        return None
+    return form if len(form) >= 4 and form != value else None
 
 
 def _credential_name(name: str) -> bool:
@@ -652,10 +702,12 @@ def describe_httpx_error(exc: Exception, secrets=None, timeout: float | None = N
         return f"cannot connect to {host}: {reason}"
     if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)):
         return f"{host} broke off {what}: {reason}"
-    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+    if isinstance(exc, httpx.InvalidURL):  # its text quotes the URL, secrets included
+        return f"{what} cannot be sent: the URL is not valid"
+    if isinstance(exc, httpx.UnsupportedProtocol):
         return f"{what} cannot be sent: {reason}"
     message = f"{what} failed: {type(exc).__name__}: {reason}"
-    return secrets.redact(message) if secrets else message
+    return _redact(message, secrets)
 
 
 def status_error(response: httpx.Response, secrets) -> str:
@@ -671,9 +723,7 @@ def _request_line(response: httpx.Response, secrets) -> str:
 
 
 def _excerpt(response: httpx.Response, secrets) -> str:
-    text = response.content[:4 * EXCERPT].decode("utf-8", "replace")
-    if secrets:
-        text = secrets.redact(text)
+    text = _redact(response.content[:4 * EXCERPT].decode("utf-8", "replace"), secrets)
     return one_line(text, EXCERPT)
 
 
@@ -723,14 +773,38 @@ def _secs(seconds: float) -> str:
     return format_duration(seconds)
 
 
-class _transaction:
-    """One transaction per page: sqlite-utils 4's ``atomic``, else the connection's own."""
+class _immediate:
+    """One page's write: ``BEGIN IMMEDIATE`` takes the write lock up front (waiting up to the
+    busy timeout), so no read lock is upgraded and nothing is held across HTTP requests."""
 
     def __init__(self, db):
-        self.block = db.atomic() if hasattr(db, "atomic") else db.conn
+        self.conn = db.conn
 
     def __enter__(self):
-        return self.block.__enter__()
+        self.conn.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, *exc):
-        return self.block.__exit__(*exc)
+    def __exit__(self, kind, exc, tb):
+        if kind is None:
+            try:
+                self.conn.execute("COMMIT")
+                return False
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+        return False
+
+
+def check_next_rule(rule) -> None:
+    """RequestFailed unless ``rule`` is a pagination rule ``Sync`` can follow."""
+    if rule is None or isinstance(rule, str):
+        return
+    if isinstance(rule, dict):
+        if set(rule) == {"cursor", "param"} and all(isinstance(v, str) and v for v in rule.values()):
+            return
+        if set(rule) == {"page"} and isinstance(rule["page"], str) and rule["page"]:
+            return
+    raise RequestFailed(f"http.next: {one_line(repr(rule), 80)} is not a pagination rule — use a "
+                        "dotted path, {cursor: PATH, param: NAME}, {page: NAME} or link-header")

@@ -160,6 +160,33 @@ class LiveProgress:
         self._progress.update(self._task, description="  ".join(parts))
 
 
+def open_data_db(path: str):
+    """A ``sqlite_utils.Database`` on the data database, fit for several jobs writing at once.
+
+    WAL (readers never block the writer), a 60 s busy timeout, and autocommit: writers
+    wrap each batch in ``BEGIN IMMEDIATE … COMMIT`` so no read lock is ever upgraded.
+    """
+    import sqlite3
+
+    import sqlite_utils
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        for attempt in range(100):  # switching to WAL needs a moment alone with the file
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05)
+    except BaseException:
+        conn.close()
+        raise
+    return sqlite_utils.Database(conn)
+
+
 def one_line(text: str, limit: int = ERROR_LENGTH) -> str:
     """``text`` on one line, whitespace collapsed, cut to ``limit`` characters."""
     text = " ".join(str(text).split())
@@ -199,12 +226,7 @@ class JobContext:
     @property
     def db(self):
         if self._db is None:
-            import sqlite_utils
-
-            folder = os.path.dirname(self.data_db)
-            if folder:
-                os.makedirs(folder, exist_ok=True)
-            self._db = sqlite_utils.Database(self.data_db)
+            self._db = open_data_db(self.data_db)
         return self._db
 
     @property
@@ -238,7 +260,8 @@ def run_python(job, ctx) -> Outcome:
     from .command import Output
 
     display = LiveProgress(job.name, ctx.interactive)
-    output = Output(ctx.secrets.redact, display if ctx.interactive else None)
+    output = Output(ctx.secrets.redact, display if ctx.interactive else None,
+                    hold=ctx.secrets.longest - 1)
     data_db = os.path.abspath(ctx.data_db)  # before any chdir: the state path may be relative
     log = _job_logger(job.name, output)
     jctx = JobContext(job, ctx, log, display, data_db)

@@ -331,3 +331,45 @@ def test_an_async_function_is_awaited(project):
     assert project.cli("run", "sync").returncode == 0
     [run] = project.history("sync")
     assert (run["status"], run["items_processed"]) == ("success", 4)
+
+
+def test_threads_that_outlive_the_run_do_not_crash_schedsync(project, upstream):
+    @upstream.route("/ping")
+    def ping(request):
+        return reply(200, {"ok": True})
+
+    python_job(project, f"""
+        import threading, time
+
+        def sync(ctx):
+            def loop():
+                while True:
+                    try:
+                        ctx.http.get("{upstream.base}/ping")
+                    except Exception:
+                        time.sleep(0.001)
+
+            for _ in range(8):
+                threading.Thread(target=loop, daemon=True).start()
+            time.sleep(30)
+    """, extra="    timeout: 1s\n    budget: api\n    cost: 0",
+               budgets="budgets: {api: {capacity: 1000000, per: 1s}}")
+
+    codes = [project.cli("run", "sync").returncode for _ in range(5)]
+
+    assert codes == [1] * 5
+
+
+def test_a_closed_requester_refuses_requests_without_touching_the_store():
+    from schedsync.httpsync import Requester, RequestFailed
+
+    class NoStore:  # any use of the run's context after it ended is the bug
+        def __getattr__(self, name):
+            raise AssertionError(f"ctx.{name} used after the run ended")
+
+    requester = Requester(NoStore())
+    requester.close()
+    with pytest.raises(RequestFailed, match="the run has ended"):
+        requester.send("GET", "http://127.0.0.1:9/")
+    with pytest.raises(RequestFailed, match="the run has ended"):
+        requester._spend()

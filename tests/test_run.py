@@ -35,6 +35,19 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
+def read_terminal(leader: int) -> bytes:
+    """Everything written to a pseudo-terminal until its last writer closes it."""
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the other side is closed
+            return seen
+        if not chunk:
+            return seen
+        seen += chunk
+
+
 def test_a_successful_run_under_cron_prints_nothing_and_is_recorded(project):
     project.write('jobs:\n  hello: {command: ["echo", "hello from the job"]}\n')
     result = project.cli("run", "hello")
@@ -220,15 +233,7 @@ def test_on_a_terminal_output_streams_live_and_a_summary_is_printed(project):
     proc = subprocess.Popen(project.argv("run", "hello"), stdin=follower, stdout=follower,
                             stderr=follower, env=project.env, cwd=project.path)
     os.close(follower)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
+    output = read_terminal(leader)
     assert proc.wait(10) == 0
     text = output.decode()
     assert "live line" in text and "hello: success in" in text
@@ -378,15 +383,7 @@ def test_a_secret_split_across_reads_of_an_endless_line_is_still_redacted(projec
     proc = subprocess.Popen(project.argv("run", "long"), stdin=follower, stdout=follower,
                             stderr=follower, env={**project.env, "SYNC_TOKEN": secret}, cwd=project.path)
     os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
+    seen = read_terminal(leader)
     assert proc.wait(20) == 1
     text = seen.decode(errors="replace").replace("\r", "").replace("\n", "")
     assert "***" in text and secret[:6] not in text.replace("x" * 8190, "")

@@ -1,4 +1,5 @@
-"""Durations as users write them (``500ms``, ``30s``, ``5m``, ``1h``, ``2d``) and as we show them."""
+"""Durations as users write them (``500ms``, ``30s``, ``5m``, ``1h``, ``2d``), and durations
+and times as we show them."""
 
 from __future__ import annotations
 
@@ -37,3 +38,12 @@ def format_duration(seconds: float) -> str:
         return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+def iso(t: float | None) -> str | None:
+    """POSIX seconds as ISO 8601 UTC, ``2026-11-22T05:00:00Z``: records, JSON and messages."""
+    if t is None:
+        return None
+    from datetime import datetime, timezone  # not on the run path of a command job
+
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -70,7 +70,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -78,6 +78,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 from sqlite_utils.db import InvalidColumns
 
+from . import USER_AGENT
+from .durations import format_duration, iso
 from .models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, TIMEOUT
 from .outcome import Cancelled, DeadlinePassed, Outcome
 from .pyjob import LiveProgress, hard_deadline, one_line, open_data_db
@@ -86,7 +88,6 @@ from .retry import RetryAfter
 DEFAULT_TIMEOUT = 30.0  # seconds per request when a python job's call names none
 EXCERPT = 100  # characters of an upstream body quoted in an error
 LOG_LINES = 60  # lines of the page log kept in the run record
-USER_AGENT = "schedsync (+https://github.com/schedsync/schedsync)"
 # Query parameters whose values are credentials even when they did not come from ${VAR}:
 # a name with one of these words (api_key, X-Auth, sig) or these inside it (accessToken).
 CREDENTIAL_WORDS = {"key", "token", "secret", "sig", "signature", "pass", "passwd", "password",
@@ -180,7 +181,6 @@ class Requester:
                 tries += 1
                 self.attempts = max(self.attempts, tries)
                 self.requests += 1
-                self.ctx.requests += 1
             try:
                 response = self.client.request(method, url, timeout=min(limit, left), **kwargs)
             except httpx.TimeoutException as exc:
@@ -230,7 +230,7 @@ class Requester:
                 self.ctx.sleep(max(0.0, ready - time.time()))
                 continue
             names = ", ".join(self.ctx.job.budgets)
-            when = "" if ready == float("inf") else f" until {_iso(ready)}"
+            when = "" if ready == float("inf") else f" until {iso(ready)}"
             raise BudgetExhausted(f"budget {names} is empty{when}",
                                   None if ready == float("inf") else ready)
 
@@ -521,7 +521,7 @@ class Sync:
             return None
         if rule.get("format", "iso") == "epoch":
             return str(int(started))
-        return _iso(started)
+        return iso(started)
 
     def _stored_max(self, column: str) -> str | None:
         try:
@@ -580,7 +580,7 @@ def run_http(job, ctx) -> Outcome:
                 sync.run()
         except DeadlinePassed:
             after = f" (on page {sync.pages + 1})" if sync.pages else ""
-            return sync.outcome(TIMEOUT, error=f"timed out after {_secs(job.timeout)}{after}")
+            return sync.outcome(TIMEOUT, error=f"timed out after {format_duration(job.timeout)}{after}")
         except BudgetExhausted as exc:
             sync.log(f"stopped: {exc}")
             if not sync.requester.requests:
@@ -694,7 +694,7 @@ def describe_httpx_error(exc: Exception, secrets=None, timeout: float | None = N
         for cls, words in kind.items():
             if isinstance(exc, cls):
                 return f"timed out {words} {host}"
-        after = f" after {_secs(timeout)}" if timeout else ""
+        after = f" after {format_duration(timeout)}" if timeout else ""
         return f"{what} timed out{after} waiting for the response"
     if _is_tls(exc):
         return f"TLS error talking to {host}: {reason}"
@@ -761,16 +761,6 @@ def _items_word(n: int) -> str:
 
 def _pages(n: int) -> str:
     return f"{n} page" if n == 1 else f"{n} pages"
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _secs(seconds: float) -> str:
-    from .durations import format_duration
-
-    return format_duration(seconds)
 
 
 class _immediate:

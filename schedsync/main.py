@@ -7,7 +7,6 @@ is parsed here and run without importing typer, rich or httpx. Anything else
 
 from __future__ import annotations
 
-import os
 import sys
 
 

@@ -31,13 +31,12 @@ import json
 import sys
 import time
 
+from . import USER_AGENT
 from .config import Config, Job, Secrets
-from .models import FAILURES, PARTIAL, SUCCESS, Run
-from .models import Notification
+from .models import FAILURES, PARTIAL, SUCCESS, Notification, Run
 
 TIMEOUT = 5.0  # seconds for one request, connect to last byte
 KEEP = 50  # attempts kept per job
-USER_AGENT = "schedsync (+https://github.com/schedsync/schedsync)"
 
 
 # --- hooks the runner calls -------------------------------------------------------------
@@ -127,7 +126,7 @@ def wants_late(config: Config) -> bool:
 
 def payload(event: str, entry: dict, run: dict | None, now: float, previous_streak: int | None = None) -> dict:
     """The JSON body of one webhook (README: Alerts). ``entry`` is the job's ``status --json`` row."""
-    from .report import iso
+    from .durations import iso
     from .runner import HOST
 
     return {

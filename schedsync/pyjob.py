@@ -46,6 +46,7 @@ import time
 import traceback
 from contextlib import contextmanager
 
+from .durations import format_duration
 from .models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SUCCESS, TIMEOUT
 from .outcome import Cancelled, DeadlinePassed, Outcome
 
@@ -280,7 +281,7 @@ def run_python(job, ctx) -> Outcome:
             except JobImportError as exc:
                 return _finish(Outcome(FAILED, error=str(exc)), jctx, output)
             except DeadlinePassed:
-                return _finish(Outcome(TIMEOUT, error=f"timed out after {_secs(job.timeout)}"),
+                return _finish(Outcome(TIMEOUT, error=f"timed out after {format_duration(job.timeout)}"),
                                jctx, output)
             except Cancelled as exc:
                 return _finish(Outcome(FAILED, reason=CANCELLED, error=f"cancelled by {exc}"),
@@ -414,9 +415,3 @@ def _finish(outcome: Outcome, jctx: JobContext, output, counts: tuple[int, int] 
     if outcome.error:
         outcome.error = output.redact(outcome.error)
     return outcome
-
-
-def _secs(seconds: float) -> str:
-    from .durations import format_duration
-
-    return format_duration(seconds)

@@ -6,10 +6,10 @@ Rendering for a terminal is ``render``'s job; this module only gathers and decid
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from . import breaker as breakers
 from . import budgets
+from .durations import iso
 from .config import Config, Job
 from .errors import StateError
 from .health import SEVERITY, Health, job_health
@@ -23,12 +23,6 @@ NEEDS_ACTION = ("LATE", "STALLED", "FAILING")  # `status --check` exits 1 for th
 RUN_KEYS = ("id", "job", "status", "reason", "trigger", "started_at", "finished_at",
             "duration_ms", "attempts", "requests", "items_processed", "items_failed",
             "exit_code", "error", "retry_at", "host", "pid")
-
-
-def iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def run_json(run: Run, output: bool = False) -> dict:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from contextlib import contextmanager
-from .records import dataclass, field
 
 from . import breaker as breakers
 from . import budgets
@@ -21,6 +19,7 @@ from .errors import Exit
 from .models import (BREAKER_OPEN, CANCELLED, CRASHED, FAILURES, LOCKED, PARTIAL, PAUSED,
                      RATE_LIMITED, RUNNING, SKIPPED, SUCCESS, Run)
 from .outcome import Cancelled, Outcome
+from .records import dataclass, field
 from .store import Store
 
 HOST = os.uname().nodename  # what socket.gethostname() returns, without importing socket
@@ -48,7 +47,6 @@ class Context:
     pass_fds: tuple = ()
     last_success_at: float | None = None
     sleep: object = time.sleep
-    requests: int = 0
 
     @property
     def data_db(self) -> str:

@@ -3,13 +3,12 @@ machine (clock steps back, half-open races) against a small reference model."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant,
                                  precondition, rule)
 
 from schedsync.breaker import CLOSED, HALF_OPEN, OPEN, Admission, admit, record, state_at
-from schedsync.models import CRASHED, FAILED, FAILURES, PARTIAL, SKIPPED, SUCCESS, TIMEOUT, Breaker
+from schedsync.models import CRASHED, FAILED, FAILURES, PARTIAL, SKIPPED, TIMEOUT, Breaker
 
 T0 = 1_715_000_000.0
 SETTINGS = {"failures": 3, "reset_after": 600.0, "half_open_runs": 1}

@@ -10,7 +10,6 @@ import re
 import time
 from datetime import datetime
 
-import pytest
 
 from schedsync.store_sqlite import SQLiteStore
 

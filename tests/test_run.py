@@ -307,7 +307,7 @@ def test_a_file_that_is_not_a_database_is_left_as_it_was(project):
 def test_a_full_disk_is_one_line_and_loses_no_records(project):
     disk = project.path / "disk"
     disk.mkdir()
-    project.write(f'state: disk/schedsync.db\njobs:\n  a: {{command: ["true"]}}\n')
+    project.write('state: disk/schedsync.db\njobs:\n  a: {command: ["true"]}\n')
     script = f"""
         set -e
         mount -t tmpfs -o size=256k tmpfs {disk}

@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from schedsync import budgets  # noqa: E402
-from schedsync.store_sqlite import SQLiteStore  # noqa: E402
+from schedsync.core import budgets  # noqa: E402
+from schedsync.store.sqlite import SQLiteStore  # noqa: E402
 
 JOBS = textwrap.dedent("""\
     state: schedsync.db

@@ -15,10 +15,10 @@ from __future__ import annotations
 import marshal
 import os
 import re
-from .records import dataclass, field
+from schedsync.core.records import dataclass, field
 
-from .durations import parse_duration
-from .errors import ConfigError
+from schedsync.core.durations import parse_duration
+from schedsync.core.errors import ConfigError
 
 CACHE_VERSION = 3
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -579,7 +579,7 @@ def _http(value, path: str, doc: _Doc) -> dict:
 def _schedule(value, path: str, timezone, doc: _Doc) -> str:
     if not isinstance(value, str):
         raise doc.error(path, f"{value!r} is not a cron expression", 'quote it: "0 * * * *"')
-    from .schedule import Schedule
+    from schedsync.core.schedule import Schedule
 
     try:
         Schedule(value, _zone(timezone) if timezone else None)
@@ -679,7 +679,7 @@ def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets
     for key, value in fields["env"].items():
         if SECRET_NAME.search(key):
             secrets.add(value)
-    from .records import replace
+    from schedsync.core.records import replace
 
     return replace(job, **fields), secrets
 

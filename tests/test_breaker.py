@@ -7,8 +7,8 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant,
                                  precondition, rule)
 
-from schedsync.breaker import CLOSED, HALF_OPEN, OPEN, Admission, admit, record, state_at
-from schedsync.models import CRASHED, FAILED, FAILURES, PARTIAL, SKIPPED, TIMEOUT, Breaker
+from schedsync.core.breaker import CLOSED, HALF_OPEN, OPEN, Admission, admit, record, state_at
+from schedsync.core.models import CRASHED, FAILED, FAILURES, PARTIAL, SKIPPED, TIMEOUT, Breaker
 
 T0 = 1_715_000_000.0
 SETTINGS = {"failures": 3, "reset_after": 600.0, "half_open_runs": 1}

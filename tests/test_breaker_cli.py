@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 
 
-from schedsync.store_sqlite import SQLiteStore
+from schedsync.store.sqlite import SQLiteStore
 
 FLAKY = """\
     state: schedsync.db

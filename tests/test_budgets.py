@@ -10,10 +10,10 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from schedsync import budgets
-from schedsync.budgets import EPSILON, block_until, refill, take
-from schedsync.models import Bucket
-from schedsync.store_sqlite import SQLiteStore
+from schedsync.core import budgets
+from schedsync.core.budgets import EPSILON, block_until, refill, take
+from schedsync.core.models import Bucket
+from schedsync.store.sqlite import SQLiteStore
 
 T0 = 1_715_000_000.0  # 2024-05-06 12:53:20 UTC: epoch-scale, where float rounding bites
 CAPACITY, PER = 15.0, 900.0  # "15/15m": one token a minute

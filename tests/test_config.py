@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from schedsync.config import expand, load, parse
-from schedsync.errors import ConfigError
+from schedsync.core.errors import ConfigError
 
 GOOD = """\
 state: state/schedsync.db

@@ -6,8 +6,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from schedsync.health import SEVERITY, Health, job_health
-from schedsync.models import (
+from schedsync.core.health import SEVERITY, Health, job_health
+from schedsync.core.models import (
     BREAKER_OPEN,
     CRASHED,
     FAILED,
@@ -21,7 +21,7 @@ from schedsync.models import (
     JobState,
     Run,
 )
-from schedsync.schedule import Schedule
+from schedsync.core.schedule import Schedule
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -9,7 +9,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from schedsync.metrics import Exposition
+from schedsync.ops.metrics import Exposition
 
 JOBS = """
     state: schedsync.db
@@ -189,4 +189,4 @@ def test_metrics_does_not_import_prometheus_client(project):
     project.write(JOBS)
     result = project.cli("metrics", env={"PYTHONPROFILEIMPORTTIME": "1"})
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
-    assert "schedsync.metrics" in imported and "prometheus_client" not in imported
+    assert "schedsync.ops.metrics" in imported and "prometheus_client" not in imported

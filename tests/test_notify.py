@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from schedsync.models import Run
+from schedsync.core.models import Run
 from schedsync.store import open_store
 
 RUN_KEYS = {"id", "job", "status", "reason", "trigger", "started_at", "finished_at", "duration_ms",
@@ -424,5 +424,5 @@ def test_a_plain_command_job_imports_no_alert_or_http_code(project):
     result = project.cli("run", "plain", env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 0
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
-    assert "schedsync.runner" in imported  # the profile is there
-    assert not imported & {"schedsync.notify", "urllib.request", "http.client", "httpx"}
+    assert "schedsync.app.runner" in imported  # the profile is there
+    assert not imported & {"schedsync.ops.alerts", "urllib.request", "http.client", "httpx"}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from schedsync.records import dataclass, field, replace
+from schedsync.core.records import dataclass, field, replace
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schedsync.schedule import ALIASES, Schedule
+from schedsync.core.schedule import ALIASES, Schedule
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from schedsync.models import Run
+from schedsync.core.models import Run
 from schedsync.store import open_store
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

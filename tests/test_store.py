@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from schedsync.models import Breaker, Bucket, Notification, Run
+from schedsync.core.models import Breaker, Bucket, Notification, Run
 from schedsync.store import open_store
 
 T0 = 1_790_000_000.0  # a pinned "now"

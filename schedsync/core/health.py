@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from .durations import format_duration
-from .models import CRASHED, FAILED, FAILURES, PARTIAL, RUNNING, SKIPPED, SUCCESS, TIMEOUT, JobState, Run
+from schedsync.core.durations import format_duration
+from schedsync.core.models import CRASHED, FAILED, FAILURES, PARTIAL, RUNNING, SKIPPED, SUCCESS, TIMEOUT, JobState, Run
 
 if TYPE_CHECKING:
-    from .schedule import Schedule
+    from schedsync.core.schedule import Schedule
 
 # Lower sorts first: sorted(rows, key=lambda h: SEVERITY[h.health]) lists the
 # worst first. Broken jobs lead, by how long they have been broken: FAILING

@@ -9,9 +9,9 @@ import os
 import sqlite3
 import time
 
-from .errors import StateError
-from .lock import FileLock
-from .models import FAILURES, PARTIAL, SKIPPED, SUCCESS, Breaker, Bucket, JobState, Notification, Run
+from schedsync.core.errors import StateError
+from schedsync.store.lock import FileLock
+from schedsync.core.models import FAILURES, PARTIAL, SKIPPED, SUCCESS, Breaker, Bucket, JobState, Notification, Run
 
 BUSY_TIMEOUT = 60.0  # seconds; cron fires many lines in the same second
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
-from .lock import FileLock
-from .models import Breaker, Bucket, JobState, Notification, Run
+from schedsync.store.lock import FileLock
+from schedsync.core.models import Breaker, Bucket, JobState, Notification, Run
 
 
 class Store:
@@ -65,6 +65,6 @@ class Store:
 
 def open_store(path: str) -> Store:
     """The store at ``path``: created, private to the user and migrated on open."""
-    from .store_sqlite import SQLiteStore
+    from schedsync.store.sqlite import SQLiteStore
 
     return SQLiteStore(path)

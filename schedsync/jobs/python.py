@@ -46,9 +46,9 @@ import time
 import traceback
 from contextlib import contextmanager
 
-from .durations import format_duration
-from .models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SUCCESS, TIMEOUT
-from .outcome import Cancelled, DeadlinePassed, Outcome
+from schedsync.core.durations import format_duration
+from schedsync.core.models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SUCCESS, TIMEOUT
+from schedsync.core.outcome import Cancelled, DeadlinePassed, Outcome
 
 ERROR_LENGTH = 300  # characters of an exception's message kept in the one-line error
 
@@ -219,7 +219,7 @@ class JobContext:
     @property
     def http(self):
         if self._client is None:
-            from .httpsync import BudgetedClient
+            from schedsync.jobs.http import BudgetedClient
 
             self._client = BudgetedClient(self._ctx)
         return self._client
@@ -258,7 +258,7 @@ class JobContext:
 
 def run_python(job, ctx) -> Outcome:
     """Import and call the job's function under its deadline, budget and output rules."""
-    from .command import Output
+    from schedsync.jobs.command import Output
 
     display = LiveProgress(job.name, ctx.interactive)
     output = Output(ctx.secrets.redact, display if ctx.interactive else None,
@@ -392,13 +392,13 @@ def _bad_return(result, target: str):
 
 
 def _failure(exc: Exception, output, jctx: JobContext) -> Outcome:
-    http = sys.modules.get("schedsync.httpsync")  # loaded only if the job used ctx.http
+    http = sys.modules.get("schedsync.jobs.http")  # loaded only if the job used ctx.http
     if http is not None and isinstance(exc, http.BudgetExhausted):
         return Outcome(PARTIAL if jctx.processed else FAILED, reason=RATE_LIMITED,
                        error=str(exc), retry_at=exc.retry_at)
     output.feed("".join(traceback.format_exception(exc)).encode("utf-8", "replace"))
     if type(exc).__module__.split(".")[0] == "httpx":
-        from .httpsync import describe_httpx_error
+        from schedsync.jobs.http import describe_httpx_error
 
         return Outcome(FAILED, error=describe_httpx_error(exc))
     message = one_line(exc)

@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 
-from .config import Config, resolve_state
+from schedsync.config import Config, resolve_state
 
 MARK = "# schedsync"
 LATE_WATCH = "*/5 * * * *"  # how often the watcher line looks for late jobs
@@ -31,7 +31,7 @@ def executable() -> str:
 
 def crontab_lines(config: Config, state: str | None = None) -> list[str]:
     """The crontab; ``state`` is --state as given (or None)."""
-    from .notify import wants_late
+    from schedsync.ops.alerts import wants_late
 
     config_path = os.path.join(config.dir, os.path.basename(config.path))
     prefix = f"{executable()} -c {shlex.quote(config_path)}"

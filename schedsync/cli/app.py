@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError, Exit, SchedsyncError
+from schedsync.core.errors import ConfigError, Exit, SchedsyncError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   rich_markup_mode=None,
@@ -42,15 +42,15 @@ def _errors():
 
 
 def _config(ctx: typer.Context):
-    from .config import load, resolve_config
+    from schedsync.config import load, resolve_config
 
     return load(resolve_config(ctx.obj["config"]))
 
 
 @contextmanager
 def _opened(ctx: typer.Context):
-    from .config import resolve_state
-    from .store import open_store
+    from schedsync.config import resolve_state
+    from schedsync.store import open_store
 
     config = _config(ctx)
     store = open_store(resolve_state(ctx.obj["state"], config))
@@ -63,7 +63,7 @@ def _opened(ctx: typer.Context):
 @app.command()
 def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name from jobs.yaml.")):
     """Run one job once, with every protection. Example: schedsync run airdrops"""
-    from .main import run_cli
+    from schedsync.cli.main import run_cli
 
     raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job))
 
@@ -77,7 +77,8 @@ def status(
     watch: bool = typer.Option(False, "--watch", help="Refresh every 2 seconds until Ctrl-C."),
 ):
     """Health of every job. Example: schedsync status --check"""
-    from . import notify, report
+    from schedsync.ops import alerts as notify
+    from schedsync.app import report
 
     with _errors():
         if watch and (as_json or check):
@@ -94,7 +95,7 @@ def status(
     if as_json:
         _print_json(data)
     else:
-        from . import render
+        from schedsync.cli import render
 
         if detail:
             render.job_detail(data)
@@ -111,7 +112,9 @@ def _print_json(data) -> None:
 
 
 def _watch(config, store, job, interval: float = 2.0):
-    from . import notify, render, report
+    from schedsync.ops import alerts as notify
+    from schedsync.cli import render
+    from schedsync.app import report
 
     def frame():
         now = time.time()
@@ -145,7 +148,8 @@ def history(
     as_json: bool = typer.Option(False, "--json", help="A JSON list of runs, newest first."),
 ):
     """Recent runs of one job. Example: schedsync history airdrops --failed"""
-    from . import render, report
+    from schedsync.cli import render
+    from schedsync.app import report
 
     with _errors(), _opened(ctx) as (config, store):
         runs = report.history(config, store, job, limit, failed)
@@ -158,7 +162,7 @@ def history(
 @app.command("list")
 def list_jobs(ctx: typer.Context):
     """The jobs in jobs.yaml. Example: schedsync list"""
-    from . import render
+    from schedsync.cli import render
 
     with _errors():
         render.jobs_table(_config(ctx))
@@ -167,7 +171,7 @@ def list_jobs(ctx: typer.Context):
 @app.command()
 def validate(ctx: typer.Context):
     """Check jobs.yaml fully, environment variables included (exit 0 or 2). Example: schedsync validate"""
-    from .config import expand
+    from schedsync.config import expand
 
     with _errors():
         config = _config(ctx)
@@ -197,8 +201,8 @@ def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", hel
 @breaker_app.command("reset")
 def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
-    from . import breaker as breakers
-    from .models import Breaker
+    from schedsync.core import breaker as breakers
+    from schedsync.core.models import Breaker
 
     with _errors(), _opened(ctx) as (config, store):
         name = config.job(job).breaker["name"]
@@ -230,8 +234,9 @@ def metrics(
 ):
     """Prometheus metrics of jobs, budgets and breakers.
     Example: schedsync metrics --textfile /var/lib/node_exporter/textfile_collector/schedsync.prom"""
-    from . import notify, report
-    from .metrics import exposition, write_textfile
+    from schedsync.ops import alerts as notify
+    from schedsync.app import report
+    from schedsync.ops.metrics import exposition, write_textfile
 
     with _errors():
         if textfile is not None and not textfile.endswith(".prom"):
@@ -255,7 +260,7 @@ def metrics(
 @app.command()
 def crontab(ctx: typer.Context):
     """Crontab lines for every scheduled job. Example: schedsync crontab | crontab -"""
-    from .crontab import crontab_lines
+    from schedsync.ops.crontab import crontab_lines
 
     with _errors():
         config = _config(ctx)

@@ -12,15 +12,15 @@ import signal
 import time
 from contextlib import contextmanager
 
-from . import breaker as breakers
-from . import budgets
-from .config import Config, Job, Secrets, expand
-from .errors import Exit
-from .models import (BREAKER_OPEN, CANCELLED, CRASHED, FAILURES, LOCKED, PARTIAL, PAUSED,
+from schedsync.core import breaker as breakers
+from schedsync.core import budgets
+from schedsync.config import Config, Job, Secrets, expand
+from schedsync.core.errors import Exit
+from schedsync.core.models import (BREAKER_OPEN, CANCELLED, CRASHED, FAILURES, LOCKED, PARTIAL, PAUSED,
                      RATE_LIMITED, RUNNING, SKIPPED, SUCCESS, Run)
-from .outcome import Cancelled, Outcome
-from .records import dataclass, field
-from .store import Store
+from schedsync.core.outcome import Cancelled, Outcome
+from schedsync.core.records import dataclass, field
+from schedsync.store import Store
 
 HOST = os.uname().nodename  # what socket.gethostname() returns, without importing socket
 PRUNE_BATCH = 100  # rows pruned per run, so retention stays cheap however old the backlog
@@ -55,7 +55,7 @@ class Context:
         return chosen or os.path.join(os.path.dirname(os.path.abspath(self.store.path)), "data.db")
 
     def retrying(self, retry):
-        from .retry import retrying
+        from schedsync.core.retry import retrying
 
         return retrying(self.job.retries, self.deadline, retry=retry, sleep=self.sleep)
 
@@ -136,7 +136,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
         return _skip(store, job, trigger, reason, retry_at, error)
 
     if job.ping:  # alert code is imported only by jobs that use it
-        from .notify import ping_start
+        from schedsync.ops.alerts import ping_start
         ping_start(store, job, run, secrets)
     ctx = Context(job, config, store, secrets, deadline=now + job.timeout,
                   interactive=interactive, pass_fds=(lock.fd,) if lock else (), sleep=sleep)
@@ -154,21 +154,21 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
                               held=traceback.format_exc())
     result = _finish(store, job, run, outcome, admission.trial, secrets)
     if job.notify or job.ping:  # after the records are committed, still holding the lock
-        from .notify import after_run
+        from schedsync.ops.alerts import after_run
         after_run(config, store, job, result.run, secrets, now=result.run.finished_at)
     return result
 
 
 def _work(job: Job, ctx: Context) -> Outcome:
     if job.kind == "command":
-        from .command import run_command
+        from schedsync.jobs.command import run_command
 
         return run_command(job, ctx)
     if job.kind == "http":
-        from .httpsync import run_http
+        from schedsync.jobs.http import run_http
 
         return run_http(job, ctx)
-    from .pyjob import run_python
+    from schedsync.jobs.python import run_python
 
     return run_python(job, ctx)
 
@@ -251,7 +251,7 @@ def reap(store, config: Config, names: list[str] | None = None) -> list[Run]:
             if run.job in config.jobs:
                 count_on_breaker(store, config.job(run.job), run, trial=False, now=now)
         if run.job in config.jobs and (config.jobs[run.job]["notify"] or config.jobs[run.job]["ping"]):
-            from .notify import after_crash
+            from schedsync.ops.alerts import after_crash
             after_crash(config, store, run, now)
         crashed.append(run)
     return crashed
@@ -279,7 +279,7 @@ def _cancel_on_signals():
 
 def summary(result: RunResult) -> str:
     """One line for a person: what happened to this run."""
-    from .durations import format_duration
+    from schedsync.core.durations import format_duration
 
     run = result.run
     if run.status == SKIPPED:

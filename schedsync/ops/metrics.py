@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 
-from .breaker import CLOSED, HALF_OPEN, OPEN
-from .health import SEVERITY
-from .models import CRASHED, FAILED, PARTIAL, RUNNING, SKIPPED, SUCCESS, TIMEOUT
+from schedsync.core.breaker import CLOSED, HALF_OPEN, OPEN
+from schedsync.core.health import SEVERITY
+from schedsync.core.models import CRASHED, FAILED, PARTIAL, RUNNING, SKIPPED, SUCCESS, TIMEOUT
 
 STATUSES = (RUNNING, SUCCESS, PARTIAL, FAILED, TIMEOUT, SKIPPED, CRASHED)
 HEALTHS = tuple(SEVERITY)

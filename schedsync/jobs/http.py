@@ -78,12 +78,12 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 from sqlite_utils.db import InvalidColumns
 
-from . import USER_AGENT
-from .durations import format_duration, iso
-from .models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, TIMEOUT
-from .outcome import Cancelled, DeadlinePassed, Outcome
-from .pyjob import LiveProgress, hard_deadline, one_line, open_data_db
-from .retry import RetryAfter
+from schedsync import USER_AGENT
+from schedsync.core.durations import format_duration, iso
+from schedsync.core.models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, TIMEOUT
+from schedsync.core.outcome import Cancelled, DeadlinePassed, Outcome
+from schedsync.jobs.python import LiveProgress, hard_deadline, one_line, open_data_db
+from schedsync.core.retry import RetryAfter
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request when a python job's call names none
 EXCERPT = 100  # characters of an upstream body quoted in an error

@@ -15,9 +15,9 @@ import sys
 import time
 from collections import deque
 
-from .durations import format_duration
-from .models import CANCELLED, FAILED, SUCCESS, TIMEOUT
-from .outcome import Cancelled, Outcome
+from schedsync.core.durations import format_duration
+from schedsync.core.models import CANCELLED, FAILED, SUCCESS, TIMEOUT
+from schedsync.core.outcome import Cancelled, Outcome
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 HEAD, TAIL, RECORD_TAIL, LONG_LINE = 16_384, 49_152, 4_096, 8_192

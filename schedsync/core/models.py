@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .records import dataclass, field
+from schedsync.core.records import dataclass, field
 
 # Run statuses and skip reasons, as SPEC names them.
 RUNNING, SUCCESS, PARTIAL, FAILED, TIMEOUT, SKIPPED, CRASHED = (

@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     plain = _plain_run(argv)
     if plain is None:
-        from .cli import app
+        from schedsync.cli.app import app
 
         app(args=argv, prog_name="schedsync")
         return
@@ -42,10 +42,10 @@ def _plain_run(argv: list[str]):
 
 def run_cli(config_opt: str | None, state_opt: str | None, job_name: str) -> int:
     """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
-    from .config import load, resolve_config, resolve_state
-    from .errors import SchedsyncError
-    from .runner import run_job, summary
-    from .store import open_store
+    from schedsync.config import load, resolve_config, resolve_state
+    from schedsync.core.errors import SchedsyncError
+    from schedsync.app.runner import run_job, summary
+    from schedsync.store import open_store
 
     interactive = sys.stderr.isatty() or sys.stdout.isatty()
     try:

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import breaker as breakers
-from . import budgets
-from .durations import iso
-from .config import Config, Job
-from .errors import StateError
-from .health import SEVERITY, Health, job_health
-from .models import FAILURES, PARTIAL, SUCCESS, Breaker, JobState, Run
-from .runner import reap
-from .schedule import Schedule, local_zone
+from schedsync.core import breaker as breakers
+from schedsync.core import budgets
+from schedsync.core.durations import iso
+from schedsync.config import Config, Job
+from schedsync.core.errors import StateError
+from schedsync.core.health import SEVERITY, Health, job_health
+from schedsync.core.models import FAILURES, PARTIAL, SUCCESS, Breaker, JobState, Run
+from schedsync.app.runner import reap
+from schedsync.core.schedule import Schedule, local_zone
 
 STRIP = 20  # recent runs shown per job
 NEEDS_ACTION = ("LATE", "STALLED", "FAILING")  # `status --check` exits 1 for these

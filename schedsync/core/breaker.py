@@ -8,9 +8,9 @@ A trial's success closes the breaker; its failure re-opens it.
 
 from __future__ import annotations
 
-from .records import dataclass, replace
+from schedsync.core.records import dataclass, replace
 
-from .models import Breaker
+from schedsync.core.models import Breaker
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 

@@ -31,9 +31,9 @@ import json
 import sys
 import time
 
-from . import USER_AGENT
-from .config import Config, Job, Secrets
-from .models import FAILURES, PARTIAL, SUCCESS, Notification, Run
+from schedsync import USER_AGENT
+from schedsync.config import Config, Job, Secrets
+from schedsync.core.models import FAILURES, PARTIAL, SUCCESS, Notification, Run
 
 TIMEOUT = 5.0  # seconds for one request, connect to last byte
 KEEP = 50  # attempts kept per job
@@ -48,7 +48,7 @@ def ping_start(store, job: Job, run: Run, secrets: Secrets) -> None:
 
 def after_run(config: Config, store, job: Job, run: Run, secrets: Secrets, now: float) -> None:
     """Webhooks and the closing ping for a finished run (not for skips)."""
-    from .report import job_json, run_json, views
+    from schedsync.app.report import job_json, run_json, views
 
     view = views(config, store, now, [job.name])[0]
     failed = run.status in FAILURES
@@ -77,10 +77,10 @@ def after_run(config: Config, store, job: Job, run: Run, secrets: Secrets, now: 
 
 def after_crash(config: Config, store, run: Run, now: float) -> None:
     """A run found ``crashed`` (its process died): alert as for any failed run."""
-    from .records import replace
+    from schedsync.core.records import replace
 
-    from .config import expand
-    from .errors import ConfigError
+    from schedsync.config import expand
+    from schedsync.core.errors import ConfigError
 
     try:
         job, secrets = expand(config.job(run.job), config.path)
@@ -95,8 +95,8 @@ def after_crash(config: Config, store, run: Run, now: float) -> None:
 
 def late(config: Config, store, jobs: list[dict], now: float) -> None:
     """Send ``late`` for each LATE job in ``jobs`` (status rows) not yet alerted since its last start."""
-    from .config import expand
-    from .errors import ConfigError
+    from schedsync.config import expand
+    from schedsync.core.errors import ConfigError
 
     for entry in jobs:
         if entry["health"] != "LATE":
@@ -126,8 +126,8 @@ def wants_late(config: Config) -> bool:
 
 def payload(event: str, entry: dict, run: dict | None, now: float, previous_streak: int | None = None) -> dict:
     """The JSON body of one webhook (README: Alerts). ``entry`` is the job's ``status --json`` row."""
-    from .durations import iso
-    from .runner import HOST
+    from schedsync.core.durations import iso
+    from schedsync.app.runner import HOST
 
     return {
         "event": event,
@@ -145,7 +145,7 @@ def payload(event: str, entry: dict, run: dict | None, now: float, previous_stre
 
 def _text(event: str, entry: dict, run: dict | None, previous_streak: int | None) -> str:
     """One line for chat webhooks (Slack and Mattermost show ``text``)."""
-    from .runner import HOST
+    from schedsync.app.runner import HOST
 
     name, streak = entry["name"], entry["consecutive_failures"]
     if event == "failure":
@@ -207,7 +207,7 @@ def _deliver(store, job: Job, secrets: Secrets, sends: list, run_id: int | None)
 
 
 def _record(store, notes: list[Notification]) -> None:
-    from .errors import StateError
+    from schedsync.core.errors import StateError
 
     try:
         store.record_notifications(notes, keep=KEEP)

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .durations import format_duration
-from .models import FAILURES
+from schedsync.core.durations import format_duration
+from schedsync.core.models import FAILURES
 
 HEALTH_STYLE = {"OK": "green", "RUNNING": "cyan", "LATE": "yellow", "STALLED": "magenta",
                 "FAILING": "bold red", "PAUSED": "dim", "NEVER": "dim"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .models import Bucket
+from schedsync.core.models import Bucket
 
 EPSILON = 1e-9  # float refill must not deny a token that is there by a rounding error
 

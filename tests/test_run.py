@@ -196,7 +196,7 @@ def test_a_command_ignoring_sigterm_is_killed_after_the_grace(project):
 
 
 def test_sigterm_to_schedsync_stops_the_job_and_records_it_cancelled(project):
-    project.write('jobs:\n  long: {command: "touch started; sleep 30"}\n')
+    project.write('jobs:\n  long: {command: "touch started; sleep 29.917"}\n')
     proc = project.start("run", "long")
     assert wait_for(lambda: (project.path / "started").exists())
     proc.send_signal(signal.SIGTERM)
@@ -204,7 +204,9 @@ def test_sigterm_to_schedsync_stops_the_job_and_records_it_cancelled(project):
     [run] = project.history("long")
     assert (run["status"], run["reason"], run["error"]) == ("failed", "cancelled", "cancelled by SIGTERM")
     # The lock is free again: the next run of the job starts (75 would mean it is held).
-    # A quick command this time, so the check waits on nothing but the lock.
+    # The job's processes hold the lock until they die, moments after schedsync exits,
+    # so wait for exactly that, then run a quick command that waits on nothing else.
+    assert wait_for(lambda: not processes_with("29.917"), timeout=15), "the job outlived the cancel"
     project.write('jobs:\n  long: {command: "true"}\n')
     again = project.cli("run", "long")
     assert again.returncode == 0, again.stderr

@@ -34,7 +34,12 @@ TABLE_MAX = 63
 # 64 leaves room for a nested http.body. Aliases may expand to at most ALIAS_NODES
 # nodes beyond the document's own node count: every job merging a `defaults` anchor
 # stays far inside it, while a "billion laughs" file stops after a few MB of work.
+# MAX_EVENTS bounds the YAML values (parser events) before any tree is built: 4 MiB
+# of `1,` is 2 million values, which PyYAML's tree would hold in about 1 GB. 250,000
+# fit about 14,000 ordinary jobs (10,000 are 170,000 events) and cost at most about
+# 160 MB and 2 s to build.
 MAX_BYTES = 4 * 1024 * 1024
+MAX_EVENTS = 250_000
 MAX_DEPTH = 64
 ALIAS_NODES = 100_000
 SHOWN = 60  # characters of a value quoted in an error line
@@ -273,6 +278,12 @@ def parse(text: str, file: str, folder: str, every: bool = False) -> Config:
     doc = _Doc(file, every)
     try:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        events = 0
+        for _ in yaml.parse(text, Loader=loader):  # streamed: memory stays flat
+            events += 1
+            if events > MAX_EVENTS:
+                raise ConfigError(f"{file}: more than {MAX_EVENTS:,} YAML values",
+                                  "a registry this large is not a jobs.yaml; split it or check the file")
         node = yaml.compose(text, Loader=loader)  # libyaml itself stops at 1,000 levels
         if node is None:
             raise ConfigError(f"{file}: the file is empty", "add a `jobs:` mapping (see the README)")

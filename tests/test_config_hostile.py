@@ -146,6 +146,15 @@ def test_a_file_over_the_size_bound_is_one_line(project):
     assert rss <= 60 * MiB
 
 
+def test_a_file_of_millions_of_tiny_values_is_refused_before_any_tree_is_built(project):
+    items = (MAX_BYTES - 100) // 2  # 2 million values in 4 MiB: about 1 GB as PyYAML nodes
+    project.config.write_text("jobs: {x: {command: [echo]}}\nx-wide: [" + "1," * items + "]\n")
+    result, rss, cpu = measured(project, "validate")
+    assert "more than 250,000 YAML values" in one_line_error(result)
+    assert rss <= 100 * MiB, f"peak RSS {rss / MiB:.1f} MiB"
+    assert cpu <= 5.0, f"{cpu:.2f} s of CPU"
+
+
 def test_error_lines_quote_bounded_values(project):
     huge = "x" * 1_000_000
     project.write(f"""\

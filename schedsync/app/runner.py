@@ -50,9 +50,8 @@ class Context:
 
     @property
     def data_db(self) -> str:
-        """Where http and python jobs store items: ``into.db``, else data.db beside the state."""
-        chosen = (self.job.into or {}).get("db")
-        return chosen or os.path.join(os.path.dirname(os.path.abspath(self.store.path)), "data.db")
+        """Where http and python jobs store items, as config resolved it (``Job.data_target``)."""
+        return self.job.data_target
 
     def retrying(self, retry):
         from schedsync.core.retry import retrying

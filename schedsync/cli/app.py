@@ -171,12 +171,23 @@ def list_jobs(ctx: typer.Context):
 @app.command()
 def validate(ctx: typer.Context):
     """Check jobs.yaml fully, environment variables included (exit 0 or 2). Example: schedsync validate"""
-    from schedsync.config import expand
+    from schedsync.config import ConfigError, ConfigErrors, expand, load, resolve_config
 
+    errors = []
     with _errors():
-        config = _config(ctx)
-        for name in config.jobs:
-            expand(config.job(name), config.path)
+        try:
+            config = load(resolve_config(ctx.obj["config"]), every=True)
+        except ConfigErrors as exc:  # every error found, one line each
+            errors, config = list(exc.errors), exc.config
+        for name in config.jobs if config else ():
+            try:
+                expand(config.job(name), config.path)
+            except ConfigError as exc:
+                errors.append(exc)
+    if errors:
+        for exc in errors:
+            print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(int(errors[0].exit_code))
     print(f"{config.path}: {len(config.jobs)} jobs, {len(config.budgets)} budgets: ok")
 
 

@@ -44,7 +44,8 @@ def reply(status: int = 200, body=None, headers: dict | None = None, text: str |
 class Upstream:
     """A threaded HTTP server; each test maps paths to functions of the Request."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.routes = {}
         self.requests: list[Request] = []
         self.release = threading.Event()  # hanging routes wait on it until teardown
@@ -86,14 +87,14 @@ class Upstream:
                 self.end_headers()
                 self.wfile.write(raw)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://{self.host}:{self.server.server_address[1]}"
 
     def route(self, path: str):
         def register(function):

@@ -271,7 +271,8 @@ class Requester:
                 raise RequestFailed(f"{request_line(request, secrets)} redirected a streamed body, "
                                     "which cannot be sent again") from None
         if _origin(url) != _origin(request.url):
-            dropped = [name for name, value in headers.items()
+            dropped = [name for name, value in ((n.decode("latin-1"), v.decode("latin-1"))
+                                                for n, v in headers.raw)
                        if credential_name(name) or secrets.holds(value)]
             for name in dropped:
                 headers.pop(name, None)

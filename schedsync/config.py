@@ -19,6 +19,8 @@ from schedsync.core.records import dataclass, field
 
 from schedsync.core.durations import parse_duration
 from schedsync.core.errors import ConfigError
+# Secrets live with the rest of redaction; imported here for ``from schedsync.config import Secrets``.
+from schedsync.core.redact import SECRET_NAME, Secrets, environment_secrets, in_query_or_userinfo
 
 CACHE_VERSION = 4
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # used with fullmatch: `$` would let "ab\n" in
@@ -45,7 +47,6 @@ ALIAS_NODES = 100_000
 SHOWN = 60  # characters of a value quoted in an error line
 MERGE_TAG = "tag:yaml.org,2002:merge"
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASS|AUTH|CRED", re.I)
 
 TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs")
 # Settings that may sit in ``defaults`` and be overridden per job.
@@ -58,7 +59,7 @@ RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_cod
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
 RETENTION_KEYS = ("success", "failed")
 HTTP_KEYS = ("url", "method", "headers", "params", "body", "items", "next", "max_pages",
-             "timeout", "since")
+             "timeout", "since", "max_bytes")
 INTO_KEYS = ("table", "pk", "db")
 NOTIFY_KEYS = ("url", "events", "after_failures")
 EVENTS = ("failure", "recovery", "breaker_open", "late")
@@ -751,7 +752,9 @@ def _http(value, path: str, doc: _Doc) -> dict:
            "method": str(value.get("method", "GET")).upper(),
            "headers": value.get("headers") or {}, "params": value.get("params") or {},
            "body": value.get("body"), "items": value.get("items"), "next": value.get("next"),
-           "max_pages": value.get("max_pages", 1000), "timeout": 30.0, "since": value.get("since")}
+           "max_pages": value.get("max_pages", 1000), "timeout": 30.0, "since": value.get("since"),
+           # decoded bytes per response: 64 MiB holds any sane JSON page, and a gzip bomb stops there
+           "max_bytes": value.get("max_bytes", 64 * 1024 * 1024)}
     if out["method"] not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
         raise doc.error(f"{path}.method", f"{_q(out['method'])} is not an HTTP method")
     for key in ("headers", "params"):
@@ -768,6 +771,7 @@ def _http(value, path: str, doc: _Doc) -> dict:
         raise doc.error(f"{path}.next", f"{_q(nxt)} is not a pagination rule",
                         "use a dotted path, {cursor: PATH, param: NAME}, {page: NAME} or link-header")
     _whole(out["max_pages"], f"{path}.max_pages", doc)
+    _whole(out["max_bytes"], f"{path}.max_bytes", doc)
     if "timeout" in value:
         out["timeout"] = _duration(value["timeout"], f"{path}.timeout", doc)
     since = out["since"]
@@ -813,37 +817,18 @@ def _zone(name: str):
 
 # --- ${VAR} and secrets -----------------------------------------------------------------
 
-class Secrets:
-    """Values that must never be shown; ``redact`` replaces each with ``***``."""
-
-    def __init__(self):
-        self.values: set[str] = set()
-
-    def add(self, value: str) -> None:
-        if len(value) >= 4:
-            from urllib.parse import quote, quote_plus
-
-            self.values.update({value, quote(value, safe=""), quote_plus(value)})
-
-    @property
-    def longest(self) -> int:
-        return max(map(len, self.values), default=0)
-
-    def redact(self, text):
-        if not text or not self.values:
-            return text
-        for value in sorted(self.values, key=len, reverse=True):
-            text = text.replace(value, "***")
-        return text
-
-
 # Where every ${VAR} is a secret regardless of its name (SPEC: Secrets).
 _SECRET_PLACES = ("http.headers", "http.params", "http.body")
 
 
 def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets]:
-    """``job`` with every ``${VAR}`` replaced from ``environ``, and the secrets it used."""
+    """``job`` with every ``${VAR}`` replaced from ``environ``, and the secrets it used.
+
+    Every variable of ``environ`` whose name says it is a secret is one too, named in
+    jobs.yaml or not: a python job may read it from ``os.environ`` (SPEC: Secrets).
+    """
     secrets = Secrets()
+    environment_secrets(environ, secrets)
 
     def sub(value, path):
         if isinstance(value, dict):
@@ -869,7 +854,7 @@ def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets
                         f"or write ${{{name}:-default}}")
                 got = default
             secret_place = (any(path.startswith(f"job.{p}") for p in _SECRET_PLACES)
-                            or (path == "job.http.url" and _in_query_or_userinfo(value, match.start())))
+                            or (path == "job.http.url" and in_query_or_userinfo(value, match.start())))
             if SECRET_NAME.search(name) or secret_place:
                 secrets.add(got)
             return got
@@ -891,15 +876,6 @@ def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets
     from schedsync.core.records import replace
 
     return replace(job, **fields), secrets
-
-
-def _in_query_or_userinfo(url: str, pos: int) -> bool:
-    """Whether position ``pos`` of ``url`` falls in its query or its user:password@ part."""
-    if "?" in url[:pos]:
-        return True
-    start = url.find("://") + 3
-    authority = url[start:].split("/", 1)[0]
-    return start >= 3 and "@" in authority and start <= pos < start + authority.index("@")
 
 
 def _is_url(location: str) -> bool:

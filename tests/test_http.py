@@ -44,7 +44,8 @@ def reply(status: int = 200, body=None, headers: dict | None = None, text: str |
 class Upstream:
     """A threaded HTTP server; each test maps paths to functions of the Request."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.routes = {}
         self.requests: list[Request] = []
         self.release = threading.Event()  # hanging routes wait on it until teardown
@@ -86,14 +87,14 @@ class Upstream:
                 self.end_headers()
                 self.wfile.write(raw)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://{self.host}:{self.server.server_address[1]}"
 
     def route(self, path: str):
         def register(function):
@@ -837,7 +838,7 @@ def test_a_long_sync_shows_progress_on_a_terminal(project, upstream):
 # --- pure parts ------------------------------------------------------------------------------------
 
 def test_retry_after_reads_seconds_and_http_dates():
-    from schedsync.jobs.http import retry_after
+    from schedsync.jobs.transport import retry_after
 
     now = 1_700_000_000.0
     assert retry_after("120", now) == 120
@@ -849,7 +850,7 @@ def test_retry_after_reads_seconds_and_http_dates():
 
 def test_urls_are_shown_without_credentials():
     from schedsync.config import Secrets
-    from schedsync.jobs.http import show_url
+    from schedsync.jobs.display import show_url
 
     secrets = Secrets()
     secrets.add("abc123secret")
@@ -858,7 +859,7 @@ def test_urls_are_shown_without_credentials():
 
 
 def test_dotted_paths_reach_into_objects_and_lists():
-    from schedsync.jobs.http import dig
+    from schedsync.jobs.pagination import dig
 
     data = {"result": {"pages": [{"items": [1, 2]}]}, "next": None}
     assert dig(data, "result.pages.0.items")[:2] == (True, [1, 2])
@@ -938,7 +939,7 @@ def test_a_data_db_that_is_not_a_database_fails_in_one_line(project, upstream):
 @pytest.mark.parametrize("rule", [{"cursor": 5, "param": "x"}, {"page": [1]}, {"cursor": "c", "param": 3}])
 def test_a_bad_next_rule_is_a_request_failure_not_a_traceback(rule):
     # The registry check rejects these first; Sync must still fail in one line if one gets through.
-    from schedsync.jobs.http import RequestFailed, check_next_rule
+    from schedsync.jobs.pagination import RequestFailed, check_next_rule
 
     with pytest.raises(RequestFailed, match="http.next"):
         check_next_rule(rule)
@@ -949,7 +950,7 @@ def test_a_bad_next_rule_is_a_request_failure_not_a_traceback(rule):
 def test_secrets_are_hidden_in_the_form_httpx_puts_in_a_query():
     import httpx
     from schedsync.config import Secrets
-    from schedsync.jobs.http import show_url
+    from schedsync.jobs.display import show_url
 
     secrets = Secrets()
     secrets.add("a b/c:d@e")

@@ -149,7 +149,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
         except Exception as exc:  # a bug of ours: record it, never leave the run "running"
             import traceback
 
-            outcome = Outcome("failed", error=f"internal error: {type(exc).__name__}: {exc}"[:300],
+            outcome = Outcome("failed", error=secrets.clip(f"internal error: {type(exc).__name__}: {exc}", 300),
                               held=traceback.format_exc())
     result = _finish(store, job, run, outcome, admission.trial, secrets)
     if job.notify or job.ping:  # after the records are committed, still holding the lock

@@ -186,7 +186,7 @@ def _deliver(store, job: Job, secrets: Secrets, sends: list, run_id: int | None)
 
     threads = []
     for index, (_, url, body) in enumerate(sends):
-        thread = threading.Thread(target=one, args=(index, url, _redacted(body, secrets)), daemon=True)
+        thread = threading.Thread(target=one, args=(index, url, secrets.redact_tree(body)), daemon=True)
         thread.start()
         threads.append(thread)
     deadline = time.monotonic() + TIMEOUT + 1
@@ -258,13 +258,3 @@ def _target(url: str, secrets: Secrets) -> str:
         return "(invalid URL)"
     tail = "/…" if parts.path.strip("/") or parts.query else ""
     return secrets.redact(f"{parts.scheme}://{host}{port}{tail}")
-
-
-def _redacted(value, secrets: Secrets):
-    if isinstance(value, str):
-        return secrets.redact(value)
-    if isinstance(value, dict):
-        return {k: _redacted(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redacted(v, secrets) for v in value]
-    return value

@@ -275,3 +275,26 @@ def test_read_commands_answer_the_same_through_typer(project):
         same = lambda out: re.sub(r'"(generated_at|next_expected|why)": "[^"]*"|'
                                   r'schedsync_\w+_seconds\S* \S+', "", out)
         assert same(a.stdout) == same(b.stdout), slow
+
+
+# --- what each read command loads (start-up: bench/bench_read.py measures it) ---------------
+
+@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("status", "--check"),
+                                  ("status", "leaky"), ("history", "leaky"), ("logs", "leaky"),
+                                  ("list",), ("metrics",), ("validate",), ("--version",)])
+def test_a_plain_read_command_line_into_a_pipe_imports_neither_typer_nor_rich(project, args):
+    project.write(LEAKY)
+    project.cli("run", "leaky", env={"SYNC_TOKEN": SECRET})
+    result = project.cli(*args, env={"PYTHONPROFILEIMPORTTIME": "1", "SYNC_TOKEN": SECRET})
+    assert result.returncode == (1 if args == ("status", "--check") else 0), result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "schedsync.cli.main" in imported  # the profile is there
+    assert not {m.split(".")[0] for m in imported} & {"typer", "click", "rich", "pydantic"}
+
+
+def test_help_and_a_terminal_still_get_typer_and_rich(project):
+    project.write(LEAKY)
+    result = project.cli("status", "--help", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0 and "--check" in result.stdout
+    assert "typer" in {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}

@@ -23,9 +23,9 @@ app.add_typer(breaker_app, name="breaker")
 
 def _version(value: bool) -> None:
     if value:
-        from schedsync.cli.main import _version as print_version
+        from schedsync.cli.read import version
 
-        raise typer.Exit(print_version())
+        raise typer.Exit(version())
 
 
 @app.callback()

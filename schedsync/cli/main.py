@@ -72,7 +72,9 @@ def _plain_read(argv: list[str]):
         return None
     options, args = parsed
     if args == ["--version"]:
-        return _version
+        from schedsync.cli.read import version
+
+        return version
     if args[0] not in READ:
         return None
     flags, valued, (least, most) = READ[args[0]]
@@ -107,12 +109,12 @@ def _plain_read(argv: list[str]):
         return lambda: read.status(config, state, *positionals, **given)
     if command == "history":
         if "limit" in given:
-            if not given["limit"].isdigit() or int(given["limit"]) < 1:
+            if not _count(given["limit"]):
                 return None
             given["limit"] = int(given["limit"])
         return lambda: read.history(config, state, positionals[0], **given)
     if command == "logs":
-        if len(positionals) == 2 and not positionals[1].isdigit():
+        if len(positionals) == 2 and not _count(positionals[1]):
             return None
         return lambda: read.logs(config, state, positionals[0],
                                  int(positionals[1]) if len(positionals) == 2 else None)
@@ -123,11 +125,9 @@ def _plain_read(argv: list[str]):
     return lambda: read.validate(config)
 
 
-def _version() -> int:
-    from schedsync import __version__
-
-    print(f"schedsync {__version__}")
-    return 0
+def _count(text: str) -> bool:
+    """A whole number >= 1 as typer reads one; anything else is typer's to refuse."""
+    return text.isascii() and text.isdigit() and int(text) >= 1
 
 
 def _typer(argv: list[str]) -> int:

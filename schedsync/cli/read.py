@@ -19,6 +19,13 @@ UNKNOWN = 3  # `status --check`: the state (or jobs.yaml) cannot be read, as Nag
 CHECK_NAMES = 10  # jobs named in the --check line; more are counted ("and 3 more")
 
 
+def version() -> int:
+    from schedsync import __version__
+
+    print(f"schedsync {__version__}")
+    return 0
+
+
 def _fail(exc: SchedsyncError) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return int(exc.exit_code)

@@ -5,8 +5,6 @@ Rendering for a terminal is ``render``'s job; this module only gathers and decid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from schedsync.core import breaker as breakers
 from schedsync.core import budgets
 from schedsync.core.durations import iso
@@ -14,6 +12,7 @@ from schedsync.config import Config, Job
 from schedsync.core.errors import StateError
 from schedsync.core.health import SEVERITY, Health, job_health
 from schedsync.core.models import FAILURES, PARTIAL, SUCCESS, Breaker, JobState, Run
+from schedsync.core.records import dataclass
 from schedsync.app.runner import reap
 from schedsync.core.schedule import Schedule, local_zone
 

@@ -5,8 +5,6 @@ Rendering for a terminal is ``render``'s job; this module only gathers and decid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from schedsync.core import breaker as breakers
 from schedsync.core import budgets
 from schedsync.core.durations import iso
@@ -14,6 +12,7 @@ from schedsync.config import Config, Job
 from schedsync.core.errors import StateError
 from schedsync.core.health import SEVERITY, Health, job_health
 from schedsync.core.models import FAILURES, PARTIAL, SUCCESS, Breaker, JobState, Run
+from schedsync.core.records import dataclass
 from schedsync.app.runner import reap
 from schedsync.core.schedule import Schedule, local_zone
 
@@ -182,3 +181,26 @@ def history(config: Config, store, job: str, limit: int, failed: bool) -> list[d
     config.job(job)
     reap(store, config, [job])
     return [run_json(r, output=True) for r in store.runs(job, limit, failed_only=failed)]
+
+
+def run_log(config: Config, store, job: str, run_id: int | None = None) -> dict:
+    """``logs JOB [RUN_ID]``: the job's last (or given) run with its output, which was redacted
+    when it was recorded. An unknown job is a usage error; a missing run, or another job's, is not."""
+    from schedsync.core.errors import SchedsyncError
+
+    config.job(job)
+    reap(store, config, [job])
+    if run_id is None:
+        runs = store.runs(job, 1)
+        if not runs:
+            raise SchedsyncError(f"{job} has no runs yet", f"run it once: schedsync run {job}")
+        run = runs[0]
+    else:
+        run = store.run(run_id)
+        if run is None:
+            raise SchedsyncError(f"{job} has no run {run_id}",
+                                 f"`schedsync history {job}` lists its runs (pruned ones are gone)")
+        if run.job != job:
+            raise SchedsyncError(f"run {run_id} is a run of {run.job}, not of {job}",
+                                 f"schedsync logs {run.job} {run_id}")
+    return run_json(run, output=True)

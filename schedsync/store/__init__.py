@@ -27,6 +27,8 @@ class Store:
     def mark_crashed(self, run_id: int, now: float, error: str) -> bool:
         """True if this call turned the run from running to crashed (and no other did)."""
     def runs(self, job: str, limit: int = 20, failed_only: bool = False) -> list[Run]: ...
+    def run(self, run_id: int) -> Run | None:
+        """One run by id (``logs JOB RUN_ID``), output included; None if there is none."""
     def job_states(self, names: list[str], recent: int = 10) -> dict[str, JobState]: ...
     def prune(self, job: str, now: float, keep_success: float | None,
               keep_failed: float | None, limit: int | None = None) -> int:

@@ -232,6 +232,10 @@ class SQLiteStore:
                              (*args, limit)).fetchall()
         return [Run(*row) for row in rows]
 
+    def run(self, run_id: int) -> Run | None:
+        row = self._run_sql(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return Run(*row) if row else None
+
     def job_states(self, names: list[str], recent: int = 10) -> dict[str, JobState]:
         seen = dict(self._run_sql("SELECT name, first_seen FROM jobs").fetchall())
         paused = {n for (n,) in self._run_sql("SELECT name FROM jobs WHERE paused = 1")}

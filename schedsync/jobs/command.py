@@ -1,12 +1,17 @@
 """Command jobs: a list runs without a shell, a string runs under ``/bin/sh -c``.
 
 The command gets its own process group, so a timeout or a cancel can stop all
-of it. Its output is redacted line by line as it arrives; it streams live on a
+of it. Its parent is a keeper: a fork of schedsync that leads that group and
+holds one end of a pipe whose other end only schedsync holds. When schedsync
+dies, even by ``kill -9``, the pipe reads EOF and the keeper stops the whole
+group; the keeper also kills it past the hard timeout on its own. So the job
+never outlives schedsync or its timeout, and never runs twice at once. Its output is redacted line by line as it arrives; it streams live on a
 terminal and is held back (bounded) under cron, shown only when the run fails.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -20,6 +25,7 @@ from schedsync.core.models import CANCELLED, FAILED, SUCCESS, TIMEOUT
 from schedsync.core.outcome import Cancelled, Outcome
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what cancels a run
 HEAD, TAIL, RECORD_TAIL, LONG_LINE = 16_384, 49_152, 4_096, 8_192
 
 
@@ -103,28 +109,29 @@ def run_command(job, ctx) -> Outcome:
 def _once(argv, env, job, ctx, output: Output) -> Outcome:
     if not os.path.isdir(job.cwd):
         return Outcome(FAILED, error=f"working folder {job.cwd} does not exist")
-    try:
-        proc = subprocess.Popen(argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, pass_fds=ctx.pass_fds)
-    except FileNotFoundError:
-        return Outcome(FAILED, exit_code=127, error=f"command not found: {argv[0]}")
-    except PermissionError:
-        return Outcome(FAILED, exit_code=126, error=f"command not executable: {argv[0]}")
-    fd = proc.stdout.fileno()
+    keeper, failure = _spawn(argv, job.cwd, env, ctx.pass_fds, ctx.deadline)
+    if failure is not None:
+        keeper.wait()
+        os.close(keeper.stdout)
+        if failure == errno.ENOENT:
+            return Outcome(FAILED, exit_code=127, error=f"command not found: {argv[0]}")
+        if failure in (errno.EACCES, errno.EPERM):
+            return Outcome(FAILED, exit_code=126, error=f"command not executable: {argv[0]}")
+        return Outcome(FAILED, exit_code=126, error=f"cannot run {argv[0]}: {os.strerror(failure)}")
+    fd = keeper.stdout
     timed_out = cancelled = False
     try:
-        timed_out = not _pump(proc, fd, output, ctx.deadline)
+        timed_out = not _pump(keeper, fd, output, ctx.deadline)
     except Cancelled as exc:
         cancelled = exc
     if timed_out or cancelled:
-        _stop(proc, fd, output)
+        _stop(keeper, fd, output)
     else:
         # Leftover background processes of the job would hold its lock and pipe.
-        _signal_group(proc.pid, signal.SIGTERM)
-    code = proc.wait()
+        _signal_group(keeper.pid, signal.SIGTERM)
+    code = keeper.wait()
     _drain(fd, output, 0.2)
-    proc.stdout.close()
+    os.close(fd)
     if cancelled:
         return Outcome(FAILED, exit_code=code, reason=CANCELLED, error=f"cancelled by {cancelled}")
     if timed_out:
@@ -134,6 +141,113 @@ def _once(argv, env, job, ctx, output: Output) -> Outcome:
     what = f"killed by signal {-code}" if code < 0 else f"exit {code}"
     last = _last_line(output)
     return Outcome(FAILED, exit_code=code, error=f"{what}: {last}" if last else what)
+
+
+class _Keeper:
+    """Our child: the job's parent and the leader of its process group (pgid == pid)."""
+
+    def __init__(self, pid: int, stdout: int, lifeline: int):
+        self.pid, self.stdout, self.lifeline = pid, stdout, lifeline
+
+    def wait(self) -> int:
+        """Reap the keeper; its exit status is the job's (a negative signal number if killed)."""
+        try:
+            return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        finally:
+            os.close(self.lifeline)  # only now: an EOF tells the keeper to stop the job
+
+
+def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float):
+    """Start the job under a keeper; returns (keeper, errno of a failed exec or None).
+
+    The cancel signals are blocked from before the fork until the job has started,
+    so a SIGTERM cannot land between the fork and our knowing the keeper's pid: it
+    waits, and raises Cancelled once there is a group to stop.
+    """
+    out_r, out_w = os.pipe()
+    report_r, report_w = os.pipe()
+    life_r, life_w = os.pipe()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, CANCEL_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the keeper: never returns into schedsync's code
+            code = 70
+            try:
+                for theirs in (out_r, report_r, life_w):
+                    os.close(theirs)
+                code = _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r)
+            finally:
+                os._exit(code)
+        for keepers in (out_w, report_w, life_r):
+            os.close(keepers)
+        report = b""
+        while chunk := os.read(report_r, 64):  # EOF once the job has exec'd or failed to
+            report += chunk
+        os.close(report_r)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    failure = int(report) if report and report != b"0" else None
+    return _Keeper(pid, out_r, life_w), failure
+
+
+def _ignore(sig, frame) -> None:
+    pass
+
+
+def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> int:
+    """The keeper's life: start the job, then wait for it, for schedsync's end, or the deadline."""
+    os.setsid()  # a new group, led by us: its id cannot be reused while we live
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for std in (0, 1, 2):  # never hold cron's mail pipe open after schedsync is gone
+        os.dup2(devnull, std)
+    os.close(devnull)
+    for sig in CANCEL_SIGNALS:
+        # A handler, not SIG_IGN: exec resets handlers, so the job gets the default.
+        signal.signal(sig, _ignore)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    try:
+        job = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                               stdout=out_w, stderr=out_w, pass_fds=pass_fds)
+    except OSError as exc:
+        os.write(report_w, b"%d" % (exc.errno or errno.EIO))
+        return 127
+    os.close(out_w)
+    os.write(report_w, b"0")
+    os.close(report_w)
+    group = os.getpid()
+    poller = select.poll()
+    poller.register(life_r, select.POLLIN | select.POLLHUP)
+    try:
+        pidfd = os.pidfd_open(job.pid)
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):  # not Linux >= 5.3: poll the exit
+        pidfd = None
+    # schedsync stops a job at its deadline itself; this backstop is for a schedsync that
+    # cannot (stopped, hung): the hard timeout holds whatever happens to it.
+    backstop = deadline + KILL_GRACE + 1
+    while job.poll() is None:
+        left = backstop - time.time()
+        if left <= 0:
+            _signal_group(group, signal.SIGKILL)
+        ready = poller.poll(max(0.0, min(left, 0.05 if pidfd is None else left)) * 1000)
+        if any(fd == life_r for fd, _ in ready):  # EOF: schedsync is gone, stop the job
+            _signal_group(group, signal.SIGTERM)
+            end = time.time() + KILL_GRACE
+            while job.poll() is None and time.time() < end:
+                time.sleep(0.02)
+            _signal_group(group, signal.SIGKILL)  # whatever is left of the group, us included
+    _signal_group(group, signal.SIGTERM)  # leftovers of the job would hold its lock and pipe
+    code = job.returncode
+    if code >= 0:
+        return code
+    if -code in (signal.SIGQUIT, signal.SIGILL, signal.SIGABRT, signal.SIGFPE, signal.SIGSEGV,
+                 signal.SIGBUS, signal.SIGSYS, signal.SIGTRAP, signal.SIGXCPU, signal.SIGXFSZ):
+        import resource  # no core file of the keeper: the job's own core is the one that counts
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(group, -code)  # end the way the job ended, so schedsync reads the same status
+    return 128 - code
 
 
 def _pump(proc, fd: int, output: Output, deadline: float) -> bool:

@@ -130,6 +130,8 @@ def _once(argv, env, job, ctx, output: Output) -> Outcome:
         # Leftover background processes of the job would hold its lock and pipe.
         _signal_group(keeper.pid, signal.SIGTERM)
     code = keeper.wait()
+    if code == -signal.SIGKILL and time.time() >= ctx.deadline:
+        timed_out = True  # the keeper's backstop, while we could not act (stopped, say)
     _drain(fd, output, 0.2)
     os.close(fd)
     if cancelled:

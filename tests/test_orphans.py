@@ -118,3 +118,20 @@ def test_a_job_past_its_timeout_dies_even_while_schedsync_is_stopped(project):
     assert proc.wait(10) == 1
     proc.stdout.close(), proc.stderr.close()
     assert project.history("j0")[0]["status"] == "timeout"
+
+
+def test_a_skip_never_names_a_dead_schedsync_as_still_going(project):
+    # The job ignores SIGTERM, so after kill -9 it holds the lock for the kill grace.
+    project.write("jobs:\n  stubborn: {command: 'trap \"\" TERM; touch started; sleep 30'}\n")
+    first = project.start("run", "stubborn")
+    assert wait_for(lambda: (project.path / "started").exists())
+    first.send_signal(signal.SIGKILL)  # not reaped yet: a zombie, as under a busy parent
+    try:
+        second = project.cli("run", "stubborn")
+        assert second.returncode == 75
+        runs = project.history("stubborn")
+        assert f"pid {first.pid}" not in runs[0]["error"], runs[0]["error"]
+        assert (runs[0]["reason"], runs[1]["status"]) == ("locked", "crashed")
+    finally:
+        first.wait()
+        first.stdout.close(), first.stderr.close()

@@ -309,4 +309,10 @@ def process_alive(pid: int, started: int | None) -> bool:
         return False
     except PermissionError:
         pass
+    try:  # a zombie (killed, not yet reaped by its parent) answers kill(0) but is dead
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+                return False
+    except (OSError, IndexError):
+        pass
     return started is None or process_start(pid) in (None, started)

@@ -5,7 +5,9 @@ of it. Its parent is a keeper: a fork of schedsync that leads that group and
 holds one end of a pipe whose other end only schedsync holds. When schedsync
 dies, even by ``kill -9``, the pipe reads EOF and the keeper stops the whole
 group; the keeper also kills it past the hard timeout on its own. So the job
-never outlives schedsync or its timeout, and never runs twice at once. Its output is redacted line by line as it arrives; it streams live on a
+never outlives schedsync or its timeout, and never runs twice at once.
+
+Its output is redacted line by line as it arrives; it streams live on a
 terminal and is held back (bounded) under cron, shown only when the run fails.
 """
 

@@ -213,10 +213,16 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> 
         job = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                stdout=out_w, stderr=out_w, pass_fds=pass_fds)
     except OSError as exc:
-        os.write(report_w, b"%d" % (exc.errno or errno.EIO))
+        try:
+            os.write(report_w, b"%d" % (exc.errno or errno.EIO))
+        except BrokenPipeError:
+            pass
         return 127
     os.close(out_w)
-    os.write(report_w, b"0")
+    try:
+        os.write(report_w, b"0")
+    except BrokenPipeError:  # schedsync died meanwhile: the lifeline below says so
+        pass
     os.close(report_w)
     group = os.getpid()
     poller = select.poll()

@@ -17,7 +17,6 @@ import errno
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections import deque
@@ -180,6 +179,8 @@ def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float):
                 for theirs in (out_r, report_r, life_w):
                     os.close(theirs)
                 code = _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r)
+            except BaseException:  # a bug of ours must not leave the job without a keeper
+                _signal_group(os.getpid(), signal.SIGKILL)
             finally:
                 os._exit(code)
         for keepers in (out_w, report_w, life_r):
@@ -194,8 +195,21 @@ def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float):
     return _Keeper(pid, out_r, life_w), failure
 
 
-def _ignore(sig, frame) -> None:
-    pass
+def _executable(name: str, path: str) -> str:
+    """Where ``name`` is on the job's PATH (not ours), as exec would look; else ``name``."""
+    if "/" in name:
+        return name
+    for folder in path.split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return name
+
+
+def _exit_code(pid: int) -> int | None:
+    """The job's exit code once it has ended (negative: killed by that signal), else None."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return os.waitstatus_to_exitcode(status) if done else None
 
 
 def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> int:
@@ -206,12 +220,18 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> 
         os.dup2(devnull, std)
     os.close(devnull)
     for sig in CANCEL_SIGNALS:
-        # A handler, not SIG_IGN: exec resets handlers, so the job gets the default.
-        signal.signal(sig, _ignore)
+        signal.signal(sig, signal.SIG_IGN)  # the group's SIGTERM is for the job, not us
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    # posix_spawn, not subprocess: the least Python in this fresh fork, whose every
+    # touched page is a copy; every cron tick pays for it.
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)  # everything else is close-on-exec already
     try:
-        job = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                               stdout=out_w, stderr=out_w, pass_fds=pass_fds)
+        os.chdir(cwd)
+        pid = os.posix_spawn(_executable(argv[0], env.get("PATH", os.defpath)), argv, env,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, out_w, 1),
+                                           (os.POSIX_SPAWN_DUP2, out_w, 2)],
+                             setsigdef=(*CANCEL_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ))
     except OSError as exc:
         try:
             os.write(report_w, b"%d" % (exc.errno or errno.EIO))
@@ -228,14 +248,14 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> 
     poller = select.poll()
     poller.register(life_r, select.POLLIN | select.POLLHUP)
     try:
-        pidfd = os.pidfd_open(job.pid)
+        pidfd = os.pidfd_open(pid)
         poller.register(pidfd, select.POLLIN)
     except (AttributeError, OSError):  # not Linux >= 5.3: poll the exit
         pidfd = None
     # schedsync stops a job at its deadline itself; this backstop is for a schedsync that
     # cannot (stopped, hung): the hard timeout holds whatever happens to it.
     backstop = deadline + KILL_GRACE + 1
-    while job.poll() is None:
+    while (code := _exit_code(pid)) is None:
         left = backstop - time.time()
         if left <= 0:
             _signal_group(group, signal.SIGKILL)
@@ -243,11 +263,10 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> 
         if any(fd == life_r for fd, _ in ready):  # EOF: schedsync is gone, stop the job
             _signal_group(group, signal.SIGTERM)
             end = time.time() + KILL_GRACE
-            while job.poll() is None and time.time() < end:
+            while _exit_code(pid) is None and time.time() < end:
                 time.sleep(0.02)
             _signal_group(group, signal.SIGKILL)  # whatever is left of the group, us included
     _signal_group(group, signal.SIGTERM)  # leftovers of the job would hold its lock and pipe
-    code = job.returncode
     if code >= 0:
         return code
     if -code in (signal.SIGQUIT, signal.SIGILL, signal.SIGABRT, signal.SIGFPE, signal.SIGSEGV,

@@ -135,3 +135,18 @@ def test_a_skip_never_names_a_dead_schedsync_as_still_going(project):
     finally:
         first.wait()
         first.stdout.close(), first.stderr.close()
+
+
+def test_the_job_inherits_no_descriptor_of_schedsyncs_caller(project):
+    project.write('jobs:\n  fds: {command: ["ls", "/proc/self/fd"]}\n')
+    read, write = os.pipe()
+    os.dup2(write, 213)  # inheritable, as a caller's stray descriptor would be
+    try:
+        result = project.cli("run", "fds", pass_fds=(213,))
+    finally:
+        for fd in (read, write, 213):
+            os.close(fd)
+    assert result.returncode == 0, result.stderr
+    [run] = project.history("fds")
+    listed = set(run["output"].split())
+    assert "213" not in listed and {"0", "1", "2"} <= listed

@@ -206,6 +206,19 @@ def _executable(name: str, path: str) -> str:
     return name
 
 
+def _close_all_but(keep: set) -> None:
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: the slow way
+        fds = range(os.sysconf("SC_OPEN_MAX"))
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def _exit_code(pid: int) -> int | None:
     """The job's exit code once it has ended (negative: killed by that signal), else None."""
     done, status = os.waitpid(pid, os.WNOHANG)
@@ -224,8 +237,11 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> 
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     # posix_spawn, not subprocess: the least Python in this fresh fork, whose every
     # touched page is a copy; every cron tick pays for it.
+    # Only the job's own descriptors cross: fds schedsync inherited from its caller would not
+    # be close-on-exec, and posix_spawn (unlike subprocess) does not close them for us.
+    _close_all_but({0, 1, 2, out_w, report_w, life_r, *pass_fds})
     for fd in pass_fds:
-        os.set_inheritable(fd, True)  # everything else is close-on-exec already
+        os.set_inheritable(fd, True)
     try:
         os.chdir(cwd)
         pid = os.posix_spawn(_executable(argv[0], env.get("PATH", os.defpath)), argv, env,

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from schedsync.core import breaker as breakers
 from schedsync.core import budgets
 from schedsync.config import Config, Job, Secrets, expand
-from schedsync.core.errors import Exit
-from schedsync.core.models import (BREAKER_OPEN, CANCELLED, CRASHED, FAILURES, LOCKED, PARTIAL, PAUSED,
-                     RATE_LIMITED, RUNNING, SKIPPED, SUCCESS, Run)
+from schedsync.core.errors import Exit, StateError
+from schedsync.core.models import (BREAKER_OPEN, CANCELLED, CRASHED, FAILED, FAILURES, LOCKED, PARTIAL,
+                     PAUSED, RATE_LIMITED, RUNNING, SKIPPED, SUCCESS, Run)
 from schedsync.core.outcome import Cancelled, Outcome
 from schedsync.core.records import dataclass, field
 from schedsync.store import Store
@@ -89,8 +89,13 @@ def run_job(config: Config, name: str, store: Store, *, trigger: str, interactiv
 
     lock = None
     if job.overlap[0] != "allow":
-        lock = store.job_lock(job.name)
-        if not lock.acquire(job.overlap[1]):
+        try:
+            lock = store.job_lock(job.name)
+            locked = lock.acquire(job.overlap[1])
+        except StateError as exc:  # an untrusted lock folder, a lock file we cannot open
+            _record_refusal(store, job, trigger, str(exc))
+            raise
+        if not locked:
             holder = store.running_runs(job.name)
             who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
             return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going")
@@ -234,6 +239,19 @@ def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str) -> R
     return RunResult(run, Exit.SKIPPED)
 
 
+def _record_refusal(store, job: Job, trigger: str, error: str) -> None:
+    """Record a run that could not start, if the state lets us; the error is raised anyway."""
+    now = time.time()
+    run = Run(0, job.name, FAILED, trigger, now, HOST, os.getpid(), finished_at=now,
+              duration_ms=0, error=error)
+    try:
+        with store.transaction():
+            store.see_job(job.name, now)
+            store.start_run(run)
+    except StateError:
+        pass
+
+
 def reap(store, config: Config, names: list[str] | None = None) -> list[Run]:
     """Turn ``running`` rows whose process is gone into ``crashed``, and count them."""
     crashed = []
@@ -307,5 +325,11 @@ def process_alive(pid: int, started: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:  # a zombie (killed, not yet reaped by its parent) answers kill(0) but is dead
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+                return False
+    except (OSError, IndexError):
         pass
     return started is None or process_start(pid) in (None, started)

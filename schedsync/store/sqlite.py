@@ -10,7 +10,7 @@ import sqlite3
 import time
 
 from schedsync.core.errors import StateError
-from schedsync.store.lock import FileLock
+from schedsync.store.lock import FileLock, lock_folder
 from schedsync.core.models import FAILURES, PARTIAL, SKIPPED, SUCCESS, Breaker, Bucket, JobState, Notification, Run
 
 BUSY_TIMEOUT = 60.0  # seconds; cron fires many lines in the same second
@@ -396,7 +396,7 @@ class SQLiteStore:
     def job_lock(self, name: str) -> FileLock:
         folder = f"{self.path}.locks"
         try:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
+            lock_folder(folder)
         except OSError as exc:
             raise state_error(folder, exc) from None
         return FileLock(os.path.join(folder, f"{name}.lock"))

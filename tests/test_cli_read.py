@@ -13,8 +13,8 @@ import time
 import pytest
 
 from schedsync import __version__
-from schedsync.core.models import Run
 from schedsync.store import open_store
+from stored import finished_run
 
 DAY = 86400.0
 
@@ -22,8 +22,7 @@ DAY = 86400.0
 def seen_long_ago(project, *jobs: str, ago: float = 3600) -> None:
     store = open_store(str(project.state))
     try:
-        for job in jobs:
-            store.see_job(job, time.time() - ago)
+        store.see_jobs(list(jobs), time.time() - ago)
     finally:
         store.close()
 
@@ -31,12 +30,8 @@ def seen_long_ago(project, *jobs: str, ago: float = 3600) -> None:
 def add_run(project, job: str, status: str, started_at: float, reason: str | None = None) -> int:
     store = open_store(str(project.state))
     try:
-        run = Run(0, job, "running", "cron", started_at, "elsewhere", 1)
-        store.start_run(run)
-        run.status, run.reason, run.finished_at, run.duration_ms = status, reason, started_at + 1, 1000
-        run.exit_code = 1 if status == "failed" else 0
-        store.finish_run(run)
-        return run.id
+        return finished_run(store, job, status, started_at, reason=reason,
+                            exit_code=1 if status == "failed" else 0).id
     finally:
         store.close()
 

@@ -384,7 +384,7 @@ def test_since_with_a_field_sends_the_newest_stored_value(project, upstream):
 
 # --- retries, budgets, breakers, timeouts ----------------------------------------------------------
 
-def test_a_429_with_retry_after_is_waited_out_and_empties_the_shared_budget(project, upstream):
+def test_a_429_with_retry_after_is_waited_out_and_pauses_the_shared_budget(project, upstream):
     told = threading.Event()
 
     @upstream.route("/busy")
@@ -427,6 +427,9 @@ jobs:
     assert (run["status"], run["attempts"], run["requests"], run["items_processed"]) == ("success", 2, 2, 1)
     first, retry = upstream.hits("/busy")
     assert retry is not first
+    # the pause kept the bucket's tokens: 2 requests spent of 60 (emptying it left about 3)
+    [budget] = project.status()["budgets"]
+    assert budget["tokens"] >= 55, budget
 
 
 def test_a_429_asking_for_longer_than_the_run_has_stops_it_rate_limited(project, upstream):
@@ -473,9 +476,13 @@ def test_a_503_storm_fails_each_run_then_opens_the_breaker(project, upstream):
       items: data""", extra="    breaker: {failures: 2, reset_after: 10m}"))
     url = f"{upstream.base}/down"
 
-    for _ in range(2):
+    for i in range(2):
         result = project.cli("run", "items")
         assert result.returncode == 1
+        if i == 1:  # the run that opens the breaker says so first (a line of its own)
+            opened, rest = result.stderr.split("\n", 1)
+            assert opened.startswith("breaker items opened after 2 failures: runs skipped until ")
+            result.stderr = rest
         assert one_error_line(result).startswith("error: items: failed in ")
         expected = f'GET {url} returned HTTP 503 Service Unavailable: {{"error": "maintenance"}} (after 3 tries)'
         assert expected in result.stderr

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from schedsync.app import report
+from schedsync.app import status as snapshots
 from schedsync.cli import render
 from schedsync.config import load
 from schedsync.store import open_store
@@ -84,7 +85,7 @@ def test_history_list_and_status_of_one_job_are_laid_out_as_rich_lays_them_out(b
     assert plain == rich and "ça va" in plain
     store = open_store(str(busy.state))
     try:
-        detail = report.job_detail(config, store, "broken", time.time())
+        detail = snapshots.job_detail(config, store, "broken", time.time())
     finally:
         store.close()
     plain, rich = both(capsys, monkeypatch, lambda: render.job_detail(detail), plain_path=columns != "80")

@@ -57,12 +57,14 @@ def _config(ctx: typer.Context):
 
 
 @contextmanager
-def _opened(ctx: typer.Context):
+def _opened(ctx: typer.Context, write: bool = True):
+    """Config and store; ``write=False`` (read commands): a state this user may only read
+    opens read-only."""
     from schedsync.config import resolve_state
     from schedsync.store import open_store
 
     config = _config(ctx)
-    store = open_store(resolve_state(ctx.obj["state"], config))
+    store = open_store(resolve_state(ctx.obj["state"], config), write=write)
     try:
         yield config, store
     finally:
@@ -72,7 +74,7 @@ def _opened(ctx: typer.Context):
 @app.command()
 def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name from jobs.yaml.")):
     """Run one job once, with every protection. Example: schedsync run airdrops"""
-    from schedsync.cli.main import run_cli
+    from schedsync.cli.run import run_cli
 
     raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job))
 
@@ -95,21 +97,19 @@ def status(
             if as_json or check:
                 raise ConfigError("--watch shows a live table; it does not combine with "
                                   f"{'--json' if as_json else '--check'}", "drop one of them")
-            with _opened(ctx) as (config, store):
+            with _opened(ctx, write=False) as (config, store):
                 _watch(config, store, job)
         return
     raise typer.Exit(read.status(ctx.obj["config"], ctx.obj["state"], job, as_json, check, verbose))
 
 
 def _watch(config, store, job, interval: float = 2.0):
-    from schedsync.ops import alerts as notify
-    from schedsync.cli import render
     from schedsync.app import report
+    from schedsync.app import status as snapshots
+    from schedsync.cli import render
 
     def frame():
-        now = time.time()
-        data = report.status(config, store, now, only=job)
-        notify.late(config, store, data["jobs"], now)
+        data = snapshots.status(config, store, only=job)
         return render.watch_frame(data, report.worst_first(data["jobs"]))
 
     console = render.console()
@@ -178,7 +178,7 @@ def pause(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help
     """Skip a job's runs (recorded as skipped: paused) until resumed. Example: schedsync pause quests"""
     with _errors(), _opened(ctx) as (config, store):
         config.job(job)
-        store.set_paused(job, True, time.time())
+        store.set_paused(job, True, store.now())
     print(f"{job}: paused; its runs are skipped until `schedsync resume {job}`")
 
 
@@ -187,24 +187,16 @@ def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", hel
     """Let a paused job run again. Example: schedsync resume quests"""
     with _errors(), _opened(ctx) as (config, store):
         config.job(job)
-        store.set_paused(job, False, time.time())
+        store.set_paused(job, False, store.now())
     print(f"{job}: resumed")
 
 
 @breaker_app.command("reset")
 def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
-    from schedsync.core import breaker as breakers
-    from schedsync.core.models import Breaker
-
     with _errors(), _opened(ctx) as (config, store):
         name = config.job(job).breaker["name"]
-        now = time.time()
-        with store.transaction():
-            before = breakers.state_at(store.load_breaker(name), now)
-            store.save_breaker(Breaker(name))
-            if before != breakers.CLOSED:
-                store.record_transition(name, now, before, breakers.CLOSED, "reset by hand")
+        before = store.reset_breaker(name, "reset by hand", store.now()) or "closed"
     print(f"breaker {name}: closed (was {before})")
 
 
@@ -214,7 +206,7 @@ def prune(ctx: typer.Context):
     with _errors(), _opened(ctx) as (config, store):
         policies = {name: (job["retention"].get("success"), job["retention"].get("failed"))
                     for name, job in config.jobs.items()}
-        removed = store.prune_all(policies, time.time())
+        removed = store.prune_all(policies, store.now())
     print(f"pruned {removed} run{'' if removed == 1 else 's'}")
 
 

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     plain = _plain_run(argv)
     if plain is not None:
+        from schedsync.cli.run import run_cli
+
         sys.exit(run_cli(*plain))
     read = _plain_read(argv)
     if read is not None:
@@ -164,40 +166,6 @@ def usage_error(exc, click_errors) -> str:
     else:
         fix = f"see `{path} --help`"
     return f"error: {what} — {fix}"
-
-
-def run_cli(config_opt: str | None, state_opt: str | None, job_name: str) -> int:
-    """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
-    from schedsync.config import load, resolve_config, resolve_state
-    from schedsync.core.errors import SchedsyncError
-    from schedsync.app.runner import run_job, summary
-    from schedsync.store import open_store
-
-    interactive = sys.stderr.isatty() or sys.stdout.isatty()
-    try:
-        config = load(resolve_config(config_opt))
-        config.job(job_name)  # an unknown job is a usage error before any state is touched
-        store = open_store(resolve_state(state_opt, config))
-        try:
-            result = run_job(config, job_name, store, trigger="manual" if interactive else "cron",
-                             interactive=interactive)
-        finally:
-            store.close()
-    except SchedsyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    for message in result.messages:
-        print(message, file=sys.stderr)
-    if result.run.status in ("success", "partial", "skipped"):
-        if interactive:
-            print(summary(result), file=sys.stderr)
-        return int(result.exit_code)
-    if result.held_output and not interactive:
-        sys.stdout.write(result.held_output if result.held_output.endswith("\n")
-                         else result.held_output + "\n")
-        sys.stdout.flush()
-    print(f"error: {summary(result)} — see `schedsync history {job_name}`", file=sys.stderr)
-    return int(result.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

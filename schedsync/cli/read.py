@@ -10,7 +10,6 @@ metrics, the ``--check`` line or ``logs``.
 from __future__ import annotations
 
 import sys
-import time
 from contextlib import contextmanager
 
 from schedsync.core.errors import ConfigError, Exit, SchedsyncError
@@ -38,11 +37,12 @@ def load_config(config_opt: str | None):
 
 
 @contextmanager
-def opened(config, state_opt: str | None):
+def opened(config, state_opt: str | None, write: bool = False):
+    """The store; read commands (the default) open a state this user may only read read-only."""
     from schedsync.config import resolve_state
     from schedsync.store import open_store
 
-    store = open_store(resolve_state(state_opt, config))
+    store = open_store(resolve_state(state_opt, config), write=write)
     try:
         yield store
     finally:
@@ -60,17 +60,15 @@ def status(config_opt: str | None, state_opt: str | None, job: str | None = None
     """``status [JOB] [--json] [--check [-v]]``. With ``--check`` (and not ``--json``) the first
     line is a Nagios plugin's: ``SCHEDSYNC OK|WARNING|CRITICAL|UNKNOWN - …``."""
     from schedsync.app import report
-    from schedsync.ops import alerts as notify
+    from schedsync.app import status as snapshots
 
     line_only = check and not as_json
     detail = bool(job) and not as_json and (not check or verbose)
     try:
         config = load_config(config_opt)
         with opened(config, state_opt) as store:
-            now = time.time()
-            data = (report.job_detail(config, store, job, now) if detail
-                    else report.status(config, store, now, only=job))
-            notify.late(config, store, data["jobs"], now)
+            data = (snapshots.job_detail(config, store, job) if detail
+                    else snapshots.status(config, store, only=job))
     except SchedsyncError as exc:
         if not check:
             return _fail(exc)
@@ -116,12 +114,12 @@ def check_line(jobs: list[dict], worst: list[dict]) -> str:
 
 def history(config_opt: str | None, state_opt: str | None, job: str, limit: int = 20,
             failed: bool = False, as_json: bool = False) -> int:
-    from schedsync.app import report
+    from schedsync.app import status as snapshots
 
     try:
         config = load_config(config_opt)
         with opened(config, state_opt) as store:
-            runs = report.history(config, store, job, limit, failed)
+            runs = snapshots.history(config, store, job, limit, failed)
     except SchedsyncError as exc:
         return _fail(exc)
     if as_json:
@@ -138,12 +136,12 @@ def history(config_opt: str | None, state_opt: str | None, job: str, limit: int 
 def logs(config_opt: str | None, state_opt: str | None, job: str, run_id: int | None = None) -> int:
     """The captured output of the job's last (or given) run, after a header line. Exit 2 for an
     unknown job, 1 for a run id that does not exist or is another job's."""
-    from schedsync.app import report
+    from schedsync.app import status as snapshots
 
     try:
         config = load_config(config_opt)
         with opened(config, state_opt) as store:
-            run = report.run_log(config, store, job, run_id)
+            run = snapshots.run_log(config, store, job, run_id)
     except SchedsyncError as exc:
         return _fail(exc)
     sys.stdout.write(log_header(run) + "\n")
@@ -207,8 +205,7 @@ def validate(config_opt: str | None) -> int:
 
 
 def metrics(config_opt: str | None, state_opt: str | None, textfile: str | None = None) -> int:
-    from schedsync.app import report
-    from schedsync.ops import alerts as notify
+    from schedsync.app.status import snapshot
     from schedsync.ops.metrics import exposition, write_textfile
 
     try:
@@ -217,10 +214,8 @@ def metrics(config_opt: str | None, state_opt: str | None, textfile: str | None 
                               "name it e.g. schedsync.prom")
         config = load_config(config_opt)
         with opened(config, state_opt) as store:
-            now = time.time()
-            views, budget_rows = report.snapshot(config, store, now)
-            text = exposition(views, budget_rows)
-            notify.late(config, store, [report.job_json(view) for view in views], now)
+            snap = snapshot(config, store)
+            text = exposition(snap.views, snap.budgets)
         if textfile is None:
             sys.stdout.write(text)
             return 0

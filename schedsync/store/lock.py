@@ -35,8 +35,10 @@ def lock_folder(path: str) -> None:
         raise StateError(f"lock folder {path} is writable by other users",
                          f"make it private: `chmod 700 {path}`")
 
+from schedsync.store.base import Lock
 
-class FileLock:
+
+class FileLock(Lock):
     def __init__(self, path: str):
         self.path = path
         self.fd: int | None = None
@@ -63,6 +65,10 @@ class FileLock:
         if self.fd is not None:
             os.close(self.fd)  # closing our descriptor drops our hold; a child's copy keeps it
             self.fd = None
+
+    @property
+    def pass_fds(self) -> tuple:
+        return () if self.fd is None else (self.fd,)
 
 
 def _open_error(path: str, exc: OSError) -> StateError:

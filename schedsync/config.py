@@ -240,8 +240,9 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
     state = raw.get("state")
     if state is not None:
         if not isinstance(state, str) or not state:
-            raise doc.error("state", "must be a file path")
-        state = os.path.join(folder, os.path.expanduser(state))
+            raise doc.error("state", "must be a file path or a postgresql:// URL")
+        if not state.startswith(("postgresql://", "postgres://")):  # a URL is passed through untouched
+            state = os.path.join(folder, os.path.expanduser(state))
     timezone = raw.get("timezone")
     if timezone is not None:
         _check_timezone(timezone, doc)

@@ -64,7 +64,15 @@ class Store:
 
 
 def open_store(path: str) -> Store:
-    """The store at ``path``: created, private to the user and migrated on open."""
+    """The store at ``path``: created, private to the user and migrated on open.
+
+    A ``postgresql://`` or ``postgres://`` URL selects the PostgreSQL backend (the
+    ``postgres`` extra); its driver is imported only then.
+    """
+    if path.startswith(("postgresql://", "postgres://")):
+        from schedsync.store.postgres import PostgresStore
+
+        return PostgresStore(path)
     from schedsync.store.sqlite import SQLiteStore
 
     return SQLiteStore(path)

@@ -154,10 +154,12 @@ class TestPauseSlotsBudgets:
     def test_a_clock_behind_the_stored_time_mints_nothing_and_retry_after_blocks(self, store):
         assert store.spend(["api"], RATES, 2, now=T0) is None
         assert store.spend(["api"], RATES, 1, now=T0 - 3600) is not None
-        store.block_budgets(["api", "other"], T0 + 600)
-        assert store.budget_levels(RATES, now=T0 + 300) == {"api": 0.0, "other": 0.0}
-        assert store.spend(["other"], RATES, 1, now=T0 + 300) is not None
-        assert store.spend(["other"], RATES, 1, now=T0 + 612) is None
+        store.block_budgets(["other"], T0 + 30, RATES, now=T0)  # a Retry-After keeps the tokens
+        assert store.budget_levels(RATES, now=T0 + 10)["other"] == 5.0
+        assert store.spend(["other"], RATES, 1, now=T0 + 10) == pytest.approx(T0 + 30)
+        assert store.spend(["other"], RATES, 1, now=T0 + 31) is None
+        store.block_budgets(["other"], T0 + 9999, RATES, now=T0 + 40)  # cut to one period
+        assert store.spend(["other"], RATES, 1, now=T0 + 99) == pytest.approx(T0 + 100)
 
 
 class TestBreakers:

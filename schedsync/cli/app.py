@@ -48,12 +48,14 @@ def _config(ctx: typer.Context):
 
 
 @contextmanager
-def _opened(ctx: typer.Context):
+def _opened(ctx: typer.Context, write: bool = True):
+    """Config and store; ``write=False`` (read commands): a state this user may only read
+    opens read-only."""
     from schedsync.config import resolve_state
     from schedsync.store import open_store
 
     config = _config(ctx)
-    store = open_store(resolve_state(ctx.obj["state"], config))
+    store = open_store(resolve_state(ctx.obj["state"], config), write=write)
     try:
         yield config, store
     finally:
@@ -63,7 +65,7 @@ def _opened(ctx: typer.Context):
 @app.command()
 def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name from jobs.yaml.")):
     """Run one job once, with every protection. Example: schedsync run airdrops"""
-    from schedsync.cli.main import run_cli
+    from schedsync.cli.run import run_cli
 
     raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job))
 
@@ -77,21 +79,20 @@ def status(
     watch: bool = typer.Option(False, "--watch", help="Refresh every 2 seconds until Ctrl-C."),
 ):
     """Health of every job. Example: schedsync status --check"""
-    from schedsync.ops import alerts as notify
     from schedsync.app import report
+    from schedsync.app import status as snapshots
 
     with _errors():
         if watch and (as_json or check):
             raise ConfigError("--watch shows a live table; it does not combine with "
                               f"{'--json' if as_json else '--check'}", "drop one of them")
-        with _opened(ctx) as (config, store):
+        with _opened(ctx, write=False) as (config, store):
             if watch:
                 _watch(config, store, job)
                 return
-            now = time.time()
             detail = job and not as_json
-            data = report.job_detail(config, store, job, now) if detail else report.status(config, store, now, only=job)
-            notify.late(config, store, data["jobs"], now)
+            data = (snapshots.job_detail(config, store, job) if detail
+                    else snapshots.status(config, store, only=job))
     if as_json:
         _print_json(data)
     else:
@@ -112,14 +113,12 @@ def _print_json(data) -> None:
 
 
 def _watch(config, store, job, interval: float = 2.0):
-    from schedsync.ops import alerts as notify
-    from schedsync.cli import render
     from schedsync.app import report
+    from schedsync.app import status as snapshots
+    from schedsync.cli import render
 
     def frame():
-        now = time.time()
-        data = report.status(config, store, now, only=job)
-        notify.late(config, store, data["jobs"], now)
+        data = snapshots.status(config, store, only=job)
         return render.watch_frame(data, report.worst_first(data["jobs"]))
 
     console = render.console()
@@ -148,11 +147,11 @@ def history(
     as_json: bool = typer.Option(False, "--json", help="A JSON list of runs, newest first."),
 ):
     """Recent runs of one job. Example: schedsync history airdrops --failed"""
+    from schedsync.app.status import history as runs_of
     from schedsync.cli import render
-    from schedsync.app import report
 
-    with _errors(), _opened(ctx) as (config, store):
-        runs = report.history(config, store, job, limit, failed)
+    with _errors(), _opened(ctx, write=False) as (config, store):
+        runs = runs_of(config, store, job, limit, failed)
     if as_json:
         render.print_json(runs)
     else:
@@ -185,7 +184,7 @@ def pause(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help
     """Skip a job's runs (recorded as skipped: paused) until resumed. Example: schedsync pause quests"""
     with _errors(), _opened(ctx) as (config, store):
         config.job(job)
-        store.set_paused(job, True, time.time())
+        store.set_paused(job, True, store.now())
     print(f"{job}: paused; its runs are skipped until `schedsync resume {job}`")
 
 
@@ -194,24 +193,16 @@ def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", hel
     """Let a paused job run again. Example: schedsync resume quests"""
     with _errors(), _opened(ctx) as (config, store):
         config.job(job)
-        store.set_paused(job, False, time.time())
+        store.set_paused(job, False, store.now())
     print(f"{job}: resumed")
 
 
 @breaker_app.command("reset")
 def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
-    from schedsync.core import breaker as breakers
-    from schedsync.core.models import Breaker
-
     with _errors(), _opened(ctx) as (config, store):
         name = config.job(job).breaker["name"]
-        now = time.time()
-        with store.transaction():
-            before = breakers.state_at(store.load_breaker(name), now)
-            store.save_breaker(Breaker(name))
-            if before != breakers.CLOSED:
-                store.record_transition(name, now, before, breakers.CLOSED, "reset by hand")
+        before = store.reset_breaker(name, "reset by hand", store.now()) or "closed"
     print(f"breaker {name}: closed (was {before})")
 
 
@@ -221,7 +212,7 @@ def prune(ctx: typer.Context):
     with _errors(), _opened(ctx) as (config, store):
         policies = {name: (job["retention"].get("success"), job["retention"].get("failed"))
                     for name, job in config.jobs.items()}
-        removed = store.prune_all(policies, time.time())
+        removed = store.prune_all(policies, store.now())
     print(f"pruned {removed} run{'' if removed == 1 else 's'}")
 
 
@@ -234,19 +225,16 @@ def metrics(
 ):
     """Prometheus metrics of jobs, budgets and breakers.
     Example: schedsync metrics --textfile /var/lib/node_exporter/textfile_collector/schedsync.prom"""
-    from schedsync.ops import alerts as notify
-    from schedsync.app import report
+    from schedsync.app.status import snapshot
     from schedsync.ops.metrics import exposition, write_textfile
 
     with _errors():
         if textfile is not None and not textfile.endswith(".prom"):
             raise ConfigError(f"--textfile {textfile}: node_exporter's textfile collector reads only *.prom files",
                               "name it e.g. schedsync.prom")
-        with _opened(ctx) as (config, store):
-            now = time.time()
-            views, budget_rows = report.snapshot(config, store, now)
-            text = exposition(views, budget_rows)
-            notify.late(config, store, [report.job_json(view) for view in views], now)
+        with _opened(ctx, write=False) as (config, store):
+            snap = snapshot(config, store)
+            text = exposition(snap.views, snap.budgets)
         if textfile is None:
             sys.stdout.write(text)
             return

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> None:
 
         app(args=argv, prog_name="schedsync")
         return
+    from schedsync.cli.run import run_cli
+
     sys.exit(run_cli(*plain))
 
 
@@ -38,40 +40,6 @@ def _plain_run(argv: list[str]):
     if len(args) != 2 or args[0] != "run" or args[1].startswith("-"):
         return None
     return options["config"], options["state"], args[1]
-
-
-def run_cli(config_opt: str | None, state_opt: str | None, job_name: str) -> int:
-    """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
-    from schedsync.config import load, resolve_config, resolve_state
-    from schedsync.core.errors import SchedsyncError
-    from schedsync.app.runner import run_job, summary
-    from schedsync.store import open_store
-
-    interactive = sys.stderr.isatty() or sys.stdout.isatty()
-    try:
-        config = load(resolve_config(config_opt))
-        config.job(job_name)  # an unknown job is a usage error before any state is touched
-        store = open_store(resolve_state(state_opt, config))
-        try:
-            result = run_job(config, job_name, store, trigger="manual" if interactive else "cron",
-                             interactive=interactive)
-        finally:
-            store.close()
-    except SchedsyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    for message in result.messages:
-        print(message, file=sys.stderr)
-    if result.run.status in ("success", "partial", "skipped"):
-        if interactive:
-            print(summary(result), file=sys.stderr)
-        return int(result.exit_code)
-    if result.held_output and not interactive:
-        sys.stdout.write(result.held_output if result.held_output.endswith("\n")
-                         else result.held_output + "\n")
-        sys.stdout.flush()
-    print(f"error: {summary(result)} — see `schedsync history {job_name}`", file=sys.stderr)
-    return int(result.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -96,6 +96,7 @@ class Liveness(abc.ABC):
 class Store(abc.ABC):
     locks: Locks
     liveness: Liveness
+    writable: bool = True  # False: opened read-only; reads work, every write raises StateError
 
     @abc.abstractmethod
     def now(self) -> float:
@@ -117,7 +118,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def record_skip(self, run, retention: dict) -> None:
-        """Insert a finished ``skipped`` run (``run.id`` is set) and prune cheaply."""
+        """Insert a finished run that never started (``run.id`` is set) and prune cheaply:
+        a ``skipped`` one, or a ``failed`` one that could not start (e.g. an unset
+        ``${TOKEN}``). Also notes the job as seen."""
 
     @abc.abstractmethod
     def finish_run(self, run, breaker: BreakerSpec, evidence: bool, trial: bool,
@@ -177,8 +180,10 @@ class Store(abc.ABC):
         when all of them will have enough (``inf``: never, cost above capacity)."""
 
     @abc.abstractmethod
-    def block_budgets(self, budgets: list[str], until: float) -> None:
-        """An upstream's Retry-After: the buckets grant nothing until ``until``."""
+    def block_budgets(self, budgets: list[str], until: float, rates: dict | None = None,
+                      now: float | None = None) -> None:
+        """An upstream's Retry-After: the buckets grant nothing until ``until`` and keep
+        their tokens (``rates`` as for ``spend``: a bucket never used starts full)."""
 
     @abc.abstractmethod
     def reset_breaker(self, breaker: str, reason: str, now: float | None = None) -> str | None:

@@ -10,8 +10,10 @@ import fcntl
 import os
 import time
 
+from schedsync.store.base import Lock
 
-class FileLock:
+
+class FileLock(Lock):
     def __init__(self, path: str):
         self.path = path
         self.fd: int | None = None
@@ -35,3 +37,7 @@ class FileLock:
         if self.fd is not None:
             os.close(self.fd)  # closing our descriptor drops our hold; a child's copy keeps it
             self.fd = None
+
+    @property
+    def pass_fds(self) -> tuple:
+        return () if self.fd is None else (self.fd,)

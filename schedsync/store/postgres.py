@@ -88,7 +88,9 @@ def _need_driver(url: str) -> None:
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str, connect: bool = True):
+    writable = True  # a role without write access fails on its first write, with one line
+
+    def __init__(self, url: str, write: bool = True):
         _need_driver(url)
         self.url = url
         self.path = redact_url(url)  # what any message may show
@@ -263,11 +265,14 @@ class PostgresStore(Store):
 
     def record_skip(self, run, retention: dict) -> None:
         [(run.id,)] = self._q(
-            "WITH r AS (INSERT INTO schedsync.runs (job, status, reason, trigger, started_at,"
+            "WITH j AS (INSERT INTO schedsync.jobs (name, first_seen) VALUES (%s, %s)"
+            "   ON CONFLICT (name) DO NOTHING),"
+            " r AS (INSERT INTO schedsync.runs (job, status, reason, trigger, started_at,"
             " finished_at, duration_ms, retry_at, host, pid, token, error, exit_code)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id)"
             " SELECT id FROM r, schedsync.prune(%s, %s, %s, %s, %s)",
-            (run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
+            (run.job, run.started_at,
+             run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start, run.error,
              run.exit_code, run.job, run.started_at, retention.get("success"),
              retention.get("failed"), PRUNE_BATCH))
@@ -377,8 +382,9 @@ class PostgresStore(Store):
         from schedsync.core.models import Bucket
 
         now = self._now(now)
-        stored = {n: (t, u) for n, t, u in self._q(
-            "SELECT name, tokens, updated FROM schedsync.buckets WHERE name = ANY (%s::text[])",
+        stored = {n: (t, u, b) for n, t, u, b in self._q(
+            "SELECT name, tokens, updated, blocked_until FROM schedsync.buckets"
+            " WHERE name = ANY (%s::text[])",
             (list(rates),))}
         out = {}
         for name, (capacity, per) in rates.items():
@@ -408,12 +414,12 @@ class PostgresStore(Store):
 
         return math.nextafter(ready, math.inf)
 
-    def block_budgets(self, budgets, until) -> None:
+    def block_budgets(self, budgets, until, rates=None, now=None) -> None:
         if budgets:
-            self._q("INSERT INTO schedsync.buckets (name, tokens, updated)"
-                    " SELECT n, 0, %s FROM unnest(%s::text[]) AS n ORDER BY n"
-                    " ON CONFLICT (name) DO UPDATE SET tokens = 0,"
-                    " updated = greatest(buckets.updated, excluded.updated)", (until, list(budgets)))
+            rates = rates or {}
+            self._q("SELECT schedsync.block(%s::text[], %s::float8[], %s::float8[], %s, %s)",
+                    (list(budgets), [_rate(rates, b, 0) for b in budgets],
+                     [_rate(rates, b, 1) for b in budgets], until, now))
 
     def reset_breaker(self, breaker, reason, now=None):
         rows = self._q(
@@ -488,6 +494,11 @@ class PostgresStore(Store):
             self.db.close()
         except psycopg2.Error:
             pass
+
+
+def _rate(rates: dict, name: str, i: int):
+    rate = rates.get(name)
+    return float(rate[i]) if rate else None
 
 
 def _password(url: str) -> str | None:

@@ -35,7 +35,8 @@ CREATE INDEX runs_by_job_status ON schedsync.runs (job, status, started_at);
 CREATE INDEX runs_running ON schedsync.runs (job) WHERE status = 'running';
 CREATE TABLE schedsync.jobs (name text PRIMARY KEY, first_seen float8 NOT NULL,
                              paused boolean NOT NULL DEFAULT false, paused_at float8);
-CREATE TABLE schedsync.buckets (name text PRIMARY KEY, tokens float8 NOT NULL, updated float8 NOT NULL);
+CREATE TABLE schedsync.buckets (name text PRIMARY KEY, tokens float8 NOT NULL, updated float8 NOT NULL,
+                                blocked_until float8);
 CREATE TABLE schedsync.breakers (name text PRIMARY KEY, state text NOT NULL, failures int NOT NULL,
                                  opened_at float8, opens_until float8,
                                  leases float8[] NOT NULL DEFAULT '{}');
@@ -55,15 +56,18 @@ CREATE TABLE schedsync.slots (job text NOT NULL, slot float8 NOT NULL, host text
 CREATE FUNCTION schedsync.now() RETURNS float8 LANGUAGE sql VOLATILE AS
 $$ SELECT extract(epoch FROM clock_timestamp())::float8 $$;
 
--- Token buckets, all or none, rows locked in name order (no deadlock between spenders).
+-- Token buckets (core.budgets), all or none, rows locked in name order (no deadlock
+-- between spenders). A stored time later than now is clamped (never trusted); a
+-- Retry-After pause (blocked_until) keeps the tokens and is dropped once passed or
+-- when further ahead than one period (a clock that stepped back).
 -- NULL: granted; else when every bucket will have enough ('Infinity': never).
 CREATE FUNCTION schedsync.spend(p_names text[], p_caps float8[], p_pers float8[], p_cost float8,
                                 p_now float8) RETURNS float8 LANGUAGE plpgsql AS $$
 DECLARE
     t float8 := coalesce(p_now, schedsync.now());
-    b record; i int; cap float8; per float8; tokens float8; upd float8;
-    ready float8; denied boolean := false;
-    names text[] := '{}'; new_tokens float8[] := '{}'; new_updated float8[] := '{}';
+    b record; i int; cap float8; per float8; tk float8; blocked float8;
+    ready float8; at float8; denied boolean := false;
+    names text[] := '{}'; new_tokens float8[] := '{}'; new_blocked float8[] := '{}';
 BEGIN
     IF p_cost <= 0 OR coalesce(cardinality(p_names), 0) = 0 THEN
         RETURN NULL;
@@ -71,31 +75,61 @@ BEGIN
     INSERT INTO schedsync.buckets (name, tokens, updated)
         SELECT n, c, t FROM unnest(p_names, p_caps) AS u(n, c) ORDER BY n
         ON CONFLICT (name) DO NOTHING;
-    FOR b IN SELECT name, buckets.tokens, updated FROM schedsync.buckets
+    FOR b IN SELECT name, buckets.tokens, updated, blocked_until FROM schedsync.buckets
              WHERE name = ANY (p_names) ORDER BY name FOR UPDATE LOOP
         i := array_position(p_names, b.name);
         cap := p_caps[i]; per := p_pers[i];
-        IF t <= b.updated THEN  -- a clock behind the stored time mints nothing
-            tokens := least(b.tokens, cap); upd := b.updated;
-        ELSE
-            tokens := least(cap, b.tokens + (t - b.updated) * cap / per); upd := t;
+        tk := least(cap, b.tokens + (t - least(b.updated, t)) * cap / per);
+        blocked := b.blocked_until;
+        IF blocked IS NOT NULL AND (blocked <= t OR blocked > t + per) THEN
+            blocked := NULL;
         END IF;
         IF p_cost > cap THEN
             denied := true; ready := 'Infinity';
-        ELSIF tokens + 1e-9 >= p_cost THEN
-            tokens := greatest(0.0, tokens - p_cost);
+        ELSIF blocked IS NULL AND tk + 1e-9 >= p_cost THEN
+            tk := greatest(0.0, tk - p_cost);
         ELSE
             denied := true;
-            ready := greatest(coalesce(ready, t), greatest(t, upd) + (p_cost - tokens) * per / cap);
+            at := t + greatest(0.0, p_cost - tk) * per / cap;
+            IF blocked IS NOT NULL THEN at := greatest(at, blocked); END IF;
+            ready := greatest(coalesce(ready, t), at);
         END IF;
-        names := names || b.name; new_tokens := new_tokens || tokens; new_updated := new_updated || upd;
+        names := names || b.name; new_tokens := new_tokens || tk; new_blocked := new_blocked || blocked;
     END LOOP;
     IF denied THEN
         RETURN ready;
     END IF;
-    UPDATE schedsync.buckets SET tokens = u.tk, updated = u.up
-        FROM unnest(names, new_tokens, new_updated) AS u(n, tk, up) WHERE buckets.name = u.n;
+    UPDATE schedsync.buckets SET tokens = u.tk, updated = t, blocked_until = u.bl
+        FROM unnest(names, new_tokens, new_blocked) AS u(n, tk, bl) WHERE buckets.name = u.n;
     RETURN NULL;
+END $$;
+
+-- An upstream's Retry-After (core.budgets.block_until): pause, keeping the tokens;
+-- a longer pause already there stands; one longer than a period is cut to it.
+CREATE FUNCTION schedsync.block(p_names text[], p_caps float8[], p_pers float8[], p_until float8,
+                                p_now float8) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    t float8 := coalesce(p_now, schedsync.now());
+    b record; i int; cap float8; per float8; tk float8; blocked float8; until float8;
+BEGIN
+    INSERT INTO schedsync.buckets (name, tokens, updated)
+        SELECT n, coalesce(c, 0), t FROM unnest(p_names, p_caps) AS u(n, c) ORDER BY n
+        ON CONFLICT (name) DO NOTHING;
+    FOR b IN SELECT name, buckets.tokens, updated, blocked_until FROM schedsync.buckets
+             WHERE name = ANY (p_names) ORDER BY name FOR UPDATE LOOP
+        i := array_position(p_names, b.name);
+        cap := coalesce(p_caps[i], 'Infinity'); per := coalesce(p_pers[i], 'Infinity');
+        tk := CASE WHEN p_caps[i] IS NULL THEN b.tokens
+                       ELSE least(cap, b.tokens + (t - least(b.updated, t)) * cap / per) END;
+        blocked := b.blocked_until;
+        IF blocked IS NOT NULL AND (blocked <= t OR blocked > t + per) THEN
+            blocked := NULL;
+        END IF;
+        until := least(p_until, t + per);
+        IF blocked IS NOT NULL THEN until := greatest(until, blocked); END IF;
+        UPDATE schedsync.buckets SET tokens = tk, updated = t,
+            blocked_until = CASE WHEN until > t THEN until END WHERE buckets.name = b.name;
+    END LOOP;
 END $$;
 
 -- A finished run fed to its breaker (core.breaker.record). Returns the transition, if any.

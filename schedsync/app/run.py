@@ -17,7 +17,7 @@ from schedsync.core.models import CRASHED, FAILED, Run
 
 
 def run(config: Config, name: str, store, *, trigger: str, interactive: bool, environ=os.environ,
-        sleep=time.sleep, state: str | None = None) -> RunResult:
+        sleep=time.sleep, state: str | None = None, force_slot: bool = False) -> RunResult:
     """``schedsync run JOB``: one run of ``name`` with every protection. ``state`` is the
     state target (the default data database sits beside a state file)."""
     try:
@@ -32,7 +32,7 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
                  "on_finish": lambda result: announce(config, store, job, result.run, secrets,
                                                       result.run.finished_at)}
     return run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
-                   sleep=sleep, data_db=default_data_db(state), **hooks)
+                   sleep=sleep, data_db=default_data_db(state), force_slot=force_slot, **hooks)
 
 
 def default_data_db(state: str | None) -> str | None:

@@ -63,11 +63,13 @@ def _opened(ctx: typer.Context, write: bool = True):
 
 
 @app.command()
-def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name from jobs.yaml.")):
+def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name from jobs.yaml."),
+        force_slot: bool = typer.Option(False, "--force-slot",
+                                        help="Run even if another host already ran this scheduled slot.")):
     """Run one job once, with every protection. Example: schedsync run airdrops"""
     from schedsync.cli.run import run_cli
 
-    raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job))
+    raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job, force_slot=force_slot))
 
 
 @app.command()

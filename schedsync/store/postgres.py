@@ -81,6 +81,19 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{head}{slash}{tail}"
 
 
+def strip_password(url: str) -> str:
+    """The URL without its password (for a crontab line: libpq then reads ~/.pgpass)."""
+    shown = redact_url(url)
+    scheme, _, rest = shown.partition("://")
+    head, slash, tail = rest.partition("/")
+    head = head.replace(":***@", "@")
+    path, q, query = tail.partition("?")
+    if "password=***" in query:
+        query = "&".join(p for p in query.split("&") if p != "password=***")
+        q = q if query else ""
+    return f"{scheme}://{head}{slash}{path}{q}{query}"
+
+
 def _need_driver(url: str) -> None:
     if psycopg2 is None:
         raise ConfigError(f"state {redact_url(url)} is PostgreSQL, but its driver is not installed",
@@ -88,6 +101,7 @@ def _need_driver(url: str) -> None:
 
 
 class PostgresStore(Store):
+    claims_slots = True
     writable = True  # a role without write access fails on its first write, with one line
 
     def __init__(self, url: str, write: bool = True):

@@ -263,3 +263,32 @@ def test_kill_9_of_a_host_shows_crashed_elsewhere_and_another_host_runs_the_job(
     finally:
         if victim.poll() is None:
             os.killpg(victim.pid, signal.SIGKILL)
+
+
+def test_state_copy_moves_a_sqlite_state_into_postgresql(project, pg_url):
+    project.write(JOBS.format(marker=project.path / "ran") + """
+  flaky:
+    command: ["false"]
+    breaker: {failures: 2}
+    budget: quota
+budgets:
+  quota: 10/1h
+""")
+    for args in (("run", "hello"), ("run", "flaky"), ("run", "flaky"), ("run", "flaky"), ("pause", "tick")):
+        project.cli(*args)
+    before_status, before_history = project.status(), project.history("flaky")
+    result = project.cli("state", "copy", "--to", pg_url)
+    assert result.returncode == 0, result.stderr
+    assert "copied 4 runs" in result.stdout
+    after = dict(project.env, SCHEDSYNC_STATE=pg_url)
+    copied = subprocess.run(project.argv("history", "flaky", "--json"), capture_output=True,
+                            text=True, env=after, cwd=project.path)
+    assert json.loads(copied.stdout) == before_history
+    status = json.loads(subprocess.run(project.argv("status", "--json"), capture_output=True,
+                                       text=True, env=after, cwd=project.path).stdout)
+    strip = lambda s: [{k: v for k, v in j.items() if k not in ("next_expected", "why")} for j in s["jobs"]]
+    assert strip(status) == strip(before_status)
+    assert [b["tokens"] for b in status["budgets"]] == pytest.approx(
+        [b["tokens"] for b in before_status["budgets"]], abs=0.1)
+    again = project.cli("state", "copy", "--to", pg_url)
+    assert again.returncode == 1 and "already holds runs" in again.stderr

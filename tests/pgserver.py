@@ -93,12 +93,15 @@ class PgServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-if __name__ == "__main__":  # a server for trying things by hand: prints its URL, Ctrl-C stops
+if __name__ == "__main__":  # a server for trying things by hand: prints its URL; Ctrl-C or kill stops it
     import signal
+    import sys
 
-    server = PgServer().start()
-    print(server.url(server.createdb("schedsync")), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill PID` stops the server too
+    server = PgServer()
     try:
+        server.start()
+        print(server.url(server.createdb("schedsync")), flush=True)
         signal.pause()
     finally:
         server.stop()

@@ -51,18 +51,27 @@ class PgServer:
         self.started = False
         self.count = 0
 
-    def start(self, max_connections: int = 200) -> "PgServer":
+    def start(self, max_connections: int = 200, listen: str = "", wrap: tuple = ()) -> "PgServer":
+        """``listen``: TCP addresses besides the socket (trust from 10.0.0.0/8 then);
+        ``wrap``: a prefix for pg_ctl, e.g. ``("ip", "netns", "exec", NAME)``."""
         _as_owner([f"{self.bin}/initdb", "-D", self.data, "-U", "postgres", "--auth-local=trust",
                    "--auth-host=reject", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], self.owner)
         with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
             f.write("local all postgres trust\nlocal all all scram-sha-256\n")
+            if listen:
+                f.write("host all postgres 10.0.0.0/8 trust\n")
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
-            f.write(f"listen_addresses = ''\nunix_socket_directories = '{self.dir}'\n"
+            f.write(f"listen_addresses = '{listen}'\nunix_socket_directories = '{self.dir}'\n"
                     f"max_connections = {max_connections}\nfsync = off\n"
                     "synchronous_commit = off\nfull_page_writes = off\n"
                     "shared_buffers = 64MB\nlog_min_messages = fatal\n")
-        _as_owner([f"{self.bin}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"),
-                   "-w", "-t", "60", "start"], self.owner)
+        start = [f"{self.bin}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"),
+                 "-w", "-t", "60", "start"]
+        if wrap:  # entering a namespace needs root: drop to the owner inside it
+            user = ["runuser", "-u", self.owner, "--"] if self.owner else []
+            _as_owner([*wrap, *user, *start], None)
+        else:
+            _as_owner(start, self.owner)
         self.started = True
         self.psql("postgres", f"CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'")
         return self

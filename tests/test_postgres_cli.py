@@ -154,6 +154,35 @@ def test_too_many_clients_is_retried_then_succeeds(project):
         server.stop()
 
 
+def test_too_many_clients_for_too_long_is_one_line(project, monkeypatch):
+    from schedsync.core.errors import StateError
+    from schedsync.store import open_store, postgres
+
+    server = PgServer().start(max_connections=5)
+    held = []
+    try:
+        db = server.createdb(owner="app")
+        url = server.url(db, user="app", password=APP_PASSWORD)
+        import psycopg2
+
+        while True:
+            try:
+                held.append(psycopg2.connect(url))
+            except psycopg2.OperationalError:
+                break
+        monkeypatch.setattr(postgres, "CROWDED_FOR", 1.0)  # the bound, shortened for the test
+        started = time.monotonic()
+        with pytest.raises(StateError) as error:
+            open_store(url)
+        assert time.monotonic() - started >= 1.0
+        assert "too many clients" in str(error.value) and "max_connections" in str(error.value)
+        assert APP_PASSWORD not in str(error.value) and "\n" not in str(error.value)
+    finally:
+        for conn in held:
+            conn.close()
+        server.stop()
+
+
 def test_fencing_stops_the_job_when_the_database_goes_away(project):
     server = PgServer().start()
     try:
@@ -227,6 +256,9 @@ def test_one_slot_on_three_hosts_runs_once_and_a_person_can_force_it(pg):
     forced = on_host("cron1", pg, "run", "--force-slot", "tick")
     forced.communicate(timeout=60)
     assert forced.returncode == 0
+    viewer = on_host("viewer", pg, "status")
+    out, _ = viewer.communicate(timeout=60)
+    assert "on cron1" in out  # status names the host that ran each last run
 
 
 @needs_root

@@ -383,7 +383,7 @@ def test_since_with_a_field_sends_the_newest_stored_value(project, upstream):
 
 # --- retries, budgets, breakers, timeouts ----------------------------------------------------------
 
-def test_a_429_with_retry_after_is_waited_out_and_empties_the_shared_budget(project, upstream):
+def test_a_429_with_retry_after_is_waited_out_and_pauses_the_shared_budget(project, upstream):
     told = threading.Event()
 
     @upstream.route("/busy")
@@ -426,6 +426,9 @@ jobs:
     assert (run["status"], run["attempts"], run["requests"], run["items_processed"]) == ("success", 2, 2, 1)
     first, retry = upstream.hits("/busy")
     assert retry is not first
+    # the pause kept the bucket's tokens: 2 requests spent of 60 (emptying it left about 3)
+    [budget] = project.status()["budgets"]
+    assert budget["tokens"] >= 55, budget
 
 
 def test_a_429_asking_for_longer_than_the_run_has_stops_it_rate_limited(project, upstream):

@@ -28,9 +28,10 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
     reap(config, store, [job.name])
     hooks = {}
     if job.notify or job.ping:
-        hooks = {"on_start": lambda run: _ping_start(store, job, run, secrets),
-                 "on_finish": lambda result: announce(config, store, job, result.run, secrets,
-                                                      result.run.finished_at)}
+        hooks["on_finish"] = lambda result: announce(config, store, job, result.run, secrets,
+                                                     result.run.finished_at)
+    if job.ping:
+        hooks["on_start"] = lambda run: _ping_start(store, job, run, secrets)
     return run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
                    sleep=sleep, data_db=default_data_db(state), force_slot=force_slot, **hooks)
 

@@ -123,7 +123,7 @@ def status_renderable(report: dict, jobs: list[dict], width: int = 160):
                 parts.append(Text.assemble("  ", (job["name"], "bold"), f": {job['why']}"))
     if report["budgets"]:
         parts.append(Text("budgets: " + "  ".join(
-            f"{b['name']} {b['tokens']:.1f}/{b['capacity']:g} per {format_duration(b['per_seconds'])}"
+            f"{b['name']} {int(b['tokens'] * 10) / 10:.1f}/{b['capacity']:g} per {format_duration(b['per_seconds'])}"
             for b in report["budgets"]), style="dim"))
     return Group(*parts)
 
@@ -187,7 +187,8 @@ def _budgets(names: list[str], levels: dict) -> Text:
         if i:
             text.append(", ")
         level = levels[name]
-        text.append(f"{level['tokens']:.0f}/{level['capacity']:g}", style="yellow" if level["tokens"] < 1 else "")
+        # whole tokens, rounded down: 23.7 left is 23 requests, never "24"
+        text.append(f"{int(level['tokens'])}/{level['capacity']:g}", style="yellow" if level["tokens"] < 1 else "")
     return text if names else Text("—", style="dim")
 
 
@@ -217,7 +218,7 @@ def job_detail(detail: dict) -> None:
                   style="dim")
     for b in detail["budgets"]:
         if b["name"] in job["budgets"]:
-            out.print(f"budget     {b['name']}: {b['tokens']:.1f} of {b['capacity']:g} tokens"
+            out.print(f"budget     {b['name']}: {int(b['tokens'] * 10) / 10:.1f} of {b['capacity']:g} tokens"
                       f" per {format_duration(b['per_seconds'])}")
     failed = next((r for r in detail["runs"] if r["status"] in FAILURES), None)
     if failed and failed["error"]:

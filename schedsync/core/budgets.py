@@ -5,8 +5,9 @@ Refill is continuous, ``capacity`` tokens per ``per`` seconds. A stored time lat
 than ``now`` is never trusted: it is clamped to ``now`` (a clock that ran ahead and
 then stepped back must not starve the bucket until it catches up), and that step
 mints nothing. A 429's Retry-After pauses the bucket until then and keeps its
-tokens (``blocked_until``); a pause stored further ahead than one refill period is
-a clock that stepped back, and is dropped.
+tokens (``blocked_until``). A pause is at most ``longest_pause(per)`` (a day, or one
+refill period if longer); one stored further ahead than that was set by a clock that
+has since stepped back, and is dropped.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ import math
 from schedsync.core.models import Bucket
 
 EPSILON = 1e-9  # float refill must not deny a token that is there by a rounding error
+DAY = 86400.0
+
+
+def longest_pause(per: float) -> float:
+    return per if per > DAY else DAY
 
 
 def refill(bucket: Bucket, capacity: float, per: float, now: float) -> Bucket:
     updated = bucket.updated if bucket.updated < now else now  # clamped: never trust a future time
     tokens = min(capacity, bucket.tokens + (now - updated) * capacity / per)
     blocked = bucket.blocked_until
-    if blocked is not None and (blocked <= now or blocked > now + per):
+    if blocked is not None and (blocked <= now or blocked > now + longest_pause(per)):
         blocked = None  # passed, or set by a clock that has since stepped back
     return Bucket(bucket.name, tokens, now, blocked)  # not dataclasses.replace: every acquire's path
 
@@ -48,10 +54,10 @@ def block_until(bucket: Bucket | None, name: str, until: float, capacity: float,
                 now: float) -> Bucket:
     """Pause the bucket until ``until`` (an upstream's Retry-After), keeping its tokens.
 
-    A longer pause already there stands; one longer than a refill period is cut to it.
+    A longer pause already there stands; one beyond ``longest_pause`` is cut to it.
     """
     current = refill(bucket or Bucket(name, capacity, now), capacity, per, now)
-    until = min(until, now + per)
+    until = min(until, now + longest_pause(per))
     if current.blocked_until is not None:
         until = max(until, current.blocked_until)
     return Bucket(name, current.tokens, now, until if until > now else None)

@@ -477,15 +477,20 @@ class SQLiteStore(Store):
             return self._spend(budgets, rates, cost, now)
 
     def _spend(self, names, rates, cost, now):
-        taken, ready = [], None
+        taken, clamped, ready = [], [], None
         for name in names:
             capacity, per = rates[name]
-            granted, bucket, at = take(self._bucket(name), name, capacity, per, cost, now)
+            stored = self._bucket(name)
+            granted, bucket, at = take(stored, name, capacity, per, cost, now)
             if not granted:
                 # A flag, not ``ready > now``: a denial whose wait rounds to zero is still a denial.
                 ready = max(now if ready is None else ready, math.inf if at is None else at)
+            if stored is not None and stored.updated > now:
+                clamped.append(bucket)  # a time from a clock that ran ahead: kept clamped, even on a denial
             taken.append(bucket)
         if ready is not None:
+            for bucket in clamped:
+                self._save_bucket(bucket)
             return ready
         for bucket in taken:
             self._save_bucket(bucket)

@@ -158,8 +158,8 @@ class TestPauseSlotsBudgets:
         assert store.budget_levels(RATES, now=T0 + 10)["other"] == 5.0
         assert store.spend(["other"], RATES, 1, now=T0 + 10) == pytest.approx(T0 + 30)
         assert store.spend(["other"], RATES, 1, now=T0 + 31) is None
-        store.block_budgets(["other"], T0 + 9999, RATES, now=T0 + 40)  # cut to one period
-        assert store.spend(["other"], RATES, 1, now=T0 + 99) == pytest.approx(T0 + 100)
+        store.block_budgets(["other"], T0 + 999_999, RATES, now=T0 + 40)  # cut to a day
+        assert store.spend(["other"], RATES, 1, now=T0 + 99) == pytest.approx(T0 + 40 + 86400)
 
 
 class TestBreakers:

@@ -59,7 +59,7 @@ def copy_state(source: str, url: str) -> dict:
             cur.execute("LOCK TABLE schedsync.runs IN EXCLUSIVE MODE")
             cur.execute("SELECT EXISTS (SELECT 1 FROM schedsync.runs)")
             if cur.fetchone()[0]:
-                raise StateError(f"state database {dest.path} already holds runs",
+                raise StateError(f"state database {dest.label} already holds runs",
                                  "copy into a new, empty database")
             for table, columns in TABLES.items():
                 have = {row[1] for row in src.execute(f"PRAGMA table_info({table})")}

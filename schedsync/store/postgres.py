@@ -54,7 +54,7 @@ CROWDED_FOR = 15.0  # seconds of retrying "too many clients" before giving up
 RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
               "finished_at", "duration_ms", "attempts", "requests", "items_processed",
               "items_failed", "exit_code", "error", "retry_at", "output")
-RUN_COLUMNS = ", ".join(RUN_FIELDS) + ", token"
+RUN_COLUMNS = ", ".join(RUN_FIELDS)  # reads; running_runs adds the owner's token
 PRUNE_BATCH = 100
 
 
@@ -107,7 +107,7 @@ class PostgresStore(Store):
     def __init__(self, url: str, write: bool = True):
         _need_driver(url)
         self.url = url
-        self.path = redact_url(url)  # what any message may show
+        self.label = redact_url(url)  # what any message may show
         self._secret = _password(url)
         self._mutex = None  # a threading.Lock once a heartbeat shares the connection
         self.db = self._connect()
@@ -122,7 +122,7 @@ class PostgresStore(Store):
         try:
             params = psycopg2.extensions.parse_dsn(self.url)
         except psycopg2.Error as exc:
-            raise ConfigError(f"state URL {self.path} is not a valid PostgreSQL URL: "
+            raise ConfigError(f"state URL {self.label} is not a valid PostgreSQL URL: "
                               f"{self._clean(exc)}", "see the README's several-hosts section") from None
         params = {**KEEPALIVE, "connect_timeout": str(CONNECT_TIMEOUT),
                   "application_name": "schedsync", **params}
@@ -142,13 +142,13 @@ class PostgresStore(Store):
                         time.sleep(nap * random.uniform(0.5, 1.5))
                         nap = min(nap * 2, 1.0)
                         continue
-                    raise StateError(f"state database {self.path} has no free connection slot "
+                    raise StateError(f"state database {self.label} has no free connection slot "
                                      f"(too many clients for {CROWDED_FOR:.0f}s)",
                                      "raise max_connections on the server, or run fewer jobs at once") from None
                 raise self._connect_error(text) from None
 
     def _connect_error(self, text: str) -> StateError:
-        where = f"state database {self.path}"
+        where = f"state database {self.label}"
         if "password authentication failed" in text or "no password supplied" in text:
             return StateError(f"{where}: {text}", "check the password in ~/.pgpass or $PGPASSWORD")
         if "does not exist" in text:
@@ -171,7 +171,7 @@ class PostgresStore(Store):
         except psycopg2.errors.UndefinedTable:
             version, server_now = self._migrate()
         except psycopg2.errors.UndefinedFunction:
-            raise StateError(f"state database {self.path} is not a schedsync state database "
+            raise StateError(f"state database {self.label} is not a schedsync state database "
                              "(its schedsync schema is not ours)",
                              "point the state URL at another database") from None
         except psycopg2.Error as exc:
@@ -179,7 +179,7 @@ class PostgresStore(Store):
         if version is None or version < len(MIGRATIONS):
             version, server_now = self._migrate()
         if version > len(MIGRATIONS):
-            raise StateError(f"state database {self.path} was written by a newer schedsync "
+            raise StateError(f"state database {self.label} was written by a newer schedsync "
                              f"(schema {version}, this one knows {len(MIGRATIONS)})",
                              "upgrade schedsync on this host")
         # The server's clock, without a round trip per read of it.
@@ -197,7 +197,7 @@ class PostgresStore(Store):
                 has_meta, has_schema = cur.fetchone()
                 if has_schema and not has_meta:
                     db.rollback()
-                    raise StateError(f"state database {self.path} is not a schedsync state database "
+                    raise StateError(f"state database {self.label} is not a schedsync state database "
                                      "(it has a schedsync schema that is not ours)",
                                      "point the state URL at another database")
                 version = 0
@@ -220,14 +220,14 @@ class PostgresStore(Store):
         text = self._clean(exc)
         code = getattr(exc, "pgcode", None) or ""
         if code == "42501" or "permission denied" in text:
-            return StateError(f"state database {self.path}: {text}",
+            return StateError(f"state database {self.label}: {text}",
                               "grant this role access to the schedsync schema, or use another role")
         if code == "25006" or "read-only" in text:
-            return StateError(f"state database {self.path} is read-only", "use a writable server")
+            return StateError(f"state database {self.label} is read-only", "use a writable server")
         if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-            return StateError(f"state database {self.path} was lost: {text}",
+            return StateError(f"state database {self.label} was lost: {text}",
                               "check that PostgreSQL is up and reachable")
-        return StateError(f"state database {self.path}: {text}", "check the server's log")
+        return StateError(f"state database {self.label}: {text}", "check the server's log")
 
     def _fetch(self, sql: str, args=()) -> list:
         mutex = self._mutex
@@ -312,9 +312,9 @@ class PostgresStore(Store):
 
     def running_runs(self, jobs=None) -> list:
         if jobs is None:
-            rows = self._q(f"SELECT {RUN_COLUMNS} FROM schedsync.runs WHERE status = 'running'")
+            rows = self._q(f"SELECT {RUN_COLUMNS}, token FROM schedsync.runs WHERE status = 'running'")
         else:
-            rows = self._q(f"SELECT {RUN_COLUMNS} FROM schedsync.runs WHERE status = 'running'"
+            rows = self._q(f"SELECT {RUN_COLUMNS}, token FROM schedsync.runs WHERE status = 'running'"
                            " AND job = ANY (%s::text[])", (list(jobs),))
         return [Run(*row) for row in rows]
 
@@ -546,9 +546,14 @@ class AdvisoryLock(Lock):
 
     def acquire(self, wait: float = 0.0) -> bool:
         deadline = time.monotonic() + wait
+        mine = self.store.locks.held_keys  # advisory locks nest within a session: exclude here
         while True:
-            [(got,)] = self.store._q("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self.key,))
+            got = False
+            if self.key not in mine:
+                [(got,)] = self.store._q("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                         (self.key,))
             if got:
+                mine.add(self.key)
                 self.taken = True
                 self._beat = _Heartbeat(self.store)
                 return True
@@ -561,6 +566,7 @@ class AdvisoryLock(Lock):
         if not self.taken:
             return
         self.taken = False
+        self.store.locks.held_keys.discard(self.key)
         if self._beat:
             self._beat.stop()
             self._beat = None
@@ -580,6 +586,7 @@ class AdvisoryLock(Lock):
 class AdvisoryLocks(Locks):
     def __init__(self, store: PostgresStore):
         self.store, self.taken = store, []
+        self.held_keys: set = set()
 
     def lock(self, job: str) -> AdvisoryLock:
         lock = AdvisoryLock(self.store, job)

@@ -59,7 +59,7 @@ $$ SELECT extract(epoch FROM clock_timestamp())::float8 $$;
 -- Token buckets (core.budgets), all or none, rows locked in name order (no deadlock
 -- between spenders). A stored time later than now is clamped (never trusted); a
 -- Retry-After pause (blocked_until) keeps the tokens and is dropped once passed or
--- when further ahead than one period (a clock that stepped back).
+-- when further ahead than a day (or one period, if longer): a clock that stepped back.
 -- NULL: granted; else when every bucket will have enough ('Infinity': never).
 CREATE FUNCTION schedsync.spend(p_names text[], p_caps float8[], p_pers float8[], p_cost float8,
                                 p_now float8) RETURNS float8 LANGUAGE plpgsql AS $$
@@ -68,6 +68,7 @@ DECLARE
     b record; i int; cap float8; per float8; tk float8; blocked float8;
     ready float8; at float8; denied boolean := false;
     names text[] := '{}'; new_tokens float8[] := '{}'; new_blocked float8[] := '{}';
+    clamped float8[] := '{}'; was float8[] := '{}';
 BEGIN
     IF p_cost <= 0 OR coalesce(cardinality(p_names), 0) = 0 THEN
         RETURN NULL;
@@ -81,9 +82,10 @@ BEGIN
         cap := p_caps[i]; per := p_pers[i];
         tk := least(cap, b.tokens + (t - least(b.updated, t)) * cap / per);
         blocked := b.blocked_until;
-        IF blocked IS NOT NULL AND (blocked <= t OR blocked > t + per) THEN
+        IF blocked IS NOT NULL AND (blocked <= t OR blocked > t + greatest(per, 86400.0)) THEN
             blocked := NULL;
         END IF;
+        clamped := clamped || tk; was := was || b.updated;
         IF p_cost > cap THEN
             denied := true; ready := 'Infinity';
         ELSIF blocked IS NULL AND tk + 1e-9 >= p_cost THEN
@@ -97,6 +99,10 @@ BEGIN
         names := names || b.name; new_tokens := new_tokens || tk; new_blocked := new_blocked || blocked;
     END LOOP;
     IF denied THEN
+        -- a time from a clock that ran ahead is kept clamped, even on a denial
+        UPDATE schedsync.buckets SET tokens = u.tk0, updated = t, blocked_until = u.bl
+            FROM unnest(names, clamped, new_blocked, was) AS u(n, tk0, bl, w)
+            WHERE buckets.name = u.n AND u.w > t;
         RETURN ready;
     END IF;
     UPDATE schedsync.buckets SET tokens = u.tk, updated = t, blocked_until = u.bl
@@ -105,7 +111,7 @@ BEGIN
 END $$;
 
 -- An upstream's Retry-After (core.budgets.block_until): pause, keeping the tokens;
--- a longer pause already there stands; one longer than a period is cut to it.
+-- a longer pause already there stands; one beyond a day (or a longer period) is cut to it.
 CREATE FUNCTION schedsync.block(p_names text[], p_caps float8[], p_pers float8[], p_until float8,
                                 p_now float8) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -122,10 +128,10 @@ BEGIN
         tk := CASE WHEN p_caps[i] IS NULL THEN b.tokens
                        ELSE least(cap, b.tokens + (t - least(b.updated, t)) * cap / per) END;
         blocked := b.blocked_until;
-        IF blocked IS NOT NULL AND (blocked <= t OR blocked > t + per) THEN
+        IF blocked IS NOT NULL AND (blocked <= t OR blocked > t + greatest(per, 86400.0)) THEN
             blocked := NULL;
         END IF;
-        until := least(p_until, t + per);
+        until := least(p_until, t + greatest(per, 86400.0));
         IF blocked IS NOT NULL THEN until := greatest(until, blocked); END IF;
         UPDATE schedsync.buckets SET tokens = tk, updated = t,
             blocked_until = CASE WHEN until > t THEN until END WHERE buckets.name = b.name;

@@ -372,3 +372,10 @@ class TestHosts:
             results += outputs(host("ab"[i % 2], url, fail))
         assert [r["reason"] for r in results] == [None, None, None, "breaker_open"]
         assert [r.get("transition") for r in results[:3]] == [False, False, True]
+
+
+def test_the_driver_import_leaves_ssl_importable_for_http_jobs(pg_server):
+    code = ("import sys; import schedsync.store.postgres as pg; assert pg.psycopg2 is not None;"
+            " assert 'ssl' not in sys.modules; import ssl; print(ssl.OPENSSL_VERSION)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and "OpenSSL" in result.stdout, result.stderr

@@ -180,6 +180,17 @@ BEGIN
     END IF;
 END $$;
 
+-- The newest success (or partial) of a job, started before p_before if given: one
+-- backward index seek per status (an IN list would read every run of the job).
+CREATE FUNCTION schedsync.last_success(p_job text, p_before float8) RETURNS float8
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(
+        (SELECT started_at FROM schedsync.runs WHERE job = p_job AND status = 'success'
+             AND (p_before IS NULL OR started_at < p_before) ORDER BY started_at DESC LIMIT 1),
+        (SELECT started_at FROM schedsync.runs WHERE job = p_job AND status = 'partial'
+             AND (p_before IS NULL OR started_at < p_before) ORDER BY started_at DESC LIMIT 1))
+$$;
+
 -- Retention for one job, at most p_limit rows per class; the newest success is kept.
 CREATE FUNCTION schedsync.prune(p_job text, p_now float8, p_keep_success float8,
                                 p_keep_failed float8, p_limit int) RETURNS int
@@ -188,8 +199,7 @@ DECLARE
     removed int := 0; n int; newest float8;
 BEGIN
     IF p_keep_success IS NOT NULL THEN
-        SELECT max(started_at) INTO newest FROM schedsync.runs
-            WHERE job = p_job AND status IN ('success', 'partial');
+        newest := schedsync.last_success(p_job, NULL);
         DELETE FROM schedsync.runs WHERE id IN (
             SELECT id FROM schedsync.runs WHERE job = p_job
                 AND status IN ('success', 'partial', 'skipped') AND started_at < p_now - p_keep_success

@@ -161,6 +161,9 @@ def _disk_full(path: str) -> bool:
         return False
 
 
+SAVE_BUCKET = ("INSERT INTO buckets (name, tokens, updated, blocked_until) VALUES (?, ?, ?, ?)"
+               " ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens,"
+               " updated = excluded.updated, blocked_until = excluded.blocked_until")
 PRUNE_BATCH = 100  # rows a run prunes, so retention stays cheap however old the backlog
 
 
@@ -316,7 +319,10 @@ class SQLiteStore(Store):
                 return Admitted(reason=BREAKER_OPEN, retry_at=admission.retry_at,
                                 error=f"breaker {breaker.name} is open")
             if budgets and cost:
-                ready = self._spend(budgets, rates, cost, now)
+                try:
+                    ready = self._spend(budgets, rates, cost, now)
+                except sqlite3.Error as exc:
+                    raise state_error(self._path, exc) from None
                 if ready is not None:
                     return Admitted(reason=RATE_LIMITED, retry_at=ready,
                                     error=f"budget {', '.join(budgets)} is empty")
@@ -474,27 +480,32 @@ class SQLiteStore(Store):
     def spend(self, budgets, rates, cost, now=None):
         now = time.time() if now is None else now
         with self._tx:
-            return self._spend(budgets, rates, cost, now)
+            try:
+                return self._spend(budgets, rates, cost, now)
+            except sqlite3.Error as exc:
+                raise state_error(self._path, exc) from None
 
     def _spend(self, names, rates, cost, now):
+        # Every budget acquire is this: plain db.execute, one try around it all (in the callers).
+        execute = self.db.execute
         taken, clamped, ready = [], [], None
         for name in names:
             capacity, per = rates[name]
-            stored = self._bucket(name)
+            row = execute("SELECT tokens, updated, blocked_until FROM buckets WHERE name = ?",
+                          (name,)).fetchone()
+            stored = Bucket(name, *row) if row else None
             granted, bucket, at = take(stored, name, capacity, per, cost, now)
             if not granted:
                 # A flag, not ``ready > now``: a denial whose wait rounds to zero is still a denial.
                 ready = max(now if ready is None else ready, math.inf if at is None else at)
-            if stored is not None and stored.updated > now:
+            if row and row[1] > now:
                 clamped.append(bucket)  # a time from a clock that ran ahead: kept clamped, even on a denial
             taken.append(bucket)
-        if ready is not None:
-            for bucket in clamped:
-                self._save_bucket(bucket)
-            return ready
-        for bucket in taken:
-            self._save_bucket(bucket)
-        return None
+        for bucket in (taken if ready is None else clamped):
+            # An upsert, not INSERT OR REPLACE: replace deletes and re-inserts, rewriting the
+            # primary-key index page too, and every acquire pays for that page in the WAL.
+            execute(SAVE_BUCKET, (bucket.name, bucket.tokens, bucket.updated, bucket.blocked_until))
+        return ready
 
     def block_budgets(self, budgets, until, rates=None, now=None):
         now = time.time() if now is None else now
@@ -509,12 +520,7 @@ class SQLiteStore(Store):
         return Bucket(name, *row) if row else None
 
     def _save_bucket(self, bucket: Bucket) -> None:
-        # An upsert, not INSERT OR REPLACE: replace deletes and re-inserts, rewriting the
-        # primary-key index page too, and every acquire pays for that page in the WAL.
-        self._sql("INSERT INTO buckets (name, tokens, updated, blocked_until) VALUES (?, ?, ?, ?)"
-                  " ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens,"
-                  " updated = excluded.updated, blocked_until = excluded.blocked_until",
-                  (bucket.name, bucket.tokens, bucket.updated, bucket.blocked_until))
+        self._sql(SAVE_BUCKET, (bucket.name, bucket.tokens, bucket.updated, bucket.blocked_until))
 
     def _breaker(self, name: str) -> Breaker:
         row = self._sql("SELECT state, failures, opened_at, opens_until, leases FROM breakers"

@@ -324,3 +324,20 @@ budgets:
         [b["tokens"] for b in before_status["budgets"]], abs=0.1)
     again = project.cli("state", "copy", "--to", pg_url)
     assert again.returncode == 1 and "already holds runs" in again.stderr
+
+
+def test_an_http_job_without_into_db_on_a_url_state_fails_in_one_line(project, pg_url):
+    # Until http jobs write to PostgreSQL tables by default, a URL state needs into.db.
+    project.write("""
+        jobs:
+          items:
+            http: {url: "http://127.0.0.1:9/items"}
+            into: {table: items, pk: id}
+    """)
+    result = project.cli("run", "items", env={"SCHEDSYNC_STATE": pg_url})
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    assert "has no into.db" in result.stderr
+    history = subprocess.run(project.argv("history", "items", "--json"), capture_output=True,
+                             text=True, env={**project.env, "SCHEDSYNC_STATE": pg_url}, cwd=project.path)
+    [run] = json.loads(history.stdout)
+    assert run["status"] == "failed" and run["error"].startswith("job items has no into.db")

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 
 from schedsync.config import Config, Job, Secrets
-from schedsync.core.errors import Exit
+from schedsync.core.errors import Exit, SchedsyncError
 from schedsync.core.models import CANCELLED, CRASHED, LOCKED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, Run
 from schedsync.core.outcome import Cancelled, Outcome
 from schedsync.core.records import dataclass, field
@@ -161,6 +161,8 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, da
             outcome = _work(job, ctx)
         except Cancelled as exc:
             outcome = Outcome("failed", reason=CANCELLED, error=f"cancelled by {exc}")
+        except SchedsyncError as exc:  # a cause a person can fix (say, no into.db with a URL state)
+            outcome = Outcome("failed", error=str(exc)[:300])
         except Exception as exc:  # a bug of ours: record it, never leave the run "running"
             import traceback
 

@@ -92,6 +92,14 @@ def test_kill_9_at_any_moment_takes_the_job_along_within_a_second(project):
         # Within about a second; the bound leaves room for a machine loaded 25 times over.
         assert wait_for(lambda: not processes_with(marker), timeout=2.5), "job outlived schedsync"
         assert wait_for(lambda: all(lock_is_free(project, f"j{n}") for n in range(JOBS)), timeout=0.5)
+    # One kill -9 surely after the job started (under load a storm's kills may all land
+    # before any run was admitted), so a run schedsync died in is on record.
+    proc = project.start("run", "j0")
+    assert wait_for(lambda: processes_with(marker)), proc.communicate()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    proc.stdout.close(), proc.stderr.close()
+    assert wait_for(lambda: not processes_with(marker), timeout=2.5), "job outlived schedsync"
     # The next run is not locked out; the runs schedsync died in are recorded as crashed.
     proc = project.start("run", "j0")
     assert wait_for(lambda: processes_with(marker)), proc.communicate()

@@ -245,7 +245,7 @@ def metrics(
         with _opened(ctx) as (config, store):
             now = time.time()
             views, budget_rows = report.snapshot(config, store, now)
-            text = exposition(views, budget_rows)
+            text = exposition(views, budget_rows, store.counters())
             notify.late(config, store, [report.job_json(view) for view in views], now)
         if textfile is None:
             sys.stdout.write(text)

@@ -66,7 +66,21 @@ def _v2(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS = [_v1, _v2]  # append, never edit: user_version counts how many were applied
+def _v3(db: sqlite3.Connection) -> None:
+    # Counters that only grow (Prometheus `rate()` needs them to survive retention
+    # pruning), seeded from the runs already recorded; and the settings of jobs that
+    # `schedsync exec` ran without a registry entry, so status can show them.
+    _script(db, """
+        CREATE TABLE run_counts (job TEXT NOT NULL, status TEXT NOT NULL, runs INTEGER NOT NULL,
+                                 requests INTEGER NOT NULL, PRIMARY KEY (job, status));
+        INSERT INTO run_counts (job, status, runs, requests)
+            SELECT job, status, COUNT(*), COALESCE(SUM(requests), 0) FROM runs
+            WHERE status != 'running' GROUP BY job, status;
+        ALTER TABLE jobs ADD COLUMN adhoc TEXT
+    """)
+
+
+MIGRATIONS = [_v1, _v2, _v3]  # append, never edit: user_version counts how many were applied
 
 
 def state_error(path: str, exc: BaseException) -> StateError:
@@ -199,7 +213,14 @@ class SQLiteStore:
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start,
              run.error, run.exit_code))
         run.id = cur.lastrowid
+        if run.status == SKIPPED:  # a skip is recorded finished, in one step
+            self._count(run.job, run.status, run.requests)
         return run.id
+
+    def _count(self, job: str, status: str, requests: int) -> None:
+        self._run_sql("INSERT INTO run_counts (job, status, runs, requests) VALUES (?, ?, 1, ?)"
+                      " ON CONFLICT (job, status) DO UPDATE SET runs = runs + 1,"
+                      " requests = requests + excluded.requests", (job, status, requests or 0))
 
     def finish_run(self, run: Run) -> None:
         self._run_sql(
@@ -209,6 +230,7 @@ class SQLiteStore:
             (run.status, run.reason, run.finished_at, run.duration_ms, run.attempts,
              run.requests, run.items_processed, run.items_failed, run.exit_code, run.error,
              run.retry_at, run.output, run.id))
+        self._count(run.job, run.status, run.requests)
 
     def running_runs(self, job: str | None = None) -> list[Run]:
         where = "status = 'running'" + (" AND job = ?" if job else "")
@@ -221,7 +243,18 @@ class SQLiteStore:
             "UPDATE runs SET status='crashed', finished_at=?,"
             " duration_ms=CAST((? - started_at) * 1000 AS INTEGER), error=?"
             " WHERE id=? AND status='running'", (now, now, error, run_id))
-        return cur.rowcount == 1
+        if cur.rowcount != 1:
+            return False
+        job = self._run_sql("SELECT job FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+        self._count(job, "crashed", 0)
+        return True
+
+    def counters(self) -> dict[str, dict[str, tuple[int, int]]]:
+        rows = self._run_sql("SELECT job, status, runs, requests FROM run_counts").fetchall()
+        out: dict[str, dict[str, tuple[int, int]]] = {}
+        for job, status, runs, requests in rows:
+            out.setdefault(job, {})[status] = (runs, requests)
+        return out
 
     def runs(self, job: str, limit: int = 20, failed_only: bool = False) -> list[Run]:
         where, args = "job = ?", (job,)
@@ -311,6 +344,13 @@ class SQLiteStore:
 
     def see_job(self, name: str, now: float) -> None:
         self._run_sql("INSERT OR IGNORE INTO jobs (name, first_seen) VALUES (?, ?)", (name, now))
+
+    def set_adhoc(self, name: str, settings: str | None, now: float) -> None:
+        self._run_sql("INSERT INTO jobs (name, first_seen, adhoc) VALUES (?, ?, ?)"
+                      " ON CONFLICT (name) DO UPDATE SET adhoc = excluded.adhoc", (name, now, settings))
+
+    def adhoc_jobs(self) -> dict[str, str]:
+        return dict(self._run_sql("SELECT name, adhoc FROM jobs WHERE adhoc IS NOT NULL").fetchall())
 
     def set_paused(self, name: str, paused: bool, now: float) -> None:
         with self.transaction():

@@ -266,3 +266,18 @@ def crontab(ctx: typer.Context):
         config = _config(ctx)
         print("\n".join(crontab_lines(config, ctx.obj["state"])))
 
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    bind: str = typer.Option("127.0.0.1:9178", "--bind", metavar="HOST:PORT",
+                             help="Where to listen; not loopback needs $SCHEDSYNC_SERVE_TOKEN or "
+                                  "$SCHEDSYNC_SERVE_BASIC (user:password)."),
+):
+    """Read-only HTTP: /healthz (200 or 503), /metrics, / a dashboard. Example: schedsync serve --bind 127.0.0.1:9178"""
+    from schedsync.ops.serve import serve as serve_forever
+
+    with _errors():
+        code = serve_forever(ctx.obj["config"], ctx.obj["state"], bind)
+    raise typer.Exit(code)

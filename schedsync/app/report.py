@@ -130,6 +130,9 @@ def job_json(view: JobView) -> dict:
 
 def snapshot(config: Config, store, now: float, only: str | None = None) -> tuple[list[JobView], list[dict]]:
     """Every job (or ``only``) and every budget at ``now``, crashed runs reaped first."""
+    from schedsync.app.adhoc import with_adhoc
+
+    config = with_adhoc(config, store)  # and the jobs `schedsync exec` ran without an entry
     if only:
         config.job(only)  # an unknown name is a usage error before anything is read
     reap(store, config, [only] if only else None)
@@ -179,6 +182,9 @@ def worst_first(jobs: list[dict]) -> list[dict]:
 
 
 def history(config: Config, store, job: str, limit: int, failed: bool) -> list[dict]:
+    from schedsync.app.adhoc import with_adhoc
+
+    config = with_adhoc(config, store)
     config.job(job)
     reap(store, config, [job])
     return [run_json(r, output=True) for r in store.runs(job, limit, failed_only=failed)]

@@ -44,7 +44,7 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str) -> int
     """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
     from schedsync.config import load, resolve_config, resolve_state
     from schedsync.core.errors import SchedsyncError
-    from schedsync.app.runner import run_job, summary
+    from schedsync.app.runner import run_job
     from schedsync.store import open_store
 
     interactive = sys.stderr.isatty() or sys.stdout.isatty()
@@ -60,6 +60,13 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str) -> int
     except SchedsyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    return report_run(result, job_name, interactive)
+
+
+def report_run(result, job_name: str, interactive: bool) -> int:
+    """What cron mails (nothing on success) and a terminal sees; the exit code (``run``, ``exec``)."""
+    from schedsync.app.runner import summary
+
     for message in result.messages:
         print(message, file=sys.stderr)
     if result.run.status in ("success", "partial", "skipped"):

@@ -67,6 +67,8 @@ def test_it_shows_up_in_status_and_history_under_its_name(project):
     assert [r["status"] for r in project.history("backup")] == ["failed", "success"]
     table = project.cli("status").stdout
     assert "backup" in table and "FAILING" in table
+    metrics = project.cli("metrics").stdout
+    assert 'schedsync_runs_total{job="backup",status="failed"} 1' in metrics
 
 
 def test_the_registry_defaults_apply_and_timeout_overrides_them(project):

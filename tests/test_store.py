@@ -171,3 +171,67 @@ def test_the_job_lock_excludes_a_second_holder(store):
     first.release()
     assert second.acquire()
     second.release()
+
+
+class TestCounters:
+    """Run and request counters for `rate()`: bumped by finishes, skips and crashes, never
+    lowered by pruning."""
+
+    def test_finished_runs_are_counted_by_job_and_status_with_their_requests(self, store):
+        finished(store, "a", T0, "success", requests=3)
+        finished(store, "a", T0 + 10, "success", requests=2)
+        finished(store, "a", T0 + 20, "failed")
+        finished(store, "b", T0, "timeout", requests=1)
+        assert store.counters() == {"a": {"success": (2, 5), "failed": (1, 0)}, "b": {"timeout": (1, 1)}}
+
+    def test_a_running_run_is_not_counted_until_it_finishes(self, store):
+        started(store, "a", T0)
+        assert store.counters() == {}
+
+    def test_skips_and_crashes_are_counted(self, store):
+        skip = Run(0, "a", "skipped", "cron", T0, "host", 4242, reason="locked", finished_at=T0, duration_ms=0)
+        with store.transaction():
+            store.start_run(skip)
+        run = started(store, "a", T0 + 1)
+        with store.transaction():
+            assert store.mark_crashed(run.id, T0 + 5, "gone")
+            assert not store.mark_crashed(run.id, T0 + 6, "gone")  # counted once
+        assert store.counters() == {"a": {"skipped": (1, 0), "crashed": (1, 0)}}
+
+    def test_pruning_does_not_lower_them(self, store):
+        for k in range(5):
+            finished(store, "a", T0 + k, "success", requests=1)
+        with store.transaction():
+            assert store.prune("a", T0 + 86400, keep_success=3600, keep_failed=None) == 4
+        assert store.counters() == {"a": {"success": (5, 5)}}
+
+
+class TestAdhocJobs:
+    def test_settings_are_remembered_by_name_and_replaced(self, store):
+        assert store.adhoc_jobs() == {}
+        with store.transaction():
+            store.see_job("listed", T0)
+            store.set_adhoc("backup", '{"timeout": 60}', T0)
+            store.set_adhoc("backup", '{"timeout": 90}', T0 + 1)
+        assert store.adhoc_jobs() == {"backup": '{"timeout": 90}'}
+
+
+def test_migration_3_seeds_the_counters_from_the_runs_already_recorded(tmp_path):
+    import sqlite3
+
+    from schedsync.store.sqlite import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:2]:  # a state written before the counters existed
+        migration(db)
+    db.execute("PRAGMA user_version = 2")
+    rows = [("a", "success", 2), ("a", "success", 1), ("a", "failed", 0), ("b", "running", 0)]
+    db.executemany("INSERT INTO runs (job, status, trigger, started_at, host, pid, requests)"
+                   " VALUES (?, ?, 'cron', 0, 'h', 1, ?)", rows)
+    db.close()
+    store = open_store(str(path))
+    try:
+        assert store.counters() == {"a": {"success": (2, 3), "failed": (1, 0)}}
+    finally:
+        store.close()

@@ -370,3 +370,22 @@ def test_a_state_that_cannot_be_read_gives_503_and_one_line(project):
     finally:
         code, stderr = served.stop()
     assert "Traceback" not in stderr
+
+
+def test_a_broken_registry_stops_it_at_start_with_exit_2(project):
+    project.write("jobs: {a: {schedule: '61 * * * *', command: [true]}}\n")
+    result = project.cli("serve", "--bind", "127.0.0.1:0", timeout=30)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_state_unreadable_from_the_start_is_served_as_503(project, tmp_path):
+    project.write(JOBS)
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    served = Served(project, env={"SCHEDSYNC_STATE": str(folder)})  # a folder, not a file
+    try:
+        code, _, body = served.get("/healthz")
+        assert code == 503 and body.startswith("error: state file") and body.count("\n") == 1
+    finally:
+        served.stop()

@@ -346,7 +346,10 @@ def serve(config_opt: str | None, state_opt: str | None, bind: str, environ=os.e
                           f"export {TOKEN_ENV}=<secret> (bearer) or {BASIC_ENV}=user:password, "
                           f"or bind 127.0.0.1")
     site = Site(config_opt, state_opt)
-    site.opened()[1].close()  # a registry or state that cannot be read is said now, not per request
+    from schedsync.config import load, resolve_config
+
+    load(resolve_config(config_opt))  # a broken registry is a usage error now (exit 2)
+    # a state that cannot be read yet (a volume not mounted) is not: each request says 503
     handler = type("BoundHandler", (Handler,), {"site": site, "credentials": credentials})
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:

@@ -155,3 +155,23 @@ def test_exec_under_a_real_crontab_line_produces_a_record(project, cron):  # noq
     assert marker.exists()
     runs = project.history("wrapped")
     assert ("success", "cron") in [(r["status"], r["trigger"]) for r in runs], json.dumps(runs)
+
+
+def test_a_plain_exec_line_does_not_import_typer_rich_httpx_or_jinja2(project):
+    project.write(REGISTRY)
+    code = ("import sys, runpy\n"
+            "sys.argv = ['schedsync', '-c', 'jobs.yaml', 'exec', 'fast', '--timeout', '5s', '--', 'true']\n"
+            "try:\n    runpy.run_module('schedsync', run_name='__main__')\n"
+            "except SystemExit as exc:\n    print('exit', exc.code)\n"
+            "print(sorted(m for m in ('typer', 'click', 'rich', 'httpx', 'jinja2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=project.path, env=project.env, timeout=60)
+    assert out.stdout.strip().splitlines()[-2:] == ["exit 0", "[]"], out.stdout + out.stderr
+    assert project.history("fast")[0]["status"] == "success"
+
+
+def test_help_and_unusual_forms_still_go_through_the_full_cli(project):
+    project.write(REGISTRY)
+    assert "--timeout" in project.cli("exec", "--help").stdout
+    assert project.cli("--state", str(project.state), "exec", "other", "--overlap=allow", "--", "true").returncode == 0
+    assert project.history("other")[0]["status"] == "success"

@@ -294,34 +294,12 @@ def exec_command(
 ):
     """Run an ad-hoc command as a job: lock, timeout, record, cron-friendly output, no jobs.yaml entry.
     Example: schedsync exec backup --timeout 2h -- /usr/local/bin/backup.sh --full"""
-    import os
+    from schedsync.cli.adhoc import exec_cli
 
-    from schedsync.app import adhoc
-    from schedsync.cli.main import report_run
-    from schedsync.app.runner import run_job
-    from schedsync.config import load, resolve_config, resolve_state
-    from schedsync.store import open_store
-
-    interactive = sys.stderr.isatty() or sys.stdout.isatty()
-    with _errors():
-        if not command:
+    if not command:
+        with _errors():
             raise ConfigError(f"exec {name}: no command given",
                               f"put it after --, e.g. schedsync exec {name} -- /usr/local/bin/backup.sh")
-        path = resolve_config(ctx.obj["config"])
-        explicit = ctx.obj["config"] or os.environ.get("SCHEDSYNC_CONFIG")
-        registry = load(path) if explicit or os.path.exists(path) else None
-        settings = {k: v for k, v in (("timeout", timeout), ("overlap", overlap), ("budget", budget))
-                    if v is not None}
-        config, own = adhoc.build(registry, name, command, settings)
-        if own and interactive:
-            print(f"exec {name}: {name} is a job of {registry.path}: its settings (lock, breaker, budgets, "
-                  f"retention) apply, with this command instead of its own", file=sys.stderr)
-        store = open_store(resolve_state(ctx.obj["state"], config))
-        try:
-            if not own:
-                adhoc.remember(store, config, name, command)
-            result = run_job(config, name, store, trigger="manual" if interactive else "cron",
-                             interactive=interactive)
-        finally:
-            store.close()
-    raise typer.Exit(report_run(result, name, interactive))
+    settings = {k: v for k, v in (("timeout", timeout), ("overlap", overlap), ("budget", budget))
+                if v is not None}
+    raise typer.Exit(exec_cli(ctx.obj["config"], ctx.obj["state"], name, command, settings))

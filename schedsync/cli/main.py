@@ -13,6 +13,12 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     plain = _plain_run(argv)
+    if plain is None and "exec" in argv:  # a cron line too: spare it typer
+        from schedsync.cli.adhoc import exec_cli, plain_exec
+
+        ad_hoc = plain_exec(argv)
+        if ad_hoc is not None:
+            sys.exit(exec_cli(*ad_hoc))
     if plain is None:
         from schedsync.cli.app import app
 

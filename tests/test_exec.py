@@ -170,7 +170,7 @@ def test_a_plain_exec_line_does_not_import_typer_rich_httpx_or_jinja2(project):
     assert project.history("fast")[0]["status"] == "success"
 
 
-def test_help_and_unusual_forms_still_go_through_the_full_cli(project):
+def test_help_goes_through_the_full_cli_and_options_may_use_equals(project):
     project.write(REGISTRY)
     assert "--timeout" in project.cli("exec", "--help").stdout
     assert project.cli("--state", str(project.state), "exec", "other", "--overlap=allow", "--", "true").returncode == 0

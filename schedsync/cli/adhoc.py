@@ -53,7 +53,7 @@ def exec_cli(config_opt: str | None, state_opt: str | None, name: str, command: 
     """Run ``command`` as job ``name``; prints as ``run`` does and returns the exit code."""
     from schedsync.app import adhoc
     from schedsync.app.runner import run_job
-    from schedsync.cli.main import report_run
+    from schedsync.cli.finish import report_run
     from schedsync.config import load, resolve_config, resolve_state
     from schedsync.core.errors import SchedsyncError
     from schedsync.store import open_store

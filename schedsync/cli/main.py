@@ -66,25 +66,9 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str) -> int
     except SchedsyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    from schedsync.cli.finish import report_run
+
     return report_run(result, job_name, interactive)
-
-
-def report_run(result, job_name: str, interactive: bool) -> int:
-    """What cron mails (nothing on success) and a terminal sees; the exit code (``run``, ``exec``)."""
-    from schedsync.app.runner import summary
-
-    for message in result.messages:
-        print(message, file=sys.stderr)
-    if result.run.status in ("success", "partial", "skipped"):
-        if interactive:
-            print(summary(result), file=sys.stderr)
-        return int(result.exit_code)
-    if result.held_output and not interactive:
-        sys.stdout.write(result.held_output if result.held_output.endswith("\n")
-                         else result.held_output + "\n")
-        sys.stdout.flush()
-    print(f"error: {summary(result)} — see `schedsync history {job_name}`", file=sys.stderr)
-    return int(result.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,7 @@
 
     python bench/bench_budgets.py [--acquires 20000] [--procs 100] [--rounds 3]
 
-1. Acquire throughput: ``budgets.spend`` on a real ``SQLiteStore`` in a temp dir
+1. Acquire throughput: ``store.spend`` on a real ``SQLiteStore`` in a temp dir
    (one BEGIN IMMEDIATE transaction per acquire, WAL, synchronous=NORMAL), with
    a capacity so large the bucket never empties. Target: >= 20,000 acquires/s.
 2. Contention: ``--procs`` ``schedsync run burst`` processes started together
@@ -31,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from schedsync.core import budgets  # noqa: E402
 from schedsync.store.sqlite import SQLiteStore  # noqa: E402
 
 JOBS = textwrap.dedent("""\
@@ -57,10 +56,10 @@ def acquire_throughput(acquires: int) -> tuple[float, float, float]:
         store = SQLiteStore(os.path.join(tmp, "state.db"))
         rates = {"bench": [1e12, 1.0]}
         for _ in range(200):  # warm the page cache and the WAL
-            budgets.spend(store, rates, ["bench"], 1, time.time())
+            store.spend(["bench"], rates, 1, time.time())
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(acquires):
-            if budgets.spend(store, rates, ["bench"], 1, time.time()) is not None:
+            if store.spend(["bench"], rates, 1, time.time()) is not None:
                 raise SystemExit("a huge bucket denied a token: the benchmark is broken")
         took, cpu = time.perf_counter() - start, time.process_time() - cpu
         store.close()
@@ -109,7 +108,7 @@ def main() -> None:
           f"  load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     rates = [acquire_throughput(args.acquires) for _ in range(args.rounds)]
     best = max(rates)
-    print(f"acquire throughput (budgets.spend on SQLiteStore, {args.acquires} acquires x {args.rounds}):")
+    print(f"acquire throughput (store.spend on SQLiteStore, {args.acquires} acquires x {args.rounds}):")
     for per_s, us, per_cpu_s in rates:
         print(f"  {per_s:10,.0f} acquires/s  ({us:.1f} us each)  {per_cpu_s:10,.0f} per CPU second")
     cpu_best = max(r[2] for r in rates)

@@ -123,7 +123,7 @@ def plans(state: Path, job: str) -> list[tuple[str, str]]:
     try:
         store.job_states([job], recent=20)
         store.failure_streak(job)
-        store.load_breaker(job)
+        store.breakers([job])
         out = []
         for sql in dict.fromkeys(statements):
             if sql.lstrip().upper().startswith("SELECT"):

@@ -19,11 +19,34 @@ from schedsync.core.records import dataclass, field
 
 from schedsync.core.durations import parse_duration
 from schedsync.core.errors import ConfigError
+# Secrets live with the rest of redaction; imported here for ``from schedsync.config import Secrets``.
+from schedsync.core.redact import SECRET_NAME, Secrets, environment_secrets, in_query_or_userinfo
 
-CACHE_VERSION = 4
-NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+CACHE_VERSION = 5  # 5: the cache holds `defaults` (exec builds jobs from them)
+NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # used with fullmatch: `$` would let "ab\n" in
+# A job or breaker name becomes a lock file `NAME.lock`, a crontab line and a status
+# column; 100 keeps every derived file name far inside NAME_MAX (255) and rows readable.
+NAME_MAX = 100
+# PostgreSQL cuts identifiers at 63 bytes (NAMEDATALEN - 1), so a longer table name
+# would silently become another table there.
+TABLE_MAX = 63
+
+# Bounds on jobs.yaml as input (SPEC: Bounds). A registry of 10,000 ordinary jobs is
+# about 1.5 MB; the deepest key a job has is 5 levels (jobs.J.http.since.param), and
+# 64 leaves room for a nested http.body. Aliases may expand to at most ALIAS_NODES
+# nodes beyond the document's own node count: every job merging a `defaults` anchor
+# stays far inside it, while a "billion laughs" file stops after a few MB of work.
+# MAX_EVENTS bounds the YAML values (parser events) before any tree is built: 4 MiB
+# of `1,` is 2 million values, which PyYAML's tree would hold in about 1 GB. 250,000
+# fit about 14,000 ordinary jobs (10,000 are 170,000 events) and cost at most about
+# 160 MB and 2 s to build.
+MAX_BYTES = 4 * 1024 * 1024
+MAX_EVENTS = 250_000
+MAX_DEPTH = 64
+ALIAS_NODES = 100_000
+SHOWN = 60  # characters of a value quoted in an error line
+MERGE_TAG = "tag:yaml.org,2002:merge"
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASS|AUTH|CRED", re.I)
 
 TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs")
 # Settings that may sit in ``defaults`` and be overridden per job.
@@ -36,7 +59,7 @@ RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_cod
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
 RETENTION_KEYS = ("success", "failed")
 HTTP_KEYS = ("url", "method", "headers", "params", "body", "items", "next", "max_pages",
-             "timeout", "since")
+             "timeout", "since", "max_bytes")
 INTO_KEYS = ("table", "pk", "db")
 NOTIFY_KEYS = ("url", "events", "after_failures")
 EVENTS = ("failure", "recovery", "breaker_open", "late")
@@ -85,6 +108,9 @@ class Job:
     into: dict | None = None
     python: str | None = None
     lines: dict = field(default_factory=dict)  # key path -> line, for ${VAR} errors
+    # Where http and python jobs store items: into.db, else the default beside the
+    # state in use (paths.default_data); set by Config.job, not cached.
+    data_target: str | None = None
 
 
 @dataclass
@@ -96,11 +122,17 @@ class Config:
     budgets: dict  # name -> [capacity, per_seconds]
     jobs: dict  # name -> Job as a dict (see ``job``)
     defaults: dict | None = None  # BUILTIN merged with `defaults:`, for jobs built later (exec)
+    state_in_use: str | None = None  # set by resolve_state: the state this process opens
 
     def job(self, name: str) -> Job:
         if name not in self.jobs:
             raise unknown_job(name, self)
-        return Job(**self.jobs[name])
+        job = Job(**self.jobs[name])
+        from schedsync import paths
+
+        job.data_target = (job.into or {}).get("db") or paths.default_data(
+            self.state_in_use or resolve_state(None, self, remember=False))
+        return job
 
 
 def unknown_job(name: str, config: Config) -> ConfigError:
@@ -108,13 +140,17 @@ def unknown_job(name: str, config: Config) -> ConfigError:
 
     close = difflib.get_close_matches(name, list(config.jobs), n=1)
     fix = f"did you mean {close[0]!r}?" if close else "see `schedsync list`"
-    return ConfigError(f"{config.path}: no job named {name!r}", fix)
+    return ConfigError(f"{config.path}: no job named {_q(name)}", fix)
 
 
 # --- loading -------------------------------------------------------------------------
 
-def load(path: str | os.PathLike) -> Config:
-    """The validated config at ``path``, from the cache when the file is unchanged."""
+def load(path: str | os.PathLike, every: bool = False) -> Config:
+    """The validated config at ``path``, from the cache when the file is unchanged.
+
+    With ``every`` (``schedsync validate``), an invalid file raises ``ConfigErrors``
+    holding every error found instead of the first one.
+    """
     shown = str(path)
     real = os.path.abspath(path)
     try:
@@ -124,6 +160,8 @@ def load(path: str | os.PathLike) -> Config:
                           "pass --config PATH, set SCHEDSYNC_CONFIG, or cd to the folder of jobs.yaml")
     except OSError as exc:
         raise ConfigError(f"{shown}: cannot read ({exc.strerror})", "check the file's permissions")
+    if st.st_size > MAX_BYTES:
+        raise _too_big(shown)
     key = (CACHE_VERSION, real, st.st_size, st.st_mtime_ns, st.st_ino)
     cache = _cache_path(real)
     if cache:
@@ -136,20 +174,28 @@ def load(path: str | os.PathLike) -> Config:
             pass
     try:
         with open(real, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_BYTES + 1)  # a file that grew since stat, or a FIFO
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{shown}: cannot read ({exc})", "check the file")
-    config = parse(text, shown, os.path.dirname(real))
+        raise ConfigError(f"{shown}: cannot read ({_short(str(exc), 200)})", "check the file")
+    if len(text) > MAX_BYTES:
+        raise _too_big(shown)
+    config = parse(text, shown, os.path.dirname(real), every=every)
     if cache:
         _write_cache(cache, key, config)
     return config
 
 
+def _too_big(shown: str) -> ConfigError:
+    return ConfigError(f"{shown}: larger than {MAX_BYTES // (1024 * 1024)} MiB",
+                       "a registry this large is not a jobs.yaml; split it or check the file")
+
+
 def _cache_path(real: str) -> str | None:
     if os.environ.get("SCHEDSYNC_NO_CACHE"):
         return None
-    base = os.environ.get("SCHEDSYNC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "schedsync")
+    from schedsync import paths
+
+    base = paths.cache_dir()
     # The cached key holds the full path, so a shortened name that collides only misses.
     return os.path.join(base, real.strip("/").replace("/", "%")[-180:] + ".config")
 
@@ -168,12 +214,31 @@ def _write_cache(cache: str, key: tuple, config: Config) -> None:
 
 # --- parsing with line numbers ---------------------------------------------------------
 
-class _Doc:
-    """Parsed YAML values plus the line of every key path, for messages."""
+class ConfigErrors(ConfigError):
+    """Every error ``load(..., every=True)`` found; ``str`` is the first one."""
 
-    def __init__(self, file: str):
+    def __init__(self, errors: list[ConfigError], config: Config | None = None):
+        super().__init__(errors[0].what, errors[0].fix)
+        self.errors = errors
+        self.config = config  # the jobs that did validate, for validate's ${VAR} check
+
+
+class _Doc:
+    """Parsed YAML values plus the line of every key path, for messages.
+
+    With ``every``, ``fail`` keeps an error and lets validation go on with the next
+    key or job; otherwise it raises, so other commands stop at the first error.
+    """
+
+    def __init__(self, file: str, every: bool = False):
         self.file = file
         self.lines: dict[str, int] = {}
+        self.job_lines: dict[str, dict] = {}  # job name -> its key paths' lines
+        self.every = every
+        self.errors: list[ConfigError] = []
+        self.seen: set[int] = set()  # ids of the nodes visited (the tree is alive)
+        self.aliased = 0  # nodes visited again, through an alias or a merge
+        self.merged: dict[int, list] = {}  # mapping node id -> its pairs, merges applied
 
     def error(self, path: str, what: str, fix: str | None = None) -> ConfigError:
         near = path
@@ -181,22 +246,56 @@ class _Doc:
             near = near.rsplit(".", 1)[0] if "." in near else ""
         line = self.lines.get(near)
         where = f"{self.file}:{line}" if line else self.file
-        return ConfigError(f"{where} {path}: {what}" if path else f"{where}: {what}", fix)
+        path, what = _short(path, 160), _short(what, 300)
+        return ConfigError(f"{where} {path}: {what}" if path else f"{where}: {what}",
+                           _short(fix, 300) if fix else fix)
+
+    def fail(self, error: ConfigError) -> None:
+        if not self.every:
+            raise error
+        self.errors.append(error)
 
 
-def parse(text: str, file: str, folder: str) -> Config:
+def _short(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, control characters shown escaped."""
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    if any(c < " " or c == "\x7f" for c in text):
+        text = "".join(c if c >= " " and c != "\x7f" else repr(c)[1:-1] for c in text)
+    return text
+
+
+def _q(value) -> str:
+    """``repr(value)``, bounded: error lines never quote a whole 6 MB value."""
+    if isinstance(value, str) and len(value) > SHOWN:
+        return repr(value[:SHOWN]) + "…"
+    text = repr(value) if not isinstance(value, (dict, list)) or len(value) <= 20 else (
+        f"<a {'mapping' if isinstance(value, dict) else 'list'} of {len(value)} items>")
+    return _short(text, SHOWN + 20)
+
+
+def parse(text: str, file: str, folder: str, every: bool = False) -> Config:
     import yaml
 
-    doc = _Doc(file)
+    doc = _Doc(file, every)
     try:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        node = yaml.compose(text, Loader=loader)
+        events = 0
+        for _ in yaml.parse(text, Loader=loader):  # streamed: memory stays flat
+            events += 1
+            if events > MAX_EVENTS:
+                raise ConfigError(f"{file}: more than {MAX_EVENTS:,} YAML values",
+                                  "a registry this large is not a jobs.yaml; split it or check the file")
+        node = yaml.compose(text, Loader=loader)  # libyaml itself stops at 1,000 levels
         if node is None:
             raise ConfigError(f"{file}: the file is empty", "add a `jobs:` mapping (see the README)")
-        raw = _to_python(node, "", doc, yaml)  # may meet an unknown tag such as !!python/name
+        raw = _Walk(doc, yaml).value(node, "", 0)  # may meet an unknown tag such as !!python/name
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, text, file)
-    return _validate(raw, doc, folder)
+    config = _validate(raw, doc, folder)
+    if doc.errors:
+        raise ConfigErrors(doc.errors, config)
+    return config
 
 
 def _yaml_error(exc, text: str, file: str) -> ConfigError:
@@ -204,32 +303,111 @@ def _yaml_error(exc, text: str, file: str) -> ConfigError:
     line = mark.line + 1 if mark else None
     where = f"{file}:{line}" if line else file
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    source = text.splitlines()[line - 1] if line and line <= len(text.splitlines()) else ""
+    problem = _short(str(problem), 200)
+    source = ""
+    if line:
+        at = 0
+        for _ in range(line - 1):  # the line alone, without splitting a 4 MB file
+            at = text.find("\n", at) + 1
+            if not at:
+                break
+        if at or line == 1:
+            stop = text.find("\n", at)
+            source = text[at:stop if stop >= 0 else len(text)]
     if "*" in source and re.search(r":\s*\*", source):
-        key = source.split(":", 1)[0].strip()
-        value = source.split(":", 1)[1].strip()
+        key = _short(source.split(":", 1)[0].strip(), 60)
+        value = _short(source.split(":", 1)[1].strip(), 60)
         return ConfigError(f"{where}: {key}: unquoted cron expression {value} (YAML reads * as an alias)",
                            f'quote it: {key}: "{value}"')
     return ConfigError(f"{where}: not valid YAML ({problem})", "fix the syntax at that line")
 
 
-def _to_python(node, path: str, doc: _Doc, yaml):
-    doc.lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out = {}
+class _Walk:
+    """YAML nodes to plain values, recording lines, applying ``<<`` merges, bounded.
+
+    Aliases are shared nodes in the composed tree; building values from them is
+    what explodes in an alias bomb, so every node reached again counts against
+    ``ALIAS_NODES`` (beyond the document's own nodes), and nesting against
+    ``MAX_DEPTH``. Each mapping's merged pairs are computed once.
+    """
+
+    def __init__(self, doc: _Doc, yaml):
+        self.doc, self.yaml = doc, yaml
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def value(self, node, path: str, depth: int, sink=None, cut: int = 0):
+        doc, yaml = self.doc, self.yaml
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{doc.file}:{node.start_mark.line + 1}: nested more than "
+                              f"{MAX_DEPTH} levels deep", "flatten the structure")
+        if id(node) in doc.seen:
+            doc.aliased += 1
+            if doc.aliased > ALIAS_NODES + len(doc.seen):
+                raise ConfigError(f"{doc.file}:{node.start_mark.line + 1}: aliases expand to more "
+                                  f"than {ALIAS_NODES:,} extra nodes", "use fewer nested aliases")
+        else:
+            doc.seen.add(id(node))
+        line = node.start_mark.line + 1
+        doc.lines.setdefault(path, line)
+        if sink is not None and len(path) > cut:
+            sink.setdefault(path[cut:], line)
+        if isinstance(node, yaml.MappingNode):
+            out = {}
+            for key_node, value_node in self.pairs(node, path, depth):
+                key = str(key_node.value)
+                sub = f"{path}.{key}" if path else key
+                key_line = key_node.start_mark.line + 1
+                doc.lines[sub] = key_line
+                if key in out:
+                    raise doc.error(sub, "duplicate key", "keep one of them")
+                child_sink, child_cut = sink, cut
+                if path == "jobs" and sink is None:  # each job's own lines, gathered once
+                    child_sink, child_cut = doc.job_lines.setdefault(key, {}), len(sub) + 1
+                if child_sink is not None and len(sub) > child_cut:
+                    child_sink[sub[child_cut:]] = key_line
+                out[key] = self.value(value_node, sub, depth + 1, child_sink, child_cut)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.value(item, f"{path}[{i}]", depth + 1, sink, cut)
+                    for i, item in enumerate(node.value)]
+        return self.constructor.construct_object(node)
+
+    def pairs(self, node, path: str, depth: int) -> list:
+        """``node``'s (key, value) nodes, with ``<<:`` merges: own keys win, then
+        the merged mappings in order (YAML's merge key)."""
+        doc, yaml = self.doc, self.yaml
+        done = doc.merged.get(id(node))
+        if done is not None:
+            return done
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{doc.file}:{node.start_mark.line + 1}: merges nested more than "
+                              f"{MAX_DEPTH} levels deep", "flatten the structure")
+        own, merged = [], []
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise doc.error(path, "keys must be plain names")
-            key = str(key_node.value)
-            sub = f"{path}.{key}" if path else key
-            doc.lines[sub] = key_node.start_mark.line + 1
-            if key in out:
-                raise doc.error(sub, "duplicate key", "keep one of them")
-            out[key] = _to_python(value_node, sub, doc, yaml)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, f"{path}[{i}]", doc, yaml) for i, item in enumerate(node.value)]
-    return yaml.constructor.SafeConstructor().construct_object(node)
+            if key_node.tag != MERGE_TAG:
+                own.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    raise ConfigError(f"{doc.file}:{key_node.start_mark.line + 1}: << takes a "
+                                      "mapping or a list of mappings", "write <<: *anchor")
+                merged.extend(self.pairs(source, path, depth + 1))
+        if merged:
+            keys = {str(k.value) for k, _ in own}
+            for key_node, value_node in merged:
+                key = str(key_node.value)
+                if key not in keys:
+                    keys.add(key)
+                    own.append((key_node, value_node))
+                    doc.aliased += 1
+            if doc.aliased > ALIAS_NODES + len(doc.seen):
+                raise ConfigError(f"{doc.file}:{node.start_mark.line + 1}: merges expand to more "
+                                  f"than {ALIAS_NODES:,} extra nodes", "use fewer nested merges")
+        doc.merged[id(node)] = own
+        return own
 
 
 # --- validation -----------------------------------------------------------------------
@@ -237,19 +415,27 @@ def _to_python(node, path: str, doc: _Doc, yaml):
 def _validate(raw, doc: _Doc, folder: str) -> Config:
     if not isinstance(raw, dict):
         raise doc.error("", "the top level must be a mapping with a `jobs:` key")
-    _known(raw, TOP_KEYS, "", doc)
+    # Top-level `x-NAME:` keys are ignored: a place for YAML anchors (as in Compose files).
+    _known({k: v for k, v in raw.items() if not str(k).startswith("x-")}, TOP_KEYS, "", doc)
     state = raw.get("state")
     if state is not None:
         if not isinstance(state, str) or not state:
-            raise doc.error("state", "must be a file path")
-        state = os.path.join(folder, os.path.expanduser(state))
+            doc.fail(doc.error("state", "must be a file path or a postgresql:// URL"))
+            state = None
+        elif not _is_url(state):
+            state = os.path.join(folder, os.path.expanduser(state))
     timezone = raw.get("timezone")
     if timezone is not None:
-        _check_timezone(timezone, doc)
+        try:
+            _check_timezone(timezone, doc)
+        except ConfigError as exc:
+            doc.fail(exc)
+            timezone = None
 
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
-        raise doc.error("defaults", "must be a mapping")
+        doc.fail(doc.error("defaults", "must be a mapping"))
+        defaults = {}
     _known(defaults, SETTINGS, "defaults", doc)
     base = {**BUILTIN}
     base = _merge(base, _settings(defaults, "defaults", doc))
@@ -257,17 +443,25 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
     budgets = {}
     raw_budgets = raw.get("budgets") or {}
     if not isinstance(raw_budgets, dict):
-        raise doc.error("budgets", "must be a mapping of name: rate")
+        doc.fail(doc.error("budgets", "must be a mapping of name: rate"))
+        raw_budgets = {}
     for name, rate in raw_budgets.items():
-        _check_name(name, f"budgets.{name}", doc)
-        budgets[name] = _rate(rate, f"budgets.{name}", doc)
+        try:
+            _check_name(name, f"budgets.{name}", doc)
+            budgets[name] = _rate(rate, f"budgets.{name}", doc)
+        except ConfigError as exc:
+            doc.fail(exc)
+            budgets[name] = [float("inf"), 1.0]  # known, so jobs naming it add no noise
 
     raw_jobs = raw.get("jobs")
     if not isinstance(raw_jobs, dict) or not raw_jobs:
         raise doc.error("jobs" if "jobs" in raw else "", "needs a `jobs:` mapping with at least one job")
     jobs = {}
     for name, spec in raw_jobs.items():
-        jobs[name] = _job(str(name), spec, base, budgets, timezone, folder, doc)
+        try:
+            jobs[name] = _job(str(name), spec, base, budgets, timezone, folder, doc)
+        except ConfigError as exc:  # validate goes on with the next job
+            doc.fail(exc)
     return Config(path=doc.file, dir=folder, state=state, timezone=timezone,
                   budgets=budgets, jobs=jobs, defaults=base)
 
@@ -300,16 +494,16 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
         for b in names:
             if not isinstance(b, str) or b not in budgets:
                 where = f"{path}.budget"
-                raise doc.error(where, f"no budget named {b!r}",
+                raise doc.error(where, f"no budget named {_q(b)}",
                                 f"define it under `budgets:` ({', '.join(budgets) or 'none yet'})")
         job["budgets"] = [str(b) for b in names]
         for b in job["budgets"]:
             if kind == "http" and budgets[b][0] < 1:
-                raise doc.error(f"{path}.budget", f"budget {b!r} holds less than the 1 token a request costs",
+                raise doc.error(f"{path}.budget", f"budget {_q(b)} holds less than the 1 token a request costs",
                                 "raise its capacity to 1 or more")
             if kind != "http" and job["cost"] > budgets[b][0]:
                 raise doc.error(f"{path}.cost" if "cost" in spec else f"{path}.budget",
-                                f"cost {job['cost']} is more than budget {b!r} can ever hold "
+                                f"cost {job['cost']} is more than budget {_q(b)} can ever hold "
                                 f"({budgets[b][0]:g})", "lower the cost or raise the capacity")
     if "cwd" in spec:
         job["cwd"] = os.path.join(folder, os.path.expanduser(_str(spec["cwd"], f"{path}.cwd", doc)))
@@ -329,7 +523,7 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
     elif kind == "python":
         target = spec["python"]
         if not isinstance(target, str) or not re.match(r"^[\w.]+:[\w]+$", target):
-            raise doc.error(f"{path}.python", f"{target!r} is not module:function",
+            raise doc.error(f"{path}.python", f"{_q(target)} is not module:function",
                             'write e.g. python: "myapp.sync:points"')
         job["python"] = target
         if "into" in spec:
@@ -343,17 +537,21 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
         _known(into, INTO_KEYS, f"{path}.into", doc)
         if not isinstance(into.get("table"), str) or not into["table"]:
             raise doc.error(f"{path}.into.table", "is required: the table to upsert into")
+        table = into["table"]
+        if len(table.encode()) > TABLE_MAX or any(c < " " for c in table):
+            raise doc.error(f"{path}.into.table", f"{_q(table)} is not a usable table name",
+                            f"use at most {TABLE_MAX} bytes and no control characters")
         pk = into.get("pk")
         if not (isinstance(pk, str) and pk) and not (
                 isinstance(pk, list) and pk and all(isinstance(p, str) for p in pk)):
             raise doc.error(f"{path}.into.pk", "is required: the item key (or list of keys) to upsert on")
         db = into.get("db")
         if db is not None and (not isinstance(db, str) or not db):
-            raise doc.error(f"{path}.into.db", f"{db!r} is not a file path")
-        job["into"] = {"table": into["table"], "pk": pk,
-                       "db": os.path.join(folder, os.path.expanduser(db)) if db else None}
-    job["lines"] = {p[len(path) + 1:]: line for p, line in doc.lines.items()
-                    if p.startswith(path + ".")}
+            raise doc.error(f"{path}.into.db", f"{_q(db)} is not a file path")
+        if db and not _is_url(db):
+            db = os.path.join(folder, os.path.expanduser(db))
+        job["into"] = {"table": into["table"], "pk": pk, "db": db or None}
+    job["lines"] = doc.job_lines.get(name, {})  # gathered while walking: linear
     return job
 
 
@@ -362,30 +560,39 @@ def _settings(spec: dict, path: str, doc: _Doc) -> dict:
     for key in SETTINGS:
         if key not in spec:
             continue
-        value, where = spec[key], f"{path}.{key}"
-        if key in ("timeout", "jitter", "grace", "max_wait"):
-            out[key] = _duration(value, where, doc)
-            if key == "timeout" and out[key] <= 0:
-                raise doc.error(where, "must be more than 0s")
-        elif key == "overlap":
-            out[key] = _overlap(value, where, doc)
-        elif key == "cost":
-            out[key] = _whole(value, where, doc, least=0)
-        elif key == "retries":
-            out[key] = _retries(value, where, doc)
-        elif key == "breaker":
-            out[key] = _breaker(value, where, doc)
-        elif key == "retention":
-            out[key] = _retention(value, where, doc)
-        elif key == "env":
-            if not isinstance(value, dict):
-                raise doc.error(where, "must be a mapping of NAME: value")
-            out[key] = {str(k): "" if v is None else str(v) for k, v in value.items()}
-        elif key == "notify":
-            out[key] = _notify(value, where, doc)
-        elif key == "ping":
-            out[key] = None if value is None else _url(value, where, doc)
+        try:
+            out[key] = _setting(key, spec[key], f"{path}.{key}", doc)
+        except ConfigError as exc:
+            doc.fail(exc)  # validate: report it and go on, the builtin stands in
     return out
+
+
+def _setting(key: str, value, where: str, doc: _Doc):
+    """One setting of ``defaults`` or a job, validated."""
+    out = {}
+    if key in ("timeout", "jitter", "grace", "max_wait"):
+        out[key] = _duration(value, where, doc)
+        if key == "timeout" and out[key] <= 0:
+            raise doc.error(where, "must be more than 0s")
+    elif key == "overlap":
+        out[key] = _overlap(value, where, doc)
+    elif key == "cost":
+        out[key] = _whole(value, where, doc, least=0)
+    elif key == "retries":
+        out[key] = _retries(value, where, doc)
+    elif key == "breaker":
+        out[key] = _breaker(value, where, doc)
+    elif key == "retention":
+        out[key] = _retention(value, where, doc)
+    elif key == "env":
+        if not isinstance(value, dict):
+            raise doc.error(where, "must be a mapping of NAME: value")
+        out[key] = {str(k): "" if v is None else str(v) for k, v in value.items()}
+    elif key == "notify":
+        out[key] = _notify(value, where, doc)
+    elif key == "ping":
+        out[key] = None if value is None else _url(value, where, doc)
+    return out[key]
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -403,24 +610,27 @@ def _known(mapping: dict, allowed, path: str, doc: _Doc) -> None:
             where = f"{path}.{key}" if path else str(key)
             close = difflib.get_close_matches(str(key), allowed, n=1)
             fix = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(allowed)}"
-            raise doc.error(where, "unknown key", fix)
+            doc.fail(doc.error(where, "unknown key", fix))  # unknown keys are otherwise ignored
 
 
 def _check_name(name, path: str, doc: _Doc) -> None:
-    if not isinstance(name, str) or not NAME.match(name):
-        raise doc.error(path, f"{name!r} is not a valid name",
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise doc.error(path, f"{_q(name)} is not a valid name",
                         "use lowercase letters, digits and _ . - (starting with a letter or digit)")
+    if len(name) > NAME_MAX:
+        raise doc.error(path, f"{_q(name)} is {len(name)} characters long",
+                        f"use at most {NAME_MAX}: the name becomes a lock file name")
 
 
 def _str(value, path: str, doc: _Doc) -> str:
     if not isinstance(value, str):
-        raise doc.error(path, f"{value!r} must be a string")
+        raise doc.error(path, f"{_q(value)} must be a string")
     return value
 
 
 def _whole(value, path: str, doc: _Doc, least: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise doc.error(path, f"{value!r} must be a whole number of {least} or more")
+        raise doc.error(path, f"{_q(value)} must be a whole number of {least} or more")
     return value
 
 
@@ -440,7 +650,7 @@ def _rate(value, path: str, doc: _Doc) -> list:
         try:
             capacity, seconds = float(count), parse_duration(per)
         except ValueError:
-            raise doc.error(path, f"{value!r} is not a rate", "write N/duration, e.g. 15/15m")
+            raise doc.error(path, f"{_q(value)} is not a rate", "write N/duration, e.g. 15/15m")
     elif isinstance(value, dict):
         _known(value, ("capacity", "per"), path, doc)
         capacity = value.get("capacity")
@@ -448,7 +658,7 @@ def _rate(value, path: str, doc: _Doc) -> list:
             raise doc.error(f"{path}.capacity", "must be a number of tokens")
         seconds = _duration(value.get("per"), f"{path}.per", doc)
     else:
-        raise doc.error(path, f"{value!r} is not a rate", "write N/duration or {capacity: N, per: 1h}")
+        raise doc.error(path, f"{_q(value)} is not a rate", "write N/duration or {capacity: N, per: 1h}")
     if capacity <= 0 or seconds <= 0:
         raise doc.error(path, "capacity and period must be more than 0")
     return [float(capacity), float(seconds)]
@@ -459,7 +669,7 @@ def _overlap(value, path: str, doc: _Doc) -> list:
         return [value, 0.0]
     if isinstance(value, str) and value.startswith("wait "):
         return ["wait", _duration(value[5:], path, doc)]
-    raise doc.error(path, f"{value!r} is not an overlap policy", "use skip, allow or wait 30s")
+    raise doc.error(path, f"{_q(value)} is not an overlap policy", "use skip, allow or wait 30s")
 
 
 def _retries(value, path: str, doc: _Doc) -> dict:
@@ -475,7 +685,7 @@ def _retries(value, path: str, doc: _Doc) -> dict:
             out[key] = _duration(item, where, doc)
         elif key in ("multiplier", "jitter"):
             if isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0:
-                raise doc.error(where, f"{item!r} must be a number of 0 or more")
+                raise doc.error(where, f"{_q(item)} must be a number of 0 or more")
             out[key] = float(item)
         else:
             if not isinstance(item, list) or not all(isinstance(c, int) and not isinstance(c, bool)
@@ -522,7 +732,7 @@ def _notify(value, path: str, doc: _Doc) -> list:
         _known(item, NOTIFY_KEYS, where, doc)
         events = item.get("events", ["failure", "recovery"])
         if not isinstance(events, list) or any(e not in EVENTS for e in events):
-            raise doc.error(f"{where}.events", f"{events!r}: events are {', '.join(EVENTS)}")
+            raise doc.error(f"{where}.events", f"{_q(events)}: events are {', '.join(EVENTS)}")
         after = _whole(item.get("after_failures", 1), f"{where}.after_failures", doc)
         out.append({"url": _url(item.get("url"), f"{where}.url", doc), "events": events,
                     "after_failures": after})
@@ -531,7 +741,7 @@ def _notify(value, path: str, doc: _Doc) -> list:
 
 def _url(value, path: str, doc: _Doc) -> str:
     if not isinstance(value, str) or not re.match(r"^(https?://|\$\{)", value):
-        raise doc.error(path, f"{value!r} is not an http(s) URL")
+        raise doc.error(path, f"{_q(value)} is not an http(s) URL")
     return value
 
 
@@ -543,9 +753,11 @@ def _http(value, path: str, doc: _Doc) -> dict:
            "method": str(value.get("method", "GET")).upper(),
            "headers": value.get("headers") or {}, "params": value.get("params") or {},
            "body": value.get("body"), "items": value.get("items"), "next": value.get("next"),
-           "max_pages": value.get("max_pages", 1000), "timeout": 30.0, "since": value.get("since")}
+           "max_pages": value.get("max_pages", 1000), "timeout": 30.0, "since": value.get("since"),
+           # decoded bytes per response: 64 MiB holds any sane JSON page, and a gzip bomb stops there
+           "max_bytes": value.get("max_bytes", 64 * 1024 * 1024)}
     if out["method"] not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
-        raise doc.error(f"{path}.method", f"{out['method']!r} is not an HTTP method")
+        raise doc.error(f"{path}.method", f"{_q(out['method'])} is not an HTTP method")
     for key in ("headers", "params"):
         if not isinstance(out[key], dict):
             raise doc.error(f"{path}.{key}", "must be a mapping of name: value")
@@ -557,9 +769,10 @@ def _http(value, path: str, doc: _Doc) -> dict:
           or (isinstance(nxt, dict) and (set(nxt) in ({"cursor", "param"}, {"page"}))
               and all(isinstance(v, str) and v for v in nxt.values())))
     if not ok:
-        raise doc.error(f"{path}.next", f"{nxt!r} is not a pagination rule",
+        raise doc.error(f"{path}.next", f"{_q(nxt)} is not a pagination rule",
                         "use a dotted path, {cursor: PATH, param: NAME}, {page: NAME} or link-header")
     _whole(out["max_pages"], f"{path}.max_pages", doc)
+    _whole(out["max_bytes"], f"{path}.max_bytes", doc)
     if "timeout" in value:
         out["timeout"] = _duration(value["timeout"], f"{path}.timeout", doc)
     since = out["since"]
@@ -570,7 +783,7 @@ def _http(value, path: str, doc: _Doc) -> dict:
         _known(since, ("param", "field", "format"), f"{path}.since", doc)
         for key in ("param", "field"):
             if key in since and (not isinstance(since[key], str) or not since[key]):
-                raise doc.error(f"{path}.since.{key}", f"{since[key]!r} must be a name",
+                raise doc.error(f"{path}.since.{key}", f"{_q(since[key])} must be a name",
                                 "e.g. since: {param: updated_since, field: updated_at}")
         if since.get("format", "iso") not in ("iso", "epoch"):
             raise doc.error(f"{path}.since.format", "must be iso or epoch")
@@ -579,7 +792,7 @@ def _http(value, path: str, doc: _Doc) -> dict:
 
 def _schedule(value, path: str, timezone, doc: _Doc) -> str:
     if not isinstance(value, str):
-        raise doc.error(path, f"{value!r} is not a cron expression", 'quote it: "0 * * * *"')
+        raise doc.error(path, f"{_q(value)} is not a cron expression", 'quote it: "0 * * * *"')
     from schedsync.core.schedule import Schedule
 
     try:
@@ -594,7 +807,7 @@ def _check_timezone(name, doc: _Doc) -> None:
     try:
         _zone(name)
     except Exception:
-        raise doc.error("timezone", f"{name!r} is not a known time zone", "use an IANA name such as Europe/Berlin")
+        raise doc.error("timezone", f"{_q(name)} is not a known time zone", "use an IANA name such as Europe/Berlin")
 
 
 def _zone(name: str):
@@ -629,37 +842,18 @@ def adhoc(config: Config | None, name: str, command: list[str], settings: dict, 
 
 # --- ${VAR} and secrets -----------------------------------------------------------------
 
-class Secrets:
-    """Values that must never be shown; ``redact`` replaces each with ``***``."""
-
-    def __init__(self):
-        self.values: set[str] = set()
-
-    def add(self, value: str) -> None:
-        if len(value) >= 4:
-            from urllib.parse import quote, quote_plus
-
-            self.values.update({value, quote(value, safe=""), quote_plus(value)})
-
-    @property
-    def longest(self) -> int:
-        return max(map(len, self.values), default=0)
-
-    def redact(self, text):
-        if not text or not self.values:
-            return text
-        for value in sorted(self.values, key=len, reverse=True):
-            text = text.replace(value, "***")
-        return text
-
-
 # Where every ${VAR} is a secret regardless of its name (SPEC: Secrets).
 _SECRET_PLACES = ("http.headers", "http.params", "http.body")
 
 
 def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets]:
-    """``job`` with every ``${VAR}`` replaced from ``environ``, and the secrets it used."""
+    """``job`` with every ``${VAR}`` replaced from ``environ``, and the secrets it used.
+
+    Every variable of ``environ`` whose name says it is a secret is one too, named in
+    jobs.yaml or not: a python job may read it from ``os.environ`` (SPEC: Secrets).
+    """
     secrets = Secrets()
+    environment_secrets(environ, secrets)
 
     def sub(value, path):
         if isinstance(value, dict):
@@ -685,7 +879,7 @@ def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets
                         f"or write ${{{name}:-default}}")
                 got = default
             secret_place = (any(path.startswith(f"job.{p}") for p in _SECRET_PLACES)
-                            or (path == "job.http.url" and _in_query_or_userinfo(value, match.start())))
+                            or (path == "job.http.url" and in_query_or_userinfo(value, match.start())))
             if SECRET_NAME.search(name) or secret_place:
                 secrets.add(got)
             return got
@@ -709,24 +903,30 @@ def expand(job: Job, config_path: str, environ=os.environ) -> tuple[Job, Secrets
     return replace(job, **fields), secrets
 
 
-def _in_query_or_userinfo(url: str, pos: int) -> bool:
-    """Whether position ``pos`` of ``url`` falls in its query or its user:password@ part."""
-    if "?" in url[:pos]:
-        return True
-    start = url.find("://") + 3
-    authority = url[start:].split("/", 1)[0]
-    return start >= 3 and "@" in authority and start <= pos < start + authority.index("@")
+def _is_url(location: str) -> bool:
+    from schedsync.paths import is_url
+
+    return is_url(location)
 
 
 def default_state_path() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(base, "schedsync", "state.db")
+    from schedsync.paths import default_state
+
+    return default_state()
 
 
-def resolve_state(cli_state: str | None, config: Config | None) -> str:
-    """--state, else $SCHEDSYNC_STATE, else the registry's ``state:``, else the default."""
-    return (cli_state or os.environ.get("SCHEDSYNC_STATE")
-            or (config.state if config else None) or default_state_path())
+def resolve_state(cli_state: str | None, config: Config | None, remember: bool = True) -> str:
+    """--state, else $SCHEDSYNC_STATE, else the registry's ``state:``, else the default.
+
+    A ``postgresql://`` URL is returned untouched. The choice is remembered on
+    ``config``, so each job's ``data_target`` (data.db beside a state file, or the
+    same database for a URL) follows the state this process opened.
+    """
+    chosen = (cli_state or os.environ.get("SCHEDSYNC_STATE")
+              or (config.state if config else None) or default_state_path())
+    if config is not None and remember:
+        config.state_in_use = chosen
+    return chosen
 
 
 def resolve_config(cli_config: str | None) -> str:

@@ -61,6 +61,8 @@ def home(tmp_path, monkeypatch) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDSYNC_")}
     env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "cache"),
                XDG_STATE_HOME=str(tmp_path / "xdg-state"), PYTHONPATH=str(ROOT))
+    if os.environ.get("SCHEDSYNC_TEST_INSTALLED"):  # .ci/run: the installed package, as users run it
+        env.pop("PYTHONPATH")
     for key in ("HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
         monkeypatch.setenv(key, env[key])
     return env

@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 
 
-from schedsync.store.sqlite import SQLiteStore
+from schedsync.store import open_store
 
 FLAKY = """\
     state: schedsync.db
@@ -35,11 +35,27 @@ def failing(project, on: bool = True) -> None:
     flag.touch() if on else flag.unlink(missing_ok=True)
 
 
+OPENED = r"(breaker \S+ opened after \d+ failures?: runs skipped until [\d:-]+( [\d:]+)?\n)?"
+
+
 def assert_failed(result, job: str, what: str) -> None:
+    """A failed run's stderr: its error line (after the breaker's line, if it opened it)."""
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
-    assert re.fullmatch(rf"error: {job}: failed in \S+: {re.escape(what)} — see `schedsync history {job}`\n",
+    assert re.fullmatch(rf"{OPENED}error: {job}: failed in \S+: {re.escape(what)} — see `schedsync history {job}`\n",
                         result.stderr), result.stderr
+
+
+def test_the_run_that_opens_the_breaker_says_so_and_until_when(project):
+    project.write(flaky("10m"))
+    failing(project)
+    quiet = [project.cli("run", "flaky").stderr for _ in range(2)]
+    assert not any("opened" in err for err in quiet)
+    opening = project.cli("run", "flaky")
+    first, second = opening.stderr.splitlines()
+    until = datetime.fromtimestamp(when(breaker_of(project, "flaky")["opens_until"])).strftime("%H:%M")
+    assert first == f"breaker flaky opened after 3 failures: runs skipped until {until}"
+    assert second.startswith("error: flaky: failed in ")
 
 
 def assert_skipped(result) -> None:
@@ -53,7 +69,7 @@ def breaker_of(project, job: str) -> dict:
 
 def stored(project, read):
     """Read the state file directly, for what JSON rounds to the second."""
-    store = SQLiteStore(str(project.state))
+    store = open_store(str(project.state))
     try:
         return read(store)
     finally:
@@ -125,7 +141,7 @@ def test_skips_never_count_as_failures(project):
 def test_it_half_opens_after_reset_after_and_a_successful_trial_closes_it(project):
     project.write(flaky("2s"))
     trip(project)
-    opens_until = stored(project, lambda s: s.load_breaker("flaky")).opens_until
+    opens_until = stored(project, lambda s: s.breakers(["flaky"])["flaky"]).opens_until
     seen = breaker_of(project, "flaky")["state"]
     if time.time() < opens_until:  # a loaded machine may take the whole 2s to get here
         assert seen == "open"

@@ -44,7 +44,8 @@ def reply(status: int = 200, body=None, headers: dict | None = None, text: str |
 class Upstream:
     """A threaded HTTP server; each test maps paths to functions of the Request."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.routes = {}
         self.requests: list[Request] = []
         self.release = threading.Event()  # hanging routes wait on it until teardown
@@ -86,14 +87,14 @@ class Upstream:
                 self.end_headers()
                 self.wfile.write(raw)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://{self.host}:{self.server.server_address[1]}"
 
     def route(self, path: str):
         def register(function):
@@ -383,7 +384,7 @@ def test_since_with_a_field_sends_the_newest_stored_value(project, upstream):
 
 # --- retries, budgets, breakers, timeouts ----------------------------------------------------------
 
-def test_a_429_with_retry_after_is_waited_out_and_empties_the_shared_budget(project, upstream):
+def test_a_429_with_retry_after_is_waited_out_and_pauses_the_shared_budget(project, upstream):
     told = threading.Event()
 
     @upstream.route("/busy")
@@ -426,6 +427,9 @@ jobs:
     assert (run["status"], run["attempts"], run["requests"], run["items_processed"]) == ("success", 2, 2, 1)
     first, retry = upstream.hits("/busy")
     assert retry is not first
+    # the pause kept the bucket's tokens: 2 requests spent of 60 (emptying it left about 3)
+    [budget] = project.status()["budgets"]
+    assert budget["tokens"] >= 55, budget
 
 
 def test_a_429_asking_for_longer_than_the_run_has_stops_it_rate_limited(project, upstream):
@@ -472,9 +476,13 @@ def test_a_503_storm_fails_each_run_then_opens_the_breaker(project, upstream):
       items: data""", extra="    breaker: {failures: 2, reset_after: 10m}"))
     url = f"{upstream.base}/down"
 
-    for _ in range(2):
+    for i in range(2):
         result = project.cli("run", "items")
         assert result.returncode == 1
+        if i == 1:  # the run that opens the breaker says so first (a line of its own)
+            opened, rest = result.stderr.split("\n", 1)
+            assert opened.startswith("breaker items opened after 2 failures: runs skipped until ")
+            result.stderr = rest
         assert one_error_line(result).startswith("error: items: failed in ")
         expected = f'GET {url} returned HTTP 503 Service Unavailable: {{"error": "maintenance"}} (after 3 tries)'
         assert expected in result.stderr
@@ -837,7 +845,7 @@ def test_a_long_sync_shows_progress_on_a_terminal(project, upstream):
 # --- pure parts ------------------------------------------------------------------------------------
 
 def test_retry_after_reads_seconds_and_http_dates():
-    from schedsync.jobs.http import retry_after
+    from schedsync.jobs.transport import retry_after
 
     now = 1_700_000_000.0
     assert retry_after("120", now) == 120
@@ -849,7 +857,7 @@ def test_retry_after_reads_seconds_and_http_dates():
 
 def test_urls_are_shown_without_credentials():
     from schedsync.config import Secrets
-    from schedsync.jobs.http import show_url
+    from schedsync.jobs.display import show_url
 
     secrets = Secrets()
     secrets.add("abc123secret")
@@ -858,7 +866,7 @@ def test_urls_are_shown_without_credentials():
 
 
 def test_dotted_paths_reach_into_objects_and_lists():
-    from schedsync.jobs.http import dig
+    from schedsync.jobs.pagination import dig
 
     data = {"result": {"pages": [{"items": [1, 2]}]}, "next": None}
     assert dig(data, "result.pages.0.items")[:2] == (True, [1, 2])
@@ -938,7 +946,7 @@ def test_a_data_db_that_is_not_a_database_fails_in_one_line(project, upstream):
 @pytest.mark.parametrize("rule", [{"cursor": 5, "param": "x"}, {"page": [1]}, {"cursor": "c", "param": 3}])
 def test_a_bad_next_rule_is_a_request_failure_not_a_traceback(rule):
     # The registry check rejects these first; Sync must still fail in one line if one gets through.
-    from schedsync.jobs.http import RequestFailed, check_next_rule
+    from schedsync.jobs.pagination import RequestFailed, check_next_rule
 
     with pytest.raises(RequestFailed, match="http.next"):
         check_next_rule(rule)
@@ -949,7 +957,7 @@ def test_a_bad_next_rule_is_a_request_failure_not_a_traceback(rule):
 def test_secrets_are_hidden_in_the_form_httpx_puts_in_a_query():
     import httpx
     from schedsync.config import Secrets
-    from schedsync.jobs.http import show_url
+    from schedsync.jobs.display import show_url
 
     secrets = Secrets()
     secrets.add("a b/c:d@e")

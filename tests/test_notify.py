@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from schedsync.core.models import Run
 from schedsync.store import open_store
+from stored import finished_run
 
 RUN_KEYS = {"id", "job", "status", "reason", "trigger", "started_at", "finished_at", "duration_ms",
             "attempts", "requests", "items_processed", "items_failed", "exit_code", "error",
@@ -221,7 +221,7 @@ def late_job(project, server, grace: str = "0s") -> None:
     """)
     store = open_store(str(project.state))
     try:
-        store.see_job("every-minute", time.time() - 3600)
+        store.see_jobs(["every-minute"], time.time() - 3600)
     finally:
         store.close()
 
@@ -230,10 +230,7 @@ def backdate_a_run(project, job: str, ago: float) -> None:
     """A run that started ``ago`` seconds back: the job's newest start, and long enough ago to be late."""
     store = open_store(str(project.state))
     try:
-        run = Run(0, job, "running", "cron", time.time() - ago, "elsewhere", 1)
-        store.start_run(run)
-        run.status, run.finished_at, run.duration_ms, run.exit_code = "success", run.started_at + 1, 1000, 0
-        store.finish_run(run)
+        finished_run(store, job, "success", time.time() - ago, exit_code=0)
     finally:
         store.close()
 

@@ -361,7 +361,7 @@ def test_threads_that_outlive_the_run_do_not_crash_schedsync(project, upstream):
 
 
 def test_a_closed_requester_refuses_requests_without_touching_the_store():
-    from schedsync.jobs.http import Requester, RequestFailed
+    from schedsync.jobs.transport import Requester, RequestFailed
 
     class NoStore:  # any use of the run's context after it ended is the bug
         def __getattr__(self, name):

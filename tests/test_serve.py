@@ -110,7 +110,7 @@ def world(tmp_path_factory):
     from schedsync.store import open_store
 
     store = open_store(str(project.state))
-    store.see_job("late", time.time() - 3600)  # first seen an hour ago, never run since: LATE
+    store.see_jobs(["late"], time.time() - 3600)  # first seen an hour ago, never run since: LATE
     store.close()
     slow = project.start("run", "slow")
     deadline = time.time() + 30

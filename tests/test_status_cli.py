@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from schedsync.core.models import Run
 from schedsync.store import open_store
+from stored import finished_run
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 DAY = 86400.0
@@ -31,7 +31,7 @@ def seen_long_ago(project, *jobs: str, ago: float = 3600) -> None:
     store = open_store(str(project.state))
     try:
         for job in jobs:
-            store.see_job(job, time.time() - ago)
+            store.see_jobs([job], time.time() - ago)
     finally:
         store.close()
 
@@ -40,12 +40,9 @@ def add_run(project, job: str, status: str, started_at: float, reason: str | Non
     """A finished run written through the store, as if it happened at ``started_at``."""
     store = open_store(str(project.state))
     try:
-        run = Run(0, job, "running", "cron", started_at, "elsewhere", 1)
-        store.start_run(run)
-        run.status, run.reason, run.finished_at, run.duration_ms = status, reason, started_at + 1, 1000
-        run.exit_code = 1 if status == "failed" else 0
-        run.error = "exit 1" if status == "failed" else None
-        store.finish_run(run)
+        run = finished_run(store, job, status, started_at, reason=reason,
+                           exit_code=1 if status == "failed" else 0,
+                           error="exit 1" if status == "failed" else None)
         return run.id
     finally:
         store.close()
@@ -413,10 +410,7 @@ def test_a_long_failure_streak_is_counted_past_the_recent_runs(project):
     base = time.time() - DAY
     try:
         for i, status in enumerate(["success"] + ["failed"] * 25 + ["skipped"]):
-            run = Run(0, "keeper", "running", "cron", base + i * 60, "elsewhere", 1)
-            store.start_run(run)
-            run.status, run.finished_at, run.duration_ms = status, base + i * 60 + 1, 1000
-            store.finish_run(run)
+            finished_run(store, "keeper", status, base + i * 60)
     finally:
         store.close()
     assert project.status()["jobs"][0]["consecutive_failures"] == 25
@@ -432,12 +426,8 @@ def test_a_run_prunes_at_most_a_hundred_old_runs(project):
     store = open_store(str(project.state))
     old = time.time() - 30 * DAY
     try:
-        with store.transaction():
-            for i in range(150):
-                run = Run(0, "keeper", "running", "cron", old + i, "elsewhere", 1)
-                store.start_run(run)
-                run.status, run.finished_at, run.duration_ms = "success", old + i + 1, 1000
-                store.finish_run(run)
+        for i in range(150):
+            finished_run(store, "keeper", "success", old + i)
     finally:
         store.close()
     assert project.cli("run", "keeper").returncode == 0
@@ -453,7 +443,7 @@ def test_prune_finds_old_runs_through_an_index(project):
     statements = []
     store.db.set_trace_callback(statements.append)
     try:
-        store.prune("keeper", time.time(), 14 * DAY, 7 * DAY, limit=100)
+        store._prune("keeper", time.time(), 14 * DAY, 7 * DAY, limit=100)  # the backend's own step
         plans = []
         for sql in statements:
             if sql.lstrip().upper().startswith(("DELETE", "SELECT")):

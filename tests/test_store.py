@@ -1,45 +1,79 @@
-"""The Store contract: what every backend must do. A PostgreSQL backend adds
-itself to ``BACKENDS`` and must pass this file unchanged."""
+"""The Store contract: what every backend must do, through the interface alone
+(``schedsync.store.base.Store``), contention included, as real processes.
+
+A backend plugs in by adding one param to ``BACKENDS``: a function of pytest's
+``request`` and ``tmp_path`` that returns a fresh, empty store target (a path, a
+URL) that ``open_store`` opens. It must then pass this file unchanged.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+import time
+
 import pytest
 
-from schedsync.core.models import Breaker, Bucket, Notification, Run
-from schedsync.store import open_store
+from schedsync.core.models import Breaker, Notification, Run
+from schedsync.store import Admitted, BreakerSpec, Store, open_store
 
 T0 = 1_790_000_000.0  # a pinned "now"
+SETTINGS = {"name": "api", "failures": 3, "reset_after": 600.0, "half_open_runs": 1}
+API = BreakerSpec("api", SETTINGS)
+KEEP_ALL: dict = {}
 
 
-def sqlite_store(tmp_path):
-    return open_store(str(tmp_path / "state.db"))
+def sqlite_target(request, tmp_path) -> str:
+    return str(tmp_path / "state.db")
 
 
-BACKENDS = [sqlite_store]
+BACKENDS = [sqlite_target]
 
 
-@pytest.fixture(params=BACKENDS, ids=lambda make: make.__name__)
-def store(request, tmp_path):
-    opened = request.param(tmp_path)
-    yield opened
-    opened.close()
+@pytest.fixture(params=BACKENDS, ids=lambda make: make.__name__.replace("_target", ""))
+def store_factory(request, tmp_path):
+    """A fresh store target, and a function that opens it (each call: one more connection)."""
+    target = request.param(request, tmp_path)
+    opened = []
+
+    def make(target=target):
+        store = open_store(target)
+        opened.append(store)
+        return store
+
+    make.target = target
+    yield make
+    for store in opened:
+        store.close()
 
 
-def started(store, job="a", at=T0, status="running", **fields) -> Run:
-    run = Run(0, job, status, "cron", at, "host", 4242, **fields)
-    with store.transaction():
-        store.start_run(run)
-    return run
+@pytest.fixture
+def store(store_factory) -> Store:
+    return store_factory()
 
 
-def finished(store, job="a", at=T0, status="success", **fields) -> Run:
+def started(store, job="a", at=T0, breaker=API) -> Run:
+    admitted = store.admit_run(job, "cron", breaker, 60.0, [], {}, 0, now=at)
+    assert admitted.run is not None, admitted
+    return admitted.run
+
+
+def finished(store, job="a", at=T0, status="success", evidence=True, **fields) -> Run:
     run = started(store, job, at)
     run.status, run.finished_at, run.duration_ms = status, at + 1, 1000
     for key, value in fields.items():
         setattr(run, key, value)
-    with store.transaction():
-        store.finish_run(run)
+    store.finish_run(run, API, evidence, False, 60.0, KEEP_ALL, now=at + 1)
     return run
+
+
+def test_the_interface_exposes_no_transaction_path_or_lock_of_its_backend(store):
+    assert isinstance(store, Store)
+    for name in ("transaction", "path", "job_lock", "load_bucket", "save_bucket",
+                 "load_breaker", "save_breaker", "start_run", "see_job"):
+        assert not hasattr(Store, name) and not hasattr(store, name), name
+    assert abs(store.now() - time.time()) < 60
 
 
 class TestRuns:
@@ -48,8 +82,11 @@ class TestRuns:
                        items_failed=1, exit_code=0, error="1 item had no id", retry_at=T0 + 60,
                        output="tail", reason="rate_limited")
         [back] = store.runs("a")
-        assert back == Run(run.id, "a", "partial", "cron", T0, "host", 4242, "rate_limited",
+        host, pid, _ = store.liveness.owner()
+        assert back == Run(run.id, "a", "partial", "cron", T0, host, pid, "rate_limited",
                            T0 + 1, 1000, 2, 7, 5, 1, 0, "1 item had no id", T0 + 60, "tail")
+        assert store.run("a") == back and store.run("a", run.id) == back
+        assert store.run("a", run.id + 99) is None and store.run("other") is None
 
     def test_it_lists_runs_newest_first_with_a_limit_and_a_failed_filter(self, store):
         for i, status in enumerate(["success", "failed", "skipped", "timeout", "crashed"]):
@@ -61,20 +98,33 @@ class TestRuns:
 
     def test_a_running_run_is_crashed_once_however_many_readers_race(self, store):
         run = started(store)
-        assert [r.id for r in store.running_runs("a")] == [run.id]
-        with store.transaction():
-            assert store.mark_crashed(run.id, T0 + 5, "gone") is True
-            assert store.mark_crashed(run.id, T0 + 6, "gone") is False
+        assert [r.id for r in store.running_runs(["a"])] == [run.id]
+        assert store.liveness.gone(store.running_runs()) == []  # this process is alive
+        [again] = store.running_runs()
+        assert store.mark_crashed(run, "gone", API, False, now=T0 + 5) is True
+        assert store.mark_crashed(again, "gone", API, False, now=T0 + 6) is False
         [back] = store.runs("a")
         assert (back.status, back.duration_ms, back.error) == ("crashed", 5000, "gone")
         assert store.running_runs() == []
 
+    def test_a_crash_that_is_not_evidence_leaves_the_breaker_alone(self, store):
+        for i in range(5):
+            store.mark_crashed(started(store, at=T0 + i), "gone", API, False, now=T0 + i)
+        assert store.breakers(["api"])["api"] == Breaker("api")
+
+    def test_a_skip_is_recorded_finished_and_notes_the_job_as_seen(self, store):
+        host, pid, _ = store.liveness.owner()
+        run = Run(0, "a", "skipped", "cron", T0, host, pid, reason="locked", finished_at=T0,
+                  duration_ms=0, error="the previous run is still going")
+        store.record_skip(run, KEEP_ALL)
+        assert run.id and store.runs("a") == [run]
+        assert store.job_states(["a"])["a"].first_seen == T0
+
     def test_job_states_give_what_health_needs(self, store):
+        store.see_jobs(["a"], T0 - 100)
         finished(store, at=T0, status="success")
         finished(store, at=T0 + 10, status="partial")
         finished(store, at=T0 + 20, status="failed")
-        with store.transaction():
-            store.see_job("a", T0 - 100)
         state = store.job_states(["a", "never"], recent=2)
         assert [r.status for r in state["a"].recent] == ["failed", "partial"]
         assert (state["a"].first_seen, state["a"].last_success_at, state["a"].last_started_at) == (
@@ -85,72 +135,125 @@ class TestRuns:
         finished(store, at=T0, status="failed")
         finished(store, at=T0 + 1, status="success")
         for i, status in enumerate(["failed", "skipped", "timeout", "crashed"]):
-            finished(store, at=T0 + 2 + i, status=status)
+            finished(store, at=T0 + 2 + i, status=status, evidence=False)
         assert store.failure_streak("a") == 3
         assert store.failure_streak("a", before=T0 + 3) == 1
 
 
+class TestAdmission:
+    def test_a_paused_job_is_not_admitted_and_nothing_is_spent(self, store):
+        store.set_paused("a", True, T0)
+        admitted = store.admit_run("a", "cron", API, 60.0, ["b"], {"b": (1.0, 60.0)}, 1, now=T0)
+        assert (admitted.run, admitted.reason) == (None, "paused")
+        assert store.budget_levels({"b": (1.0, 60.0)}, T0) == {"b": 1.0}
+        assert store.running_runs() == []
+        store.set_paused("a", False, T0)
+        assert store.admit_run("a", "cron", API, 60.0, ["b"], {"b": (1.0, 60.0)}, 1, now=T0).run
+        assert store.budget_levels({"b": (1.0, 60.0)}, T0) == {"b": 0.0}
+
+    def test_an_empty_budget_says_when_it_allows_again(self, store):
+        rates = {"b": (2.0, 60.0)}
+        for _ in range(2):
+            assert store.admit_run("a", "cron", API, 60.0, ["b"], rates, 1, now=T0).run
+        admitted = store.admit_run("a", "cron", API, 60.0, ["b"], rates, 1, now=T0)
+        assert admitted.reason == "rate_limited" and admitted.retry_at == pytest.approx(T0 + 30)
+        assert admitted.error == "budget b is empty"
+
+    def test_failures_open_the_breaker_the_last_one_says_so_and_then_runs_are_skipped(self, store):
+        transitions = []
+        for i in range(3):
+            run = started(store, at=T0 + i)
+            run.status, run.finished_at = "failed", T0 + i
+            transitions.append(store.finish_run(run, API, True, False, 60.0, KEEP_ALL, now=T0 + i))
+        assert transitions[:2] == [None, None]
+        old, new, breaker = transitions[2]
+        assert (old, new, breaker.failures, breaker.opens_until) == ("closed", "open", 3, T0 + 2 + 600)
+        assert store.transitions("api")[0][1:3] == ("closed", "open")
+        skipped = store.admit_run("a", "cron", API, 60.0, [], {}, 0, now=T0 + 10)
+        assert skipped == Admitted(reason="breaker_open", retry_at=T0 + 602, error="breaker api is open")
+
+    def test_a_half_open_trial_that_proved_nothing_hands_its_lease_back(self, store):
+        for i in range(3):
+            finished(store, at=T0 + i, status="failed")
+        later = T0 + 3 + 600
+        trial = store.admit_run("a", "cron", API, 60.0, [], {}, 0, now=later)
+        assert trial.trial
+        assert store.admit_run("a", "cron", API, 60.0, [], {}, 0, now=later).reason == "breaker_open"
+        trial.run.status, trial.run.reason, trial.run.finished_at = "failed", "cancelled", later
+        trial.run.error = "cancelled by SIGINT"
+        assert store.finish_run(trial.run, API, False, True, 60.0, KEEP_ALL, now=later) is None
+        assert store.breakers(["api"])["api"].leases == []
+        assert store.admit_run("a", "cron", API, 60.0, [], {}, 0, now=later).trial
+
+    def test_a_breaker_reset_by_hand_closes_it_once(self, store):
+        for i in range(3):
+            finished(store, at=T0 + i, status="failed")
+        assert store.reset_breaker("api", "reset by hand", T0 + 5) == "open"
+        assert store.reset_breaker("api", "reset by hand", T0 + 6) is None
+        assert store.breakers(["api", "other"]) == {"api": Breaker("api"), "other": Breaker("other")}
+        assert store.transitions("api")[0] == (T0 + 5, "open", "closed", "reset by hand")
+
+
 class TestRetention:
-    def test_prune_removes_old_successes_and_skips_but_keeps_failures_forever(self, store):
+    def test_a_finished_run_prunes_old_successes_and_skips_but_keeps_failures_forever(self, store):
         day = 86400.0
         finished(store, at=T0 - 30 * day, status="success")
         finished(store, at=T0 - 29 * day, status="skipped")
         finished(store, at=T0 - 28 * day, status="failed")
         finished(store, at=T0 - 20 * day, status="success")
         finished(store, at=T0 - 1 * day, status="skipped")
-        with store.transaction():
-            removed = store.prune("a", T0, keep_success=14 * day, keep_failed=None)
+        run = started(store, at=T0)
+        run.status, run.finished_at = "skipped", T0
+        store.finish_run(run, API, True, False, 60.0, {"success": 14 * day}, now=T0)
         # The newest success stays even though it is older than 14 days.
-        assert removed == 2
-        assert [r.status for r in store.runs("a")] == ["skipped", "success", "failed"]
+        assert [r.status for r in store.runs("a")] == ["skipped", "skipped", "success", "failed"]
 
-    def test_prune_removes_old_skips_even_after_an_old_newest_success(self, store):
+    def test_prune_all_applies_each_jobs_policy_and_keeps_the_newest_success(self, store):
         day = 86400.0
-        finished(store, at=T0 - 99 * day, status="success")
+        finished(store, "a", at=T0 - 99 * day, status="success")
         for age in range(98, 40, -1):
-            finished(store, at=T0 - age * day, status="skipped")
-        with store.transaction():
-            assert store.prune("a", T0, keep_success=14 * day, keep_failed=None) == 58
-        assert [r.status for r in store.runs("a")] == ["success"]
-
-    def test_prune_all_applies_each_jobs_policy(self, store):
-        finished(store, "a", at=T0 - 100, status="failed")
+            finished(store, "a", at=T0 - age * day, status="skipped")
         finished(store, "b", at=T0 - 100, status="failed")
-        assert store.prune_all({"a": (10.0, 10.0), "b": (10.0, None)}, T0) == 1
-        assert (len(store.runs("a")), len(store.runs("b"))) == (0, 1)
+        finished(store, "c", at=T0 - 100, status="failed")
+        assert store.prune_all({"a": (14 * day, None), "b": (10.0, 10.0), "c": (10.0, None)}, T0) == 59
+        assert [r.status for r in store.runs("a")] == ["success"]
+        assert (len(store.runs("b")), len(store.runs("c"))) == (0, 1)
 
 
-class TestJobsBudgetsBreakers:
+class TestJobsBudgets:
     def test_first_seen_is_kept_and_pause_round_trips(self, store):
-        with store.transaction():
-            store.see_job("a", T0)
-            store.see_job("a", T0 + 50)
-        assert store.job_states(["a"])["a"].first_seen == T0
+        store.see_jobs(["a"], T0)
+        store.see_jobs(["a", "b"], T0 + 50)
+        states = store.job_states(["a", "b"])
+        assert (states["a"].first_seen, states["b"].first_seen) == (T0, T0 + 50)
         store.set_paused("a", True, T0)
-        assert store.is_paused("a") and not store.is_paused("b")
+        assert store.job_states(["a", "b"])["a"].paused and not store.job_states(["b"])["b"].paused
         store.set_paused("a", False, T0)
-        assert not store.is_paused("a")
+        assert not store.job_states(["a"])["a"].paused
 
-    def test_buckets_and_breakers_round_trip(self, store):
-        assert store.load_bucket("api") is None
-        assert store.load_breaker("api") == Breaker("api")
-        with store.transaction():
-            store.save_bucket(Bucket("api", 3.5, T0))
-            store.save_bucket(Bucket("api", 2.5, T0 + 1))
-            store.save_breaker(Breaker("api", "open", 5, T0, T0 + 600, [T0 + 30]))
-            store.record_transition("api", T0, "closed", "open", "run 3 failed")
-        assert store.load_bucket("api") == Bucket("api", 2.5, T0 + 1)
-        assert store.load_breaker("api") == Breaker("api", "open", 5, T0, T0 + 600, [T0 + 30])
-        assert store.transitions("api") == [(T0, "closed", "open", "run 3 failed")]
+    def test_spend_takes_from_every_bucket_or_from_none(self, store):
+        rates = {"api": (15.0, 900.0), "search": (2.0, 60.0)}
+        assert store.spend(["search"], rates, 1.5, T0) is None
+        ready = store.spend(["api", "search"], rates, 1, T0)
+        assert ready == pytest.approx(T0 + 15)  # search needs half a token at 2 a minute
+        assert store.budget_levels(rates, T0) == {"api": 15.0, "search": pytest.approx(0.5)}
+        assert store.spend(["search"], rates, 3, T0) == float("inf")
 
-    def test_an_exception_rolls_the_whole_transaction_back_even_when_nested(self, store):
-        with pytest.raises(RuntimeError):
-            with store.transaction():
-                store.save_bucket(Bucket("api", 1.0, T0))
-                with store.transaction():
-                    store.save_bucket(Bucket("other", 1.0, T0))
-                raise RuntimeError("boom")
-        assert store.load_bucket("api") is None and store.load_bucket("other") is None
+    def test_a_retry_after_pauses_the_buckets_and_keeps_their_tokens(self, store):
+        rates = {"api": (60.0, 3600.0)}
+        assert store.spend(["api"], rates, 1, T0) is None
+        store.block_budgets(["api"], T0 + 5, rates, T0)
+        assert store.spend(["api"], rates, 1, T0 + 1) == pytest.approx(T0 + 5)
+        assert store.spend(["api"], rates, 1, T0 + 5) is None
+        assert store.budget_levels(rates, T0 + 5)["api"] == pytest.approx(58 + 5 / 60)
+
+    def test_a_bucket_time_later_than_now_is_clamped_not_trusted(self, store):
+        rates = {"api": (24.0, 86400.0)}  # one token an hour
+        assert store.spend(["api"], rates, 24, T0 + 86400) is None  # a clock a day ahead
+        # back to the true time: the hours from now on refill as usual, not from tomorrow
+        assert store.budget_levels(rates, T0)["api"] == 0
+        assert store.spend(["api"], rates, 1, T0) == pytest.approx(T0 + 3600)
+        assert store.spend(["api"], rates, 1, T0 + 3600) is None
 
 
 class TestAlerts:
@@ -166,16 +269,17 @@ class TestAlerts:
 
 
 def test_the_job_lock_excludes_a_second_holder(store):
-    first, second = store.job_lock("a"), store.job_lock("a")
+    first, second = store.locks.lock("a"), store.locks.lock("a")
     assert first.acquire() and not second.acquire()
+    assert first.pass_fds and first.held()
     first.release()
     assert second.acquire()
     second.release()
 
 
 class TestCounters:
-    """Run and request counters for `rate()`: bumped by finishes, skips and crashes, never
-    lowered by pruning."""
+    """Run and request counters for `rate()`: bumped by finishes, skips and crashes in the
+    same step as the run's row, never lowered by pruning."""
 
     def test_finished_runs_are_counted_by_job_and_status_with_their_requests(self, store):
         finished(store, "a", T0, "success", requests=3)
@@ -189,49 +293,95 @@ class TestCounters:
         assert store.counters() == {}
 
     def test_skips_and_crashes_are_counted(self, store):
-        skip = Run(0, "a", "skipped", "cron", T0, "host", 4242, reason="locked", finished_at=T0, duration_ms=0)
-        with store.transaction():
-            store.start_run(skip)
+        host, pid, _ = store.liveness.owner()
+        skip = Run(0, "a", "skipped", "cron", T0, host, pid, reason="locked", finished_at=T0, duration_ms=0)
+        store.record_skip(skip, KEEP_ALL)
         run = started(store, "a", T0 + 1)
-        with store.transaction():
-            assert store.mark_crashed(run.id, T0 + 5, "gone")
-            assert not store.mark_crashed(run.id, T0 + 6, "gone")  # counted once
+        [again] = store.running_runs(["a"])
+        assert store.mark_crashed(run, "gone", API, False, now=T0 + 5)
+        assert not store.mark_crashed(again, "gone", API, False, now=T0 + 6)  # counted once
         assert store.counters() == {"a": {"skipped": (1, 0), "crashed": (1, 0)}}
 
     def test_pruning_does_not_lower_them(self, store):
         for k in range(5):
             finished(store, "a", T0 + k, "success", requests=1)
-        with store.transaction():
-            assert store.prune("a", T0 + 86400, keep_success=3600, keep_failed=None) == 4
+        assert store.prune_all({"a": (3600.0, None)}, now=T0 + 86400) == 4
+        assert len(store.runs("a")) == 1
         assert store.counters() == {"a": {"success": (5, 5)}}
 
 
 class TestAdhocJobs:
     def test_settings_are_remembered_by_name_and_replaced(self, store):
         assert store.adhoc_jobs() == {}
-        with store.transaction():
-            store.see_job("listed", T0)
-            store.set_adhoc("backup", '{"timeout": 60}', T0)
-            store.set_adhoc("backup", '{"timeout": 90}', T0 + 1)
+        store.see_jobs(["listed"], T0)
+        store.set_adhoc("backup", '{"timeout": 60}', T0)
+        store.set_adhoc("backup", '{"timeout": 90}', T0 + 1)
         assert store.adhoc_jobs() == {"backup": '{"timeout": 90}'}
+        assert store.job_states(["backup"])["backup"].first_seen == T0  # noted as seen
+
+    def test_none_forgets_them(self, store):
+        store.set_adhoc("backup", '{"timeout": 60}', T0)
+        store.set_adhoc("backup", None, T0 + 1)
+        assert store.adhoc_jobs() == {}
 
 
-def test_migration_3_seeds_the_counters_from_the_runs_already_recorded(tmp_path):
-    import sqlite3
+# --- contention: real processes, each with its own connection -----------------------------
 
-    from schedsync.store.sqlite import MIGRATIONS
+def _race(target: str, body: str, args: list) -> list[str]:
+    """One process per item of ``args`` (its ``sys.argv[4]``) running ``body`` against
+    ``target``, all released at one instant; their outputs (one line each)."""
+    script = textwrap.dedent("""\
+        import os, sys, time
+        from schedsync.store import open_store, BreakerSpec
+        store = open_store(sys.argv[1])
+        API = BreakerSpec("api", {"name": "api", "failures": 3, "reset_after": 600.0, "half_open_runs": 1})
+        T0 = float(sys.argv[2])
+        while time.time() < float(sys.argv[3]):
+            time.sleep(0.001)
+    """) + textwrap.dedent(body)
+    go = time.time() + 2 + 0.1 * len(args)  # every process started and connected first
+    procs = [subprocess.Popen([sys.executable, "-c", script, target, repr(T0), repr(go), str(arg)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for arg in args]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        outs.append(out.strip())
+    return outs
 
-    path = tmp_path / "old.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    for migration in MIGRATIONS[:2]:  # a state written before the counters existed
-        migration(db)
-    db.execute("PRAGMA user_version = 2")
-    rows = [("a", "success", 2), ("a", "success", 1), ("a", "failed", 0), ("b", "running", 0)]
-    db.executemany("INSERT INTO runs (job, status, trigger, started_at, host, pid, requests)"
-                   " VALUES (?, ?, 'cron', 0, 'h', 1, ?)", rows)
-    db.close()
-    store = open_store(str(path))
-    try:
-        assert store.counters() == {"a": {"success": (2, 3), "failed": (1, 0)}}
-    finally:
-        store.close()
+
+def test_a_hundred_processes_on_a_fifteen_token_budget_get_exactly_fifteen(store_factory):
+    store = store_factory()  # created and migrated once, as the first cron run would
+    outs = _race(store_factory.target, """\
+        print(store.spend(["up"], {"up": (15.0, 86400.0)}, 1, T0) is None)
+    """, list(range(100)))
+    assert outs.count("True") == 15 and outs.count("False") == 85
+    assert store.budget_levels({"up": (15.0, 86400.0)}, T0) == {"up": 0.0}
+
+
+def test_a_hundred_processes_racing_for_one_half_open_probe_make_one_trial(store_factory):
+    store = store_factory()
+    for i in range(3):
+        finished(store, at=T0 + i, status="failed")
+    outs = _race(store_factory.target, """\
+        admitted = store.admit_run("a", "cron", API, 60.0, [], {}, 0, now=T0 + 700)
+        print("trial" if admitted.trial else admitted.reason)
+    """, list(range(100)))
+    assert outs.count("trial") == 1 and outs.count("breaker_open") == 99
+    assert len(store.running_runs(["a"])) == 1
+
+
+def test_concurrent_finish_run_on_one_breaker_loses_no_failure(store_factory):
+    store = store_factory()
+    runs = [started(store, at=T0 + i) for i in range(50)]
+    outs = _race(store_factory.target, """\
+        spec = BreakerSpec("api", {"name": "api", "failures": 1000, "reset_after": 600.0,
+                                   "half_open_runs": 1})
+        [run] = [r for r in store.running_runs(["a"]) if r.id == int(sys.argv[4])]
+        run.status, run.finished_at = "failed", T0 + 50
+        print(store.finish_run(run, spec, True, False, 60.0, {}, now=T0 + 50))
+    """, [run.id for run in runs])
+    assert outs == ["None"] * 50
+    assert store.breakers(["api"])["api"].failures == 50
+    assert store.running_runs() == []

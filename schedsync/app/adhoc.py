@@ -1,7 +1,7 @@
 """``schedsync exec NAME -- CMD ARGS…``: an ad-hoc command run as a registry job is.
 
 The job is built by ``config.adhoc`` (registry defaults, or the registry job's own
-settings when NAME is one) and run by ``runner.run_job``: the same lock, admission,
+settings when NAME is one) and run by ``app.run.run``: the same lock, admission,
 timeout, record, output rules and exit codes. A NAME that is not in the registry
 is remembered in the state (its settings, never its command line, which may hold a
 secret), so ``status``, ``history`` and ``serve`` show it afterwards.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 from schedsync.config import Config, adhoc
 from schedsync.core.records import replace
@@ -34,7 +33,7 @@ def remember(store, config: Config, name: str, command: list[str]) -> None:
     job = dict(config.jobs[name])
     job.update(command=None, http=None, into=None, python=None, lines={}, env={}, notify=[], ping=None,
                description=job["description"] or f"schedsync exec {os.path.basename(command[0])}")
-    store.set_adhoc(name, json.dumps(job), time.time())
+    store.set_adhoc(name, json.dumps(job))
 
 
 def with_adhoc(config: Config, store) -> Config:

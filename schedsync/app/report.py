@@ -1,20 +1,17 @@
-"""What ``status``, ``history`` and ``metrics`` show, as plain JSON-ready data.
-
-Rendering for a terminal is ``render``'s job; this module only gathers and decides.
+"""What ``status``, ``history`` and ``metrics`` show, as plain JSON-ready data: the
+views of jobs at one instant. It reads the store and records nothing; taking a
+snapshot (reaping, first-seen, late alerts) is ``app.status``'s job, rendering for
+a terminal ``cli.render``'s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from schedsync.core import breaker as breakers
-from schedsync.core import budgets
 from schedsync.core.durations import iso
 from schedsync.config import Config, Job
-from schedsync.core.errors import StateError
 from schedsync.core.health import SEVERITY, Health, job_health
 from schedsync.core.models import FAILURES, PARTIAL, SUCCESS, Breaker, JobState, Run
-from schedsync.app.runner import reap
+from schedsync.core.records import dataclass
 from schedsync.core.schedule import Schedule, local_zone
 
 STRIP = 20  # recent runs shown per job
@@ -54,9 +51,16 @@ class JobView:
     consecutive_failures: int
 
 
-def views(config: Config, store, now: float, names: list[str]) -> list[JobView]:
-    """The jobs in ``names`` as they stand at ``now``; reads the store, decides nothing itself."""
+def views(config: Config, store, now: float, names: list[str], crashed: list[Run] = (),
+          seen: bool = False) -> list[JobView]:
+    """The jobs in ``names`` as they stand at ``now``; reads the store, decides nothing itself.
+
+    For a state that cannot record them, ``crashed`` (reaped runs) and ``seen`` (first-seen
+    is ``now`` for a job never seen) are applied in memory."""
     states = store.job_states(names, recent=STRIP)
+    breaker_states = store.breakers(list({config.jobs[name]["breaker"]["name"] for name in names}))
+    if crashed or seen:
+        overlay(states.values(), crashed, now if seen else None)
     tz = zone(config) or local_zone()  # once: the system's zone means reading /etc/localtime
     schedules: dict[str, _Shared] = {}
     out = []
@@ -68,12 +72,21 @@ def views(config: Config, store, now: float, names: list[str]) -> list[JobView]:
             if job.schedule not in schedules:
                 schedules[job.schedule] = _Shared(Schedule(job.schedule, tz))
             schedule = schedules[job.schedule]
-        breaker = store.load_breaker(job.breaker["name"])
+        breaker = breaker_states[job.breaker["name"]]
         breaker_state = breakers.state_at(breaker, now)
         health = job_health(schedule=schedule, grace=job.grace, timeout=job.timeout,
                             state=state, breaker_state=breaker_state, now=now)
         out.append(JobView(job, state, breaker, breaker_state, health, _streak(store, state)))
     return out
+
+
+def overlay(states, crashed: list[Run], seen_at: float | None) -> None:
+    """Apply what a read-only state could not record: crashed runs, first-seen."""
+    by_id = {run.id: run for run in crashed}
+    for state in states:
+        state.recent = [by_id.get(run.id, run) for run in state.recent]
+        if seen_at is not None and state.first_seen is None:
+            state.first_seen = seen_at
 
 
 def _streak(store, state: JobState) -> int:
@@ -128,50 +141,6 @@ def job_json(view: JobView) -> dict:
     }
 
 
-def snapshot(config: Config, store, now: float, only: str | None = None) -> tuple[list[JobView], list[dict]]:
-    """Every job (or ``only``) and every budget at ``now``, crashed runs reaped first."""
-    from schedsync.app.adhoc import with_adhoc
-
-    config = with_adhoc(config, store)  # and the jobs `schedsync exec` ran without an entry
-    if only:
-        config.job(only)  # an unknown name is a usage error before anything is read
-    reap(store, config, [only] if only else None)
-    names = [only] if only else list(config.jobs)
-    try:
-        # A job never run (say, its crontab line was forgotten) turns LATE only once
-        # schedsync has seen it: status is where that is noticed first.
-        with store.transaction():
-            for name in names:
-                store.see_job(name, now)
-    except StateError:
-        pass  # a read-only state can still be shown
-    levels = budgets.levels(store, config.budgets, now)
-    budget_rows = [{"name": n, "tokens": round(levels[n], 3), "capacity": c, "per_seconds": p}
-                   for n, (c, p) in config.budgets.items()]
-    return views(config, store, now, names), budget_rows
-
-
-def status(config: Config, store, now: float, only: str | None = None) -> dict:
-    """``status --json`` (SPEC: JSON)."""
-    job_views, budget_rows = snapshot(config, store, now, only)
-    return {"generated_at": iso(now), "jobs": [job_json(view) for view in job_views], "budgets": budget_rows}
-
-
-def job_detail(config: Config, store, name: str, now: float) -> dict:
-    """``status JOB``: the job's status row plus breaker transitions, recent runs and alerts."""
-    data = status(config, store, now, only=name)
-    job = data["jobs"][0]
-    return {
-        **data,
-        "transitions": [{"at": iso(at), "from": old, "to": new, "reason": why}
-                        for at, old, new, why in store.transitions(job["breaker"]["name"])],
-        "runs": [run_json(r) for r in store.runs(name, 10)],
-        "notifications": [{"at": iso(n.at), "event": n.event, "target": n.target, "ok": n.ok,
-                           "detail": n.detail, "run_id": n.run_id}
-                          for n in store.notifications(name, 8)],
-    }
-
-
 def worst_first(jobs: list[dict]) -> list[dict]:
     """By SEVERITY; among jobs needing action, the one without a success for longest first."""
     def key(job: dict):
@@ -179,12 +148,3 @@ def worst_first(jobs: list[dict]) -> list[dict]:
         return SEVERITY.get(job["health"], 99), (job["last_success_at"] or "") if action else "", job["name"]
 
     return sorted(jobs, key=key)
-
-
-def history(config: Config, store, job: str, limit: int, failed: bool) -> list[dict]:
-    from schedsync.app.adhoc import with_adhoc
-
-    config = with_adhoc(config, store)
-    config.job(job)
-    reap(store, config, [job])
-    return [run_json(r, output=True) for r in store.runs(job, limit, failed_only=failed)]

@@ -1,8 +1,10 @@
 """One run of one job, in the order SPEC fixes:
-reap crashed runs → jitter → lock → pause / breaker → budget → work → record.
+jitter → lock → pause / breaker → budget → work → record
+(reaping crashed runs first, and alerts after, are the application layer's: ``app.run``).
 
-The runner decides nothing itself: breaker and bucket arithmetic are pure
-functions, the store persists, the job kinds do the work.
+The runner decides nothing itself: the store's atomic operations admit and
+record (running the breaker and bucket arithmetic inside), the job kinds do the
+work. It returns a ``RunResult``; it never imports alerts.
 """
 
 from __future__ import annotations
@@ -12,18 +14,12 @@ import signal
 import time
 from contextlib import contextmanager
 
-from schedsync.core import breaker as breakers
-from schedsync.core import budgets
-from schedsync.config import Config, Job, Secrets, expand
-from schedsync.core.errors import Exit
-from schedsync.core.models import (BREAKER_OPEN, CANCELLED, CRASHED, FAILURES, LOCKED, PARTIAL, PAUSED,
-                     RATE_LIMITED, RUNNING, SKIPPED, SUCCESS, Run)
+from schedsync.config import Config, Job, Secrets
+from schedsync.core.errors import Exit, StateError
+from schedsync.core.models import CANCELLED, CRASHED, FAILED, LOCKED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, Run
 from schedsync.core.outcome import Cancelled, Outcome
 from schedsync.core.records import dataclass, field
-from schedsync.store import Store
-
-HOST = os.uname().nodename  # what socket.gethostname() returns, without importing socket
-PRUNE_BATCH = 100  # rows pruned per run, so retention stays cheap however old the backlog
+from schedsync.store.base import BreakerSpec, Store
 
 
 @dataclass
@@ -32,6 +28,19 @@ class RunResult:
     exit_code: int
     held_output: str | None = None
     messages: list[str] = field(default_factory=list)  # one-line notes for stderr
+    transition: tuple | None = None  # (old, new, Breaker) when this run moved its breaker
+
+
+def breaker_spec(job: Job) -> BreakerSpec:
+    return BreakerSpec(job.breaker["name"], job.breaker)
+
+
+def evidence(run: Run) -> bool:
+    """Does this run say anything about the job or its upstream? A crash (schedsync
+    itself died) does not, nor does a run a person cancelled (Ctrl-C: SIGINT)."""
+    if run.status == CRASHED:
+        return False
+    return not (run.reason == CANCELLED and (run.error or "").startswith("cancelled by SIGINT"))
 
 
 @dataclass
@@ -50,9 +59,8 @@ class Context:
 
     @property
     def data_db(self) -> str:
-        """Where http and python jobs store items: ``into.db``, else data.db beside the state."""
-        chosen = (self.job.into or {}).get("db")
-        return chosen or os.path.join(os.path.dirname(os.path.abspath(self.store.path)), "data.db")
+        """Where http and python jobs store items, as config resolved it (``Job.data_target``)."""
+        return self.job.data_target
 
     def retrying(self, retry):
         from schedsync.core.retry import retrying
@@ -64,10 +72,11 @@ class Context:
 
         Returns None when granted, else when the budget allows again.
         """
-        waited_until = time.time() + self.job.max_wait
+        store = self.store
+        waited_until = store.now() + self.job.max_wait
         while True:
-            now = time.time()
-            ready = budgets.spend(self.store, self.config.budgets, self.job.budgets, tokens, now)
+            now = store.now()
+            ready = store.spend(self.job.budgets, self.config.budgets, tokens, now)
             if ready is None:
                 return None
             if ready > min(waited_until, self.deadline):
@@ -75,14 +84,17 @@ class Context:
             self.sleep(max(0.0, ready - now))
 
     def block_budgets(self, until: float) -> None:
+        """An upstream's Retry-After: pause the job's buckets until then; they keep their tokens."""
         if self.job.budgets:
-            budgets.block(self.store, self.job.budgets, until)
+            self.store.block_budgets(self.job.budgets, until, self.config.budgets, self.store.now())
 
 
-def run_job(config: Config, name: str, store: Store, *, trigger: str, interactive: bool,
-            environ=os.environ, sleep=time.sleep) -> RunResult:
-    job, secrets = expand(config.job(name), config.path, environ)
-    reap(store, config, [job.name])
+def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger: str,
+            interactive: bool, sleep=time.sleep, on_start=None, on_finish=None) -> RunResult:
+    """Run ``job`` (already expanded) once. The application layer's hooks: ``on_start(run)``
+    once it is admitted (the start ping), ``on_finish(result)`` once it is recorded and
+    while the lock is still held (webhooks, the closing ping). Neither runs for a run
+    skipped before it started."""
     if job.jitter:
         import random
 
@@ -90,56 +102,47 @@ def run_job(config: Config, name: str, store: Store, *, trigger: str, interactiv
 
     lock = None
     if job.overlap[0] != "allow":
-        lock = store.job_lock(job.name)
-        if not lock.acquire(job.overlap[1]):
-            holder = store.running_runs(job.name)
+        try:
+            lock = store.locks.lock(job.name)
+            locked = lock.acquire(job.overlap[1])
+        except StateError as exc:  # an untrusted lock folder, a lock file we cannot open
+            _record_refusal(store, job, trigger, str(exc))
+            raise
+        if not locked:
+            holder = store.running_runs([job.name])
             who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
             return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going")
     try:
-        return _admitted(config, job, secrets, store, lock, trigger, interactive, sleep)
+        return _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
+                         on_start, on_finish)
     finally:
         if lock:
             lock.release()
 
 
-def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) -> RunResult:
-    breaker_name = job.breaker["name"]
-    wait_until = time.time() + job.max_wait
+def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,
+              on_finish) -> RunResult:
+    spec = breaker_spec(job)
+    lease = job.timeout + 60  # the lease ends when the run surely has
+    cost = job.cost if job.kind != "http" and job.budgets else 0  # http jobs spend per request
+    wait_until = store.now() + job.max_wait
     while True:
-        now = time.time()
-        with store.transaction():
-            store.see_job(job.name, now)
-            if store.is_paused(job.name):
-                skip = (PAUSED, None, "paused; `schedsync resume` it")
-            else:
-                before = store.load_breaker(breaker_name)
-                # the lease ends when the run surely has (``_finish`` hands it back by this value)
-                admission, state = breakers.admit(before, job.breaker, now, lease=job.timeout + 60)
-                skip = None
-                if not admission.allowed:
-                    skip = (BREAKER_OPEN, admission.retry_at, f"breaker {breaker_name} is open")
-                elif job.kind != "http" and job.budgets and job.cost:
-                    ready = budgets.spend(store, config.budgets, job.budgets, job.cost, now)
-                    if ready is not None:
-                        skip = (RATE_LIMITED, ready, f"budget {', '.join(job.budgets)} is empty")
-                if skip is None:
-                    if state != before:
-                        store.save_breaker(state)  # a half-open trial's lease
-                    run = Run(0, job.name, RUNNING, trigger, now, HOST, os.getpid(),
-                              pid_start=process_start(os.getpid()))
-                    store.start_run(run)
-                    break
-        reason, retry_at, error = skip
-        if reason == RATE_LIMITED and retry_at is not None and retry_at <= wait_until:
-            sleep(max(0.0, retry_at - time.time()))
+        admitted = store.admit_run(job.name, trigger, spec, lease, job.budgets, config.budgets, cost,
+                                   now=store.now())
+        if admitted.run is not None:
+            break
+        if (admitted.reason == RATE_LIMITED and admitted.retry_at is not None
+                and admitted.retry_at <= wait_until):
+            sleep(max(0.0, admitted.retry_at - store.now()))
             continue
-        return _skip(store, job, trigger, reason, retry_at, error)
+        return _skip(store, job, trigger, admitted.reason, admitted.retry_at, admitted.error)
+    run = admitted.run
+    now = run.started_at
 
-    if job.ping:  # alert code is imported only by jobs that use it
-        from schedsync.ops.alerts import ping_start
-        ping_start(store, job, run, secrets)
+    if on_start is not None:
+        on_start(run)
     ctx = Context(job, config, store, secrets, deadline=now + job.timeout,
-                  interactive=interactive, pass_fds=(lock.fd,) if lock else (), sleep=sleep)
+                  interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep)
     if job.kind != "command":
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
     with _cancel_on_signals():
@@ -150,12 +153,11 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep) ->
         except Exception as exc:  # a bug of ours: record it, never leave the run "running"
             import traceback
 
-            outcome = Outcome("failed", error=f"internal error: {type(exc).__name__}: {exc}"[:300],
+            outcome = Outcome("failed", error=secrets.clip(f"internal error: {type(exc).__name__}: {exc}", 300),
                               held=traceback.format_exc())
-    result = _finish(store, job, run, outcome, admission.trial, secrets)
-    if job.notify or job.ping:  # after the records are committed, still holding the lock
-        from schedsync.ops.alerts import after_run
-        after_run(config, store, job, result.run, secrets, now=result.run.finished_at)
+    result = _finish(store, job, run, outcome, admitted.trial, secrets, lease)
+    if on_finish is not None:  # after the records are committed, still holding the lock
+        on_finish(result)
     return result
 
 
@@ -173,8 +175,8 @@ def _work(job: Job, ctx: Context) -> Outcome:
     return run_python(job, ctx)
 
 
-def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets) -> RunResult:
-    now = time.time()
+def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease: float) -> RunResult:
+    now = store.now()
     run.status = outcome.status
     run.reason = outcome.reason
     run.finished_at = now
@@ -186,75 +188,54 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets) -> Run
     run.output = secrets.redact(outcome.output)
     run.retry_at = outcome.retry_at
     skipped = run.status == SKIPPED  # e.g. an http job whose budget was empty before any request
-    with store.transaction():
-        store.finish_run(run)
-        if not skipped:
-            count_on_breaker(store, job, run, trial, now)
-        elif trial:  # hand the half-open trial slot back: nothing was tried
-            breaker = store.load_breaker(job.breaker["name"])
-            lease = run.started_at + job.timeout + 60
-            if lease in breaker.leases:
-                breaker.leases.remove(lease)
-                store.save_breaker(breaker)
-        keep = job.retention
-        store.prune(job.name, now, keep.get("success"), keep.get("failed"), limit=PRUNE_BATCH)
+    transition = store.finish_run(run, breaker_spec(job), evidence(run), trial, lease,
+                                  job.retention, now=now)
     ok = run.status in (SUCCESS, PARTIAL)
     result = RunResult(run, Exit.OK if ok else Exit.SKIPPED if skipped else Exit.FAILED,
-                       held_output=None if ok or skipped else secrets.redact(outcome.held))
+                       held_output=None if ok or skipped else secrets.redact(outcome.held),
+                       transition=transition)
     if run.status == PARTIAL and run.reason == RATE_LIMITED:
         result.messages.append(f"{job.name}: partial: {run.items_processed} items stored, then {run.error}")
     elif run.status == PARTIAL:
         result.messages.append(f"{job.name}: partial: {run.items_failed} of "
                                f"{run.items_processed + run.items_failed} items failed"
                                + (f" ({run.error})" if run.error else ""))
+    if transition and transition[1] == "open":
+        result.messages.append(opened_message(transition[2]))
     return result
 
 
-def count_on_breaker(store, job: Job, run: Run, trial: bool, now: float) -> None:
-    """Feed a finished run to its breaker and record any transition."""
-    name = job.breaker["name"]
-    before = store.load_breaker(name)
-    after, transition = breakers.record(before, job.breaker, now,
-                                        ok=run.status not in FAILURES, trial=trial)
-    if after != before:
-        store.save_breaker(after)
-    if transition:
-        why = f"run {run.id} of {job.name}: {run.status}" + (f" ({run.error})" if run.error else "")
-        store.record_transition(name, now, transition[0], transition[1], why[:300])
+def opened_message(breaker) -> str:
+    """``breaker quests opened after 5 failures: runs skipped until 10:42`` (local time)."""
+    until = time.strftime("%H:%M", time.localtime(breaker.opens_until))
+    if breaker.opens_until - breaker.opened_at >= 86400:
+        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(breaker.opens_until))
+    count = f"{breaker.failures} failure{'s' if breaker.failures != 1 else ''}"
+    return f"breaker {breaker.name} opened after {count}: runs skipped until {until}"
 
 
 def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str) -> RunResult:
-    now = time.time()
-    run = Run(0, job.name, SKIPPED, trigger, now, HOST, os.getpid(), reason=reason,
-              finished_at=now, duration_ms=0, retry_at=retry_at, error=error)
-    with store.transaction():
-        store.see_job(job.name, now)
-        store.start_run(run)
-        keep = job.retention  # a paused or rate-limited job must not grow without bound
-        store.prune(job.name, now, keep.get("success"), keep.get("failed"), limit=PRUNE_BATCH)
+    run = never_started(store, job.name, trigger, SKIPPED, reason, retry_at, error)
+    store.record_skip(run, job.retention)  # pruned: a paused or rate-limited job must not grow
     return RunResult(run, Exit.SKIPPED)
 
 
-def reap(store, config: Config, names: list[str] | None = None) -> list[Run]:
-    """Turn ``running`` rows whose process is gone into ``crashed``, and count them."""
-    crashed = []
-    for run in store.running_runs(names[0] if names and len(names) == 1 else None):
-        if run.host != HOST or (names and run.job not in names):
-            continue
-        if process_alive(run.pid, run.pid_start):
-            continue
-        now = time.time()
-        with store.transaction():
-            if not store.mark_crashed(run.id, now, f"schedsync (pid {run.pid}) died before the run ended"):
-                continue  # another process recorded it first
-            run.status, run.error = CRASHED, "schedsync died before the run ended"
-            if run.job in config.jobs:
-                count_on_breaker(store, config.job(run.job), run, trial=False, now=now)
-        if run.job in config.jobs and (config.jobs[run.job]["notify"] or config.jobs[run.job]["ping"]):
-            from schedsync.ops.alerts import after_crash
-            after_crash(config, store, run, now)
-        crashed.append(run)
-    return crashed
+def _record_refusal(store, job: Job, trigger: str, error: str) -> None:
+    """Record a run that could not start, if the state lets us; the error is raised anyway.
+    It is not evidence for the breaker: nothing reached the upstream."""
+    try:
+        store.record_skip(never_started(store, job.name, trigger, FAILED, None, None, error),
+                          job.retention)
+    except StateError:
+        pass
+
+
+def never_started(store, name: str, trigger: str, status: str, reason, retry_at, error) -> Run:
+    """A finished run record for a run that never started (a skip, or a failed start)."""
+    now = store.now()
+    host, pid, _ = store.liveness.owner()
+    return Run(0, name, status, trigger, now, host, pid, reason=reason, finished_at=now,
+               duration_ms=0, retry_at=retry_at, error=error)
 
 
 @contextmanager
@@ -291,22 +272,3 @@ def summary(result: RunResult) -> str:
     items = f", {run.items_processed} items" if run.items_processed or run.requests else ""
     error = f": {run.error}" if run.error and run.status not in (SUCCESS,) else ""
     return f"{run.job}: {run.status} in {took}{items}{error}"
-
-
-def process_start(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def process_alive(pid: int, started: int | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return started is None or process_start(pid) in (None, started)

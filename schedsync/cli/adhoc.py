@@ -52,8 +52,8 @@ def exec_cli(config_opt: str | None, state_opt: str | None, name: str, command: 
              settings: dict) -> int:
     """Run ``command`` as job ``name``; prints as ``run`` does and returns the exit code."""
     from schedsync.app import adhoc
-    from schedsync.app.runner import run_job
-    from schedsync.cli.finish import report_run
+    from schedsync.app.run import run
+    from schedsync.cli.run import report_run
     from schedsync.config import load, resolve_config, resolve_state
     from schedsync.core.errors import SchedsyncError
     from schedsync.store import open_store
@@ -71,8 +71,8 @@ def exec_cli(config_opt: str | None, state_opt: str | None, name: str, command: 
         try:
             if not own:
                 adhoc.remember(store, config, name, command)
-            result = run_job(config, name, store, trigger="manual" if interactive else "cron",
-                             interactive=interactive)
+            result = run(config, name, store, trigger="manual" if interactive else "cron",
+                         interactive=interactive)
         finally:
             store.close()
     except SchedsyncError as exc:

@@ -12,13 +12,20 @@ from typing import Optional
 
 import typer
 
-from schedsync.core.errors import ConfigError, Exit, SchedsyncError
+from schedsync.core.errors import ConfigError, SchedsyncError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   rich_markup_mode=None,
                   help="Run cron jobs once, safely: locks, shared budgets, breakers, retries, records.")
 breaker_app = typer.Typer(no_args_is_help=True, help="Circuit breakers.")
 app.add_typer(breaker_app, name="breaker")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from schedsync.cli.read import version
+
+        raise typer.Exit(version())
 
 
 @app.callback()
@@ -28,6 +35,8 @@ def _options(
                                          help="jobs.yaml (else $SCHEDSYNC_CONFIG, else ./jobs.yaml)."),
     state: Optional[str] = typer.Option(None, "--state", metavar="PATH",
                                         help="State file (else $SCHEDSYNC_STATE, else the registry's state:)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                 help="Print the version and exit."),
 ):
     ctx.obj = {"config": config, "state": state}
 
@@ -48,12 +57,14 @@ def _config(ctx: typer.Context):
 
 
 @contextmanager
-def _opened(ctx: typer.Context):
+def _opened(ctx: typer.Context, write: bool = True):
+    """Config and store; ``write=False`` (read commands): a state this user may only read
+    opens read-only."""
     from schedsync.config import resolve_state
     from schedsync.store import open_store
 
     config = _config(ctx)
-    store = open_store(resolve_state(ctx.obj["state"], config))
+    store = open_store(resolve_state(ctx.obj["state"], config), write=write)
     try:
         yield config, store
     finally:
@@ -63,7 +74,7 @@ def _opened(ctx: typer.Context):
 @app.command()
 def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name from jobs.yaml.")):
     """Run one job once, with every protection. Example: schedsync run airdrops"""
-    from schedsync.cli.main import run_cli
+    from schedsync.cli.run import run_cli
 
     raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job))
 
@@ -73,53 +84,32 @@ def status(
     ctx: typer.Context,
     job: Optional[str] = typer.Argument(None, metavar="[JOB]", help="Show one job in detail."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (see README)."),
-    check: bool = typer.Option(False, "--check", help="Exit 1 if any job is LATE, STALLED or FAILING."),
+    check: bool = typer.Option(False, "--check", help="One line for Nagios (SCHEDSYNC OK|WARNING|CRITICAL - …); "
+                               "exit 1 if any job is LATE, STALLED or FAILING, 3 if the state cannot be read."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="With --check: the table after the line."),
     watch: bool = typer.Option(False, "--watch", help="Refresh every 2 seconds until Ctrl-C."),
 ):
     """Health of every job. Example: schedsync status --check"""
-    from schedsync.ops import alerts as notify
-    from schedsync.app import report
+    from schedsync.cli import read
 
-    with _errors():
-        if watch and (as_json or check):
-            raise ConfigError("--watch shows a live table; it does not combine with "
-                              f"{'--json' if as_json else '--check'}", "drop one of them")
-        with _opened(ctx) as (config, store):
-            if watch:
+    if watch:
+        with _errors():
+            if as_json or check:
+                raise ConfigError("--watch shows a live table; it does not combine with "
+                                  f"{'--json' if as_json else '--check'}", "drop one of them")
+            with _opened(ctx, write=False) as (config, store):
                 _watch(config, store, job)
-                return
-            now = time.time()
-            detail = job and not as_json
-            data = report.job_detail(config, store, job, now) if detail else report.status(config, store, now, only=job)
-            notify.late(config, store, data["jobs"], now)
-    if as_json:
-        _print_json(data)
-    else:
-        from schedsync.cli import render
-
-        if detail:
-            render.job_detail(data)
-        else:
-            render.status_table(data, report.worst_first(data["jobs"]))
-    if check and any(j["health"] in report.NEEDS_ACTION for j in data["jobs"]):
-        raise typer.Exit(Exit.FAILED)
-
-
-def _print_json(data) -> None:
-    import json
-
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    raise typer.Exit(read.status(ctx.obj["config"], ctx.obj["state"], job, as_json, check, verbose))
 
 
 def _watch(config, store, job, interval: float = 2.0):
-    from schedsync.ops import alerts as notify
-    from schedsync.cli import render
     from schedsync.app import report
+    from schedsync.app import status as snapshots
+    from schedsync.cli import render
 
     def frame():
-        now = time.time()
-        data = report.status(config, store, now, only=job)
-        notify.late(config, store, data["jobs"], now)
+        data = snapshots.status(config, store, only=job)
         return render.watch_frame(data, report.worst_first(data["jobs"]))
 
     console = render.console()
@@ -148,36 +138,39 @@ def history(
     as_json: bool = typer.Option(False, "--json", help="A JSON list of runs, newest first."),
 ):
     """Recent runs of one job. Example: schedsync history airdrops --failed"""
-    from schedsync.cli import render
-    from schedsync.app import report
+    from schedsync.cli import read
 
-    with _errors(), _opened(ctx) as (config, store):
-        runs = report.history(config, store, job, limit, failed)
-    if as_json:
-        render.print_json(runs)
-    else:
-        render.history_table(runs)
+    raise typer.Exit(read.history(ctx.obj["config"], ctx.obj["state"], job, limit, failed, as_json))
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., metavar="JOB", help="Job name."),
+    run_id: Optional[int] = typer.Argument(None, metavar="[RUN_ID]", min=1,
+                                           help="A run id from `schedsync history JOB` (default: the last run)."),
+):
+    """The captured output of a job's last (or given) run, redacted, after a header line.
+    Example: schedsync logs quests"""
+    from schedsync.cli import read
+
+    raise typer.Exit(read.logs(ctx.obj["config"], ctx.obj["state"], job, run_id))
 
 
 @app.command("list")
 def list_jobs(ctx: typer.Context):
     """The jobs in jobs.yaml. Example: schedsync list"""
-    from schedsync.cli import render
+    from schedsync.cli import read
 
-    with _errors():
-        render.jobs_table(_config(ctx))
+    raise typer.Exit(read.list_jobs(ctx.obj["config"]))
 
 
 @app.command()
 def validate(ctx: typer.Context):
     """Check jobs.yaml fully, environment variables included (exit 0 or 2). Example: schedsync validate"""
-    from schedsync.config import expand
+    from schedsync.cli import read
 
-    with _errors():
-        config = _config(ctx)
-        for name in config.jobs:
-            expand(config.job(name), config.path)
-    print(f"{config.path}: {len(config.jobs)} jobs, {len(config.budgets)} budgets: ok")
+    raise typer.Exit(read.validate(ctx.obj["config"]))
 
 
 @app.command()
@@ -185,7 +178,7 @@ def pause(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help
     """Skip a job's runs (recorded as skipped: paused) until resumed. Example: schedsync pause quests"""
     with _errors(), _opened(ctx) as (config, store):
         config.job(job)
-        store.set_paused(job, True, time.time())
+        store.set_paused(job, True, store.now())
     print(f"{job}: paused; its runs are skipped until `schedsync resume {job}`")
 
 
@@ -194,24 +187,16 @@ def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", hel
     """Let a paused job run again. Example: schedsync resume quests"""
     with _errors(), _opened(ctx) as (config, store):
         config.job(job)
-        store.set_paused(job, False, time.time())
+        store.set_paused(job, False, store.now())
     print(f"{job}: resumed")
 
 
 @breaker_app.command("reset")
 def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
-    from schedsync.core import breaker as breakers
-    from schedsync.core.models import Breaker
-
     with _errors(), _opened(ctx) as (config, store):
         name = config.job(job).breaker["name"]
-        now = time.time()
-        with store.transaction():
-            before = breakers.state_at(store.load_breaker(name), now)
-            store.save_breaker(Breaker(name))
-            if before != breakers.CLOSED:
-                store.record_transition(name, now, before, breakers.CLOSED, "reset by hand")
+        before = store.reset_breaker(name, "reset by hand", store.now()) or "closed"
     print(f"breaker {name}: closed (was {before})")
 
 
@@ -221,7 +206,7 @@ def prune(ctx: typer.Context):
     with _errors(), _opened(ctx) as (config, store):
         policies = {name: (job["retention"].get("success"), job["retention"].get("failed"))
                     for name, job in config.jobs.items()}
-        removed = store.prune_all(policies, time.time())
+        removed = store.prune_all(policies, store.now())
     print(f"pruned {removed} run{'' if removed == 1 else 's'}")
 
 
@@ -234,27 +219,9 @@ def metrics(
 ):
     """Prometheus metrics of jobs, budgets and breakers.
     Example: schedsync metrics --textfile /var/lib/node_exporter/textfile_collector/schedsync.prom"""
-    from schedsync.ops import alerts as notify
-    from schedsync.app import report
-    from schedsync.ops.metrics import exposition, write_textfile
+    from schedsync.cli import read
 
-    with _errors():
-        if textfile is not None and not textfile.endswith(".prom"):
-            raise ConfigError(f"--textfile {textfile}: node_exporter's textfile collector reads only *.prom files",
-                              "name it e.g. schedsync.prom")
-        with _opened(ctx) as (config, store):
-            now = time.time()
-            views, budget_rows = report.snapshot(config, store, now)
-            text = exposition(views, budget_rows, store.counters())
-            notify.late(config, store, [report.job_json(view) for view in views], now)
-        if textfile is None:
-            sys.stdout.write(text)
-            return
-        try:
-            write_textfile(textfile, text)
-        except OSError as exc:
-            raise SchedsyncError(f"cannot write {textfile}: {exc.strerror or exc}",
-                                 "check that its folder exists and is writable by this user") from None
+    raise typer.Exit(read.metrics(ctx.obj["config"], ctx.obj["state"], textfile))
 
 
 @app.command()

@@ -41,11 +41,12 @@ class Run:
 
 @dataclass
 class Bucket:
-    """A token bucket's persisted level. ``updated`` never moves backwards."""
+    """A token bucket's persisted level at ``updated``; ``blocked_until``: a Retry-After pause."""
 
     name: str
     tokens: float
     updated: float
+    blocked_until: float | None = None
 
 
 @dataclass

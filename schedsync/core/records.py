@@ -4,7 +4,8 @@
 decorated class compiles generated code: together the largest cost of a cron
 tick (measured: 6.4x -> 3.5x ``python -c pass`` for ``schedsync run``). Our
 records need only ``__init__`` with defaults, ``__eq__``, ``__repr__`` and
-``replace``. Modules off the hot path (health) use the real dataclasses.
+``replace``. Health and report's views use it too: every read command
+imports them (dataclasses: ~10 ms of ``status``).
 """
 
 _MISSING = object()

@@ -1,16 +1,22 @@
 """Command jobs: a list runs without a shell, a string runs under ``/bin/sh -c``.
 
 The command gets its own process group, so a timeout or a cancel can stop all
-of it. Its output is redacted line by line as it arrives; it streams live on a
+of it. Its parent is a keeper: a fork of schedsync that leads that group and
+holds one end of a pipe whose other end only schedsync holds. When schedsync
+dies, even by ``kill -9``, the pipe reads EOF and the keeper stops the whole
+group; the keeper also kills it past the hard timeout on its own. So the job
+never outlives schedsync or its timeout, and never runs twice at once.
+
+Its output is redacted line by line as it arrives; it streams live on a
 terminal and is held back (bounded) under cron, shown only when the run fails.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections import deque
@@ -20,6 +26,7 @@ from schedsync.core.models import CANCELLED, FAILED, SUCCESS, TIMEOUT
 from schedsync.core.outcome import Cancelled, Outcome
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what cancels a run
 HEAD, TAIL, RECORD_TAIL, LONG_LINE = 16_384, 49_152, 4_096, 8_192
 
 
@@ -103,28 +110,31 @@ def run_command(job, ctx) -> Outcome:
 def _once(argv, env, job, ctx, output: Output) -> Outcome:
     if not os.path.isdir(job.cwd):
         return Outcome(FAILED, error=f"working folder {job.cwd} does not exist")
-    try:
-        proc = subprocess.Popen(argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, pass_fds=ctx.pass_fds)
-    except FileNotFoundError:
-        return Outcome(FAILED, exit_code=127, error=f"command not found: {argv[0]}")
-    except PermissionError:
-        return Outcome(FAILED, exit_code=126, error=f"command not executable: {argv[0]}")
-    fd = proc.stdout.fileno()
+    keeper, failure = _spawn(argv, job.cwd, env, ctx.pass_fds, ctx.deadline)
+    if failure is not None:
+        keeper.wait()
+        os.close(keeper.stdout)
+        if failure == errno.ENOENT:
+            return Outcome(FAILED, exit_code=127, error=f"command not found: {argv[0]}")
+        if failure in (errno.EACCES, errno.EPERM):
+            return Outcome(FAILED, exit_code=126, error=f"command not executable: {argv[0]}")
+        return Outcome(FAILED, exit_code=126, error=f"cannot run {argv[0]}: {os.strerror(failure)}")
+    fd = keeper.stdout
     timed_out = cancelled = False
     try:
-        timed_out = not _pump(proc, fd, output, ctx.deadline)
+        timed_out = not _pump(keeper, fd, output, ctx.deadline)
     except Cancelled as exc:
         cancelled = exc
     if timed_out or cancelled:
-        _stop(proc, fd, output)
+        _stop(keeper, fd, output)
     else:
         # Leftover background processes of the job would hold its lock and pipe.
-        _signal_group(proc.pid, signal.SIGTERM)
-    code = proc.wait()
+        _signal_group(keeper.pid, signal.SIGTERM)
+    code = keeper.wait()
+    if code == -signal.SIGKILL and time.time() >= ctx.deadline:
+        timed_out = True  # the keeper's backstop, while we could not act (stopped, say)
     _drain(fd, output, 0.2)
-    proc.stdout.close()
+    os.close(fd)
     if cancelled:
         return Outcome(FAILED, exit_code=code, reason=CANCELLED, error=f"cancelled by {cancelled}")
     if timed_out:
@@ -134,6 +144,155 @@ def _once(argv, env, job, ctx, output: Output) -> Outcome:
     what = f"killed by signal {-code}" if code < 0 else f"exit {code}"
     last = _last_line(output)
     return Outcome(FAILED, exit_code=code, error=f"{what}: {last}" if last else what)
+
+
+class _Keeper:
+    """Our child: the job's parent and the leader of its process group (pgid == pid)."""
+
+    def __init__(self, pid: int, stdout: int, lifeline: int):
+        self.pid, self.stdout, self.lifeline = pid, stdout, lifeline
+
+    def wait(self) -> int:
+        """Reap the keeper; its exit status is the job's (a negative signal number if killed)."""
+        try:
+            return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        finally:
+            os.close(self.lifeline)  # only now: an EOF tells the keeper to stop the job
+
+
+def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float):
+    """Start the job under a keeper; returns (keeper, errno of a failed exec or None).
+
+    The cancel signals are blocked from before the fork until the job has started,
+    so a SIGTERM cannot land between the fork and our knowing the keeper's pid: it
+    waits, and raises Cancelled once there is a group to stop.
+    """
+    out_r, out_w = os.pipe()
+    report_r, report_w = os.pipe()
+    life_r, life_w = os.pipe()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, CANCEL_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the keeper: never returns into schedsync's code
+            code = 70
+            try:
+                for theirs in (out_r, report_r, life_w):
+                    os.close(theirs)
+                code = _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r)
+            except BaseException:  # a bug of ours must not leave the job without a keeper
+                _signal_group(os.getpid(), signal.SIGKILL)
+            finally:
+                os._exit(code)
+        for keepers in (out_w, report_w, life_r):
+            os.close(keepers)
+        report = b""
+        while chunk := os.read(report_r, 64):  # EOF once the job has exec'd or failed to
+            report += chunk
+        os.close(report_r)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    failure = int(report) if report and report != b"0" else None
+    return _Keeper(pid, out_r, life_w), failure
+
+
+def _executable(name: str, path: str) -> str:
+    """Where ``name`` is on the job's PATH (not ours), as exec would look; else ``name``."""
+    if "/" in name:
+        return name
+    for folder in path.split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return name
+
+
+def _close_all_but(keep: set) -> None:
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: the slow way
+        fds = range(os.sysconf("SC_OPEN_MAX"))
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _exit_code(pid: int) -> int | None:
+    """The job's exit code once it has ended (negative: killed by that signal), else None."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return os.waitstatus_to_exitcode(status) if done else None
+
+
+def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> int:
+    """The keeper's life: start the job, then wait for it, for schedsync's end, or the deadline."""
+    os.setsid()  # a new group, led by us: its id cannot be reused while we live
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for std in (0, 1, 2):  # never hold cron's mail pipe open after schedsync is gone
+        os.dup2(devnull, std)
+    os.close(devnull)
+    for sig in CANCEL_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)  # the group's SIGTERM is for the job, not us
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    # posix_spawn, not subprocess: the least Python in this fresh fork, whose every
+    # touched page is a copy; every cron tick pays for it.
+    # Only the job's own descriptors cross: fds schedsync inherited from its caller would not
+    # be close-on-exec, and posix_spawn (unlike subprocess) does not close them for us.
+    _close_all_but({0, 1, 2, out_w, report_w, life_r, *pass_fds})
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    try:
+        os.chdir(cwd)
+        pid = os.posix_spawn(_executable(argv[0], env.get("PATH", os.defpath)), argv, env,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, out_w, 1),
+                                           (os.POSIX_SPAWN_DUP2, out_w, 2)],
+                             setsigdef=(*CANCEL_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ))
+    except OSError as exc:
+        try:
+            os.write(report_w, b"%d" % (exc.errno or errno.EIO))
+        except BrokenPipeError:
+            pass
+        return 127
+    os.close(out_w)
+    try:
+        os.write(report_w, b"0")
+    except BrokenPipeError:  # schedsync died meanwhile: the lifeline below says so
+        pass
+    os.close(report_w)
+    group = os.getpid()
+    poller = select.poll()
+    poller.register(life_r, select.POLLIN | select.POLLHUP)
+    try:
+        pidfd = os.pidfd_open(pid)
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):  # not Linux >= 5.3: poll the exit
+        pidfd = None
+    # schedsync stops a job at its deadline itself; this backstop is for a schedsync that
+    # cannot (stopped, hung): the hard timeout holds whatever happens to it.
+    backstop = deadline + KILL_GRACE + 1
+    while (code := _exit_code(pid)) is None:
+        left = backstop - time.time()
+        if left <= 0:
+            _signal_group(group, signal.SIGKILL)
+        ready = poller.poll(max(0.0, min(left, 0.05 if pidfd is None else left)) * 1000)
+        if any(fd == life_r for fd, _ in ready):  # EOF: schedsync is gone, stop the job
+            _signal_group(group, signal.SIGTERM)
+            end = time.time() + KILL_GRACE
+            while _exit_code(pid) is None and time.time() < end:
+                time.sleep(0.02)
+            _signal_group(group, signal.SIGKILL)  # whatever is left of the group, us included
+    _signal_group(group, signal.SIGTERM)  # leftovers of the job would hold its lock and pipe
+    if code >= 0:
+        return code
+    if -code in (signal.SIGQUIT, signal.SIGILL, signal.SIGABRT, signal.SIGFPE, signal.SIGSEGV,
+                 signal.SIGBUS, signal.SIGSYS, signal.SIGTRAP, signal.SIGXCPU, signal.SIGXFSZ):
+        import resource  # no core file of the keeper: the job's own core is the one that counts
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(group, -code)  # end the way the job ended, so schedsync reads the same status
+    return 128 - code
 
 
 def _pump(proc, fd: int, output: Output, deadline: float) -> bool:

@@ -39,9 +39,7 @@ import importlib
 import inspect
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -49,150 +47,7 @@ from contextlib import contextmanager
 from schedsync.core.durations import format_duration
 from schedsync.core.models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SUCCESS, TIMEOUT
 from schedsync.core.outcome import Cancelled, DeadlinePassed, Outcome
-
-ERROR_LENGTH = 300  # characters of an exception's message kept in the one-line error
-
-
-# --- shared with http jobs ----------------------------------------------------------------
-
-@contextmanager
-def hard_deadline(deadline: float, repeat: float = 1.0):
-    """Raise ``DeadlinePassed`` in the main thread once ``deadline`` (POSIX seconds) passes.
-
-    The backstop for code that blocks where no timeout of ours reaches it. It
-    fires again every ``repeat`` seconds until the block ends, so a bare
-    ``except:`` in job code cannot keep the run alive. Off the main thread
-    (signals cannot reach there) it does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    armed = [True]
-
-    def on_alarm(signum, frame):
-        if armed[0]:
-            raise DeadlinePassed()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, max(deadline - time.time(), 0.001), repeat)
-    try:
-        yield
-    finally:
-        armed[0] = False  # first: an alarm landing in this cleanup must not raise
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-class LiveProgress:
-    """Pages, items and rate on stderr, on a terminal only, once the work takes a while.
-
-    Rich is imported only when the display starts, so cron runs never pay for it.
-    """
-
-    def __init__(self, label: str, enabled: bool, delay: float = 0.5, clock=time.monotonic):
-        self.label = label
-        self.enabled = enabled
-        self.stream = sys.stderr  # the terminal, taken before a python job's output is captured
-        self.delay = delay
-        self.clock = clock
-        self.started = clock()
-        self.items = self.failed = self.pages = 0
-        self._progress = None
-        self._task = None
-        self._last_draw = 0.0
-
-    def update(self, items: int = 0, failed: int = 0, pages: int = 0) -> None:
-        self.items += items
-        self.failed += failed
-        self.pages += pages
-        if not self.enabled:
-            return
-        now = self.clock()
-        if self._progress is None:
-            if now - self.started < self.delay:
-                return
-            self._start()
-        if now - self._last_draw >= 0.1:
-            self._draw(now)
-
-    def write(self, text: str) -> None:
-        """Job output on a terminal: above the display when it is showing."""
-        if self._progress is not None:
-            self._progress.console.print(text.rstrip("\n"), markup=False, highlight=False,
-                                         soft_wrap=True)
-        else:
-            self.stream.write(text)
-
-    def flush(self) -> None:
-        if self._progress is None:
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _start(self) -> None:
-        from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                                  TimeElapsedColumn(), console=Console(file=self.stream),
-                                  transient=True, refresh_per_second=4)
-        self._task = self._progress.add_task(self.label, total=None)
-        self._progress.start()
-
-    def _draw(self, now: float) -> None:
-        self._last_draw = now
-        elapsed = max(now - self.started, 1e-6)
-        parts = [self.label]
-        if self.pages:
-            parts.append(f"page {self.pages:,}")
-        parts.append(f"{self.items:,} items")
-        if self.failed:
-            parts.append(f"{self.failed:,} failed")
-        parts.append(f"{self.items / elapsed:,.0f}/s")
-        self._progress.update(self._task, description="  ".join(parts))
-
-
-def open_data_db(path: str):
-    """A ``sqlite_utils.Database`` on the data database, fit for several jobs writing at once.
-
-    WAL (readers never block the writer), a 60 s busy timeout, and autocommit: writers
-    wrap each batch in ``BEGIN IMMEDIATE … COMMIT`` so no read lock is ever upgraded.
-    """
-    import sqlite3
-
-    import sqlite_utils
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-    try:
-        for attempt in range(100):  # switching to WAL needs a moment alone with the file
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 99:
-                    raise
-                time.sleep(0.05)
-    except BaseException:
-        conn.close()
-        raise
-    return sqlite_utils.Database(conn)
-
-
-def one_line(text: str, limit: int = ERROR_LENGTH) -> str:
-    """``text`` on one line, whitespace collapsed, cut to ``limit`` characters."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
+from schedsync.jobs.common import LiveProgress, hard_deadline, one_line, open_data_db
 
 # --- python jobs ------------------------------------------------------------------------
 
@@ -219,7 +74,7 @@ class JobContext:
     @property
     def http(self):
         if self._client is None:
-            from schedsync.jobs.http import BudgetedClient
+            from schedsync.jobs.client import BudgetedClient
 
             self._client = BudgetedClient(self._ctx)
         return self._client
@@ -277,9 +132,9 @@ def run_python(job, ctx) -> Outcome:
                         import asyncio
 
                         result = asyncio.run(result)
-                counts = _counts(result, jctx, job.python)
+                counts = _counts(result, jctx, job.python, output.redact)
             except JobImportError as exc:
-                return _finish(Outcome(FAILED, error=str(exc)), jctx, output)
+                return _finish(Outcome(FAILED, error=one_line(output.redact(str(exc)))), jctx, output)
             except DeadlinePassed:
                 return _finish(Outcome(TIMEOUT, error=f"timed out after {format_duration(job.timeout)}"),
                                jctx, output)
@@ -309,8 +164,8 @@ def load_function(target: str):
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise JobImportError(f"cannot import {module_name}: {exc}")
-    except Exception as exc:
-        raise JobImportError(f"cannot import {module_name}: {type(exc).__name__}: {one_line(exc)}")
+    except Exception as exc:  # cut to one line by the caller, once redacted
+        raise JobImportError(f"cannot import {module_name}: {type(exc).__name__}: {exc}")
     function = getattr(module, name, None)
     if function is None:
         raise JobImportError(f"{module_name} has no function {name}")
@@ -368,7 +223,7 @@ def _job_logger(name: str, output) -> logging.Logger:
     return log
 
 
-def _counts(result, jctx: JobContext, target: str) -> tuple[int, int]:
+def _counts(result, jctx: JobContext, target: str, redact=str) -> tuple[int, int]:
     if result is None:
         return jctx.processed, jctx.failed
     if isinstance(result, int) and not isinstance(result, bool):
@@ -379,29 +234,29 @@ def _counts(result, jctx: JobContext, target: str) -> tuple[int, int]:
         processed = getattr(result, "processed", None)
         failed = getattr(result, "failed", jctx.failed)
         if processed is None:
-            processed = _bad_return(result, target)
+            processed = _bad_return(result, target, redact)
     for value in (processed, failed):
         if not isinstance(value, int) or isinstance(value, bool):
-            _bad_return(result, target)
+            _bad_return(result, target, redact)
     return processed, failed
 
 
-def _bad_return(result, target: str):
-    raise TypeError(f"{target} returned {one_line(repr(result), 60)}; return a count of items, "
+def _bad_return(result, target: str, redact):
+    raise TypeError(f"{target} returned {one_line(redact(repr(result)), 60)}; return a count of items, "
                     "or {'processed': N, 'failed': M}")
 
 
 def _failure(exc: Exception, output, jctx: JobContext) -> Outcome:
-    http = sys.modules.get("schedsync.jobs.http")  # loaded only if the job used ctx.http
-    if http is not None and isinstance(exc, http.BudgetExhausted):
+    transport = sys.modules.get("schedsync.jobs.transport")  # loaded only if the job used ctx.http
+    if transport is not None and isinstance(exc, transport.BudgetExhausted):
         return Outcome(PARTIAL if jctx.processed else FAILED, reason=RATE_LIMITED,
                        error=str(exc), retry_at=exc.retry_at)
     output.feed("".join(traceback.format_exception(exc)).encode("utf-8", "replace"))
     if type(exc).__module__.split(".")[0] == "httpx":
-        from schedsync.jobs.http import describe_httpx_error
+        from schedsync.jobs.display import describe_httpx_error
 
-        return Outcome(FAILED, error=describe_httpx_error(exc))
-    message = one_line(exc)
+        return Outcome(FAILED, error=describe_httpx_error(exc, jctx._ctx.secrets))
+    message = one_line(output.redact(str(exc)))  # whole, then cut
     return Outcome(FAILED, error=f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
 
 

@@ -23,6 +23,9 @@ Nothing here can fail a job: each attempt has a 5 s budget, and its outcome is
 stored (shown by ``schedsync status JOB``) and, on a terminal, a failed one is
 noted on stderr. Payloads go through the job's secret redaction. Only jobs with
 ``notify:`` or ``ping:`` import this module; urllib is imported on first send.
+
+This module is handed what it needs (the job's status row, the run) by the
+application layer (``app.run``, ``app.status``); it imports nothing above it.
 """
 
 from __future__ import annotations
@@ -34,38 +37,38 @@ import time
 from schedsync import USER_AGENT
 from schedsync.config import Config, Job, Secrets
 from schedsync.core.models import FAILURES, PARTIAL, SUCCESS, Notification, Run
+from schedsync.store.liveness import HOST
 
 TIMEOUT = 5.0  # seconds for one request, connect to last byte
 KEEP = 50  # attempts kept per job
 
 
-# --- hooks the runner calls -------------------------------------------------------------
+# --- what the application layer calls -----------------------------------------------------
 
 def ping_start(store, job: Job, run: Run, secrets: Secrets) -> None:
     """``ping: URL`` → GET ``URL/start`` as the run begins."""
     _deliver(store, job, secrets, [("ping:start", _ping_url(job.ping, "start"), None)], run.id)
 
 
-def after_run(config: Config, store, job: Job, run: Run, secrets: Secrets, now: float) -> None:
-    """Webhooks and the closing ping for a finished run (not for skips)."""
-    from schedsync.app.report import job_json, run_json, views
-
-    view = views(config, store, now, [job.name])[0]
+def after_run(store, job: Job, run: Run, secrets: Secrets, now: float, entry: dict,
+              run_entry: dict, previous_streak: int | None, opened: bool) -> None:
+    """Webhooks and the closing ping for a finished run (not for skips). ``entry`` is the
+    job's ``status --json`` row after the run, ``run_entry`` the run as JSON,
+    ``previous_streak`` the failures in a row before it (None when it failed) and
+    ``opened`` whether it opened the breaker."""
     failed = run.status in FAILURES
-    previous_streak = None if failed else store.failure_streak(job.name, before=run.started_at)
-    opened = view.breaker.state == "open" and view.breaker.opened_at == now
     sends = []
     for target in job.notify:
         events = target["events"]
         due = []
-        if failed and "failure" in events and view.consecutive_failures >= target["after_failures"]:
+        if failed and "failure" in events and entry["consecutive_failures"] >= target["after_failures"]:
             due.append("failure")
         if not failed and "recovery" in events and previous_streak >= target["after_failures"]:
             due.append("recovery")
         if opened and "breaker_open" in events:
             due.append("breaker_open")
         for event in due:
-            body = payload(event, job_json(view), run_json(run), now, previous_streak)
+            body = payload(event, entry, run_entry, now, previous_streak)
             sends.append((event, target["url"], body))
     if job.ping:
         if run.status in (SUCCESS, PARTIAL):
@@ -75,22 +78,10 @@ def after_run(config: Config, store, job: Job, run: Run, secrets: Secrets, now: 
     _deliver(store, job, secrets, sends, run.id)
 
 
-def after_crash(config: Config, store, run: Run, now: float) -> None:
-    """A run found ``crashed`` (its process died): alert as for any failed run."""
-    from schedsync.core.records import replace
-
-    from schedsync.config import expand
-    from schedsync.core.errors import ConfigError
-
-    try:
-        job, secrets = expand(config.job(run.job), config.path)
-    except ConfigError as exc:
-        _record(store, [Notification(run.job, "failure", "(not sent)", now, False,
-                                     f"cannot read the notify settings: {exc.what}", run.id)])
-        return
-    if run.finished_at is None:
-        run = replace(run, finished_at=now, duration_ms=int((now - run.started_at) * 1000))
-    after_run(config, store, job, run, secrets, now)
+def config_unreadable(store, job: str, event: str, now: float, what: str, run_id: int | None = None) -> None:
+    """Record that ``event`` could not be sent: the job's notify settings do not expand."""
+    _record(store, [Notification(job, event, "(not sent)", now, False,
+                                 f"cannot read the notify settings: {what}", run_id)])
 
 
 def late(config: Config, store, jobs: list[dict], now: float) -> None:
@@ -110,8 +101,7 @@ def late(config: Config, store, jobs: list[dict], now: float) -> None:
         try:
             job, secrets = expand(config.job(entry["name"]), config.path)
         except ConfigError as exc:
-            _record(store, [Notification(entry["name"], "late", "(not sent)", now, False,
-                                         f"cannot read the notify settings: {exc.what}")])
+            config_unreadable(store, entry["name"], "late", now, exc.what)
             continue
         sends = [("late", target["url"], payload("late", entry, last, now))
                  for target in job.notify if "late" in target["events"]]
@@ -127,7 +117,6 @@ def wants_late(config: Config) -> bool:
 def payload(event: str, entry: dict, run: dict | None, now: float, previous_streak: int | None = None) -> dict:
     """The JSON body of one webhook (README: Alerts). ``entry`` is the job's ``status --json`` row."""
     from schedsync.core.durations import iso
-    from schedsync.app.runner import HOST
 
     return {
         "event": event,
@@ -145,7 +134,6 @@ def payload(event: str, entry: dict, run: dict | None, now: float, previous_stre
 
 def _text(event: str, entry: dict, run: dict | None, previous_streak: int | None) -> str:
     """One line for chat webhooks (Slack and Mattermost show ``text``)."""
-    from schedsync.app.runner import HOST
 
     name, streak = entry["name"], entry["consecutive_failures"]
     if event == "failure":
@@ -186,7 +174,7 @@ def _deliver(store, job: Job, secrets: Secrets, sends: list, run_id: int | None)
 
     threads = []
     for index, (_, url, body) in enumerate(sends):
-        thread = threading.Thread(target=one, args=(index, url, _redacted(body, secrets)), daemon=True)
+        thread = threading.Thread(target=one, args=(index, url, secrets.redact_tree(body)), daemon=True)
         thread.start()
         threads.append(thread)
     deadline = time.monotonic() + TIMEOUT + 1
@@ -258,13 +246,3 @@ def _target(url: str, secrets: Secrets) -> str:
         return "(invalid URL)"
     tail = "/…" if parts.path.strip("/") or parts.query else ""
     return secrets.redact(f"{parts.scheme}://{host}{port}{tail}")
-
-
-def _redacted(value, secrets: Secrets):
-    if isinstance(value, str):
-        return secrets.redact(value)
-    if isinstance(value, dict):
-        return {k: _redacted(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redacted(v, secrets) for v in value]
-    return value

@@ -13,6 +13,7 @@ import shlex
 import sys
 
 from schedsync.config import Config, resolve_state
+from schedsync.paths import absolute
 
 MARK = "# schedsync"
 LATE_WATCH = "*/5 * * * *"  # how often the watcher line looks for late jobs
@@ -37,8 +38,8 @@ def crontab_lines(config: Config, state: str | None = None) -> list[str]:
     prefix = f"{executable()} -c {shlex.quote(config_path)}"
     # Cron has neither --state nor $SCHEDSYNC_STATE nor $XDG_STATE_HOME: pin the state
     # status reads here unless jobs.yaml's own `state:` already names it.
-    chosen = os.path.abspath(resolve_state(state, config))
-    if config.state is None or chosen != os.path.abspath(config.state):
+    chosen = absolute(resolve_state(state, config))  # a postgresql:// URL stays as it is
+    if config.state is None or chosen != absolute(config.state):
         prefix += f" --state {shlex.quote(chosen)}"
     prefix = _cron_escape(prefix)
     lines = [

@@ -7,9 +7,10 @@
 
 Every request loads the registry (from its cache when unchanged) and opens the
 state afresh, so an edited jobs.yaml or a replaced state file is seen at once
-and nothing grows between requests. The data come from ``app.report`` and
-``ops.metrics``, as ``status`` and ``metrics`` use them: this module only
-renders. Jinja2 (autoescaping) renders the HTML; it is imported here only,
+and nothing grows between requests; the state is opened as read commands open it
+(``write=False``: a state this user cannot write is served read-only). The data
+come from the application layer (``app.status``) and ``ops.metrics``, as
+``status`` and ``metrics`` use them: this module only renders. Jinja2 (autoescaping) renders the HTML; it is imported here only,
 never on the path of ``schedsync run``.
 
 Loopback by default. Any other address needs a credential from the environment
@@ -27,7 +28,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -109,12 +109,12 @@ class Site:
         from schedsync.store import open_store
 
         config = load(resolve_config(self.config_opt))
-        return config, open_store(resolve_state(self.state_opt, config))
+        return config, open_store(resolve_state(self.state_opt, config), write=False)
 
     def healthz(self) -> tuple[int, str, bytes]:
-        from schedsync.app import report
+        from schedsync.app import report, status
 
-        data = self._with_state(lambda config, store: report.status(config, store, time.time()))
+        data = self._with_state(lambda config, store: status.status(config, store, alert=False))
         jobs = [{"name": j["name"], "health": j["health"], "why": j["why"],
                  "last_run_at": (j["last_run"] or {}).get("started_at"),
                  "next_expected": j["next_expected"]} for j in report.worst_first(data["jobs"])]
@@ -123,19 +123,19 @@ class Site:
         return (503 if bad else 200), "application/json", (json.dumps(body, indent=2) + "\n").encode()
 
     def metrics(self) -> tuple[int, str, bytes]:
-        from schedsync.app import report
+        from schedsync.app.status import snapshot
         from schedsync.ops.metrics import exposition
 
         def text(config, store):
-            views, budget_rows = report.snapshot(config, store, time.time())
-            return exposition(views, budget_rows, store.counters())
+            snap = snapshot(config, store, alert=False)
+            return exposition(snap.views, snap.budgets, store.counters())
 
         return 200, PROMETHEUS, self._with_state(text).encode()
 
     def dashboard(self) -> tuple[int, str, bytes]:
-        from schedsync.app import report
+        from schedsync.app import report, status
 
-        data = self._with_state(lambda config, store: report.status(config, store, time.time()))
+        data = self._with_state(lambda config, store: status.status(config, store, alert=False))
         jobs = report.worst_first(data["jobs"])
         bad = [j for j in jobs if j["health"] in report.NEEDS_ACTION]
         budgets = {b["name"]: b for b in data["budgets"]}
@@ -144,12 +144,12 @@ class Site:
         return 200, "text/html; charset=utf-8", html.encode()
 
     def job(self, name: str, run_id: str | None) -> tuple[int, str, bytes]:
-        from schedsync.app import report
+        from schedsync.app import status
 
         def gather(config, store):
-            now = time.time()
-            detail = report.job_detail(config, store, name, now)
-            runs = report.history(config, store, name, HISTORY, False)
+            now = store.now()
+            detail = status.job_detail(config, store, name, now, alert=False)
+            runs = status.history(config, store, name, HISTORY, False)
             return detail, runs, _secrets(config, name)
 
         detail, runs, secrets = self._with_state(gather)

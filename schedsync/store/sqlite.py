@@ -1,17 +1,32 @@
-"""The SQLite backend of the store: WAL, a busy timeout, and every
-read-modify-write inside ``BEGIN IMMEDIATE`` so concurrent cron processes
-serialise instead of failing with "database is locked".
+"""The SQLite backend of the store: WAL, a busy timeout, and every operation that
+reads and then writes inside its own ``BEGIN IMMEDIATE``, so concurrent cron
+processes serialise instead of failing with "database is locked". The pure
+arithmetic (``core.budgets``, ``core.breaker``) runs inside that transaction.
+
+Its other ports: the overlap lock is ``flock`` on a file in ``STATE.locks/``, and
+liveness is pid + kernel start time on this host (``store.liveness``).
+
+A state the user can read but not write (another user's file, a read-only mount)
+opens read-only with ``write=False`` (``writable`` is then False): reads work,
+writes raise ``StateError``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
 
+from schedsync.core import breaker as breakers
+from schedsync.core.budgets import block_until, refill, take
 from schedsync.core.errors import StateError
-from schedsync.store.lock import FileLock
-from schedsync.core.models import FAILURES, PARTIAL, SKIPPED, SUCCESS, Breaker, Bucket, JobState, Notification, Run
+from schedsync.core.models import (BREAKER_OPEN, CRASHED, FAILURES, PARTIAL, PAUSED, RATE_LIMITED,
+                                   RUNNING, SKIPPED, SUCCESS, Breaker, Bucket, JobState, Notification,
+                                   Run)
+from schedsync.store.base import Admitted, Locks, Store
+from schedsync.store.liveness import ProcLiveness
+from schedsync.store.lock import FileLock, lock_folder
 
 BUSY_TIMEOUT = 60.0  # seconds; cron fires many lines in the same second
 
@@ -67,6 +82,11 @@ def _v2(db: sqlite3.Connection) -> None:
 
 
 def _v3(db: sqlite3.Connection) -> None:
+    # A 429's Retry-After pauses a bucket and keeps its tokens (it used to empty it).
+    db.execute("ALTER TABLE buckets ADD COLUMN blocked_until REAL")
+
+
+def _v4(db: sqlite3.Connection) -> None:
     # Counters that only grow (Prometheus `rate()` needs them to survive retention
     # pruning), seeded from the runs already recorded; and the settings of jobs that
     # `schedsync exec` ran without a registry entry, so status can show them.
@@ -80,11 +100,17 @@ def _v3(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS = [_v1, _v2, _v3]  # append, never edit: user_version counts how many were applied
+MIGRATIONS = [_v1, _v2, _v3, _v4]  # append, never edit: user_version counts how many were applied
 
 
 def state_error(path: str, exc: BaseException) -> StateError:
     text = str(exc)
+    folder = os.path.dirname(os.path.abspath(path))
+    if ("readonly" in text or "read-only" in text or isinstance(exc, PermissionError)
+            or "unable to open" in text) and not os.path.lexists(path) and not os.access(folder, os.W_OK):
+        why = "is not writable" if os.path.isdir(folder) else "cannot be created"
+        return StateError(f"cannot create state file {path}: its folder {folder} {why}",
+                          "make that folder writable by this user, or pass --state PATH")
     if "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
         fix = "make it (and its folder) writable by this user, or pass --state PATH"
         text = "is read-only"
@@ -121,7 +147,7 @@ class _Transaction:
             try:
                 self.store.db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise state_error(self.store.path, exc) from None
+                raise state_error(self.store._path, exc) from None
         self.depth += 1
 
     def __exit__(self, kind, exc, tb) -> None:
@@ -138,7 +164,7 @@ class _Transaction:
         except sqlite3.Error as error:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            raise state_error(self.store.path, error) from None
+            raise state_error(self.store._path, error) from None
 
 
 def _disk_full(path: str) -> bool:
@@ -149,11 +175,69 @@ def _disk_full(path: str) -> bool:
         return False
 
 
-class SQLiteStore:
-    def __init__(self, path: str):
-        self.path = path
-        self._tx = _Transaction(self)
+SAVE_BUCKET = ("INSERT INTO buckets (name, tokens, updated, blocked_until) VALUES (?, ?, ?, ?)"
+               " ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens,"
+               " updated = excluded.updated, blocked_until = excluded.blocked_until")
+PRUNE_BATCH = 100  # rows a run prunes, so retention stays cheap however old the backlog
+
+
+def _table_check(db: sqlite3.Connection) -> tuple[int, str | None]:
+    # One statement, so the version and the tables are of one snapshot (another
+    # process may be committing the migration meanwhile).
+    return db.execute("SELECT (SELECT user_version FROM pragma_user_version),"
+                      " (SELECT group_concat(name, ', ') FROM (SELECT name FROM sqlite_master"
+                      "  WHERE type = 'table' ORDER BY name LIMIT 4))").fetchone()
+
+
+def _uri(path: str, mode: str) -> str:
+    from urllib.parse import quote  # read-only opening only: not on the run path
+
+    return f"file:{quote(os.path.abspath(path))}?{mode}"
+
+
+def _writable(path: str) -> bool:
+    if not os.access(path, os.W_OK):
+        return False
+    folder = os.path.dirname(os.path.abspath(path))
+    # WAL needs -wal and -shm beside the file: the folder, or both already there and writable.
+    return os.access(folder, os.W_OK) or all(
+        os.access(path + tail, os.W_OK) for tail in ("-wal", "-shm"))
+
+
+class FileLocks(Locks):
+    """Overlap locks: ``flock`` on one file per job in ``folder`` (``STATE.locks``)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def lock(self, job: str) -> FileLock:
         try:
+            lock_folder(self.folder)  # private, or refused if another user could tamper with it
+        except OSError as exc:
+            raise state_error(self.folder, exc) from None
+        return FileLock(os.path.join(self.folder, f"{job}.lock"))
+
+
+class SQLiteStore(Store):
+    """The state in one SQLite file. ``write=False``: a state this user cannot write
+    opens read-only instead of failing (``status``, ``history``, ``metrics``)."""
+
+    writable = True
+
+    def __init__(self, path: str, write: bool = True):
+        self._path = path
+        self._tx = _Transaction(self)
+        self.locks = FileLocks(f"{path}.locks")
+        self.liveness = ProcLiveness()
+        try:
+            if os.path.islink(path) and (not os.path.exists(path) or os.path.getsize(path) == 0):
+                # A link to nothing (or to an empty file) is not adopted as a new state.
+                raise StateError(f"state file {path} is a symbolic link to "
+                                 f"{'an empty' if os.path.exists(path) else 'a missing'} file",
+                                 "point --state at the real file, or at a new path schedsync may create")
+            if not write and os.path.isfile(path) and not _writable(path):
+                self._open_read_only(path)
+                return
             folder = os.path.dirname(os.path.abspath(path))
             os.makedirs(folder, mode=0o700, exist_ok=True)
             if not os.path.exists(path):
@@ -168,13 +252,44 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as exc:
             raise state_error(path, exc) from None
 
-    def _migrate(self, version: int) -> None:
+    def _open_read_only(self, path: str) -> None:
+        # mode=ro reads a WAL state when its -shm can be used; immutable when it
+        # cannot (another user's 0600 -shm, a read-only mount), reading the file as is.
+        error = None
+        for mode in ("mode=ro", "immutable=1"):
+            db = sqlite3.connect(_uri(path, mode), uri=True, timeout=BUSY_TIMEOUT,
+                                 isolation_level=None, check_same_thread=False)
+            try:
+                version, tables = _table_check(db)
+                db.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+            except sqlite3.Error as exc:
+                db.close()
+                error = exc
+                continue
+            self.db, self.writable = db, False
+            if version != len(MIGRATIONS):
+                db.close()
+                self._refuse(version, tables)
+                raise StateError(f"state file {path} was written by an older schedsync and is read-only"
+                                 " here", "run any schedsync command once as its owner, to upgrade it")
+            return
+        raise state_error(path, error)
+
+    def _refuse(self, version: int, tables: str | None) -> None:
         if version > len(MIGRATIONS):
-            raise StateError(f"state file {self.path} was written by a newer schedsync",
+            raise StateError(f"state file {self._path} was written by a newer schedsync",
                              "upgrade schedsync, or pass --state PATH")
+        if version == 0 and tables:
+            raise StateError(f"state file {self._path} is another application's SQLite database"
+                             f" (tables: {tables})",
+                             "point --state at a schedsync state file, or at a new path")
+
+    def _migrate(self, version: int) -> None:
+        self._refuse(*_table_check(self.db))  # before WAL: a foreign database is left as it was
         self._wal()
-        with self.transaction():
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        with self._tx:
+            version, tables = _table_check(self.db)
+            self._refuse(version, tables)
             for migration in MIGRATIONS[version:]:
                 migration(self.db)
             self.db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
@@ -192,20 +307,56 @@ class SQLiteStore:
                     raise
                 time.sleep(0.01)
 
-    def transaction(self) -> "_Transaction":
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception); nested calls join the outer one."""
-        return self._tx
-
-    def _run_sql(self, sql: str, params=()):
+    def _sql(self, sql: str, params=()):
         try:
             return self.db.execute(sql, params)
         except sqlite3.Error as exc:
-            raise state_error(self.path, exc) from None
+            raise state_error(self._path, exc) from None
+
+    def now(self) -> float:
+        return time.time()
 
     # --- runs -------------------------------------------------------------------------
 
-    def start_run(self, run: Run) -> int:
-        cur = self._run_sql(
+    def admit_run(self, job, trigger, breaker, lease, budgets, rates, cost, now=None, slot=None):
+        now = time.time() if now is None else now
+        host, pid, token = self.liveness.owner()
+        with self._tx:
+            self._see(job, now)
+            row = self._sql("SELECT paused FROM jobs WHERE name = ?", (job,)).fetchone()
+            if row and row[0]:
+                return Admitted(reason=PAUSED, error="paused; `schedsync resume` it")
+            before = self._breaker(breaker.name)
+            # the lease ends when the run surely has (``finish_run`` hands it back by this value)
+            admission, state = breakers.admit(before, breaker.settings, now, lease=lease)
+            if not admission.allowed:
+                return Admitted(reason=BREAKER_OPEN, retry_at=admission.retry_at,
+                                error=f"breaker {breaker.name} is open")
+            if budgets and cost:
+                try:
+                    ready = self._spend(budgets, rates, cost, now)
+                except sqlite3.Error as exc:
+                    raise state_error(self._path, exc) from None
+                if ready is not None:
+                    return Admitted(reason=RATE_LIMITED, retry_at=ready,
+                                    error=f"budget {', '.join(budgets)} is empty")
+            if state != before:
+                self._save_breaker(state)  # a half-open trial's lease
+            run = Run(0, job, RUNNING, trigger, now, host, pid, pid_start=token)
+            self._insert(run)
+            return Admitted(run=run, trial=admission.trial)
+
+    def record_skip(self, run, retention):
+        """Insert a finished run that never started: a skip, or a run that could not start."""
+        with self._tx:
+            self._see(run.job, run.started_at)
+            self._insert(run)
+            self._tally(run.job, run.status, run.requests)
+            self._prune(run.job, run.started_at, retention.get("success"), retention.get("failed"),
+                        PRUNE_BATCH)  # a paused or rate-limited job must not grow without bound
+
+    def _insert(self, run: Run) -> None:
+        cur = self._sql(
             "INSERT INTO runs (job, status, reason, trigger, started_at, finished_at,"
             " duration_ms, retry_at, host, pid, pid_start, error, exit_code)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -213,61 +364,95 @@ class SQLiteStore:
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start,
              run.error, run.exit_code))
         run.id = cur.lastrowid
-        if run.status == SKIPPED:  # a skip is recorded finished, in one step
-            self._count(run.job, run.status, run.requests)
-        return run.id
 
-    def _count(self, job: str, status: str, requests: int) -> None:
-        self._run_sql("INSERT INTO run_counts (job, status, runs, requests) VALUES (?, ?, 1, ?)"
-                      " ON CONFLICT (job, status) DO UPDATE SET runs = runs + 1,"
-                      " requests = requests + excluded.requests", (job, status, requests or 0))
+    def _tally(self, job: str, status: str, requests: int) -> None:
+        # run_counts: inside the caller's transaction, so a counter moves with its run.
+        self._sql("INSERT INTO run_counts (job, status, runs, requests) VALUES (?, ?, 1, ?)"
+                  " ON CONFLICT (job, status) DO UPDATE SET runs = runs + 1,"
+                  " requests = requests + excluded.requests", (job, status, requests or 0))
 
-    def finish_run(self, run: Run) -> None:
-        self._run_sql(
-            "UPDATE runs SET status=?, reason=?, finished_at=?, duration_ms=?, attempts=?,"
-            " requests=?, items_processed=?, items_failed=?, exit_code=?, error=?, retry_at=?,"
-            " output=? WHERE id=?",
-            (run.status, run.reason, run.finished_at, run.duration_ms, run.attempts,
-             run.requests, run.items_processed, run.items_failed, run.exit_code, run.error,
-             run.retry_at, run.output, run.id))
-        self._count(run.job, run.status, run.requests)
+    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
+        now = time.time() if now is None else now
+        with self._tx:
+            self._sql(
+                "UPDATE runs SET status=?, reason=?, finished_at=?, duration_ms=?, attempts=?,"
+                " requests=?, items_processed=?, items_failed=?, exit_code=?, error=?, retry_at=?,"
+                " output=? WHERE id=?",
+                (run.status, run.reason, run.finished_at, run.duration_ms, run.attempts,
+                 run.requests, run.items_processed, run.items_failed, run.exit_code, run.error,
+                 run.retry_at, run.output, run.id))
+            self._tally(run.job, run.status, run.requests)
+            transition = None
+            if evidence and run.status != SKIPPED:
+                transition = self._count(breaker, run, trial, now)
+            elif trial:  # hand the half-open trial slot back: nothing was tried
+                state = self._breaker(breaker.name)
+                end = run.started_at + lease
+                if end in state.leases:
+                    state.leases.remove(end)
+                    self._save_breaker(state)
+            self._prune(run.job, now, retention.get("success"), retention.get("failed"), PRUNE_BATCH)
+        return transition
 
-    def running_runs(self, job: str | None = None) -> list[Run]:
-        where = "status = 'running'" + (" AND job = ?" if job else "")
-        rows = self._run_sql(f"SELECT {RUN_COLUMNS}, pid_start FROM runs WHERE {where}",
-                             (job,) if job else ()).fetchall()
+    def _count(self, breaker, run: Run, trial: bool, now: float):
+        before = self._breaker(breaker.name)
+        after, transition = breakers.record(before, breaker.settings, now,
+                                            ok=run.status not in FAILURES, trial=trial)
+        if after != before:
+            self._save_breaker(after)
+        if not transition:
+            return None
+        why = f"run {run.id} of {run.job}: {run.status}" + (f" ({run.error})" if run.error else "")
+        self._sql("INSERT INTO breaker_events (name, at, old, new, reason) VALUES (?,?,?,?,?)",
+                  (breaker.name, now, transition[0], transition[1], why[:300]))
+        return transition[0], transition[1], after
+
+    def running_runs(self, jobs=None):
+        where, args = "status = 'running'", ()
+        if jobs:
+            where += f" AND job IN ({','.join('?' * len(jobs))})"
+            args = tuple(jobs)
+        rows = self._sql(f"SELECT {RUN_COLUMNS}, pid_start FROM runs WHERE {where}", args).fetchall()
         return [Run(*row) for row in rows]
 
-    def mark_crashed(self, run_id: int, now: float, error: str) -> bool:
-        cur = self._run_sql(
-            "UPDATE runs SET status='crashed', finished_at=?,"
-            " duration_ms=CAST((? - started_at) * 1000 AS INTEGER), error=?"
-            " WHERE id=? AND status='running'", (now, now, error, run_id))
-        if cur.rowcount != 1:
-            return False
-        job = self._run_sql("SELECT job FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
-        self._count(job, "crashed", 0)
-        return True
+    def mark_crashed(self, run, error, breaker, evidence, now=None):
+        now = time.time() if now is None else now
+        with self._tx:
+            cur = self._sql(
+                "UPDATE runs SET status='crashed', finished_at=?,"
+                " duration_ms=CAST((? - started_at) * 1000 AS INTEGER), error=?"
+                " WHERE id=? AND status='running'", (now, now, error, run.id))
+            if cur.rowcount != 1:
+                return False  # another process recorded it first
+            self._tally(run.job, CRASHED, 0)
+            run.status, run.error, run.finished_at = CRASHED, error, now
+            run.duration_ms = int((now - run.started_at) * 1000)
+            if evidence and breaker is not None:
+                self._count(breaker, run, False, now)
+            return True
 
-    def counters(self) -> dict[str, dict[str, tuple[int, int]]]:
-        rows = self._run_sql("SELECT job, status, runs, requests FROM run_counts").fetchall()
-        out: dict[str, dict[str, tuple[int, int]]] = {}
-        for job, status, runs, requests in rows:
-            out.setdefault(job, {})[status] = (runs, requests)
-        return out
+    # --- reads ------------------------------------------------------------------------
 
-    def runs(self, job: str, limit: int = 20, failed_only: bool = False) -> list[Run]:
+    def runs(self, job, limit=20, failed_only=False):
         where, args = "job = ?", (job,)
         if failed_only:
             where += f" AND status IN ({','.join('?' * len(FAILURES))})"
             args += FAILURES
-        rows = self._run_sql(f"SELECT {RUN_COLUMNS} FROM runs WHERE {where} ORDER BY id DESC LIMIT ?",
-                             (*args, limit)).fetchall()
+        rows = self._sql(f"SELECT {RUN_COLUMNS} FROM runs WHERE {where} ORDER BY id DESC LIMIT ?",
+                         (*args, limit)).fetchall()
         return [Run(*row) for row in rows]
 
-    def job_states(self, names: list[str], recent: int = 10) -> dict[str, JobState]:
-        seen = dict(self._run_sql("SELECT name, first_seen FROM jobs").fetchall())
-        paused = {n for (n,) in self._run_sql("SELECT name FROM jobs WHERE paused = 1")}
+    def run(self, job, run_id=None):
+        where, args = "job = ?", (job,)
+        if run_id is not None:
+            where, args = ("id = ?", (run_id,)) if job is None else (where + " AND id = ?", (job, run_id))
+        row = self._sql(f"SELECT {RUN_COLUMNS} FROM runs WHERE {where} ORDER BY id DESC LIMIT 1",
+                        args).fetchone()
+        return Run(*row) if row else None
+
+    def job_states(self, names, recent=10):
+        seen = dict(self._sql("SELECT name, first_seen FROM jobs").fetchall())
+        paused = {n for (n,) in self._sql("SELECT name FROM jobs WHERE paused = 1")}
         out = {}
         for name in names:
             runs = self.runs(name, recent)
@@ -282,19 +467,171 @@ class SQLiteStore:
         args: tuple = (job, SUCCESS, PARTIAL)
         if before is not None:
             sql, args = sql + " AND started_at < ?", args + (before,)
-        return self._run_sql(sql, args).fetchone()[0]
+        return self._sql(sql, args).fetchone()[0]
 
-    def failure_streak(self, job: str, before: float | None = None) -> int:
+    def failure_streak(self, job, before=None):
         since = self._last_success(job, before)
         marks = ",".join("?" * len(FAILURES))
         sql = f"SELECT COUNT(*) FROM runs WHERE job = ? AND status IN ({marks}) AND started_at > ?"
         args = (job, *FAILURES, since if since is not None else float("-inf"))
         if before is not None:
             sql, args = sql + " AND started_at < ?", args + (before,)
-        return self._run_sql(sql, args).fetchone()[0]
+        return self._sql(sql, args).fetchone()[0]
 
-    def prune(self, job: str, now: float, keep_success: float | None,
-              keep_failed: float | None, limit: int | None = None) -> int:
+    def counters(self):
+        rows = self._sql("SELECT job, status, runs, requests FROM run_counts").fetchall()
+        out: dict = {}
+        for job, status, runs, requests in rows:
+            out.setdefault(job, {})[status] = (runs, requests)
+        return out
+
+    def adhoc_jobs(self):
+        return dict(self._sql("SELECT name, adhoc FROM jobs WHERE adhoc IS NOT NULL").fetchall())
+
+    def breakers(self, names):
+        return {name: self._breaker(name) for name in names}
+
+    def transitions(self, name, limit=10):
+        return self._sql("SELECT at, old, new, reason FROM breaker_events WHERE name = ?"
+                         " ORDER BY id DESC LIMIT ?", (name, limit)).fetchall()
+
+    def budget_levels(self, rates, now=None):
+        now = time.time() if now is None else now
+        out = {}
+        for name, (capacity, per) in rates.items():
+            bucket = self._bucket(name)
+            out[name] = capacity if bucket is None else refill(bucket, capacity, per, now).tokens
+        return out
+
+    def notifications(self, job, limit=10):
+        rows = self._sql("SELECT job, event, target, at, ok, detail, run_id FROM notifications"
+                         " WHERE job = ? ORDER BY id DESC LIMIT ?", (job, limit)).fetchall()
+        return [Notification(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
+
+    # --- budgets and breakers ---------------------------------------------------------
+
+    def spend(self, budgets, rates, cost, now=None):
+        now = time.time() if now is None else now
+        with self._tx:
+            try:
+                return self._spend(budgets, rates, cost, now)
+            except sqlite3.Error as exc:
+                raise state_error(self._path, exc) from None
+
+    def _spend(self, names, rates, cost, now):
+        # Every budget acquire is this: plain db.execute, one try around it all (in the callers).
+        execute = self.db.execute
+        taken, clamped, ready = [], [], None
+        for name in names:
+            capacity, per = rates[name]
+            row = execute("SELECT tokens, updated, blocked_until FROM buckets WHERE name = ?",
+                          (name,)).fetchone()
+            stored = Bucket(name, *row) if row else None
+            granted, bucket, at = take(stored, name, capacity, per, cost, now)
+            if not granted:
+                # A flag, not ``ready > now``: a denial whose wait rounds to zero is still a denial.
+                ready = max(now if ready is None else ready, math.inf if at is None else at)
+            if row and row[1] > now:
+                clamped.append(bucket)  # a time from a clock that ran ahead: kept clamped, even on a denial
+            taken.append(bucket)
+        for bucket in (taken if ready is None else clamped):
+            # An upsert, not INSERT OR REPLACE: replace deletes and re-inserts, rewriting the
+            # primary-key index page too, and every acquire pays for that page in the WAL.
+            execute(SAVE_BUCKET, (bucket.name, bucket.tokens, bucket.updated, bucket.blocked_until))
+        return ready
+
+    def block_budgets(self, budgets, until, rates=None, now=None):
+        now = time.time() if now is None else now
+        with self._tx:
+            for name in budgets:
+                capacity, per = (rates or {}).get(name) or (math.inf, math.inf)
+                self._save_bucket(block_until(self._bucket(name), name, until, capacity, per, now))
+
+    def _bucket(self, name: str) -> Bucket | None:
+        row = self._sql("SELECT tokens, updated, blocked_until FROM buckets WHERE name = ?",
+                        (name,)).fetchone()
+        return Bucket(name, *row) if row else None
+
+    def _save_bucket(self, bucket: Bucket) -> None:
+        self._sql(SAVE_BUCKET, (bucket.name, bucket.tokens, bucket.updated, bucket.blocked_until))
+
+    def _breaker(self, name: str) -> Breaker:
+        row = self._sql("SELECT state, failures, opened_at, opens_until, leases FROM breakers"
+                        " WHERE name = ?", (name,)).fetchone()
+        if not row:
+            return Breaker(name)
+        return Breaker(name, row[0], row[1], row[2], row[3], _leases(row[4]))
+
+    def _save_breaker(self, breaker: Breaker) -> None:
+        self._sql(
+            "INSERT OR REPLACE INTO breakers (name, state, failures, opened_at, opens_until, leases)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (breaker.name, breaker.state, breaker.failures, breaker.opened_at,
+             breaker.opens_until, _leases_text(breaker.leases)))
+
+    def reset_breaker(self, breaker, reason, now=None):
+        now = time.time() if now is None else now
+        with self._tx:
+            before = breakers.state_at(self._breaker(breaker), now)
+            self._save_breaker(Breaker(breaker))
+            if before == breakers.CLOSED:
+                return None
+            self._sql("INSERT INTO breaker_events (name, at, old, new, reason) VALUES (?,?,?,?,?)",
+                      (breaker, now, before, breakers.CLOSED, reason))
+            return before
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def _see(self, name: str, now: float) -> None:
+        self._sql("INSERT OR IGNORE INTO jobs (name, first_seen) VALUES (?, ?)", (name, now))
+
+    def see_jobs(self, names, now=None):
+        now = time.time() if now is None else now
+        with self._tx:
+            for name in names:
+                self._see(name, now)
+
+    def set_paused(self, name, paused, now=None):
+        now = time.time() if now is None else now
+        with self._tx:
+            self._see(name, now)
+            self._sql("UPDATE jobs SET paused = ?, paused_at = ? WHERE name = ?",
+                      (int(paused), now if paused else None, name))
+
+    def set_adhoc(self, name, settings, now=None):
+        now = time.time() if now is None else now
+        self._sql("INSERT INTO jobs (name, first_seen, adhoc) VALUES (?, ?, ?)"
+                  " ON CONFLICT (name) DO UPDATE SET adhoc = excluded.adhoc", (name, now, settings))
+
+    # --- alerts -----------------------------------------------------------------------
+
+    def record_notifications(self, notes, keep=50):
+        with self._tx:
+            for note in notes:
+                self._sql("INSERT INTO notifications (job, event, target, at, ok, detail, run_id)"
+                          " VALUES (?,?,?,?,?,?,?)",
+                          (note.job, note.event, note.target, note.at, int(note.ok),
+                           note.detail, note.run_id))
+            for job in {note.job for note in notes}:
+                self._sql("DELETE FROM notifications WHERE job = ? AND id <= (SELECT id FROM"
+                          " notifications WHERE job = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                          (job, job, keep))
+
+    def claim_alert(self, job, event, mark):
+        with self._tx:
+            row = self._sql("SELECT mark FROM alert_marks WHERE job = ? AND event = ?",
+                            (job, event)).fetchone()
+            if row and row[0] == mark:
+                return False
+            self._sql("INSERT OR REPLACE INTO alert_marks (job, event, mark) VALUES (?, ?, ?)",
+                      (job, event, mark))
+            return True
+
+    # --- retention --------------------------------------------------------------------
+
+    def _prune(self, job: str, now: float, keep_success: float | None,
+               keep_failed: float | None, limit: int | None = None) -> int:
+        """Delete finished runs past retention (at most ``limit``); a job's newest success is kept."""
         removed = 0
         for statuses, keep in (((SUCCESS, PARTIAL, SKIPPED), keep_success),
                                (FAILURES, keep_failed)):
@@ -310,132 +647,36 @@ class SQLiteStore:
                 pick += " AND NOT (status IN (?, ?) AND started_at = ?)"
                 args += (SUCCESS, PARTIAL, newest)
             pick += f" LIMIT {int(limit) if limit else -1}"
-            cur = self._run_sql(f"DELETE FROM runs WHERE id IN ({pick})", args)
+            cur = self._sql(f"DELETE FROM runs WHERE id IN ({pick})", args)
             removed += cur.rowcount
         return removed
 
-    def prune_all(self, policies: dict, now: float, batch_seconds: float = 2.0, chunk: int = 20_000) -> int:
+    def prune_all(self, policies, now=None, batch_seconds: float = 2.0, chunk: int = 20_000):
         # Runs of all jobs interleave in the file, so pruning one job touches pages
         # everywhere: one transaction per job rewrote most of the file 200 times
         # (1M runs: 47s). Few transactions of about ``batch_seconds`` each (and a
         # bigger page cache meanwhile) cost 5-6s, yet never hold the write lock long
         # enough for a cron run waiting on it to give up.
+        now = time.time() if now is None else now
         pending = list(policies.items())
         removed = 0
-        previous = self._run_sql("PRAGMA cache_size").fetchone()[0]
-        self._run_sql("PRAGMA cache_size = -65536")
+        previous = self._sql("PRAGMA cache_size").fetchone()[0]
+        self._sql("PRAGMA cache_size = -65536")
         try:
             while pending:
                 deadline = time.monotonic() + batch_seconds
-                with self.transaction():
+                with self._tx:
                     while pending and time.monotonic() < deadline:
                         job, (keep_success, keep_failed) = pending[0]
-                        count = self.prune(job, now, keep_success, keep_failed, limit=chunk)
+                        count = self._prune(job, now, keep_success, keep_failed, limit=chunk)
                         removed += count
                         if not count:
                             pending.pop(0)
         finally:
-            self._run_sql(f"PRAGMA cache_size = {int(previous)}")
+            self._sql(f"PRAGMA cache_size = {int(previous)}")
         if removed:
-            self._run_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # best effort: gives the WAL's space back
+            self._sql("PRAGMA wal_checkpoint(TRUNCATE)")  # best effort: gives the WAL's space back
         return removed
-
-    # --- jobs -------------------------------------------------------------------------
-
-    def see_job(self, name: str, now: float) -> None:
-        self._run_sql("INSERT OR IGNORE INTO jobs (name, first_seen) VALUES (?, ?)", (name, now))
-
-    def set_adhoc(self, name: str, settings: str | None, now: float) -> None:
-        self._run_sql("INSERT INTO jobs (name, first_seen, adhoc) VALUES (?, ?, ?)"
-                      " ON CONFLICT (name) DO UPDATE SET adhoc = excluded.adhoc", (name, now, settings))
-
-    def adhoc_jobs(self) -> dict[str, str]:
-        return dict(self._run_sql("SELECT name, adhoc FROM jobs WHERE adhoc IS NOT NULL").fetchall())
-
-    def set_paused(self, name: str, paused: bool, now: float) -> None:
-        with self.transaction():
-            self.see_job(name, now)
-            self._run_sql("UPDATE jobs SET paused = ?, paused_at = ? WHERE name = ?",
-                          (int(paused), now if paused else None, name))
-
-    def is_paused(self, name: str) -> bool:
-        row = self._run_sql("SELECT paused FROM jobs WHERE name = ?", (name,)).fetchone()
-        return bool(row and row[0])
-
-    # --- budgets and breakers ---------------------------------------------------------
-
-    def load_bucket(self, name: str) -> Bucket | None:
-        row = self._run_sql("SELECT tokens, updated FROM buckets WHERE name = ?", (name,)).fetchone()
-        return Bucket(name, *row) if row else None
-
-    def save_bucket(self, bucket: Bucket) -> None:
-        # An upsert, not INSERT OR REPLACE: replace deletes and re-inserts, rewriting the
-        # primary-key index page too, and every acquire pays for that page in the WAL.
-        self._run_sql("INSERT INTO buckets (name, tokens, updated) VALUES (?, ?, ?)"
-                      " ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens,"
-                      " updated = excluded.updated",
-                      (bucket.name, bucket.tokens, bucket.updated))
-
-    def load_breaker(self, name: str) -> Breaker:
-        row = self._run_sql("SELECT state, failures, opened_at, opens_until, leases FROM breakers"
-                            " WHERE name = ?", (name,)).fetchone()
-        if not row:
-            return Breaker(name)
-        return Breaker(name, row[0], row[1], row[2], row[3], _leases(row[4]))
-
-    def save_breaker(self, breaker: Breaker) -> None:
-        self._run_sql(
-            "INSERT OR REPLACE INTO breakers (name, state, failures, opened_at, opens_until, leases)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (breaker.name, breaker.state, breaker.failures, breaker.opened_at,
-             breaker.opens_until, _leases_text(breaker.leases)))
-
-    def record_transition(self, name: str, at: float, old: str, new: str, reason: str) -> None:
-        self._run_sql("INSERT INTO breaker_events (name, at, old, new, reason) VALUES (?,?,?,?,?)",
-                      (name, at, old, new, reason))
-
-    def transitions(self, name: str, limit: int = 10) -> list[tuple[float, str, str, str]]:
-        return self._run_sql("SELECT at, old, new, reason FROM breaker_events WHERE name = ?"
-                             " ORDER BY id DESC LIMIT ?", (name, limit)).fetchall()
-
-    # --- alerts -----------------------------------------------------------------------
-
-    def record_notifications(self, notes: list[Notification], keep: int = 50) -> None:
-        with self.transaction():
-            for note in notes:
-                self._run_sql("INSERT INTO notifications (job, event, target, at, ok, detail, run_id)"
-                              " VALUES (?,?,?,?,?,?,?)",
-                              (note.job, note.event, note.target, note.at, int(note.ok),
-                               note.detail, note.run_id))
-            for job in {note.job for note in notes}:
-                self._run_sql("DELETE FROM notifications WHERE job = ? AND id <= (SELECT id FROM"
-                              " notifications WHERE job = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                              (job, job, keep))
-
-    def notifications(self, job: str, limit: int = 10) -> list[Notification]:
-        rows = self._run_sql("SELECT job, event, target, at, ok, detail, run_id FROM notifications"
-                             " WHERE job = ? ORDER BY id DESC LIMIT ?", (job, limit)).fetchall()
-        return [Notification(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
-
-    def claim_alert(self, job: str, event: str, mark: float) -> bool:
-        with self.transaction():
-            row = self._run_sql("SELECT mark FROM alert_marks WHERE job = ? AND event = ?",
-                                (job, event)).fetchone()
-            if row and row[0] == mark:
-                return False
-            self._run_sql("INSERT OR REPLACE INTO alert_marks (job, event, mark) VALUES (?, ?, ?)",
-                          (job, event, mark))
-            return True
-
-    # --- overlap ----------------------------------------------------------------------
-
-    def job_lock(self, name: str) -> FileLock:
-        folder = f"{self.path}.locks"
-        try:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise state_error(folder, exc) from None
-        return FileLock(os.path.join(folder, f"{name}.lock"))
 
     def close(self) -> None:
         self.db.close()

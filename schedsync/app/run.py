@@ -1,0 +1,106 @@
+"""The application layer's "run a job": reap the job's crashed runs, run it
+(``app.runner``), and hand the results to alerts. The CLI calls ``run`` and renders.
+
+Alert code is imported only by jobs that use ``notify:`` or ``ping:``: every cron
+tick of a plain command job pays for each import here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from schedsync.app.runner import RunResult, breaker_spec, never_started, run_job
+from schedsync.config import Config, Job, Secrets, expand
+from schedsync.core.errors import ConfigError, StateError
+from schedsync.core.models import CRASHED, FAILED, Run
+
+
+def run(config: Config, name: str, store, *, trigger: str, interactive: bool, environ=os.environ,
+        sleep=time.sleep) -> RunResult:
+    """``schedsync run JOB``: one run of ``name`` with every protection. The data database
+    is the job's ``data_target``, which config resolved from the state in use."""
+    try:
+        job, secrets = expand(config.job(name), config.path, environ)
+    except ConfigError as exc:
+        failed_start(config, store, name, trigger, exc)
+        raise
+    reap(config, store, [job.name])
+    hooks = {}
+    if job.notify or job.ping:
+        hooks["on_finish"] = lambda result: announce(config, store, job, result.run, secrets,
+                                                     result.run.finished_at)
+    if job.ping:
+        hooks["on_start"] = lambda run: _ping_start(store, job, run, secrets)
+    return run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
+                   sleep=sleep, **hooks)
+
+
+def failed_start(config: Config, store, name: str, trigger: str, exc: ConfigError) -> None:
+    """A run that cannot start because of its configuration (say an unset ``${TOKEN}``
+    under cron) is recorded as failed with the one-line cause, so status shows FAILING
+    and why. It is not evidence for the breaker: nothing reached the upstream."""
+    run = never_started(store, name, trigger, FAILED, None, None, str(exc))
+    try:
+        store.record_skip(run, config.job(name).retention)
+    except StateError:
+        pass  # the configuration error is the one to show
+
+
+def reap(config: Config, store, names: list[str] | None = None) -> list[Run]:
+    """Turn ``running`` rows whose owner is gone into ``crashed`` (and alert). A crash is
+    not evidence for the breaker: schedsync died, the job may be fine. On a read-only
+    store nothing is recorded: the crashed runs are returned, for showing only."""
+    gone = store.liveness.gone(store.running_runs(names))
+    crashed = []
+    for run in gone:
+        if names and run.job not in names:
+            continue
+        error = f"schedsync (pid {run.pid}) died before the run ended"
+        now = store.now()
+        known = run.job in config.jobs
+        if store.writable:
+            spec = breaker_spec(config.job(run.job)) if known else None
+            if not store.mark_crashed(run, error, spec, evidence=False, now=now):
+                continue  # another process recorded it first
+        else:
+            run.status, run.finished_at = CRASHED, now
+            run.duration_ms = int((now - run.started_at) * 1000)
+        run.error = "schedsync died before the run ended"
+        if store.writable and known and (config.jobs[run.job]["notify"] or config.jobs[run.job]["ping"]):
+            _announce_crash(config, store, run, now)
+        crashed.append(run)
+    return crashed
+
+
+def announce(config: Config, store, job: Job, run: Run, secrets: Secrets, now: float) -> None:
+    """Webhooks and the closing ping for a finished run, from its status row after it."""
+    from schedsync.app.report import job_json, run_json, views
+    from schedsync.core.models import FAILURES
+    from schedsync.ops.alerts import after_run
+
+    view = views(config, store, now, [job.name])[0]
+    previous = None if run.status in FAILURES else store.failure_streak(job.name, before=run.started_at)
+    opened = view.breaker.state == "open" and view.breaker.opened_at == now
+    after_run(store, job, run, secrets, now, job_json(view), run_json(run), previous, opened)
+
+
+def _announce_crash(config: Config, store, run: Run, now: float) -> None:
+    """A run found ``crashed`` (its process died): alert as for any failed run."""
+    from schedsync.core.records import replace
+    from schedsync.ops.alerts import config_unreadable
+
+    try:
+        job, secrets = expand(config.job(run.job), config.path)
+    except ConfigError as exc:
+        config_unreadable(store, run.job, "failure", now, exc.what, run.id)
+        return
+    if run.finished_at is None:
+        run = replace(run, finished_at=now, duration_ms=int((now - run.started_at) * 1000))
+    announce(config, store, job, run, secrets, now)
+
+
+def _ping_start(store, job: Job, run: Run, secrets: Secrets) -> None:
+    from schedsync.ops.alerts import ping_start
+
+    ping_start(store, job, run, secrets)

@@ -1,0 +1,229 @@
+"""The read commands (``status``, ``history``, ``logs``, ``list``, ``metrics``, ``validate``)
+as plain functions of their options that return an exit code.
+
+Both ways in call these: ``main``'s fast path, which parses a plain command line without
+typer (a monitoring check pays start-up every minute), and the typer app, which parses
+everything else. Each loads only what it shows: rich only for a table, never for JSON,
+metrics, the ``--check`` line or ``logs``.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+from schedsync.core.errors import ConfigError, Exit, SchedsyncError
+
+UNKNOWN = 3  # `status --check`: the state (or jobs.yaml) cannot be read, as Nagios plugins exit
+CHECK_NAMES = 10  # jobs named in the --check line; more are counted ("and 3 more")
+
+
+def version() -> int:
+    from schedsync import __version__
+
+    print(f"schedsync {__version__}")
+    return 0
+
+
+def _fail(exc: SchedsyncError) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return int(exc.exit_code)
+
+
+def load_config(config_opt: str | None):
+    from schedsync.config import load, resolve_config
+
+    return load(resolve_config(config_opt))
+
+
+@contextmanager
+def opened(config, state_opt: str | None, write: bool = False):
+    """The store; read commands (the default) open a state this user may only read read-only."""
+    from schedsync.config import resolve_state
+    from schedsync.store import open_store
+
+    store = open_store(resolve_state(state_opt, config), write=write)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def print_json(data) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def status(config_opt: str | None, state_opt: str | None, job: str | None = None,
+           as_json: bool = False, check: bool = False, verbose: bool = False) -> int:
+    """``status [JOB] [--json] [--check [-v]]``. With ``--check`` (and not ``--json``) the first
+    line is a Nagios plugin's: ``SCHEDSYNC OK|WARNING|CRITICAL|UNKNOWN - …``."""
+    from schedsync.app import report
+    from schedsync.app import status as snapshots
+
+    line_only = check and not as_json
+    detail = bool(job) and not as_json and (not check or verbose)
+    try:
+        config = load_config(config_opt)
+        with opened(config, state_opt) as store:
+            data = (snapshots.job_detail(config, store, job) if detail
+                    else snapshots.status(config, store, only=job))
+    except SchedsyncError as exc:
+        if not check:
+            return _fail(exc)
+        if line_only:
+            print(f"SCHEDSYNC UNKNOWN - {exc}")
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return UNKNOWN
+    if as_json:
+        print_json(data)
+    else:
+        if line_only:
+            print(check_line(data["jobs"], report.worst_first(data["jobs"])))
+        if not check or verbose:
+            from schedsync.cli import render
+
+            if detail:
+                render.job_detail(data)
+            else:
+                render.status_table(data, report.worst_first(data["jobs"]))
+    if check and any(j["health"] in report.NEEDS_ACTION for j in data["jobs"]):
+        return int(Exit.FAILED)
+    return 0
+
+
+# `status --check` levels: a failure needs someone now; a late or stalled job may yet catch up.
+CRITICAL_HEALTH = ("FAILING",)
+WARNING_HEALTH = ("LATE", "STALLED")
+
+
+def check_line(jobs: list[dict], worst: list[dict]) -> str:
+    """One line in the Nagios plugin form: ``SCHEDSYNC CRITICAL - 2 of 8 jobs: quests FAILING,
+    sponsored LATE`` (worst first), ``SCHEDSYNC OK - 8 jobs``."""
+    count = f"{len(jobs)} job{'' if len(jobs) == 1 else 's'}"
+    bad = [j for j in worst if j["health"] in CRITICAL_HEALTH + WARNING_HEALTH]
+    if not bad:
+        return f"SCHEDSYNC OK - {count}"
+    level = "CRITICAL" if any(j["health"] in CRITICAL_HEALTH for j in bad) else "WARNING"
+    named = ", ".join(f"{j['name']} {j['health']}" for j in bad[:CHECK_NAMES])
+    more = f" and {len(bad) - CHECK_NAMES} more" if len(bad) > CHECK_NAMES else ""
+    return f"SCHEDSYNC {level} - {len(bad)} of {count}: {named}{more}"
+
+
+def history(config_opt: str | None, state_opt: str | None, job: str, limit: int = 20,
+            failed: bool = False, as_json: bool = False) -> int:
+    from schedsync.app import status as snapshots
+
+    try:
+        config = load_config(config_opt)
+        with opened(config, state_opt) as store:
+            runs = snapshots.history(config, store, job, limit, failed)
+    except SchedsyncError as exc:
+        return _fail(exc)
+    if as_json:
+        print_json(runs)
+        return 0
+    from schedsync.cli import render
+
+    render.history_table(runs)
+    if runs:  # a hint for people, on stderr so a pipe into grep or awk gets the table only
+        print(f"a run's output: schedsync logs {job} {runs[0]['id']}", file=sys.stderr)
+    return 0
+
+
+def logs(config_opt: str | None, state_opt: str | None, job: str, run_id: int | None = None) -> int:
+    """The captured output of the job's last (or given) run, after a header line. Exit 2 for an
+    unknown job, 1 for a run id that does not exist or is another job's."""
+    from schedsync.app import status as snapshots
+
+    try:
+        config = load_config(config_opt)
+        with opened(config, state_opt) as store:
+            run = snapshots.run_log(config, store, job, run_id)
+    except SchedsyncError as exc:
+        return _fail(exc)
+    sys.stdout.write(log_header(run) + "\n")
+    output = run["output"] or ""
+    if output:
+        sys.stdout.write(output if output.endswith("\n") else output + "\n")
+    else:
+        print("(still running: its output is stored when it ends)" if run["status"] == "running"
+              else "(no output captured)", file=sys.stderr)
+    return 0
+
+
+def log_header(run: dict) -> str:
+    """``run 42 of quests: failed (exit 1), started 2026-12-01 10:00:05 UTC, took 2.1s, host web1``"""
+    from schedsync.core.durations import format_duration
+
+    status = run["status"] + (f" ({run['reason']})" if run["reason"] else "")
+    if run["exit_code"] not in (None, 0):
+        status += f" (exit {run['exit_code']})"
+    started = (run["started_at"] or "").replace("T", " ").replace("Z", " UTC")
+    took = ("still running" if run["status"] == "running" or run["duration_ms"] is None
+            else f"took {format_duration(run['duration_ms'] / 1000)}")
+    return f"run {run['id']} of {run['job']}: {status}, started {started}, {took}, host {run['host']}"
+
+
+def list_jobs(config_opt: str | None) -> int:
+    try:
+        config = load_config(config_opt)
+    except SchedsyncError as exc:
+        return _fail(exc)
+    from schedsync.cli import render
+
+    render.jobs_table(config)
+    return 0
+
+
+def validate(config_opt: str | None) -> int:
+    """Every error found in jobs.yaml (and in the ${VAR}s of the jobs that validated),
+    one line each, then exit 2; else one ok line."""
+    from schedsync.config import ConfigError, ConfigErrors, expand, load, resolve_config
+
+    errors: list = []
+    try:
+        try:
+            config = load(resolve_config(config_opt), every=True)
+        except ConfigErrors as exc:
+            errors, config = list(exc.errors), exc.config
+        for name in config.jobs if config else ():
+            try:
+                expand(config.job(name), config.path)
+            except ConfigError as exc:
+                errors.append(exc)
+    except SchedsyncError as exc:
+        return _fail(exc)
+    if errors:
+        for exc in errors:
+            print(f"error: {exc}", file=sys.stderr)
+        return int(errors[0].exit_code)
+    print(f"{config.path}: {len(config.jobs)} jobs, {len(config.budgets)} budgets: ok")
+    return 0
+
+
+def metrics(config_opt: str | None, state_opt: str | None, textfile: str | None = None) -> int:
+    from schedsync.app.status import snapshot
+    from schedsync.ops.metrics import exposition, write_textfile
+
+    try:
+        if textfile is not None and not textfile.endswith(".prom"):
+            raise ConfigError(f"--textfile {textfile}: node_exporter's textfile collector reads only *.prom files",
+                              "name it e.g. schedsync.prom")
+        config = load_config(config_opt)
+        with opened(config, state_opt) as store:
+            snap = snapshot(config, store)
+            text = exposition(snap.views, snap.budgets, store.counters())
+        if textfile is None:
+            sys.stdout.write(text)
+            return 0
+        try:
+            write_textfile(textfile, text)
+        except OSError as exc:
+            raise SchedsyncError(f"cannot write {textfile}: {exc.strerror or exc}",
+                                 "check that its folder exists and is writable by this user") from None
+    except SchedsyncError as exc:
+        return _fail(exc)
+    return 0

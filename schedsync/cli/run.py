@@ -1,0 +1,49 @@
+"""``schedsync run JOB`` as cron and a terminal see it: the fast path ``main`` takes
+without typer, and the typer command alike. ``report_run`` is the one output step of
+``run`` and ``exec`` (``cli.adhoc`` calls it too)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def run_cli(config_opt: str | None, state_opt: str | None, job_name: str) -> int:
+    """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
+    from schedsync.config import load, resolve_config, resolve_state
+    from schedsync.core.errors import SchedsyncError
+    from schedsync.app.run import run
+    from schedsync.store import open_store
+
+    interactive = sys.stderr.isatty() or sys.stdout.isatty()
+    try:
+        config = load(resolve_config(config_opt))
+        config.job(job_name)  # an unknown job is a usage error before any state is touched
+        state = resolve_state(state_opt, config)
+        store = open_store(state)
+        try:
+            result = run(config, job_name, store, trigger="manual" if interactive else "cron",
+                         interactive=interactive)
+        finally:
+            store.close()
+    except SchedsyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    return report_run(result, job_name, interactive)
+
+
+def report_run(result, job_name: str, interactive: bool) -> int:
+    """What cron mails (nothing on success) and a terminal sees; the exit code (``run``, ``exec``)."""
+    from schedsync.app.runner import summary
+
+    for message in result.messages:
+        print(message, file=sys.stderr)
+    if result.run.status in ("success", "partial", "skipped"):
+        if interactive:
+            print(summary(result), file=sys.stderr)
+        return int(result.exit_code)
+    if result.held_output and not interactive:
+        sys.stdout.write(result.held_output if result.held_output.endswith("\n")
+                         else result.held_output + "\n")
+        sys.stdout.flush()
+    print(f"error: {summary(result)} — see `schedsync history {job_name}`", file=sys.stderr)
+    return int(result.exit_code)

@@ -1,0 +1,141 @@
+"""What must never be shown, in one place: secrets, credential-looking names, and how to cut.
+
+``Secrets`` holds the values of one run that are secrets (SPEC: Secrets) in every form
+they may take on the way out: as they are, percent-encoded (``quote``, ``quote_plus``)
+and as httpx writes them into a URL's query. ``redact`` replaces each with ``***``,
+longest first. ``redact_tree`` does it through a JSON-like value (alert payloads).
+
+Text is always redacted whole and only then cut (``clip``): cutting first can leave
+``…supersecretval`` that no longer matches the secret.
+
+``credential_name`` tells a query parameter or header whose *name* says it is a
+credential (``api_key``, ``X-Auth-Token``, ``accessToken``) even when its value did not
+come from ``${VAR}``; ``in_query_or_userinfo`` tells where in a URL template a ``${VAR}``
+sits. Pure: imports only ``re``, so a cron tick pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import re
+
+# A ${VAR}, an env: entry or an environment variable with one of these in its name is a secret.
+SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASS|AUTH|CRED", re.I)
+MIN_LENGTH = 4  # shorter values are not treated as secrets: redacting "1" would wreck every line
+# Values of secret-named environment variables that are settings, not credentials: redacting
+# every "true" in a job's output would make it unreadable and hide nothing.
+NOT_SECRET = {"true", "false", "none", "null"}
+
+# Query parameters or headers whose values are credentials even when they did not come from
+# ${VAR}: a name with one of these words (api_key, X-Auth, sig) or these inside it (accessToken).
+CREDENTIAL_WORDS = {"key", "token", "secret", "sig", "signature", "pass", "passwd", "password",
+                    "auth", "authorization", "credential", "credentials", "session", "code", "jwt",
+                    "cookie"}
+CREDENTIAL_PARTS = ("token", "secret", "apikey", "password")
+
+# How httpx percent-encodes a URL's query: RFC 3986 unreserved characters and the WHATWG
+# query set stay, existing %XX escapes stay, everything else is UTF-8 %XX.
+# ``quote(value, safe="")`` and ``quote_plus`` keep only the unreserved characters (written
+# out here so that a cron tick never imports urllib.parse).
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_QUERY_KEEP = _UNRESERVED | frozenset(chr(i) for i in range(0x20, 0x7F)
+                                      if i not in (0x20, 0x22, 0x23, 0x3C, 0x3E))
+_ESCAPE = re.compile("(%[A-Fa-f0-9]{2})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+class Secrets:
+    """Values that must never be shown; ``redact`` replaces each with ``***``."""
+
+    def __init__(self):
+        self.values: set[str] = set()
+        self._order: list[str] | None = None
+
+    def add(self, value: str) -> None:
+        if value is None or len(value) < MIN_LENGTH:
+            return
+        quoted = "".join(c if c in _UNRESERVED else _percent(c) for c in value)
+        forms = {value, quoted, quoted.replace("%20", "+"), query_form(value)}
+        self.values.update(form for form in forms if len(form) >= MIN_LENGTH)
+        self._order = None
+
+    @property
+    def longest(self) -> int:
+        return max(map(len, self.values), default=0)
+
+    def redact(self, text):
+        if not text or not self.values:
+            return text
+        if self._order is None:
+            self._order = sorted(self.values, key=len, reverse=True)
+        for value in self._order:
+            if value in text:
+                text = text.replace(value, "***")
+        return text
+
+    def holds(self, text: str) -> bool:
+        """Whether ``text`` contains a secret (in any of its forms)."""
+        return bool(text) and any(value in text for value in self.values)
+
+    def redact_tree(self, value):
+        """``value`` (str, dict, list or a scalar) with every string in it redacted."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {k: self.redact_tree(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact_tree(v) for v in value]
+        return value
+
+    def clip(self, text, limit: int) -> str:
+        """``text`` redacted whole, then on one line (no control characters) and cut."""
+        return clip(self.redact(str(text)), limit)
+
+
+def query_form(value: str) -> str:
+    """``value`` as httpx percent-encodes it in a URL's query (``a b/c`` → ``a%20b/c``)."""
+    parts = []
+    for piece in _ESCAPE.split(value):
+        if _ESCAPE.fullmatch(piece):
+            parts.append(piece)
+        else:
+            parts.append("".join(c if c in _QUERY_KEEP else _percent(c) for c in piece))
+    return "".join(parts)
+
+
+def _percent(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
+def clip(text, limit: int) -> str:
+    """``text`` on one line: control characters and whitespace runs become one space,
+    cut to ``limit`` characters with ``…``. Redact before calling this, never after."""
+    text = " ".join(_CONTROL.sub(" ", str(text)).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def printable(text) -> str:
+    """``text`` with control characters (NUL, newlines, escapes) as spaces; nothing cut."""
+    return _CONTROL.sub(" ", str(text))
+
+
+def environment_secrets(environ, secrets: Secrets) -> None:
+    """Add the value of every variable in ``environ`` whose name says it is a secret."""
+    for name, value in environ.items():
+        if SECRET_NAME.search(name) and value.lower() not in NOT_SECRET:
+            secrets.add(value)
+
+
+def credential_name(name: str) -> bool:
+    """Whether a query parameter or header called ``name`` holds a credential by its name."""
+    lowered = name.lower()
+    return (any(part in CREDENTIAL_WORDS for part in re.split(r"[_\-.\[\]]+", lowered))
+            or any(part in lowered for part in CREDENTIAL_PARTS))
+
+
+def in_query_or_userinfo(url: str, pos: int) -> bool:
+    """Whether position ``pos`` of ``url`` falls in its query or its user:password@ part."""
+    if "?" in url[:pos]:
+        return True
+    start = url.find("://") + 3
+    authority = url[start:].split("/", 1)[0]
+    return start >= 3 and "@" in authority and start <= pos < start + authority.index("@")

@@ -1,0 +1,38 @@
+"""The data sink: where http jobs put the items they fetch.
+
+A sink is opened on a *target* (today a SQLite file path: ``into.db``, or the default
+data database; a PostgreSQL URL later) and offers three operations:
+
+``upsert(table, pk, rows) -> (stored, failed)``
+    Insert or update ``rows`` (decoded JSON items) in ``table``, keyed on ``pk`` (a
+    column name, or a list of them), all in one transaction: a page is stored whole or
+    not at all. Rows that are not JSON objects or lack a part of the key (missing or
+    null) are not stored and are counted ``failed``. The table is created on first use
+    and gains a column for each new key (schema work only when a page brings a key the
+    table lacks). A key that another row of the same page has but this row lacks is
+    stored as NULL; columns the page does not mention keep their values. Lists and
+    objects are stored as JSON text, everything else as it is.
+``max_value(table, column) -> str | None``
+    The largest value stored in ``column`` as text (a whole float as an integer), for
+    incremental ``since``; None when the table or the column does not exist yet or
+    holds no value.
+``close()``
+
+Every failure to store is a ``SinkError`` whose text is one line, free of secrets,
+fit to follow "cannot store items into TABLE in TARGET: ". A backend must keep memory
+flat in the number of rows it has stored (a page in, a page out) and should write a
+page with one batched statement (``executemany``, ``COPY``).
+"""
+
+from __future__ import annotations
+
+from schedsync.store.sink_base import Sink, SinkError, key_columns
+
+__all__ = ["Sink", "SinkError", "key_columns", "open_sink"]
+
+
+def open_sink(target: str) -> Sink:
+    """The sink for ``target``: a path is a SQLite database, created private to the user."""
+    from schedsync.store.sink_sqlite import SQLiteSink
+
+    return SQLiteSink(target)

@@ -1,0 +1,149 @@
+"""The package's shape, read from its source with ``ast``: no import cycle (imports
+inside functions count too), no SQL for the state database and no store
+transaction outside ``schedsync/store/``, and a ``Store`` port that exposes no
+backend detail."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "schedsync"
+
+# Cycles another change removes (the http split moves the shared helpers out of
+# jobs/python.py); listed so this test guards every other module meanwhile.
+KNOWN_CYCLES = {frozenset({"schedsync.jobs.http", "schedsync.jobs.python"})}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Package modules ``name`` imports anywhere in its body (a package import counts as
+    its ``__init__``; ``from pkg import mod`` as ``pkg.mod``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports(name, path, set(mods)) for name, path in mods.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_graph_sees_function_level_imports():
+    edges = graph()
+    assert "schedsync.jobs.command" in edges["schedsync.app.runner"]  # imported inside _work
+    assert "schedsync.store.sqlite" in edges["schedsync.store"]  # inside open_store
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_there_is_no_import_cycle_in_the_package():
+    found = [c for c in cycles(graph()) if frozenset(c) not in KNOWN_CYCLES]
+    assert found == []
+
+
+def test_the_runner_does_not_import_alerts_and_alerts_import_nothing_of_the_application():
+    edges = graph()
+    assert "schedsync.ops.alerts" not in edges["schedsync.app.runner"]
+    assert not {m for m in edges["schedsync.ops.alerts"] if m.startswith(("schedsync.app", "schedsync.cli"))}
+
+
+STATE_SQL = re.compile(
+    r"\b(INSERT\s+(OR\s+\w+\s+)?INTO\s+(runs|jobs|buckets|breakers|breaker_events|notifications|alert_marks)"
+    r"|UPDATE\s+(runs|jobs|buckets|breakers)\b|DELETE\s+FROM\s+(runs|jobs|buckets|breakers|notifications)"
+    r"|FROM\s+(runs|buckets|breakers|breaker_events|alert_marks)\b)")
+BEGIN = re.compile(r"\bBEGIN(\s+(IMMEDIATE|EXCLUSIVE|DEFERRED))?\b")
+# The data sink (jobs write synced items to data.db in their own transactions) is not the state.
+DATA_SINK = ("schedsync.jobs.",)
+
+
+def test_no_module_outside_the_store_holds_state_sql_or_a_store_transaction():
+    offenders = []
+    for name, path in modules().items():
+        if name.startswith("schedsync.store"):
+            continue
+        text = path.read_text()
+        for match in STATE_SQL.finditer(text):
+            offenders.append(f"{name}: {match.group(0)!r}")
+        if not name.startswith(DATA_SINK):
+            offenders += [f"{name}: {m.group(0)!r}" for m in BEGIN.finditer(text)]
+        if re.search(r"\.transaction\(\)|\bload_(bucket|breaker)\(|\bsave_(bucket|breaker)\(|\.job_lock\(", text):
+            offenders.append(f"{name}: uses a removed store method")
+    assert offenders == []
+
+
+def test_the_sql_finder_finds_state_sql():
+    assert STATE_SQL.search('db.execute("UPDATE breakers SET state = ?")')
+    assert STATE_SQL.search("INSERT INTO runs (job) VALUES (?)")
+    assert not STATE_SQL.search("the runs of a job begin at its start")
+    assert BEGIN.search('db.execute("BEGIN IMMEDIATE")') and not BEGIN.search("it began")
+
+
+def test_the_store_port_has_no_path_transaction_or_job_lock():
+    from schedsync.store import Store
+    from schedsync.store.sqlite import SQLiteStore
+
+    for name in ("path", "transaction", "job_lock"):
+        assert not hasattr(Store, name) and not hasattr(SQLiteStore, name), name
+    assert issubclass(SQLiteStore, Store) and not SQLiteStore.__abstractmethods__

@@ -73,3 +73,49 @@ def project(tmp_path, home) -> Project:
     folder = tmp_path / "project"
     folder.mkdir()
     return Project(folder, {**home, "SCHEDSYNC_STATE": str(folder / "schedsync.db")})
+
+
+# --- PostgreSQL (the many-hosts backend) ----------------------------------------------
+# One throwaway server per test process (xdist worker), a fresh database per test.
+# Without PostgreSQL or the driver these tests skip, unless SCHEDSYNC_REQUIRE_PG=1
+# (.ci/run sets it): then a skip is a failure, so CI cannot pass them by skipping.
+
+def _pg_missing() -> str | None:
+    from pgserver import binaries
+
+    if not binaries():
+        return "PostgreSQL is not installed (apt-get install postgresql)"
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        return "the postgres extra is not installed (pip install -e '.[postgres]')"
+    return None
+
+
+def _pg_skip(why: str):
+    if os.environ.get("SCHEDSYNC_REQUIRE_PG") == "1":
+        pytest.fail(f"SCHEDSYNC_REQUIRE_PG=1 but {why}", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    why = _pg_missing()
+    if why:
+        _pg_skip(why)
+    from pgserver import PgServer
+
+    server = PgServer()
+    try:
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - a server that will not start is a skip (or a CI failure)
+        server.stop()
+        _pg_skip(f"PostgreSQL did not start: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the test server, as a state URL."""
+    return pg_server.url(pg_server.createdb())

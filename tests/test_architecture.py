@@ -11,10 +11,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "schedsync"
 
-# Cycles another change removes (the http split moves the shared helpers out of
-# jobs/python.py); listed so this test guards every other module meanwhile.
-KNOWN_CYCLES = {frozenset({"schedsync.jobs.http", "schedsync.jobs.python"})}
-
 
 def modules() -> dict[str, Path]:
     out = {}
@@ -99,8 +95,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_there_is_no_import_cycle_in_the_package():
-    found = [c for c in cycles(graph()) if frozenset(c) not in KNOWN_CYCLES]
-    assert found == []
+    assert cycles(graph()) == []
 
 
 def test_the_runner_does_not_import_alerts_and_alerts_import_nothing_of_the_application():

@@ -964,3 +964,32 @@ def test_secrets_are_hidden_in_the_form_httpx_puts_in_a_query():
     url = httpx.URL("https://api.example.com/x?q=a b/c:d@e&page=2")
     assert "a%20b/c" in str(url)
     assert show_url(url, secrets) == "https://api.example.com/x?q=***&page=2"
+
+
+def test_since_never_trusts_a_sync_recorded_later_than_now(project, upstream):
+    # A run recorded while the clock ran a day ahead must not become the next `since`:
+    # every change between the real last sync and tomorrow would never be fetched.
+    @upstream.route("/changes")
+    def changes(request):
+        return reply(200, {"data": [{"id": 1}]})
+
+    project.write(job_yaml(upstream, """\
+      url: "{base}/changes"
+      items: data
+      since: {{param: updated_since}}"""))
+    assert project.cli("run", "items").returncode == 0
+    real = project.history("items")[0]["started_at"]
+
+    from schedsync.store import open_store
+    from stored import finished_run
+
+    store = open_store(str(project.state))
+    try:
+        finished_run(store, "items", "success", time.time() + 86400)
+    finally:
+        store.close()
+
+    assert project.cli("run", "items").returncode == 0
+    assert upstream.hits("/changes")[-1].query["updated_since"] == real
+    log = project.cli("logs", "items")
+    assert "later than now" in log.stdout, log.stdout

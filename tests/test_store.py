@@ -28,7 +28,12 @@ def sqlite_target(request, tmp_path) -> str:
     return str(tmp_path / "state.db")
 
 
-BACKENDS = [sqlite_target]
+def postgres_target(request, tmp_path) -> str:
+    """A fresh database on the test process's throwaway PostgreSQL (conftest's pg_url)."""
+    return request.getfixturevalue("pg_url")
+
+
+BACKENDS = [sqlite_target, postgres_target]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda make: make.__name__.replace("_target", ""))

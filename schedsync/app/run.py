@@ -17,7 +17,7 @@ from schedsync.core.models import CRASHED, FAILED, Run
 
 
 def run(config: Config, name: str, store, *, trigger: str, interactive: bool, environ=os.environ,
-        sleep=time.sleep) -> RunResult:
+        sleep=time.sleep, force_slot: bool = False) -> RunResult:
     """``schedsync run JOB``: one run of ``name`` with every protection. The data database
     is the job's ``data_target``, which config resolved from the state in use."""
     try:
@@ -33,7 +33,7 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
     if job.ping:
         hooks["on_start"] = lambda run: _ping_start(store, job, run, secrets)
     return run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
-                   sleep=sleep, **hooks)
+                   sleep=sleep, force_slot=force_slot, **hooks)
 
 
 def failed_start(config: Config, store, name: str, trigger: str, exc: ConfigError) -> None:

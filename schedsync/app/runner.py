@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 
 from schedsync.config import Config, Job, Secrets
-from schedsync.core.errors import Exit, StateError
+from schedsync.core.errors import Exit, SchedsyncError, StateError
 from schedsync.core.models import CANCELLED, CRASHED, FAILED, LOCKED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, Run
 from schedsync.core.outcome import Cancelled, Outcome
 from schedsync.core.records import dataclass, field
@@ -40,6 +40,8 @@ def evidence(run: Run) -> bool:
     itself died) does not, nor does a run a person cancelled (Ctrl-C: SIGINT)."""
     if run.status == CRASHED:
         return False
+    if run.reason == CANCELLED and (run.error or "").startswith("stopped: lost the state database"):
+        return False  # fenced: the database went away, which says nothing of the job
     return not (run.reason == CANCELLED and (run.error or "").startswith("cancelled by SIGINT"))
 
 
@@ -56,6 +58,7 @@ class Context:
     pass_fds: tuple = ()
     last_success_at: float | None = None
     sleep: object = time.sleep
+    held: object = None  # the lock's held(): False once it may be lost (fencing stops the job)
 
     @property
     def data_db(self) -> str:
@@ -90,11 +93,15 @@ class Context:
 
 
 def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger: str,
-            interactive: bool, sleep=time.sleep, on_start=None, on_finish=None) -> RunResult:
+            interactive: bool, sleep=time.sleep, on_start=None, on_finish=None,
+            force_slot: bool = False) -> RunResult:
     """Run ``job`` (already expanded) once. The application layer's hooks: ``on_start(run)``
     once it is admitted (the start ping), ``on_finish(result)`` once it is recorded and
     while the lock is still held (webhooks, the closing ping). Neither runs for a run
     skipped before it started."""
+    slot = None
+    if trigger == "cron" and job.schedule and store.claims_slots and not force_slot:
+        slot = scheduled_slot(config, job, store.now())  # before jitter: the fire cron meant
     if job.jitter:
         import random
 
@@ -114,21 +121,21 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
             return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going")
     try:
         return _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
-                         on_start, on_finish)
+                         on_start, on_finish, slot)
     finally:
         if lock:
             lock.release()
 
 
 def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,
-              on_finish) -> RunResult:
+              on_finish, slot=None) -> RunResult:
     spec = breaker_spec(job)
     lease = job.timeout + 60  # the lease ends when the run surely has
     cost = job.cost if job.kind != "http" and job.budgets else 0  # http jobs spend per request
     wait_until = store.now() + job.max_wait
     while True:
         admitted = store.admit_run(job.name, trigger, spec, lease, job.budgets, config.budgets, cost,
-                                   now=store.now())
+                                   now=store.now(), slot=slot)
         if admitted.run is not None:
             break
         if (admitted.reason == RATE_LIMITED and admitted.retry_at is not None
@@ -142,7 +149,8 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     if on_start is not None:
         on_start(run)
     ctx = Context(job, config, store, secrets, deadline=now + job.timeout,
-                  interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep)
+                  interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep,
+                  held=lock.held if lock else None)
     if job.kind != "command":
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
     with _cancel_on_signals():
@@ -150,6 +158,8 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
             outcome = _work(job, ctx)
         except Cancelled as exc:
             outcome = Outcome("failed", reason=CANCELLED, error=f"cancelled by {exc}")
+        except SchedsyncError as exc:  # a cause a person can fix (say, no into.db with a URL state)
+            outcome = Outcome("failed", error=str(exc)[:300])
         except Exception as exc:  # a bug of ours: record it, never leave the run "running"
             import traceback
 
@@ -159,6 +169,19 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     if on_finish is not None:  # after the records are committed, still holding the lock
         on_finish(result)
     return result
+
+
+def scheduled_slot(config: Config, job: Job, now: float) -> float | None:
+    """The slot a cron-triggered run claims (once per slot, across hosts): the latest
+    scheduled start at or before ``now`` (the store's clock), in the registry's zone."""
+    from schedsync.core.schedule import Schedule, local_zone
+
+    tz = None
+    if config.timezone:
+        from zoneinfo import ZoneInfo
+
+        tz = ZoneInfo(config.timezone)
+    return Schedule(job.schedule, tz or local_zone()).last_at_or_before(now)
 
 
 def _work(job: Job, ctx: Context) -> Outcome:

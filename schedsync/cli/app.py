@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Run cron jobs once, safely: locks, shared budgets, breakers, retries, records.")
 breaker_app = typer.Typer(no_args_is_help=True, help="Circuit breakers.")
 app.add_typer(breaker_app, name="breaker")
+state_app = typer.Typer(no_args_is_help=True, help="The state itself.")
+app.add_typer(state_app, name="state")
 
 
 def _version(value: bool) -> None:
@@ -72,11 +74,31 @@ def _opened(ctx: typer.Context, write: bool = True):
 
 
 @app.command()
-def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name from jobs.yaml.")):
+def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name from jobs.yaml."),
+        force_slot: bool = typer.Option(False, "--force-slot",
+                                        help="Run even if another host already ran this scheduled slot.")):
     """Run one job once, with every protection. Example: schedsync run airdrops"""
     from schedsync.cli.run import run_cli
 
-    raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job))
+    raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job, force_slot=force_slot))
+
+
+@state_app.command("copy")
+def state_copy(ctx: typer.Context,
+               to: str = typer.Option(..., "--to", metavar="URL",
+                                      help="The PostgreSQL state to fill (postgresql://…).")):
+    """Copy this SQLite state (history, budgets, breakers, first-seen, pauses) into PostgreSQL.
+    Example: schedsync state copy --to postgresql:///schedsync?host=/run/postgresql"""
+    from schedsync.config import resolve_state
+    from schedsync.store.copy import copy_state
+    from schedsync.store.postgres import redact_url
+
+    with _errors():
+        source = resolve_state(ctx.obj["state"], _config(ctx))
+        counts = copy_state(source, to)
+    print(f"copied {counts.get('runs', 0)} runs, {counts.get('jobs', 0)} jobs,"
+          f" {counts.get('buckets', 0)} budgets, {counts.get('breakers', 0)} breakers"
+          f" from {source} to {redact_url(to)}")
 
 
 @app.command()

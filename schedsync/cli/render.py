@@ -342,6 +342,8 @@ def _status_table(jobs: list[dict], now: datetime, levels: dict, strip: int, lay
             style = RUN_MARK.get(last["status"], ("?", ""))[1]
             status = last["status"] + (f" ({last['reason']})" if last["reason"] and layout < NO_REASON else "")
             last_text = Text.assemble((status, style), f" {_when(last['started_at'], now)}")
+            if last.get("host") and last["host"] != os.uname().nodename:  # a shared (PostgreSQL) state
+                last_text.append(f" on {last['host']}", style="dim")
         else:
             last_text = Text("never", style="dim")
         row = [job["name"], Text(job["health"], style=HEALTH_STYLE.get(job["health"], "")), last_text]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 
 
-def run_cli(config_opt: str | None, state_opt: str | None, job_name: str) -> int:
+def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
+            force_slot: bool = False) -> int:
     """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
     from schedsync.config import load, resolve_config, resolve_state
     from schedsync.core.errors import SchedsyncError
@@ -22,7 +23,7 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str) -> int
         store = open_store(state)
         try:
             result = run(config, job_name, store, trigger="manual" if interactive else "cron",
-                         interactive=interactive)
+                         interactive=interactive, force_slot=force_slot)
         finally:
             store.close()
     except SchedsyncError as exc:

@@ -27,6 +27,7 @@ from schedsync.core.outcome import Cancelled, Outcome
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what cancels a run
+FENCE_GRACE = 1.0  # shorter when fenced: the job must be gone before the server frees the lock
 HEAD, TAIL, RECORD_TAIL, LONG_LINE = 16_384, 49_152, 4_096, 8_192
 
 
@@ -120,12 +121,19 @@ def _once(argv, env, job, ctx, output: Output) -> Outcome:
             return Outcome(FAILED, exit_code=126, error=f"command not executable: {argv[0]}")
         return Outcome(FAILED, exit_code=126, error=f"cannot run {argv[0]}: {os.strerror(failure)}")
     fd = keeper.stdout
-    timed_out = cancelled = False
+    timed_out = cancelled = fenced = False
     try:
-        timed_out = not _pump(keeper, fd, output, ctx.deadline)
+        ended = _pump(keeper, fd, output, ctx.deadline, getattr(ctx, "held", None))
+        timed_out, fenced = ended is False, ended is None
     except Cancelled as exc:
         cancelled = exc
-    if timed_out or cancelled:
+    if fenced:
+        # The lock may be lost (the database stopped answering): another host may start
+        # this job soon, so stop ours first and say so (the record may not reach the state).
+        print(f"{job.name}: lost the state database while holding the job's lock;"
+              " stopping the job so that no other host runs it at the same time", file=sys.stderr)
+        _stop(keeper, fd, output, FENCE_GRACE)
+    elif timed_out or cancelled:
         _stop(keeper, fd, output)
     else:
         # Leftover background processes of the job would hold its lock and pipe.
@@ -135,6 +143,9 @@ def _once(argv, env, job, ctx, output: Output) -> Outcome:
         timed_out = True  # the keeper's backstop, while we could not act (stopped, say)
     _drain(fd, output, 0.2)
     os.close(fd)
+    if fenced:
+        return Outcome(FAILED, exit_code=code, reason=CANCELLED,
+                       error="stopped: lost the state database while holding the lock (fenced)")
     if cancelled:
         return Outcome(FAILED, exit_code=code, reason=CANCELLED, error=f"cancelled by {cancelled}")
     if timed_out:
@@ -295,8 +306,9 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> 
     return 128 - code
 
 
-def _pump(proc, fd: int, output: Output, deadline: float) -> bool:
-    """Copy output until the command exits; False if the deadline passed first."""
+def _pump(proc, fd: int, output: Output, deadline: float, held=None) -> bool | None:
+    """Copy output until the command exits; False if the deadline passed first, None if
+    ``held()`` said the lock may be lost (checked at least every half second)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP)
     try:  # readable once the child has exited: no sleep between the pipe's EOF and the exit
@@ -310,6 +322,8 @@ def _pump(proc, fd: int, output: Output, deadline: float) -> bool:
             left = deadline - time.time()
             if left <= 0:
                 return False
+            if held is not None and not held():
+                return None
             if open_pipe or pidfd is not None:
                 for ready, _ in poller.poll(min(left, 0.5) * 1000):
                     if ready != fd:
@@ -332,9 +346,9 @@ def _pump(proc, fd: int, output: Output, deadline: float) -> bool:
             os.close(pidfd)
 
 
-def _stop(proc, fd: int, output: Output) -> None:
+def _stop(proc, fd: int, output: Output, grace: float = KILL_GRACE) -> None:
     _signal_group(proc.pid, signal.SIGTERM)
-    end = time.time() + KILL_GRACE
+    end = time.time() + grace
     while time.time() < end:
         _drain(fd, output, 0.05)
         if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:

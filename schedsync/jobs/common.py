@@ -126,12 +126,19 @@ class LiveProgress:
 
 
 def open_data_db(path: str):
-    """A ``sqlite_utils.Database`` on the data database (python jobs' ``ctx.db``).
+    """A ``sqlite_utils.Database`` on the data database (python jobs' ``ctx.db``); for a
+    ``postgresql://`` target, a psycopg2 connection.
 
     The connection is the SQLite sink's (``store.sink_sqlite.connect``): created private
     to the user, WAL, a 60 s busy timeout, and autocommit, so writers wrap each batch in
     ``BEGIN IMMEDIATE … COMMIT`` and no read lock is ever upgraded.
     """
+    if path.startswith(("postgresql://", "postgres://")):
+        # A PostgreSQL data target (the state's database by default, with a PostgreSQL
+        # state): ctx.db is then a psycopg2 connection to it, opened as the sink opens it.
+        from schedsync.store.sink_postgres import PostgresSink
+
+        return PostgresSink(path).conn
     import sqlite_utils
 
     from schedsync.store.sink_sqlite import connect

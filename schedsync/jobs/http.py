@@ -217,7 +217,11 @@ class Sync:
             return None
         if rule.get("field"):
             return self._stored_max(rule["field"])
-        started = last_complete_sync(self.ctx)
+        future: list = []
+        started = last_complete_sync(self.ctx, future)
+        if future:
+            self.log(f"since: ignored run {future[0].id}, recorded as started at {iso(future[0].started_at)},"
+                     " later than now (the clock stepped back); using the last complete sync before it")
         if started is None:
             return None
         if rule.get("format", "iso") == "epoch":
@@ -293,16 +297,25 @@ def run_http(job, ctx) -> Outcome:
         sync.close()
 
 
-def last_complete_sync(ctx) -> float | None:
+def last_complete_sync(ctx, skipped_future: list | None = None) -> float | None:
     """Start time of the newest run that synced everything (see ``since`` above).
 
     ``partial`` runs count only when items were malformed, not when the run stopped
-    early. If the runs kept by retention do not show one, None: sync everything.
+    early. If the runs kept by retention do not show one, None: sync everything. A run
+    that started later than now is never trusted; it is appended to ``skipped_future``.
     """
+    skipped_future = [] if skipped_future is None else skipped_future
     if ctx.last_success_at is None:
         return None
+    now = ctx.store.now()
     for run in ctx.store.runs(ctx.job.name, 500):
         if run.status == SUCCESS or (run.status == PARTIAL and run.reason is None):
+            if run.started_at > now:
+                # Recorded while the clock ran ahead: trusting it would skip every change
+                # between the real last sync and now. An older complete sync is safe (the
+                # upsert takes a re-sent item again).
+                skipped_future.append(run)
+                continue
             return run.started_at
     return None
 

@@ -118,7 +118,7 @@ def run_python(job, ctx) -> Outcome:
     display = LiveProgress(job.name, ctx.interactive)
     output = Output(ctx.secrets.redact, display if ctx.interactive else None,
                     hold=ctx.secrets.longest - 1)
-    data_db = os.path.abspath(ctx.data_db)  # before any chdir: the state path may be relative
+    data_db = ctx.data_db if "://" in ctx.data_db else os.path.abspath(ctx.data_db)  # before any chdir
     log = _job_logger(job.name, output)
     jctx = JobContext(job, ctx, log, display, data_db)
     started_in = os.getcwd()

@@ -38,9 +38,21 @@ def crontab_lines(config: Config, state: str | None = None) -> list[str]:
     prefix = f"{executable()} -c {shlex.quote(config_path)}"
     # Cron has neither --state nor $SCHEDSYNC_STATE nor $XDG_STATE_HOME: pin the state
     # status reads here unless jobs.yaml's own `state:` already names it.
-    chosen = absolute(resolve_state(state, config))  # a postgresql:// URL stays as it is
-    if config.state is None or chosen != absolute(config.state):
-        prefix += f" --state {shlex.quote(chosen)}"
+    chosen = resolve_state(state, config)
+    hidden = False
+    if chosen.startswith(("postgresql://", "postgres://")):
+        # A state URL as it is, minus any password: crontab output is shown and mailed,
+        # and cron's schedsync finds the password in ~/.pgpass (or $PGPASSFILE) as libpq does.
+        from schedsync.store.postgres import strip_password
+
+        shown = strip_password(chosen)
+        hidden = shown != chosen
+        if config.state is None or chosen != config.state:
+            prefix += f" --state {shlex.quote(shown)}"
+    else:
+        chosen = absolute(chosen)
+        if config.state is None or chosen != absolute(config.state):
+            prefix += f" --state {shlex.quote(chosen)}"
     prefix = _cron_escape(prefix)
     lines = [
         f"{MARK}: the jobs of {config_path}, from `schedsync crontab`.",
@@ -48,6 +60,8 @@ def crontab_lines(config: Config, state: str | None = None) -> list[str]:
         "# any other lines in). Each line runs one job once; schedsync locks, budgets, retries",
         "# and records it. cron mails only what a failed run prints; exit 75 means skipped.",
     ]
+    if hidden:
+        lines.append("# The state URL's password is left out: put it in ~/.pgpass of the user whose crontab this is.")
     if config.timezone:
         lines += [f"# Schedules are read in {config.timezone} (cronie honours CRON_TZ; Debian's cron does not).",
                   f"CRON_TZ={config.timezone}"]

@@ -97,6 +97,7 @@ class Store(abc.ABC):
     locks: Locks
     liveness: Liveness
     writable: bool = True  # False: opened read-only; reads work, every write raises StateError
+    claims_slots: bool = False  # admit_run honours ``slot`` (once per slot across hosts)
 
     @abc.abstractmethod
     def now(self) -> float:

@@ -32,7 +32,12 @@ __all__ = ["Sink", "SinkError", "key_columns", "open_sink"]
 
 
 def open_sink(target: str) -> Sink:
-    """The sink for ``target``: a path is a SQLite database, created private to the user."""
+    """The sink for ``target``: a ``postgresql://`` URL is a PostgreSQL database (the state's
+    own by default, with a PostgreSQL state); a path is a SQLite database, created private."""
+    if target.startswith(("postgresql://", "postgres://")):
+        from schedsync.store.sink_postgres import PostgresSink
+
+        return PostgresSink(target)
     from schedsync.store.sink_sqlite import SQLiteSink
 
     return SQLiteSink(target)

@@ -1,0 +1,382 @@
+"""The real CLI against a real PostgreSQL state: selection, errors, passwords, hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pgserver import APP_PASSWORD, PgServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+JOBS = """
+jobs:
+  hello:
+    command: ["sh", "-c", "echo hi > {marker}"]
+  tick:
+    schedule: "* * * * *"
+    command: ["true"]
+  long:
+    command: ["sleep", "60"]
+    timeout: 5m
+"""
+
+
+@pytest.fixture
+def pg(project, pg_url):
+    project.write(JOBS.format(marker=project.path / "ran"))
+    project.env["SCHEDSYNC_STATE"] = pg_url
+    return project
+
+
+def test_a_postgresql_url_selects_the_backend_and_status_reads_it(pg, pg_server, pg_url):
+    result = pg.cli("run", "hello")
+    assert result.returncode == 0, result.stderr
+    assert (pg.path / "ran").exists() and not (pg.path / "schedsync.db").exists()
+    [run] = pg.history("hello")
+    assert (run["status"], run["host"]) == ("success", os.uname().nodename)
+    status = pg.status()
+    assert [j["last_run"]["status"] for j in status["jobs"] if j["name"] == "hello"] == ["success"]
+    db = pg_url.split("/")[3].split("?")[0]
+    assert pg_server.psql(db, "SELECT count(*) FROM schedsync.runs").strip() == "1"
+
+
+def test_state_in_jobs_yaml_and_postgres_scheme_pass_through_untouched(pg, pg_url):
+    pg.write(f"state: {pg_url.replace('postgresql://', 'postgres://')}\n" + JOBS.format(marker=pg.path / "ran"))
+    del pg.env["SCHEDSYNC_STATE"]
+    assert pg.cli("run", "hello").returncode == 0
+    assert pg.history("hello")[0]["status"] == "success"
+
+
+def test_a_password_in_the_url_is_never_printed(project, pg_server):
+    db = pg_server.createdb(owner="app")
+    url = pg_server.url(db, user="app", password=APP_PASSWORD)
+    project.write(JOBS.format(marker=project.path / "ran") + "  broken:\n    command: ['false']\n")
+    env = {"SCHEDSYNC_STATE": url}
+    outputs = [project.cli("run", "hello", env=env), project.cli("run", "broken", env=env),
+               project.cli("status", env=env), project.cli("status", "--json", env=env),
+               project.cli("history", "broken", "--json", env=env), project.cli("crontab", env=env)]
+    assert outputs[0].returncode == 0, outputs[0].stderr
+    for result in outputs:
+        assert APP_PASSWORD not in result.stdout + result.stderr
+    crontab = outputs[-1].stdout
+    assert f"--state 'postgresql://app@/{db}?host=" in crontab and "~/.pgpass" in crontab
+    wrong = pg_server.url(db, user="app", password="not-" + APP_PASSWORD)
+    bad = project.cli("run", "hello", env={"SCHEDSYNC_STATE": wrong})
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    assert "password authentication failed" in bad.stderr and "not-" + APP_PASSWORD not in bad.stderr
+    assert "app:***@" in bad.stderr
+
+
+def test_the_password_comes_from_pgpass_as_libpq_reads_it(project, pg_server, home):
+    db = pg_server.createdb(owner="app")
+    pgpass = Path(home["HOME"]) / ".pgpass"
+    pgpass.parent.mkdir(parents=True, exist_ok=True)
+    pgpass.write_text(f"*:*:*:app:{APP_PASSWORD}\n")
+    pgpass.chmod(0o600)
+    project.write(JOBS.format(marker=project.path / "ran"))
+    result = project.cli("run", "hello", env={"SCHEDSYNC_STATE": pg_server.url(db, user="app")})
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_server_that_is_down_is_one_line_and_nothing_runs(project, tmp_path):
+    project.write(JOBS.format(marker=project.path / "ran"))
+    result = project.cli("run", "hello", env={"SCHEDSYNC_STATE": f"postgresql://u:pw@/db?host={tmp_path}"})
+    assert result.returncode == 1 and not (project.path / "ran").exists()
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: state database postgresql://u:***@/db") and "unreachable" in line
+    assert "pw@" not in line
+
+
+def test_a_missing_database_names_the_fix(project, pg_server):
+    project.write(JOBS.format(marker=project.path / "ran"))
+    result = project.cli("run", "hello", env={"SCHEDSYNC_STATE": pg_server.url("nope")})
+    [line] = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "does not exist" in line and "createdb" in line
+
+
+def test_without_the_extra_a_url_names_it_and_exits_2(project, tmp_path, pg_url):
+    # A psycopg2 that cannot be imported, first on the path: as if the extra were not installed.
+    fake = tmp_path / "noextra" / "psycopg2"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named psycopg2')\n")
+    project.write(JOBS.format(marker=project.path / "ran"))
+    env = {"SCHEDSYNC_STATE": pg_url, "PYTHONPATH": f"{fake.parent}:{ROOT}"}
+    result = project.cli("run", "hello", env=env)
+    assert result.returncode == 2 and not (project.path / "ran").exists()
+    [line] = result.stderr.strip().splitlines()
+    assert "pip install 'schedsync[postgres]'" in line
+
+
+def test_sqlite_runs_never_import_the_driver(project):
+    project.write(JOBS.format(marker=project.path / "ran"))
+    probe = ("import sys, runpy; sys.argv = ['schedsync', '-c', sys.argv[1], 'run', 'hello'];"
+             "import atexit; atexit.register(lambda: print('DRIVER' if 'psycopg2' in sys.modules else 'NONE',"
+             " file=sys.stderr)); runpy.run_module('schedsync', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", probe, str(project.config)], capture_output=True,
+                            text=True, env=project.env, cwd=project.path, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and result.stderr.strip().endswith("NONE"), result.stderr
+
+
+def test_too_many_clients_is_retried_then_succeeds(project):
+    server = PgServer().start(max_connections=5)
+    try:
+        db = server.createdb(owner="app")
+        url = server.url(db, user="app", password=APP_PASSWORD)
+        import psycopg2
+
+        held = []
+        while True:  # take every slot a non-superuser can have
+            try:
+                held.append(psycopg2.connect(url))
+            except psycopg2.OperationalError:
+                break
+        assert held
+        project.write(JOBS.format(marker=project.path / "ran"))
+        started = time.monotonic()
+        proc = project.start("run", "hello", env={"SCHEDSYNC_STATE": url})
+        time.sleep(1.5)
+        held.pop().close()  # a slot frees up while schedsync retries
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert time.monotonic() - started >= 1.5 and (project.path / "ran").exists()
+        for conn in held:
+            conn.close()
+    finally:
+        server.stop()
+
+
+def test_too_many_clients_for_too_long_is_one_line(project, monkeypatch):
+    from schedsync.core.errors import StateError
+    from schedsync.store import open_store, postgres
+
+    server = PgServer().start(max_connections=5)
+    held = []
+    try:
+        db = server.createdb(owner="app")
+        url = server.url(db, user="app", password=APP_PASSWORD)
+        import psycopg2
+
+        while True:
+            try:
+                held.append(psycopg2.connect(url))
+            except psycopg2.OperationalError:
+                break
+        monkeypatch.setattr(postgres, "CROWDED_FOR", 1.0)  # the bound, shortened for the test
+        started = time.monotonic()
+        with pytest.raises(StateError) as error:
+            open_store(url)
+        assert time.monotonic() - started >= 1.0
+        assert "too many clients" in str(error.value) and "max_connections" in str(error.value)
+        assert APP_PASSWORD not in str(error.value) and "\n" not in str(error.value)
+    finally:
+        for conn in held:
+            conn.close()
+        server.stop()
+
+
+def test_fencing_stops_the_job_when_the_database_goes_away(project):
+    server = PgServer().start()
+    try:
+        url = server.url(server.createdb())
+        project.write(JOBS.format(marker=project.path / "ran"))
+        proc = project.start("run", "long", env={"SCHEDSYNC_STATE": url})
+        deadline = time.time() + 20
+        while time.time() < deadline and "sleep 60" not in _children_cmdlines(proc.pid):
+            time.sleep(0.1)
+        assert "sleep 60" in _children_cmdlines(proc.pid)
+        server.psql("postgres", "SELECT 1")
+        cut = time.monotonic()
+        subprocess.run([f"{server.bin}/pg_ctl", "-D", server.data, "-m", "immediate", "stop"],
+                       capture_output=True, check=False,
+                       preexec_fn=_demote(server.owner) if server.owner else None)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - cut
+        assert "stopping the job so that no other host runs it" in err
+        assert took < 8, took  # before the server would free a cut host's lock (~8 s)
+        assert proc.returncode == 1
+    finally:
+        server.stop()
+
+
+def _demote(owner):
+    import pwd
+
+    user = pwd.getpwnam(owner)
+
+    def demote():
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+
+    return demote
+
+
+def _children_cmdlines(pid: int) -> str:
+    """The command lines of ``pid``'s descendants (the job runs under a keeper process)."""
+    lines, parents = [], [pid]
+    while parents:
+        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", ",".join(map(str, parents))],
+                             capture_output=True, text=True).stdout
+        parents = []
+        for line in out.splitlines():
+            child, _, args = line.strip().partition(" ")
+            parents.append(int(child))
+            lines.append(args)
+    return "\n".join(lines)
+
+
+# --- hosts: own host name and pid space each ----------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                                reason="simulated hosts need root and unshare")
+
+
+def on_host(name: str, project, *args: str, env: dict | None = None) -> subprocess.Popen:
+    argv = " ".join(f"'{a}'" for a in project.argv(*args))
+    return subprocess.Popen(["unshare", "--uts", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                             f"hostname {name} && exec {argv}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, cwd=project.path, env={**project.env, **(env or {})},
+                            start_new_session=True)
+
+
+@needs_root
+def test_one_slot_on_three_hosts_runs_once_and_a_person_can_force_it(pg):
+    results = []
+    for i in range(3):  # cron on each host; the first finishes before the others start
+        proc = on_host(f"cron{i}", pg, "run", "tick")
+        out, err = proc.communicate(timeout=60)
+        results.append((proc.returncode, err))
+    if time.localtime().tm_sec >= 58:  # a minute boundary passed mid-test: a new slot
+        pytest.skip("crossed a minute boundary")
+    assert [code for code, _ in results] == [0, 75, 75]
+    runs = pg.history("tick")
+    assert [r["status"] for r in runs] == ["skipped", "skipped", "success"]
+    assert all(r["reason"] == "already_ran" and "already ran on cron0" in r["error"] for r in runs[:2])
+    assert "--force-slot" in runs[0]["error"]
+    forced = on_host("cron1", pg, "run", "--force-slot", "tick")
+    forced.communicate(timeout=60)
+    assert forced.returncode == 0
+    viewer = on_host("viewer", pg, "status")
+    out, _ = viewer.communicate(timeout=60)
+    assert "on cron1" in out  # status names the host that ran each last run
+
+
+@needs_root
+def test_kill_9_of_a_host_shows_crashed_elsewhere_and_another_host_runs_the_job(pg):
+    victim = on_host("victim", pg, "run", "long")
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            jobs = {j["name"]: j for j in pg.status()["jobs"]}
+            if jobs["long"]["last_run"] and jobs["long"]["last_run"]["status"] == "running":
+                break
+            time.sleep(0.2)
+        seen = on_host("other", pg, "status", "--json")
+        out, _ = seen.communicate(timeout=60)
+        last = {j["name"]: j for j in json.loads(out)["jobs"]}["long"]["last_run"]
+        assert (last["status"], last["host"]) == ("running", "victim")  # alive: never crashed
+        busy = on_host("other", pg, "run", "long")
+        busy.communicate(timeout=60)
+        assert busy.returncode == 75  # the cluster-wide lock
+        os.killpg(victim.pid, signal.SIGKILL)  # the host's whole process tree
+        victim.wait(timeout=10)
+        killed = time.monotonic()
+        seen = on_host("other", pg, "history", "long", "--json")
+        out, _ = seen.communicate(timeout=60)
+        assert [(r["status"], r["host"]) for r in json.loads(out)] == [
+            ("skipped", "other"), ("crashed", "victim")]
+        assert time.monotonic() - killed < 10
+        pg.write(JOBS.replace('["sleep", "60"]', '["true"]').format(marker=pg.path / "ran"))
+        rescue = on_host("other", pg, "run", "long")
+        rescue.communicate(timeout=60)
+        assert rescue.returncode == 0
+        assert [(r["status"], r["host"]) for r in pg.history("long")] == [
+            ("success", "other"), ("skipped", "other"), ("crashed", "victim")]
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+
+
+def test_state_copy_moves_a_sqlite_state_into_postgresql(project, pg_url):
+    project.write(JOBS.format(marker=project.path / "ran") + """
+  flaky:
+    command: ["false"]
+    breaker: {failures: 2}
+    budget: quota
+budgets:
+  quota: 10/1h
+""")
+    for args in (("run", "hello"), ("run", "flaky"), ("run", "flaky"), ("run", "flaky"), ("pause", "tick")):
+        project.cli(*args)
+    before_status, before_history = project.status(), project.history("flaky")
+    result = project.cli("state", "copy", "--to", pg_url)
+    assert result.returncode == 0, result.stderr
+    assert "copied 4 runs" in result.stdout
+    after = dict(project.env, SCHEDSYNC_STATE=pg_url)
+    copied = subprocess.run(project.argv("history", "flaky", "--json"), capture_output=True,
+                            text=True, env=after, cwd=project.path)
+    assert json.loads(copied.stdout) == before_history
+    status = json.loads(subprocess.run(project.argv("status", "--json"), capture_output=True,
+                                       text=True, env=after, cwd=project.path).stdout)
+    strip = lambda s: [{k: v for k, v in j.items() if k not in ("next_expected", "why")} for j in s["jobs"]]
+    assert strip(status) == strip(before_status)
+    assert [b["tokens"] for b in status["budgets"]] == pytest.approx(
+        [b["tokens"] for b in before_status["budgets"]], abs=0.1)
+    counters = lambda env: sorted(line for line in subprocess.run(
+        project.argv("metrics"), capture_output=True, text=True, env=env, cwd=project.path
+    ).stdout.splitlines() if line.startswith(("schedsync_runs_total", "schedsync_requests_total")))
+    assert counters(after) == counters(project.env)  # the run counters came along
+    again = project.cli("state", "copy", "--to", pg_url)
+    assert again.returncode == 1 and "already holds runs" in again.stderr
+
+
+def test_an_http_job_on_a_url_state_upserts_into_a_postgresql_table(project, pg_url):
+    # With a PostgreSQL state and no into.db, synced items go to a table in that database.
+    import http.server
+    import threading
+
+    body = json.dumps({"data": [{"id": 1, "name": "a", "tags": ["x"]}, {"id": 2, "name": "b"}]}).encode()
+
+    class Items(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Items)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/items"
+    try:
+        project.write(f"""
+            jobs:
+              items:
+                http: {{url: "{url}", items: data}}
+                into: {{table: items, pk: id}}
+        """)
+        result = project.cli("run", "items", env={"SCHEDSYNC_STATE": pg_url})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    import psycopg2
+
+    with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, name, tags FROM items ORDER BY id")
+        rows = cur.fetchall()
+    assert [(int(r[0]), r[1]) for r in rows] == [(1, "a"), (2, "b")]
+    assert "x" in str(rows[0][2])
+    assert not (project.path / "data.db").exists()

@@ -22,7 +22,7 @@ from schedsync.core.errors import ConfigError
 # Secrets live with the rest of redaction; imported here for ``from schedsync.config import Secrets``.
 from schedsync.core.redact import SECRET_NAME, Secrets, environment_secrets, in_query_or_userinfo
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5  # 5: the cache holds `defaults` (exec builds jobs from them)
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # used with fullmatch: `$` would let "ab\n" in
 # A job or breaker name becomes a lock file `NAME.lock`, a crontab line and a status
 # column; 100 keeps every derived file name far inside NAME_MAX (255) and rows readable.
@@ -121,6 +121,7 @@ class Config:
     timezone: str | None
     budgets: dict  # name -> [capacity, per_seconds]
     jobs: dict  # name -> Job as a dict (see ``job``)
+    defaults: dict | None = None  # BUILTIN merged with `defaults:`, for jobs built later (exec)
     state_in_use: str | None = None  # set by resolve_state: the state this process opens
 
     def job(self, name: str) -> Job:
@@ -200,7 +201,7 @@ def _cache_path(real: str) -> str | None:
 
 
 def _write_cache(cache: str, key: tuple, config: Config) -> None:
-    data = {k: getattr(config, k) for k in ("dir", "state", "timezone", "budgets", "jobs")}
+    data = {k: getattr(config, k) for k in ("dir", "state", "timezone", "budgets", "jobs", "defaults")}
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
         tmp = f"{cache}.{os.getpid()}"
@@ -462,7 +463,7 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
         except ConfigError as exc:  # validate goes on with the next job
             doc.fail(exc)
     return Config(path=doc.file, dir=folder, state=state, timezone=timezone,
-                  budgets=budgets, jobs=jobs)
+                  budgets=budgets, jobs=jobs, defaults=base)
 
 
 def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
@@ -813,6 +814,30 @@ def _zone(name: str):
     from zoneinfo import ZoneInfo
 
     return ZoneInfo(name)
+
+
+def adhoc(config: Config | None, name: str, command: list[str], settings: dict, cwd: str) -> Config:
+    """``config`` (or an empty registry) with ``name`` as a command job running ``command``:
+    what ``schedsync exec`` runs. Built by ``_job`` as a jobs.yaml entry is, from the registry's
+    defaults, or, when ``name`` is a registry job, from that job's settings (so it keeps its lock,
+    breaker, budgets and retention); ``settings`` (as written in jobs.yaml) override either."""
+    doc = _Doc("schedsync exec")
+    if config is None:
+        config = Config(path="(no jobs.yaml)", dir=cwd, state=None, timezone=None, budgets={}, jobs={})
+    own = config.jobs.get(name)
+    base = {k: own[k] for k in BUILTIN} if own else config.defaults or _merge(BUILTIN, {})
+    spec = {"command": list(command), **settings}
+    if own and own["budgets"] and "budget" not in spec:
+        spec["budget"] = own["budgets"]
+    if own and own["description"]:
+        spec["description"] = own["description"]
+    job = _job(name, spec, base, config.budgets, config.timezone, cwd, doc)
+    job["cwd"] = cwd  # like flock or runitor: the command runs where it was invoked
+    if own:
+        job["breaker"]["name"] = own["breaker"]["name"]
+    from schedsync.core.records import replace
+
+    return replace(config, jobs={**config.jobs, name: job})
 
 
 # --- ${VAR} and secrets -----------------------------------------------------------------

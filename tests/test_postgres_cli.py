@@ -331,6 +331,10 @@ budgets:
     assert strip(status) == strip(before_status)
     assert [b["tokens"] for b in status["budgets"]] == pytest.approx(
         [b["tokens"] for b in before_status["budgets"]], abs=0.1)
+    counters = lambda env: sorted(line for line in subprocess.run(
+        project.argv("metrics"), capture_output=True, text=True, env=env, cwd=project.path
+    ).stdout.splitlines() if line.startswith(("schedsync_runs_total", "schedsync_requests_total")))
+    assert counters(after) == counters(project.env)  # the run counters came along
     again = project.cli("state", "copy", "--to", pg_url)
     assert again.returncode == 1 and "already holds runs" in again.stderr
 

@@ -261,6 +261,23 @@ class TestSchema:
         with pytest.raises(StateError, match="newer schedsync"):
             open_store(url)
 
+    def test_the_counters_migration_seeds_them_from_the_runs_already_recorded(self, pg_server):
+        from schedsync.store.postgres_sql import MIGRATIONS
+
+        db = pg_server.createdb()
+        pg_server.psql(db, MIGRATIONS[0])  # a state written before the counters existed
+        pg_server.psql(db, "INSERT INTO schedsync.runs (job, status, trigger, started_at, host, pid,"
+                           " requests) VALUES ('a', 'success', 'cron', 0, 'h', 1, 2),"
+                           " ('a', 'success', 'cron', 0, 'h', 1, 1), ('a', 'failed', 'cron', 0, 'h', 1, 0),"
+                           " ('b', 'running', 'cron', 0, 'h', 1, 0)")
+        store = open_store(pg_server.url(db))
+        try:
+            assert store.counters() == {"a": {"success": (2, 3), "failed": (1, 0)}}
+            assert store.adhoc_jobs() == {}
+        finally:
+            store.close()
+        assert pg_server.psql(db, "SELECT version FROM schedsync.meta").strip() == str(len(MIGRATIONS))
+
     def test_a_foreign_schedsync_schema_is_refused(self, pg_server):
         db = pg_server.createdb()
         pg_server.psql(db, "CREATE SCHEMA schedsync; CREATE TABLE schedsync.stuff (x int)")

@@ -156,3 +156,24 @@ def test_a_symlink_to_an_empty_or_missing_file_is_not_adopted_but_one_to_a_state
     link.symlink_to(project.state)
     assert project.cli("--state", str(link), "run", "points").returncode == 0
     assert len(project.history("points")) == 2
+
+
+def test_the_counters_migration_seeds_them_from_the_runs_already_recorded(tmp_path):
+    from schedsync.store.sqlite import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:3]:  # a state written before the counters existed (v3)
+        migration(db)
+    db.execute("PRAGMA user_version = 3")
+    rows = [("a", "success", 2), ("a", "success", 1), ("a", "failed", 0), ("b", "running", 0)]
+    db.executemany("INSERT INTO runs (job, status, trigger, started_at, host, pid, requests)"
+                   " VALUES (?, ?, 'cron', 0, 'h', 1, ?)", rows)
+    db.close()
+    store = open_store(str(path))
+    try:
+        assert store.counters() == {"a": {"success": (2, 3), "failed": (1, 0)}}
+        assert store.adhoc_jobs() == {}
+    finally:
+        store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

@@ -282,6 +282,54 @@ def test_the_job_lock_excludes_a_second_holder(store):
     second.release()
 
 
+class TestCounters:
+    """Run and request counters for `rate()`: bumped by finishes, skips and crashes in the
+    same step as the run's row, never lowered by pruning."""
+
+    def test_finished_runs_are_counted_by_job_and_status_with_their_requests(self, store):
+        finished(store, "a", T0, "success", requests=3)
+        finished(store, "a", T0 + 10, "success", requests=2)
+        finished(store, "a", T0 + 20, "failed")
+        finished(store, "b", T0, "timeout", requests=1)
+        assert store.counters() == {"a": {"success": (2, 5), "failed": (1, 0)}, "b": {"timeout": (1, 1)}}
+
+    def test_a_running_run_is_not_counted_until_it_finishes(self, store):
+        started(store, "a", T0)
+        assert store.counters() == {}
+
+    def test_skips_and_crashes_are_counted(self, store):
+        host, pid, _ = store.liveness.owner()
+        skip = Run(0, "a", "skipped", "cron", T0, host, pid, reason="locked", finished_at=T0, duration_ms=0)
+        store.record_skip(skip, KEEP_ALL)
+        run = started(store, "a", T0 + 1)
+        [again] = store.running_runs(["a"])
+        assert store.mark_crashed(run, "gone", API, False, now=T0 + 5)
+        assert not store.mark_crashed(again, "gone", API, False, now=T0 + 6)  # counted once
+        assert store.counters() == {"a": {"skipped": (1, 0), "crashed": (1, 0)}}
+
+    def test_pruning_does_not_lower_them(self, store):
+        for k in range(5):
+            finished(store, "a", T0 + k, "success", requests=1)
+        assert store.prune_all({"a": (3600.0, None)}, now=T0 + 86400) == 4
+        assert len(store.runs("a")) == 1
+        assert store.counters() == {"a": {"success": (5, 5)}}
+
+
+class TestAdhocJobs:
+    def test_settings_are_remembered_by_name_and_replaced(self, store):
+        assert store.adhoc_jobs() == {}
+        store.see_jobs(["listed"], T0)
+        store.set_adhoc("backup", '{"timeout": 60}', T0)
+        store.set_adhoc("backup", '{"timeout": 90}', T0 + 1)
+        assert store.adhoc_jobs() == {"backup": '{"timeout": 90}'}
+        assert store.job_states(["backup"])["backup"].first_seen == T0  # noted as seen
+
+    def test_none_forgets_them(self, store):
+        store.set_adhoc("backup", '{"timeout": 60}', T0)
+        store.set_adhoc("backup", None, T0 + 1)
+        assert store.adhoc_jobs() == {}
+
+
 # --- contention: real processes, each with its own connection -----------------------------
 
 def _race(target: str, body: str, args: list) -> list[str]:

@@ -29,7 +29,9 @@ class Snapshot:
 
 def snapshot(config: Config, store, now: float | None = None, only: str | None = None,
              alert: bool = True) -> Snapshot:
-    """Every job (or ``only``) and every budget at ``now`` (the store's clock by default)."""
+    """Every job (or ``only``) and every budget at ``now`` (the store's clock by default),
+    the jobs ``schedsync exec`` ran without a registry entry included."""
+    config = _with_adhoc(config, store)
     if only:
         config.job(only)  # an unknown name is a usage error before anything is read
     now = store.now() if now is None else now
@@ -56,20 +58,28 @@ def snapshot(config: Config, store, now: float | None = None, only: str | None =
     return Snapshot(job_views, budget_rows, now)
 
 
+def _with_adhoc(config: Config, store) -> Config:
+    from schedsync.app.adhoc import with_adhoc
+
+    return with_adhoc(config, store)
+
+
 def _wants_late(config: Config) -> bool:
     return any("late" in target["events"] for spec in config.jobs.values() for target in spec["notify"])
 
 
-def status(config: Config, store, now: float | None = None, only: str | None = None) -> dict:
-    """``status --json`` (README: JSON)."""
-    snap = snapshot(config, store, now, only)
+def status(config: Config, store, now: float | None = None, only: str | None = None,
+           alert: bool = True) -> dict:
+    """``status --json`` (README: JSON). ``alert=False``: no ``late`` alert (``serve``)."""
+    snap = snapshot(config, store, now, only, alert=alert)
     return {"generated_at": iso(snap.now), "jobs": [job_json(view) for view in snap.views],
             "budgets": snap.budgets}
 
 
-def job_detail(config: Config, store, name: str, now: float | None = None) -> dict:
+def job_detail(config: Config, store, name: str, now: float | None = None, alert: bool = True) -> dict:
     """``status JOB``: the job's status row plus breaker transitions, recent runs and alerts."""
-    data = status(config, store, now, only=name)
+    config = _with_adhoc(config, store)
+    data = status(config, store, now, only=name, alert=alert)
     job = data["jobs"][0]
     return {
         **data,
@@ -84,6 +94,7 @@ def job_detail(config: Config, store, name: str, now: float | None = None) -> di
 
 def history(config: Config, store, job: str, limit: int, failed: bool) -> list[dict]:
     """``history JOB``: its runs, newest first, crashed ones reaped first."""
+    config = _with_adhoc(config, store)
     config.job(job)
     crashed = reap(config, store, [job])
     runs = store.runs(job, limit, failed_only=failed)
@@ -105,6 +116,7 @@ def run_log(config: Config, store, job: str, run_id: int | None = None) -> dict:
     when it was recorded. An unknown job is a usage error; a missing run, or another job's, is not."""
     from schedsync.core.errors import SchedsyncError
 
+    config = _with_adhoc(config, store)
     config.job(job)
     crashed = {run.id: run for run in reap(config, store, [job])}
     run = store.run(job, run_id)

@@ -255,3 +255,40 @@ def crontab(ctx: typer.Context):
         config = _config(ctx)
         print("\n".join(crontab_lines(config, ctx.obj["state"])))
 
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    bind: str = typer.Option("127.0.0.1:9178", "--bind", metavar="HOST:PORT",
+                             help="Where to listen; not loopback needs $SCHEDSYNC_SERVE_TOKEN or "
+                                  "$SCHEDSYNC_SERVE_BASIC (user:password)."),
+):
+    """Read-only HTTP: /healthz (200 or 503), /metrics, / a dashboard. Example: schedsync serve --bind 127.0.0.1:9178"""
+    from schedsync.ops.serve import serve as serve_forever
+
+    with _errors():
+        code = serve_forever(ctx.obj["config"], ctx.obj["state"], bind)
+    raise typer.Exit(code)
+
+
+@app.command("exec", context_settings={"ignore_unknown_options": True})
+def exec_command(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NAME", help="The name its runs are recorded and locked under."),
+    command: Optional[list[str]] = typer.Argument(None, metavar="-- CMD ARGS…", help="The command, after --."),
+    timeout: Optional[str] = typer.Option(None, "--timeout", metavar="D", help="Hard timeout, e.g. 30m."),
+    overlap: Optional[str] = typer.Option(None, "--overlap", metavar="POLICY", help="skip, allow or 'wait 30s'."),
+    budget: Optional[list[str]] = typer.Option(None, "--budget", metavar="B", help="A budget of jobs.yaml to spend from (repeatable)."),
+):
+    """Run an ad-hoc command as a job: lock, timeout, record, cron-friendly output, no jobs.yaml entry.
+    Example: schedsync exec backup --timeout 2h -- /usr/local/bin/backup.sh --full"""
+    from schedsync.cli.adhoc import exec_cli
+
+    if not command:
+        with _errors():
+            raise ConfigError(f"exec {name}: no command given",
+                              f"put it after --, e.g. schedsync exec {name} -- /usr/local/bin/backup.sh")
+    settings = {k: v for k, v in (("timeout", timeout), ("overlap", overlap), ("budget", budget))
+                if v is not None}
+    raise typer.Exit(exec_cli(ctx.obj["config"], ctx.obj["state"], name, command, settings))

@@ -1,7 +1,8 @@
 """The ``schedsync`` executable.
 
 Every cron tick pays our start-up, so a plain ``schedsync [-c X] [--state Y] run JOB``
-is parsed here and run without importing typer, rich or httpx. So are the read commands a
+is parsed here and run without importing typer, rich or httpx, and so is a plain
+``schedsync exec NAME [...] -- CMD`` (``cli.adhoc.plain_exec``). So are the read commands a
 monitoring check or a person runs all day (``status``, ``history``, ``logs``, ``list``,
 ``metrics``, ``validate``) when their command line is a plain one, and ``--version``: typer
 costs more than everything these do. Anything else (help, other commands, unusual options,
@@ -32,6 +33,12 @@ def main(argv: list[str] | None = None) -> None:
         from schedsync.cli.run import run_cli
 
         sys.exit(run_cli(*plain))
+    if "exec" in argv:  # a cron line too: spare it typer
+        from schedsync.cli.adhoc import exec_cli, plain_exec
+
+        ad_hoc = plain_exec(argv)
+        if ad_hoc is not None:
+            sys.exit(exec_cli(*ad_hoc))
     read = _plain_read(argv)
     if read is not None:
         sys.exit(read())

@@ -215,7 +215,7 @@ def metrics(config_opt: str | None, state_opt: str | None, textfile: str | None 
         config = load_config(config_opt)
         with opened(config, state_opt) as store:
             snap = snapshot(config, store)
-            text = exposition(snap.views, snap.budgets)
+            text = exposition(snap.views, snap.budgets, store.counters())
         if textfile is None:
             sys.stdout.write(text)
             return 0

@@ -1,5 +1,6 @@
 """``schedsync run JOB`` as cron and a terminal see it: the fast path ``main`` takes
-without typer, and the typer command alike."""
+without typer, and the typer command alike. ``report_run`` is the one output step of
+``run`` and ``exec`` (``cli.adhoc`` calls it too)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
     from schedsync.config import load, resolve_config, resolve_state
     from schedsync.core.errors import SchedsyncError
     from schedsync.app.run import run
-    from schedsync.app.runner import summary
     from schedsync.store import open_store
 
     interactive = sys.stderr.isatty() or sys.stdout.isatty()
@@ -29,6 +29,13 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
     except SchedsyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    return report_run(result, job_name, interactive)
+
+
+def report_run(result, job_name: str, interactive: bool) -> int:
+    """What cron mails (nothing on success) and a terminal sees; the exit code (``run``, ``exec``)."""
+    from schedsync.app.runner import summary
+
     for message in result.messages:
         print(message, file=sys.stderr)
     if result.run.status in ("success", "partial", "skipped"):

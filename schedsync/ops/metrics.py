@@ -15,6 +15,11 @@ every import costs the cron tick that runs ``metrics --textfile``. Series
     schedsync_budget_period_seconds{budget}
     schedsync_breaker_state{breaker,state}              1 for closed, open or half-open
     schedsync_breaker_failures{breaker}
+    schedsync_runs_total{job,status}                    counter: finished runs (skips, crashes too)
+    schedsync_requests_total{job}                       counter: HTTP requests made by runs
+
+The two counters are kept in the state apart from the runs, so pruning old runs
+never lowers them and ``rate()`` works.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def exposition(views, budget_rows: list[dict]) -> str:
-    """The text for ``report.views(...)`` and ``report.status(...)["budgets"]``."""
+def exposition(views, budget_rows: list[dict], counters: dict | None = None) -> str:
+    """The text for ``report.views(...)``, ``report.status(...)["budgets"]`` and
+    ``store.counters()``."""
     out = Exposition()
 
     def per_job(name: str, help_text: str, value_of) -> None:
@@ -108,7 +114,27 @@ def exposition(views, budget_rows: list[dict]) -> str:
     out.family("schedsync_breaker_failures", "Failed runs counted by the breaker since it last closed.")
     for name, view in breakers.items():
         out.sample("schedsync_breaker_failures", {"breaker": name}, view.breaker.failures)
+    if counters is not None:
+        _counters(out, views, counters)
     return out.text()
+
+
+def _counters(out: Exposition, views, counters: dict) -> None:
+    # Every job of the registry gets every status, zeros included: a counter that appears
+    # only at its first increment makes rate() miss that increment.
+    names = [view.job.name for view in views]
+    out.family("schedsync_runs_total", "Runs finished (skipped and crashed ones too), by status; "
+               "not lowered by retention pruning.", "counter")
+    for name in names:
+        for status in STATUSES:
+            if status != RUNNING:
+                out.sample("schedsync_runs_total", {"job": name, "status": status},
+                           counters.get(name, {}).get(status, (0, 0))[0])
+    out.family("schedsync_requests_total", "HTTP requests made by the job's finished runs; "
+               "not lowered by retention pruning.", "counter")
+    for name in names:
+        out.sample("schedsync_requests_total", {"job": name},
+                   sum(requests for _, requests in counters.get(name, {}).values()))
 
 
 def write_textfile(path: str, text: str) -> None:

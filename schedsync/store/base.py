@@ -173,6 +173,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def notifications(self, job: str, limit: int = 10) -> list: ...
 
+    @abc.abstractmethod
+    def counters(self) -> dict:
+        """{job: {status: (runs, requests)}}: counted inside ``finish_run``,
+        ``record_skip`` and ``mark_crashed`` (same transaction as the run's row), so they
+        only grow; retention pruning never lowers them (Prometheus ``rate()`` needs that)."""
+
+    @abc.abstractmethod
+    def adhoc_jobs(self) -> dict:
+        """{name: settings JSON text} of the jobs ``set_adhoc`` remembered."""
+
     # --- budgets and breakers --------------------------------------------------------
 
     @abc.abstractmethod
@@ -199,6 +209,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_paused(self, name: str, paused: bool, now: float | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def set_adhoc(self, name: str, settings: str | None, now: float | None = None) -> None:
+        """Remember (JSON text; None forgets) the settings of a job ``schedsync exec`` ran
+        without a registry entry, so ``status`` and ``serve`` can show it. Notes it as seen."""
 
     # --- alerts ----------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """``schedsync state copy --to postgresql://…``: move a SQLite state into PostgreSQL.
 
-Copies history (runs with their ids, output and owners), first-seen and pauses,
-budgets (tokens, last refill, a Retry-After pause), breakers and their
-transitions, notifications and sent-alert marks, in one PostgreSQL transaction:
+Copies history (runs with their ids, output and owners), the run counters, first-seen,
+pauses and the settings of ``exec``'s ad-hoc jobs, budgets (tokens, last refill, a
+Retry-After pause), breakers and their transitions, notifications and sent-alert
+marks, in one PostgreSQL transaction:
 all of it or nothing. The destination must hold no runs yet (a second copy would
 duplicate history). The SQLite file is opened read-only and left as it was.
 A run still ``running`` in the file is copied as is; no session holds its lock
@@ -20,7 +21,8 @@ TABLES = {  # table: columns, as both backends name them (SQLite's pid_start is 
     "runs": ("id", "job", "status", "reason", "trigger", "started_at", "finished_at", "duration_ms",
              "attempts", "requests", "items_processed", "items_failed", "exit_code", "error",
              "retry_at", "host", "pid", "pid_start", "output"),
-    "jobs": ("name", "first_seen", "paused", "paused_at"),
+    "jobs": ("name", "first_seen", "paused", "paused_at", "adhoc"),
+    "run_counts": ("job", "status", "runs", "requests"),
     "buckets": ("name", "tokens", "updated", "blocked_until"),
     "breakers": ("name", "state", "failures", "opened_at", "opens_until", "leases"),
     "breaker_events": ("id", "name", "at", "old", "new", "reason"),
@@ -64,20 +66,31 @@ def copy_state(source: str, url: str) -> dict:
             for table, columns in TABLES.items():
                 have = {row[1] for row in src.execute(f"PRAGMA table_info({table})")}
                 picked = [c for c in columns if c in have]
+                if not picked:  # a file from before the table existed (run_counts: seeded below)
+                    counts[table] = 0
+                    continue
                 rows = src.execute(f"SELECT {', '.join(picked)} FROM {table}").fetchall()
                 names = ["token" if c == "pid_start" else c for c in picked]
                 rows = [_convert(table, picked, row) for row in rows]
                 if rows:
-                    if table in ("jobs", "buckets", "breakers", "alert_marks"):
+                    if table in ("jobs", "buckets", "breakers", "alert_marks", "run_counts"):
                         # see_jobs may have run when the store opened: the file's rows win
-                        key = "(job, event)" if table == "alert_marks" else "(name)"
-                        sets = ", ".join(f"{n} = excluded.{n}" for n in names if n not in ("name", "job", "event"))
+                        key = {"alert_marks": "(job, event)", "run_counts": "(job, status)"}.get(table, "(name)")
+                        sets = ", ".join(f"{n} = excluded.{n}" for n in names
+                                         if n not in ("name", "job", "event", "status"))
                         tail = f" ON CONFLICT {key} DO UPDATE SET {sets}"
                     else:
                         tail = ""
                     execute_values(cur, f"INSERT INTO schedsync.{table} ({', '.join(names)}) VALUES %s{tail}",
                                    rows, page_size=1000)
                 counts[table] = len(rows)
+            if not any(row[1] == "runs" for row in src.execute("PRAGMA table_info(run_counts)")):
+                # a file older than the counters: count its runs, as its own migration would
+                cur.execute("INSERT INTO schedsync.run_counts (job, status, runs, requests)"
+                            " SELECT job, status, count(*), coalesce(sum(requests), 0) FROM schedsync.runs"
+                            " WHERE status <> 'running' GROUP BY job, status"
+                            " ON CONFLICT (job, status) DO UPDATE SET runs = excluded.runs,"
+                            " requests = excluded.requests")
             for table in ("runs", "breaker_events", "notifications"):
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('schedsync.{table}', 'id'),"
                             f" greatest((SELECT max(id) FROM schedsync.{table}), 1))")

@@ -296,12 +296,12 @@ class PostgresStore(Store):
             " r AS (INSERT INTO schedsync.runs (job, status, reason, trigger, started_at,"
             " finished_at, duration_ms, retry_at, host, pid, token, error, exit_code)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id)"
-            " SELECT id FROM r, schedsync.prune(%s, %s, %s, %s, %s)",
+            " SELECT id FROM r, schedsync.prune(%s, %s, %s, %s, %s), schedsync.tally(%s, %s, %s)",
             (run.job, run.started_at,
              run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start, run.error,
              run.exit_code, run.job, run.started_at, retention.get("success"),
-             retention.get("failed"), PRUNE_BATCH))
+             retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0))
 
     def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
         settings = breaker.settings
@@ -387,6 +387,16 @@ class PostgresStore(Store):
             " AND started_at > coalesce(schedsync.last_success(%(j)s, %(b)s), '-Infinity')"
             " AND (%(b)s::float8 IS NULL OR started_at < %(b)s)", {"j": job, "b": before})
         return count
+
+    def counters(self) -> dict:
+        out: dict = {}
+        for job, status, runs, requests in self._q(
+                "SELECT job, status, runs, requests FROM schedsync.run_counts"):
+            out.setdefault(job, {})[status] = (int(runs), int(requests))
+        return out
+
+    def adhoc_jobs(self) -> dict:
+        return dict(self._q("SELECT name, adhoc FROM schedsync.jobs WHERE adhoc IS NOT NULL"))
 
     def breakers(self, names) -> dict:
         rows = self._q("SELECT name, state, failures, opened_at, opens_until, leases"
@@ -474,6 +484,11 @@ class PostgresStore(Store):
                 "   CASE WHEN %(p)s THEN coalesce(%(t)s, schedsync.now()) END)"
                 " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, paused_at = excluded.paused_at",
                 {"n": name, "t": now, "p": bool(paused)})
+
+    def set_adhoc(self, name, settings, now=None) -> None:
+        self._q("INSERT INTO schedsync.jobs (name, first_seen, adhoc)"
+                " VALUES (%s, coalesce(%s, schedsync.now()), %s)"
+                " ON CONFLICT (name) DO UPDATE SET adhoc = excluded.adhoc", (name, now, settings))
 
     # --- alerts -------------------------------------------------------------------------
 

@@ -86,7 +86,21 @@ def _v3(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE buckets ADD COLUMN blocked_until REAL")
 
 
-MIGRATIONS = [_v1, _v2, _v3]  # append, never edit: user_version counts how many were applied
+def _v4(db: sqlite3.Connection) -> None:
+    # Counters that only grow (Prometheus `rate()` needs them to survive retention
+    # pruning), seeded from the runs already recorded; and the settings of jobs that
+    # `schedsync exec` ran without a registry entry, so status can show them.
+    _script(db, """
+        CREATE TABLE run_counts (job TEXT NOT NULL, status TEXT NOT NULL, runs INTEGER NOT NULL,
+                                 requests INTEGER NOT NULL, PRIMARY KEY (job, status));
+        INSERT INTO run_counts (job, status, runs, requests)
+            SELECT job, status, COUNT(*), COALESCE(SUM(requests), 0) FROM runs
+            WHERE status != 'running' GROUP BY job, status;
+        ALTER TABLE jobs ADD COLUMN adhoc TEXT
+    """)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4]  # append, never edit: user_version counts how many were applied
 
 
 def state_error(path: str, exc: BaseException) -> StateError:
@@ -337,6 +351,7 @@ class SQLiteStore(Store):
         with self._tx:
             self._see(run.job, run.started_at)
             self._insert(run)
+            self._tally(run.job, run.status, run.requests)
             self._prune(run.job, run.started_at, retention.get("success"), retention.get("failed"),
                         PRUNE_BATCH)  # a paused or rate-limited job must not grow without bound
 
@@ -350,6 +365,12 @@ class SQLiteStore(Store):
              run.error, run.exit_code))
         run.id = cur.lastrowid
 
+    def _tally(self, job: str, status: str, requests: int) -> None:
+        # run_counts: inside the caller's transaction, so a counter moves with its run.
+        self._sql("INSERT INTO run_counts (job, status, runs, requests) VALUES (?, ?, 1, ?)"
+                  " ON CONFLICT (job, status) DO UPDATE SET runs = runs + 1,"
+                  " requests = requests + excluded.requests", (job, status, requests or 0))
+
     def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
         now = time.time() if now is None else now
         with self._tx:
@@ -360,6 +381,7 @@ class SQLiteStore(Store):
                 (run.status, run.reason, run.finished_at, run.duration_ms, run.attempts,
                  run.requests, run.items_processed, run.items_failed, run.exit_code, run.error,
                  run.retry_at, run.output, run.id))
+            self._tally(run.job, run.status, run.requests)
             transition = None
             if evidence and run.status != SKIPPED:
                 transition = self._count(breaker, run, trial, now)
@@ -402,6 +424,7 @@ class SQLiteStore(Store):
                 " WHERE id=? AND status='running'", (now, now, error, run.id))
             if cur.rowcount != 1:
                 return False  # another process recorded it first
+            self._tally(run.job, CRASHED, 0)
             run.status, run.error, run.finished_at = CRASHED, error, now
             run.duration_ms = int((now - run.started_at) * 1000)
             if evidence and breaker is not None:
@@ -454,6 +477,16 @@ class SQLiteStore(Store):
         if before is not None:
             sql, args = sql + " AND started_at < ?", args + (before,)
         return self._sql(sql, args).fetchone()[0]
+
+    def counters(self):
+        rows = self._sql("SELECT job, status, runs, requests FROM run_counts").fetchall()
+        out: dict = {}
+        for job, status, runs, requests in rows:
+            out.setdefault(job, {})[status] = (runs, requests)
+        return out
+
+    def adhoc_jobs(self):
+        return dict(self._sql("SELECT name, adhoc FROM jobs WHERE adhoc IS NOT NULL").fetchall())
 
     def breakers(self, names):
         return {name: self._breaker(name) for name in names}
@@ -564,6 +597,11 @@ class SQLiteStore(Store):
             self._see(name, now)
             self._sql("UPDATE jobs SET paused = ?, paused_at = ? WHERE name = ?",
                       (int(paused), now if paused else None, name))
+
+    def set_adhoc(self, name, settings, now=None):
+        now = time.time() if now is None else now
+        self._sql("INSERT INTO jobs (name, first_seen, adhoc) VALUES (?, ?, ?)"
+                  " ON CONFLICT (name) DO UPDATE SET adhoc = excluded.adhoc", (name, now, settings))
 
     # --- alerts -----------------------------------------------------------------------
 

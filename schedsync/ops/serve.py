@@ -1,0 +1,376 @@
+"""``schedsync serve``: read-only HTTP over the state, for probes, Prometheus and people.
+
+    /healthz      every job's health as JSON; 200 when none is LATE, STALLED or FAILING, else 503
+    /metrics      what ``schedsync metrics`` prints (text/plain; version=0.0.4)
+    /             the dashboard: one row per job, worst first; it reloads itself
+    /job/NAME     one job: status, breaker transitions, history, a run's output
+
+Every request loads the registry (from its cache when unchanged) and opens the
+state afresh, so an edited jobs.yaml or a replaced state file is seen at once
+and nothing grows between requests; the state is opened as read commands open it
+(``write=False``: a state this user cannot write is served read-only). The data
+come from the application layer (``app.status``) and ``ops.metrics``, as
+``status`` and ``metrics`` use them: this module only renders. Jinja2 (autoescaping) renders the HTML; it is imported here only,
+never on the path of ``schedsync run``.
+
+Loopback by default. Any other address needs a credential from the environment
+(``SCHEDSYNC_SERVE_TOKEN`` for ``Authorization: Bearer``, ``SCHEDSYNC_SERVE_BASIC``
+as ``user:password`` for basic auth); once one is set, every request must carry it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import ipaddress
+import json
+import os
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from schedsync.core.errors import ConfigError, SchedsyncError
+
+DEFAULT_BIND = "127.0.0.1:9178"
+TOKEN_ENV, BASIC_ENV = "SCHEDSYNC_SERVE_TOKEN", "SCHEDSYNC_SERVE_BASIC"
+REFRESH = 10  # seconds between the dashboard's reloads
+CLIENT_TIMEOUT = 10.0  # seconds a client may take to send its request
+MAX_PATH = 2048  # bytes of path and query; longer gets 414
+MAX_HEADERS = 8192  # bytes of all request headers together; more gets 431
+MAX_CLIENTS = 64  # requests handled at once; more wait in the listen backlog
+HISTORY = 50  # runs on a job's page
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Credentials:
+    """What a request must present, from the environment; never shown anywhere."""
+
+    def __init__(self, environ=os.environ):
+        self.token = environ.get(TOKEN_ENV) or None
+        self.basic = environ.get(BASIC_ENV) or None
+        if self.basic is not None and ":" not in self.basic:
+            raise ConfigError(f"${BASIC_ENV} must be user:password", f"export {BASIC_ENV}=user:password")
+
+    def __bool__(self) -> bool:
+        return bool(self.token or self.basic)
+
+    def allows(self, header: str | None) -> bool:
+        if not self:
+            return True
+        scheme, _, value = (header or "").strip().partition(" ")
+        value = value.strip().encode()
+        if self.token and scheme.lower() == "bearer":
+            return hmac.compare_digest(value, self.token.encode())
+        if self.basic and scheme.lower() == "basic":
+            return hmac.compare_digest(value, base64.b64encode(self.basic.encode()))
+        return False
+
+    def challenge(self) -> str:
+        return 'Basic realm="schedsync"' if self.basic else 'Bearer realm="schedsync"'
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port)."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--bind {text}: not HOST:PORT", f"write e.g. --bind {DEFAULT_BIND}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+class Site:
+    """The pages, given a way to open the registry and the state for one request."""
+
+    def __init__(self, config_opt: str | None, state_opt: str | None):
+        self.config_opt, self.state_opt = config_opt, state_opt
+        import jinja2
+
+        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+        self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True,
+                                      undefined=jinja2.StrictUndefined)
+        self.env.filters["when"] = _when
+        self.env.filters["took"] = _took
+        self.env.globals["sparkline"] = sparkline
+        self.env.globals["REFRESH"] = REFRESH
+
+    def opened(self):
+        from schedsync.config import load, resolve_config, resolve_state
+        from schedsync.store import open_store
+
+        config = load(resolve_config(self.config_opt))
+        return config, open_store(resolve_state(self.state_opt, config), write=False)
+
+    def healthz(self) -> tuple[int, str, bytes]:
+        from schedsync.app import report, status
+
+        data = self._with_state(lambda config, store: status.status(config, store, alert=False))
+        jobs = [{"name": j["name"], "health": j["health"], "why": j["why"],
+                 "last_run_at": (j["last_run"] or {}).get("started_at"),
+                 "next_expected": j["next_expected"]} for j in report.worst_first(data["jobs"])]
+        bad = [j["name"] for j in jobs if j["health"] in report.NEEDS_ACTION]
+        body = {"ok": not bad, "generated_at": data["generated_at"], "needs_action": bad, "jobs": jobs}
+        return (503 if bad else 200), "application/json", (json.dumps(body, indent=2) + "\n").encode()
+
+    def metrics(self) -> tuple[int, str, bytes]:
+        from schedsync.app.status import snapshot
+        from schedsync.ops.metrics import exposition
+
+        def text(config, store):
+            snap = snapshot(config, store, alert=False)
+            return exposition(snap.views, snap.budgets, store.counters())
+
+        return 200, PROMETHEUS, self._with_state(text).encode()
+
+    def dashboard(self) -> tuple[int, str, bytes]:
+        from schedsync.app import report, status
+
+        data = self._with_state(lambda config, store: status.status(config, store, alert=False))
+        jobs = report.worst_first(data["jobs"])
+        bad = [j for j in jobs if j["health"] in report.NEEDS_ACTION]
+        budgets = {b["name"]: b for b in data["budgets"]}
+        html = self.env.get_template("dashboard.html").render(
+            data=data, jobs=jobs, bad=bad, budgets=budgets, now=_parse(data["generated_at"]))
+        return 200, "text/html; charset=utf-8", html.encode()
+
+    def job(self, name: str, run_id: str | None) -> tuple[int, str, bytes]:
+        from schedsync.app import status
+
+        def gather(config, store):
+            now = store.now()
+            detail = status.job_detail(config, store, name, now, alert=False)
+            runs = status.history(config, store, name, HISTORY, False)
+            return detail, runs, _secrets(config, name)
+
+        detail, runs, secrets = self._with_state(gather)
+        shown = next((r for r in runs if str(r["id"]) == run_id), None) if run_id else \
+            next((r for r in runs if r["output"]), runs[0] if runs else None)
+        if run_id and shown is None:
+            raise NotFound(f"no run {run_id} among the {len(runs)} newest runs of {name}")
+        output = secrets.redact(shown["output"]) if shown else None
+        errors = {r["id"]: secrets.redact(r["error"]) for r in runs}
+        html = self.env.get_template("job.html").render(
+            job=detail["jobs"][0], detail=detail, runs=runs, shown=shown, output=output,
+            errors=errors, now=_parse(detail["generated_at"]))
+        return 200, "text/html; charset=utf-8", html.encode()
+
+    def _with_state(self, read):
+        config, store = self.opened()
+        try:
+            return read(config, store)
+        finally:
+            store.close()
+
+
+class NotFound(Exception):
+    pass
+
+
+def _secrets(config, name: str):
+    """The job's secrets, to redact its output once more on the way out (records are
+    redacted when written; this also covers a secret added to the registry since)."""
+    from schedsync.config import Secrets, expand
+
+    try:
+        return expand(config.job(name), config.path)[1]
+    except SchedsyncError:
+        return Secrets()  # a ${VAR} unset in the server's environment: the record's redaction stands
+
+
+def _parse(iso_time: str | None):
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")) if iso_time else None
+
+
+def _when(iso_time: str | None, now) -> str:
+    from schedsync.core.durations import format_duration
+
+    if not iso_time:
+        return "—"
+    delta = (now - _parse(iso_time)).total_seconds()
+    if abs(delta) < 1:
+        return "just now"
+    return f"{format_duration(delta)} ago" if delta >= 0 else f"in {format_duration(-delta)}"
+
+
+def _took(duration_ms: int | None) -> str:
+    from schedsync.core.durations import format_duration
+
+    return "—" if duration_ms is None else format_duration(duration_ms / 1000)
+
+
+def sparkline(recent: list[dict], width: int = 120, height: int = 24) -> str:
+    """An inline SVG polyline of run durations, oldest left (skips and running runs left out)."""
+    points = [r["duration_ms"] for r in reversed(recent)
+              if r["duration_ms"] is not None and r["status"] not in ("skipped", "running")]
+    if len(points) < 2:
+        return ""
+    top = max(points) or 1
+    step = width / (len(points) - 1)
+    xy = " ".join(f"{i * step:.1f},{height - 2 - (p / top) * (height - 4):.1f}" for i, p in enumerate(points))
+    from markupsafe import Markup
+
+    return Markup(f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
+                  f' role="img" aria-label="durations, longest {_took(top)}">'
+                  f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{xy}"/></svg>')
+
+
+class Handler(BaseHTTPRequestHandler):
+    timeout = CLIENT_TIMEOUT
+    protocol_version = "HTTP/1.1"
+    site: Site
+    credentials: Credentials
+
+    def version_string(self) -> str:
+        return "schedsync"
+
+    def do_HEAD(self) -> None:
+        self.do_GET(head=True)
+
+    def do_GET(self, head: bool = False) -> None:
+        if len(self.path) > MAX_PATH:
+            return self._send(414, "text/plain; charset=utf-8", b"request path too long\n", head)
+        if sum(len(k) + len(v) for k, v in self.headers.items()) > MAX_HEADERS:
+            return self._send(431, "text/plain; charset=utf-8", b"request headers too large\n", head)
+        if not self.credentials.allows(self.headers.get("Authorization")):
+            return self._send(401, "text/plain; charset=utf-8", b"unauthorized\n", head,
+                              {"WWW-Authenticate": self.credentials.challenge()})
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
+        try:
+            if path == "/healthz":
+                reply = self.site.healthz()
+            elif path == "/metrics":
+                reply = self.site.metrics()
+            elif path in ("/", "/index.html"):
+                reply = self.site.dashboard()
+            elif path.startswith("/job/") and path.count("/") == 2:
+                run_id = parse_qs(url.query).get("run", [None])[0]
+                reply = self.site.job(unquote(path[5:]), run_id)
+            else:
+                reply = 404, "text/plain; charset=utf-8", b"not found: try /, /healthz or /metrics\n"
+        except NotFound as exc:
+            reply = 404, "text/plain; charset=utf-8", f"{exc}\n".encode()
+        except ConfigError as exc:
+            # an unknown job in /job/NAME is a 404; a broken registry makes every page 503
+            code = 404 if "no job named" in str(exc) else 503
+            reply = code, "text/plain; charset=utf-8", f"error: {exc}\n".encode()
+        except SchedsyncError as exc:
+            reply = 503, "text/plain; charset=utf-8", f"error: {exc}\n".encode()
+        except Exception as exc:  # a bug: one line to the client, the traceback to our stderr
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+            reply = 500, "text/plain; charset=utf-8", f"internal error: {type(exc).__name__}\n".encode()
+        self._send(*reply, head=head)
+
+    def _refuse(self) -> None:
+        self.send_response(405)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # read-only; bodies never read
+
+    def _send(self, code: int, kind: str, body: bytes, head: bool = False, extra: dict | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if kind.startswith("text/html"):
+            # no script, no fetched asset: the page needs nothing but itself
+            self.send_header("Content-Security-Policy",
+                             "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        if code >= 400:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        pass  # no access log: a probe every few seconds would fill the journal
+
+    def log_error(self, format: str, *args) -> None:
+        sys.stderr.write(f"schedsync serve: {self.address_string()}: {format % args}\n")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck client does not hold up SIGTERM
+    request_queue_size = 128
+
+    def __init__(self, address, handler, family):
+        self.address_family = family
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        self.slots.acquire()  # at most MAX_CLIENTS threads; the rest wait in the backlog
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def serve(config_opt: str | None, state_opt: str | None, bind: str, environ=os.environ) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit code."""
+    import socket
+
+    host, port = parse_bind(bind)
+    credentials = Credentials(environ)
+    if not is_loopback(host) and not credentials:
+        raise ConfigError(f"--bind {bind} is not a loopback address and no credential is set",
+                          f"export {TOKEN_ENV}=<secret> (bearer) or {BASIC_ENV}=user:password, "
+                          f"or bind 127.0.0.1")
+    site = Site(config_opt, state_opt)
+    from schedsync.config import load, resolve_config
+
+    load(resolve_config(config_opt))  # a broken registry is a usage error now (exit 2)
+    # a state that cannot be read yet (a volume not mounted) is not: each request says 503
+    handler = type("BoundHandler", (Handler,), {"site": site, "credentials": credentials})
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        server = Server((host, port), handler, family)
+    except OSError as exc:
+        raise SchedsyncError(f"cannot listen on {bind}: {exc.strerror or exc}",
+                             "pick a free port with --bind HOST:PORT") from None
+
+    def stop(signum, frame):
+        # shutdown() waits for serve_forever to return: call it from another thread
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    shown_host = f"[{host}]" if ":" in host else host
+    auth = " (credential required)" if credentials else ""
+    print(f"schedsync serve: listening on http://{shown_host}:{server.server_address[1]}/{auth}",
+          file=sys.stderr, flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    print("schedsync serve: stopped", file=sys.stderr, flush=True)
+    return 0

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import stat
 import subprocess
+import sys
 import textwrap
 import time
 import zlib
@@ -32,16 +33,25 @@ def other():
 
 
 def measured(project, *args: str, env: dict | None = None):
-    """(exit code, stderr, peak RSS MiB, wall seconds, CPU seconds) of one CLI run."""
-    began = time.perf_counter()
-    proc = subprocess.Popen(project.argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, cwd=project.path, env={**project.env, **(env or {})})
-    err = proc.stderr.read().decode("utf-8", "replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    proc.stderr.close()
-    return (proc.returncode, err, usage.ru_maxrss / 1024, time.perf_counter() - began,
-            usage.ru_utime + usage.ru_stime)
+    """(exit code, stderr, peak RSS MiB, wall seconds, CPU seconds) of one CLI run.
+
+    The run's parent is a small fresh Python, not this test process: a forked child's
+    peak RSS starts at its parent's size (the high-water mark survives fork until exec),
+    so a pytest worker grown by earlier tests would be measured too."""
+    probe = (
+        "import json, resource, subprocess, sys, time\n"
+        "began = time.perf_counter()\n"
+        "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,"
+        " stdin=subprocess.DEVNULL)\n"
+        "wall = time.perf_counter() - began\n"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(json.dumps([r.returncode, r.stderr.decode('utf-8', 'replace'), u.ru_maxrss, wall,"
+        " u.ru_utime + u.ru_stime]))\n")
+    out = subprocess.run([sys.executable, "-c", probe, *project.argv(*args)], capture_output=True,
+                         text=True, cwd=project.path, env={**project.env, **(env or {})},
+                         stdin=subprocess.DEVNULL, timeout=120, check=True)
+    code, err, maxrss_kib, wall, cpu = json.loads(out.stdout)
+    return code, err, maxrss_kib / 1024, wall, cpu
 
 
 # --- redirects -------------------------------------------------------------------------------------

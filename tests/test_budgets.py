@@ -10,7 +10,6 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from schedsync.core import budgets
 from schedsync.core.budgets import EPSILON, block_until, refill, take
 from schedsync.core.models import Bucket
 from schedsync.store import open_store

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 
 import pytest

@@ -9,7 +9,6 @@ work. It returns a ``RunResult``; it never imports alerts.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from contextlib import contextmanager

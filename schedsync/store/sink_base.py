@@ -1,7 +1,7 @@
-"""The data sink's interface: ``Sink``, ``SinkError``, ``key_columns``.
+"""The data sink's interface: ``Sink``, ``SinkError``, ``key_columns``, ``since_text``.
 
 What each operation promises is documented in ``store.sink`` (the port users open with
-``open_sink``); backends (``sink_sqlite``, later PostgreSQL) inherit from ``Sink`` here,
+``open_sink``); backends (``sink_sqlite``, ``sink_postgres``) inherit from ``Sink`` here,
 so that they never import the module that chooses between them.
 """
 
@@ -28,3 +28,12 @@ class Sink:
 def key_columns(pk) -> tuple[str, ...]:
     """``pk`` (a name or a list of names) as a tuple of column names."""
     return (pk,) if isinstance(pk, str) else tuple(pk)
+
+
+def since_text(value) -> str | None:
+    """A stored maximum as ``since`` sends it: None stays None, 1700000000.0 becomes 1700000000."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)

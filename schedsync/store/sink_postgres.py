@@ -21,7 +21,7 @@ Tables go to the connection's ``search_path`` (``public`` by default), beside th
 
 from __future__ import annotations
 
-from schedsync.store.sink_base import Sink, SinkError, key_columns
+from schedsync.store.sink_base import Sink, SinkError, key_columns, since_text
 
 PAGE = 1000
 _TYPES = {int: "bigint", bool: "boolean", float: "double precision", str: "text",
@@ -127,11 +127,7 @@ class PostgresSink(Sink):
         except self._pg.Error as exc:
             self.conn.rollback()
             raise SinkError(self._reason(exc)) from None
-        if value is None:
-            return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        return str(value)
+        return since_text(value)
 
     def close(self) -> None:
         if self.conn is not None:

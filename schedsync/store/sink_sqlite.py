@@ -25,7 +25,7 @@ import time
 from operator import itemgetter
 
 from schedsync.core.redact import clip
-from schedsync.store.sink_base import Sink, SinkError, key_columns
+from schedsync.store.sink_base import Sink, SinkError, key_columns, since_text
 
 BUSY_TIMEOUT = 60.0
 _TYPES = {int: "INTEGER", bool: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB",
@@ -169,11 +169,7 @@ class SQLiteSink(Sink):
             value = self.conn.execute(f"SELECT MAX({quote(column)}) FROM {quote(table)}").fetchone()[0]
         except (sqlite3.Error, OSError) as exc:
             raise SinkError(_reason(exc)) from None
-        if value is None:
-            return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        return str(value)
+        return since_text(value)
 
     def close(self) -> None:
         global _open_sinks

@@ -66,7 +66,9 @@ def storm(project, rounds: int, sig: int, spawn: float) -> list[int]:
     for _ in range(rounds):
         procs = [project.start("run", f"j{n}") for n in range(JOBS)]
         started = time.time()
-        for at, proc in sorted((next(delays), p) for p in procs):
+        # Sort on the delay alone: equal delays (moments() clamps at 0.0) must not
+        # fall through to comparing Popen objects.
+        for at, proc in sorted(((next(delays), p) for p in procs), key=lambda pair: pair[0]):
             time.sleep(max(0.0, started + at - time.time()))
             proc.send_signal(sig)
         codes += [proc.wait(20) for proc in procs]

@@ -26,9 +26,9 @@ page with one batched statement (``executemany``, ``COPY``).
 
 from __future__ import annotations
 
-from schedsync.store.sink_base import Sink, SinkError, key_columns
+from schedsync.store.sink_base import Sink, SinkError, clashing_keys, column_name, key_columns
 
-__all__ = ["Sink", "SinkError", "key_columns", "open_sink"]
+__all__ = ["Sink", "SinkError", "clashing_keys", "column_name", "key_columns", "open_sink"]
 
 
 def open_sink(target: str) -> Sink:

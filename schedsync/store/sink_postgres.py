@@ -4,7 +4,7 @@ Used when the target is a ``postgresql://`` URL (the state's own database by
 default with a PostgreSQL state, or the one ``into.db`` names). Per page, in one
 transaction:
 
-- keep the rows that are objects with every part of the key;
+- keep the rows that are objects with every part of the key (not null, not NaN);
 - if the page has a key the table lacks (known from a cached column list, re-read
   when a page brings a new key), ``CREATE TABLE IF NOT EXISTS`` it with the key as
   its primary key, or ``ALTER TABLE … ADD COLUMN IF NOT EXISTS``, under a
@@ -13,7 +13,10 @@ transaction:
   non-null value: bigint, double precision, boolean, jsonb for lists and objects,
   text for the rest;
 - one ``INSERT … VALUES (…), (…), … ON CONFLICT (pk) DO UPDATE`` per 1000 rows
-  (``execute_values``), columns the page does not mention keep their values.
+  (``execute_values``), columns the page does not mention keep their values. One
+  statement may not update a row twice, so of rows sharing a key only the last is sent;
+  names are the table's own spelling (``sink_base.fold``), with ``%`` doubled for
+  ``execute_values``. A page refused for a NUL in its text is sent again with U+FFFD.
 
 Tables go to the connection's ``search_path`` (``public`` by default), beside the
 ``schedsync`` schema of the state.

@@ -2,7 +2,9 @@
 
 What it does per page, inside one ``BEGIN IMMEDIATE … COMMIT``:
 
-- keep the rows that are objects with every part of the key;
+- keep the rows that are objects with every part of the key (not null, not NaN);
+- name the columns by the shared rule (``sink_base.PageColumns``; per page, and per
+  row only when keys are renamed or share a column);
 - if the page has a key the table lacks (known from a cached ``PRAGMA table_info``,
   re-read inside the write lock so concurrent writers cannot race), create the table
   or ``ALTER TABLE … ADD COLUMN`` it, typed from the first non-null value;

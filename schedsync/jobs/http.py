@@ -67,7 +67,7 @@ from schedsync.jobs.display import excerpt, keys, kind, response_line, show_url,
 from schedsync.jobs.pagination import Pages, check_next_rule, dig
 from schedsync.jobs.transport import (DEFAULT_MAX_BYTES, BudgetExhausted, RequestFailed, Requester,
                                       Transient)
-from schedsync.store.sink import SinkError, key_columns, open_sink
+from schedsync.store.sink import SinkError, clashing_keys, key_columns, open_sink
 
 LOG_LINES = 60  # lines of the page log kept in the run record
 
@@ -113,6 +113,9 @@ class Sync:
         self.failed = 0
         self.not_objects = 0
         self.without_key = 0
+        self.nan_key = 0
+        self.clashing = 0  # items with two keys for one column (store.sink_base.column_name)
+        self.clash: tuple | None = None  # the first such pair of keys
 
     # -- the loop --
 
@@ -207,6 +210,11 @@ class Sync:
                     self.not_objects += 1
                 elif any(item.get(key) is None for key in self.keys):
                     self.without_key += 1
+                elif any(item[key] != item[key] for key in self.keys):
+                    self.nan_key += 1
+                elif pair := clashing_keys(item):
+                    self.clashing += 1
+                    self.clash = self.clash or pair
         self.failed += failed
         self.processed += stored
         self.display.update(items=stored, failed=failed)
@@ -260,6 +268,11 @@ class Sync:
         if self.without_key:
             keys = "`, `".join(self.keys)
             parts.append(f"{self.without_key} {_items_word(self.without_key)} had no `{keys}`")
+        if self.nan_key:
+            parts.append(f"{self.nan_key} {_items_word(self.nan_key)} had NaN in `{'`, `'.join(self.keys)}`")
+        if self.clashing:
+            pair = "`, `".join(self.ctx.secrets.clip(key, 40) for key in self.clash)
+            parts.append(f"{self.clashing} {_items_word(self.clashing)} had two keys for one column (`{pair}`)")
         if self.not_objects:
             parts.append(f"{self.not_objects} {_items_word(self.not_objects)} "
                          f"{'was not a JSON object' if self.not_objects == 1 else 'were not JSON objects'}")

@@ -6,12 +6,15 @@ data database; a PostgreSQL URL later) and offers three operations:
 ``upsert(table, pk, rows) -> (stored, failed)``
     Insert or update ``rows`` (decoded JSON items) in ``table``, keyed on ``pk`` (a
     column name, or a list of them), all in one transaction: a page is stored whole or
-    not at all. Rows that are not JSON objects or lack a part of the key (missing or
-    null) are not stored and are counted ``failed``. The table is created on first use
+    not at all. Rows that are not JSON objects or lack a part of the key (missing, null
+    or NaN) are not stored and are counted ``failed``. The table is created on first use
     and gains a column for each new key (schema work only when a page brings a key the
-    table lacks). A key that another row of the same page has but this row lacks is
-    stored as NULL; columns the page does not mention keep their values. Lists and
-    objects are stored as JSON text, everything else as it is.
+    table lacks), named by ``sink_base.column_name`` and matched ASCII case-insensitively
+    (``sink_base.fold``); a row with two keys for one column is counted ``failed``. A
+    key that another row of the same page has but this row lacks is stored as NULL;
+    columns the page does not mention keep their values; of rows sharing a key, the
+    last wins. Lists and objects are stored as JSON text, everything else as it is (a
+    backend that cannot hold a NUL in text stores U+FFFD).
 ``max_value(table, column) -> str | None``
     The largest value stored in ``column`` as text (a whole float as an integer), for
     incremental ``since``; None when the table or the column does not exist yet or
@@ -26,9 +29,9 @@ page with one batched statement (``executemany``, ``COPY``).
 
 from __future__ import annotations
 
-from schedsync.store.sink_base import Sink, SinkError, key_columns
+from schedsync.store.sink_base import Sink, SinkError, clashing_keys, key_columns
 
-__all__ = ["Sink", "SinkError", "key_columns", "open_sink"]
+__all__ = ["Sink", "SinkError", "clashing_keys", "key_columns", "open_sink"]
 
 
 def open_sink(target: str) -> Sink:

@@ -4,7 +4,7 @@ Used when the target is a ``postgresql://`` URL (the state's own database by
 default with a PostgreSQL state, or the one ``into.db`` names). Per page, in one
 transaction:
 
-- keep the rows that are objects with every part of the key;
+- keep the rows that are objects with every part of the key (not null, not NaN);
 - if the page has a key the table lacks (known from a cached column list, re-read
   when a page brings a new key), ``CREATE TABLE IF NOT EXISTS`` it with the key as
   its primary key, or ``ALTER TABLE … ADD COLUMN IF NOT EXISTS``, under a
@@ -13,7 +13,10 @@ transaction:
   non-null value: bigint, double precision, boolean, jsonb for lists and objects,
   text for the rest;
 - one ``INSERT … VALUES (…), (…), … ON CONFLICT (pk) DO UPDATE`` per 1000 rows
-  (``execute_values``), columns the page does not mention keep their values.
+  (``execute_values``), columns the page does not mention keep their values. One
+  statement may not update a row twice, so of rows sharing a key only the last is sent;
+  names are the table's own spelling (``sink_base.fold``), with ``%`` doubled for
+  ``execute_values``. A page refused for a NUL in its text is sent again with U+FFFD.
 
 Tables go to the connection's ``search_path`` (``public`` by default), beside the
 ``schedsync`` schema of the state.
@@ -21,9 +24,13 @@ Tables go to the connection's ``search_path`` (``public`` by default), beside th
 
 from __future__ import annotations
 
-from schedsync.store.sink_base import Sink, SinkError, key_columns, since_text
+import json
+
+from schedsync.store.sink_base import (PageColumns, Sink, SinkError, column_name, fold, key_columns,
+                                       since_text)
 
 PAGE = 1000
+_to_json = json.JSONEncoder(default=repr, sort_keys=True).encode
 _TYPES = {int: "bigint", bool: "boolean", float: "double precision", str: "text",
           dict: "jsonb", list: "jsonb", bytes: "bytea"}
 
@@ -62,43 +69,65 @@ class PostgresSink(Sink):
 
     def upsert(self, table: str, pk, rows: list) -> tuple[int, int]:
         keys = key_columns(pk)
-        good = [row for row in rows if type(row) is dict and all(row.get(k) is not None for k in keys)]
+        # A key must be there, not null and not NaN (as on SQLite, which cannot keep a NaN).
+        good = [row for row in rows
+                if type(row) is dict and all((v := row.get(k)) is not None and v == v for k in keys)]
         if not good:
             return 0, len(rows)
         union = dict.fromkeys(good[0])
         for row in good:
             union.update(dict.fromkeys(row))
         columns = tuple(union)
-        wrap = self._json
-        values = [tuple(wrap(v) if type(v) in (dict, list) else v for v in map(row.get, columns))
-                  for row in good]
-        conn = self.conn
+        page = PageColumns(columns)
+        if page.of is not None:  # keys renamed or sharing a column (rare): items re-keyed
+            good = [row for row in map(page.merge, good) if row is not None]
+            if not good:
+                return 0, len(rows)
+            columns, keys = page.columns, tuple(page.of[k] for k in keys)
+        stored = len(good)
+        good = _last_of_each_key(good, keys)  # one statement may update a row only once
         try:
-            with conn.cursor() as cur:
-                known = self._columns.get(table)
-                if known is None or any(c not in known for c in columns):
-                    self._schema(cur, table, keys, columns, good)
-                names = ", ".join(map(quote, columns))
-                updates = [f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in keys]
-                action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
-                self._execute_values(
-                    cur, f"INSERT INTO {quote(table)} ({names}) VALUES %s"
-                         f" ON CONFLICT ({', '.join(map(quote, keys))}) {action}", values, page_size=PAGE)
-            conn.commit()
-        except self._pg.Error as exc:
-            conn.rollback()
+            try:
+                self._write(table, keys, columns, good)
+            except (ValueError, self._pg.errors.UntranslatableCharacter) as exc:
+                if isinstance(exc, ValueError) and "NUL" not in str(exc):
+                    raise
+                self.conn.rollback()  # text cannot hold a NUL: store U+FFFD instead
+                self._columns.pop(table, None)
+                self._write(table, keys, columns, list(map(_without_nul, good)))
+        except (self._pg.Error, ValueError) as exc:
+            self.conn.rollback()
             self._columns.pop(table, None)
             raise SinkError(self._reason(exc)) from None
-        return len(good), len(rows) - len(good)
+        return stored, len(rows) - stored
 
-    def _schema(self, cur, table, keys, columns, rows) -> None:
+    def _write(self, table: str, keys: tuple, columns: tuple, rows: list) -> None:
+        wrap = self._json
+        values = [tuple(wrap(v) if type(v) in (dict, list) else v for v in map(row.get, columns))
+                  for row in rows]
+        with self.conn.cursor() as cur:
+            known = self._columns.get(table)
+            if known is None or any(fold(c) not in known for c in columns):
+                known = self._schema(cur, table, keys, columns, rows)
+            names = [known[fold(c)] for c in columns]  # the table's spelling
+            pk_names = [known[fold(c)] for c in keys]
+            updates = [f"{quote(c)} = excluded.{quote(c)}" for c in names if c not in pk_names]
+            action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+            head = f"INSERT INTO {quote(table)} ({', '.join(map(quote, names))}) VALUES "
+            tail = f" ON CONFLICT ({', '.join(map(quote, pk_names))}) {action}"
+            # execute_values reads a % in the statement as a placeholder: names may hold one.
+            self._execute_values(cur, head.replace("%", "%%") + "%s" + tail.replace("%", "%%"),
+                                 values, page_size=PAGE)
+        self.conn.commit()
+
+    def _schema(self, cur, table, keys, columns, rows) -> dict[str, str]:
         # Concurrent CREATE TABLE IF NOT EXISTS races in the catalog: one writer at a time
         # per table does schema work (held until this page's transaction ends).
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("schedsync-sink:" + table,))
         known = self._read_columns(cur, table)
-        missing = [c for c in columns if c not in known]
+        missing = [c for c in columns if fold(c) not in known]
         if not missing:
-            return
+            return known
         types = {c: _type_of(c, rows) for c in missing}
         if not known:
             defs = [f"{quote(c)} {types[c]}" for c in missing]
@@ -106,19 +135,22 @@ class PostgresSink(Sink):
             cur.execute(f"CREATE TABLE IF NOT EXISTS {quote(table)} ({', '.join(defs)})")
         for c in missing:  # also after a concurrent CREATE won: its columns may differ
             cur.execute(f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(c)} {types[c]}")
-        self._read_columns(cur, table)
+        return self._read_columns(cur, table)
 
     def _read_columns(self, cur, table: str) -> dict[str, str]:
         cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
-                    " AND attnum > 0 AND NOT attisdropped", (quote(table),))
-        known = self._columns[table] = {name: name for (name,) in cur.fetchall()}
+                    " AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (quote(table),))
+        known: dict[str, str] = {}
+        for (name,) in cur.fetchall():
+            known.setdefault(fold(name), name)
+        self._columns[table] = known
         return known
 
     def max_value(self, table: str, column: str) -> str | None:
         try:
             with self.conn.cursor() as cur:
-                known = self._read_columns(cur, table)
-                if column not in known:
+                column = self._read_columns(cur, table).get(fold(column_name(column)))
+                if column is None:
                     self.conn.rollback()
                     return None
                 cur.execute(f"SELECT max({quote(column)}) FROM {quote(table)}")
@@ -141,3 +173,28 @@ def _type_of(column: str, rows: list) -> str:
         if value is not None:
             return _TYPES.get(type(value), "text")
     return "text"
+
+
+def _last_of_each_key(rows: list, keys: tuple) -> list:
+    """``rows`` with only the last of those sharing a key (as SQLite's row-by-row upsert leaves it)."""
+    try:
+        if len(keys) == 1:
+            key = keys[0]
+            last = {row[key]: row for row in rows}
+        else:
+            last = {tuple(map(row.__getitem__, keys)): row for row in rows}
+    except TypeError:  # a list or an object in the key
+        last = {_to_json([row[k] for k in keys]): row for row in rows}
+    return rows if len(last) == len(rows) else list(last.values())
+
+
+def _without_nul(value):
+    """``value`` with every NUL in its text (keys too) as U+FFFD: PostgreSQL text cannot hold one."""
+    kind = type(value)
+    if kind is str:
+        return value.replace("\0", "\ufffd")
+    if kind is list:
+        return [_without_nul(v) for v in value]
+    if kind is dict:
+        return {k.replace("\0", "\ufffd"): _without_nul(v) for k, v in value.items()}
+    return value

@@ -2,7 +2,9 @@
 
 What it does per page, inside one ``BEGIN IMMEDIATE … COMMIT``:
 
-- keep the rows that are objects with every part of the key;
+- keep the rows that are objects with every part of the key (not null, not NaN);
+- name the columns by the shared rule (``sink_base.PageColumns``; per page, and per
+  row only when keys are renamed or share a column);
 - if the page has a key the table lacks (known from a cached ``PRAGMA table_info``,
   re-read inside the write lock so concurrent writers cannot race), create the table
   or ``ALTER TABLE … ADD COLUMN`` it, typed from the first non-null value;
@@ -25,7 +27,8 @@ import time
 from operator import itemgetter
 
 from schedsync.core.redact import clip
-from schedsync.store.sink_base import Sink, SinkError, key_columns, since_text
+from schedsync.store.sink_base import (PageColumns, Sink, SinkError, column_name, fold, key_columns,
+                                       since_text)
 
 BUSY_TIMEOUT = 60.0
 _TYPES = {int: "INTEGER", bool: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB",
@@ -77,7 +80,7 @@ class SQLiteSink(Sink):
             self.conn = connect(path)
         except (sqlite3.Error, OSError) as exc:
             raise SinkError(_reason(exc)) from None
-        self._columns: dict[str, dict[str, str]] = {}  # table -> {lowercased name: name}
+        self._columns: dict[str, dict[str, str]] = {}  # table -> {fold(name): name}
         self._sql: dict[tuple, str] = {}
         if not _open_sinks:
             for key in _ADAPTED:
@@ -88,12 +91,15 @@ class SQLiteSink(Sink):
 
     def upsert(self, table: str, pk, rows: list) -> tuple[int, int]:
         keys = key_columns(pk)
+        # A key must be there, not null and not NaN (SQLite would store NaN as NULL: a new
+        # row on every run).
         if len(keys) == 1:
             key = keys[0]
-            good = [row for row in rows if type(row) is dict and row.get(key) is not None]
+            good = [row for row in rows
+                    if type(row) is dict and (v := row.get(key)) is not None and v == v]
         else:
             good = [row for row in rows
-                    if type(row) is dict and all(row.get(k) is not None for k in keys)]
+                    if type(row) is dict and all((v := row.get(k)) is not None and v == v for k in keys)]
         if not good:
             return 0, len(rows)
         first = good[0].keys()
@@ -105,6 +111,12 @@ class SQLiteSink(Sink):
             for row in good:
                 union.update(dict.fromkeys(row))
             columns = tuple(union)
+        page = PageColumns(columns)
+        if page.of is not None:  # keys renamed or sharing a column (rare): items re-keyed
+            good = [row for row in map(page.merge, good) if row is not None]
+            if not good:
+                return 0, len(rows)
+            columns, keys = page.columns, tuple(page.of[k] for k in keys)
         if len(columns) == 1:
             name = columns[0]
             values = [(row.get(name),) for row in good]
@@ -117,11 +129,13 @@ class SQLiteSink(Sink):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 known = self._columns.get(table)
-                if known is None or any(c.lower() not in known for c in columns):
-                    self._schema(table, keys, columns, good)
-                sql = self._sql.get((table, keys, columns))
+                if known is None or any(fold(c) not in known for c in columns):
+                    known = self._schema(table, keys, columns, good)
+                names = tuple(known[fold(c)] for c in columns)  # the table's spelling
+                pk_names = tuple(known[fold(c)] for c in keys)
+                sql = self._sql.get((table, pk_names, names))
                 if sql is None:
-                    sql = self._sql[(table, keys, columns)] = _upsert_sql(table, keys, columns)
+                    sql = self._sql[(table, pk_names, names)] = _upsert_sql(table, pk_names, names)
                 conn.executemany(sql, values)
                 conn.execute("COMMIT")
             except BaseException:
@@ -133,12 +147,12 @@ class SQLiteSink(Sink):
             raise SinkError(_reason(exc)) from None
         return len(good), len(rows) - len(good)
 
-    def _schema(self, table: str, keys: tuple, columns: tuple, rows: list) -> None:
+    def _schema(self, table: str, keys: tuple, columns: tuple, rows: list) -> dict[str, str]:
         """Create ``table`` or add the columns it lacks (inside the page's transaction)."""
         known = self._read_columns(table)
-        missing = [c for c in columns if c.lower() not in known]
+        missing = [c for c in columns if fold(c) not in known]
         if not missing:
-            return
+            return known
         types = {c: _type_of(c, rows) for c in missing}
         if not known:
             if len(keys) == 1 and types.get(keys[0]) == "INTEGER":
@@ -152,19 +166,20 @@ class SQLiteSink(Sink):
             for c in missing:
                 self.conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(c)} {types[c]}")
         for c in missing:
-            known[c.lower()] = c
+            known[fold(c)] = c
+        return known
 
     def _read_columns(self, table: str) -> dict[str, str]:
         rows = self.conn.execute(f"PRAGMA table_info({quote(table)})").fetchall()
-        known = self._columns[table] = {row[1].lower(): row[1] for row in rows}
+        known = self._columns[table] = {fold(row[1]): row[1] for row in rows}
         return known
 
     # -- since --
 
     def max_value(self, table: str, column: str) -> str | None:
         try:
-            known = self._read_columns(table)
-            if column.lower() not in known:
+            column = self._read_columns(table).get(fold(column_name(column)))
+            if column is None:
                 return None
             value = self.conn.execute(f"SELECT MAX({quote(column)}) FROM {quote(table)}").fetchone()[0]
         except (sqlite3.Error, OSError) as exc:

@@ -7,7 +7,6 @@ parsed here without typer (``main`` asks ``plain_exec`` first); anything else
 
 from __future__ import annotations
 
-import os
 import sys
 
 GLOBAL = {"-c": "config", "--config": "config", "--state": "state"}
@@ -54,15 +53,13 @@ def exec_cli(config_opt: str | None, state_opt: str | None, name: str, command: 
     from schedsync.app import adhoc
     from schedsync.app.run import run
     from schedsync.cli.run import report_run
-    from schedsync.config import load, resolve_config, resolve_state
+    from schedsync.config import optional_registry, resolve_state
     from schedsync.core.errors import SchedsyncError
     from schedsync.store import open_store
 
     interactive = sys.stderr.isatty() or sys.stdout.isatty()
     try:
-        path = resolve_config(config_opt)
-        explicit = config_opt or os.environ.get("SCHEDSYNC_CONFIG")
-        registry = load(path) if explicit or os.path.exists(path) else None
+        registry = optional_registry(config_opt)
         config, own = adhoc.build(registry, name, command, settings)
         if own and interactive:
             print(f"exec {name}: {name} is a job of {registry.path}: its settings (lock, breaker, budgets, "

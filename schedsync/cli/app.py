@@ -65,7 +65,12 @@ def _opened(ctx: typer.Context, write: bool = True):
     from schedsync.config import resolve_state
     from schedsync.store import open_store
 
-    config = _config(ctx)
+    if write:
+        config = _config(ctx)
+    else:  # read: `exec` jobs need no jobs.yaml
+        from schedsync.cli.read import load_config
+
+        config = load_config(ctx.obj["config"], ctx.obj["state"])
     store = open_store(resolve_state(ctx.obj["state"], config), write=write)
     try:
         yield config, store

@@ -30,10 +30,19 @@ def _fail(exc: SchedsyncError) -> int:
     return int(exc.exit_code)
 
 
-def load_config(config_opt: str | None):
-    from schedsync.config import load, resolve_config
+def load_config(config_opt: str | None, state_opt: str | None = None):
+    """The registry. Without one (no -c, no $SCHEDSYNC_CONFIG, no ./jobs.yaml), a state named
+    by --state or $SCHEDSYNC_STATE is still read: its ``exec`` jobs need no jobs.yaml."""
+    import os
 
-    return load(resolve_config(config_opt))
+    from schedsync.config import load, no_registry, optional_registry, resolve_config
+
+    config = optional_registry(config_opt)
+    if config is None:
+        if not (state_opt or os.environ.get("SCHEDSYNC_STATE")):
+            return load(resolve_config(config_opt))  # "jobs.yaml: no such file", with the fix
+        config = no_registry(os.getcwd())
+    return config
 
 
 @contextmanager
@@ -65,7 +74,7 @@ def status(config_opt: str | None, state_opt: str | None, job: str | None = None
     line_only = check and not as_json
     detail = bool(job) and not as_json and (not check or verbose)
     try:
-        config = load_config(config_opt)
+        config = load_config(config_opt, state_opt)
         with opened(config, state_opt) as store:
             data = (snapshots.job_detail(config, store, job) if detail
                     else snapshots.status(config, store, only=job))
@@ -117,7 +126,7 @@ def history(config_opt: str | None, state_opt: str | None, job: str, limit: int 
     from schedsync.app import status as snapshots
 
     try:
-        config = load_config(config_opt)
+        config = load_config(config_opt, state_opt)
         with opened(config, state_opt) as store:
             runs = snapshots.history(config, store, job, limit, failed)
     except SchedsyncError as exc:
@@ -139,7 +148,7 @@ def logs(config_opt: str | None, state_opt: str | None, job: str, run_id: int | 
     from schedsync.app import status as snapshots
 
     try:
-        config = load_config(config_opt)
+        config = load_config(config_opt, state_opt)
         with opened(config, state_opt) as store:
             run = snapshots.run_log(config, store, job, run_id)
     except SchedsyncError as exc:
@@ -212,7 +221,7 @@ def metrics(config_opt: str | None, state_opt: str | None, textfile: str | None 
         if textfile is not None and not textfile.endswith(".prom"):
             raise ConfigError(f"--textfile {textfile}: node_exporter's textfile collector reads only *.prom files",
                               "name it e.g. schedsync.prom")
-        config = load_config(config_opt)
+        config = load_config(config_opt, state_opt)
         with opened(config, state_opt) as store:
             snap = snapshot(config, store)
             text = exposition(snap.views, snap.budgets, store.counters())

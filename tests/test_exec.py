@@ -55,7 +55,7 @@ def test_a_failing_command_prints_its_output_and_one_error_line_and_exits_1(proj
     assert result.stdout == "disk full\n"
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: backup: failed") and "exit 4" in result.stderr
-    assert "schedsync history backup" in result.stderr
+    assert " history backup`" in result.stderr  # the hint: cron's mail names the absolute path
 
 
 def test_it_shows_up_in_status_and_history_under_its_name(project):

@@ -252,13 +252,32 @@ def metrics(
 
 
 @app.command()
-def crontab(ctx: typer.Context):
+def crontab(ctx: typer.Context,
+            check: bool = typer.Option(False, "--check", help="Compare the installed crontab (crontab -l) with "
+                                       "these lines: one line per difference, exit 1 if any, 2 without cron.")):
     """Crontab lines for every scheduled job. Example: schedsync crontab | crontab -"""
     from schedsync.ops.crontab import crontab_lines
 
     with _errors():
         config = _config(ctx)
+        if check:
+            raise typer.Exit(_crontab_check(config, ctx.obj["state"]))
         print("\n".join(crontab_lines(config, ctx.obj["state"])))
+
+
+def _crontab_check(config, state) -> int:
+    from schedsync.ops.drift import differences, installed
+
+    found, ours = differences(config, state, installed())
+    if not found:
+        print(f"crontab: in sync with {config.path} ({ours} line{'' if ours == 1 else 's'} of schedsync's)")
+        return 0
+    for kind, what, detail in found:
+        print(f"{kind}: {what}: {detail}" if kind == "missing" else f"{kind}: {detail}")
+    count = f"{len(found)} difference{'' if len(found) == 1 else 's'}"
+    print(f"error: the installed crontab differs from `schedsync crontab` ({count}) — install it: "
+          "`schedsync crontab | crontab -` (merge in any other lines)", file=sys.stderr)
+    return 1
 
 
 

@@ -98,9 +98,26 @@ def status(config_opt: str | None, state_opt: str | None, job: str | None = None
                 render.job_detail(data)
             else:
                 render.status_table(data, report.worst_first(data["jobs"]))
+    if not as_json and not check:
+        crontab_warning(config, state_opt)
     if check and any(j["health"] in report.NEEDS_ACTION for j in data["jobs"]):
         return int(Exit.FAILED)
     return 0
+
+
+def crontab_warning(config, state_opt: str | None) -> None:
+    """One line on stderr when this user's crontab runs this registry's jobs otherwise than
+    ``schedsync crontab`` prints (the table forms of ``status`` only: ``crontab -l`` is a
+    subprocess, and ``--json``/``--check`` are what monitoring runs every minute)."""
+    from schedsync.config import NO_REGISTRY
+
+    if config.path == NO_REGISTRY or not any(job["schedule"] for job in config.jobs.values()):
+        return
+    from schedsync.ops.drift import warning
+
+    line = warning(config, state_opt)
+    if line:
+        print(line, file=sys.stderr)
 
 
 # `status --check` levels: a failure needs someone now; a late or stalled job may yet catch up.
@@ -137,8 +154,9 @@ def history(config_opt: str | None, state_opt: str | None, job: str, limit: int 
     from schedsync.cli import render
 
     render.history_table(runs)
-    if runs:  # a hint for people, on stderr so a pipe into grep or awk gets the table only
-        print(f"a run's output: schedsync logs {job} {runs[0]['id']}", file=sys.stderr)
+    shown = next((run for run in runs if run["output"]), None)  # skips and failed starts have none
+    if shown:  # a hint for people, on stderr so a pipe into grep or awk gets the table only
+        print(f"a run's output: schedsync logs {job} {shown['id']}", file=sys.stderr)
     return 0
 
 

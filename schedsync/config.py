@@ -617,6 +617,11 @@ def _known(mapping: dict, allowed, path: str, doc: _Doc) -> None:
             doc.fail(doc.error(where, "unknown key", fix))  # unknown keys are otherwise ignored
 
 
+def _only(mapping: dict, allowed) -> list:
+    """The known keys' items: an unknown key has had its one error from ``_known``."""
+    return [(key, item) for key, item in mapping.items() if key in allowed]
+
+
 def _check_name(name, path: str, doc: _Doc) -> None:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise doc.error(path, f"{_q(name)} is not a valid name",
@@ -681,7 +686,7 @@ def _retries(value, path: str, doc: _Doc) -> dict:
         raise doc.error(path, "must be a mapping, e.g. {attempts: 3, initial: 1s}")
     _known(value, RETRY_KEYS, path, doc)
     out = {}
-    for key, item in value.items():
+    for key, item in _only(value, RETRY_KEYS):
         where = f"{path}.{key}"
         if key == "attempts":
             out[key] = _whole(item, where, doc)
@@ -704,7 +709,7 @@ def _breaker(value, path: str, doc: _Doc) -> dict:
         raise doc.error(path, "must be a mapping, e.g. {failures: 5, reset_after: 10m}")
     _known(value, BREAKER_KEYS, path, doc)
     out = {}
-    for key, item in value.items():
+    for key, item in _only(value, BREAKER_KEYS):
         where = f"{path}.{key}"
         if key == "reset_after":
             out[key] = _duration(item, where, doc)
@@ -720,7 +725,8 @@ def _retention(value, path: str, doc: _Doc) -> dict:
     if not isinstance(value, dict):
         raise doc.error(path, "must be a mapping, e.g. {success: 14d, failed: forever}")
     _known(value, RETENTION_KEYS, path, doc)
-    return {k: None if v == "forever" else _duration(v, f"{path}.{k}", doc) for k, v in value.items()}
+    return {k: None if v == "forever" else _duration(v, f"{path}.{k}", doc)
+            for k, v in _only(value, RETENTION_KEYS)}
 
 
 def _notify(value, path: str, doc: _Doc) -> list:

@@ -309,3 +309,15 @@ def test_the_history_hint_points_at_the_newest_run_with_output(project):
     result = project.cli("history", "talky")
     assert result.stderr == f"a run's output: schedsync logs talky {runs[1]['id']}\n"
     assert "said something" in project.cli("logs", "talky", str(runs[1]["id"])).stdout
+
+
+@pytest.mark.parametrize("command, usage", [
+    (("run",), "schedsync run [OPTIONS] JOB"),
+    (("logs",), "schedsync logs [OPTIONS] JOB [RUN_ID]"),
+    (("breaker", "reset"), "schedsync breaker reset [OPTIONS] JOB"),
+    (("exec",), "schedsync exec [OPTIONS] NAME [-- CMD ARGS…]"),
+])
+def test_help_shows_required_arguments_without_braces(project, command, usage):
+    result = project.cli(*command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0] == f"Usage: {usage}"

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand
 
 from schedsync.core.errors import ConfigError, SchedsyncError
 
@@ -316,3 +317,18 @@ def exec_command(
     settings = {k: v for k, v in (("timeout", timeout), ("overlap", overlap), ("budget", budget))
                 if v is not None}
     raise typer.Exit(exec_cli(ctx.obj["config"], ctx.obj["state"], name, command, settings))
+
+
+class _PlainUsage(TyperCommand):
+    """Usage lines as click writes them: typer >= 0.26 braces required arguments
+    (``schedsync run [OPTIONS] {JOB}``), which reads as literal braces to type."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+                for piece in super().collect_usage_pieces(ctx)]
+
+
+for _group in (app, breaker_app, state_app):
+    for _info in _group.registered_commands:
+        if _info.cls in (None, TyperCommand):
+            _info.cls = _PlainUsage

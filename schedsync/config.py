@@ -139,6 +139,10 @@ def unknown_job(name: str, config: Config) -> ConfigError:
     import difflib
 
     close = difflib.get_close_matches(name, list(config.jobs), n=1)
+    if config.path == NO_REGISTRY:  # the read commands without a jobs.yaml: only `exec` jobs
+        return ConfigError(f"no jobs.yaml here, and {_q(name)} is not a job `schedsync exec` ran with "
+                           f"this state", f"did you mean {close[0]!r}?" if close else
+                           "pass --config PATH, or cd to the folder of jobs.yaml")
     fix = f"did you mean {close[0]!r}?" if close else "see `schedsync list`"
     return ConfigError(f"{config.path}: no job named {_q(name)}", fix)
 
@@ -613,6 +617,11 @@ def _known(mapping: dict, allowed, path: str, doc: _Doc) -> None:
             doc.fail(doc.error(where, "unknown key", fix))  # unknown keys are otherwise ignored
 
 
+def _only(mapping: dict, allowed) -> list:
+    """The known keys' items: an unknown key has had its one error from ``_known``."""
+    return [(key, item) for key, item in mapping.items() if key in allowed]
+
+
 def _check_name(name, path: str, doc: _Doc) -> None:
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise doc.error(path, f"{_q(name)} is not a valid name",
@@ -677,7 +686,7 @@ def _retries(value, path: str, doc: _Doc) -> dict:
         raise doc.error(path, "must be a mapping, e.g. {attempts: 3, initial: 1s}")
     _known(value, RETRY_KEYS, path, doc)
     out = {}
-    for key, item in value.items():
+    for key, item in _only(value, RETRY_KEYS):
         where = f"{path}.{key}"
         if key == "attempts":
             out[key] = _whole(item, where, doc)
@@ -700,7 +709,7 @@ def _breaker(value, path: str, doc: _Doc) -> dict:
         raise doc.error(path, "must be a mapping, e.g. {failures: 5, reset_after: 10m}")
     _known(value, BREAKER_KEYS, path, doc)
     out = {}
-    for key, item in value.items():
+    for key, item in _only(value, BREAKER_KEYS):
         where = f"{path}.{key}"
         if key == "reset_after":
             out[key] = _duration(item, where, doc)
@@ -716,7 +725,8 @@ def _retention(value, path: str, doc: _Doc) -> dict:
     if not isinstance(value, dict):
         raise doc.error(path, "must be a mapping, e.g. {success: 14d, failed: forever}")
     _known(value, RETENTION_KEYS, path, doc)
-    return {k: None if v == "forever" else _duration(v, f"{path}.{k}", doc) for k, v in value.items()}
+    return {k: None if v == "forever" else _duration(v, f"{path}.{k}", doc)
+            for k, v in _only(value, RETENTION_KEYS)}
 
 
 def _notify(value, path: str, doc: _Doc) -> list:
@@ -823,7 +833,7 @@ def adhoc(config: Config | None, name: str, command: list[str], settings: dict, 
     breaker, budgets and retention); ``settings`` (as written in jobs.yaml) override either."""
     doc = _Doc("schedsync exec")
     if config is None:
-        config = Config(path="(no jobs.yaml)", dir=cwd, state=None, timezone=None, budgets={}, jobs={})
+        config = no_registry(cwd)
     own = config.jobs.get(name)
     base = {k: own[k] for k in BUILTIN} if own else config.defaults or _merge(BUILTIN, {})
     spec = {"command": list(command), **settings}
@@ -931,3 +941,20 @@ def resolve_state(cli_state: str | None, config: Config | None, remember: bool =
 
 def resolve_config(cli_config: str | None) -> str:
     return cli_config or os.environ.get("SCHEDSYNC_CONFIG") or "jobs.yaml"
+
+
+NO_REGISTRY = "(no jobs.yaml)"
+
+
+def no_registry(cwd: str) -> Config:
+    """An empty registry: what ``exec`` runs with, and the read commands look jobs up in,
+    when there is no jobs.yaml (the state's ``exec`` jobs are added by ``app.adhoc``)."""
+    return Config(path=NO_REGISTRY, dir=cwd, state=None, timezone=None, budgets={}, jobs={})
+
+
+def optional_registry(cli_config: str | None) -> Config | None:
+    """The registry, or None when none was named (no -c, no $SCHEDSYNC_CONFIG) and there is
+    no ./jobs.yaml. A registry that was named must exist."""
+    path = resolve_config(cli_config)
+    named = cli_config or os.environ.get("SCHEDSYNC_CONFIG")
+    return load(path) if named or os.path.lexists(path) else None

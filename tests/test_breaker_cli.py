@@ -42,7 +42,7 @@ def assert_failed(result, job: str, what: str) -> None:
     """A failed run's stderr: its error line (after the breaker's line, if it opened it)."""
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
-    assert re.fullmatch(rf"{OPENED}error: {job}: failed in \S+: {re.escape(what)} — see `schedsync history {job}`\n",
+    assert re.fullmatch(rf"{OPENED}error: {job}: failed in \S+: {re.escape(what)} — see `[^`]+ history {job}`\n",
                         result.stderr), result.stderr
 
 
@@ -324,7 +324,7 @@ def test_a_timeout_is_never_retried_even_when_its_exit_code_is_listed(project):
     result = project.cli("run", "slow")
     assert time.time() - started < 20
     assert result.returncode == 1 and result.stdout == ""
-    assert re.fullmatch(r"error: slow: timeout in \S+: timed out after 500ms — see `schedsync history slow`\n",
+    assert re.fullmatch(r"error: slow: timeout in \S+: timed out after 500ms — see `[^`]+ history slow`\n",
                         result.stderr), result.stderr
     [run] = project.history("slow")
     assert (run["status"], run["attempts"]) == ("timeout", 1)

@@ -297,3 +297,27 @@ def test_help_and_a_terminal_still_get_typer_and_rich(project):
     result = project.cli("status", "--help", env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 0 and "--check" in result.stdout
     assert "typer" in {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+
+
+def test_the_history_hint_points_at_the_newest_run_with_output(project):
+    project.write('jobs:\n  talky: {command: "echo said something"}\n')
+    assert project.cli("run", "talky").returncode == 0
+    assert project.cli("pause", "talky").returncode == 0
+    assert project.cli("run", "talky").returncode == 75  # a skip: no output
+    runs = project.history("talky")
+    assert [r["status"] for r in runs] == ["skipped", "success"]
+    result = project.cli("history", "talky")
+    assert result.stderr == f"a run's output: schedsync logs talky {runs[1]['id']}\n"
+    assert "said something" in project.cli("logs", "talky", str(runs[1]["id"])).stdout
+
+
+@pytest.mark.parametrize("command, usage", [
+    (("run",), "schedsync run [OPTIONS] JOB"),
+    (("logs",), "schedsync logs [OPTIONS] JOB [RUN_ID]"),
+    (("breaker", "reset"), "schedsync breaker reset [OPTIONS] JOB"),
+    (("exec",), "schedsync exec [OPTIONS] NAME [-- CMD ARGS…]"),
+])
+def test_help_shows_required_arguments_without_braces(project, command, usage):
+    result = project.cli(*command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0] == f"Usage: {usage}"

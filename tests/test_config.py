@@ -292,3 +292,21 @@ def test_a_cost_above_the_budget_capacity_is_a_config_error():
 ])
 def test_odd_shapes_are_one_line_config_errors(text, expected):
     assert error_of(text).startswith(expected)
+
+
+def test_a_misspelt_key_of_retries_breaker_or_retention_is_one_error_not_two(project):
+    project.write("""
+        jobs:
+          a:
+            command: ["true"]
+            retries: {atempts: 3}
+            breaker: {reset_afer: 10m}
+            retention: {sucess: 14d}
+    """)
+    result = project.cli("validate")
+    assert result.returncode == 2
+    assert [line.split(": unknown key")[0] for line in result.stderr.splitlines()] == [
+        f"error: {project.config}:5 jobs.a.retries.atempts",
+        f"error: {project.config}:6 jobs.a.breaker.reset_afer",
+        f"error: {project.config}:7 jobs.a.retention.sucess",
+    ]

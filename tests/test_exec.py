@@ -55,7 +55,7 @@ def test_a_failing_command_prints_its_output_and_one_error_line_and_exits_1(proj
     assert result.stdout == "disk full\n"
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: backup: failed") and "exit 4" in result.stderr
-    assert "schedsync history backup" in result.stderr
+    assert " history backup`" in result.stderr  # the hint: cron's mail names the absolute path
 
 
 def test_it_shows_up_in_status_and_history_under_its_name(project):
@@ -69,6 +69,39 @@ def test_it_shows_up_in_status_and_history_under_its_name(project):
     assert "backup" in table and "FAILING" in table
     metrics = project.cli("metrics").stdout
     assert 'schedsync_runs_total{job="backup",status="failed"} 1' in metrics
+
+
+def test_its_runs_are_looked_up_with_state_and_no_registry(project, tmp_path):
+    # cron ran `schedsync --state X exec` with no jobs.yaml; later, from another folder without
+    # one either, --state alone finds it: history, logs, status (table, detail, JSON, check)
+    state = str(project.state)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in project.env.items() if k != "SCHEDSYNC_STATE"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "schedsync", "--state", state, *args],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                              env=env, cwd=elsewhere)
+
+    assert cli("exec", "backup", "--", "sh", "-c", "echo copied; exit 3").returncode == 1
+    history = cli("history", "backup", "--json")
+    assert history.returncode == 0, history.stderr
+    assert [r["status"] for r in json.loads(history.stdout)] == ["failed"]
+    logs = cli("logs", "backup")
+    assert logs.returncode == 0 and "copied" in logs.stdout, logs.stderr
+    for args in (("status",), ("status", "backup"), ("status", "--check")):
+        shown = cli(*args)
+        assert "backup" in shown.stdout and "FAILING" in shown.stdout, (args, shown.stderr)
+    [job] = json.loads(cli("status", "--json").stdout)["jobs"]
+    assert (job["name"], job["health"]) == ("backup", "FAILING")
+    unknown = cli("history", "bakup")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+    assert "did you mean 'backup'?" in unknown.stderr
+    # with no state named either, the missing registry is still the error
+    bare = subprocess.run([sys.executable, "-m", "schedsync", "history", "backup"], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL, env=env, cwd=elsewhere)
+    assert bare.returncode == 2 and "jobs.yaml: no such file" in bare.stderr
 
 
 def test_the_registry_defaults_apply_and_timeout_overrides_them(project):

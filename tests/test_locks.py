@@ -79,6 +79,19 @@ def test_a_lock_folder_made_by_another_user_is_refused_and_the_attempt_recorded(
     assert os.listdir(place / "state.db.locks") == []
 
 
+def test_root_on_another_users_state_is_told_to_run_as_them_not_to_remove_their_locks(place):
+    # nobody's own installation (state and lock folder alike), and root runs one of its jobs
+    python = nobody_python()
+    os.chown(place, NOBODY, grp.getgrnam("nogroup").gr_gid)
+    command = [*python, "-m", "schedsync", "-c", str(place / "jobs.yaml"), "--state", str(place / "state.db")]
+    assert as_nobody("env", f"HOME={place}", f"XDG_CACHE_HOME={place}/cache", *command, "run", "shell").returncode == 0
+    result = run_as_root(place, "run", "shell")
+    assert_one_line(result, f"lock folder {place}/state.db.locks belongs to uid {NOBODY} (nobody), as does the state",
+                    "sudo -u nobody schedsync")
+    assert "rm " not in result.stderr
+    assert os.path.isdir(place / "state.db.locks")
+
+
 def test_a_lock_folder_others_can_write_is_refused(place):
     (place / "state.db.locks").mkdir()
     (place / "state.db.locks").chmod(0o777)

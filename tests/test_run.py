@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import signal
 import sqlite3
 import subprocess
@@ -65,7 +66,7 @@ def test_a_failed_run_under_cron_shows_the_held_output_and_one_error_line(projec
     assert result.returncode == 1
     assert result.stdout == "working\noops\n"
     assert result.stderr.startswith("error: broken: failed in ")
-    assert result.stderr.rstrip().endswith(": exit 3: oops — see `schedsync history broken`")
+    assert re.search(r": exit 3: oops — see `[^`]+ -c [^`]+ history broken`$", result.stderr.rstrip())
     assert len(result.stderr.splitlines()) == 1
     [run] = project.history("broken")
     assert (run["status"], run["exit_code"], run["error"]) == ("failed", 3, "exit 3: oops")

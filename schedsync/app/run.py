@@ -47,6 +47,52 @@ def failed_start(config: Config, store, name: str, trigger: str, exc: ConfigErro
         pass  # the configuration error is the one to show
 
 
+def broken_registry(config_path: str, state_opt: str | None, name: str, exc: ConfigError) -> None:
+    """A cron tick of ``name`` that failed on a broken (or missing) jobs.yaml: record it as a
+    failed run, with the one-line error, in the state wherever it can still be found: --state,
+    $SCHEDSYNC_STATE, the file's own top-level ``state:`` line, else the default state. Only a
+    state that exists, and only for a job it knows (a typo must not invent one); never raises:
+    the configuration error is the one to show."""
+    from schedsync.paths import default_state, is_url
+    from schedsync.store import open_store
+
+    state = state_opt or os.environ.get("SCHEDSYNC_STATE") or _state_line(config_path) or default_state()
+    if not is_url(state) and not os.path.isfile(state):
+        return
+    try:
+        store = open_store(state)
+    except Exception:  # noqa: BLE001 - whatever the state's trouble, the config error is shown
+        return
+    try:
+        known = store.job_states([name], recent=1)[name]
+        if known.first_seen is not None or known.recent:
+            store.record_skip(never_started(store, name, "cron", FAILED, None, None, str(exc)), {})
+    except Exception:  # noqa: BLE001
+        pass
+    finally:
+        store.close()
+
+
+def _state_line(config_path: str) -> str | None:
+    """The ``state:`` of a jobs.yaml that does not validate (or parse): its top-level line."""
+    import re
+
+    try:
+        with open(config_path, encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return None
+    found = re.search(r"""^state:[ \t]*(["']?)([^"'#\r\n]+?)\1[ \t]*(?:#.*)?$""", text, re.MULTILINE)
+    if not found:
+        return None
+    from schedsync.paths import is_url
+
+    state = found.group(2)
+    if is_url(state):
+        return state
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), os.path.expanduser(state))
+
+
 def reap(config: Config, store, names: list[str] | None = None) -> list[Run]:
     """Turn ``running`` rows whose owner is gone into ``crashed`` (and alert). A crash is
     not evidence for the breaker: schedsync died, the job may be fine. On a read-only

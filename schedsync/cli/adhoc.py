@@ -7,7 +7,6 @@ parsed here without typer (``main`` asks ``plain_exec`` first); anything else
 
 from __future__ import annotations
 
-import os
 import sys
 
 GLOBAL = {"-c": "config", "--config": "config", "--state": "state"}
@@ -52,17 +51,20 @@ def exec_cli(config_opt: str | None, state_opt: str | None, name: str, command: 
              settings: dict) -> int:
     """Run ``command`` as job ``name``; prints as ``run`` does and returns the exit code."""
     from schedsync.app import adhoc
-    from schedsync.app.run import run
+    from schedsync.app.run import broken_registry, run
     from schedsync.cli.run import report_run
-    from schedsync.config import load, resolve_config, resolve_state
-    from schedsync.core.errors import SchedsyncError
+    from schedsync.config import optional_registry, resolve_config, resolve_state
+    from schedsync.core.errors import ConfigError, SchedsyncError
     from schedsync.store import open_store
 
     interactive = sys.stderr.isatty() or sys.stdout.isatty()
     try:
-        path = resolve_config(config_opt)
-        explicit = config_opt or os.environ.get("SCHEDSYNC_CONFIG")
-        registry = load(path) if explicit or os.path.exists(path) else None
+        try:
+            registry = optional_registry(config_opt)
+        except ConfigError as exc:
+            if not interactive:  # a cron tick: leave a record where status will look
+                broken_registry(resolve_config(config_opt), state_opt, name, exc)
+            raise
         config, own = adhoc.build(registry, name, command, settings)
         if own and interactive:
             print(f"exec {name}: {name} is a job of {registry.path}: its settings (lock, breaker, budgets, "
@@ -78,4 +80,4 @@ def exec_cli(config_opt: str | None, state_opt: str | None, name: str, command: 
     except SchedsyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
-    return report_run(result, name, interactive)
+    return report_run(result, name, interactive, config, state_opt)

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand
 
 from schedsync.core.errors import ConfigError, SchedsyncError
 
@@ -65,7 +66,12 @@ def _opened(ctx: typer.Context, write: bool = True):
     from schedsync.config import resolve_state
     from schedsync.store import open_store
 
-    config = _config(ctx)
+    if write:
+        config = _config(ctx)
+    else:  # read: `exec` jobs need no jobs.yaml
+        from schedsync.cli.read import load_config
+
+        config = load_config(ctx.obj["config"], ctx.obj["state"])
     store = open_store(resolve_state(ctx.obj["state"], config), write=write)
     try:
         yield config, store
@@ -247,13 +253,32 @@ def metrics(
 
 
 @app.command()
-def crontab(ctx: typer.Context):
+def crontab(ctx: typer.Context,
+            check: bool = typer.Option(False, "--check", help="Compare the installed crontab (crontab -l) with "
+                                       "these lines: one line per difference, exit 1 if any, 2 without cron.")):
     """Crontab lines for every scheduled job. Example: schedsync crontab | crontab -"""
     from schedsync.ops.crontab import crontab_lines
 
     with _errors():
         config = _config(ctx)
+        if check:
+            raise typer.Exit(_crontab_check(config, ctx.obj["state"]))
         print("\n".join(crontab_lines(config, ctx.obj["state"])))
+
+
+def _crontab_check(config, state) -> int:
+    from schedsync.ops.drift import differences, installed
+
+    found, ours = differences(config, state, installed())
+    if not found:
+        print(f"crontab: in sync with {config.path} ({ours} line{'' if ours == 1 else 's'} of schedsync's)")
+        return 0
+    for kind, what, detail in found:
+        print(f"{kind}: {what}: {detail}" if kind == "missing" else f"{kind}: {detail}")
+    count = f"{len(found)} difference{'' if len(found) == 1 else 's'}"
+    print(f"error: the installed crontab differs from `schedsync crontab` ({count}) — install it: "
+          "`schedsync crontab | crontab -` (merge in any other lines)", file=sys.stderr)
+    return 1
 
 
 
@@ -292,3 +317,18 @@ def exec_command(
     settings = {k: v for k, v in (("timeout", timeout), ("overlap", overlap), ("budget", budget))
                 if v is not None}
     raise typer.Exit(exec_cli(ctx.obj["config"], ctx.obj["state"], name, command, settings))
+
+
+class _PlainUsage(TyperCommand):
+    """Usage lines as click writes them: typer >= 0.26 braces required arguments
+    (``schedsync run [OPTIONS] {JOB}``), which reads as literal braces to type."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+                for piece in super().collect_usage_pieces(ctx)]
+
+
+for _group in (app, breaker_app, state_app):
+    for _info in _group.registered_commands:
+        if _info.cls in (None, TyperCommand):
+            _info.cls = _PlainUsage

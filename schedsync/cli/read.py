@@ -30,10 +30,19 @@ def _fail(exc: SchedsyncError) -> int:
     return int(exc.exit_code)
 
 
-def load_config(config_opt: str | None):
-    from schedsync.config import load, resolve_config
+def load_config(config_opt: str | None, state_opt: str | None = None):
+    """The registry. Without one (no -c, no $SCHEDSYNC_CONFIG, no ./jobs.yaml), a state named
+    by --state or $SCHEDSYNC_STATE is still read: its ``exec`` jobs need no jobs.yaml."""
+    import os
 
-    return load(resolve_config(config_opt))
+    from schedsync.config import load, no_registry, optional_registry, resolve_config
+
+    config = optional_registry(config_opt)
+    if config is None:
+        if not (state_opt or os.environ.get("SCHEDSYNC_STATE")):
+            return load(resolve_config(config_opt))  # "jobs.yaml: no such file", with the fix
+        config = no_registry(os.getcwd())
+    return config
 
 
 @contextmanager
@@ -65,7 +74,7 @@ def status(config_opt: str | None, state_opt: str | None, job: str | None = None
     line_only = check and not as_json
     detail = bool(job) and not as_json and (not check or verbose)
     try:
-        config = load_config(config_opt)
+        config = load_config(config_opt, state_opt)
         with opened(config, state_opt) as store:
             data = (snapshots.job_detail(config, store, job) if detail
                     else snapshots.status(config, store, only=job))
@@ -89,9 +98,26 @@ def status(config_opt: str | None, state_opt: str | None, job: str | None = None
                 render.job_detail(data)
             else:
                 render.status_table(data, report.worst_first(data["jobs"]))
+    if not as_json and not check:
+        crontab_warning(config, state_opt)
     if check and any(j["health"] in report.NEEDS_ACTION for j in data["jobs"]):
         return int(Exit.FAILED)
     return 0
+
+
+def crontab_warning(config, state_opt: str | None) -> None:
+    """One line on stderr when this user's crontab runs this registry's jobs otherwise than
+    ``schedsync crontab`` prints (the table forms of ``status`` only: ``crontab -l`` is a
+    subprocess, and ``--json``/``--check`` are what monitoring runs every minute)."""
+    from schedsync.config import NO_REGISTRY
+
+    if config.path == NO_REGISTRY or not any(job["schedule"] for job in config.jobs.values()):
+        return
+    from schedsync.ops.drift import warning
+
+    line = warning(config, state_opt)
+    if line:
+        print(line, file=sys.stderr)
 
 
 # `status --check` levels: a failure needs someone now; a late or stalled job may yet catch up.
@@ -117,7 +143,7 @@ def history(config_opt: str | None, state_opt: str | None, job: str, limit: int 
     from schedsync.app import status as snapshots
 
     try:
-        config = load_config(config_opt)
+        config = load_config(config_opt, state_opt)
         with opened(config, state_opt) as store:
             runs = snapshots.history(config, store, job, limit, failed)
     except SchedsyncError as exc:
@@ -128,8 +154,9 @@ def history(config_opt: str | None, state_opt: str | None, job: str, limit: int 
     from schedsync.cli import render
 
     render.history_table(runs)
-    if runs:  # a hint for people, on stderr so a pipe into grep or awk gets the table only
-        print(f"a run's output: schedsync logs {job} {runs[0]['id']}", file=sys.stderr)
+    shown = next((run for run in runs if run["output"]), None)  # skips and failed starts have none
+    if shown:  # a hint for people, on stderr so a pipe into grep or awk gets the table only
+        print(f"a run's output: schedsync logs {job} {shown['id']}", file=sys.stderr)
     return 0
 
 
@@ -139,7 +166,7 @@ def logs(config_opt: str | None, state_opt: str | None, job: str, run_id: int | 
     from schedsync.app import status as snapshots
 
     try:
-        config = load_config(config_opt)
+        config = load_config(config_opt, state_opt)
         with opened(config, state_opt) as store:
             run = snapshots.run_log(config, store, job, run_id)
     except SchedsyncError as exc:
@@ -212,7 +239,7 @@ def metrics(config_opt: str | None, state_opt: str | None, textfile: str | None 
         if textfile is not None and not textfile.endswith(".prom"):
             raise ConfigError(f"--textfile {textfile}: node_exporter's textfile collector reads only *.prom files",
                               "name it e.g. schedsync.prom")
-        config = load_config(config_opt)
+        config = load_config(config_opt, state_opt)
         with opened(config, state_opt) as store:
             snap = snapshot(config, store)
             text = exposition(snap.views, snap.budgets, store.counters())

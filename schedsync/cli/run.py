@@ -11,13 +11,18 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
             force_slot: bool = False) -> int:
     """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
     from schedsync.config import load, resolve_config, resolve_state
-    from schedsync.core.errors import SchedsyncError
-    from schedsync.app.run import run
+    from schedsync.core.errors import ConfigError, SchedsyncError
+    from schedsync.app.run import broken_registry, run
     from schedsync.store import open_store
 
     interactive = sys.stderr.isatty() or sys.stdout.isatty()
     try:
-        config = load(resolve_config(config_opt))
+        try:
+            config = load(resolve_config(config_opt))
+        except ConfigError as exc:
+            if not interactive:  # a cron tick: leave a record where status will look
+                broken_registry(resolve_config(config_opt), state_opt, job_name, exc)
+            raise
         config.job(job_name)  # an unknown job is a usage error before any state is touched
         state = resolve_state(state_opt, config)
         store = open_store(state)
@@ -29,10 +34,10 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
     except SchedsyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
-    return report_run(result, job_name, interactive)
+    return report_run(result, job_name, interactive, config, state_opt)
 
 
-def report_run(result, job_name: str, interactive: bool) -> int:
+def report_run(result, job_name: str, interactive: bool, config=None, state_opt: str | None = None) -> int:
     """What cron mails (nothing on success) and a terminal sees; the exit code (``run``, ``exec``)."""
     from schedsync.app.runner import summary
 
@@ -46,5 +51,17 @@ def report_run(result, job_name: str, interactive: bool) -> int:
         sys.stdout.write(result.held_output if result.held_output.endswith("\n")
                          else result.held_output + "\n")
         sys.stdout.flush()
-    print(f"error: {summary(result)} — see `schedsync history {job_name}`", file=sys.stderr)
+    print(f"error: {summary(result)} — see `{hint(config, state_opt, interactive)} history {job_name}`",
+          file=sys.stderr)
     return int(result.exit_code)
+
+
+def hint(config, state_opt: str | None, interactive: bool) -> str:
+    """How to call schedsync in the hint of a failed run: plain ``schedsync`` on a terminal; in
+    cron's mail, the command as the crontab line has it (absolute path, ``-c``, ``--state``),
+    since cron's PATH rarely holds a venv's ``schedsync`` and the mail is read elsewhere."""
+    if interactive or config is None:
+        return "schedsync"
+    from schedsync.ops.crontab import command_prefix
+
+    return command_prefix(config, state_opt)[0]

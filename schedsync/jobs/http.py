@@ -259,9 +259,10 @@ class Sync:
             fields.setdefault("error", self._failed_items())
         elif self.failed and fields.get("error"):
             fields["error"] = f"{fields['error']}; {self._failed_items()}"
+        log = self.log.text()  # kept in the record, and what cron mails when the run fails
         return Outcome(status, attempts=self.requester.attempts, requests=self.requester.requests,
                        items_processed=self.processed, items_failed=self.failed,
-                       output=self.log.text(), **fields)
+                       output=log, held=log, **fields)
 
     def _failed_items(self) -> str:
         parts = []

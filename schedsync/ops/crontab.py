@@ -30,12 +30,15 @@ def executable() -> str:
     return f"{shlex.quote(sys.executable)} -m schedsync"
 
 
-def crontab_lines(config: Config, state: str | None = None) -> list[str]:
-    """The crontab; ``state`` is --state as given (or None)."""
-    from schedsync.ops.alerts import wants_late
+def command_prefix(config: Config, state: str | None = None) -> tuple[str, bool]:
+    """``EXE -c CONFIG [--state STATE]`` as cron must run it (before cron's ``%`` escaping), and
+    whether a state URL's password was left out. ``state`` is --state as given (or None).
+    Without a jobs.yaml (``exec``), no ``-c`` and always ``--state``."""
+    from schedsync.config import NO_REGISTRY
 
-    config_path = os.path.join(config.dir, os.path.basename(config.path))
-    prefix = f"{executable()} -c {shlex.quote(config_path)}"
+    prefix = executable()
+    if config.path != NO_REGISTRY:
+        prefix += f" -c {shlex.quote(os.path.join(config.dir, os.path.basename(config.path)))}"
     # Cron has neither --state nor $SCHEDSYNC_STATE nor $XDG_STATE_HOME: pin the state
     # status reads here unless jobs.yaml's own `state:` already names it.
     chosen = resolve_state(state, config)
@@ -53,6 +56,15 @@ def crontab_lines(config: Config, state: str | None = None) -> list[str]:
         chosen = absolute(chosen)
         if config.state is None or chosen != absolute(config.state):
             prefix += f" --state {shlex.quote(chosen)}"
+    return prefix, hidden
+
+
+def crontab_lines(config: Config, state: str | None = None) -> list[str]:
+    """The crontab; ``state`` is --state as given (or None)."""
+    from schedsync.ops.alerts import wants_late
+
+    config_path = os.path.join(config.dir, os.path.basename(config.path))
+    prefix, hidden = command_prefix(config, state)
     prefix = _cron_escape(prefix)
     lines = [
         f"{MARK}: the jobs of {config_path}, from `schedsync crontab`.",

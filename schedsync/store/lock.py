@@ -29,8 +29,7 @@ def lock_folder(path: str) -> None:
     if not stat.S_ISDIR(info.st_mode):  # lstat: a symlink to a folder is refused too
         raise StateError(f"lock folder {path} is not a folder", "remove it; schedsync creates its own")
     if info.st_uid != os.geteuid():
-        raise StateError(f"lock folder {path} belongs to uid {info.st_uid}, not this user",
-                         f"remove it (`rm -r {path}`) so schedsync makes it private, or run as its owner")
+        raise _foreign(path, info.st_uid)
     if info.st_mode & 0o022:
         raise StateError(f"lock folder {path} is writable by other users",
                          f"make it private: `chmod 700 {path}`")
@@ -80,3 +79,28 @@ def _open_error(path: str, exc: OSError) -> StateError:
                           f"remove it (`sudo rm {path}`) or run as its owner")
     return StateError(f"lock file {path} cannot be opened: {exc.strerror}",
                       "check its folder, or pass --state PATH")
+
+
+def _foreign(path: str, uid: int) -> StateError:
+    """Another user's lock folder. Beside a state that user owns too, it is their installation
+    (root running a service's jobs): removing it would let two copies of their jobs run, so
+    the fix is to run as them. Beside our own state, it was planted: remove it."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = None
+    who = f"uid {uid}" + (f" ({name})" if name else "")
+    state = path[:-len(".locks")] if path.endswith(".locks") else None
+    try:
+        theirs = state is not None and os.stat(state).st_uid == uid
+    except OSError:
+        theirs = False
+    if theirs:
+        return StateError(f"lock folder {path} belongs to {who}, as does the state {state}: these are "
+                          "that user's jobs, and their runs hold locks there",
+                          f"run schedsync as that user (`sudo -u {name or '#' + str(uid)} schedsync …`), "
+                          "or use a state of your own (--state PATH)")
+    return StateError(f"lock folder {path} belongs to {who}, not this user",
+                      f"remove it (`rm -r {path}`) so schedsync makes it private, or run as its owner")

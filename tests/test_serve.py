@@ -536,6 +536,8 @@ def test_a_flood_of_huge_headers_keeps_memory_bounded(project):
         print(f"RSS {before_rss} KiB before, peak {after_hwm} KiB (was {before_hwm}), {after_rss} KiB after")
         assert after_hwm - before_rss < 40 * 1024, f"32 clients of 3.2 MB headers: peak {after_hwm} KiB"
         assert served.get("/healthz")[0] in (200, 503)
+        assert served.get("/healthz", {"X-Big": "a" * 20000})[0] == 431  # over 16 KiB: refused, one line
+        assert served.get("/" + "a" * 20000)[0] == 431  # the request line counts too
     finally:
         code, stderr = served.stop()
     assert code == 0 and "Traceback" not in stderr

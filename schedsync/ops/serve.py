@@ -299,6 +299,7 @@ class Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self.reader)
 
     def handle_one_request(self) -> None:
+        self.requestline = self.request_version = self.command = ""  # send_error's, before a line is in
         self.reader.restart()
         self.server.sending(self.reader, True)
         try:

@@ -388,3 +388,197 @@ def test_a_state_unreadable_from_the_start_is_served_as_503(project, tmp_path):
         assert code == 503 and body.startswith("error: state file") and body.count("\n") == 1
     finally:
         served.stop()
+
+
+# --- slow, greedy and aborting clients ---------------------------------------------------
+
+SLOW = 70  # more connections than serve handles at once (64)
+
+
+class Watched(Served):
+    """A server whose stderr is read as it comes, so that a flood of clients cannot fill the
+    pipe and block it; ``lines`` is what it wrote after its first line."""
+
+    def __init__(self, project: Project, *args: str, env: dict | None = None):
+        super().__init__(project, *args, env=env)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+
+    def status(self, field: str) -> int:
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1))
+
+    def stop(self) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.reader.join(timeout=10)
+        return code, "".join(self.lines)
+
+
+class Trickle:
+    """``count`` connections that send a request line, then one header byte each second,
+    never finishing their headers (slowloris), until closed."""
+
+    def __init__(self, url: str, count: int):
+        import socket
+
+        host, port = url.removeprefix("http://").split(":")
+        self.socks = []
+        for _ in range(count):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            self.socks.append(sock)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._drip, daemon=True)
+        self.thread.start()
+
+    def _drip(self) -> None:
+        while not self.done.wait(1.0):
+            for sock in self.socks:
+                try:
+                    sock.send(b"a")
+                except OSError:
+                    pass  # closed by the server: what the deadline is for
+
+    def closed_by_server(self) -> int:
+        """How many of the connections the server has closed: readable (EOF or reset), since
+        a request never finished gets no answer."""
+        import select
+
+        return len(select.select(self.socks, [], [], 0)[0])
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+        for sock in self.socks:
+            sock.close()
+
+
+def test_slow_clients_neither_starve_healthz_nor_hold_a_connection_past_the_deadline(project):
+    project.write(JOBS)
+    served = Watched(project)
+    trickle = None
+    try:
+        assert served.get("/healthz")[0] in (200, 503)
+        trickle = Trickle(served.url, SLOW)
+        time.sleep(1.5)  # every slow client has sent bytes since it connected
+        began = time.monotonic()
+        code = served.get("/healthz")[0]  # urllib's 30 s timeout: before, it waited forever
+        took = time.monotonic() - began
+        print(f"/healthz under {SLOW} slow clients: {took:.2f}s")
+        assert code in (200, 503)
+        deadline = time.monotonic() + 60  # the request deadline is 10 s; one byte a second never ends a request
+        while trickle.closed_by_server() < SLOW:
+            assert time.monotonic() < deadline, f"only {trickle.closed_by_server()} of {SLOW} slow clients closed"
+            time.sleep(0.5)
+        print(f"all {SLOW} slow clients closed after {time.monotonic() - began:.1f}s")
+    finally:
+        if trickle:
+            trickle.close()
+        code, stderr = served.stop()
+    assert code == 0 and "Traceback" not in stderr
+
+
+def test_sigterm_stops_it_within_two_seconds_while_slow_clients_hold_every_slot(project):
+    project.write(JOBS)
+    served = Watched(project)
+    trickle = Trickle(served.url, SLOW)
+    try:
+        time.sleep(1.5)
+        began = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        try:
+            code = served.proc.wait(timeout=5)  # the promise is 2 s; 5 on a loaded machine
+        except subprocess.TimeoutExpired:
+            pytest.fail("serve did not stop within 5 s of SIGTERM")
+        print(f"stopped {time.monotonic() - began:.2f}s after SIGTERM")
+    finally:
+        trickle.close()
+        code, stderr = served.stop()
+    assert code == 0 and stderr.strip().endswith("schedsync serve: stopped")
+    assert "Traceback" not in stderr
+
+
+def test_a_flood_of_huge_headers_keeps_memory_bounded(project):
+    project.write(JOBS)
+    served = Watched(project)
+    import socket
+
+    line = b"X-Pad-%02d: " + b"a" * 64000 + b"\r\n"
+    flood = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(line % i for i in range(50))  # 3.2 MB
+
+    def one(_: int) -> None:
+        sock = socket.create_connection(("127.0.0.1", int(served.url.rsplit(":", 1)[1])), timeout=30)
+        try:
+            sock.sendall(flood)  # and never the blank line that ends the headers
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass  # until the server closes: before, once 10 s passed with nothing new
+        except OSError:
+            pass  # refused mid-way: the server reset the connection
+        finally:
+            sock.close()
+
+    try:
+        for _ in range(3):
+            assert served.get("/healthz")[0] in (200, 503)
+        before_rss, before_hwm = served.status("VmRSS"), served.status("VmHWM")
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(one, range(32)))
+        after_rss, after_hwm = served.status("VmRSS"), served.status("VmHWM")
+        print(f"RSS {before_rss} KiB before, peak {after_hwm} KiB (was {before_hwm}), {after_rss} KiB after")
+        assert after_hwm - before_rss < 40 * 1024, f"32 clients of 3.2 MB headers: peak {after_hwm} KiB"
+        assert served.get("/healthz")[0] in (200, 503)
+        assert served.get("/healthz", {"X-Big": "a" * 20000})[0] == 431  # over 16 KiB: refused, one line
+        assert served.get("/" + "a" * 20000)[0] == 431  # the request line counts too
+    finally:
+        code, stderr = served.stop()
+    assert code == 0 and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("pair", [":", "ops:", ":pa55word"])
+def test_an_empty_basic_user_or_password_is_refused_at_start(project, pair):
+    project.write(JOBS)
+    result = project.cli("serve", "--bind", "127.0.0.1:0", env={"SCHEDSYNC_SERVE_BASIC": pair}, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: $SCHEDSYNC_SERVE_BASIC") and len(result.stderr.splitlines()) == 1
+    assert "pa55word" not in result.stderr
+
+
+def test_a_client_that_resets_the_connection_leaves_one_line_at_most(project):
+    import socket
+    import struct
+
+    project.write(JOBS)
+    served = Watched(project)
+    port = int(served.url.rsplit(":", 1)[1])
+
+    def reset(sock) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+        sock.close()
+
+    try:
+        for after_first_byte in (False, True, False, True):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            if after_first_byte:
+                sock.recv(1)  # the response has begun; the server waits for a next request
+            reset(sock)
+        assert served.get("/healthz")[0] in (200, 503)  # and it still answers
+        deadline = time.monotonic() + 30  # each handler meets its reset: one line (or none) each
+        while len(served.lines) < 4 and "Traceback" not in "".join(served.lines):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        code, stderr = served.stop()
+    assert code == 0 and "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line != "schedsync serve: stopped"]
+    assert len(lines) <= 4 and all(line.startswith("schedsync serve: 127.0.0.1: ") for line in lines), stderr

@@ -16,18 +16,26 @@ never on the path of ``schedsync run``.
 Loopback by default. Any other address needs a credential from the environment
 (``SCHEDSYNC_SERVE_TOKEN`` for ``Authorization: Bearer``, ``SCHEDSYNC_SERVE_BASIC``
 as ``user:password`` for basic auth); once one is set, every request must carry it.
+
+Hostile clients: a request (line and headers) must arrive whole within CLIENT_TIMEOUT
+and MAX_REQUEST bytes, so MAX_CLIENTS connections hold at most MAX_CLIENTS x MAX_REQUEST
+of requests; when all are taken, the one that has been sending longest makes room; a
+client that goes away costs one line on stderr; SIGTERM stops at once (threads are daemons).
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
+import io
 import ipaddress
 import json
 import os
 import signal
+import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -36,10 +44,11 @@ from schedsync.core.errors import ConfigError, SchedsyncError
 DEFAULT_BIND = "127.0.0.1:9178"
 TOKEN_ENV, BASIC_ENV = "SCHEDSYNC_SERVE_TOKEN", "SCHEDSYNC_SERVE_BASIC"
 REFRESH = 10  # seconds between the dashboard's reloads
-CLIENT_TIMEOUT = 10.0  # seconds a client may take to send its request
+CLIENT_TIMEOUT = 10.0  # seconds to send a whole request (in all, not per read), and per response write
 MAX_PATH = 2048  # bytes of path and query; longer gets 414
-MAX_HEADERS = 8192  # bytes of all request headers together; more gets 431
-MAX_CLIENTS = 64  # requests handled at once; more wait in the listen backlog
+MAX_REQUEST = 16 * 1024  # bytes of request line and headers together; more gets 431
+MAX_CLIENTS = 64  # connections handled at once; see Server.process_request for the next one
+EVICT_AFTER = 1.0  # seconds a connection must have been sending before a newcomer may replace it
 HISTORY = 50  # runs on a job's page
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -50,8 +59,10 @@ class Credentials:
     def __init__(self, environ=os.environ):
         self.token = environ.get(TOKEN_ENV) or None
         self.basic = environ.get(BASIC_ENV) or None
-        if self.basic is not None and ":" not in self.basic:
-            raise ConfigError(f"${BASIC_ENV} must be user:password", f"export {BASIC_ENV}=user:password")
+        user, _, password = (self.basic or "").partition(":")
+        if self.basic is not None and not (user and password):  # never shown: it is a secret
+            raise ConfigError(f"${BASIC_ENV} must be user:password, neither of them empty",
+                              f"export {BASIC_ENV}=user:password")
 
     def __bool__(self) -> bool:
         return bool(self.token or self.basic)
@@ -226,14 +237,89 @@ def sparkline(recent: list[dict], width: int = 120, height: int = 24) -> str:
                   f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{xy}"/></svg>')
 
 
+class TooLarge(Exception):
+    pass
+
+
+class Evicted(Exception):
+    pass
+
+
+class RequestReader(io.RawIOBase):
+    """The connection as the handler reads it: each request's line and headers must arrive
+    within CLIENT_TIMEOUT in all (not per read, which a byte a second would renew) and within
+    MAX_REQUEST bytes (http.server alone would take 100 headers of 64 KiB each)."""
+
+    def __init__(self, sock):
+        self.sock, self.evicted = sock, False
+        self.restart()
+
+    def restart(self) -> None:
+        self.started = time.monotonic()
+        self.left = MAX_REQUEST
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.left <= 0:
+            raise TooLarge()
+        remaining = self.started + CLIENT_TIMEOUT - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no whole request within {CLIENT_TIMEOUT:g}s")
+        self.sock.settimeout(remaining)
+        count = self.sock.recv_into(buffer, min(len(buffer), self.left))
+        if self.evicted:  # woken by Server.evict: what came is not a request to answer
+            raise Evicted()
+        self.left -= count
+        return count
+
+    def evict(self) -> None:
+        self.evicted = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the handler's recv
+        except OSError:
+            pass
+
+
 class Handler(BaseHTTPRequestHandler):
     timeout = CLIENT_TIMEOUT
     protocol_version = "HTTP/1.1"
     site: Site
     credentials: Credentials
+    server: Server
 
     def version_string(self) -> str:
         return "schedsync"
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self.reader = RequestReader(self.connection)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        self.requestline = self.request_version = self.command = ""  # send_error's, before a line is in
+        self.reader.restart()
+        self.server.sending(self.reader, True)
+        try:
+            super().handle_one_request()
+        except TooLarge:
+            self.connection.settimeout(CLIENT_TIMEOUT)
+            self.send_error(431, "Request too large", f"request line and headers over {MAX_REQUEST} bytes")
+            self.close_connection = True
+        except Evicted:
+            self.log_error("closed to make room: every connection was taken, this one still sending its request")
+            self.close_connection = True
+        finally:
+            self.server.sending(self.reader, False)
+
+    def parse_request(self) -> bool:
+        try:
+            return super().parse_request()
+        finally:  # the request is in: it is answered, never evicted, and writes get their own timeout
+            self.server.sending(self.reader, False)
+            self.connection.settimeout(CLIENT_TIMEOUT)
 
     def do_HEAD(self) -> None:
         self.do_GET(head=True)
@@ -241,8 +327,6 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self, head: bool = False) -> None:
         if len(self.path) > MAX_PATH:
             return self._send(414, "text/plain; charset=utf-8", b"request path too long\n", head)
-        if sum(len(k) + len(v) for k, v in self.headers.items()) > MAX_HEADERS:
-            return self._send(431, "text/plain; charset=utf-8", b"request headers too large\n", head)
         if not self.credentials.allows(self.headers.get("Authorization")):
             return self._send(401, "text/plain; charset=utf-8", b"unauthorized\n", head,
                               {"WWW-Authenticate": self.credentials.challenge()})
@@ -318,10 +402,27 @@ class Server(ThreadingHTTPServer):
     def __init__(self, address, handler, family):
         self.address_family = family
         self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.senders: set[RequestReader] = set()  # connections still sending their request
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
         super().__init__(address, handler)
 
+    def sending(self, reader: RequestReader, now: bool) -> None:
+        with self.lock:
+            (self.senders.add if now else self.senders.discard)(reader)
+
     def process_request(self, request, client_address):
-        self.slots.acquire()  # at most MAX_CLIENTS threads; the rest wait in the backlog
+        # at most MAX_CLIENTS threads; while all are taken, the connection that has been sending
+        # its request longest (over EVICT_AFTER) is closed to make room, or this one waits
+        while not self.slots.acquire(timeout=0.1):
+            if self.stopping.is_set():
+                return self.shutdown_request(request)
+            with self.lock:
+                oldest = min(self.senders, key=lambda r: r.started, default=None)
+                if oldest is None or time.monotonic() - oldest.started < EVICT_AFTER:
+                    continue
+                self.senders.discard(oldest)
+            oldest.evict()
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -334,11 +435,20 @@ class Server(ThreadingHTTPServer):
         finally:
             self.slots.release()
 
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):  # a bug: its traceback
+            return super().handle_error(request, client_address)
+        # a client that went away (reset, broken pipe): one line, no traceback
+        sys.stderr.write(f"schedsync serve: {client_address[0]}: {error.strerror or error}\n")
+
+    def shutdown(self):
+        self.stopping.set()  # process_request waits no longer
+        super().shutdown()
+
 
 def serve(config_opt: str | None, state_opt: str | None, bind: str, environ=os.environ) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
-    import socket
-
     host, port = parse_bind(bind)
     credentials = Credentials(environ)
     if not is_loopback(host) and not credentials:

@@ -214,15 +214,20 @@ class _Rows(HTMLParser):
         self.text.append(data)
 
 
-def test_the_dashboard_in_headless_chromium_shows_every_job_and_its_health(world, tmp_path):
+def chromium(tmp_path) -> list[str]:
+    """Headless Chromium's command line; skipped without it, failed under CI."""
     if not CHROMIUM:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed, and CI must run this test: .ci/run installs it "
                         "(apt-get install -y --no-install-recommends chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
+    return [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server",
+            "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+
+
+def test_the_dashboard_in_headless_chromium_shows_every_job_and_its_health(world, tmp_path):
     _, served = world
-    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server",
-               "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    browser = chromium(tmp_path)
     dom = subprocess.run([*browser, "--dump-dom", served.url + "/"], capture_output=True, text=True,
                          timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -239,6 +244,25 @@ def test_the_dashboard_in_headless_chromium_shows_every_job_and_its_health(world
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+
+
+def test_the_dashboard_fits_a_1024_px_window_in_headless_chromium(world, tmp_path):
+    """The page as served, laid out by Chromium in a 1024 px window: the jobs table is no wider
+    than the page. The page allows no script (CSP), so a copy with one that writes the widths
+    into the DOM is loaded from a file."""
+    _, served = world
+    _, _, body = served.get("/")
+    probe = ("<script>const t = document.querySelector('#jobs'), d = document.documentElement;"
+             "document.body.dataset.widths = [t.scrollWidth, d.clientWidth, d.scrollWidth].join(' ');"
+             "</script>")
+    page = tmp_path / "dashboard.html"
+    page.write_text(body.replace('http-equiv="refresh"', 'name="no-refresh"').replace("</body>", probe + "</body>"))
+    dom = subprocess.run([*chromium(tmp_path), "--window-size=1024,768", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    table, window, document = map(int, re.search(r'data-widths="(\d+) (\d+) (\d+)"', dom.stdout).groups())
+    assert window == 1024
+    assert table <= window - 2 * 20 and document <= window, (table, document)  # main's padding: 20 px a side
 
 
 def test_the_dashboard_escapes_names_errors_and_reloads_itself(world):

@@ -62,6 +62,74 @@ def test_logs_of_a_failed_run_shows_its_output_with_the_secret_as_stars(project)
     assert SECRET not in result.stdout + result.stderr
 
 
+# What a hostile job prints: an OSC title, a screen clear, an OSC 52 clipboard write, a C1 CSI.
+HOSTILE = "title\x1b]0;pwned\x07 clear\x1b[2J clip\x1b]52;c;cm0gLXJmIH4=\x07 csi\x9b31m end"
+SHOWN = "title^[]0;pwned^G clear^[[2J clip^[]52;c;cm0gLXJmIH4=^G csiM-^[31m end"  # as cat -v shows it
+RAW = (b"\x1b]0;", b"\x1b[2J", b"\x1b]52;", b"\xc2\x9b", b"\x07")
+
+
+def hostile_run(project, monkeypatch) -> int:
+    """A failed run of ``esc`` whose output, error and host (another host's, on a shared
+    state) all carry escape sequences."""
+    from schedsync.store import liveness
+
+    project.write("jobs:\n  esc:\n    command: [\"true\"]\n")
+    monkeypatch.setattr(liveness, "HOST", "web\x1b]0;host\x07one")
+    store = open_store(str(project.state))
+    try:
+        return finished_run(store, "esc", "failed", time.time() - 60, exit_code=1, output=HOSTILE + "\n",
+                            error=HOSTILE).id
+    finally:
+        store.close()
+
+
+def on_terminal(project, *args: str) -> str:
+    """What ``schedsync ARGS`` writes to a real pseudo-terminal, 200 columns wide."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(project.argv(*args), stdin=follower, stdout=follower, stderr=follower,
+                            cwd=project.path, env={**project.env, "COLUMNS": "200"})
+    os.close(follower)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: every writer is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=30) == 0, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    assert not any(raw in seen for raw in RAW), seen  # nothing the terminal would obey
+    return seen.decode()
+
+
+def test_logs_on_a_terminal_shows_control_characters_as_cat_v_does_and_a_pipe_gets_the_bytes(project, monkeypatch):
+    hostile_run(project, monkeypatch)
+    shown = on_terminal(project, "logs", "esc")
+    assert "host web^[]0;host^Gone" in shown and SHOWN in shown
+    piped = subprocess.run(project.argv("logs", "esc"), capture_output=True, env=project.env, cwd=project.path,
+                           stdin=subprocess.DEVNULL, timeout=60)
+    assert piped.returncode == 0
+    header, output = piped.stdout.decode().split("\n", 1)
+    assert header.endswith("host web\x1b]0;host\x07one") and output == HOSTILE + "\n"  # a pipe: the bytes
+
+
+@pytest.mark.parametrize("args", [("history", "esc"), ("status", "esc"), ("status",)])
+def test_tables_on_a_terminal_show_an_errors_control_characters_visibly(project, monkeypatch, args):
+    hostile_run(project, monkeypatch)
+    shown = on_terminal(project, *args)
+    assert "esc" in shown and ("^[]0;pwned^G" in shown or "^[[2J" in shown)
+
+
 def test_logs_of_a_given_run_shows_that_run_and_history_says_how_to_get_there(project):
     project.write(LEAKY)
     project.cli("run", "leaky", env={"SYNC_TOKEN": "first-secret-value"})

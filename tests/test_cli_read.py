@@ -130,6 +130,37 @@ def test_tables_on_a_terminal_show_an_errors_control_characters_visibly(project,
     assert "esc" in shown and ("^[]0;pwned^G" in shown or "^[[2J" in shown)
 
 
+def test_history_and_logs_show_times_in_the_local_zone_labelled_and_history_the_host(project):
+    import os
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    project.write(LEAKY)
+    project.cli("run", "quiet")
+    [run] = project.history("quiet")
+    local = datetime.fromisoformat(run["started_at"].replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Kathmandu"))
+    shown = f"{local:%Y-%m-%d %H:%M:%S} +0545"  # UTC+05:45: no hour-aligned zone passes by chance
+    for args in (("history", "quiet"), ("history", "quiet", "--limit", "5")):  # the fast path, then typer
+        result = project.cli(*args, env={"TZ": "Asia/Kathmandu"})
+        assert result.returncode == 0, result.stderr
+        header, row = result.stdout.splitlines()
+        assert header.split() == ["ID", "STARTED", "STATUS", "TOOK", "TRIES", "REQ", "ITEMS", "EXIT", "TRIGGER",
+                                  "HOST", "DETAIL"]
+        assert shown in row and row.split()[-1] == os.uname().nodename == run["host"]
+    header = project.cli("logs", "quiet", env={"TZ": "Asia/Kathmandu"}).stdout.splitlines()[0]
+    assert f"started {shown}, took " in header
+
+
+def test_tables_into_a_pipe_end_their_lines_without_spaces(project):
+    project.write(LEAKY)
+    project.cli("run", "quiet")
+    project.cli("run", "leaky")
+    for args in (("history", "quiet"), ("history", "leaky"), ("list",), ("status",), ("status", "leaky")):
+        out = project.cli(*args).stdout
+        assert "success" in out or "failed" in out or "command" in out, (args, out)
+        assert [line for line in out.splitlines() if line.endswith(" ")] == [], (args, out)
+
+
 def test_logs_of_a_given_run_shows_that_run_and_history_says_how_to_get_there(project):
     project.write(LEAKY)
     project.cli("run", "leaky", env={"SYNC_TOKEN": "first-secret-value"})

@@ -323,3 +323,24 @@ def test_an_unscheduled_job_can_be_failing():
 
 def test_severity_ranks_every_health_worst_first():
     assert sorted(SEVERITY, key=SEVERITY.get) == ["FAILING", "STALLED", "LATE", "RUNNING", "NEVER", "PAUSED", "OK"]
+
+
+# Ages: whole units, as every age shown ("39ms ago" beside "1.0s ago" was two styles)
+
+
+@pytest.mark.parametrize("after, said", [(0.039, "just now"), (1.5, "1s ago"), (9.9, "9s ago"), (42.5, "42s ago"),
+                                         (125, "2m05s ago")])
+def test_an_age_is_in_whole_units_and_under_a_second_is_just_now(after, said):
+    job = state(run(SUCCESS, "09:00", took=60))
+    ended = at("09:01")
+    reason = job_health(schedule=None, grace=300, timeout=300, state=job, breaker_state="closed",
+                        now=ended + after).reason
+    assert reason == f"last run succeeded {said}"
+
+
+def test_a_resumed_job_is_described_by_its_last_run_not_by_the_skips_while_it_was_paused():
+    job = state(run(SUCCESS, "08:00"), run(SKIPPED, "09:00", reason="paused", error="paused; `schedsync resume` it",
+                                          took=0))
+    assert health(job, schedule=None) == Health("OK", "last run succeeded 1h29m ago", None)
+    only_skips = state(run(SKIPPED, "09:00", reason="paused", took=0))
+    assert health(only_skips, schedule=None) == Health("OK", "resumed; no run since", None)

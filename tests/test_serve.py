@@ -290,6 +290,72 @@ def test_a_job_page_shows_history_transitions_and_the_output_redacted_and_escape
     assert code == 200 and "token=***" in body
 
 
+BUDGETED = """
+    state: schedsync.db
+    budgets:
+      api: 10/1h
+    jobs:
+      fine:
+        schedule: "*/5 * * * *"
+        budget: api
+        command: ["sh", "-c", "sleep 0.2"]
+"""
+
+
+@pytest.fixture
+def budgeted(project):
+    """``fine`` run twice, paused, skipped, resumed; its budget at 0.9 tokens (10 spent 324 s
+    ago at 10/1h): a level that must show as 0, and 9.1 tokens, 54-55 minutes, to refill."""
+    project.write(BUDGETED)
+    for _ in range(2):
+        assert project.cli("run", "fine").returncode == 0
+    project.cli("pause", "fine")
+    assert project.cli("run", "fine").returncode == 75
+    project.cli("resume", "fine")
+    from schedsync.store import open_store
+
+    store = open_store(str(project.state))
+    try:
+        store.spend(["api"], {"api": (10.0, 3600.0)}, 8, now=time.time() - 324)  # 2 spent by the runs
+    finally:
+        store.close()
+    served = Served(project, env={"TZ": "Asia/Kathmandu"})  # UTC+05:45
+    yield project, served
+    served.stop()
+
+
+def test_the_dashboard_shows_whole_tokens_the_time_to_refill_labelled_times_and_each_sparklines_scale(budgeted):
+    project, served = budgeted
+    code, _, body = served.get("/")
+    assert code == 200
+    row = re.search(r'<tr class="job[^"]*" data-job="fine".*?</tr>', body, re.S).group(0)
+    assert re.search(r"<td[^>]*>api 0/10</td>", row), row
+    budgets = re.search(r'<table id="budgets">.*?</table>', body, re.S).group(0)
+    assert re.search(r"<td>api</td><td>0</td><td>10 per 1h</td><td>5[45]m</td>", budgets), budgets
+    assert re.search(r"as of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+0545 ", body)
+    longest = max(r["duration_ms"] for r in project.history("fine") if r["status"] == "success")
+    from schedsync.core.durations import format_duration
+
+    assert f'<span class="spark-scale" title="the top of the line">max {format_duration(longest / 1000)}</span>' in row
+
+
+def test_a_job_page_shows_its_budget_labelled_times_and_is_not_paused_after_resume(budgeted):
+    project, served = budgeted
+    code, _, body = served.get("/job/fine")
+    assert code == 200
+    facts = re.search(r'<dl class="facts">.*?</dl>', body, re.S).group(0)
+    assert re.search(r'<dd id="budget">api 0/10 per 1h, full in 5[45]m</dd>', facts), facts
+    why = re.search(r"<dt>Why</dt><dd>(.*?)</dd>", facts).group(1)
+    assert why.startswith("last run succeeded ") and "paused" not in why and "resume" not in why, why
+    assert 'id="health">OK<' in body
+    started = project.history("fine")[0]["started_at"]
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    local = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Kathmandu"))
+    assert re.search(rf'<td title="[^"]+ ago">{local:%Y-%m-%d %H:%M:%S} \+0545</td>', body)  # as `history` shows it
+
+
 def test_unknown_pages_jobs_and_runs_are_404_and_writes_are_refused(world):
     _, served = world
     assert served.get("/job/nosuch")[0] == 404

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 
 from schedsync.store import open_store
@@ -35,7 +36,7 @@ def failing(project, on: bool = True) -> None:
     flag.touch() if on else flag.unlink(missing_ok=True)
 
 
-OPENED = r"(breaker \S+ opened after \d+ failures?: runs skipped until [\d:-]+( [\d:]+)?\n)?"
+OPENED = r"(breaker \S+ opened after \d+ failures?: runs skipped until ([\d-]+ )?[\d:]+ \S+\n)?"
 
 
 def assert_failed(result, job: str, what: str) -> None:
@@ -51,10 +52,13 @@ def test_the_run_that_opens_the_breaker_says_so_and_until_when(project):
     failing(project)
     quiet = [project.cli("run", "flaky").stderr for _ in range(2)]
     assert not any("opened" in err for err in quiet)
-    opening = project.cli("run", "flaky")
+    opening = project.cli("run", "flaky", env={"TZ": "America/New_York"})
     first, second = opening.stderr.splitlines()
-    until = datetime.fromtimestamp(when(breaker_of(project, "flaky")["opens_until"])).strftime("%H:%M")
-    assert first == f"breaker flaky opened after 3 failures: runs skipped until {until}"
+    # the time of day in the local zone, labelled with it (the date too on another day)
+    until = datetime.fromtimestamp(when(breaker_of(project, "flaky")["opens_until"]), ZoneInfo("America/New_York"))
+    assert first in [f"breaker flaky opened after 3 failures: runs skipped until {until:%H:%M:%S %Z}",
+                     f"breaker flaky opened after 3 failures: runs skipped until {until:%Y-%m-%d %H:%M:%S %Z}"]
+    assert until.strftime("%Z") in ("EST", "EDT")
     assert second.startswith("error: flaky: failed in ")
 
 

@@ -62,6 +62,105 @@ def test_logs_of_a_failed_run_shows_its_output_with_the_secret_as_stars(project)
     assert SECRET not in result.stdout + result.stderr
 
 
+# What a hostile job prints: an OSC title, a screen clear, an OSC 52 clipboard write, a C1 CSI.
+HOSTILE = "title\x1b]0;pwned\x07 clear\x1b[2J clip\x1b]52;c;cm0gLXJmIH4=\x07 csi\x9b31m end"
+SHOWN = "title^[]0;pwned^G clear^[[2J clip^[]52;c;cm0gLXJmIH4=^G csiM-^[31m end"  # as cat -v shows it
+RAW = (b"\x1b]0;", b"\x1b[2J", b"\x1b]52;", b"\xc2\x9b", b"\x07")
+
+
+def hostile_run(project, monkeypatch) -> int:
+    """A failed run of ``esc`` whose output, error and host (another host's, on a shared
+    state) all carry escape sequences."""
+    from schedsync.store import liveness
+
+    project.write("jobs:\n  esc:\n    command: [\"true\"]\n")
+    monkeypatch.setattr(liveness, "HOST", "web\x1b]0;host\x07one")
+    store = open_store(str(project.state))
+    try:
+        return finished_run(store, "esc", "failed", time.time() - 60, exit_code=1, output=HOSTILE + "\n",
+                            error=HOSTILE).id
+    finally:
+        store.close()
+
+
+def on_terminal(project, *args: str) -> str:
+    """What ``schedsync ARGS`` writes to a real pseudo-terminal, 200 columns wide."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(project.argv(*args), stdin=follower, stdout=follower, stderr=follower,
+                            cwd=project.path, env={**project.env, "COLUMNS": "200"})
+    os.close(follower)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: every writer is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=30) == 0, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    assert not any(raw in seen for raw in RAW), seen  # nothing the terminal would obey
+    return seen.decode()
+
+
+def test_logs_on_a_terminal_shows_control_characters_as_cat_v_does_and_a_pipe_gets_the_bytes(project, monkeypatch):
+    hostile_run(project, monkeypatch)
+    shown = on_terminal(project, "logs", "esc")
+    assert "host web^[]0;host^Gone" in shown and SHOWN in shown
+    piped = subprocess.run(project.argv("logs", "esc"), capture_output=True, env=project.env, cwd=project.path,
+                           stdin=subprocess.DEVNULL, timeout=60)
+    assert piped.returncode == 0
+    header, output = piped.stdout.decode().split("\n", 1)
+    assert header.endswith("host web\x1b]0;host\x07one") and output == HOSTILE + "\n"  # a pipe: the bytes
+
+
+@pytest.mark.parametrize("args", [("history", "esc"), ("status", "esc"), ("status",)])
+def test_tables_on_a_terminal_show_an_errors_control_characters_visibly(project, monkeypatch, args):
+    hostile_run(project, monkeypatch)
+    shown = on_terminal(project, *args)
+    assert "esc" in shown and ("^[]0;pwned^G" in shown or "^[[2J" in shown)
+
+
+def test_history_and_logs_show_times_in_the_local_zone_labelled_and_history_the_host(project):
+    import os
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    project.write(LEAKY)
+    project.cli("run", "quiet")
+    [run] = project.history("quiet")
+    local = datetime.fromisoformat(run["started_at"].replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Kathmandu"))
+    shown = f"{local:%Y-%m-%d %H:%M:%S} +0545"  # UTC+05:45: no hour-aligned zone passes by chance
+    for args in (("history", "quiet"), ("history", "quiet", "--limit", "5")):  # the fast path, then typer
+        result = project.cli(*args, env={"TZ": "Asia/Kathmandu"})
+        assert result.returncode == 0, result.stderr
+        header, row = result.stdout.splitlines()
+        assert header.split() == ["ID", "STARTED", "STATUS", "TOOK", "TRIES", "REQ", "ITEMS", "EXIT", "TRIGGER",
+                                  "HOST", "DETAIL"]
+        assert shown in row and row.split()[-1] == os.uname().nodename == run["host"]
+    header = project.cli("logs", "quiet", env={"TZ": "Asia/Kathmandu"}).stdout.splitlines()[0]
+    assert f"started {shown}, took " in header
+
+
+def test_tables_into_a_pipe_end_their_lines_without_spaces(project):
+    project.write(LEAKY)
+    project.cli("run", "quiet")
+    project.cli("run", "leaky")
+    for args in (("history", "quiet"), ("history", "leaky"), ("list",), ("status",), ("status", "leaky")):
+        out = project.cli(*args).stdout
+        assert "success" in out or "failed" in out or "command" in out, (args, out)
+        assert [line for line in out.splitlines() if line.endswith(" ")] == [], (args, out)
+
+
 def test_logs_of_a_given_run_shows_that_run_and_history_says_how_to_get_there(project):
     project.write(LEAKY)
     project.cli("run", "leaky", env={"SYNC_TOKEN": "first-secret-value"})

@@ -100,7 +100,7 @@ def test_a_job_whose_first_seen_time_is_unknown_counts_as_first_seen_now():
 def test_it_is_late_when_cron_never_started_the_9am_run():
     yesterday = run(SUCCESS, "2024-05-05 09:00")
     assert health(state(yesterday), schedule=DAILY_9AM, now="09:10") == Health(
-        "LATE", "no run since the 09:00 start (grace 5m)", at("2024-05-07 09:00")
+        "LATE", "no run since the 09:00:00 UTC start (grace 5m)", at("2024-05-07 09:00")
     )
 
 
@@ -127,13 +127,13 @@ def test_a_late_start_names_the_date_once_it_is_a_day_old():
     weekly = Schedule("0 9 * * 1", UTC)
     job = state(run(SUCCESS, "2024-04-29 09:00"))
     assert health(job, schedule=weekly, grace=86400, now="2024-05-07 10:00").reason == (
-        "no run since the 2024-05-06 09:00 start (grace 1d)"
+        "no run since the 2024-05-06 09:00:00 UTC start (grace 1d)"
     )
 
 
 def test_late_wins_over_stalled_when_nothing_started_at_all():
     job = state(run(SUCCESS, "06:00"))
-    assert health(job).reason == "no run since the 09:00 start (grace 5m)"
+    assert health(job).reason == "no run since the 09:00:00 UTC start (grace 5m)"
 
 
 # STALLED
@@ -234,7 +234,7 @@ def test_an_hourly_job_is_expected_twice_in_the_hour_berlin_repeats():
     hourly = Schedule("0 * * * *", BERLIN)
     ran_at_first_2_00 = state(run(SUCCESS, "2024-10-27 00:00", tz=UTC))
     assert health(ran_at_first_2_00, schedule=hourly, now="2024-10-27 01:10").reason == (
-        "no run since the 02:00 start (grace 5m)"
+        "no run since the 02:00:00 CET start (grace 5m)"
     )
 
 
@@ -323,3 +323,24 @@ def test_an_unscheduled_job_can_be_failing():
 
 def test_severity_ranks_every_health_worst_first():
     assert sorted(SEVERITY, key=SEVERITY.get) == ["FAILING", "STALLED", "LATE", "RUNNING", "NEVER", "PAUSED", "OK"]
+
+
+# Ages: whole units, as every age shown ("39ms ago" beside "1.0s ago" was two styles)
+
+
+@pytest.mark.parametrize("after, said", [(0.039, "just now"), (1.5, "1s ago"), (9.9, "9s ago"), (42.5, "42s ago"),
+                                         (125, "2m05s ago")])
+def test_an_age_is_in_whole_units_and_under_a_second_is_just_now(after, said):
+    job = state(run(SUCCESS, "09:00", took=60))
+    ended = at("09:01")
+    reason = job_health(schedule=None, grace=300, timeout=300, state=job, breaker_state="closed",
+                        now=ended + after).reason
+    assert reason == f"last run succeeded {said}"
+
+
+def test_a_resumed_job_is_described_by_its_last_run_not_by_the_skips_while_it_was_paused():
+    job = state(run(SUCCESS, "08:00"), run(SKIPPED, "09:00", reason="paused", error="paused; `schedsync resume` it",
+                                          took=0))
+    assert health(job, schedule=None) == Health("OK", "last run succeeded 1h29m ago", None)
+    only_skips = state(run(SKIPPED, "09:00", reason="paused", took=0))
+    assert health(only_skips, schedule=None) == Health("OK", "resumed; no run since", None)

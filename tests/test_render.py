@@ -96,8 +96,8 @@ def test_plain_layout_is_used_for_a_pipe_and_leaves_markup_and_terminals_to_rich
     table = render.Table()
     table.add_column("A")
     table.add_row("x")
-    assert render._plain_lines(table, 80, pad=False) == ["A", "x"]
+    assert render._plain_lines(table, 80) == ["A", "x"]
     table.add_row("[bold]x[/bold]")
-    assert render._plain_lines(table, 80, pad=False) is None  # rich reads that as markup
+    assert render._plain_lines(table, 80) is None  # rich reads that as markup
     monkeypatch.setenv("FORCE_COLOR", "1")
     assert render._plain_width() is None

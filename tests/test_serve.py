@@ -214,15 +214,20 @@ class _Rows(HTMLParser):
         self.text.append(data)
 
 
-def test_the_dashboard_in_headless_chromium_shows_every_job_and_its_health(world, tmp_path):
+def chromium(tmp_path) -> list[str]:
+    """Headless Chromium's command line; skipped without it, failed under CI."""
     if not CHROMIUM:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed, and CI must run this test: .ci/run installs it "
                         "(apt-get install -y --no-install-recommends chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
+    return [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server",
+            "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+
+
+def test_the_dashboard_in_headless_chromium_shows_every_job_and_its_health(world, tmp_path):
     _, served = world
-    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server",
-               "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    browser = chromium(tmp_path)
     dom = subprocess.run([*browser, "--dump-dom", served.url + "/"], capture_output=True, text=True,
                          timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -239,6 +244,25 @@ def test_the_dashboard_in_headless_chromium_shows_every_job_and_its_health(world
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+
+
+def test_the_dashboard_fits_a_1024_px_window_in_headless_chromium(world, tmp_path):
+    """The page as served, laid out by Chromium in a 1024 px window: the jobs table is no wider
+    than the page. The page allows no script (CSP), so a copy with one that writes the widths
+    into the DOM is loaded from a file."""
+    _, served = world
+    _, _, body = served.get("/")
+    probe = ("<script>const t = document.querySelector('#jobs'), d = document.documentElement;"
+             "document.body.dataset.widths = [t.scrollWidth, d.clientWidth, d.scrollWidth].join(' ');"
+             "</script>")
+    page = tmp_path / "dashboard.html"
+    page.write_text(body.replace('http-equiv="refresh"', 'name="no-refresh"').replace("</body>", probe + "</body>"))
+    dom = subprocess.run([*chromium(tmp_path), "--window-size=1024,768", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    table, window, document = map(int, re.search(r'data-widths="(\d+) (\d+) (\d+)"', dom.stdout).groups())
+    assert window == 1024
+    assert table <= window - 2 * 20 and document <= window, (table, document)  # main's padding: 20 px a side
 
 
 def test_the_dashboard_escapes_names_errors_and_reloads_itself(world):
@@ -264,6 +288,72 @@ def test_a_job_page_shows_history_transitions_and_the_output_redacted_and_escape
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; &lt;script&gt;" in output
     code, _, body = served.get(f"/job/failing?run={run_id}")
     assert code == 200 and "token=***" in body
+
+
+BUDGETED = """
+    state: schedsync.db
+    budgets:
+      api: 10/1h
+    jobs:
+      fine:
+        schedule: "*/5 * * * *"
+        budget: api
+        command: ["sh", "-c", "sleep 0.2"]
+"""
+
+
+@pytest.fixture
+def budgeted(project):
+    """``fine`` run twice, paused, skipped, resumed; its budget at 0.9 tokens (10 spent 324 s
+    ago at 10/1h): a level that must show as 0, and 9.1 tokens, 54-55 minutes, to refill."""
+    project.write(BUDGETED)
+    for _ in range(2):
+        assert project.cli("run", "fine").returncode == 0
+    project.cli("pause", "fine")
+    assert project.cli("run", "fine").returncode == 75
+    project.cli("resume", "fine")
+    from schedsync.store import open_store
+
+    store = open_store(str(project.state))
+    try:
+        store.spend(["api"], {"api": (10.0, 3600.0)}, 8, now=time.time() - 324)  # 2 spent by the runs
+    finally:
+        store.close()
+    served = Served(project, env={"TZ": "Asia/Kathmandu"})  # UTC+05:45
+    yield project, served
+    served.stop()
+
+
+def test_the_dashboard_shows_whole_tokens_the_time_to_refill_labelled_times_and_each_sparklines_scale(budgeted):
+    project, served = budgeted
+    code, _, body = served.get("/")
+    assert code == 200
+    row = re.search(r'<tr class="job[^"]*" data-job="fine".*?</tr>', body, re.S).group(0)
+    assert re.search(r"<td[^>]*>api 0/10</td>", row), row
+    budgets = re.search(r'<table id="budgets">.*?</table>', body, re.S).group(0)
+    assert re.search(r"<td>api</td><td>0</td><td>10 per 1h</td><td>5[45]m</td>", budgets), budgets
+    assert re.search(r"as of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+0545 ", body)
+    longest = max(r["duration_ms"] for r in project.history("fine") if r["status"] == "success")
+    from schedsync.core.durations import format_duration
+
+    assert f'<span class="spark-scale" title="the top of the line">max {format_duration(longest / 1000)}</span>' in row
+
+
+def test_a_job_page_shows_its_budget_labelled_times_and_is_not_paused_after_resume(budgeted):
+    project, served = budgeted
+    code, _, body = served.get("/job/fine")
+    assert code == 200
+    facts = re.search(r'<dl class="facts">.*?</dl>', body, re.S).group(0)
+    assert re.search(r'<dd id="budget">api 0/10 per 1h, full in 5[45]m</dd>', facts), facts
+    why = re.search(r"<dt>Why</dt><dd>(.*?)</dd>", facts).group(1)
+    assert why.startswith("last run succeeded ") and "paused" not in why and "resume" not in why, why
+    assert 'id="health">OK<' in body
+    started = project.history("fine")[0]["started_at"]
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    local = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Kathmandu"))
+    assert re.search(rf'<td title="[^"]+ ago">{local:%Y-%m-%d %H:%M:%S} \+0545</td>', body)  # as `history` shows it
 
 
 def test_unknown_pages_jobs_and_runs_are_404_and_writes_are_refused(world):

@@ -244,7 +244,26 @@ def test_status_of_one_job_shows_its_budget(project):
     project.cli("run", "fine")
     out = project.cli("status", "fine").stdout
     assert "Always works" in out
-    assert re.search(r"budget     api: 9\.\d of 10 tokens per 1h", out)
+    assert re.search(r"budget     api: 9 of 10 tokens per 1h", out)  # whole tokens, rounded down
+
+
+def spent_long_ago(project, budget: str, tokens: float, ago: float, rate=(10.0, 3600.0)) -> None:
+    """``tokens`` spent from ``budget`` ``ago`` seconds ago: with 10/1h, 10 spent 3 minutes ago
+    leave 0.5 tokens now (and a little more as the test goes on)."""
+    store = open_store(str(project.state))
+    try:
+        assert store.spend([budget], {budget: rate}, tokens, now=time.time() - ago) is None
+    finally:
+        store.close()
+
+
+def test_budget_levels_are_whole_tokens_rounded_down_in_the_table_and_the_job(project):
+    project.write(JOBS)
+    spent_long_ago(project, "api", 10, ago=180 + 36 * 4)  # 0.9 tokens now: "0.9" promises nothing
+    table = project.cli("status").stdout
+    assert "budgets: api 0/10 per 1h" in table.splitlines()
+    assert re.search(r"^fine +NEVER .* 0/10 ", table, re.M), table
+    assert "budget     api: 0 of 10 tokens per 1h" in project.cli("status", "fine").stdout
 
 
 def test_status_of_an_unknown_job_exits_2_and_suggests_a_name(project):

@@ -12,7 +12,7 @@ from schedsync.config import Config, Job
 from schedsync.core.health import SEVERITY, Health, job_health
 from schedsync.core.models import FAILURES, PARTIAL, SUCCESS, Breaker, JobState, Run
 from schedsync.core.records import dataclass
-from schedsync.core.schedule import Schedule, local_zone
+from schedsync.core.schedule import Schedule, zone
 
 STRIP = 20  # recent runs shown per job
 NEEDS_ACTION = ("LATE", "STALLED", "FAILING")  # `status --check` exits 1 for these
@@ -31,12 +31,10 @@ def run_json(run: Run, output: bool = False) -> dict:
     return out
 
 
-def zone(config: Config):
-    if not config.timezone:
-        return None
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo(config.timezone)
+def display_zone(config: Config):
+    """The zone schedules are read and times shown in: the registry's ``timezone:``, else the
+    system's (``$TZ``, else /etc/localtime), as ``date`` shows it."""
+    return zone(config.timezone)
 
 
 @dataclass
@@ -61,7 +59,7 @@ def views(config: Config, store, now: float, names: list[str], crashed: list[Run
     breaker_states = store.breakers(list({config.jobs[name]["breaker"]["name"] for name in names}))
     if crashed or seen:
         overlay(states.values(), crashed, now if seen else None)
-    tz = zone(config) or local_zone()  # once: the system's zone means reading /etc/localtime
+    tz = display_zone(config)  # once: the system's zone means reading /etc/localtime
     schedules: dict[str, _Shared] = {}
     out = []
     for name in names:

@@ -164,7 +164,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
 
             outcome = Outcome("failed", error=secrets.clip(f"internal error: {type(exc).__name__}: {exc}", 300),
                               held=traceback.format_exc())
-    result = _finish(store, job, run, outcome, admitted.trial, secrets, lease)
+    result = _finish(store, job, run, outcome, admitted.trial, secrets, lease, config.timezone)
     if on_finish is not None:  # after the records are committed, still holding the lock
         on_finish(result)
     return result
@@ -173,14 +173,9 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
 def scheduled_slot(config: Config, job: Job, now: float) -> float | None:
     """The slot a cron-triggered run claims (once per slot, across hosts): the latest
     scheduled start at or before ``now`` (the store's clock), in the registry's zone."""
-    from schedsync.core.schedule import Schedule, local_zone
+    from schedsync.core.schedule import Schedule, zone
 
-    tz = None
-    if config.timezone:
-        from zoneinfo import ZoneInfo
-
-        tz = ZoneInfo(config.timezone)
-    return Schedule(job.schedule, tz or local_zone()).last_at_or_before(now)
+    return Schedule(job.schedule, zone(config.timezone)).last_at_or_before(now)
 
 
 def _work(job: Job, ctx: Context) -> Outcome:
@@ -197,7 +192,8 @@ def _work(job: Job, ctx: Context) -> Outcome:
     return run_python(job, ctx)
 
 
-def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease: float) -> RunResult:
+def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease: float,
+            timezone: str | None = None) -> RunResult:
     now = store.now()
     run.status = outcome.status
     run.reason = outcome.reason
@@ -223,15 +219,17 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
                                f"{run.items_processed + run.items_failed} items failed"
                                + (f" ({run.error})" if run.error else ""))
     if transition and transition[1] == "open":
-        result.messages.append(opened_message(transition[2]))
+        result.messages.append(opened_message(transition[2], timezone, now))
     return result
 
 
-def opened_message(breaker) -> str:
-    """``breaker quests opened after 5 failures: runs skipped until 10:42`` (local time)."""
-    until = time.strftime("%H:%M", time.localtime(breaker.opens_until))
-    if breaker.opens_until - breaker.opened_at >= 86400:
-        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(breaker.opens_until))
+def opened_message(breaker, timezone: str | None, now: float) -> str:
+    """``breaker quests opened after 5 failures: runs skipped until 10:42:00 CET``: in the
+    registry's zone (else the system's), with the date unless it is today."""
+    from schedsync.core.durations import clock
+    from schedsync.core.schedule import zone
+
+    until = clock(breaker.opens_until, zone(timezone), now)
     count = f"{breaker.failures} failure{'s' if breaker.failures != 1 else ''}"
     return f"breaker {breaker.name} opened after {count}: runs skipped until {until}"
 

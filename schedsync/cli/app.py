@@ -138,7 +138,7 @@ def _watch(config, store, job, interval: float = 2.0):
 
     def frame():
         data = snapshots.status(config, store, only=job)
-        return render.watch_frame(data, report.worst_first(data["jobs"]))
+        return render.watch_frame(data, report.worst_first(data["jobs"]), report.display_zone(config))
 
     console = render.console()
     try:

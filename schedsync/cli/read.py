@@ -141,6 +141,7 @@ def check_line(jobs: list[dict], worst: list[dict]) -> str:
 def history(config_opt: str | None, state_opt: str | None, job: str, limit: int = 20,
             failed: bool = False, as_json: bool = False) -> int:
     from schedsync.app import status as snapshots
+    from schedsync.app.report import display_zone
 
     try:
         config = load_config(config_opt, state_opt)
@@ -153,7 +154,7 @@ def history(config_opt: str | None, state_opt: str | None, job: str, limit: int 
         return 0
     from schedsync.cli import render
 
-    render.history_table(runs)
+    render.history_table(runs, display_zone(config))
     shown = next((run for run in runs if run["output"]), None)  # skips and failed starts have none
     if shown:  # a hint for people, on stderr so a pipe into grep or awk gets the table only
         print(f"a run's output: schedsync logs {job} {shown['id']}", file=sys.stderr)
@@ -164,6 +165,7 @@ def logs(config_opt: str | None, state_opt: str | None, job: str, run_id: int | 
     """The captured output of the job's last (or given) run, after a header line. Exit 2 for an
     unknown job, 1 for a run id that does not exist or is another job's."""
     from schedsync.app import status as snapshots
+    from schedsync.app.report import display_zone
 
     try:
         config = load_config(config_opt, state_opt)
@@ -171,8 +173,12 @@ def logs(config_opt: str | None, state_opt: str | None, job: str, run_id: int | 
             run = snapshots.run_log(config, store, job, run_id)
     except SchedsyncError as exc:
         return _fail(exc)
-    sys.stdout.write(log_header(run) + "\n")
-    output = run["output"] or ""
+    header, output = log_header(run, display_zone(config)), run["output"] or ""
+    if sys.stdout.isatty():  # shown, not obeyed: a job's output must not drive the terminal
+        from schedsync.cli.render import visible
+
+        header, output = visible(header), visible(output)
+    sys.stdout.write(header + "\n")
     if output:
         sys.stdout.write(output if output.endswith("\n") else output + "\n")
     else:
@@ -181,14 +187,14 @@ def logs(config_opt: str | None, state_opt: str | None, job: str, run_id: int | 
     return 0
 
 
-def log_header(run: dict) -> str:
-    """``run 42 of quests: failed (exit 1), started 2026-12-01 10:00:05 UTC, took 2.1s, host web1``"""
-    from schedsync.core.durations import format_duration
+def log_header(run: dict, tz=None) -> str:
+    """``run 42 of quests: failed (exit 1), started 2026-12-01 11:00:05 CET, took 2.1s, host web1``"""
+    from schedsync.core.durations import clock, format_duration, posix
 
     status = run["status"] + (f" ({run['reason']})" if run["reason"] else "")
     if run["exit_code"] not in (None, 0):
         status += f" (exit {run['exit_code']})"
-    started = (run["started_at"] or "").replace("T", " ").replace("Z", " UTC")
+    started = clock(posix(run["started_at"]), tz) if run["started_at"] else "—"
     took = ("still running" if run["status"] == "running" or run["duration_ms"] is None
             else f"took {format_duration(run['duration_ms'] / 1000)}")
     return f"run {run['id']} of {run['job']}: {status}, started {started}, {took}, host {run['host']}"

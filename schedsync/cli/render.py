@@ -13,9 +13,8 @@ import json
 import os
 import re
 import sys
-from datetime import datetime
 
-from schedsync.core.durations import format_duration
+from schedsync.core.durations import clock, format_duration, posix, relative
 from schedsync.core.models import FAILURES
 
 HEALTH_STYLE = {"OK": "green", "RUNNING": "cyan", "LATE": "yellow", "STALLED": "magenta",
@@ -118,6 +117,41 @@ def _rich(thing):
     return thing.rich() if isinstance(thing, (Text, Table, Group)) else thing
 
 
+# What a terminal would act on rather than show: C0 controls but tab and newline, DEL, C1.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _caret(match) -> str:
+    code = ord(match.group())
+    meta, code = ("M-", code - 0x80) if code >= 0x80 else ("", code)
+    return meta + ("^?" if code == 0x7F else "^" + chr(code + 64))
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters shown as ``cat -v`` shows them (ESC is ``^[``,
+    DEL ``^?``, U+009B ``M-^[``), so a job's output or a host name cannot retitle, clear or
+    write the clipboard of the terminal it is shown on. Tab and newline are kept."""
+    return _CONTROL.sub(_caret, text)
+
+
+def _visible(thing):
+    """``thing`` (a Text, str, Table or Group) with ``visible`` text, for a terminal."""
+    if isinstance(thing, str):
+        return visible(thing)
+    if isinstance(thing, Text):
+        out = Text()
+        out.spans = [(visible(text), style) for text, style in thing.spans]
+        return out
+    if isinstance(thing, Table):
+        out = Table()
+        out.columns = thing.columns
+        out.rows = [[_visible(cell) for cell in row] for row in thing.rows]
+        return out
+    if isinstance(thing, Group):
+        return Group(*(_visible(part) for part in thing.parts))
+    return thing
+
+
 # What rich would treat as markup or an emoji code in a plain string, or lay out other than
 # one cell a character: then rich renders it.
 _MARKUP = re.compile(r"\[|:[A-Za-z_+-][\w+-]*:")
@@ -175,12 +209,13 @@ def _widths(table: Table) -> list[int] | None:
     return widths
 
 
-def _plain_lines(thing, width: int, pad: bool) -> list[str] | None:
-    """``thing`` as rich prints it into a pipe ``width`` wide, or None if only rich can say."""
+def _plain_lines(thing, width: int) -> list[str] | None:
+    """``thing`` as rich prints it into a pipe ``width`` wide, without the spaces that end a
+    table's lines (as ``_print``), or None if only rich can say."""
     if isinstance(thing, Group):
         lines = []
         for part in thing.parts:
-            part_lines = _plain_lines(part, width, pad)
+            part_lines = _plain_lines(part, width)
             if part_lines is None:
                 return None
             lines += part_lines
@@ -190,25 +225,23 @@ def _plain_lines(thing, width: int, pad: bool) -> list[str] | None:
         if widths is None or sum(widths) + 2 * (len(widths) - 1) > width:
             return None
         rows = [[c.header for c in thing.columns]] + [[_cell_text(cell) for cell in row] for row in thing.rows]
-        last = len(widths) - 1
-        lines = ["  ".join(text.ljust(widths[i]) if pad or i < last else text for i, text in enumerate(row))
-                 for row in rows]
-        return lines if pad else [line.rstrip() for line in lines]
+        return ["  ".join(text.ljust(widths[i]) for i, text in enumerate(row)).rstrip() for row in rows]
     text = _cell_text(thing)
     if text is None or "\n" in text or _cells(text) is None or _cells(text) > width:
         return None
-    return [text if pad else text.rstrip()]
+    return [text.rstrip()]
 
 
-def _emit(things: list, pad: bool) -> None:
+def _emit(things: list) -> None:
     """Print each of ``things`` (a Text, str, Table or Group): without rich when it can be laid
-    out as rich would lay it out; else with rich, one print each (``pad``: keep the spaces
-    that end a table's lines, as ``console().print`` does; else strip them, as ``_print``)."""
+    out as rich would lay it out; else with rich, one print each. Into a pipe, lines end
+    without the spaces that pad a table's last column (for grep, awk and diff); on a
+    terminal, control characters are shown, not sent (``visible``)."""
     width = _plain_width()
     if width is not None:
         lines = []
         for thing in things:
-            part = [""] if thing == "" else _plain_lines(thing, width, pad)
+            part = [""] if thing == "" else _plain_lines(thing, width)
             if part is None:
                 break
             lines += part
@@ -217,27 +250,21 @@ def _emit(things: list, pad: bool) -> None:
             return
     out = console()
     for thing in things:
-        if pad:
-            out.print(_rich(thing))
-        else:
-            _print(out, _rich(thing))
+        _print(out, _rich(_visible(thing) if out.is_terminal else thing))
 
 
 def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _time(iso_time: str) -> datetime:
-    return datetime.fromisoformat(iso_time.replace("Z", "+00:00"))
+def _when(iso_time: str | None, now: float) -> str:
+    """``5m ago``, ``in 3m`` (``durations.relative``), or ``—``."""
+    return relative(posix(iso_time), now) if iso_time else "—"
 
 
-def _when(iso_time: str | None, now: datetime) -> str:
-    if not iso_time:
-        return "—"
-    delta = (now - _time(iso_time)).total_seconds()
-    if abs(delta) < 1:
-        return "just now"
-    return f"{format_duration(delta)} ago" if delta >= 0 else f"in {format_duration(-delta)}"
+def _clock(iso_time: str | None, tz=None) -> str:
+    """``2026-12-01 10:05:02 CET`` (``durations.clock``), or ``—``."""
+    return clock(posix(iso_time), tz) if iso_time else "—"
 
 
 def _strip(recent: list[dict]) -> Text:
@@ -269,7 +296,7 @@ def _recent(recent: list[dict], width: int) -> Text:
 
 def status_table(report: dict, jobs: list[dict]) -> None:
     width = _plain_width()
-    _emit([status_renderable(report, jobs, width or console().width)], pad=False)
+    _emit([status_renderable(report, jobs, width or console().width)])
 
 
 def _print(out, renderable) -> None:
@@ -282,10 +309,12 @@ def _print(out, renderable) -> None:
     sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
-def watch_frame(report: dict, jobs: list[dict]):
-    width = console().width
-    title = Text(f"schedsync status at {report['generated_at']} (every 2s; Ctrl-C to stop)", style="dim")
-    return Group(title, status_renderable(report, jobs, width)).rich()
+def watch_frame(report: dict, jobs: list[dict], tz=None):
+    out = console()
+    title = Text(f"schedsync status at {_clock(report['generated_at'], tz)} (every 2s; Ctrl-C to stop)",
+                 style="dim")
+    frame = Group(title, status_renderable(report, jobs, out.width))
+    return (_visible(frame) if out.is_terminal else frame).rich()
 
 
 def status_renderable(report: dict, jobs: list[dict], width: int = 160):
@@ -294,7 +323,7 @@ def status_renderable(report: dict, jobs: list[dict], width: int = 160):
     BUDGET make way (budgets are listed below anyway) and the strip shows 6 runs."""
     if not jobs:
         return Text("no jobs in the registry", style="dim")
-    now = _time(report["generated_at"])
+    now = posix(report["generated_at"])
     levels = {b["name"]: b for b in report["budgets"]}
     strip = 20 if width >= 150 else 12
     for layout in (FULL, NO_WHY, NO_REASON, COMPACT):
@@ -308,7 +337,7 @@ def status_renderable(report: dict, jobs: list[dict], width: int = 160):
                 parts.append(Text.assemble("  ", (job["name"], "bold"), f": {job['why']}"))
     if report["budgets"]:
         parts.append(Text("budgets: " + "  ".join(
-            f"{b['name']} {int(b['tokens'] * 10) / 10:.1f}/{b['capacity']:g} per {format_duration(b['per_seconds'])}"
+            f"{b['name']} {int(b['tokens'])}/{b['capacity']:g} per {format_duration(b['per_seconds'])}"
             for b in report["budgets"]), style="dim"))
     return Group(*parts)
 
@@ -325,7 +354,7 @@ def _width(table: Table) -> int:
 FULL, NO_WHY, NO_REASON, COMPACT = range(4)  # status layouts, widest first
 
 
-def _status_table(jobs: list[dict], now: datetime, levels: dict, strip: int, layout: int,
+def _status_table(jobs: list[dict], now: float, levels: dict, strip: int, layout: int,
                   width: int) -> Table:
     compact, why = layout == COMPACT, layout == FULL
     table = Table()
@@ -360,7 +389,7 @@ def _status_table(jobs: list[dict], now: datetime, levels: dict, strip: int, lay
     return table
 
 
-def _breaker(breaker: dict, now: datetime, compact: bool = False) -> Text:
+def _breaker(breaker: dict, now: float, compact: bool = False) -> Text:
     state = breaker["state"]
     if state == "open":
         left = breaker["opens_until"] and not compact
@@ -386,7 +415,7 @@ def job_detail(detail: dict) -> None:
     """``status JOB``: its row, why, schedule, breaker with transitions, budgets, alerts, runs."""
     lines: list = []
     job = detail["jobs"][0]
-    now = _time(detail["generated_at"])
+    now = posix(detail["generated_at"])
     _line(lines, Text.assemble((job["name"], "bold"), "  ",
                             (job["health"], HEALTH_STYLE.get(job["health"], "")), f"  {job['why']}"))
     if job["description"]:
@@ -408,7 +437,7 @@ def job_detail(detail: dict) -> None:
                   style="dim")
     for b in detail["budgets"]:
         if b["name"] in job["budgets"]:
-            _line(lines, f"budget     {b['name']}: {int(b['tokens'] * 10) / 10:.1f} of {b['capacity']:g} tokens"
+            _line(lines, f"budget     {b['name']}: {int(b['tokens'])} of {b['capacity']:g} tokens"
                       f" per {format_duration(b['per_seconds'])}")
     failed = next((r for r in detail["runs"] if r["status"] in FAILURES), None)
     if failed and failed["error"]:
@@ -421,7 +450,7 @@ def job_detail(detail: dict) -> None:
                                 result))
     if detail["runs"]:
         lines += ["", _runs_table(detail["runs"], now)]
-    _emit(lines, pad=False)
+    _emit(lines)
 
 
 def _line(lines: list, text, style: str = "") -> None:
@@ -429,7 +458,7 @@ def _line(lines: list, text, style: str = "") -> None:
     lines.append(Text(text, style) if style else text)
 
 
-def _runs_table(runs: list[dict], now: datetime) -> Table:
+def _runs_table(runs: list[dict], now: float) -> Table:
     """Recent runs for ``status JOB``: fewer columns than ``history``, times relative."""
     table = Table()
     for column in ("ID", "STARTED", "STATUS", "TOOK", "EXIT"):
@@ -448,9 +477,10 @@ def _runs_table(runs: list[dict], now: datetime) -> Table:
     return table
 
 
-def history_table(runs: list[dict]) -> None:
+def history_table(runs: list[dict], tz=None) -> None:
+    """``history JOB``: times in ``tz`` (the registry's zone; None: the system's), labelled."""
     table = Table()
-    for column in ("ID", "STARTED (UTC)", "STATUS", "TOOK", "TRIES", "REQ", "ITEMS", "EXIT", "TRIGGER", "DETAIL"):
+    for column in ("ID", "STARTED", "STATUS", "TOOK", "TRIES", "REQ", "ITEMS", "EXIT", "TRIGGER", "HOST", "DETAIL"):
         table.add_column(column, no_wrap=column != "DETAIL")
     for run in runs:
         mark, style = RUN_MARK.get(run["status"], ("?", ""))
@@ -458,13 +488,14 @@ def history_table(runs: list[dict]) -> None:
         items = str(run["items_processed"]) + (f" ({run['items_failed']} failed)" if run["items_failed"] else "")
         detail = run["error"] or ""
         if run["retry_at"]:
-            detail += f" (allowed again {run['retry_at']})"
-        table.add_row(str(run["id"]), (run["started_at"] or "").replace("T", " ").rstrip("Z"),
+            detail += f" (allowed again {_clock(run['retry_at'], tz)})"
+        table.add_row(str(run["id"]), _clock(run["started_at"], tz),
                       Text(f"{mark} {status}", style=style),
                       format_duration(run["duration_ms"] / 1000) if run["duration_ms"] is not None else "—",
                       str(run["attempts"]), str(run["requests"]), items,
-                      "" if run["exit_code"] is None else str(run["exit_code"]), run["trigger"], detail)
-    _emit([table], pad=True)
+                      "" if run["exit_code"] is None else str(run["exit_code"]), run["trigger"],
+                      run["host"] or "", detail)
+    _emit([table])
 
 
 def jobs_table(config) -> None:
@@ -474,4 +505,4 @@ def jobs_table(config) -> None:
     for name, spec in config.jobs.items():
         table.add_row(name, spec["kind"], spec["schedule"] or "—", ", ".join(spec["budgets"]) or "—",
                       format_duration(spec["timeout"]), spec["description"])
-    _emit([table], pad=True)
+    _emit([table])

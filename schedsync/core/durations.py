@@ -47,3 +47,40 @@ def iso(t: float | None) -> str | None:
     from datetime import datetime, timezone  # not on the run path of a command job
 
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def format_age(seconds: float) -> str:
+    """An age or a time left, in whole units: ``0s``, ``9s``, ``42s``, ``5m``, ``3h05m``. Never
+    ``850ms`` or ``1.0s``: those are for how long a run took, not for how long ago it was."""
+    seconds = max(0.0, seconds)
+    return f"{int(seconds)}s" if seconds < 60 else format_duration(seconds)
+
+
+def relative(t: float, now: float) -> str:
+    """``just now``, ``5m ago`` or ``in 3m``: ``t`` seen from ``now``."""
+    delta = now - t
+    if abs(delta) < 1:
+        return "just now"
+    return f"{format_age(delta)} ago" if delta > 0 else f"in {format_age(-delta)}"
+
+
+def clock(t: float, tz=None, now: float | None = None) -> str:
+    """A wall-clock time as every table, message and page shows one: ``2026-12-01 10:05:02 CET``,
+    in ``tz`` (the registry's zone; None: the system's) and labelled with it. With ``now``
+    (in a sentence) the date is left out when it is the same day: ``10:05:02 CET``."""
+    from datetime import datetime
+
+    if tz is None:
+        from schedsync.core.schedule import local_zone
+
+        tz = local_zone()
+    at = datetime.fromtimestamp(t, tz)
+    same_day = now is not None and datetime.fromtimestamp(now, tz).date() == at.date()
+    return at.strftime("%H:%M:%S %Z" if same_day else "%Y-%m-%d %H:%M:%S %Z")
+
+
+def posix(iso_time: str) -> float:
+    """The inverse of ``iso``."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()

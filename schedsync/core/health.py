@@ -36,10 +36,9 @@ Unscheduled jobs are thus PAUSED, FAILING, RUNNING, NEVER or OK.
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from schedsync.core.durations import format_duration
-from schedsync.core.models import CRASHED, FAILED, FAILURES, PARTIAL, RUNNING, SKIPPED, SUCCESS, TIMEOUT, JobState, Run
+from schedsync.core.durations import clock, format_age, format_duration, relative
+from schedsync.core.models import (CRASHED, FAILED, FAILURES, PARTIAL, PAUSED, RUNNING, SKIPPED, SUCCESS, TIMEOUT,
+                                   JobState, Run)
 from schedsync.core.records import dataclass
 
 TYPE_CHECKING = False  # importing typing costs every read command ~3 ms, for one annotation
@@ -112,7 +111,10 @@ def job_health(
             return Health(*verdict, next_expected)
     if not state.recent:
         return Health("NEVER", "no runs yet", next_expected)
-    return Health("OK", _describe(state.recent[0], now), next_expected)
+    # A run skipped while the job was paused says nothing once it is resumed (and its
+    # "`schedsync resume` it" would then be wrong): describe the newest other run.
+    shown = next((run for run in state.recent if run.reason != PAUSED), None)
+    return Health("OK", _describe(shown, now) if shown else "resumed; no run since", next_expected)
 
 
 def _missed(schedule: Schedule, grace: float, state: JobState, now: float) -> tuple[str, str] | None:
@@ -124,7 +126,7 @@ def _missed(schedule: Schedule, grace: float, state: JobState, now: float) -> tu
         return "LATE", f"no run since the {_clock(expected[0], schedule, now)} start (grace {format_duration(grace)})"
     succeeded = _or_never(state.last_success_at)  # the store counts partial runs as successes
     if len(expected) == 2 and succeeded < expected[1] - START_SLACK:
-        last = f"last {_age(succeeded, now)} ago" if succeeded > _NEVER else "never succeeded"
+        last = f"last {_ago(succeeded, now)}" if succeeded > _NEVER else "never succeeded"
         return "STALLED", f"no success in 2 expected runs ({last})"
     return None
 
@@ -132,7 +134,7 @@ def _missed(schedule: Schedule, grace: float, state: JobState, now: float) -> tu
 def _describe(run: Run, now: float) -> str:
     """``last run failed 3h ago: exit 1``, aged from when it ended."""
     ended = run.finished_at if run.finished_at is not None else run.started_at
-    text = f"last run {_VERBS[run.status]} {_age(ended, now)} ago"
+    text = f"last run {_VERBS[run.status]} {_ago(ended, now)}"
     if run.error and run.error.strip():
         detail = _first_line(run.error)
     elif run.status == SKIPPED and run.reason:
@@ -150,12 +152,17 @@ def _first_line(text: str, limit: int = 80) -> str:
 
 
 def _clock(t: float, schedule: Schedule, now: float) -> str:
-    """The wall-clock time of ``t`` in the schedule's zone; with the date once it is a day old."""
-    return datetime.fromtimestamp(t, schedule.tz).strftime("%H:%M" if now - t < 86400 else "%Y-%m-%d %H:%M")
+    """The wall-clock time of ``t`` in the schedule's zone, labelled; with the date unless today."""
+    return clock(t, schedule.tz, now)
 
 
 def _age(t: float, now: float) -> str:
-    return format_duration(now - t)
+    return format_age(now - t)
+
+
+def _ago(t: float, now: float) -> str:
+    """``5m ago``, ``just now``: the same units as every age shown."""
+    return relative(min(t, now), now)
 
 
 def _or_never(t: float | None) -> float:

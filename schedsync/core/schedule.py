@@ -84,6 +84,15 @@ class Schedule:
         return (fire.timestamp() for fire in CronSim(self._cron, start, reverse=reverse))
 
 
+def zone(name: str | None) -> tzinfo:
+    """The registry's ``timezone:`` (an IANA name), else the system's zone."""
+    if not name:
+        return local_zone()
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
+
+
 def local_zone() -> tzinfo:
     """The system's zone, found as the C library finds it: $TZ, /etc/localtime, else UTC."""
     from zoneinfo import ZoneInfo

@@ -35,7 +35,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from schedsync import USER_AGENT
-from schedsync.core.durations import iso
+from schedsync.core.durations import clock
 from schedsync.core.errors import SchedsyncError
 from schedsync.core.outcome import DeadlinePassed
 from schedsync.core.redact import clip, credential_name, printable
@@ -309,9 +309,15 @@ class Requester:
                 self.ctx.sleep(max(0.0, ready - time.time()))
                 continue
             names = ", ".join(self.ctx.job.budgets)
-            when = "" if ready == float("inf") else f" until {iso(ready)}"
+            when = "" if ready == float("inf") else f" until {self._clock(ready)}"
             raise BudgetExhausted(f"budget {names} is empty{when}",
                                   None if ready == float("inf") else ready)
+
+    def _clock(self, t: float) -> str:
+        """``10:42:00 CET``, as every time a person reads (``durations.clock``)."""
+        from schedsync.core.schedule import zone
+
+        return clock(t, zone(self.ctx.config.timezone), time.time())
 
     @staticmethod
     def _state(operation, *args):

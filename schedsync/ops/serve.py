@@ -39,6 +39,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from schedsync.core.durations import clock, format_age, format_duration, posix, relative
 from schedsync.core.errors import ConfigError, SchedsyncError
 
 DEFAULT_BIND = "127.0.0.1:9178"
@@ -111,8 +112,11 @@ class Site:
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True,
                                       undefined=jinja2.StrictUndefined)
         self.env.filters["when"] = _when
+        self.env.filters["clock"] = _clock
         self.env.filters["took"] = _took
+        self.env.filters["level"] = level
         self.env.globals["sparkline"] = sparkline
+        self.env.globals["full_in"] = full_in
         self.env.globals["REFRESH"] = REFRESH
 
     def opened(self):
@@ -146,24 +150,25 @@ class Site:
     def dashboard(self) -> tuple[int, str, bytes]:
         from schedsync.app import report, status
 
-        data = self._with_state(lambda config, store: status.status(config, store, alert=False))
+        data, tz = self._with_state(lambda config, store: (status.status(config, store, alert=False),
+                                                           report.display_zone(config)))
         jobs = report.worst_first(data["jobs"])
         bad = [j for j in jobs if j["health"] in report.NEEDS_ACTION]
         budgets = {b["name"]: b for b in data["budgets"]}
         html = self.env.get_template("dashboard.html").render(
-            data=data, jobs=jobs, bad=bad, budgets=budgets, now=_parse(data["generated_at"]))
+            data=data, jobs=jobs, bad=bad, budgets=budgets, now=posix(data["generated_at"]), tz=tz)
         return 200, "text/html; charset=utf-8", html.encode()
 
     def job(self, name: str, run_id: str | None) -> tuple[int, str, bytes]:
-        from schedsync.app import status
+        from schedsync.app import report, status
 
         def gather(config, store):
             now = store.now()
             detail = status.job_detail(config, store, name, now, alert=False)
             runs = status.history(config, store, name, HISTORY, False)
-            return detail, runs, _secrets(config, name)
+            return detail, runs, _secrets(config, name), report.display_zone(config)
 
-        detail, runs, secrets = self._with_state(gather)
+        detail, runs, secrets, tz = self._with_state(gather)
         shown = next((r for r in runs if str(r["id"]) == run_id), None) if run_id else \
             next((r for r in runs if r["output"]), runs[0] if runs else None)
         if run_id and shown is None:
@@ -172,7 +177,7 @@ class Site:
         errors = {r["id"]: secrets.redact(r["error"]) for r in runs}
         html = self.env.get_template("job.html").render(
             job=detail["jobs"][0], detail=detail, runs=runs, shown=shown, output=output,
-            errors=errors, now=_parse(detail["generated_at"]))
+            errors=errors, now=posix(detail["generated_at"]), tz=tz)
         return 200, "text/html; charset=utf-8", html.encode()
 
     def _with_state(self, read):
@@ -198,30 +203,34 @@ def _secrets(config, name: str):
         return Secrets()  # a ${VAR} unset in the server's environment: the record's redaction stands
 
 
-def _parse(iso_time: str | None):
-    from datetime import datetime
+def _when(iso_time: str | None, now: float) -> str:
+    """``5m ago``, ``in 3m``, as ``status`` shows them."""
+    return relative(posix(iso_time), now) if iso_time else "—"
 
-    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")) if iso_time else None
 
-
-def _when(iso_time: str | None, now) -> str:
-    from schedsync.core.durations import format_duration
-
-    if not iso_time:
-        return "—"
-    delta = (now - _parse(iso_time)).total_seconds()
-    if abs(delta) < 1:
-        return "just now"
-    return f"{format_duration(delta)} ago" if delta >= 0 else f"in {format_duration(-delta)}"
+def _clock(iso_time: str | None, tz) -> str:
+    """``2026-12-01 10:05:02 CET``, as ``history`` shows it."""
+    return clock(posix(iso_time), tz) if iso_time else "—"
 
 
 def _took(duration_ms: int | None) -> str:
-    from schedsync.core.durations import format_duration
-
     return "—" if duration_ms is None else format_duration(duration_ms / 1000)
 
 
-def sparkline(recent: list[dict], width: int = 120, height: int = 24) -> str:
+def level(budget: dict) -> str:
+    """``14/15``: whole tokens, rounded down as everywhere (14.9 left is 14 requests)."""
+    return f"{int(budget['tokens'])}/{budget['capacity']:g}"
+
+
+def full_in(budget: dict) -> str:
+    """How long until the bucket is full again at its refill rate: ``full``, ``6m``."""
+    missing = budget["capacity"] - budget["tokens"]
+    if missing <= 0:
+        return "full"
+    return format_age(missing / budget["capacity"] * budget["per_seconds"])
+
+
+def sparkline(recent: list[dict], width: int = 96, height: int = 24) -> str:
     """An inline SVG polyline of run durations, oldest left (skips and running runs left out)."""
     points = [r["duration_ms"] for r in reversed(recent)
               if r["duration_ms"] is not None and r["status"] not in ("skipped", "running")]
@@ -232,9 +241,12 @@ def sparkline(recent: list[dict], width: int = 120, height: int = 24) -> str:
     xy = " ".join(f"{i * step:.1f},{height - 2 - (p / top) * (height - 4):.1f}" for i, p in enumerate(points))
     from markupsafe import Markup
 
+    # Each line is scaled to its own longest run (a 2 s job next to a 2 h one would be flat
+    # otherwise), so that scale is written beside it.
     return Markup(f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
                   f' role="img" aria-label="durations, longest {_took(top)}">'
-                  f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{xy}"/></svg>')
+                  f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{xy}"/></svg>'
+                  f' <span class="spark-scale" title="the top of the line">max {_took(top)}</span>')
 
 
 class TooLarge(Exception):

@@ -58,7 +58,10 @@ class Project:
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> dict:
     """An environment whose HOME, caches and state all live under tmp_path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDSYNC_")}
+    # No COLUMNS/LINES: pytest-xdist's workers have COLUMNS=80, a plain run has none, and a
+    # pipe under cron has none either; tests set them where they mean a width.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SCHEDSYNC_") and k not in ("COLUMNS", "LINES")}
     env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "cache"),
                XDG_STATE_HOME=str(tmp_path / "xdg-state"), PYTHONPATH=str(ROOT))
     if os.environ.get("SCHEDSYNC_TEST_INSTALLED"):  # .ci/run: the installed package, as users run it

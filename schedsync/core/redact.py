@@ -118,6 +118,21 @@ def printable(text) -> str:
     return _CONTROL.sub(" ", str(text))
 
 
+def readable(text):
+    """``text`` that any UTF-8 encoder accepts: a byte that ``os.fsdecode`` kept as a lone
+    surrogate (a file name that is not UTF-8) is shown as ``\\xff``. None stays None."""
+    if not text:
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that no fsdecode made
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def environment_secrets(environ, secrets: Secrets) -> None:
     """Add the value of every variable in ``environ`` whose name says it is a secret."""
     for name, value in environ.items():

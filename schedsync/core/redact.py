@@ -11,7 +11,9 @@ Text is always redacted whole and only then cut (``clip``): cutting first can le
 ``credential_name`` tells a query parameter or header whose *name* says it is a
 credential (``api_key``, ``X-Auth-Token``, ``accessToken``) even when its value did not
 come from ``${VAR}``; ``in_query_or_userinfo`` tells where in a URL template a ``${VAR}``
-sits. Pure: imports only ``re``, so a cron tick pays nothing for it.
+sits. ``redact_url`` hides a database URL's password, even one holding a raw ``/``, ``@`` or
+``%`` (which ``misencoded_password`` tells, so the store can refuse it before libpq quotes a
+piece of it). Pure: imports only ``re``, so a cron tick pays nothing for it.
 """
 
 from __future__ import annotations
@@ -131,6 +133,65 @@ def readable(text):
             return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         except UnicodeEncodeError:  # a surrogate that no fsdecode made
             return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# --- database URLs (state and data) --------------------------------------------------------
+
+# A URL's query, as libpq reads it: name=value pairs joined by &.
+_QUERY = re.compile(r"[A-Za-z_]+=[^&]*(?:&[A-Za-z_]+=[^&]*)*")
+# What a password must not hold raw: libpq ends the user-info at the first '@' before any
+# '/', and refuses a '%' that starts no %XX escape (quoting the rest of the URL).
+_MISENCODED = re.compile(r"[/@]|%(?![0-9A-Fa-f]{2})")
+MISENCODED_FIX = ("percent-encode them in the URL (/ as %2F, @ as %40, % as %25), "
+                  "or leave the password out and put it in ~/.pgpass")
+
+
+def _userinfo_end(rest: str) -> int:
+    """The index of the '@' that ends the user-info of ``rest`` (a URL after ``://``), or -1.
+
+    A password may hold a raw '/' or '@' that its owner did not percent-encode, so this is
+    the *last* '@' (libpq's is the first before any '/'): whatever either reads as the
+    password is then covered. An '@' in a query (``?application_name=a@b``) does not count."""
+    first = rest.find("@")
+    for q, char in enumerate(rest):
+        if char == "?" and 0 <= first < q and _QUERY.fullmatch(rest, q + 1):
+            return rest.rfind("@", 0, q)
+    return rest.rfind("@")
+
+
+def misencoded_password(url: str) -> bool:
+    """Whether the URL's password holds a raw '/' or '@', or a '%' that starts no escape."""
+    rest = url.partition("://")[2]
+    end = _userinfo_end(rest)
+    return end >= 0 and bool(_MISENCODED.search(rest[:end].partition(":")[2]))
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password (user-info or ``password=`` parameter) as ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = _userinfo_end(rest)
+    if end >= 0:
+        user, colon, _ = rest[:end].partition(":")
+        rest = user + (":***" if colon else "") + rest[end:]
+    head, q, query = rest.partition("?")
+    if "password=" in query:
+        query = "&".join(("password=***" if p.startswith("password=") else p)
+                         for p in query.split("&"))
+    return f"{scheme}://{head}{q}{query}"
+
+
+def strip_password(url: str) -> str:
+    """The URL without its password (for a crontab line: libpq then reads ~/.pgpass)."""
+    shown = redact_url(url)
+    scheme, _, rest = shown.partition("://")
+    head, q, query = rest.partition("?")
+    head = head.replace(":***@", "@", 1)
+    if "password=***" in query:
+        query = "&".join(p for p in query.split("&") if p != "password=***")
+        q = q if query else ""
+    return f"{scheme}://{head}{q}{query}"
 
 
 def environment_secrets(environ, secrets: Secrets) -> None:

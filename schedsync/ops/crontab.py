@@ -43,7 +43,7 @@ def crontab_lines(config: Config, state: str | None = None) -> list[str]:
     if chosen.startswith(("postgresql://", "postgres://")):
         # A state URL as it is, minus any password: crontab output is shown and mailed,
         # and cron's schedsync finds the password in ~/.pgpass (or $PGPASSFILE) as libpq does.
-        from schedsync.store.postgres import strip_password
+        from schedsync.core.redact import strip_password
 
         shown = strip_password(chosen)
         hidden = shown != chosen

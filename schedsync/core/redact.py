@@ -43,6 +43,10 @@ _QUERY_KEEP = _UNRESERVED | frozenset(chr(i) for i in range(0x20, 0x7F)
                                       if i not in (0x20, 0x22, 0x23, 0x3C, 0x3E))
 _ESCAPE = re.compile("(%[A-Fa-f0-9]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+# A JSON string escape: a surrogate pair, any \uXXXX (hex in either case) or a short one.
+_JSON_ESCAPE = re.compile(r'\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}'
+                          r'|\\u[0-9a-fA-F]{4}|\\["\\/bfnrt]')
+_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
 class Secrets:
@@ -59,10 +63,18 @@ class Secrets:
         forms = {value, quoted, quoted.replace("%20", "+"), query_form(value)}
         self.values.update(form for form in forms if len(form) >= MIN_LENGTH)
         self._order = None
+        if "\n" in value or "\r" in value:
+            # Output is redacted a line at a time and an error quotes one line: each line of
+            # a multi-line secret is a secret too, trimmed, unless it is too short to be one.
+            for line in value.splitlines():
+                line = line.strip()
+                if line != value and line.lower() not in NOT_SECRET:
+                    self.add(line)
 
     @property
     def longest(self) -> int:
-        return max(map(len, self.values), default=0)
+        """The length of the longest form a secret may take (JSON-escaped included)."""
+        return max(map(_escaped_length, self.values), default=0)
 
     def redact(self, text):
         if not text or not self.values:
@@ -72,11 +84,55 @@ class Secrets:
         for value in self._order:
             if value in text:
                 text = text.replace(value, "***")
-        return text
+        return self._redact_escaped(text) if "\\" in text else text
+
+    def _redact_escaped(self, text: str) -> str:
+        """``text`` without the secrets it holds JSON-escaped (``\\/`` for ``/``, ``\\u00e9``
+        for ``é``, any character as ``\\uXXXX``): the escapes are decoded, the secrets found
+        in that, and the spans they came from replaced in ``text``."""
+        pieces, marks, last, size = [], [], 0, 0  # marks: (decoded at, original at, its length)
+        for match in _JSON_ESCAPE.finditer(text):
+            start = match.start()
+            pieces.append(text[last:start])
+            size += start - last
+            marks.append((size, start, match.end() - start))
+            pieces.append(_json_char(match.group()))
+            size, last = size + 1, match.end()
+        if not marks:
+            return text
+        pieces.append(text[last:])
+        decoded = "".join(pieces)
+        from bisect import bisect_right
+
+        starts = [mark[0] for mark in marks]
+
+        def original(index: int) -> int:
+            i = bisect_right(starts, index) - 1
+            if i < 0:
+                return index
+            at, source, length = marks[i]
+            return source if index == at else source + length + index - at - 1
+
+        cuts = []
+        for value in self._order:
+            found = decoded.find(value)
+            while found >= 0:
+                cuts.append((original(found), original(found + len(value))))
+                found = decoded.find(value, found + len(value))
+        if not cuts:
+            return text
+        out, done = [], 0
+        for start, end in sorted(cuts):
+            if end <= done:
+                continue
+            out.append(text[done:max(start, done)] + ("***" if start >= done else ""))
+            done = end
+        out.append(text[done:])
+        return "".join(out)
 
     def holds(self, text: str) -> bool:
         """Whether ``text`` contains a secret (in any of its forms)."""
-        return bool(text) and any(value in text for value in self.values)
+        return bool(text) and self.redact(text) != text
 
     def redact_tree(self, value):
         """``value`` (str, dict, list or a scalar) with every string in it redacted."""
@@ -91,6 +147,20 @@ class Secrets:
     def clip(self, text, limit: int) -> str:
         """``text`` redacted whole, then on one line (no control characters) and cut."""
         return clip(self.redact(str(text)), limit)
+
+
+def _json_char(escape: str) -> str:
+    """The character a JSON escape (``\\/``, ``\\u00e9``, a ``\\ud83d\\ude00`` pair) stands for."""
+    if escape[1] != "u":
+        return _SHORT_ESCAPES[escape[1]]
+    if len(escape) == 12:
+        high, low = int(escape[2:6], 16), int(escape[8:], 16)
+        return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+    return chr(int(escape[2:], 16))
+
+
+def _escaped_length(value: str) -> int:
+    return sum(6 if ord(c) <= 0xFFFF else 12 for c in value)
 
 
 def query_form(value: str) -> str:

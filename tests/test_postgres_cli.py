@@ -404,6 +404,10 @@ def test_a_password_with_raw_url_characters_is_never_printed(project, tmp_path, 
         assert "Traceback" not in shown, shown
         for piece in pieces:
             assert piece not in shown, (result.args, shown)
+    typo = project.cli("--state", str(project.path / "old.db"), "state", "copy", "--to",
+                       f"postgresq://app:{password}@127.0.0.1:1/db")
+    assert typo.returncode == 2 and "app:***@" in typo.stderr
+    assert not any(piece in typo.stdout + typo.stderr for piece in pieces), typo.stderr
     assert "app:***@127.0.0.1:1/db" in results[0].stderr
     assert "--state postgresql://app@127.0.0.1:1/db run" in results[6].stdout
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import marshal
 import os
 import re
+import stat
 from schedsync.core.records import dataclass, field
 
 from schedsync.core.durations import parse_duration
@@ -164,6 +165,9 @@ def load(path: str | os.PathLike, every: bool = False) -> Config:
                           "pass --config PATH, set SCHEDSYNC_CONFIG, or cd to the folder of jobs.yaml")
     except OSError as exc:
         raise ConfigError(f"{shown}: cannot read ({exc.strerror})", "check the file's permissions")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block every cron tick; a device never ends
+        raise ConfigError(f"{shown}: not a regular file ({_kind(st.st_mode)})",
+                          "point --config or $SCHEDSYNC_CONFIG at the jobs.yaml file itself")
     if st.st_size > MAX_BYTES:
         raise _too_big(shown)
     key = (CACHE_VERSION, real, st.st_size, st.st_mtime_ns, st.st_ino)
@@ -177,8 +181,9 @@ def load(path: str | os.PathLike, every: bool = False) -> Config:
         except (OSError, ValueError, EOFError, TypeError):
             pass
     try:
-        with open(real, encoding="utf-8") as f:
-            text = f.read(MAX_BYTES + 1)  # a file that grew since stat, or a FIFO
+        # O_NONBLOCK: a file swapped for a FIFO since stat reads as empty instead of blocking.
+        with open(os.open(real, os.O_RDONLY | os.O_NONBLOCK), encoding="utf-8") as f:
+            text = f.read(MAX_BYTES + 1)  # a file that grew since stat
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{shown}: cannot read ({_short(str(exc), 200)})", "check the file")
     if len(text) > MAX_BYTES:
@@ -187,6 +192,12 @@ def load(path: str | os.PathLike, every: bool = False) -> Config:
     if cache:
         _write_cache(cache, key, config)
     return config
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def _too_big(shown: str) -> ConfigError:

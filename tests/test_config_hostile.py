@@ -295,3 +295,34 @@ def test_paths_are_one_home(monkeypatch, tmp_path):
     assert paths.cache_dir() == str(tmp_path / "c2")
     assert paths.default_data("rel/state.db") == os.path.abspath("rel/data.db")
     assert paths.absolute("postgresql://h/db") == "postgresql://h/db"
+
+
+@pytest.mark.parametrize("how, args", [
+    ("-c", ("run", "x")), ("-c", ("validate",)), ("-c", ("status",)), ("-c", ("list",)),
+    ("env", ("run", "x")), ("cwd", ("status",)),
+])
+def test_a_fifo_or_device_as_jobs_yaml_is_refused_without_blocking(project, how, args):
+    # Nothing ever writes to the FIFO: reading it would block forever, so the timeout
+    # turns a regression into a failure instead of a hung suite.
+    fifo = project.path / "jobs.yaml"
+    os.mkfifo(fifo)
+    argv = [sys.executable, "-m", "schedsync", *args]
+    env = {**project.env, "SCHEDSYNC_NO_CACHE": "1"}
+    if how == "-c":
+        argv[3:3] = ["-c", str(fifo)]
+    elif how == "env":
+        env["SCHEDSYNC_CONFIG"] = str(fifo)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                env=env, cwd=project.path, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"schedsync {' '.join(args)} blocked on a FIFO jobs.yaml")
+    line = one_line_error(result)
+    assert "jobs.yaml" in line and "not a regular file" in line, line
+
+
+def test_a_character_device_as_jobs_yaml_is_refused(project):
+    result = subprocess.run([sys.executable, "-m", "schedsync", "-c", "/dev/zero", "validate"],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            env=project.env, cwd=project.path, timeout=60)
+    assert "/dev/zero: not a regular file" in one_line_error(result)

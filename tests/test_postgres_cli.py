@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -380,3 +381,52 @@ def test_an_http_job_on_a_url_state_upserts_into_a_postgresql_table(project, pg_
     assert [(int(r[0]), r[1]) for r in rows] == [(1, "a"), (2, "b")]
     assert "x" in str(rows[0][2])
     assert not (project.path / "data.db").exists()
+
+
+@pytest.mark.parametrize("password", ["Zqk7/Xv9@Yw3:Wp2%zz", "Zqk7@Xv9Yw3", "Zqk7/Xv9Yw3", "Zqk7Xv9%zzYw3",
+                                      "Zqk7:Xv9:Yw3"])
+def test_a_password_with_raw_url_characters_is_never_printed(project, tmp_path, password):
+    # A password pasted into the URL without percent-encoding: libpq then reads part of it
+    # as the host, port or database, and quotes that part in its errors. Port 1 on loopback
+    # refuses at once, so the connect fails: what it prints must still hold no piece of it.
+    project.write(JOBS.format(marker=project.path / "ran"))
+    (project.path / "old.db").touch()
+    env = {"SCHEDSYNC_STATE": f"postgresql://app:{password}@127.0.0.1:1/db"}
+    results = [project.cli(*args, env=env) for args in (
+        ("run", "hello"), ("status",), ("status", "--json"), ("status", "--check"), ("history", "hello"),
+        ("logs", "hello"), ("crontab",), ("validate",))]
+    results.append(project.cli("--state", str(project.path / "old.db"), "state", "copy", "--to",
+                               env["SCHEDSYNC_STATE"]))
+    assert results[0].returncode in (1, 2) and not (project.path / "ran").exists()
+    pieces = [p for p in re.split(r"[/@:]|%zz", password) if len(p) >= 3]
+    for result in results:
+        shown = result.stdout + result.stderr
+        assert "Traceback" not in shown, shown
+        for piece in pieces:
+            assert piece not in shown, (result.args, shown)
+    typo = project.cli("--state", str(project.path / "old.db"), "state", "copy", "--to",
+                       f"postgresq://app:{password}@127.0.0.1:1/db")
+    assert typo.returncode == 2 and "app:***@" in typo.stderr
+    assert not any(piece in typo.stdout + typo.stderr for piece in pieces), typo.stderr
+    assert "app:***@127.0.0.1:1/db" in results[0].stderr
+    assert "--state postgresql://app@127.0.0.1:1/db run" in results[6].stdout
+
+
+@pytest.mark.parametrize("password", ["Zqk7/Xv9@Yw3:Wp2%zz", "Zqk7Xv9Yw3"])
+def test_a_data_url_password_is_never_printed_when_storing_fails(project, password):
+    # into.db given as a literal URL (not a ${VAR}, so not a known secret): a store error
+    # names the database, and must not name its password.
+    project.write(f"""
+        jobs:
+          sync:
+            retries: {{attempts: 1}}
+            http: {{url: "http://127.0.0.1:1/items", items: data}}
+            into: {{table: t, pk: id, db: "postgresql://app:{password}@127.0.0.1:1/db"}}
+    """)
+    result = project.cli("run", "sync")
+    history = project.cli("history", "sync", "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    for shown in (result.stdout + result.stderr, history.stdout + history.stderr):
+        assert "postgresql://app:***@127.0.0.1:1/db" in shown
+        for piece in (p for p in re.split(r"[/@:]|%zz", password) if len(p) >= 3):
+            assert piece not in shown, shown

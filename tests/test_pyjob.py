@@ -374,3 +374,31 @@ def test_a_closed_requester_refuses_requests_without_touching_the_store():
         requester.send("GET", "http://127.0.0.1:9/")
     with pytest.raises(RequestFailed, match="the run has ended"):
         requester._spend()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_exception_holding_undecodable_text_is_a_failed_run_not_a_crash(project, request, backend):
+    # A file name read from disk may not be UTF-8: os.fsdecode keeps its bytes as lone
+    # surrogates, which no UTF-8 encoder (SQLite, libpq, stdout) accepts as they are.
+    if backend == "postgresql":
+        project.env["SCHEDSYNC_STATE"] = request.getfixturevalue("pg_url")
+    python_job(project, """
+        import os
+
+        def sync(ctx):
+            name = os.fsdecode(b"report-\\xff.csv")
+            print("reading", name)
+            ctx.log.info("opening %s", name)
+            raise OSError(f"cannot parse {name}")
+    """)
+
+    result = project.cli("run", "sync")
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    [run] = project.history("sync")
+    assert run["status"] == "failed"
+    assert run["error"] == "OSError: cannot parse report-\\xff.csv"
+    assert one_error_line(result).startswith("error: sync: failed in ")
+    assert run["error"] in one_error_line(result)
+    assert "reading report-" in result.stdout and "opening report-" in run["output"]

@@ -44,3 +44,92 @@ def test_credential_names():
         assert credential_name(name), name
     for name in ("page", "Accept", "limit", "Content-Type", "updated_since"):
         assert not credential_name(name), name
+
+
+# --- end to end, through the real CLI ---------------------------------------------------
+
+TOKEN = "Kq9w/Zx7&Ünï<Mv3p"  # a '/', an '&' and a '<', and letters beyond ASCII
+PIECES = ("Kq9w", "Mv3p")  # neither may be shown, however the token was escaped
+
+
+def _shown(project, job: str, result) -> str:
+    history = project.cli("history", job, "--json")
+    logs = project.cli("logs", job)
+    return "".join(r.stdout + r.stderr for r in (result, history, logs))
+
+
+@pytest.mark.parametrize("escaped", [
+    r"Kq9w\/Zx7&\u00dcn\u00ef<Mv3p",  # PHP's json_encode: '/' as '\/', non-ASCII as \u
+    r"Kq9w/Zx7\u0026\u00DCn\u00EF\u003cMv3p",  # Go's encoding/json (HTML-safe), hex in capitals
+    r"\u004bq9w\/Zx7\u0026\u00dcn\u00ef\u003cMv3\u0070",  # any character may be escaped
+])
+def test_a_secret_echoed_back_json_escaped_in_an_error_body_is_redacted(project, escaped):
+    from test_http import Upstream
+
+    upstream = Upstream()
+    try:
+        @upstream.route("/items")
+        def items(request):
+            body = '{"error": "token ' + escaped + ' is revoked"}'
+            return 401, body.encode(), {"Content-Type": "application/json"}
+
+        project.write(f"""
+            jobs:
+              sync:
+                http:
+                  url: "{upstream.base}/items"
+                  params: {{key: "${{API_TOKEN}}"}}
+                  items: data
+                into: {{table: t, pk: id}}
+        """)
+        result = project.cli("run", "sync", env={"API_TOKEN": TOKEN})
+    finally:
+        upstream.close()
+    assert result.returncode == 1
+    assert "returned HTTP 401" in result.stderr and "token *** is revoked" in result.stderr
+    shown = _shown(project, "sync", result)
+    for piece in PIECES:
+        assert piece not in shown, shown
+
+
+def test_a_secret_a_command_prints_json_escaped_is_redacted(project):
+    project.write("""
+        jobs:
+          dump:
+            env: {MY_TOKEN: "${API_TOKEN}"}
+            command: ["python3", "-c", "import json, os; print(json.dumps({'t': os.environ['MY_TOKEN']})); exit(1)"]
+    """)
+    result = project.cli("run", "dump", env={"API_TOKEN": TOKEN})
+    assert result.returncode == 1
+    assert '{"t": "***"}' in result.stdout
+    shown = _shown(project, "dump", result)
+    for piece in PIECES:
+        assert piece not in shown, shown
+
+
+def test_each_line_of_a_multi_line_secret_is_a_secret_but_short_lines_are_not(project):
+    # The job prints its key's lines one at a time: the last becomes the `exit 1: <line>`
+    # error. A 2-character line of the key must not turn every "ab" into ***.
+    project.write("""
+        jobs:
+          key:
+            env: {DEPLOY_KEY: "${ML_KEY}"}
+            command: 'echo "start ab"; printf "%s\\n" "$DEPLOY_KEY" | head -n 1; printf "%s\\n" "$DEPLOY_KEY" | sed -n 2p; exit 1'
+    """)
+    result = project.cli("run", "key", env={"ML_KEY": "Kq9w-first-line\r\n    Mv3p-second-line\nab\n    \n"})
+    assert result.returncode == 1
+    [run] = project.history("key")
+    assert run["error"].startswith("exit 1:") and run["error"].endswith(" ***")
+    assert "start ab" in result.stdout and "start ab" in run["output"]
+    shown = _shown(project, "key", result)
+    for piece in PIECES:
+        assert piece not in shown, shown
+
+
+def test_multi_line_and_escaped_forms_of_one_secret():
+    secrets = Secrets()
+    secrets.add("line-one\r\n  line-two  \nxy\n")
+    assert secrets.redact("a line-two b xy") == "a *** b xy"
+    secrets.add("sl/ash-é")
+    assert secrets.redact('{"v": "sl\\/ash-\\u00e9", "w": "sl\\/ash-\\u00E9"}') == '{"v": "***", "w": "***"}'
+    assert secrets.redact("sl\\/ash-e") == "sl\\/ash-e"  # another value is not hidden

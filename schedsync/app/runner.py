@@ -18,6 +18,7 @@ from schedsync.core.errors import Exit, SchedsyncError, StateError
 from schedsync.core.models import CANCELLED, CRASHED, FAILED, LOCKED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, Run
 from schedsync.core.outcome import Cancelled, Outcome
 from schedsync.core.records import dataclass, field
+from schedsync.core.redact import readable
 from schedsync.store.base import BreakerSpec, Store
 
 
@@ -202,15 +203,17 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
     run.attempts, run.requests = outcome.attempts, outcome.requests
     run.items_processed, run.items_failed = outcome.items_processed, outcome.items_failed
     run.exit_code = outcome.exit_code
-    run.error = secrets.redact(outcome.error)
-    run.output = secrets.redact(outcome.output)
+    # readable(): a python job's exception may quote an undecodable file name, which
+    # neither the store nor stdout could encode.
+    run.error = readable(secrets.redact(outcome.error))
+    run.output = readable(secrets.redact(outcome.output))
     run.retry_at = outcome.retry_at
     skipped = run.status == SKIPPED  # e.g. an http job whose budget was empty before any request
     transition = store.finish_run(run, breaker_spec(job), evidence(run), trial, lease,
                                   job.retention, now=now)
     ok = run.status in (SUCCESS, PARTIAL)
     result = RunResult(run, Exit.OK if ok else Exit.SKIPPED if skipped else Exit.FAILED,
-                       held_output=None if ok or skipped else secrets.redact(outcome.held),
+                       held_output=None if ok or skipped else readable(secrets.redact(outcome.held)),
                        transition=transition)
     if run.status == PARTIAL and run.reason == RATE_LIMITED:
         result.messages.append(f"{job.name}: partial: {run.items_processed} items stored, then {run.error}")

@@ -97,7 +97,7 @@ def state_copy(ctx: typer.Context,
     Example: schedsync state copy --to postgresql:///schedsync?host=/run/postgresql"""
     from schedsync.config import resolve_state
     from schedsync.store.copy import copy_state
-    from schedsync.store.postgres import redact_url
+    from schedsync.core.redact import redact_url
 
     with _errors():
         source = resolve_state(ctx.obj["state"], _config(ctx))

@@ -11,7 +11,9 @@ Text is always redacted whole and only then cut (``clip``): cutting first can le
 ``credential_name`` tells a query parameter or header whose *name* says it is a
 credential (``api_key``, ``X-Auth-Token``, ``accessToken``) even when its value did not
 come from ``${VAR}``; ``in_query_or_userinfo`` tells where in a URL template a ``${VAR}``
-sits. Pure: imports only ``re``, so a cron tick pays nothing for it.
+sits. ``redact_url`` hides a database URL's password, even one holding a raw ``/``, ``@`` or
+``%`` (which ``misencoded_password`` tells, so the store can refuse it before libpq quotes a
+piece of it). Pure: imports only ``re``, so a cron tick pays nothing for it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ _QUERY_KEEP = _UNRESERVED | frozenset(chr(i) for i in range(0x20, 0x7F)
                                       if i not in (0x20, 0x22, 0x23, 0x3C, 0x3E))
 _ESCAPE = re.compile("(%[A-Fa-f0-9]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+# A JSON string escape: a surrogate pair, any \uXXXX (hex in either case) or a short one.
+_JSON_ESCAPE = re.compile(r'\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}'
+                          r'|\\u[0-9a-fA-F]{4}|\\["\\/bfnrt]')
+_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
 class Secrets:
@@ -57,10 +63,18 @@ class Secrets:
         forms = {value, quoted, quoted.replace("%20", "+"), query_form(value)}
         self.values.update(form for form in forms if len(form) >= MIN_LENGTH)
         self._order = None
+        if "\n" in value or "\r" in value:
+            # Output is redacted a line at a time and an error quotes one line: each line of
+            # a multi-line secret is a secret too, trimmed, unless it is too short to be one.
+            for line in value.splitlines():
+                line = line.strip()
+                if line != value and line.lower() not in NOT_SECRET:
+                    self.add(line)
 
     @property
     def longest(self) -> int:
-        return max(map(len, self.values), default=0)
+        """The length of the longest form a secret may take (JSON-escaped included)."""
+        return max(map(_escaped_length, self.values), default=0)
 
     def redact(self, text):
         if not text or not self.values:
@@ -70,11 +84,55 @@ class Secrets:
         for value in self._order:
             if value in text:
                 text = text.replace(value, "***")
-        return text
+        return self._redact_escaped(text) if "\\" in text else text
+
+    def _redact_escaped(self, text: str) -> str:
+        """``text`` without the secrets it holds JSON-escaped (``\\/`` for ``/``, ``\\u00e9``
+        for ``é``, any character as ``\\uXXXX``): the escapes are decoded, the secrets found
+        in that, and the spans they came from replaced in ``text``."""
+        pieces, marks, last, size = [], [], 0, 0  # marks: (decoded at, original at, its length)
+        for match in _JSON_ESCAPE.finditer(text):
+            start = match.start()
+            pieces.append(text[last:start])
+            size += start - last
+            marks.append((size, start, match.end() - start))
+            pieces.append(_json_char(match.group()))
+            size, last = size + 1, match.end()
+        if not marks:
+            return text
+        pieces.append(text[last:])
+        decoded = "".join(pieces)
+        from bisect import bisect_right
+
+        starts = [mark[0] for mark in marks]
+
+        def original(index: int) -> int:
+            i = bisect_right(starts, index) - 1
+            if i < 0:
+                return index
+            at, source, length = marks[i]
+            return source if index == at else source + length + index - at - 1
+
+        cuts = []
+        for value in self._order:
+            found = decoded.find(value)
+            while found >= 0:
+                cuts.append((original(found), original(found + len(value))))
+                found = decoded.find(value, found + len(value))
+        if not cuts:
+            return text
+        out, done = [], 0
+        for start, end in sorted(cuts):
+            if end <= done:
+                continue
+            out.append(text[done:max(start, done)] + ("***" if start >= done else ""))
+            done = end
+        out.append(text[done:])
+        return "".join(out)
 
     def holds(self, text: str) -> bool:
         """Whether ``text`` contains a secret (in any of its forms)."""
-        return bool(text) and any(value in text for value in self.values)
+        return bool(text) and self.redact(text) != text
 
     def redact_tree(self, value):
         """``value`` (str, dict, list or a scalar) with every string in it redacted."""
@@ -89,6 +147,20 @@ class Secrets:
     def clip(self, text, limit: int) -> str:
         """``text`` redacted whole, then on one line (no control characters) and cut."""
         return clip(self.redact(str(text)), limit)
+
+
+def _json_char(escape: str) -> str:
+    """The character a JSON escape (``\\/``, ``\\u00e9``, a ``\\ud83d\\ude00`` pair) stands for."""
+    if escape[1] != "u":
+        return _SHORT_ESCAPES[escape[1]]
+    if len(escape) == 12:
+        high, low = int(escape[2:6], 16), int(escape[8:], 16)
+        return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+    return chr(int(escape[2:], 16))
+
+
+def _escaped_length(value: str) -> int:
+    return sum(6 if ord(c) <= 0xFFFF else 12 for c in value)
 
 
 def query_form(value: str) -> str:
@@ -116,6 +188,80 @@ def clip(text, limit: int) -> str:
 def printable(text) -> str:
     """``text`` with control characters (NUL, newlines, escapes) as spaces; nothing cut."""
     return _CONTROL.sub(" ", str(text))
+
+
+def readable(text):
+    """``text`` that any UTF-8 encoder accepts: a byte that ``os.fsdecode`` kept as a lone
+    surrogate (a file name that is not UTF-8) is shown as ``\\xff``. None stays None."""
+    if not text:
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that no fsdecode made
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# --- database URLs (state and data) --------------------------------------------------------
+
+# A URL's query, as libpq reads it: name=value pairs joined by &.
+_QUERY = re.compile(r"[A-Za-z_]+=[^&]*(?:&[A-Za-z_]+=[^&]*)*")
+# What a password must not hold raw: libpq ends the user-info at the first '@' before any
+# '/', and refuses a '%' that starts no %XX escape (quoting the rest of the URL).
+_MISENCODED = re.compile(r"[/@]|%(?![0-9A-Fa-f]{2})")
+MISENCODED_FIX = ("percent-encode them in the URL (/ as %2F, @ as %40, % as %25), "
+                  "or leave the password out and put it in ~/.pgpass")
+
+
+def _userinfo_end(rest: str) -> int:
+    """The index of the '@' that ends the user-info of ``rest`` (a URL after ``://``), or -1.
+
+    A password may hold a raw '/' or '@' that its owner did not percent-encode, so this is
+    the *last* '@' (libpq's is the first before any '/'): whatever either reads as the
+    password is then covered. An '@' in a query (``?application_name=a@b``) does not count."""
+    first = rest.find("@")
+    for q, char in enumerate(rest):
+        if char == "?" and 0 <= first < q and _QUERY.fullmatch(rest, q + 1):
+            return rest.rfind("@", 0, q)
+    return rest.rfind("@")
+
+
+def misencoded_password(url: str) -> bool:
+    """Whether the URL's password holds a raw '/' or '@', or a '%' that starts no escape."""
+    rest = url.partition("://")[2]
+    end = _userinfo_end(rest)
+    return end >= 0 and bool(_MISENCODED.search(rest[:end].partition(":")[2]))
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password (user-info or ``password=`` parameter) as ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = _userinfo_end(rest)
+    if end >= 0:
+        user, colon, _ = rest[:end].partition(":")
+        rest = user + (":***" if colon else "") + rest[end:]
+    head, q, query = rest.partition("?")
+    if "password=" in query:
+        query = "&".join(("password=***" if p.startswith("password=") else p)
+                         for p in query.split("&"))
+    return f"{scheme}://{head}{q}{query}"
+
+
+def strip_password(url: str) -> str:
+    """The URL without its password (for a crontab line: libpq then reads ~/.pgpass)."""
+    shown = redact_url(url)
+    scheme, _, rest = shown.partition("://")
+    head, q, query = rest.partition("?")
+    head = head.replace(":***@", "@", 1)
+    if "password=***" in query:
+        query = "&".join(p for p in query.split("&") if p != "password=***")
+        q = q if query else ""
+    return f"{scheme}://{head}{q}{query}"
 
 
 def environment_secrets(environ, secrets: Secrets) -> None:

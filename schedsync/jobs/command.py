@@ -55,7 +55,7 @@ class Output:
             # A long line still going: redact what is there and hold back a tail as long
             # as any secret but one, so one split across reads is whole when redacted.
             text = self.redact(self.pending.decode("utf-8", "replace"))
-            split = len(text) - self.hold
+            split = max(0, len(text) - self.hold)
             self._keep(text[:split])
             self.pending = text[split:].encode()
 

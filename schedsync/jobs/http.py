@@ -62,6 +62,7 @@ import httpx
 from schedsync.core.durations import format_duration, iso
 from schedsync.core.models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, TIMEOUT
 from schedsync.core.outcome import Cancelled, DeadlinePassed, Outcome
+from schedsync.core.redact import redact_url
 from schedsync.jobs.common import LiveProgress, hard_deadline
 from schedsync.jobs.display import excerpt, keys, kind, response_line, show_url, status_error
 from schedsync.jobs.pagination import Pages, check_next_rule, dig
@@ -196,7 +197,7 @@ class Sync:
             raise self._store_error(exc) from None
 
     def _store_error(self, exc: Exception) -> RequestFailed:
-        return RequestFailed(f"cannot store items into {self.table} in {self.ctx.data_db}: "
+        return RequestFailed(f"cannot store items into {self.table} in {redact_url(self.ctx.data_db)}: "
                              f"{self.ctx.secrets.clip(exc, 200)}")
 
     def _store(self, items: list) -> None:

@@ -46,7 +46,7 @@ def command_prefix(config: Config, state: str | None = None) -> tuple[str, bool]
     if chosen.startswith(("postgresql://", "postgres://")):
         # A state URL as it is, minus any password: crontab output is shown and mailed,
         # and cron's schedsync finds the password in ~/.pgpass (or $PGPASSFILE) as libpq does.
-        from schedsync.store.postgres import strip_password
+        from schedsync.core.redact import strip_password
 
         shown = strip_password(chosen)
         hidden = shown != chosen

@@ -35,13 +35,13 @@ def copy_state(source: str, url: str) -> dict:
     """Copy the SQLite state at ``source`` into the PostgreSQL state at ``url``; {table: rows}."""
     import sqlite3
 
-    from schedsync.store.postgres import PostgresStore, is_url
+    from schedsync.store.postgres import PostgresStore, is_url, redact_url
 
     if is_url(source):
         raise ConfigError("state copy reads a SQLite state, and --state is a URL",
                           "pass --state PATH of the SQLite file to copy")
     if not is_url(url):
-        raise ConfigError(f"--to {url} is not a postgresql:// URL", "pass --to postgresql://…")
+        raise ConfigError(f"--to {redact_url(url)} is not a postgresql:// URL", "pass --to postgresql://…")
     if not os.path.isfile(source):
         raise StateError(f"state file {source} does not exist", "pass --state PATH of the file to copy")
     try:

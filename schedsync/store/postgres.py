@@ -22,11 +22,14 @@ adds ~35 ms of import (~24 ms with the ssl trick below) where psycopg 3 adds
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
 from schedsync.core.errors import ConfigError, StateError
 from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
+# URL redaction lives with the rest of redaction; imported here for the callers that name it here.
+from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
 from schedsync.store.base import Admitted, Liveness, Lock, Locks, Store
 from schedsync.store.postgres_sql import MIGRATIONS, RUN_LOCK_CLASS
 
@@ -74,38 +77,6 @@ def is_url(state: str) -> bool:
     return state.startswith(SCHEMES)
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password (user-info or ``password=`` parameter) as ***."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    head, slash, tail = rest.partition("/")
-    if "@" in head:
-        userinfo, at, hostpart = head.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        head = userinfo + at + hostpart
-    if "password=" in tail:
-        path, q, query = tail.partition("?")
-        query = "&".join(("password=***" if p.startswith("password=") else p)
-                         for p in query.split("&"))
-        tail = path + q + query
-    return f"{scheme}://{head}{slash}{tail}"
-
-
-def strip_password(url: str) -> str:
-    """The URL without its password (for a crontab line: libpq then reads ~/.pgpass)."""
-    shown = redact_url(url)
-    scheme, _, rest = shown.partition("://")
-    head, slash, tail = rest.partition("/")
-    head = head.replace(":***@", "@")
-    path, q, query = tail.partition("?")
-    if "password=***" in query:
-        query = "&".join(p for p in query.split("&") if p != "password=***")
-        q = q if query else ""
-    return f"{scheme}://{head}{slash}{path}{q}{query}"
-
-
 def _need_driver(url: str) -> None:
     if psycopg2 is None:
         raise ConfigError(f"state {redact_url(url)} is PostgreSQL, but its driver is not installed",
@@ -120,6 +91,8 @@ class PostgresStore(Store):
         _need_driver(url)
         self.url = url
         self.label = redact_url(url)  # what any message may show
+        if misencoded_password(url):  # libpq would read and quote a piece of it as the host
+            raise ConfigError(f"state URL {self.label}: its password holds a raw /, @ or %", MISENCODED_FIX)
         self._secret = _password(url)
         self._mutex = None  # a threading.Lock once a heartbeat shares the connection
         self.db = self._connect()
@@ -134,8 +107,10 @@ class PostgresStore(Store):
         try:
             params = psycopg2.extensions.parse_dsn(self.url)
         except psycopg2.Error as exc:
-            raise ConfigError(f"state URL {self.label} is not a valid PostgreSQL URL: "
-                              f"{self._clean(exc)}", "see the README's several-hosts section") from None
+            # libpq quotes the part it could not read, which may be a password.
+            text = re.sub(r'"[^"]*"', "(…)", self._clean(exc))
+            raise ConfigError(f"state URL {self.label} is not a valid PostgreSQL URL: {text}",
+                              "see the README's several-hosts section") from None
         params = {**KEEPALIVE, "connect_timeout": str(CONNECT_TIMEOUT),
                   "application_name": "schedsync", **params}
         params["options"] = (SERVER_OPTIONS + " " + params.get("options", "")).strip()

@@ -41,7 +41,8 @@ def quote(name: str) -> str:
 
 class PostgresSink(Sink):
     def __init__(self, url: str):
-        from schedsync.store.postgres import KEEPALIVE, _need_driver, redact_url
+        from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url
+        from schedsync.store.postgres import KEEPALIVE, _need_driver
 
         _need_driver(url)
         import psycopg2
@@ -50,6 +51,8 @@ class PostgresSink(Sink):
         self._pg, self._json = psycopg2, psycopg2.extras.Json
         self._execute_values = psycopg2.extras.execute_values
         self.path = redact_url(url)
+        if misencoded_password(url):  # libpq would read and quote a piece of it as the host
+            raise SinkError(f"its password holds a raw /, @ or % — {MISENCODED_FIX}")
         try:
             params = {**KEEPALIVE, "connect_timeout": "10", "application_name": "schedsync-sink",
                       **psycopg2.extensions.parse_dsn(url)}

@@ -126,6 +126,7 @@ class Requester:
 
         self._check_open()
         tries = 0
+        failed: list[Transient] = []  # what each try that failed said
         limit = self.timeout if timeout is None else timeout
         secrets = self.ctx.secrets
 
@@ -187,12 +188,25 @@ class Requester:
                                 until=now + seconds if code == 429 and seconds is not None else None)
             return response
 
+        def attempt() -> httpx.Response:
+            try:
+                return once()
+            except Transient as exc:
+                failed.append(exc)
+                raise
+
         retrying = self.ctx.retrying(retry_if_exception_type(Transient))
         try:
-            response = retrying(once)
+            response = retrying(attempt)
         except Transient as exc:
             if tries > 1:
                 exc.args = (f"{exc.args[0]} (after {tries} tries)",)
+            raise
+        except BudgetExhausted as exc:
+            if failed:  # the upstream's error is the cause; the empty budget only ended the retries
+                n = len(failed)
+                exc.args = (f"{failed[-1]} (after {n} {'try' if n == 1 else 'tries'}; "
+                            f"budget empty before the {_ordinal(n + 1)})",)
             raise
         self._reopen_at = None
         return response
@@ -342,6 +356,10 @@ def retry_after(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, when.timestamp() - now)
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _origin(url: httpx.URL) -> tuple:

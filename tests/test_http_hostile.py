@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import urllib.request
 import zlib
 
 import pytest
@@ -163,6 +164,173 @@ def test_a_redirect_loop_is_one_line_with_its_requests(project, upstream):
     [run] = project.history("items")
     assert (run["status"], run["requests"]) == ("failed", 21)
     assert len(upstream.hits("/loop")) == 21
+
+
+# --- next links to another origin, link-local addresses, http.allow_hosts ---------------------------
+
+@pytest.fixture
+def trap():
+    """A loopback HTTP proxy every non-loopback request of the CLI goes to, so that a test of a
+    refusal never sends a packet to 169.254.x.x or fe80::, whether or not the refusal works."""
+    server = Upstream()
+    yield server
+    server.close()
+
+
+def no_packets_out(trap, monkeypatch) -> dict:
+    """The CLI's environment: every request but to 127.0.0.1/127.0.0.2 goes to ``trap``
+    (httpx reads the proxy variables as urllib does; checked here before the CLI runs)."""
+    env = {}
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        env[name] = env[name.upper()] = trap.base
+    env["no_proxy"] = env["NO_PROXY"] = "127.0.0.1,127.0.0.2"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert {k: urllib.request.getproxies_environment().get(k) for k in ("http", "https", "all")} == {
+        "http": trap.base, "https": trap.base, "all": trap.base}
+    return env
+
+
+@pytest.mark.parametrize("rule", ["links.next", "link-header"])
+def test_a_next_link_to_another_origin_is_sent_no_credential(project, upstream, other, rule):
+    token, key, password = "hdr-tok-4Kd9q", "qry-key-31Lw", "pw-nxt-88Rt"
+    port = other.base.rsplit(":", 1)[1]
+
+    @upstream.route("/items")
+    def items(request):  # an upstream that echoes the key into the link, with a user:password
+        link = f"http://bob:{password}@127.0.0.2:{port}/more?cursor=c2&sig={request.query['api_key']}"
+        if rule == "link-header":
+            return reply(200, {"data": [{"id": 1}]}, {"Link": f'<{link}>; rel="next"'})
+        return reply(200, {"data": [{"id": 1}], "links": {"next": link}})
+
+    @other.route("/more")
+    def more(request):
+        return reply(200, {"data": [{"id": 2}], "links": {"next": None}})
+
+    project.write(job_yaml(upstream, f"""\
+      url: "{{base}}/items"
+      headers: {{{{X-Api-Key: "${{{{TOKEN}}}}", Authorization: "Bearer ${{{{TOKEN}}}}", Accept-Language: en}}}}
+      params: {{{{api_key: "${{{{QKEY}}}}", access_token: literal-tok, limit: 50}}}}
+      items: data
+      next: {rule}"""))
+
+    result = project.cli("run", "items", env={"TOKEN": token, "QKEY": key, "PASS": password})
+
+    assert result.returncode == 0, result.stderr
+    [first] = upstream.hits("/items")
+    assert first.headers["X-Api-Key"] == token and first.query["api_key"] == key
+    [landed] = other.hits("/more")
+    assert not {"X-Api-Key", "Authorization"} & set(landed.headers), landed.headers
+    assert landed.headers["Accept-Language"] == "en"
+    assert (landed.query["cursor"], landed.query["limit"]) == ("c2", "50")
+    assert not {"api_key", "access_token", "sig"} & set(landed.query), landed.raw_path
+    [run] = project.history("items")
+    assert (run["status"], run["requests"], run["items_processed"]) == ("success", 2, 2)
+    assert ("dropped X-Api-Key, Authorization, user:password, query sig, query api_key, "
+            "query access_token") in run["output"], run["output"]
+    for secret in (token, key, password):
+        assert secret not in run["output"]
+
+
+def test_a_next_link_back_to_the_first_origin_keeps_its_credentials(project, upstream):
+    @upstream.route("/items")
+    def items(request):
+        page = int(request.query.get("page", 1))
+        nxt = f"{upstream.base}/items?page=2" if page == 1 else None
+        return reply(200, {"data": [{"id": page}], "links": {"next": nxt}})
+
+    project.write(job_yaml(upstream, """\
+      url: "{base}/items"
+      headers: {{X-Api-Key: "${{TOKEN}}"}}
+      params: {{api_key: "${{QKEY}}"}}
+      items: data
+      next: links.next"""))
+
+    result = project.cli("run", "items", env={"TOKEN": "same-tok-1", "QKEY": "same-key-2"})
+
+    assert result.returncode == 0, result.stderr
+    assert [(r.headers.get("X-Api-Key"), r.query.get("api_key")) for r in upstream.hits("/items")] == [
+        ("same-tok-1", "same-key-2")] * 2
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "[fe80::1]", "2852039166", "[::ffff:169.254.1.1]"])
+@pytest.mark.parametrize("how", ["next link", "redirect"])
+def test_a_link_local_address_is_refused_before_any_connection(project, upstream, trap, monkeypatch,
+                                                                host, how):
+    target = f"http://{host}/latest/meta-data/"
+
+    @upstream.route("/items")
+    def items(request):
+        if how == "redirect":
+            return reply(302, {}, {"Location": target})
+        return reply(200, {"data": [{"id": 1}], "next": target})
+
+    project.write(job_yaml(upstream, """\
+      url: "{base}/items"
+      items: data
+      next: next"""))
+
+    result = project.cli("run", "items", env=no_packets_out(trap, monkeypatch))
+
+    assert trap.requests == []  # nothing went toward the address, not even through the proxy
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert f"refused GET http://{host}/latest/meta-data/: " in line, line
+    assert "is a link-local address, where cloud metadata lives — name it in http.allow_hosts" in line
+    [run] = project.history("items")
+    assert (run["status"], run["requests"]) == ("failed", 1)
+
+
+def test_allow_hosts_can_name_a_link_local_address(project, upstream, trap, monkeypatch):
+    @upstream.route("/items")
+    def items(request):
+        return reply(200, {"data": [{"id": 1}], "next": "http://169.254.169.254/latest/"})
+
+    @trap.route("/latest/")
+    def metadata(request):  # reached through the proxy: no packet leaves loopback
+        return reply(200, {"data": [{"id": 2}]})
+
+    project.write(job_yaml(upstream, """\
+      url: "{base}/items"
+      items: data
+      next: next
+      allow_hosts: [127.0.0.1, 169.254.169.254]"""))
+
+    result = project.cli("run", "items", env=no_packets_out(trap, monkeypatch))
+
+    assert result.returncode == 0, result.stderr
+    assert [r.raw_path for r in trap.requests] == ["http://169.254.169.254/latest/"]
+
+
+@pytest.mark.parametrize("how", ["first request", "redirect", "next link"])
+def test_allow_hosts_limits_every_hop(project, upstream, other, how):
+    @upstream.route("/items")
+    def items(request):
+        if how == "redirect":
+            return reply(307, {}, {"Location": f"{other.base}/more"})
+        return reply(200, {"data": [{"id": 1}], "next": f"{other.base}/more"})
+
+    @other.route("/more")
+    def more(request):
+        return reply(200, {"data": [{"id": 2}]})
+
+    allowed = "[127.0.0.2]" if how == "first request" else "[localhost, 127.0.0.1]"
+    project.write(job_yaml(upstream, f"""\
+      url: "{{base}}/items"
+      items: data
+      next: next
+      allow_hosts: {allowed}"""))
+
+    result = project.cli("run", "items")
+
+    assert result.returncode == 1
+    refused = upstream.base if how == "first request" else other.base
+    assert f"refused GET {refused}/" in one_error_line(result)
+    assert "is not in http.allow_hosts" in result.stderr
+    assert other.requests == []
+    assert len(upstream.requests) == (0 if how == "first request" else 1)
+    [run] = project.history("items")
+    assert run["requests"] == len(upstream.requests)
 
 
 # --- bounded bodies ----------------------------------------------------------------------------------

@@ -105,7 +105,8 @@ class Sync:
         self.requester = Requester(ctx, timeout=self.http["timeout"],
                                    headers={"Accept": "application/json", **self.http["headers"]},
                                    log=self.log,
-                                   max_bytes=self.http.get("max_bytes") or DEFAULT_MAX_BYTES)
+                                   max_bytes=self.http.get("max_bytes") or DEFAULT_MAX_BYTES,
+                                   allow_hosts=self.http.get("allow_hosts"))
         self.sink = None
         self.table = job.into["table"]
         self.pages = 0
@@ -126,8 +127,9 @@ class Sync:
             params[http["since"]["param"]] = since
         pages = Pages(http["next"], http["url"], params, self.ctx.secrets)
         target = pages.first()
+        self.requester.home = pages.home  # next pages elsewhere get none of its credentials
         for number in range(1, http["max_pages"] + 1):
-            response = self._fetch(target)
+            response = self._fetch(target, pages.withheld)
             data = self._json(response)
             items = self._items(data, response)
             self._store(items)
@@ -143,10 +145,10 @@ class Sync:
                 return
         self.log(f"stopped at http.max_pages ({http['max_pages']}) with pages left")
 
-    def _fetch(self, target: httpx.URL) -> httpx.Response:
+    def _fetch(self, target: httpx.URL, withheld=()) -> httpx.Response:
         kwargs = {} if self.http["body"] is None else {"json": self.http["body"]}
         try:
-            response = self.requester.send(self.http["method"], target, **kwargs)
+            response = self.requester.send(self.http["method"], target, withheld=withheld, **kwargs)
         except Transient as exc:
             until = None
             if exc.response is not None and exc.response.status_code == 429:

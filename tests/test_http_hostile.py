@@ -371,6 +371,60 @@ def test_a_gzip_bomb_fails_in_one_line_without_inflating(project, upstream):
     assert (run["status"], run["requests"]) == ("failed", 1)
 
 
+def test_a_page_of_a_million_tiny_items_fails_in_one_line_without_parsing_them(project, upstream):
+    page = b'{"data":[' + b",".join(b'{"id":%d}' % i for i in range(600_000)) + b"]}"  # 1.2M values
+
+    @upstream.route("/huge")
+    def huge(request):
+        return 200, page, {"Content-Type": "application/json"}
+
+    project.write(job_yaml(upstream, """\
+      url: "{base}/huge"
+      items: data"""))
+
+    code, err, rss, wall, cpu = measured(project, "run", "items")
+
+    print(f"{len(page) / 1e6:.1f} MB page of 600,000 items: peak RSS {rss:.1f} MiB, {wall:.2f} s wall")
+    assert code == 1, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "returned more than 1,000,000 JSON values, over http.max_values" in err
+    assert rss <= 100, rss
+    [run] = project.history("items")
+    assert (run["status"], run["requests"], run["items_processed"]) == ("failed", 1, 0)
+
+
+def test_max_values_counts_no_comma_or_bracket_inside_a_string(project, upstream):
+    text = "a, [b], {c}, " * 20  # 60 commas and brackets inside one string
+    upstream.route("/items")(lambda request: reply(200, {"data": [{"id": 1, "text": text}]}))
+    project.write(job_yaml(upstream, """\
+      url: "{base}/items"
+      items: data
+      max_values: 8"""))
+
+    result = project.cli("run", "items")
+
+    assert result.returncode == 0, result.stderr
+    assert rows(project, "items")[0]["text"] == text
+
+
+@pytest.mark.parametrize("depth", [100_000, 2_000])
+def test_json_nested_too_deeply_is_a_one_line_failure(project, upstream, depth):
+    body = b'{"data": [{"id": 1, "deep": ' + b"[" * depth + b"]" * depth + b"}]}"
+    upstream.route("/deep")(lambda request: (200, body, {"Content-Type": "application/json"}))
+    project.write(job_yaml(upstream, """\
+      url: "{base}/deep"
+      items: data"""))
+
+    result = project.cli("run", "items")
+
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert "returned JSON nested too deeply to parse" in line, line
+    assert "internal error" not in line and "Traceback" not in result.stderr
+    [run] = project.history("items")
+    assert (run["status"], run["requests"]) == ("failed", 1)
+
+
 def test_a_body_over_max_bytes_fails_before_it_is_read(project, upstream):
     @upstream.route("/big")
     def big(request):
@@ -608,3 +662,14 @@ def test_a_secret_cut_by_the_error_length_is_still_redacted(project):
     [run] = project.history("sync")
     assert "supersec" not in run["error"] and "supersec" not in result.stderr
     assert run["error"].startswith("ValueError: xxx")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
+def test_json_values_counts_what_is_outside_strings_in_any_slicing(monkeypatch, chunk):
+    from schedsync.jobs import http
+
+    monkeypatch.setattr(http, "CHUNK", chunk)
+    doc = {"a": "x,[{", "b": [1, 2, {"c": 'q\\",{['}], "d": "\\\\", "e": [[]], "f": '"[,'}
+    # the object, its 5 members, 1, 2, the inner object, its string, the inner list, +1 as it is empty
+    assert http.json_values(json.dumps(doc).encode(), 0) == 12
+    assert http.json_values(b"[1,2,3]", 0) == 4

@@ -60,7 +60,7 @@ RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_cod
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
 RETENTION_KEYS = ("success", "failed")
 HTTP_KEYS = ("url", "method", "headers", "params", "body", "items", "next", "max_pages",
-             "timeout", "since", "max_bytes")
+             "timeout", "since", "max_bytes", "max_values", "allow_hosts")
 INTO_KEYS = ("table", "pk", "db")
 NOTIFY_KEYS = ("url", "events", "after_failures")
 EVENTS = ("failure", "recovery", "breaker_open", "late")
@@ -776,7 +776,9 @@ def _http(value, path: str, doc: _Doc) -> dict:
            "body": value.get("body"), "items": value.get("items"), "next": value.get("next"),
            "max_pages": value.get("max_pages", 1000), "timeout": 30.0, "since": value.get("since"),
            # decoded bytes per response: 64 MiB holds any sane JSON page, and a gzip bomb stops there
-           "max_bytes": value.get("max_bytes", 64 * 1024 * 1024)}
+           "max_bytes": value.get("max_bytes", 64 * 1024 * 1024),
+           # JSON values per page: what a parsed page's memory grows with (~100-200 bytes each)
+           "max_values": value.get("max_values", 1_000_000)}
     if out["method"] not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
         raise doc.error(f"{path}.method", f"{_q(out['method'])} is not an HTTP method")
     for key in ("headers", "params"):
@@ -794,6 +796,9 @@ def _http(value, path: str, doc: _Doc) -> dict:
                         "use a dotted path, {cursor: PATH, param: NAME}, {page: NAME} or link-header")
     _whole(out["max_pages"], f"{path}.max_pages", doc)
     _whole(out["max_bytes"], f"{path}.max_bytes", doc)
+    _whole(out["max_values"], f"{path}.max_values", doc)
+    if "allow_hosts" in value:
+        out["allow_hosts"] = _hosts(value["allow_hosts"], f"{path}.allow_hosts", doc)
     if "timeout" in value:
         out["timeout"] = _duration(value["timeout"], f"{path}.timeout", doc)
     since = out["since"]
@@ -809,6 +814,25 @@ def _http(value, path: str, doc: _Doc) -> dict:
         if since.get("format", "iso") not in ("iso", "epoch"):
             raise doc.error(f"{path}.since.format", "must be iso or epoch")
     return out
+
+
+def _hosts(value, path: str, doc: _Doc) -> list[str]:
+    """http.allow_hosts: a list of host names or IP addresses (no scheme, port or path)."""
+    fix = "list host names or addresses, e.g. [api.example.com, 10.0.0.7]"
+    if not isinstance(value, list) or not value:
+        raise doc.error(path, f"{_q(value)} is not a list of hosts", fix)
+    import ipaddress
+
+    hosts = []
+    for host in value:
+        bare = host.strip().strip("[]").rstrip(".").lower() if isinstance(host, str) else ""
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            if not re.fullmatch(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?", bare):
+                raise doc.error(path, f"{_q(host)} is not a host name or address", fix) from None
+        hosts.append(bare)
+    return hosts
 
 
 def _schedule(value, path: str, timezone, doc: _Doc) -> str:

@@ -599,6 +599,32 @@ def test_an_empty_budget_before_the_first_request_is_a_skip_not_a_failure(projec
     assert len(upstream.hits("/items")) == 1
 
 
+
+def test_a_budget_emptied_by_retries_keeps_the_upstreams_error(project, upstream):
+    @upstream.route("/down")
+    def down(request):
+        return reply(503, {"error": "maintenance"})
+
+    project.write(job_yaml(upstream, """\
+      url: "{base}/down"
+      items: data""", budgets="budgets: {api: {capacity: 2, per: 1h}}",
+                           extra="    budget: api\n    breaker: {failures: 1, reset_after: 10m}"))
+
+    result = project.cli("run", "items")
+
+    assert result.returncode == 1
+    cause = (f'GET {upstream.base}/down returned HTTP 503 Service Unavailable: {{"error": "maintenance"}}'
+             " (after 2 tries; budget empty before the 3rd)")
+    [run] = project.history("items")
+    assert (run["status"], run["requests"], run["error"]) == ("failed", 2, cause)
+    assert cause in result.stderr and "is empty" not in result.stderr
+    [job] = project.status()["jobs"]
+    assert "HTTP 503" in job["why"] and "is empty" not in job["why"], job["why"]
+    detail = project.cli("status", "items", env={"COLUMNS": "400"}).stdout
+    [opened] = [line for line in detail.splitlines() if "closed → open" in line or "closed -> open" in line]
+    assert "HTTP 503" in opened and "is empty" not in opened
+    assert len(upstream.hits("/down")) == 2
+
 # --- errors a user can act on ------------------------------------------------------------------------
 
 def test_an_unreachable_host_says_so(project):

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import urllib.request
 import zlib
 
 import pytest
@@ -165,6 +166,173 @@ def test_a_redirect_loop_is_one_line_with_its_requests(project, upstream):
     assert len(upstream.hits("/loop")) == 21
 
 
+# --- next links to another origin, link-local addresses, http.allow_hosts ---------------------------
+
+@pytest.fixture
+def trap():
+    """A loopback HTTP proxy every non-loopback request of the CLI goes to, so that a test of a
+    refusal never sends a packet to 169.254.x.x or fe80::, whether or not the refusal works."""
+    server = Upstream()
+    yield server
+    server.close()
+
+
+def no_packets_out(trap, monkeypatch) -> dict:
+    """The CLI's environment: every request but to 127.0.0.1/127.0.0.2 goes to ``trap``
+    (httpx reads the proxy variables as urllib does; checked here before the CLI runs)."""
+    env = {}
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        env[name] = env[name.upper()] = trap.base
+    env["no_proxy"] = env["NO_PROXY"] = "127.0.0.1,127.0.0.2"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert {k: urllib.request.getproxies_environment().get(k) for k in ("http", "https", "all")} == {
+        "http": trap.base, "https": trap.base, "all": trap.base}
+    return env
+
+
+@pytest.mark.parametrize("rule", ["links.next", "link-header"])
+def test_a_next_link_to_another_origin_is_sent_no_credential(project, upstream, other, rule):
+    token, key, password = "hdr-tok-4Kd9q", "qry-key-31Lw", "pw-nxt-88Rt"
+    port = other.base.rsplit(":", 1)[1]
+
+    @upstream.route("/items")
+    def items(request):  # an upstream that echoes the key into the link, with a user:password
+        link = f"http://bob:{password}@127.0.0.2:{port}/more?cursor=c2&sig={request.query['api_key']}"
+        if rule == "link-header":
+            return reply(200, {"data": [{"id": 1}]}, {"Link": f'<{link}>; rel="next"'})
+        return reply(200, {"data": [{"id": 1}], "links": {"next": link}})
+
+    @other.route("/more")
+    def more(request):
+        return reply(200, {"data": [{"id": 2}], "links": {"next": None}})
+
+    project.write(job_yaml(upstream, f"""\
+      url: "{{base}}/items"
+      headers: {{{{X-Api-Key: "${{{{TOKEN}}}}", Authorization: "Bearer ${{{{TOKEN}}}}", Accept-Language: en}}}}
+      params: {{{{api_key: "${{{{QKEY}}}}", access_token: literal-tok, limit: 50}}}}
+      items: data
+      next: {rule}"""))
+
+    result = project.cli("run", "items", env={"TOKEN": token, "QKEY": key, "PASS": password})
+
+    assert result.returncode == 0, result.stderr
+    [first] = upstream.hits("/items")
+    assert first.headers["X-Api-Key"] == token and first.query["api_key"] == key
+    [landed] = other.hits("/more")
+    assert not {"X-Api-Key", "Authorization"} & set(landed.headers), landed.headers
+    assert landed.headers["Accept-Language"] == "en"
+    assert (landed.query["cursor"], landed.query["limit"]) == ("c2", "50")
+    assert not {"api_key", "access_token", "sig"} & set(landed.query), landed.raw_path
+    [run] = project.history("items")
+    assert (run["status"], run["requests"], run["items_processed"]) == ("success", 2, 2)
+    assert ("dropped X-Api-Key, Authorization, user:password, query sig, query api_key, "
+            "query access_token") in run["output"], run["output"]
+    for secret in (token, key, password):
+        assert secret not in run["output"]
+
+
+def test_a_next_link_back_to_the_first_origin_keeps_its_credentials(project, upstream):
+    @upstream.route("/items")
+    def items(request):
+        page = int(request.query.get("page", 1))
+        nxt = f"{upstream.base}/items?page=2" if page == 1 else None
+        return reply(200, {"data": [{"id": page}], "links": {"next": nxt}})
+
+    project.write(job_yaml(upstream, """\
+      url: "{base}/items"
+      headers: {{X-Api-Key: "${{TOKEN}}"}}
+      params: {{api_key: "${{QKEY}}"}}
+      items: data
+      next: links.next"""))
+
+    result = project.cli("run", "items", env={"TOKEN": "same-tok-1", "QKEY": "same-key-2"})
+
+    assert result.returncode == 0, result.stderr
+    assert [(r.headers.get("X-Api-Key"), r.query.get("api_key")) for r in upstream.hits("/items")] == [
+        ("same-tok-1", "same-key-2")] * 2
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "[fe80::1]", "2852039166", "[::ffff:169.254.1.1]"])
+@pytest.mark.parametrize("how", ["next link", "redirect"])
+def test_a_link_local_address_is_refused_before_any_connection(project, upstream, trap, monkeypatch,
+                                                                host, how):
+    target = f"http://{host}/latest/meta-data/"
+
+    @upstream.route("/items")
+    def items(request):
+        if how == "redirect":
+            return reply(302, {}, {"Location": target})
+        return reply(200, {"data": [{"id": 1}], "next": target})
+
+    project.write(job_yaml(upstream, """\
+      url: "{base}/items"
+      items: data
+      next: next"""))
+
+    result = project.cli("run", "items", env=no_packets_out(trap, monkeypatch))
+
+    assert trap.requests == []  # nothing went toward the address, not even through the proxy
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert f"refused GET http://{host}/latest/meta-data/: " in line, line
+    assert "is a link-local address, where cloud metadata lives — name it in http.allow_hosts" in line
+    [run] = project.history("items")
+    assert (run["status"], run["requests"]) == ("failed", 1)
+
+
+def test_allow_hosts_can_name_a_link_local_address(project, upstream, trap, monkeypatch):
+    @upstream.route("/items")
+    def items(request):
+        return reply(200, {"data": [{"id": 1}], "next": "http://169.254.169.254/latest/"})
+
+    @trap.route("/latest/")
+    def metadata(request):  # reached through the proxy: no packet leaves loopback
+        return reply(200, {"data": [{"id": 2}]})
+
+    project.write(job_yaml(upstream, """\
+      url: "{base}/items"
+      items: data
+      next: next
+      allow_hosts: [127.0.0.1, 169.254.169.254]"""))
+
+    result = project.cli("run", "items", env=no_packets_out(trap, monkeypatch))
+
+    assert result.returncode == 0, result.stderr
+    assert [r.raw_path for r in trap.requests] == ["http://169.254.169.254/latest/"]
+
+
+@pytest.mark.parametrize("how", ["first request", "redirect", "next link"])
+def test_allow_hosts_limits_every_hop(project, upstream, other, how):
+    @upstream.route("/items")
+    def items(request):
+        if how == "redirect":
+            return reply(307, {}, {"Location": f"{other.base}/more"})
+        return reply(200, {"data": [{"id": 1}], "next": f"{other.base}/more"})
+
+    @other.route("/more")
+    def more(request):
+        return reply(200, {"data": [{"id": 2}]})
+
+    allowed = "[127.0.0.2]" if how == "first request" else "[localhost, 127.0.0.1]"
+    project.write(job_yaml(upstream, f"""\
+      url: "{{base}}/items"
+      items: data
+      next: next
+      allow_hosts: {allowed}"""))
+
+    result = project.cli("run", "items")
+
+    assert result.returncode == 1
+    refused = upstream.base if how == "first request" else other.base
+    assert f"refused GET {refused}/" in one_error_line(result)
+    assert "is not in http.allow_hosts" in result.stderr
+    assert other.requests == []
+    assert len(upstream.requests) == (0 if how == "first request" else 1)
+    [run] = project.history("items")
+    assert run["requests"] == len(upstream.requests)
+
+
 # --- bounded bodies ----------------------------------------------------------------------------------
 
 _BOMB = []
@@ -199,6 +367,60 @@ def test_a_gzip_bomb_fails_in_one_line_without_inflating(project, upstream):
     assert "over http.max_bytes (67,108,864 bytes decoded)" in err
     assert rss <= 100, rss
     assert cpu <= 2.0 and wall <= 10, (cpu, wall)  # wall has slack for a loaded machine
+    [run] = project.history("items")
+    assert (run["status"], run["requests"]) == ("failed", 1)
+
+
+def test_a_page_of_a_million_tiny_items_fails_in_one_line_without_parsing_them(project, upstream):
+    page = b'{"data":[' + b",".join(b'{"id":%d}' % i for i in range(600_000)) + b"]}"  # 1.2M values
+
+    @upstream.route("/huge")
+    def huge(request):
+        return 200, page, {"Content-Type": "application/json"}
+
+    project.write(job_yaml(upstream, """\
+      url: "{base}/huge"
+      items: data"""))
+
+    code, err, rss, wall, cpu = measured(project, "run", "items")
+
+    print(f"{len(page) / 1e6:.1f} MB page of 600,000 items: peak RSS {rss:.1f} MiB, {wall:.2f} s wall")
+    assert code == 1, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "returned more than 1,000,000 JSON values, over http.max_values" in err
+    assert rss <= 100, rss
+    [run] = project.history("items")
+    assert (run["status"], run["requests"], run["items_processed"]) == ("failed", 1, 0)
+
+
+def test_max_values_counts_no_comma_or_bracket_inside_a_string(project, upstream):
+    text = "a, [b], {c}, " * 20  # 60 commas and brackets inside one string
+    upstream.route("/items")(lambda request: reply(200, {"data": [{"id": 1, "text": text}]}))
+    project.write(job_yaml(upstream, """\
+      url: "{base}/items"
+      items: data
+      max_values: 8"""))
+
+    result = project.cli("run", "items")
+
+    assert result.returncode == 0, result.stderr
+    assert rows(project, "items")[0]["text"] == text
+
+
+@pytest.mark.parametrize("depth", [100_000, 2_000])
+def test_json_nested_too_deeply_is_a_one_line_failure(project, upstream, depth):
+    body = b'{"data": [{"id": 1, "deep": ' + b"[" * depth + b"]" * depth + b"}]}"
+    upstream.route("/deep")(lambda request: (200, body, {"Content-Type": "application/json"}))
+    project.write(job_yaml(upstream, """\
+      url: "{base}/deep"
+      items: data"""))
+
+    result = project.cli("run", "items")
+
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert "returned JSON nested too deeply to parse" in line, line
+    assert "internal error" not in line and "Traceback" not in result.stderr
     [run] = project.history("items")
     assert (run["status"], run["requests"]) == ("failed", 1)
 
@@ -440,3 +662,14 @@ def test_a_secret_cut_by_the_error_length_is_still_redacted(project):
     [run] = project.history("sync")
     assert "supersec" not in run["error"] and "supersec" not in result.stderr
     assert run["error"].startswith("ValueError: xxx")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
+def test_json_values_counts_what_is_outside_strings_in_any_slicing(monkeypatch, chunk):
+    from schedsync.jobs import http
+
+    monkeypatch.setattr(http, "CHUNK", chunk)
+    doc = {"a": "x,[{", "b": [1, 2, {"c": 'q\\",{['}], "d": "\\\\", "e": [[]], "f": '"[,'}
+    # the object, its 5 members, 1, 2, the inner object, its string, the inner list, +1 as it is empty
+    assert http.json_values(json.dumps(doc).encode(), 0) == 12
+    assert http.json_values(b"[1,2,3]", 0) == 4

@@ -10,6 +10,12 @@ cut short keeps what it stored. Nested objects and lists are stored as JSON
 text; new keys become new columns. Items that are not JSON objects or lack the
 key are counted failed and the run ends ``partial`` (exit 0, one line on stderr).
 
+A page is parsed whole, so its memory is bounded by what it holds: at most
+``http.max_values`` JSON values (objects, lists, strings, numbers…, nested ones
+included; default 1,000,000, about 100-200 MB once parsed), counted in the raw body
+before it is parsed (``json_values``); a page over it, or one nested too deeply for
+Python to parse, fails in one line.
+
 Pagination (``http.next``, bounded by ``http.max_pages``, default 1000) is in
 ``pagination``; requests go through ``transport`` (budget, retries, deadline, redirects,
 ``http.max_bytes``), items into the data sink (``store.sink``).
@@ -54,6 +60,7 @@ httpx-like client for python jobs (``ctx.http``).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import deque
 
@@ -71,6 +78,9 @@ from schedsync.jobs.transport import (DEFAULT_MAX_BYTES, BudgetExhausted, Reques
 from schedsync.store.sink import SinkError, clashing_keys, key_columns, open_sink
 
 LOG_LINES = 60  # lines of the page log kept in the run record
+DEFAULT_MAX_VALUES = 1_000_000  # JSON values in one page (http.max_values)
+CHUNK = 1 << 20  # bytes of a page counted at a time without its strings
+_STRINGS = re.compile(rb'"[^"]*"')  # a JSON string once its escaped \\ and \" are gone
 
 
 # --- one sync -----------------------------------------------------------------------------
@@ -106,7 +116,8 @@ class Sync:
         self.requester = Requester(ctx, timeout=self.http["timeout"],
                                    headers={"Accept": "application/json", **self.http["headers"]},
                                    log=self.log,
-                                   max_bytes=self.http.get("max_bytes") or DEFAULT_MAX_BYTES)
+                                   max_bytes=self.http.get("max_bytes") or DEFAULT_MAX_BYTES,
+                                   allow_hosts=self.http.get("allow_hosts"))
         self.sink = None
         self.table = job.into["table"]
         self.pages = 0
@@ -130,8 +141,9 @@ class Sync:
             params[http["since"]["param"]] = since
         pages = Pages(http["next"], http["url"], params, self.ctx.secrets)
         target = pages.first()
+        self.requester.home = pages.home  # next pages elsewhere get none of its credentials
         for number in range(1, http["max_pages"] + 1):
-            response = self._fetch(target)
+            response = self._fetch(target, pages.withheld)
             data = self._json(response)
             items = self._items(data, response)
             self._store(items)
@@ -147,10 +159,10 @@ class Sync:
                 return
         self.log(f"stopped at http.max_pages ({http['max_pages']}) with pages left")
 
-    def _fetch(self, target: httpx.URL) -> httpx.Response:
+    def _fetch(self, target: httpx.URL, withheld=()) -> httpx.Response:
         kwargs = {} if self.http["body"] is None else {"json": self.http["body"]}
         try:
-            response = self.requester.send(self.http["method"], target, **kwargs)
+            response = self.requester.send(self.http["method"], target, withheld=withheld, **kwargs)
         except Transient as exc:
             until = None
             if exc.response is not None and exc.response.status_code == 429:
@@ -161,8 +173,16 @@ class Sync:
         return response
 
     def _json(self, response: httpx.Response):
+        cap = self.http.get("max_values") or DEFAULT_MAX_VALUES
+        if json_values(response.content, cap) > cap:
+            raise RequestFailed(f"{response_line(response, self.ctx.secrets)} returned more than "
+                                f"{cap:,} JSON values, over http.max_values — ask for smaller pages, "
+                                "or raise it")
         try:
             return json.loads(response.content)
+        except RecursionError:
+            raise RequestFailed(f"{response_line(response, self.ctx.secrets)} returned JSON nested "
+                                "too deeply to parse") from None
         except (ValueError, UnicodeDecodeError):
             kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
             body = excerpt(response, self.ctx.secrets)
@@ -205,6 +225,8 @@ class Sync:
             stored, failed = self.sink.upsert(self.table, self.pk, items) if items else (0, 0)
         except SinkError as exc:
             raise self._store_error(exc) from None
+        except RecursionError:  # a value parsed just within Python's limit, stored from deeper
+            raise RequestFailed(f"cannot store items into {self.table}: a value is nested too deeply") from None
         if failed:
             for item in items:
                 if not isinstance(item, dict):
@@ -310,6 +332,26 @@ def run_http(job, ctx) -> Outcome:
         return sync.outcome(SUCCESS)
     finally:
         sync.close()
+
+
+def json_values(body: bytes, cap: int) -> int:
+    """How many values (objects, lists, strings, numbers…) the JSON ``body`` holds at most:
+    one more than its ``,``, ``[`` and ``{`` outside strings. Counted in C, fast: first with
+    those inside strings too; only a body over ``cap`` that way is counted without them."""
+    count = 1 + body.count(b",") + body.count(b"[") + body.count(b"{")
+    if count <= cap:
+        return count
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    count, start = 1, 0
+    while start < len(body):  # a slice at a time: re.sub holds a piece per string it removes
+        end = start + CHUNK
+        if body.count(b'"', start, end) % 2:  # end the slice outside a string
+            end = body.find(b'"', end) + 1 or len(body)
+        outside = _STRINGS.sub(b"", body[start:end])
+        count += outside.count(b",") + outside.count(b"[") + outside.count(b"{")
+        start = end
+    return count
 
 
 def last_complete_sync(ctx, skipped_future: list | None = None) -> float | None:

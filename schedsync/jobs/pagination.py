@@ -9,7 +9,9 @@
 - ``next: link-header``: the RFC 5988 ``Link: <…>; rel="next"`` header.
 
 Following a next URL, configured ``params`` it does not carry are added (an API key in
-the query survives pagination); those it carries win. Loops are caught on the URL each
+the query survives pagination); those it carries win. A next URL at another origin than
+``http.url``'s gets none that is named like a credential or holds a secret (``withheld``
+names them; the transport drops the rest of what such a hop must not carry). Loops are caught on the URL each
 page is actually requested at, after merging params: a next page whose URL was
 already requested in this run ends the sync.
 """
@@ -20,9 +22,9 @@ from urllib.parse import urljoin
 
 import httpx
 
-from schedsync.core.redact import clip
+from schedsync.core.redact import clip, credential_name
 from schedsync.jobs.display import kind, response_line
-from schedsync.jobs.transport import RequestFailed
+from schedsync.jobs.transport import RequestFailed, origin_of
 
 
 def dig(data, path: str):
@@ -77,6 +79,8 @@ class Pages:
         self.requested: set[str] = set()
         self.cursors: set[str] = set()
         self.looped: str | None = None
+        self.home: tuple | None = None  # http.url's origin
+        self.withheld: list[str] = []  # params not added to the next URL: it is at another origin
 
     def target(self, url: str, params: dict, first: bool) -> httpx.URL:
         try:
@@ -88,11 +92,13 @@ class Pages:
 
     def first(self) -> httpx.URL:
         target = self.target(self.url, self.params, True)
+        self.home = origin_of(target)
         self.requested.add(str(target))
         return target
 
     def next(self, data, response: httpx.Response, items: list) -> httpx.URL | None:
         """The URL of the next page, or None after the last (or on a loop)."""
+        self.withheld = []
         following = self._following(data, response, items)
         if following is None:
             return None
@@ -136,7 +142,11 @@ class Pages:
             return None
         url = urljoin(current, link)
         try:
-            carried = httpx.URL(url).params
+            parsed = httpx.URL(url)
         except httpx.InvalidURL as exc:
             raise RequestFailed("the next page's URL from the upstream is not valid") from exc
-        return url, {k: v for k, v in self.base_params.items() if k not in carried}
+        added = {k: v for k, v in self.base_params.items() if k not in parsed.params}
+        if origin_of(parsed) != self.home:
+            holds = self.secrets.holds if self.secrets else (lambda text: False)
+            self.withheld = [k for k, v in added.items() if credential_name(k) or holds(k) or holds(v)]
+        return url, {k: v for k, v in added.items() if k not in self.withheld}

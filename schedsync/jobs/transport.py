@@ -9,10 +9,14 @@ job's ``ctx.http`` goes through:
   ``Retry-After`` is honoured and a 429's also empties the shared budgets until then;
 - each request's timeout is the smaller of its own and what is left of the run's;
 - redirects are followed here (at most ``MAX_REDIRECTS``), not by httpx, so each hop is
-  counted and spent. On a hop to another origin (scheme, host or port) the request loses
+  counted and spent. On a hop to another origin (scheme, host or port), and on an http
+  job's next page at another origin than ``http.url``'s (``home``), the request loses
   every header that holds a secret or is named like a credential (``Authorization``,
-  ``Cookie``, ``X-Api-Key``, …), every query parameter that holds a secret, and a
-  user:password that holds one; the run's log says what was dropped;
+  ``Cookie``, ``X-Api-Key``, …), every query parameter that holds a secret, and any
+  user:password; the run's log says what was dropped;
+- such a hop to a link-local address (169.254.0.0/16, fe80::/10: cloud metadata lives
+  there), literal or resolved, is refused before any connection; with ``allow_hosts``
+  (``http.allow_hosts``) every hop's host must be in it, and one named there is allowed;
 - the body is read as a stream and decoded here (gzip, deflate) in bounded steps, so
   at most ``max_bytes`` decoded bytes are ever accepted (``http.max_bytes``, default
   64 MiB); past 16 MiB it is spooled to an unnamed temporary file, so a gzip bomb never
@@ -24,6 +28,8 @@ Everything that goes wrong becomes ``Transient`` (worth a retry), ``RequestFaile
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -92,8 +98,12 @@ class Requester:
     """
 
     def __init__(self, ctx, *, timeout: float = DEFAULT_TIMEOUT, headers: dict | None = None,
-                 log=None, max_bytes: int = DEFAULT_MAX_BYTES):
+                 log=None, max_bytes: int = DEFAULT_MAX_BYTES, allow_hosts=None):
         self.ctx = ctx
+        # The hosts every hop must go to (http.allow_hosts), or None: any.
+        self.allow_hosts = None if allow_hosts is None else {_bare(h) for h in allow_hosts}
+        # An http job's origin (of http.url): its headers and params are for it alone.
+        self.home: tuple | None = None
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.requests = 0
@@ -116,16 +126,18 @@ class Requester:
             raise RequestFailed("the run has ended")
 
     def send(self, method: str, url, *, timeout: float | None = None, follow_redirects: bool = True,
-             auth=httpx.USE_CLIENT_DEFAULT, **kwargs) -> httpx.Response:
+             auth=httpx.USE_CLIENT_DEFAULT, withheld=(), **kwargs) -> httpx.Response:
         """The response to one request, after redirects and retries, its body read.
 
         Raises Transient when retries run out. Status codes other than 429 and 5xx are
-        returned as they are: the caller decides.
+        returned as they are: the caller decides. ``withheld``: query parameters the caller
+        left out of ``url`` because it is at another origin than ``home`` (logged with the rest).
         """
         from tenacity import retry_if_exception_type
 
         self._check_open()
         tries = 0
+        failed: list[Transient] = []  # what each try that failed said
         limit = self.timeout if timeout is None else timeout
         secrets = self.ctx.secrets
 
@@ -135,24 +147,23 @@ class Requester:
             request = None
             origin = None  # the first hop's: auth= is sent only there
             while True:
+                if request is None:  # checked before a token is spent or a connection made
+                    request = self._first(method, url, withheld, kwargs)
+                    origin = origin_of(request.url)
                 with self._lock:
                     self._check_open()
                     self._spend()
                     left = self.ctx.deadline - time.time()
                     if left <= 0:
                         raise DeadlinePassed()
-                    if request is None:
+                    if not hops:
                         tries += 1
                         self.attempts = max(self.attempts, tries)
                     self.requests += 1
                 wait = min(limit, left)
                 try:
-                    if request is None:
-                        request = self.client.build_request(method, url, timeout=wait, **kwargs)
-                        origin = _origin(request.url)
-                    else:
-                        request.extensions["timeout"] = httpx.Timeout(wait).as_dict()
-                    response = self._exchange(request, auth if _origin(request.url) == origin else None)
+                    request.extensions["timeout"] = httpx.Timeout(wait).as_dict()
+                    response = self._exchange(request, auth if origin_of(request.url) == origin else None)
                 except httpx.TimeoutException as exc:
                     if left <= limit:
                         raise DeadlinePassed() from exc  # the run's timeout cut it, not the upstream's
@@ -187,15 +198,75 @@ class Requester:
                                 until=now + seconds if code == 429 and seconds is not None else None)
             return response
 
+        def attempt() -> httpx.Response:
+            try:
+                return once()
+            except Transient as exc:
+                failed.append(exc)
+                raise
+
         retrying = self.ctx.retrying(retry_if_exception_type(Transient))
         try:
-            response = retrying(once)
+            response = retrying(attempt)
         except Transient as exc:
             if tries > 1:
                 exc.args = (f"{exc.args[0]} (after {tries} tries)",)
             raise
+        except BudgetExhausted as exc:
+            if failed:  # the upstream's error is the cause; the empty budget only ended the retries
+                n = len(failed)
+                tries_word = "try" if n == 1 else "tries"
+                exc.args = (f"{failed[-1]} (after {n} {tries_word}; budget empty before the {_ordinal(n + 1)})",)
+            raise
         self._reopen_at = None
         return response
+
+    # -- where a request may go, and what it may carry there --
+
+    def _first(self, method: str, url, withheld, kwargs) -> httpx.Request:
+        request = self.client.build_request(method, url, **kwargs)
+        foreign = self.home is not None and origin_of(request.url) != self.home
+        if foreign:  # an http job's next page at another origin: as a redirect there would be
+            headers = httpx.Headers(request.headers)
+            new = self._strip(headers, request.url, "next page at another origin", withheld)
+            request = httpx.Request(method, new, headers=headers, content=request.content,
+                                    extensions=dict(request.extensions))
+        self._admit(request, foreign)
+        return request
+
+    def _admit(self, request: httpx.Request, foreign: bool) -> None:
+        """RequestFailed unless ``request`` may go where it goes; before any connection."""
+        host = _bare(request.url.host)
+        if self.allow_hosts is not None:
+            if host not in self.allow_hosts:
+                raise RequestFailed(f"refused {request_line(request, self.ctx.secrets)}: "
+                                    f"{printable(host)} is not in http.allow_hosts")
+        elif foreign and _link_local(host, request.url.port):
+            fix = " — name it in http.allow_hosts to allow it" if self.home is not None else ""
+            raise RequestFailed(f"refused {request_line(request, self.ctx.secrets)}: {printable(host)}"
+                                f" is a link-local address, where cloud metadata lives{fix}")
+
+    def _strip(self, headers: httpx.Headers, url: httpx.URL, what: str, withheld=()) -> httpx.URL:
+        """For a hop to another origin: drop from ``headers`` (in place) every credential
+        header, and from ``url`` every query parameter holding a secret and any user:password;
+        the URL left, and a log line saying what was dropped."""
+        secrets = self.ctx.secrets
+        dropped = list(dict.fromkeys(name for name, value in ((n.decode("latin-1"), v.decode("latin-1"))
+                                                               for n, v in headers.raw)
+                                     if credential_name(name) or secrets.holds(value)))
+        for name in dropped:
+            headers.pop(name, None)
+        pairs = url.params.multi_items()
+        params = [(k, v) for k, v in pairs if secrets.holds(k) or secrets.holds(v)]
+        if params:
+            url = url.copy_with(params=[pair for pair in pairs if pair not in params])
+        if url.userinfo:
+            url = url.copy_with(username=None, password=None)
+            dropped.append("user:password")
+        dropped += [f"query {k}" for k in dict.fromkeys([k for k, _ in params] + list(withheld))]
+        if dropped:
+            self.log(f"{what} {show_url(url, secrets)}: dropped " + ", ".join(dropped))
+        return url
 
     # -- one request, its body read within the cap --
 
@@ -270,27 +341,12 @@ class Requester:
             except httpx.RequestNotRead:
                 raise RequestFailed(f"{request_line(request, secrets)} redirected a streamed body, "
                                     "which cannot be sent again") from None
-        if _origin(url) != _origin(request.url):
-            dropped = [name for name, value in ((n.decode("latin-1"), v.decode("latin-1"))
-                                                for n, v in headers.raw)
-                       if credential_name(name) or secrets.holds(value)]
-            for name in dropped:
-                headers.pop(name, None)
-            params = [(k, v) for k, v in url.params.multi_items()
-                      if secrets.holds(k) or secrets.holds(v)]
-            if params:
-                url = url.copy_with(params=[(k, v) for k, v in url.params.multi_items()
-                                            if (k, v) not in params])
-            info = url.userinfo.decode("ascii", "replace")
-            if info and (secrets.holds(info) or secrets.holds(url.username) or secrets.holds(url.password)):
-                url = url.copy_with(username=None, password=None)
-                dropped.append("user:password")
-            dropped += [f"query {k}" for k, _ in params]
-            if dropped:
-                self.log(f"redirect to another origin {show_url(url, secrets)}: dropped "
-                         + ", ".join(dropped))
+        foreign = origin_of(url) != origin_of(request.url)
+        if foreign:
+            url = self._strip(headers, url, "redirect to another origin")
         new = httpx.Request(method, url, headers=headers, content=content,
                             extensions=dict(request.extensions))
+        self._admit(new, foreign)
         self.client.cookies.set_cookie_header(new)
         return new
 
@@ -350,7 +406,43 @@ def retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _origin(url: httpx.URL) -> tuple:
+def _bare(host: str) -> str:
+    """A host as compared with http.allow_hosts: lower case, no brackets or trailing dot."""
+    return host.strip().strip("[]").rstrip(".").lower()
+
+
+METADATA = (ipaddress.ip_address("fd00:ec2::254"),)  # AWS's IPv6 metadata address (not link-local)
+
+
+def _link_local(host: str, port: int | None) -> bool:
+    """Whether ``host`` is, or resolves to, a link-local or metadata address.
+
+    Literal forms (``169.254.169.254``, ``2852039166``, ``[fe80::1%eth0]``, ``[::ffff:…]``)
+    are read without any lookup; a name is resolved (a name that does not resolve is left to
+    the connection to report)."""
+    try:
+        found = [ipaddress.ip_address(host.split("%")[0])]
+    except ValueError:
+        try:
+            found = [ipaddress.ip_address(socket.inet_aton(host))]  # 2852039166, 0xa9.254.43518
+        except (OSError, UnicodeError, ValueError):
+            try:
+                infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
+            except (OSError, UnicodeError, ValueError):
+                return False
+            found = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    for address in found:
+        address = getattr(address, "ipv4_mapped", None) or address
+        if address.is_link_local or address in METADATA:
+            return True
+    return False
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def origin_of(url: httpx.URL) -> tuple:
     port = url.port or {"http": 80, "https": 443}.get(url.scheme)
     return url.scheme, url.host, port
 

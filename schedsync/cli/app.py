@@ -59,14 +59,14 @@ def _config(ctx: typer.Context):
 
 
 @contextmanager
-def _opened(ctx: typer.Context, write: bool = True):
+def _opened(ctx: typer.Context, write: bool = True, create: bool = False):
     """Config and store; ``write=False`` (read commands): a state this user may only read
-    opens read-only."""
+    opens read-only. Only ``create`` makes a missing state (else: "no state at PATH yet")."""
     from schedsync.config import resolve_state
     from schedsync.store import open_store
 
     config = _config(ctx)
-    store = open_store(resolve_state(ctx.obj["state"], config), write=write)
+    store = open_store(resolve_state(ctx.obj["state"], config), write=write, create=create)
     try:
         yield config, store
     finally:
@@ -198,10 +198,12 @@ def validate(ctx: typer.Context):
 @app.command()
 def pause(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name.")):
     """Skip a job's runs (recorded as skipped: paused) until resumed. Example: schedsync pause quests"""
-    with _errors(), _opened(ctx) as (config, store):
+    with _errors(), _opened(ctx, create=True) as (config, store):
         config.job(job)
         store.set_paused(job, True, store.now())
-    print(f"{job}: paused; its runs are skipped until `schedsync resume {job}`")
+    # A job may be paused before its first run; a new state is named, in case its path is a typo.
+    made = f" (new state {store.label})" if store.created else ""
+    print(f"{job}: paused{made}; its runs are skipped until `schedsync resume {job}`")
 
 
 @app.command()

@@ -39,6 +39,10 @@ class StateError(SchedsyncError):
     exit_code = Exit.FAILED
 
 
+class NoState(StateError):
+    """No state where one was looked for, and this command does not create one."""
+
+
 class StateBusy(StateError):
     """A read command's optional write (first-seen, a crashed run, a ``late`` alert) would
     wait on another process's write transaction: it is skipped, and a later read makes it."""

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import abc
 
-from schedsync.core.errors import StateError
+from schedsync.core.errors import NoState
 from schedsync.core.records import dataclass
 
 
-def no_state(where: str) -> StateError:
+def no_state(where: str) -> NoState:
     """What a command that never creates a state (``status``, ``resume``…) says when there is none."""
-    return StateError(f"no state at {where} yet",
+    return NoState(f"no state at {where} yet",
                       "`schedsync run JOB` creates it; or check --state, $SCHEDSYNC_STATE"
                       " and jobs.yaml's state:")
 

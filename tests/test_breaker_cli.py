@@ -229,6 +229,7 @@ def test_breaker_reset_closes_it_by_hand(project):
 
 def test_breaker_reset_of_a_closed_breaker_says_so(project):
     project.write(flaky())
+    open_store(str(project.state)).close()  # an empty state: `breaker reset` creates none
     result = project.cli("breaker", "reset", "flaky")
     assert (result.returncode, result.stdout, result.stderr) == (0, "breaker flaky: closed (was closed)\n", "")
     assert transitions(project, "flaky") == []

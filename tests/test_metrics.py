@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schedsync.ops.metrics import Exposition
+from schedsync.store import open_store
 
 JOBS = """
     state: schedsync.db
@@ -59,6 +60,7 @@ def metrics(project):
 
 def test_every_family_has_help_and_type_gauge_but_the_two_counters(project):
     project.write(JOBS)
+    open_store(str(project.state)).close()  # an empty state: read commands create none
     text = project.cli("metrics").stdout
     families = list(text_string_to_metric_families(text))
     assert all(f.documentation for f in families)
@@ -146,6 +148,7 @@ def test_textfile_is_written_whole_and_readable_by_node_exporter(project):
 
 def test_textfile_replaces_the_previous_file_by_rename(project):
     project.write(JOBS)
+    open_store(str(project.state)).close()  # an empty state: read commands create none
     target = project.path / "schedsync.prom"
     target.write_text("old\n")
     before = target.stat().st_ino
@@ -164,6 +167,7 @@ def test_textfile_must_end_in_prom(project):
 
 def test_textfile_in_a_missing_folder_exits_1(project):
     project.write(JOBS)
+    open_store(str(project.state)).close()  # an empty state: read commands create none
     target = project.path / "no-such-folder" / "schedsync.prom"
     result = project.cli("metrics", "--textfile", str(target))
     assert result.returncode == 1

@@ -27,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, Project
+from schedsync.store import open_store
 
 SECRET = "s3cr3t-token-value"
 JOBS = """
@@ -378,6 +379,7 @@ def test_a_non_loopback_bind_without_a_credential_is_refused(project):
 
 def test_a_wrong_or_missing_token_gets_401_and_the_token_is_never_echoed(project):
     project.write(JOBS)
+    open_store(str(project.state)).close()  # an empty state: read commands create none
     token = "tok-" + "q" * 24
     served = Served(project, env={"SCHEDSYNC_SERVE_TOKEN": token})
     try:
@@ -393,6 +395,7 @@ def test_a_wrong_or_missing_token_gets_401_and_the_token_is_never_echoed(project
 
 def test_basic_auth_checks_user_and_password(project):
     project.write(JOBS)
+    open_store(str(project.state)).close()  # an empty state: read commands create none
     served = Served(project, env={"SCHEDSYNC_SERVE_BASIC": "ops:pa55word"})
     try:
         def auth(pair: str) -> dict:

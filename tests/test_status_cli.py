@@ -156,6 +156,7 @@ def test_json_has_the_documented_shape(project):
 
 def test_json_of_one_job_lists_only_that_job(project):
     project.write(JOBS)
+    open_store(str(project.state)).close()  # an empty state: read commands create none
     data = json.loads(project.cli("status", "broken", "--json").stdout)
     assert [j["name"] for j in data["jobs"]] == ["broken"]
 
@@ -218,6 +219,7 @@ def test_a_pipe_without_columns_gets_the_whole_table_without_colour(busy):
 
 def test_an_empty_state_shows_every_job_as_never_run(project):
     project.write(JOBS)
+    open_store(str(project.state)).close()  # an empty state: read commands create none
     out = project.cli("status").stdout
     assert out.count("NEVER") == 3
 
@@ -307,6 +309,7 @@ def test_watch_refreshes_on_a_terminal_and_ends_cleanly_on_ctrl_c(project):
 
 def test_watch_without_a_terminal_prints_a_snapshot_per_refresh(project):
     project.write(JOBS)
+    open_store(str(project.state)).close()  # an empty state: read commands create none
     proc = project.start("status", "--watch")
     snapshots = 0
     while snapshots < 2:  # a first snapshot, then a refresh
@@ -338,7 +341,8 @@ def test_a_paused_job_is_skipped_with_exit_75_and_recorded_as_paused(project):
     project.write(JOBS)
     result = project.cli("pause", "fine")
     assert result.returncode == 0
-    assert result.stdout == "fine: paused; its runs are skipped until `schedsync resume fine`\n"
+    assert result.stdout == (f"fine: paused (new state {project.state}); its runs are skipped"
+                             " until `schedsync resume fine`\n")
     assert project.cli("run", "fine").returncode == 75
     run, = project.history("fine")
     assert (run["status"], run["reason"]) == ("skipped", "paused")
@@ -437,6 +441,7 @@ def test_a_long_failure_streak_is_counted_past_the_recent_runs(project):
 
 def test_prune_with_nothing_to_do_says_so(project):
     project.write(RETAINED)
+    open_store(str(project.state)).close()  # an empty state: read commands create none
     assert project.cli("prune").stdout == "pruned 0 runs\n"
 
 

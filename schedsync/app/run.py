@@ -12,7 +12,7 @@ import time
 
 from schedsync.app.runner import RunResult, breaker_spec, never_started, run_job
 from schedsync.config import Config, Job, Secrets, expand
-from schedsync.core.errors import ConfigError, StateError
+from schedsync.core.errors import ConfigError, StateBusy, StateError
 from schedsync.core.models import CRASHED, FAILED, Run
 
 
@@ -96,7 +96,8 @@ def _state_line(config_path: str) -> str | None:
 def reap(config: Config, store, names: list[str] | None = None) -> list[Run]:
     """Turn ``running`` rows whose owner is gone into ``crashed`` (and alert). A crash is
     not evidence for the breaker: schedsync died, the job may be fine. On a read-only
-    store nothing is recorded: the crashed runs are returned, for showing only."""
+    store nothing is recorded, nor by a read command while another process holds a write
+    transaction (``StateBusy``): the crashed runs are returned, for showing only."""
     gone = store.liveness.gone(store.running_runs(names))
     crashed = []
     for run in gone:
@@ -105,16 +106,24 @@ def reap(config: Config, store, names: list[str] | None = None) -> list[Run]:
         error = f"schedsync (pid {run.pid}) died before the run ended"
         now = store.now()
         known = run.job in config.jobs
+        marked = None
         if store.writable:
             spec = breaker_spec(config.job(run.job)) if known else None
-            if not store.mark_crashed(run, error, spec, evidence=False, now=now):
+            try:
+                marked = store.mark_crashed(run, error, spec, evidence=False, now=now)
+            except StateBusy:
+                pass  # a read command behind a writer: shown now, recorded by a later read
+            if marked is False:
                 continue  # another process recorded it first
-        else:
+        if not marked:
             run.status, run.finished_at = CRASHED, now
             run.duration_ms = int((now - run.started_at) * 1000)
         run.error = "schedsync died before the run ended"
-        if store.writable and known and (config.jobs[run.job]["notify"] or config.jobs[run.job]["ping"]):
-            _announce_crash(config, store, run, now)
+        if marked and known and (config.jobs[run.job]["notify"] or config.jobs[run.job]["ping"]):
+            try:
+                _announce_crash(config, store, run, now)
+            except StateBusy:
+                pass
         crashed.append(run)
     return crashed
 

@@ -5,7 +5,8 @@ call these and only render.
 
 On a state opened read-only (``store.writable`` False) the reaping and first-seen
 that would be recorded are applied in memory instead, and no alert is sent (it
-could not be recorded as sent).
+could not be recorded as sent). So it is when another process holds a write
+transaction (``StateBusy``: a read never waits on a writer); a later read records them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from schedsync.app.report import job_json, run_json, views
 from schedsync.app.run import reap
 from schedsync.config import Config
 from schedsync.core.durations import iso
-from schedsync.core.errors import StateError
+from schedsync.core.errors import StateBusy, StateError
 from schedsync.core.records import dataclass
 
 
@@ -54,7 +55,10 @@ def snapshot(config: Config, store, now: float | None = None, only: str | None =
     if alert and recorded and _wants_late(config):
         from schedsync.ops.alerts import late
 
-        late(config, store, [job_json(view) for view in job_views], now)
+        try:
+            late(config, store, [job_json(view) for view in job_views], now)
+        except StateBusy:
+            pass  # behind another process's write: a later status sends it
     return Snapshot(job_views, budget_rows, now)
 
 

@@ -60,9 +60,10 @@ def _config(ctx: typer.Context):
 
 
 @contextmanager
-def _opened(ctx: typer.Context, write: bool = True):
+def _opened(ctx: typer.Context, write: bool = True, create: bool = False, job: str | None = None):
     """Config and store; ``write=False`` (read commands): a state this user may only read
-    opens read-only."""
+    opens read-only. Only ``create`` makes a missing state (else: "no state at PATH yet").
+    ``job``, a name that must be in the registry, is checked first (a usage error)."""
     from schedsync.config import resolve_state
     from schedsync.store import open_store
 
@@ -72,7 +73,9 @@ def _opened(ctx: typer.Context, write: bool = True):
         from schedsync.cli.read import load_config
 
         config = load_config(ctx.obj["config"], ctx.obj["state"])
-    store = open_store(resolve_state(ctx.obj["state"], config), write=write)
+    if job is not None:
+        config.job(job)
+    store = open_store(resolve_state(ctx.obj["state"], config), write=write, create=create)
     try:
         yield config, store
     finally:
@@ -204,17 +207,17 @@ def validate(ctx: typer.Context):
 @app.command()
 def pause(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name.")):
     """Skip a job's runs (recorded as skipped: paused) until resumed. Example: schedsync pause quests"""
-    with _errors(), _opened(ctx) as (config, store):
-        config.job(job)
+    with _errors(), _opened(ctx, create=True, job=job) as (config, store):
         store.set_paused(job, True, store.now())
-    print(f"{job}: paused; its runs are skipped until `schedsync resume {job}`")
+    # A job may be paused before its first run; a new state is named, in case its path is a typo.
+    made = f" (new state {store.label})" if store.created else ""
+    print(f"{job}: paused{made}; its runs are skipped until `schedsync resume {job}`")
 
 
 @app.command()
 def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name.")):
     """Let a paused job run again. Example: schedsync resume quests"""
-    with _errors(), _opened(ctx) as (config, store):
-        config.job(job)
+    with _errors(), _opened(ctx, job=job) as (config, store):
         store.set_paused(job, False, store.now())
     print(f"{job}: resumed")
 
@@ -222,7 +225,7 @@ def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", hel
 @breaker_app.command("reset")
 def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
-    with _errors(), _opened(ctx) as (config, store):
+    with _errors(), _opened(ctx, job=job) as (config, store):
         name = config.job(job).breaker["name"]
         before = store.reset_breaker(name, "reset by hand", store.now()) or "closed"
     print(f"breaker {name}: closed (was {before})")

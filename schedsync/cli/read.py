@@ -46,12 +46,19 @@ def load_config(config_opt: str | None, state_opt: str | None = None):
 
 
 @contextmanager
-def opened(config, state_opt: str | None, write: bool = False):
-    """The store; read commands (the default) open a state this user may only read read-only."""
+def opened(config, state_opt: str | None, job: str | None = None):
+    """The store, opened for reading: a state this user may only read opens read-only, and a
+    missing one is an error (with ``job`` unknown to the registry too, that is the error)."""
     from schedsync.config import resolve_state
+    from schedsync.core.errors import NoState
     from schedsync.store import open_store
 
-    store = open_store(resolve_state(state_opt, config), write=write)
+    try:
+        store = open_store(resolve_state(state_opt, config), write=False)
+    except NoState:
+        if job is not None:
+            config.job(job)  # no state holds an `exec` job of that name either: a usage error
+        raise
     try:
         yield store
     finally:
@@ -75,7 +82,7 @@ def status(config_opt: str | None, state_opt: str | None, job: str | None = None
     detail = bool(job) and not as_json and (not check or verbose)
     try:
         config = load_config(config_opt, state_opt)
-        with opened(config, state_opt) as store:
+        with opened(config, state_opt, job) as store:
             data = (snapshots.job_detail(config, store, job) if detail
                     else snapshots.status(config, store, only=job))
     except SchedsyncError as exc:
@@ -145,7 +152,7 @@ def history(config_opt: str | None, state_opt: str | None, job: str, limit: int 
 
     try:
         config = load_config(config_opt, state_opt)
-        with opened(config, state_opt) as store:
+        with opened(config, state_opt, job) as store:
             runs = snapshots.history(config, store, job, limit, failed)
     except SchedsyncError as exc:
         return _fail(exc)
@@ -169,7 +176,7 @@ def logs(config_opt: str | None, state_opt: str | None, job: str, run_id: int | 
 
     try:
         config = load_config(config_opt, state_opt)
-        with opened(config, state_opt) as store:
+        with opened(config, state_opt, job) as store:
             run = snapshots.run_log(config, store, job, run_id)
     except SchedsyncError as exc:
         return _fail(exc)

@@ -37,3 +37,12 @@ class StateError(SchedsyncError):
     """The state file cannot be opened or written; the job did not start."""
 
     exit_code = Exit.FAILED
+
+
+class NoState(StateError):
+    """No state where one was looked for, and this command does not create one."""
+
+
+class StateBusy(StateError):
+    """A read command's optional write (first-seen, a crashed run, a ``late`` alert) would
+    wait on another process's write transaction: it is skipped, and a later read makes it."""

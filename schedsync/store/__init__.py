@@ -13,11 +13,15 @@ __all__ = ["Admitted", "BreakerSpec", "Liveness", "Lock", "Locks", "Store", "ope
 URL_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_store(target: str, write: bool = True) -> Store:
-    """The store at ``target``: created, private to the user and migrated on open.
+def open_store(target: str, write: bool = True, create: bool | None = None) -> Store:
+    """The store at ``target``: created (``create``; default ``write``), private to the
+    user and migrated on open. Without ``create`` a missing state is a ``StateError``
+    ("no state at PATH yet"), never an empty new one.
 
-    ``write=False`` (read-only commands): a state this user can read but not write
-    opens read-only (``store.writable`` is False) instead of failing.
+    ``write=False`` (read commands): a state this user can read but not write opens
+    read-only (``store.writable`` is False) instead of failing, and no step waits on
+    another process's write transaction: the optional writes (first-seen, a crashed
+    run, a ``late`` alert) raise ``StateBusy`` instead and are made by a later read.
 
     A ``postgresql://`` or ``postgres://`` URL selects the PostgreSQL backend (the
     ``postgres`` extra; its driver is imported only then); anything else is the path
@@ -26,7 +30,7 @@ def open_store(target: str, write: bool = True) -> Store:
     if target.startswith(URL_SCHEMES):
         from schedsync.store.postgres import PostgresStore
 
-        return PostgresStore(target, write=write)
+        return PostgresStore(target, write=write, create=create)
     from schedsync.store.sqlite import SQLiteStore
 
-    return SQLiteStore(target, write=write)
+    return SQLiteStore(target, write=write, create=create)

@@ -25,7 +25,15 @@ from __future__ import annotations
 
 import abc
 
+from schedsync.core.errors import NoState
 from schedsync.core.records import dataclass
+
+
+def no_state(where: str) -> NoState:
+    """What a command that never creates a state (``status``, ``resume``…) says when there is none."""
+    return NoState(f"no state at {where} yet",
+                      "`schedsync run JOB` creates it; or check --state, $SCHEDSYNC_STATE"
+                      " and jobs.yaml's state:")
 
 
 @dataclass
@@ -97,6 +105,8 @@ class Store(abc.ABC):
     locks: Locks
     liveness: Liveness
     writable: bool = True  # False: opened read-only; reads work, every write raises StateError
+    created: bool = False  # True: this open created the state (it did not exist)
+    label: str  # where the state is, as messages may show it (a URL's password redacted)
     claims_slots: bool = False  # admit_run honours ``slot`` (once per slot across hosts)
 
     @abc.abstractmethod

@@ -26,11 +26,11 @@ import re
 import sys
 import time
 
-from schedsync.core.errors import ConfigError, StateError
+from schedsync.core.errors import ConfigError, StateBusy, StateError
 from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
-from schedsync.store.base import Admitted, Liveness, Lock, Locks, Store
+from schedsync.store.base import Admitted, Liveness, Lock, Locks, Store, no_state
 from schedsync.store.postgres_sql import MIGRATIONS, RUN_LOCK_CLASS
 
 # psycopg2's C module imports Python's ssl only to hand OpenSSL's locking callbacks to
@@ -65,6 +65,7 @@ SERVER_OPTIONS = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1"
 HEARTBEAT, FENCE_AFTER = 1.0, 3.0
 CONNECT_TIMEOUT = 10
 CROWDED_FOR = 15.0  # seconds of retrying "too many clients" before giving up
+READ_WAIT = 1.0  # seconds a read command waits on another session's lock
 
 RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
               "finished_at", "duration_ms", "attempts", "requests", "items_processed",
@@ -87,7 +88,10 @@ class PostgresStore(Store):
     claims_slots = True
     writable = True  # a role without write access fails on its first write, with one line
 
-    def __init__(self, url: str, write: bool = True):
+    def __init__(self, url: str, write: bool = True, create: bool | None = None):
+        """``write=False`` (read commands): no state is created (``create`` defaults to
+        ``write``), and no statement waits on another session's lock longer than
+        ``READ_WAIT``: a write that would (first-seen, a crashed run) raises ``StateBusy``."""
         _need_driver(url)
         self.url = url
         self.label = redact_url(url)  # what any message may show
@@ -95,11 +99,18 @@ class PostgresStore(Store):
             raise ConfigError(f"state URL {self.label}: its password holds a raw /, @ or %", MISENCODED_FIX)
         self._secret = _password(url)
         self._mutex = None  # a threading.Lock once a heartbeat shares the connection
+        self._create = write if create is None else create
         self.db = self._connect()
         self.backend_pid = self.db.get_backend_pid()
         self.locks = AdvisoryLocks(self)
         self.liveness = SessionLiveness(self)
-        self._open()
+        try:
+            self._open()
+            if not write:
+                self._q(f"SET lock_timeout = {int(READ_WAIT * 1000)}")
+        except BaseException:
+            self.db.close()
+            raise
 
     # --- connection ---------------------------------------------------------------------
 
@@ -187,6 +198,10 @@ class PostgresStore(Store):
                     raise StateError(f"state database {self.label} is not a schedsync state database "
                                      "(it has a schedsync schema that is not ours)",
                                      "point the state URL at another database")
+                if not has_meta and not self._create:
+                    db.rollback()
+                    raise no_state(self.label)
+                self.created = not has_meta
                 version = 0
                 if has_meta:
                     cur.execute("SELECT version FROM schedsync.meta")
@@ -209,6 +224,10 @@ class PostgresStore(Store):
         if code == "42501" or "permission denied" in text:
             return StateError(f"state database {self.label}: {text}",
                               "grant this role access to the schedsync schema, or use another role")
+        if code == "55P03":  # lock_timeout (read commands): another session holds a lock
+            self.writable = False  # skip this optional write and every later one
+            return StateBusy(f"state database {self.label} is busy: another session holds a lock",
+                             "try again in a moment")
         if code == "25006" or "read-only" in text:
             return StateError(f"state database {self.label} is read-only", "use a writable server")
         if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):

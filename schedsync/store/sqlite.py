@@ -6,9 +6,14 @@ arithmetic (``core.budgets``, ``core.breaker``) runs inside that transaction.
 Its other ports: the overlap lock is ``flock`` on a file in ``STATE.locks/``, and
 liveness is pid + kernel start time on this host (``store.liveness``).
 
-A state the user can read but not write (another user's file, a read-only mount)
-opens read-only with ``write=False`` (``writable`` is then False): reads work,
-writes raise ``StateError``.
+``write=False`` opens it for a read command: a missing (or empty) file is "no state
+yet" and is not created; a state the user can read but not write (another user's file,
+a read-only mount) opens read-only (``writable`` is then False: reads work, writes raise
+``StateError``); and nothing waits on another process's write transaction longer than
+``READ_WAIT``: reads under WAL never do, and an optional write (first-seen, a crashed
+run) that would raises ``StateBusy`` and turns the store read-only, so a later read makes
+it. A state not in WAL mode (rollback journal: readers wait for a committing writer) is
+switched to WAL whenever it is opened and no other process is using it.
 """
 
 from __future__ import annotations
@@ -20,15 +25,16 @@ import time
 
 from schedsync.core import breaker as breakers
 from schedsync.core.budgets import block_until, refill, take
-from schedsync.core.errors import StateError
+from schedsync.core.errors import StateBusy, StateError
 from schedsync.core.models import (BREAKER_OPEN, CRASHED, FAILURES, PARTIAL, PAUSED, RATE_LIMITED,
                                    RUNNING, SKIPPED, SUCCESS, Breaker, Bucket, JobState, Notification,
                                    Run)
-from schedsync.store.base import Admitted, Locks, Store
+from schedsync.store.base import Admitted, Locks, Store, no_state
 from schedsync.store.liveness import ProcLiveness
 from schedsync.store.lock import FileLock, lock_folder
 
 BUSY_TIMEOUT = 60.0  # seconds; cron fires many lines in the same second
+READ_WAIT = 1.0  # seconds a read command waits on a writer before it skips (or fails) a step
 
 RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
               "finished_at", "duration_ms", "attempts", "requests", "items_processed",
@@ -144,10 +150,17 @@ class _Transaction:
 
     def __enter__(self) -> None:
         if not self.depth:
+            store = self.store
             try:
-                self.store.db.execute("BEGIN IMMEDIATE")
+                if store._busy:
+                    raise sqlite3.OperationalError("database is locked")
+                store.db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise state_error(self.store._path, exc) from None
+                if not store._write and "locked" in str(exc):
+                    # A read command's optional write: skipped, and so is every later one.
+                    store._busy, store.writable = True, False
+                    raise StateBusy(f"state file {store._path} is busy", "a later read records it") from None
+                raise state_error(store._path, exc) from None
         self.depth += 1
 
     def __exit__(self, kind, exc, tb) -> None:
@@ -224,17 +237,21 @@ class SQLiteStore(Store):
 
     writable = True
 
-    def __init__(self, path: str, write: bool = True):
-        self._path = path
+    def __init__(self, path: str, write: bool = True, create: bool | None = None):
+        self._path = self.label = path
+        self._write, self._busy = write, False
         self._tx = _Transaction(self)
         self.locks = FileLocks(f"{path}.locks")
         self.liveness = ProcLiveness()
+        create = write if create is None else create
         try:
             if os.path.islink(path) and (not os.path.exists(path) or os.path.getsize(path) == 0):
                 # A link to nothing (or to an empty file) is not adopted as a new state.
                 raise StateError(f"state file {path} is a symbolic link to "
                                  f"{'an empty' if os.path.exists(path) else 'a missing'} file",
                                  "point --state at the real file, or at a new path schedsync may create")
+            if not create and (not os.path.exists(path) or os.path.isfile(path) and os.path.getsize(path) == 0):
+                raise no_state(path)  # a typo or an unmounted volume must not read as "all OK"
             if not write and os.path.isfile(path) and not _writable(path):
                 self._open_read_only(path)
                 return
@@ -243,12 +260,19 @@ class SQLiteStore(Store):
             if not os.path.exists(path):
                 # Create it private before SQLite does (its -wal and -shm copy these modes).
                 os.close(os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
-            self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
-                                      check_same_thread=False)
+            self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT if write else READ_WAIT,
+                                      isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA synchronous=NORMAL")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            version, journal = self.db.execute(
+                "SELECT user_version, journal_mode FROM pragma_user_version, pragma_journal_mode").fetchone()
             if version != len(MIGRATIONS):
+                if version == 0 and not create:
+                    self._refuse(*_table_check(self.db))
+                    raise no_state(path)
+                self.created = version == 0
                 self._migrate(version)
+            elif journal != "wal":
+                self._wal()
         except (sqlite3.Error, OSError) as exc:
             raise state_error(path, exc) from None
 
@@ -257,7 +281,7 @@ class SQLiteStore(Store):
         # cannot (another user's 0600 -shm, a read-only mount), reading the file as is.
         error = None
         for mode in ("mode=ro", "immutable=1"):
-            db = sqlite3.connect(_uri(path, mode), uri=True, timeout=BUSY_TIMEOUT,
+            db = sqlite3.connect(_uri(path, mode), uri=True, timeout=READ_WAIT,
                                  isolation_level=None, check_same_thread=False)
             try:
                 version, tables = _table_check(db)
@@ -296,15 +320,21 @@ class SQLiteStore(Store):
 
     def _wal(self) -> None:
         # Switching to WAL takes an exclusive lock that the busy handler does not
-        # always wait for, so many first-time processes retry here.
-        deadline = time.monotonic() + BUSY_TIMEOUT
+        # always wait for, so many first-time processes retry here. A read command
+        # does not wait: another process is using the state, a later open switches it.
+        deadline = time.monotonic() + (BUSY_TIMEOUT if self._write else READ_WAIT)
         while True:
             try:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                if "locked" not in str(exc):
                     raise
+                if time.monotonic() > deadline:
+                    if self._write:
+                        raise
+                    self._busy, self.writable = True, False
+                    return
                 time.sleep(0.01)
 
     def _sql(self, sql: str, params=()):

@@ -130,6 +130,7 @@ def test_a_changed_command_is_drift_but_spacing_is_not(nobody):
 
 def test_status_warns_in_one_line_when_the_crontab_differs(nobody):
     nobody.install("\n".join(nobody.printed()) + "\n")
+    assert nobody.cli("run", "by-hand").returncode == 0  # a state to read (reads create none)
     quiet = nobody.cli("status")
     assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
 
@@ -157,6 +158,7 @@ def test_without_cron_check_says_so_and_status_stays_silent(project, tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith("error: there is no `crontab` command here") and " — install cron" in line
+    assert project.cli("run", "by-hand").returncode == 0  # a state to read (reads create none)
     status = project.cli("status", env={"PATH": no_cron})
     assert status.returncode == 0 and status.stderr == "", status.stderr
 

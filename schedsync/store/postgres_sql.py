@@ -415,4 +415,57 @@ END $$;
 UPDATE schedsync.meta SET version = 2;
 """
 
-MIGRATIONS = [V1, V2]  # append, never edit
+# Every function runs with a fixed search_path, whatever the caller's: its body names
+# schedsync's objects in full, and no schema a caller can create in (``public``, a
+# schema named after the role) can shadow a built-in with an operator or a function.
+V3 = r"""
+ALTER FUNCTION schedsync.now SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.spend SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.block SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.feed_breaker SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.last_success SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.prune SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.admit SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.finish SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.crash SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.tally SET search_path = pg_catalog, pg_temp;
+
+UPDATE schedsync.meta SET version = 3;
+"""
+
+MIGRATIONS = [V1, V2, V3]  # append, never edit
+
+# Before schedsync reads or calls anything in the ``schedsync`` schema: the schema, and
+# every function and relation in it, must be owned by the connecting role or by a role
+# it is a member of (``pg_auth_members``, not ``pg_has_role``, which says yes to a
+# superuser for every role). Otherwise another role with CREATE on the database
+# could run its code with our privileges (its own ``schedsync.now()``, an overload
+# that wins a call, a view or a row-level policy on a table we read). Catalogs only,
+# so nothing of the schema's runs; no ``%`` (psycopg2 formats it). Raises FOREIGN
+# with "<kind> <name> is owned by role <owner>" when something is not ours.
+FOREIGN = "SSF01"
+TRUST_CHECK = r"""
+DO $trust$
+DECLARE
+    mine oid[];
+    bad record;
+BEGIN
+    WITH RECURSIVE m(r) AS (
+        SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user
+        UNION SELECT a.roleid FROM pg_catalog.pg_auth_members a JOIN m ON a.member = m.r)
+    SELECT array_agg(r) INTO mine FROM m;
+    SELECT o.kind, o.name, pg_catalog.pg_get_userbyid(o.owner) AS owner INTO bad FROM (
+        SELECT 0 AS pos, 'schema' AS kind, 'schedsync' AS name, nspowner AS owner
+            FROM pg_catalog.pg_namespace WHERE nspname = 'schedsync'
+        UNION ALL SELECT 1, 'function', p.oid::pg_catalog.regprocedure::text, p.proowner
+            FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = 'schedsync'
+        UNION ALL SELECT 2, 'relation', c.oid::pg_catalog.regclass::text, c.relowner
+            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'schedsync') AS o
+        WHERE NOT o.owner = ANY (mine) ORDER BY o.pos LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'SSF01',
+            MESSAGE = bad.kind || ' ' || bad.name || ' is owned by role ' || bad.owner;
+    END IF;
+END $trust$"""

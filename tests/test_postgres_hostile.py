@@ -73,6 +73,9 @@ def test_a_schedsync_schema_another_role_created_first_is_refused_and_its_code_n
     assert "schema schedsync is owned" in line and "not by postgres" in line
     assert not (project.path / "ran").exists()
     one_line_refusal(project.cli("status"), attacker)
+    check = project.cli("status", "--check")
+    assert check.returncode == 3 and check.stdout.startswith("SCHEDSYNC UNKNOWN - ")
+    assert f"owned by role {attacker}" in check.stdout and len(check.stdout.splitlines()) == 1
     assert ran_as(pg_server, db, log) == [attacker]  # never as the victim
 
 

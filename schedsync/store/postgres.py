@@ -252,8 +252,8 @@ class PostgresStore(Store):
     def _foreign(self, exc) -> StateError:
         """``schema schedsync is owned by role X``: refused, naming the owner and the fix."""
         what = " ".join((exc.diag.message_primary or "").split())[:200]
-        owner = what.rpartition(" is owned by role ")[2]
-        user = " ".join(str(self.db.info.user).split())
+        owner = _ident(what.rpartition(" is owned by role ")[2])
+        user = _ident(str(self.db.info.user))
         return StateError(f"state database {self.label}: {what}, not by {user} or a role it is a member "
                           "of, so schedsync will not run its code",
                           f"if you trust {owner}: GRANT {owner} TO {user}; else drop the schedsync schema"
@@ -566,6 +566,15 @@ def storable(value):
     if isinstance(value, dict):
         return {k: storable(v) for k, v in value.items()}
     return value
+
+
+def _ident(name: str) -> str:
+    """A role name as SQL spells it (quoted unless plain lower case), on one line."""
+    name = " ".join(name.split())
+    plain = name.replace("_", "a")
+    if plain.isascii() and plain.isalnum() and name == name.lower() and not name[0].isdigit():
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _rate(rates: dict, name: str, i: int):

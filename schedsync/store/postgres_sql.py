@@ -447,14 +447,11 @@ FOREIGN = "SSF01"
 TRUST_CHECK = r"""
 DO $trust$
 DECLARE
+    me oid := (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user);
     mine oid[];
-    bad record;
+    o record;
 BEGIN
-    WITH RECURSIVE m(r) AS (
-        SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user
-        UNION SELECT a.roleid FROM pg_catalog.pg_auth_members a JOIN m ON a.member = m.r)
-    SELECT array_agg(r) INTO mine FROM m;
-    SELECT o.kind, o.name, pg_catalog.pg_get_userbyid(o.owner) AS owner INTO bad FROM (
+    FOR o IN SELECT * FROM (
         SELECT 0 AS pos, 'schema' AS kind, 'schedsync' AS name, nspowner AS owner
             FROM pg_catalog.pg_namespace WHERE nspname = 'schedsync'
         UNION ALL SELECT 1, 'function', p.oid::pg_catalog.regprocedure::text, p.proowner
@@ -462,10 +459,17 @@ BEGIN
             WHERE n.nspname = 'schedsync'
         UNION ALL SELECT 2, 'relation', c.oid::pg_catalog.regclass::text, c.relowner
             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'schedsync') AS o
-        WHERE NOT o.owner = ANY (mine) ORDER BY o.pos LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'SSF01',
-            MESSAGE = bad.kind || ' ' || bad.name || ' is owned by role ' || bad.owner;
-    END IF;
+            WHERE n.nspname = 'schedsync') AS x
+        WHERE x.owner <> me ORDER BY x.pos
+    LOOP
+        IF mine IS NULL THEN  -- only when something is not our own: the roles we are in
+            WITH RECURSIVE m(r) AS (SELECT me UNION SELECT a.roleid FROM pg_catalog.pg_auth_members a
+                                    JOIN m ON a.member = m.r)
+            SELECT array_agg(r) INTO mine FROM m;
+        END IF;
+        IF NOT o.owner = ANY (mine) THEN
+            RAISE EXCEPTION USING ERRCODE = 'SSF01', MESSAGE =
+                o.kind || ' ' || o.name || ' is owned by role ' || pg_catalog.pg_get_userbyid(o.owner);
+        END IF;
+    END LOOP;
 END $trust$"""

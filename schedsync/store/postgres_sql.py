@@ -441,26 +441,26 @@ MIGRATIONS = [V1, V2, V3]  # append, never edit
 # superuser for every role). Otherwise another role with CREATE on the database
 # could run its code with our privileges (its own ``schedsync.now()``, an overload
 # that wins a call, a view or a row-level policy on a table we read). Catalogs only,
-# so nothing of the schema's runs; no ``%`` (psycopg2 formats it). Raises FOREIGN
-# with "<kind> <name> is owned by role <owner>" when something is not ours.
+# so nothing of the schema's runs; a statement of its own, sent before the one that
+# reads the schema in the same round trip (a statement is planned only once the one
+# before it succeeded, and planning alone can run an IMMUTABLE function). No ``%``
+# (psycopg2 formats it). Raises FOREIGN with "<kind> <name> is owned by role <owner>".
 FOREIGN = "SSF01"
 TRUST_CHECK = r"""
 DO $trust$
 DECLARE
-    me oid := (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user);
+    me oid := pg_catalog.to_regrole(pg_catalog.quote_ident(current_user));
+    ns oid := pg_catalog.to_regnamespace('schedsync');
     mine oid[];
     o record;
 BEGIN
-    FOR o IN SELECT * FROM (
-        SELECT 0 AS pos, 'schema' AS kind, 'schedsync' AS name, nspowner AS owner
-            FROM pg_catalog.pg_namespace WHERE nspname = 'schedsync'
-        UNION ALL SELECT 1, 'function', p.oid::pg_catalog.regprocedure::text, p.proowner
-            FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-            WHERE n.nspname = 'schedsync'
-        UNION ALL SELECT 2, 'relation', c.oid::pg_catalog.regclass::text, c.relowner
-            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'schedsync') AS x
-        WHERE x.owner <> me ORDER BY x.pos
+    FOR o IN SELECT 0 AS pos, 'schema' AS kind, 'schedsync' AS name, nspowner AS owner
+            FROM pg_catalog.pg_namespace WHERE oid = ns AND nspowner <> me
+        UNION ALL SELECT 1, 'function', oid::pg_catalog.regprocedure::text, proowner
+            FROM pg_catalog.pg_proc WHERE pronamespace = ns AND proowner <> me
+        UNION ALL SELECT 2, 'relation', oid::pg_catalog.regclass::text, relowner
+            FROM pg_catalog.pg_class WHERE relnamespace = ns AND relowner <> me
+        ORDER BY 1
     LOOP
         IF mine IS NULL THEN  -- only when something is not our own: the roles we are in
             WITH RECURSIVE m(r) AS (SELECT me UNION SELECT a.roleid FROM pg_catalog.pg_auth_members a

@@ -3,7 +3,8 @@
 only on a unix socket in that dir (``listen_addresses=''``), stopped on exit.
 
 Roles: ``postgres`` (trust, the superuser tests connect as) and ``app`` with a
-password (scram), for the password tests.
+password (scram), for the password tests; ``create_role`` makes more (same password),
+e.g. a hostile second role.
 """
 
 from __future__ import annotations
@@ -76,10 +77,19 @@ class PgServer:
         self.psql("postgres", f"CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'")
         return self
 
-    def psql(self, db: str, sql: str) -> str:
+    def psql(self, db: str, sql: str, user: str = "postgres") -> str:
+        """Run ``sql`` as ``user`` (a role from ``create_role``, or the superuser)."""
+        env = {**os.environ, "PGPASSWORD": APP_PASSWORD}
         return subprocess.run([f"{self.bin}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-                               "-h", self.dir, "-U", "postgres", "-d", db, "-c", sql],
-                              capture_output=True, text=True, check=True).stdout
+                               "-h", self.dir, "-U", user, "-d", db, "-c", sql],
+                              capture_output=True, text=True, check=True, env=env).stdout
+
+    def create_role(self, prefix: str = "role") -> str:
+        """A new login role (unique name, password ``APP_PASSWORD``), no other rights."""
+        self.count += 1
+        name = f"{prefix}_{os.getpid()}_{self.count}"
+        self.psql("postgres", f"CREATE ROLE {name} LOGIN PASSWORD '{APP_PASSWORD}'")
+        return name
 
     def createdb(self, name: str | None = None, owner: str = "postgres") -> str:
         self.count += 1

@@ -6,6 +6,7 @@ Retry-After pause), breakers and their transitions, notifications and sent-alert
 marks, in one PostgreSQL transaction:
 all of it or nothing. The destination must hold no runs yet (a second copy would
 duplicate history). The SQLite file is opened read-only and left as it was.
+Text is copied as the PostgreSQL store writes it (a NUL becomes U+FFFD).
 A run still ``running`` in the file is copied as is; no session holds its lock
 on the server, so it reads as ``crashed`` there: stop cron before copying.
 """
@@ -35,7 +36,7 @@ def copy_state(source: str, url: str) -> dict:
     """Copy the SQLite state at ``source`` into the PostgreSQL state at ``url``; {table: rows}."""
     import sqlite3
 
-    from schedsync.store.postgres import PostgresStore, is_url, redact_url
+    from schedsync.store.postgres import PostgresStore, is_url, redact_url, storable
 
     if is_url(source):
         raise ConfigError("state copy reads a SQLite state, and --state is a URL",
@@ -71,7 +72,7 @@ def copy_state(source: str, url: str) -> dict:
                     continue
                 rows = src.execute(f"SELECT {', '.join(picked)} FROM {table}").fetchall()
                 names = ["token" if c == "pid_start" else c for c in picked]
-                rows = [_convert(table, picked, row) for row in rows]
+                rows = [storable(_convert(table, picked, row)) for row in rows]  # NUL: as stored
                 if rows:
                     if table in ("jobs", "buckets", "breakers", "alert_marks", "run_counts"):
                         # see_jobs may have run when the store opened: the file's rows win

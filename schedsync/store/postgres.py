@@ -31,7 +31,7 @@ from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
 from schedsync.store.base import Admitted, Liveness, Lock, Locks, Store, no_state
-from schedsync.store.postgres_sql import MIGRATIONS, RUN_LOCK_CLASS
+from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
 
 # psycopg2's C module imports Python's ssl only to hand OpenSSL's locking callbacks to
 # Python, which OpenSSL >= 1.1 no longer needs (the wheel bundles OpenSSL 3, and libpq
@@ -60,8 +60,11 @@ SCHEMES = ("postgresql://", "postgres://")
 # short SIGTERM grace, before that.
 KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "1",
              "keepalives_count": "3", "tcp_user_timeout": "8000"}
+# search_path: this connection names schedsync's objects in full, and no schema another
+# role can create in (``public``, one named after our role) may shadow a built-in.
 SERVER_OPTIONS = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1"
-                  " -c tcp_keepalives_count=3 -c tcp_user_timeout=8000")
+                  " -c tcp_keepalives_count=3 -c tcp_user_timeout=8000"
+                  " -c search_path=pg_catalog,pg_temp")
 HEARTBEAT, FENCE_AFTER = 1.0, 3.0
 CONNECT_TIMEOUT = 10
 CROWDED_FOR = 15.0  # seconds of retrying "too many clients" before giving up
@@ -163,9 +166,10 @@ class PostgresStore(Store):
         return text
 
     def _open(self) -> None:
+        # One round trip: the ownership check, then (only if it passed) the schema's version.
         try:
             version, server_now = self._fetch(
-                "SELECT (SELECT version FROM schedsync.meta), schedsync.now()")[0]
+                TRUST_CHECK + "; SELECT (SELECT version FROM schedsync.meta), schedsync.now()")[0]
         except psycopg2.errors.UndefinedTable:
             version, server_now = self._migrate()
         except psycopg2.errors.UndefinedFunction:
@@ -190,6 +194,7 @@ class PostgresStore(Store):
             db.autocommit = False
             with db.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (RUN_LOCK_CLASS,))
+                cur.execute(TRUST_CHECK)
                 cur.execute("SELECT to_regclass('schedsync.meta') IS NOT NULL,"
                             " to_regnamespace('schedsync') IS NOT NULL")
                 has_meta, has_schema = cur.fetchone()
@@ -208,6 +213,7 @@ class PostgresStore(Store):
                     version = cur.fetchone()[0]
                 for sql in MIGRATIONS[version:]:
                     cur.execute(sql)
+                cur.execute(TRUST_CHECK)  # a schema another role created meanwhile (V1: IF NOT EXISTS)
                 cur.execute("SELECT (SELECT version FROM schedsync.meta), schedsync.now()")
                 row = cur.fetchone()
             db.commit()
@@ -221,6 +227,8 @@ class PostgresStore(Store):
     def _state_error(self, exc: BaseException) -> StateError:
         text = self._clean(exc)
         code = getattr(exc, "pgcode", None) or ""
+        if code == FOREIGN:
+            return self._foreign(exc)
         if code == "42501" or "permission denied" in text:
             return StateError(f"state database {self.label}: {text}",
                               "grant this role access to the schedsync schema, or use another role")
@@ -235,13 +243,23 @@ class PostgresStore(Store):
                               "check that PostgreSQL is up and reachable")
         return StateError(f"state database {self.label}: {text}", "check the server's log")
 
+    def _foreign(self, exc) -> StateError:
+        """``schema schedsync is owned by role X``: refused, naming the owner and the fix."""
+        what = " ".join((exc.diag.message_primary or "").split())[:200]
+        owner = _ident(what.rpartition(" is owned by role ")[2])
+        user = _ident(str(self.db.info.user))
+        return StateError(f"state database {self.label}: {what}, not by {user} or a role it is a member "
+                          "of, so schedsync will not run its code",
+                          f"if you trust {owner}: GRANT {owner} TO {user}; else drop the schedsync schema"
+                          " or point the state URL at another database")
+
     def _fetch(self, sql: str, args=()) -> list:
         mutex = self._mutex
         if mutex:
             mutex.acquire()
         try:
             with self.db.cursor() as cur:
-                cur.execute(sql, args)
+                cur.execute(sql, storable(args))
                 return cur.fetchall() if cur.description else []
         finally:
             if mutex:
@@ -527,6 +545,30 @@ class PostgresStore(Store):
             self.db.close()
         except psycopg2.Error:
             pass
+
+
+NUL, NUL_STORED = "\0", "\ufffd"
+
+
+def storable(value):
+    """``value`` with every NUL in its text as U+FFFD: PostgreSQL's ``text`` cannot hold
+    U+0000, so a NUL in a run's output, error or any other field is stored as �."""
+    if isinstance(value, str):
+        return value.replace(NUL, NUL_STORED) if NUL in value else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(storable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: storable(v) for k, v in value.items()}
+    return value
+
+
+def _ident(name: str) -> str:
+    """A role name as SQL spells it (quoted unless plain lower case), on one line."""
+    name = " ".join(name.split())
+    plain = name.replace("_", "a")
+    if plain.isascii() and plain.isalnum() and name == name.lower() and not name[0].isdigit():
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _rate(rates: dict, name: str, i: int):

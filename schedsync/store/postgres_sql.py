@@ -415,4 +415,61 @@ END $$;
 UPDATE schedsync.meta SET version = 2;
 """
 
-MIGRATIONS = [V1, V2]  # append, never edit
+# Every function runs with a fixed search_path, whatever the caller's: its body names
+# schedsync's objects in full, and no schema a caller can create in (``public``, a
+# schema named after the role) can shadow a built-in with an operator or a function.
+V3 = r"""
+ALTER FUNCTION schedsync.now SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.spend SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.block SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.feed_breaker SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.last_success SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.prune SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.admit SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.finish SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.crash SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION schedsync.tally SET search_path = pg_catalog, pg_temp;
+
+UPDATE schedsync.meta SET version = 3;
+"""
+
+MIGRATIONS = [V1, V2, V3]  # append, never edit
+
+# Before schedsync reads or calls anything in the ``schedsync`` schema: the schema, and
+# every function and relation in it, must be owned by the connecting role or by a role
+# it is a member of (``pg_auth_members``, not ``pg_has_role``, which says yes to a
+# superuser for every role). Otherwise another role with CREATE on the database
+# could run its code with our privileges (its own ``schedsync.now()``, an overload
+# that wins a call, a view or a row-level policy on a table we read). Catalogs only,
+# so nothing of the schema's runs; a statement of its own, sent before the one that
+# reads the schema in the same round trip (a statement is planned only once the one
+# before it succeeded, and planning alone can run an IMMUTABLE function). No ``%``
+# (psycopg2 formats it). Raises FOREIGN with "<kind> <name> is owned by role <owner>".
+FOREIGN = "SSF01"
+TRUST_CHECK = r"""
+DO $trust$
+DECLARE
+    me oid := pg_catalog.to_regrole(pg_catalog.quote_ident(current_user));
+    ns oid := pg_catalog.to_regnamespace('schedsync');
+    mine oid[];
+    o record;
+BEGIN
+    FOR o IN SELECT 0 AS pos, 'schema' AS kind, 'schedsync' AS name, nspowner AS owner
+            FROM pg_catalog.pg_namespace WHERE oid = ns AND nspowner <> me
+        UNION ALL SELECT 1, 'function', oid::pg_catalog.regprocedure::text, proowner
+            FROM pg_catalog.pg_proc WHERE pronamespace = ns AND proowner <> me
+        UNION ALL SELECT 2, 'relation', oid::pg_catalog.regclass::text, relowner
+            FROM pg_catalog.pg_class WHERE relnamespace = ns AND relowner <> me
+        ORDER BY 1
+    LOOP
+        IF mine IS NULL THEN  -- only when something is not our own: the roles we are in
+            WITH RECURSIVE m(r) AS (SELECT me UNION SELECT a.roleid FROM pg_catalog.pg_auth_members a
+                                    JOIN m ON a.member = m.r)
+            SELECT array_agg(r) INTO mine FROM m;
+        END IF;
+        IF NOT o.owner = ANY (mine) THEN
+            RAISE EXCEPTION USING ERRCODE = 'SSF01', MESSAGE =
+                o.kind || ' ' || o.name || ' is owned by role ' || pg_catalog.pg_get_userbyid(o.owner);
+        END IF;
+    END LOOP;
+END $trust$"""

@@ -160,9 +160,29 @@ def test_a_watcher_line_is_added_when_a_job_wants_late_alerts(project):
                                '      nightly', 1))
     out = project.cli("crontab", env=UNSET).stdout
     watcher = [argv for schedule, argv in entries(out) if "status" in argv]
-    assert watcher == [[*entries(out)[0][1][:3], "status", "--json", ">", "/dev/null"]]
-    schedule = next(l for l in out.splitlines() if "status --json" in l).split()[0]
-    assert schedule == "*/5"
+    assert watcher == [[*entries(out)[0][1][:3], "status", "--json", "--init", ">", "/dev/null"]]
+    line = next(l for l in out.splitlines() if "status --json" in l)
+    assert line.split()[0] == "*/5"
+    # Before any job ran there is no state: the watcher creates it (and records when it first
+    # saw each job, so a job cron never starts turns LATE) instead of mailing an error.
+    assert not project.state.exists()
+    command = line.split(None, 5)[5]
+    ran = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=60,
+                         env={**project.env, "PATH": "/usr/bin:/bin"}, cwd="/")
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "", "")
+    assert project.state.exists()
+    assert project.cli("status", "--json").returncode == 0
+
+
+def test_status_creates_a_missing_state_only_when_asked_with_init(project):
+    project.write(JOBS)
+    plain = project.cli("status", "--json")
+    assert plain.returncode == 1 and "no state at" in plain.stderr and not project.state.exists()
+    for args in (("status", "--init"), ("status", "--json", "--init")):  # typer, then the fast path
+        project.state.unlink(missing_ok=True)
+        result = project.cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert project.state.exists()
 
 
 def test_no_watcher_line_without_late_alerts(project):

@@ -119,6 +119,8 @@ def status(
                                "exit 1 if any job is LATE, STALLED or FAILING, 3 if the state cannot be read."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="With --check: the table after the line."),
     watch: bool = typer.Option(False, "--watch", help="Refresh every 2 seconds until Ctrl-C."),
+    init: bool = typer.Option(False, "--init", help="Create the state if there is none yet, as `run` "
+                              "would (the crontab's late-watcher line)."),
 ):
     """Health of every job. Example: schedsync status --check"""
     from schedsync.cli import read
@@ -131,7 +133,7 @@ def status(
             with _opened(ctx, write=False) as (config, store):
                 _watch(config, store, job)
         return
-    raise typer.Exit(read.status(ctx.obj["config"], ctx.obj["state"], job, as_json, check, verbose))
+    raise typer.Exit(read.status(ctx.obj["config"], ctx.obj["state"], job, as_json, check, verbose, init))
 
 
 def _watch(config, store, job, interval: float = 2.0):

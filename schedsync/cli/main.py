@@ -16,7 +16,8 @@ import sys
 
 # Read commands the fast path knows: flags, options taking a value, (min, max) positionals.
 READ = {
-    "status": ({"--json": "as_json", "--check": "check", "-v": "verbose", "--verbose": "verbose"},
+    "status": ({"--json": "as_json", "--check": "check", "-v": "verbose", "--verbose": "verbose",
+                "--init": "init"},
                {}, (0, 1)),
     "history": ({"--json": "as_json", "--failed": "failed"}, {"--limit": "limit", "-n": "limit"}, (1, 1)),
     "logs": ({}, {}, (1, 2)),

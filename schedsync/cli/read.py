@@ -46,19 +46,24 @@ def load_config(config_opt: str | None, state_opt: str | None = None):
 
 
 @contextmanager
-def opened(config, state_opt: str | None, job: str | None = None):
+def opened(config, state_opt: str | None, job: str | None = None, init: bool = False):
     """The store, opened for reading: a state this user may only read opens read-only, and a
-    missing one is an error (with ``job`` unknown to the registry too, that is the error)."""
+    missing one is an error (with ``job`` unknown to the registry too, that is the error),
+    unless ``init`` (``status --init``) asks to create it as ``run`` would."""
     from schedsync.config import resolve_state
     from schedsync.core.errors import NoState
     from schedsync.store import open_store
 
+    where = resolve_state(state_opt, config)
     try:
-        store = open_store(resolve_state(state_opt, config), write=False)
+        store = open_store(where, write=False)
     except NoState:
         if job is not None:
             config.job(job)  # no state holds an `exec` job of that name either: a usage error
-        raise
+        if not init:
+            raise
+        open_store(where, write=True, create=True).close()
+        store = open_store(where, write=False)
     try:
         yield store
     finally:
@@ -72,9 +77,11 @@ def print_json(data) -> None:
 
 
 def status(config_opt: str | None, state_opt: str | None, job: str | None = None,
-           as_json: bool = False, check: bool = False, verbose: bool = False) -> int:
-    """``status [JOB] [--json] [--check [-v]]``. With ``--check`` (and not ``--json``) the first
-    line is a Nagios plugin's: ``SCHEDSYNC OK|WARNING|CRITICAL|UNKNOWN - …``."""
+           as_json: bool = False, check: bool = False, verbose: bool = False, init: bool = False) -> int:
+    """``status [JOB] [--json] [--check [-v]] [--init]``. With ``--check`` (and not ``--json``)
+    the first line is a Nagios plugin's: ``SCHEDSYNC OK|WARNING|CRITICAL|UNKNOWN - …``.
+    ``--init`` creates a missing state (the crontab's late-watcher line, which may run before
+    any job has)."""
     from schedsync.app import report
     from schedsync.app import status as snapshots
 
@@ -82,7 +89,7 @@ def status(config_opt: str | None, state_opt: str | None, job: str | None = None
     detail = bool(job) and not as_json and (not check or verbose)
     try:
         config = load_config(config_opt, state_opt)
-        with opened(config, state_opt, job) as store:
+        with opened(config, state_opt, job, init) as store:
             data = (snapshots.job_detail(config, store, job) if detail
                     else snapshots.status(config, store, only=job))
     except SchedsyncError as exc:

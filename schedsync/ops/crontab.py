@@ -87,7 +87,7 @@ def crontab_lines(config: Config, state: str | None = None) -> list[str]:
             lines.append(_comment(f"# {name}{about} (no schedule: run by hand with `schedsync run {name}`)"))
     if wants_late(config):
         lines.append("# Late alerts: a job cron failed to start cannot report itself, so status looks.")
-        lines.append(f"{LATE_WATCH:<13} {prefix} status --json > /dev/null")
+        lines.append(f"{LATE_WATCH:<13} {prefix} status --json --init > /dev/null")
     return lines
 
 

@@ -344,3 +344,12 @@ def test_a_resumed_job_is_described_by_its_last_run_not_by_the_skips_while_it_wa
     assert health(job, schedule=None) == Health("OK", "last run succeeded 1h29m ago", None)
     only_skips = state(run(SKIPPED, "09:00", reason="paused", took=0))
     assert health(only_skips, schedule=None) == Health("OK", "resumed; no run since", None)
+
+
+@pytest.mark.parametrize("started, now", [(100.9, 101.2), (100.2, 101.9), (100.999, 160.001)])
+def test_an_age_from_a_whole_second_iso_time_matches_the_same_age_from_the_float(started, now):
+    # status shows LAST RUN from the run's ISO time (whole seconds) and WHY from the float:
+    # one row once read "success 1s ago" beside "last run succeeded just now"
+    from schedsync.core.durations import iso, posix, relative
+
+    assert relative(posix(iso(started)), now) == relative(started, now)

@@ -57,9 +57,11 @@ def format_age(seconds: float) -> str:
 
 
 def relative(t: float, now: float) -> str:
-    """``just now``, ``5m ago`` or ``in 3m``: ``t`` seen from ``now``."""
-    delta = now - t
-    if abs(delta) < 1:
+    """``just now``, ``5m ago`` or ``in 3m``: ``t`` seen from ``now``. Both are cut to whole
+    seconds first, so a time read back from ISO (whole seconds) and the same time as a float
+    say the same thing side by side (never ``1s ago`` beside ``just now``)."""
+    delta = int(now) - int(t)
+    if delta == 0:
         return "just now"
     return f"{format_age(delta)} ago" if delta > 0 else f"in {format_age(-delta)}"
 

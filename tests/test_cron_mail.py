@@ -135,3 +135,12 @@ def test_a_broken_registry_never_creates_a_state(project):
     result = project.cli("run", "nightly", env={"SCHEDSYNC_STATE": ""})
     assert result.returncode == 2
     assert not (project.path / "fresh.db").exists()
+
+
+def test_a_broken_registry_never_creates_a_postgresql_state(project, pg_server):
+    db = pg_server.createdb()
+    project.write(JOBS.format(state=f'"{pg_server.url(db)}"').replace('"0 3 * * *"', '"61 * * * *"'))
+    result = project.cli("run", "nightly", env={"SCHEDSYNC_STATE": ""})
+    assert result.returncode == 2
+    # the empty database gained no schema: a broken tick records only into a state that exists
+    assert pg_server.psql(db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'schedsync'").strip() == "0"

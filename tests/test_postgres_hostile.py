@@ -211,3 +211,30 @@ def test_state_copy_stores_a_nul_from_the_sqlite_file_as_U_FFFD(project, pg_url)
     project.env["SCHEDSYNC_STATE"] = pg_url
     [copied] = project.history("nul")
     assert copied["output"] == "a\ufffdb\n" and copied == {**run, "output": "a\ufffdb\n"}
+
+
+def test_the_data_sink_runs_no_overload_another_role_planted_in_public(project, pg_server, pg_url, attacker):
+    # A role with CREATE on public adds hashtextextended(text, integer): a better match for
+    # the sink's call with a literal 0 than the built-in (text, bigint), unless the sink names
+    # pg_catalog. The planted function records whom it ran as.
+    from test_http import Upstream, job_yaml, reply
+
+    db = db_of(pg_url)
+    log = trap(pg_server, db, attacker)
+    pg_server.psql(db, f"GRANT CREATE ON SCHEMA public TO {attacker}")
+    pg_server.psql(db, "CREATE FUNCTION public.hashtextextended(text, integer) RETURNS bigint"
+                       f" LANGUAGE sql AS $$ INSERT INTO {log} VALUES (current_user); SELECT 0::bigint $$;"
+                       " CREATE FUNCTION public.to_regclass(text) RETURNS regclass"
+                       f" LANGUAGE sql AS $$ INSERT INTO {log} VALUES (current_user); SELECT NULL::regclass $$",
+                   user=attacker)
+    upstream = Upstream()
+    try:
+        upstream.routes["/items"] = lambda request: reply(200, {"data": [{"id": 1, "v": "a"}]})
+        project.write(job_yaml(upstream, '      url: "{base}/items"\n      items: data',
+                               into=f'{{table: items, pk: id, db: "{pg_url}"}}'))
+        result = project.cli("run", "items")
+    finally:
+        upstream.close()
+    assert result.returncode == 0, result.stderr
+    assert pg_server.psql(db, "SELECT v FROM public.items").split() == ["a"]
+    assert ran_as(pg_server, db, log) == []

@@ -280,3 +280,18 @@ def test_reads_on_a_postgres_database_without_the_schema_say_so_and_create_nothi
             assert cur.fetchone() == (True,)
     finally:
         db.close()
+
+
+def test_a_mistyped_state_without_a_registry_says_no_state_not_unknown_job(project, tmp_path):
+    # no jobs.yaml here: `exec` jobs are looked up in the state, and a wrong --state must be
+    # named as such, not blamed on the job's name
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    missing = folder / "typo.db"
+    for args in (("history", "backup"), ("logs", "backup"), ("status", "backup")):
+        result = subprocess.run([sys.executable, "-m", "schedsync", "--state", str(missing), *args],
+                                capture_output=True, text=True, cwd=folder, env=project.env,
+                                stdin=subprocess.DEVNULL, timeout=60)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.startswith(f"error: no state at {missing} yet"), result.stderr
+    assert not missing.exists()

@@ -60,7 +60,7 @@ def broken_registry(config_path: str, state_opt: str | None, name: str, exc: Con
     if not is_url(state) and not os.path.isfile(state):
         return
     try:
-        store = open_store(state)
+        store = open_store(state, create=False)  # an empty database stays empty (a URL too)
     except Exception:  # noqa: BLE001 - whatever the state's trouble, the config error is shown
         return
     try:

@@ -58,8 +58,10 @@ def opened(config, state_opt: str | None, job: str | None = None, init: bool = F
     try:
         store = open_store(where, write=False)
     except NoState:
-        if job is not None:
-            config.job(job)  # no state holds an `exec` job of that name either: a usage error
+        from schedsync.config import NO_REGISTRY
+
+        if job is not None and config.path != NO_REGISTRY:
+            config.job(job)  # unknown to jobs.yaml, and no state to hold an `exec` job of it
         if not init:
             raise
         open_store(where, write=True, create=True).close()

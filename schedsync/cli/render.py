@@ -370,7 +370,7 @@ def _status_table(jobs: list[dict], now: float, levels: dict, strip: int, layout
         if last:
             style = RUN_MARK.get(last["status"], ("?", ""))[1]
             status = last["status"] + (f" ({last['reason']})" if last["reason"] and layout < NO_REASON else "")
-            last_text = Text.assemble((status, style), f" {_when(last['started_at'], now)}")
+            last_text = Text.assemble((status, style), f" {_when(last['finished_at'] or last['started_at'], now)}")
             if last.get("host") and last["host"] != os.uname().nodename:  # a shared (PostgreSQL) state
                 last_text.append(f" on {last['host']}", style="dim")
         else:

@@ -426,15 +426,19 @@ class Server(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         # at most MAX_CLIENTS threads; while all are taken, the connection that has been sending
         # its request longest (over EVICT_AFTER) is closed to make room, or this one waits
+        evicted = None
         while not self.slots.acquire(timeout=0.1):
             if self.stopping.is_set():
                 return self.shutdown_request(request)
+            if evicted is not None and time.monotonic() - evicted < 1.0:
+                continue  # the evicted handler is still letting go of its slot: one per newcomer
             with self.lock:
                 oldest = min(self.senders, key=lambda r: r.started, default=None)
                 if oldest is None or time.monotonic() - oldest.started < EVICT_AFTER:
                     continue
                 self.senders.discard(oldest)
             oldest.evict()
+            evicted = time.monotonic()
         try:
             super().process_request(request, client_address)
         except BaseException:

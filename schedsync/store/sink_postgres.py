@@ -126,7 +126,10 @@ class PostgresSink(Sink):
     def _schema(self, cur, table, keys, columns, rows) -> dict[str, str]:
         # Concurrent CREATE TABLE IF NOT EXISTS races in the catalog: one writer at a time
         # per table does schema work (held until this page's transaction ends).
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("schedsync-sink:" + table,))
+        # Built-ins named with their schema: a role with CREATE on public could otherwise add a
+        # better-matching overload (say hashtextextended(text, integer)) that we would run.
+        cur.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(%s, 0))",
+                    ("schedsync-sink:" + table,))
         known = self._read_columns(cur, table)
         missing = [c for c in columns if fold(c) not in known]
         if not missing:
@@ -141,7 +144,7 @@ class PostgresSink(Sink):
         return self._read_columns(cur, table)
 
     def _read_columns(self, cur, table: str) -> dict[str, str]:
-        cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+        cur.execute("SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(%s)"
                     " AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (quote(table),))
         known: dict[str, str] = {}
         for (name,) in cur.fetchall():
@@ -156,7 +159,7 @@ class PostgresSink(Sink):
                 if column is None:
                     self.conn.rollback()
                     return None
-                cur.execute(f"SELECT max({quote(column)}) FROM {quote(table)}")
+                cur.execute(f"SELECT pg_catalog.max({quote(column)}) FROM {quote(table)}")
                 value = cur.fetchone()[0]
             self.conn.rollback()  # read only: end the transaction, hold no snapshot
         except self._pg.Error as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import sqlite3
 import threading
@@ -624,6 +626,64 @@ def test_a_budget_emptied_by_retries_keeps_the_upstreams_error(project, upstream
     [opened] = [line for line in detail.splitlines() if "closed → open" in line or "closed -> open" in line]
     assert "HTTP 503" in opened and "is empty" not in opened
     assert len(upstream.hits("/down")) == 2
+
+@pytest.mark.parametrize("budget", [True, False], ids=["budget", "no-budget"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_run_killed_mid_sync_is_recorded_crashed_with_the_requests_it_made(
+        project, upstream, request, backend, budget):
+    # Each request's count is stored with its budget token (or alone, without a budget)
+    # before it is sent, so the crashed run's `requests` is exactly what the server got.
+    if backend == "postgresql":
+        project.env["SCHEDSYNC_STATE"] = request.getfixturevalue("pg_url")
+    held = threading.Event()  # the third page hangs: schedsync is killed while waiting for it
+
+    @upstream.route("/pages")
+    def pages(request):
+        page = int(request.query.get("page", 1))
+        if page == 2 and "hop" not in request.query:
+            return reply(302, {}, {"Location": "/pages?page=2&hop=1"})  # a hop is a request too
+        if page == 3:
+            held.set()
+            upstream.release.wait(60)
+            return None  # the client is gone: answer nothing
+        return reply(200, {"data": [{"id": page}], "next": f"/pages?page={page + 1}"})
+
+    project.write(f"""
+budgets: {{api: 100/1h}}
+jobs:
+  items:
+    {"budget: api" if budget else ""}
+    timeout: 5m
+    {FAST}
+    http:
+      url: "{upstream.base}/pages"
+      items: data
+      next: next
+    into: {{db: "{project.path / 'data.db'}", table: items, pk: id}}
+""")
+    proc = project.start("run", "items")
+    try:
+        assert held.wait(60), proc.communicate(timeout=60)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+    answered = len(upstream.hits("/pages"))
+    assert answered == 4  # pages 1 and 2, the hop, and the third, unanswered
+
+    deadline = time.monotonic() + 60
+    while (runs := project.history("items"))[0]["status"] == "running":  # the server frees its session
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.1)
+    [run] = runs
+    assert (run["status"], run["requests"]) == ("crashed", answered)
+    metrics = project.cli("metrics")
+    assert metrics.returncode == 0, metrics.stderr
+    assert f'schedsync_requests_total{{job="items"}} {answered}' in metrics.stdout.splitlines()
+    assert 'schedsync_runs_total{job="items",status="crashed"} 1' in metrics.stdout.splitlines()
+
 
 # --- errors a user can act on ------------------------------------------------------------------------
 

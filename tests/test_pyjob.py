@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sqlite3
 import textwrap
+import threading
 import time
 
 import pytest
@@ -161,6 +164,37 @@ def test_ctx_http_stops_when_the_budget_is_empty(project, upstream):
     # local time, labelled with its zone (the date too: 8 hours on, it may be another day)
     assert re.fullmatch(r"budget api is empty until (\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d \S+", run["error"])
     assert run["retry_at"] is not None
+
+
+def test_a_python_job_killed_mid_request_is_recorded_crashed_with_its_ctx_http_requests(project, upstream):
+    held = threading.Event()
+
+    @upstream.route("/points")
+    def points(request):
+        if request.query.get("page") == "3":
+            held.set()
+            upstream.release.wait(60)
+            return None  # schedsync is gone: answer nothing
+        return reply(200, {"wallets": [{"w": 1}]})
+
+    python_job(project, f"""
+        def sync(ctx):
+            for page in (1, 2, 3):
+                ctx.http.get("{upstream.base}/points", params={{"page": page}}).raise_for_status()
+    """)  # no budget: the count is stored alone
+    proc = project.start("run", "sync")
+    try:
+        assert held.wait(60), proc.communicate(timeout=60)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+
+    [run] = project.history("sync")
+    assert (run["status"], run["requests"]) == ("crashed", len(upstream.hits("/points"))) == ("crashed", 3)
+    assert 'schedsync_requests_total{job="sync"} 3' in project.cli("metrics").stdout.splitlines()
 
 
 def test_ctx_http_retries_like_an_http_job(project, upstream):

@@ -307,6 +307,21 @@ class TestCounters:
         assert not store.mark_crashed(again, "gone", API, False, now=T0 + 6)  # counted once
         assert store.counters() == {"a": {"skipped": (1, 0), "crashed": (1, 0)}}
 
+    def test_a_crash_keeps_and_counts_the_requests_spend_stored_as_the_run_went(self, store):
+        rates = {"api": (2.0, 3600.0)}
+        run = started(store, "a", T0)
+        assert store.spend([], {}, 1, T0, count=(run.id, 1)) is None  # no budget: counted anyway
+        assert store.spend(["api"], rates, 1, T0, count=(run.id, 2)) is None
+        assert store.spend(["api"], rates, 1, T0, count=(run.id, 3)) is None
+        assert store.spend(["api"], rates, 1, T0, count=(run.id, 4)) is not None  # denied: not sent
+        [running] = store.running_runs(["a"])
+        assert running.requests == 3
+        assert store.mark_crashed(running, "gone", API, False, now=T0 + 5)
+        assert store.run("a", run.id).requests == 3
+        assert store.spend([], {}, 1, T0, count=(run.id, 9)) is None  # too late: the row is final
+        assert store.run("a", run.id).requests == 3
+        assert store.counters() == {"a": {"crashed": (1, 3)}}
+
     def test_pruning_does_not_lower_them(self, store):
         for k in range(5):
             finished(store, "a", T0 + k, "success", requests=1)

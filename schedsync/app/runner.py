@@ -59,6 +59,7 @@ class Context:
     last_success_at: float | None = None
     sleep: object = time.sleep
     held: object = None  # the lock's held(): False once it may be lost (fencing stops the job)
+    run_id: int | None = None  # the running run's row
 
     @property
     def data_db(self) -> str:
@@ -70,16 +71,18 @@ class Context:
 
         return retrying(self.job.retries, self.deadline, retry=retry, sleep=self.sleep)
 
-    def spend(self, tokens: float = 1) -> float | None:
+    def spend(self, tokens: float = 1, requests: int | None = None) -> float | None:
         """Take tokens from the job's budgets, waiting up to ``max_wait``.
 
-        Returns None when granted, else when the budget allows again.
+        Returns None when granted, else when the budget allows again. ``requests``: the
+        run's request count once this one is sent, stored with the grant (a crash keeps it).
         """
         store = self.store
+        count = None if requests is None or self.run_id is None else (self.run_id, requests)
         waited_until = store.now() + self.job.max_wait
         while True:
             now = store.now()
-            ready = store.spend(self.job.budgets, self.config.budgets, tokens, now)
+            ready = store.spend(self.job.budgets, self.config.budgets, tokens, now, count)
             if ready is None:
                 return None
             if ready > min(waited_until, self.deadline):
@@ -150,7 +153,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
         on_start(run)
     ctx = Context(job, config, store, secrets, deadline=now + job.timeout,
                   interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep,
-                  held=lock.held if lock else None)
+                  held=lock.held if lock else None, run_id=run.id)
     if job.kind != "command":
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
     with _cancel_on_signals():

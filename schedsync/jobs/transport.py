@@ -5,6 +5,8 @@ job's ``ctx.http`` goes through:
 
 - every request sent, redirect hops and retries included, spends one token from the
   job's budgets (the upstream counts each); an empty budget raises ``BudgetExhausted``;
+  the same store transaction records the run's request count so far, so a run killed
+  mid-sync is recorded ``crashed`` with every request it sent;
 - connection errors, timeouts, 429 and 5xx are retried with the job's backoff;
   ``Retry-After`` is honoured and a 429's also empties the shared budgets until then;
 - each request's timeout is the smaller of its own and what is left of the run's;
@@ -355,7 +357,9 @@ class Requester:
     def _spend(self) -> None:
         self._check_open()
         while True:
-            ready = self._state(self.ctx.spend, 1)
+            # The count as it will be once this request is sent, stored with the token, so
+            # a run killed mid-sync is recorded with the requests it made (under self._lock).
+            ready = self._state(self.ctx.spend, 1, self.requests + 1)
             if ready is None:
                 return
             # After the upstream's own 429 we were told to wait anyway: wait for the

@@ -17,6 +17,7 @@ every import costs the cron tick that runs ``metrics --textfile``. Series
     schedsync_breaker_failures{breaker}
     schedsync_runs_total{job,status}                    counter: finished runs (skips, crashes too)
     schedsync_requests_total{job}                       counter: HTTP requests made by runs
+                                                        (a crashed run's too: stored as it went)
 
 The two counters are kept in the state apart from the runs, so pruning old runs
 never lowers them and ``rate()`` works.
@@ -130,8 +131,8 @@ def _counters(out: Exposition, views, counters: dict) -> None:
             if status != RUNNING:
                 out.sample("schedsync_runs_total", {"job": name, "status": status},
                            counters.get(name, {}).get(status, (0, 0))[0])
-    out.family("schedsync_requests_total", "HTTP requests made by the job's finished runs; "
-               "not lowered by retention pruning.", "counter")
+    out.family("schedsync_requests_total", "HTTP requests made by the job's finished runs "
+               "(crashed ones too); not lowered by retention pruning.", "counter")
     for name in names:
         out.sample("schedsync_requests_total", {"job": name},
                    sum(requests for _, requests in counters.get(name, {}).values()))

@@ -150,7 +150,8 @@ class Store(abc.ABC):
     def mark_crashed(self, run, error: str, breaker: BreakerSpec | None,
                      evidence: bool, now: float | None = None) -> bool:
         """Turn ``run`` from running to crashed (and, if ``evidence``, count it on
-        ``breaker``) in one step. True if this call did it and no other."""
+        ``breaker``) in one step, keeping the requests ``spend`` stored for it (tallied in
+        ``counters``). True if this call did it and no other."""
 
     # --- reads -----------------------------------------------------------------------
 
@@ -197,9 +198,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def spend(self, budgets: list[str], rates: dict, cost: float,
-              now: float | None = None) -> float | None:
+              now: float | None = None, count: tuple[int, int] | None = None) -> float | None:
         """Take ``cost`` tokens from every bucket or from none. None when granted, else
-        when all of them will have enough (``inf``: never, cost above capacity)."""
+        when all of them will have enough (``inf``: never, cost above capacity).
+
+        ``count`` = ``(run_id, requests)``: when granted (no budget: always), also store
+        ``requests`` as that ``running`` run's request count, in the same transaction, so
+        a run that crashes keeps the requests it made (``mark_crashed`` counts them)."""
 
     @abc.abstractmethod
     def block_budgets(self, budgets: list[str], until: float, rates: dict | None = None,

@@ -75,6 +75,8 @@ RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "re
               "items_failed", "exit_code", "error", "retry_at", "output")
 RUN_COLUMNS = ", ".join(RUN_FIELDS)  # reads; running_runs adds the owner's token
 PRUNE_BATCH = 100
+SPEND = "SELECT schedsync.spend(%s::text[], %s::float8[], %s::float8[], %s, %s)"
+COUNT_REQUESTS = "UPDATE schedsync.runs SET requests = %s WHERE id = %s AND status = 'running'"
 
 
 def is_url(state: str) -> bool:
@@ -447,13 +449,19 @@ class PostgresStore(Store):
 
     # --- budgets and breakers ---------------------------------------------------------
 
-    def spend(self, budgets, rates, cost, now=None):
+    def spend(self, budgets, rates, cost, now=None, count=None):
         if not budgets or cost <= 0:
+            if count is not None:
+                self._q(COUNT_REQUESTS, count[::-1])
             return None
-        [(ready,)] = self._q(
-            "SELECT schedsync.spend(%s::text[], %s::float8[], %s::float8[], %s, %s)",
-            (list(budgets), [float(rates[b][0]) for b in budgets],
-             [float(rates[b][1]) for b in budgets], float(cost), now))
+        args = (list(budgets), [float(rates[b][0]) for b in budgets],
+                [float(rates[b][1]) for b in budgets], float(cost), now)
+        if count is None:
+            [(ready,)] = self._q(SPEND, args)
+        else:  # one statement, one round trip: the run's count moves only with a granted token
+            [(ready,)] = self._q(f"WITH s AS ({SPEND} AS ready), c AS ({COUNT_REQUESTS}"
+                                 " AND (SELECT ready FROM s) IS NULL) SELECT ready FROM s",
+                                 args + count[::-1])
         if ready is None or ready == float("inf"):
             return ready
         import math

@@ -191,6 +191,7 @@ def _disk_full(path: str) -> bool:
 SAVE_BUCKET = ("INSERT INTO buckets (name, tokens, updated, blocked_until) VALUES (?, ?, ?, ?)"
                " ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens,"
                " updated = excluded.updated, blocked_until = excluded.blocked_until")
+COUNT_REQUESTS = "UPDATE runs SET requests = ? WHERE id = ? AND status = 'running'"
 PRUNE_BATCH = 100  # rows a run prunes, so retention stays cheap however old the backlog
 
 
@@ -454,7 +455,9 @@ class SQLiteStore(Store):
                 " WHERE id=? AND status='running'", (now, now, error, run.id))
             if cur.rowcount != 1:
                 return False  # another process recorded it first
-            self._tally(run.job, CRASHED, 0)
+            # What ``spend`` stored as the run went: the requests it made before it died.
+            run.requests = self._sql("SELECT requests FROM runs WHERE id = ?", (run.id,)).fetchone()[0]
+            self._tally(run.job, CRASHED, run.requests)
             run.status, run.error, run.finished_at = CRASHED, error, now
             run.duration_ms = int((now - run.started_at) * 1000)
             if evidence and breaker is not None:
@@ -540,11 +543,14 @@ class SQLiteStore(Store):
 
     # --- budgets and breakers ---------------------------------------------------------
 
-    def spend(self, budgets, rates, cost, now=None):
+    def spend(self, budgets, rates, cost, now=None, count=None):
         now = time.time() if now is None else now
         with self._tx:
             try:
-                return self._spend(budgets, rates, cost, now)
+                ready = self._spend(budgets, rates, cost, now)
+                if ready is None and count is not None:
+                    self.db.execute(COUNT_REQUESTS, (count[1], count[0]))
+                return ready
             except sqlite3.Error as exc:
                 raise state_error(self._path, exc) from None
 

@@ -41,3 +41,52 @@ def test_the_readme_points_at_the_reference_inside_the_repository():
     readme = (ROOT / "README.md").read_text()
     assert "docs/jobs-yaml.md" in readme
     assert "../shared" not in readme and "../shared" not in DOC.read_text()
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_the_readme_is_short_enough_to_read():
+    lines = (ROOT / "README.md").read_text().count("\n")
+    assert lines <= 350, f"README.md has {lines} lines: move details to docs/ (at most 350)"
+
+
+def test_no_document_cites_a_text_users_cannot_read():
+    for doc in DOCS:
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            assert not re.search(r"\bSPEC\b", line, re.I), f"{doc.name}:{number} mentions a SPEC: {line}"
+            assert "../shared" not in line, f"{doc.name}:{number} points outside the repository: {line}"
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's anchors for a Markdown file's headings."""
+    out = set()
+    for heading in re.findall(r"^#+ (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        out.add(slug)
+    return out
+
+
+def test_links_between_the_documents_resolve():
+    for doc in DOCS:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            assert file.exists(), f"{doc.name} links to {target}, which does not exist"
+            if anchor and file.suffix == ".md":
+                assert anchor in _anchors(file.read_text()), f"{doc.name} links to {target}: no such heading"
+
+
+def test_the_development_install_names_extras_that_exist():
+    section = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
+    extras = re.findall(r"^(\w+) = \[", section.split("\n[")[0], re.M)  # tomllib is 3.11+
+    for doc in (ROOT / "README.md", ROOT / "docs" / "development.md"):
+        named = re.findall(r"pip install -e '\.\[([\w,]+)\]'", doc.read_text())
+        assert named, f"{doc.name} shows no development install"
+        for group in named:
+            for extra in group.split(","):
+                assert extra in extras, f"{doc.name} installs the extra {extra!r}, which pyproject.toml lacks"
+    assert "[test,postgres]" in (ROOT / ".ci" / "run").read_text()

@@ -1,5 +1,5 @@
 """The package's shape, read from its source with ``ast``: no import cycle (imports
-inside functions count too), no SQL for the state database and no store
+inside functions count too), no import from a higher layer (``LAYERS``), no SQL for the state database and no store
 transaction outside ``schedsync/store/``, and a ``Store`` port that exposes no
 backend detail."""
 
@@ -100,8 +100,66 @@ def test_there_is_no_import_cycle_in_the_package():
 
 def test_the_runner_does_not_import_alerts_and_alerts_import_nothing_of_the_application():
     edges = graph()
-    assert "schedsync.ops.alerts" not in edges["schedsync.app.runner"]
-    assert not {m for m in edges["schedsync.ops.alerts"] if m.startswith(("schedsync.app", "schedsync.cli"))}
+    notify = [name for name in edges if name.startswith("schedsync.notify")]
+    assert len(notify) > 3 and not set(notify) & edges["schedsync.app.runner"]
+    assert not {m for n in notify for m in edges[n] if m.startswith(("schedsync.app", "schedsync.cli"))}
+
+
+# The layers, lowest first, read off the code: a module imports only from its own unit or
+# from a lower layer. Units in one layer do not import each other. ``notify`` (alerts) is
+# called by ``app``; ``ops`` (serve, metrics, crontab, drift) sits on top of ``app``.
+LAYERS = [
+    ("schedsync", "schedsync.paths", "schedsync.core"),  # the root holds the version only
+    ("schedsync.store",),
+    ("schedsync.config",),
+    ("schedsync.jobs", "schedsync.notify"),
+    ("schedsync.app",),
+    ("schedsync.ops",),
+    ("schedsync.cli",),
+    ("schedsync.__main__",),
+]
+
+
+def unit(name: str) -> tuple[int, str] | None:
+    """(layer, unit) of a module: the longest declared unit that is it or holds it."""
+    found = [(len(u), rank, u) for rank, units in enumerate(LAYERS) for u in units
+             if name == u or (u != "schedsync" and name.startswith(u + "."))]
+    return max(found)[1:] if found else None
+
+
+def upward(edges: dict[str, set[str]]) -> list[str]:
+    out = []
+    for name, targets in sorted(edges.items()):
+        (rank, own), = [unit(name)]
+        for target in sorted(targets):
+            their_rank, theirs = unit(target)
+            if theirs != own and their_rank >= rank:
+                out.append(f"{name} imports {target}")
+    return out
+
+
+def test_every_module_has_a_layer():
+    assert [name for name in modules() if unit(name) is None] == []
+
+
+def test_no_module_imports_from_its_own_layer_or_above():
+    assert upward(graph()) == []
+
+
+def test_nothing_below_ops_imports_from_ops():
+    ops = unit("schedsync.ops")[0]
+    assert unit("schedsync.app")[0] < ops and unit("schedsync.notify")[0] < unit("schedsync.app")[0]
+    offenders = [f"{name} imports {target}" for name, targets in graph().items() if unit(name)[0] < ops
+                 for target in targets if unit(target)[1] == "schedsync.ops"]
+    assert offenders == []
+
+
+def test_the_layer_check_finds_an_import_from_above():
+    assert upward({"schedsync.app.run": {"schedsync.ops.alerts", "schedsync.core.models"},
+                   "schedsync.jobs.http": {"schedsync.notify.base"},
+                   "schedsync.notify.base": {"schedsync.notify", "schedsync.store.liveness"}}) == [
+        "schedsync.app.run imports schedsync.ops.alerts",
+        "schedsync.jobs.http imports schedsync.notify.base"]
 
 
 STATE_SQL = re.compile(

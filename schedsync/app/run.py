@@ -1,7 +1,8 @@
 """The application layer's "run a job": reap the job's crashed runs, run it
-(``app.runner``), and hand the results to alerts. The CLI calls ``run`` and renders.
+(``app.runner``), and hand the results to the notifiers (``schedsync.notify``). The CLI
+calls ``run`` and renders.
 
-Alert code is imported only by jobs that use ``notify:`` or ``ping:``: every cron
+Notifier code is imported only by jobs that use ``notify:`` or ``ping:``: every cron
 tick of a plain command job pays for each import here.
 """
 
@@ -27,11 +28,10 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
         raise
     reap(config, store, [job.name])
     hooks = {}
-    if job.notify or job.ping:
+    if job.notify or job.ping:  # a job with no notifier imports none of ``schedsync.notify``
+        hooks["on_start"] = lambda run: _run_started(store, job, run, secrets)
         hooks["on_finish"] = lambda result: announce(config, store, job, result.run, secrets,
                                                      result.run.finished_at)
-    if job.ping:
-        hooks["on_start"] = lambda run: _ping_start(store, job, run, secrets)
     return run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
                    sleep=sleep, force_slot=force_slot, **hooks)
 
@@ -132,7 +132,7 @@ def announce(config: Config, store, job: Job, run: Run, secrets: Secrets, now: f
     """Webhooks and the closing ping for a finished run, from its status row after it."""
     from schedsync.app.report import job_json, run_json, views
     from schedsync.core.models import FAILURES
-    from schedsync.ops.alerts import after_run
+    from schedsync.notify import after_run
 
     view = views(config, store, now, [job.name])[0]
     previous = None if run.status in FAILURES else store.failure_streak(job.name, before=run.started_at)
@@ -143,7 +143,7 @@ def announce(config: Config, store, job: Job, run: Run, secrets: Secrets, now: f
 def _announce_crash(config: Config, store, run: Run, now: float) -> None:
     """A run found ``crashed`` (its process died): alert as for any failed run."""
     from schedsync.core.records import replace
-    from schedsync.ops.alerts import config_unreadable
+    from schedsync.notify import config_unreadable
 
     try:
         job, secrets = expand(config.job(run.job), config.path)
@@ -155,7 +155,7 @@ def _announce_crash(config: Config, store, run: Run, now: float) -> None:
     announce(config, store, job, run, secrets, now)
 
 
-def _ping_start(store, job: Job, run: Run, secrets: Secrets) -> None:
-    from schedsync.ops.alerts import ping_start
+def _run_started(store, job: Job, run: Run, secrets: Secrets) -> None:
+    from schedsync.notify import run_started
 
-    ping_start(store, job, run, secrets)
+    run_started(store, job, run, secrets)

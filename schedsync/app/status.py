@@ -53,7 +53,7 @@ def snapshot(config: Config, store, now: float | None = None, only: str | None =
     budget_rows = [{"name": n, "tokens": math.floor(levels[n] * 1000) / 1000, "capacity": c,
                     "per_seconds": p} for n, (c, p) in config.budgets.items()]
     if alert and recorded and _wants_late(config):
-        from schedsync.ops.alerts import late
+        from schedsync.notify import late
 
         try:
             late(config, store, [job_json(view) for view in job_views], now)

@@ -61,7 +61,7 @@ def command_prefix(config: Config, state: str | None = None) -> tuple[str, bool]
 
 def crontab_lines(config: Config, state: str | None = None) -> list[str]:
     """The crontab; ``state`` is --state as given (or None)."""
-    from schedsync.ops.alerts import wants_late
+    from schedsync.notify import wants_late
 
     config_path = os.path.join(config.dir, os.path.basename(config.path))
     prefix, hidden = command_prefix(config, state)

@@ -1,0 +1,123 @@
+"""The ``Notifier`` interface (after healthchecks' ``Transport``) and what notifiers share:
+the moments they are asked about, which events a finished run is due, and the payload.
+
+A notifier reads its own ``jobs.yaml`` setting from the job, returns the messages a
+moment calls for, and sends one message. Delivery (all at once within ``TIMEOUT``, the
+outcomes recorded, failures noted on a terminal, payloads redacted) is the package's,
+once, for every notifier.
+"""
+
+from __future__ import annotations
+
+from schedsync.core.models import FAILURES
+from schedsync.core.records import dataclass
+from schedsync.store.liveness import HOST
+
+TIMEOUT = 5.0  # seconds for one attempt, connect to last byte
+
+
+@dataclass
+class Message:
+    notifier: Notifier
+    event: str  # failure | recovery | breaker_open | late | ping:start | ping:success | ping:fail
+    target: str  # where it goes (a URL): shown only through ``notifier.shown``
+    body: dict | None = None  # redacted by the delivery before ``send`` sees it
+
+
+@dataclass
+class Finished:
+    """A finished run (not a skip), as notifiers see it."""
+
+    run: object  # core.models.Run
+    entry: dict  # the job's ``status --json`` row after the run
+    run_entry: dict  # the run as JSON
+    previous_streak: int | None  # failures in a row before it (None when it failed)
+    opened: bool  # whether it opened the breaker
+    now: float
+
+
+class Notifier:
+    """One integration. Subclasses live one per module, listed in ``schedsync.notify.NOTIFIERS``,
+    and implement ``send`` and the moments they care about (each returns messages)."""
+
+    def run_started(self, job, run) -> list[Message]:
+        return []
+
+    def run_finished(self, job, done: Finished) -> list[Message]:
+        return []
+
+    def wants_late(self, spec: dict) -> bool:
+        """Whether the job's validated settings (before ``${VAR}`` expansion) ask for ``late``."""
+        return False
+
+    def late(self, job, entry: dict, now: float) -> list[Message]:
+        """``entry`` is the LATE job's ``status --json`` row."""
+        return []
+
+    def send(self, target: str, body: dict | None, secrets) -> tuple[bool, str]:
+        """Deliver one message within ``TIMEOUT``: (ok, what happened), secrets redacted."""
+        raise NotImplementedError
+
+    def shown(self, target: str, secrets) -> str:
+        """``target`` as recorded and shown: ``https://host/…``, as a path or query is often
+        the credential itself."""
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(target)
+            host = parts.hostname or "?"
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            return "(invalid URL)"
+        tail = "/…" if parts.path.strip("/") or parts.query else ""
+        return secrets.redact(f"{parts.scheme}://{host}{port}{tail}")
+
+
+def due(events, after_failures: int, done: Finished) -> list[str]:
+    """The events among ``events`` that ``done`` fires for a target with ``after_failures``."""
+    failed = done.run.status in FAILURES
+    out = []
+    if failed and "failure" in events and done.entry["consecutive_failures"] >= after_failures:
+        out.append("failure")
+    if not failed and "recovery" in events and done.previous_streak >= after_failures:
+        out.append("recovery")
+    if done.opened and "breaker_open" in events:
+        out.append("breaker_open")
+    return out
+
+
+def payload(event: str, entry: dict, run: dict | None, now: float, previous_streak: int | None = None) -> dict:
+    """The JSON body of one webhook (README: Alerts). ``entry`` is the job's ``status --json`` row."""
+    from schedsync.core.durations import iso
+
+    return {
+        "event": event,
+        "job": entry["name"],
+        "text": text(event, entry, run, previous_streak),
+        "run": run,
+        "health": entry["health"],
+        "why": entry["why"],
+        "breaker": entry["breaker"],
+        "consecutive_failures": entry["consecutive_failures"],
+        "host": HOST,
+        "generated_at": iso(now),
+    }
+
+
+def text(event: str, entry: dict, run: dict | None, previous_streak: int | None) -> str:
+    """One line for chat webhooks (Slack and Mattermost show ``text``)."""
+
+    name, streak = entry["name"], entry["consecutive_failures"]
+    if event == "failure":
+        detail = (run or {}).get("error") or (f"exit {run['exit_code']}" if run and run["exit_code"] else "")
+        detail = detail.strip().splitlines()[0][:200] if detail.strip() else ""
+        line = f"{name} {run['status'] if run else 'failed'} on {HOST}" + (f": {detail}" if detail else "")
+        return line + (f" ({streak} failures in a row)" if streak > 1 else "")
+    if event == "recovery":
+        count = f" after {previous_streak} failure{'s' if previous_streak != 1 else ''}" if previous_streak else ""
+        return f"{name} recovered on {HOST}{count}"
+    if event == "breaker_open":
+        breaker = entry["breaker"]
+        return (f"{name}: breaker {breaker['name']} opened after {breaker['failures']} failures on {HOST};"
+                f" runs are skipped until {breaker['opens_until']}")
+    return f"{name} is late on {HOST}: {entry['why']}"

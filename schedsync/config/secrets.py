@@ -1,0 +1,72 @@
+"""``${VAR}`` expansion at use time (cron's environment is not the shell's), and the
+secrets a job's expanded values hold."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from schedsync.core.errors import ConfigError
+from schedsync.core.redact import SECRET_NAME, Secrets, environment_secrets, in_query_or_userinfo
+
+VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+# Where every ${VAR} is a secret regardless of its name (SPEC: Secrets).
+_SECRET_PLACES = ("http.headers", "http.params", "http.body")
+
+
+def expand(job, config_path: str, environ=os.environ) -> tuple:
+    """``job`` (a ``Job``) with every ``${VAR}`` replaced from ``environ``, and the secrets it used.
+
+    Every variable of ``environ`` whose name says it is a secret is one too, named in
+    jobs.yaml or not: a python job may read it from ``os.environ`` (SPEC: Secrets).
+    """
+    secrets = Secrets()
+    environment_secrets(environ, secrets)
+
+    def sub(value, path):
+        if isinstance(value, dict):
+            return {k: sub(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [sub(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def one(match):
+            name, default = match.group(1), match.group(2)
+            got = environ.get(name)
+            if got is None and path == "job.command":
+                got = job.env.get(name)  # the job's own env: sets it for sh to expand
+            if got is None or (got == "" and default is not None):
+                if default is None:
+                    line = job.lines.get(path.split(".", 1)[1] if "." in path else path)
+                    where = f"{config_path}:{line}" if line else config_path
+                    raise ConfigError(
+                        f"{where} jobs.{job.name}.{path.split('.', 1)[1]}: environment variable "
+                        f"{name} is not set",
+                        f"export {name} (cron has its own environment: set it in the crontab) "
+                        f"or write ${{{name}:-default}}")
+                got = default
+            secret_place = (any(path.startswith(f"job.{p}") for p in _SECRET_PLACES)
+                            or (path == "job.http.url" and in_query_or_userinfo(value, match.start())))
+            if SECRET_NAME.search(name) or secret_place:
+                secrets.add(got)
+            return got
+
+        return VAR.sub(one, value)
+
+    fields = {}
+    for key in ("command", "http", "env", "cwd", "notify", "ping"):
+        fields[key] = sub(getattr(job, key), f"job.{key}")
+    if isinstance(job.command, str):
+        # /bin/sh expands ${VAR} and ${VAR:-default} itself, from the environment the
+        # command inherits; pasting values into the text would re-parse them as shell
+        # code (a ; in a password runs a command). sub() above still checked and
+        # collected them.
+        fields["command"] = job.command
+    for key, value in fields["env"].items():
+        if SECRET_NAME.search(key):
+            secrets.add(value)
+    from schedsync.core.records import replace
+
+    return replace(job, **fields), secrets

@@ -86,7 +86,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_import_graph_sees_function_level_imports():
     edges = graph()
-    assert "schedsync.jobs.command" in edges["schedsync.app.runner"]  # imported inside _work
+    assert "schedsync.jobs.command" in edges["schedsync.kinds.command"]  # imported inside Command.run
     assert "schedsync.store.sqlite" in edges["schedsync.store"]  # inside open_store
 
 

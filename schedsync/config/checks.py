@@ -93,3 +93,8 @@ def _is_url(location: str) -> bool:
     from schedsync.paths import is_url
 
     return is_url(location)
+
+
+def no_into(spec: dict, path: str, doc) -> None:
+    if "into" in spec:
+        raise doc.error(f"{path}.into", "only http jobs store into a table")

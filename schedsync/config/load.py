@@ -12,11 +12,11 @@ import os
 import stat
 
 from schedsync.config.checks import _short
-from schedsync.config.model import Config
+from schedsync.config.model import Config, Jobs
 from schedsync.config.state import resolve_config
 from schedsync.core.errors import ConfigError
 
-CACHE_VERSION = 5  # 5: the cache holds `defaults` (exec builds jobs from them)
+CACHE_VERSION = 6  # 5: the cache holds `defaults`; 6: a job's plain form is Job.to_dict's
 MAX_BYTES = 4 * 1024 * 1024
 
 
@@ -47,7 +47,7 @@ def load(path: str | os.PathLike, every: bool = False) -> Config:
             with open(cache, "rb") as f:
                 cached_key, data = marshal.load(f)
             if tuple(cached_key) == key:
-                return Config(path=shown, **data)
+                return Config(path=shown, **{**data, "jobs": Jobs(data["jobs"])})
         except (OSError, ValueError, EOFError, TypeError):
             pass
     try:
@@ -88,7 +88,8 @@ def _cache_path(real: str) -> str | None:
 
 
 def _write_cache(cache: str, key: tuple, config: Config) -> None:
-    data = {k: getattr(config, k) for k in ("dir", "state", "timezone", "budgets", "jobs", "defaults")}
+    data = {k: getattr(config, k) for k in ("dir", "state", "timezone", "budgets", "defaults")}
+    data["jobs"] = config.jobs.plain()
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
         tmp = f"{cache}.{os.getpid()}"

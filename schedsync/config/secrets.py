@@ -11,9 +11,6 @@ from schedsync.core.redact import SECRET_NAME, Secrets, environment_secrets, in_
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-# Where every ${VAR} is a secret regardless of its name (SPEC: Secrets).
-_SECRET_PLACES = ("http.headers", "http.params", "http.body")
-
 
 def expand(job, config_path: str, environ=os.environ) -> tuple:
     """``job`` (a ``Job``) with every ``${VAR}`` replaced from ``environ``, and the secrets it used.
@@ -21,8 +18,15 @@ def expand(job, config_path: str, environ=os.environ) -> tuple:
     Every variable of ``environ`` whose name says it is a secret is one too, named in
     jobs.yaml or not: a python job may read it from ``os.environ`` (SPEC: Secrets).
     """
+    from schedsync.kinds import kind
+
     secrets = Secrets()
     environment_secrets(environ, secrets)
+    own = kind(job.kind)
+    section = f"job.{job.kind}"
+    # Where every ${VAR} is a secret regardless of its name (SPEC: Secrets).
+    places = tuple(f"{section}.{p}" for p in own.secret_places)
+    urls = tuple(f"{section}.{u}" for u in own.secret_urls)
 
     def sub(value, path):
         if isinstance(value, dict):
@@ -35,7 +39,7 @@ def expand(job, config_path: str, environ=os.environ) -> tuple:
         def one(match):
             name, default = match.group(1), match.group(2)
             got = environ.get(name)
-            if got is None and path == "job.command":
+            if got is None and own.shell_text and path == section:
                 got = job.env.get(name)  # the job's own env: sets it for sh to expand
             if got is None or (got == "" and default is not None):
                 if default is None:
@@ -47,23 +51,23 @@ def expand(job, config_path: str, environ=os.environ) -> tuple:
                         f"export {name} (cron has its own environment: set it in the crontab) "
                         f"or write ${{{name}:-default}}")
                 got = default
-            secret_place = (any(path.startswith(f"job.{p}") for p in _SECRET_PLACES)
-                            or (path == "job.http.url" and in_query_or_userinfo(value, match.start())))
+            secret_place = (path.startswith(places) if places else False) or (
+                path in urls and in_query_or_userinfo(value, match.start()))
             if SECRET_NAME.search(name) or secret_place:
                 secrets.add(got)
             return got
 
         return VAR.sub(one, value)
 
-    fields = {}
-    for key in ("command", "http", "env", "cwd", "notify", "ping"):
+    fields = {"section": sub(job.section, section)}
+    for key in ("env", "cwd", "notify", "ping"):
         fields[key] = sub(getattr(job, key), f"job.{key}")
-    if isinstance(job.command, str):
+    if own.shell_text and isinstance(job.section, str):
         # /bin/sh expands ${VAR} and ${VAR:-default} itself, from the environment the
         # command inherits; pasting values into the text would re-parse them as shell
         # code (a ; in a password runs a command). sub() above still checked and
         # collected them.
-        fields["command"] = job.command
+        fields["section"] = job.section
     for key, value in fields["env"].items():
         if SECRET_NAME.search(key):
             secrets.add(value)

@@ -5,28 +5,25 @@ the line and the key path, and carries exit code 2."""
 from __future__ import annotations
 
 import os
-import re
 
-from schedsync.config.checks import (TABLE_MAX, _check_name, _duration, _is_url, _known,
+from schedsync.config.checks import (_check_name, _duration, _is_url, _known,
                                      _only, _q, _str, _url, _whole)
-from schedsync.config.model import BUILTIN, Config, no_registry
+from schedsync.config.model import BUILTIN, Config, Jobs, no_registry
 from schedsync.config.walk import ConfigErrors, _Doc, read_tree
 from schedsync.core.durations import parse_duration
 from schedsync.core.errors import ConfigError
+from schedsync.kinds import KEYS
+from schedsync.kinds import kind as kind_of
 
 TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs")
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
             "max_wait", "cost", "env", "notify", "ping")
-JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "cwd", "command", "http",
-                       "into", "python")
+JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "cwd") + KEYS + ("into",)
 MERGED = ("retries", "breaker", "retention", "env")  # mappings merged key by key
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
 RETENTION_KEYS = ("success", "failed")
-HTTP_KEYS = ("url", "method", "headers", "params", "body", "items", "next", "max_pages",
-             "timeout", "since", "max_bytes", "max_values", "allow_hosts")
-INTO_KEYS = ("table", "pk", "db")
 NOTIFY_KEYS = ("url", "events", "after_failures")
 EVENTS = ("failure", "recovery", "breaker_open", "late")
 
@@ -91,23 +88,23 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
         except ConfigError as exc:  # validate goes on with the next job
             doc.fail(exc)
     return Config(path=doc.file, dir=folder, state=state, timezone=timezone,
-                  budgets=budgets, jobs=jobs, defaults=base)
+                  budgets=budgets, jobs=Jobs(jobs), defaults=base)
 
 
 def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
     path = f"jobs.{name}"
     _check_name(name, path, doc)
     if not isinstance(spec, dict):
-        raise doc.error(path, "must be a mapping with one of command, http or python")
+        raise doc.error(path, f"must be a mapping with one of {', '.join(KEYS[:-1])} or {KEYS[-1]}")
     _known(spec, JOB_KEYS, path, doc)
-    kinds = [k for k in ("command", "http", "python") if k in spec]
+    kinds = [k for k in KEYS if k in spec]
     if len(kinds) != 1:
         what = "has none of" if not kinds else f"has {' and '.join(kinds)}; pick one of"
-        raise doc.error(path, f"{what} command, http, python")
-    kind = kinds[0]
+        raise doc.error(path, f"{what} {', '.join(KEYS)}")
+    found = kind_of(kinds[0])
     merged = _merge(base, _settings(spec, path, doc))
     job = {
-        "name": name, "kind": kind, "schedule": None,
+        "name": name, "kind": found.key, "schedule": None,
         "description": _str(spec.get("description", ""), f"{path}.description", doc),
         "budgets": [], "cwd": folder, **merged,
     }
@@ -126,59 +123,19 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
                                 f"define it under `budgets:` ({', '.join(budgets) or 'none yet'})")
         job["budgets"] = [str(b) for b in names]
         for b in job["budgets"]:
-            if kind == "http" and budgets[b][0] < 1:
+            if not found.spends_at_start and budgets[b][0] < 1:
                 raise doc.error(f"{path}.budget", f"budget {_q(b)} holds less than the 1 token a request costs",
                                 "raise its capacity to 1 or more")
-            if kind != "http" and job["cost"] > budgets[b][0]:
+            if found.spends_at_start and job["cost"] > budgets[b][0]:
                 raise doc.error(f"{path}.cost" if "cost" in spec else f"{path}.budget",
                                 f"cost {job['cost']} is more than budget {_q(b)} can ever hold "
                                 f"({budgets[b][0]:g})", "lower the cost or raise the capacity")
     if "cwd" in spec:
         job["cwd"] = os.path.join(folder, os.path.expanduser(_str(spec["cwd"], f"{path}.cwd", doc)))
 
-    if kind == "command":
-        command = spec["command"]
-        if isinstance(command, list):
-            if not command or not all(isinstance(a, (str, int, float)) for a in command):
-                raise doc.error(f"{path}.command", "must be a non-empty list of strings, or one shell string")
-            job["command"] = [str(a) for a in command]
-        elif isinstance(command, str) and command.strip():
-            job["command"] = command
-        else:
-            raise doc.error(f"{path}.command", "must be a list of arguments or a shell string")
-        if "into" in spec:
-            raise doc.error(f"{path}.into", "only http jobs store into a table")
-    elif kind == "python":
-        target = spec["python"]
-        if not isinstance(target, str) or not re.match(r"^[\w.]+:[\w]+$", target):
-            raise doc.error(f"{path}.python", f"{_q(target)} is not module:function",
-                            'write e.g. python: "myapp.sync:points"')
-        job["python"] = target
-        if "into" in spec:
-            raise doc.error(f"{path}.into", "only http jobs store into a table")
-    else:
-        job["http"] = _http(spec["http"], f"{path}.http", doc)
-        into = spec.get("into")
-        if not isinstance(into, dict):
-            raise doc.error(f"{path}.into" if "into" in spec else path,
-                            "an http job needs `into: {table: NAME, pk: KEY}`")
-        _known(into, INTO_KEYS, f"{path}.into", doc)
-        if not isinstance(into.get("table"), str) or not into["table"]:
-            raise doc.error(f"{path}.into.table", "is required: the table to upsert into")
-        table = into["table"]
-        if len(table.encode()) > TABLE_MAX or any(c < " " for c in table):
-            raise doc.error(f"{path}.into.table", f"{_q(table)} is not a usable table name",
-                            f"use at most {TABLE_MAX} bytes and no control characters")
-        pk = into.get("pk")
-        if not (isinstance(pk, str) and pk) and not (
-                isinstance(pk, list) and pk and all(isinstance(p, str) for p in pk)):
-            raise doc.error(f"{path}.into.pk", "is required: the item key (or list of keys) to upsert on")
-        db = into.get("db")
-        if db is not None and (not isinstance(db, str) or not db):
-            raise doc.error(f"{path}.into.db", f"{_q(db)} is not a file path")
-        if db and not _is_url(db):
-            db = os.path.join(folder, os.path.expanduser(db))
-        job["into"] = {"table": into["table"], "pk": pk, "db": db or None}
+    own = found.validate(spec, path, doc, folder)
+    job[found.key] = own.pop("section")  # the plain form: jobs.yaml's shape (Job.to_dict)
+    job.update(own)
     job["lines"] = doc.job_lines.get(name, {})  # gathered while walking: linear
     return job
 
@@ -331,73 +288,6 @@ def _notify(value, path: str, doc: _Doc) -> list:
 
 
 
-def _http(value, path: str, doc: _Doc) -> dict:
-    if not isinstance(value, dict):
-        raise doc.error(path, "must be a mapping with at least `url:`")
-    _known(value, HTTP_KEYS, path, doc)
-    out = {"url": _url(value.get("url"), f"{path}.url", doc),
-           "method": str(value.get("method", "GET")).upper(),
-           "headers": value.get("headers") or {}, "params": value.get("params") or {},
-           "body": value.get("body"), "items": value.get("items"), "next": value.get("next"),
-           "max_pages": value.get("max_pages", 1000), "timeout": 30.0, "since": value.get("since"),
-           # decoded bytes per response: 64 MiB holds any sane JSON page, and a gzip bomb stops there
-           "max_bytes": value.get("max_bytes", 64 * 1024 * 1024),
-           # JSON values per page: what a parsed page's memory grows with (~100-200 bytes each)
-           "max_values": value.get("max_values", 1_000_000)}
-    if out["method"] not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
-        raise doc.error(f"{path}.method", f"{_q(out['method'])} is not an HTTP method")
-    for key in ("headers", "params"):
-        if not isinstance(out[key], dict):
-            raise doc.error(f"{path}.{key}", "must be a mapping of name: value")
-        out[key] = {str(k): "" if v is None else str(v) for k, v in out[key].items()}
-    if out["items"] is not None and not isinstance(out["items"], str):
-        raise doc.error(f"{path}.items", "must be a dotted path such as data or result.items")
-    nxt = out["next"]
-    ok = (nxt is None or isinstance(nxt, str)
-          or (isinstance(nxt, dict) and (set(nxt) in ({"cursor", "param"}, {"page"}))
-              and all(isinstance(v, str) and v for v in nxt.values())))
-    if not ok:
-        raise doc.error(f"{path}.next", f"{_q(nxt)} is not a pagination rule",
-                        "use a dotted path, {cursor: PATH, param: NAME}, {page: NAME} or link-header")
-    _whole(out["max_pages"], f"{path}.max_pages", doc)
-    _whole(out["max_bytes"], f"{path}.max_bytes", doc)
-    _whole(out["max_values"], f"{path}.max_values", doc)
-    if "allow_hosts" in value:
-        out["allow_hosts"] = _hosts(value["allow_hosts"], f"{path}.allow_hosts", doc)
-    if "timeout" in value:
-        out["timeout"] = _duration(value["timeout"], f"{path}.timeout", doc)
-    since = out["since"]
-    if since is not None:
-        if not isinstance(since, dict) or "param" not in since:
-            raise doc.error(f"{path}.since", "must be {param: NAME} with optional field: and format:",
-                            "see the README's incremental sync section")
-        _known(since, ("param", "field", "format"), f"{path}.since", doc)
-        for key in ("param", "field"):
-            if key in since and (not isinstance(since[key], str) or not since[key]):
-                raise doc.error(f"{path}.since.{key}", f"{_q(since[key])} must be a name",
-                                "e.g. since: {param: updated_since, field: updated_at}")
-        if since.get("format", "iso") not in ("iso", "epoch"):
-            raise doc.error(f"{path}.since.format", "must be iso or epoch")
-    return out
-
-
-def _hosts(value, path: str, doc: _Doc) -> list[str]:
-    """http.allow_hosts: a list of host names or IP addresses (no scheme, port or path)."""
-    fix = "list host names or addresses, e.g. [api.example.com, 10.0.0.7]"
-    if not isinstance(value, list) or not value:
-        raise doc.error(path, f"{_q(value)} is not a list of hosts", fix)
-    import ipaddress
-
-    hosts = []
-    for host in value:
-        bare = host.strip().strip("[]").rstrip(".").lower() if isinstance(host, str) else ""
-        try:
-            ipaddress.ip_address(bare)
-        except ValueError:
-            if not re.fullmatch(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?", bare):
-                raise doc.error(path, f"{_q(host)} is not a host name or address", fix) from None
-        hosts.append(bare)
-    return hosts
 
 
 def _schedule(value, path: str, timezone, doc: _Doc) -> str:
@@ -435,16 +325,16 @@ def adhoc(config: Config | None, name: str, command: list[str], settings: dict, 
     if config is None:
         config = no_registry(cwd)
     own = config.jobs.get(name)
-    base = {k: own[k] for k in BUILTIN} if own else config.defaults or _merge(BUILTIN, {})
+    base = {k: getattr(own, k) for k in BUILTIN} if own else config.defaults or _merge(BUILTIN, {})
     spec = {"command": list(command), **settings}
-    if own and own["budgets"] and "budget" not in spec:
-        spec["budget"] = own["budgets"]
-    if own and own["description"]:
-        spec["description"] = own["description"]
+    if own and own.budgets and "budget" not in spec:
+        spec["budget"] = own.budgets
+    if own and own.description:
+        spec["description"] = own.description
     job = _job(name, spec, base, config.budgets, config.timezone, cwd, doc)
     job["cwd"] = cwd  # like flock or runitor: the command runs where it was invoked
     if own:
-        job["breaker"]["name"] = own["breaker"]["name"]
+        job["breaker"]["name"] = own.breaker["name"]
     from schedsync.core.records import replace
 
-    return replace(config, jobs={**config.jobs, name: job})
+    return replace(config, jobs=config.jobs.plus({name: job}))

@@ -92,8 +92,7 @@ def late(config: Config, store, jobs: list[dict], now: float) -> None:
     for entry in jobs:
         if entry["health"] != "LATE":
             continue
-        spec = config.jobs[entry["name"]]
-        if not any("late" in target["events"] for target in spec["notify"]):
+        if not config.jobs[entry["name"]].wants("late"):
             continue
         last = entry["last_run"]
         if not store.claim_alert(entry["name"], "late", last["id"] if last else 0):
@@ -106,10 +105,6 @@ def late(config: Config, store, jobs: list[dict], now: float) -> None:
         sends = [("late", target["url"], payload("late", entry, last, now))
                  for target in job.notify if "late" in target["events"]]
         _deliver(store, job, secrets, sends, last["id"] if last else None)
-
-
-def wants_late(config: Config) -> bool:
-    return any("late" in target["events"] for spec in config.jobs.values() for target in spec["notify"])
 
 
 # --- the payload ----------------------------------------------------------------------

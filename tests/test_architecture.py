@@ -86,7 +86,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_import_graph_sees_function_level_imports():
     edges = graph()
-    assert "schedsync.jobs.command" in edges["schedsync.app.runner"]  # imported inside _work
+    assert "schedsync.jobs.command" in edges["schedsync.kinds.command"]  # imported inside Command.run
     assert "schedsync.store.sqlite" in edges["schedsync.store"]  # inside open_store
 
 
@@ -120,8 +120,16 @@ LAYERS = [
 ]
 
 
+# The job kinds' registry is config's: the validator asks each kind about its section, and
+# a kind uses config's checks (it names its runner in ``jobs`` as data, for ``app`` to import).
+SAME_UNIT = {"schedsync.kinds": "schedsync.config"}
+
+
 def unit(name: str) -> tuple[int, str] | None:
     """(layer, unit) of a module: the longest declared unit that is it or holds it."""
+    for alias, owner in SAME_UNIT.items():
+        if name == alias or name.startswith(alias + "."):
+            name = owner + name[len(alias):]
     found = [(len(u), rank, u) for rank, units in enumerate(LAYERS) for u in units
              if name == u or (u != "schedsync" and name.startswith(u + "."))]
     return max(found)[1:] if found else None
@@ -200,3 +208,44 @@ def test_the_store_port_has_no_path_transaction_or_job_lock():
     for name in ("path", "transaction", "job_lock"):
         assert not hasattr(Store, name) and not hasattr(SQLiteStore, name), name
     assert issubclass(SQLiteStore, Store) and not SQLiteStore.__abstractmethods__
+
+
+def kind_tests(tree: ast.AST, keys: tuple[str, ...]) -> list[str]:
+    """Comparisons that test a job kind: a kind's key as a string (``kind == "http"``,
+    ``"command" in spec``, ``in ("command", "python")``), or anything against ``.kind``."""
+    def is_key(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in keys
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):  # ("http", "https") is a scheme list
+            return bool(node.elts) and all(isinstance(e, ast.Constant) and e.value in keys for e in node.elts)
+        return False
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(is_key(s) or (isinstance(s, ast.Attribute) and s.attr == "kind") for s in sides):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Match) and isinstance(node.subject, ast.Attribute) and node.subject.attr == "kind":
+            found.append(f"line {node.lineno}: match on .kind")
+    return found
+
+
+def test_no_job_kind_is_tested_outside_the_kinds_registry():
+    from schedsync.kinds import KEYS
+
+    offenders = []
+    for name, path in modules().items():
+        if name == "schedsync.kinds" or name.startswith("schedsync.kinds."):
+            continue
+        offenders += [f"{name}: {where}" for where in kind_tests(ast.parse(path.read_text()), KEYS)]
+    assert offenders == []
+
+
+def test_the_kind_test_finder_finds_kind_tests():
+    keys = ("command", "http", "python")
+    code = ('if job.kind != "command": pass\nif kind == "http": pass\nif "python" in spec: pass\n'
+            'if k in ("command", "python"): pass\nif job.kind == other: pass\n'
+            'if url.scheme not in ("http", "https"): pass\nif x == "commands": pass\n')
+    assert [f.split(":")[0] for f in kind_tests(ast.parse(code), keys)] == [
+        "line 1", "line 2", "line 3", "line 4", "line 5"]

@@ -163,14 +163,14 @@ def test_variables_come_from_the_environment_with_defaults():
     config = parse(GOOD, "jobs.yaml", "/srv/sync")
     job, secrets = expand(config.job("airdrops"), "jobs.yaml",
                           {"API": "https://api.test", "AIRDROPS_TOKEN": "s3cr3t-token"})
-    assert job.http["url"] == "https://api.test/v1/airdrops"
-    assert job.http["headers"]["Authorization"] == "Bearer s3cr3t-token"
+    assert job.section["url"] == "https://api.test/v1/airdrops"
+    assert job.section["headers"]["Authorization"] == "Bearer s3cr3t-token"
     assert secrets.redact("auth s3cr3t-token here") == "auth *** here"
     assert secrets.redact("https://api.test") == "https://api.test"  # a base URL is no secret
 
     text = 'jobs:\n  a:\n    command: ["echo", "${GREETING:-hello}"]\n'
     job, _ = expand(parse(text, "jobs.yaml", "/x").job("a"), "jobs.yaml", {})
-    assert job.command == ["echo", "hello"]
+    assert job.section == ["echo", "hello"]
 
 
 def test_a_missing_variable_is_one_line_naming_it():
@@ -321,4 +321,4 @@ def test_a_misspelt_key_of_retries_breaker_or_retention_is_one_error_not_two(pro
 def test_allow_hosts_are_kept_as_compared():
     config = parse('jobs:\n  a:\n    http: {url: "http://h.test/", allow_hosts: [API.Example.com., "[FE80::1]", 10.0.0.7]}\n'
                    '    into: {table: t, pk: id}\n', "jobs.yaml", "/srv/sync")
-    assert config.job("a").http["allow_hosts"] == ["api.example.com", "fe80::1", "10.0.0.7"]
+    assert config.job("a").section["allow_hosts"] == ["api.example.com", "fe80::1", "10.0.0.7"]

@@ -96,7 +96,7 @@ def test_ordinary_anchors_and_merges_still_work(project):
     config = load(project.config)
     a, b, c, d = (config.job(n) for n in "abcd")
     assert (a.timeout, a.jitter, a.retries["attempts"]) == (5.0, 2.0, 5)  # the first merge wins
-    assert (b.timeout, b.jitter, b.command) == (1.0, 2.0, ["echo", "a"])  # own keys win
+    assert (b.timeout, b.jitter, b.section) == (1.0, 2.0, ["echo", "a"])  # own keys win
     assert c.grace == 60.0 and c.env == d.env == {"MODE": "fast"}
     assert a.lines["timeout"] == 2  # a merged key points at the line that wrote it
     assert project.cli("validate").returncode == 0
@@ -132,7 +132,7 @@ def test_nesting_up_to_the_bound_is_fine(tmp_path):
     depth = MAX_DEPTH - 4  # jobs.x.http.body is 4 levels
     text = ("jobs:\n  x:\n    http: {url: 'https://h.test/', body: " + "[" * depth + "]" * depth
             + "}\n    into: {table: t, pk: id}\n")
-    assert parse(text, "jobs.yaml", str(tmp_path)).jobs["x"]["http"]["body"]
+    assert parse(text, "jobs.yaml", str(tmp_path)).jobs["x"].section["body"]
 
 
 def test_a_file_over_the_size_bound_is_one_line(project):

@@ -1090,3 +1090,31 @@ def test_since_never_trusts_a_sync_recorded_later_than_now(project, upstream):
     assert upstream.hits("/changes")[-1].query["updated_since"] == real
     log = project.cli("logs", "items")
     assert "later than now" in log.stdout, log.stdout
+
+
+def test_a_command_job_beside_an_http_job_imports_nothing_of_http(project):
+    """The kinds' registry imports a kind only when a job uses it: validating the http job
+    (cold cache) loads its light kind module, never httpx; a warm run loads neither."""
+    import subprocess
+    import sys
+
+    project.write("""
+state: schedsync.db
+jobs:
+  plain:
+    command: ["true"]
+  sync:
+    http: {url: "http://127.0.0.1:9/items"}
+    into: {table: items, pk: id}
+""")
+    code = ("import sys, runpy; sys.argv = ['schedsync', '-c', 'jobs.yaml', 'run', 'plain']\n"
+            "try:\n    runpy.run_module('schedsync', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('httpx' in sys.modules, 'schedsync.jobs.http' in sys.modules,"
+            " 'schedsync.kinds.http' in sys.modules)")
+    seen = []
+    for _ in ("cold", "warm"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=project.path, env=project.env, timeout=60)
+        seen.append(out.stdout.strip().splitlines()[-1])
+    assert seen == ["False False True", "False False False"], out.stderr

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from schedsync.config import Config, adhoc
+from schedsync.config import Config, Job, adhoc
 from schedsync.core.records import replace
 
 
@@ -30,10 +30,11 @@ def build(config: Config | None, name: str, command: list[str], settings: dict) 
 
 
 def remember(store, config: Config, name: str, command: list[str]) -> None:
-    job = dict(config.jobs[name])
-    job.update(command=None, http=None, into=None, python=None, lines={}, env={}, notify=[], ping=None,
-               description=job["description"] or f"schedsync exec {os.path.basename(command[0])}")
-    store.set_adhoc(name, json.dumps(job))
+    job = config.jobs[name]
+    # Its settings only: never the command line (it may hold a secret), env or notify targets.
+    kept = replace(job, section=None, into=None, lines={}, env={}, notify=[], ping=None,
+                   description=job.description or f"schedsync exec {os.path.basename(command[0])}")
+    store.set_adhoc(name, json.dumps(kept.to_dict()))
 
 
 def with_adhoc(config: Config, store) -> Config:
@@ -41,7 +42,6 @@ def with_adhoc(config: Config, store) -> Config:
     extra = {}
     for name, text in store.adhoc_jobs().items():
         if name not in config.jobs:
-            job = json.loads(text)
-            job["command"] = ["(schedsync exec)"]
-            extra[name] = job
-    return replace(config, jobs={**config.jobs, **extra}) if extra else config
+            job = Job.from_dict(json.loads(text))
+            extra[name] = replace(job, section=["(schedsync exec)"])
+    return replace(config, jobs=config.jobs.plus(extra)) if extra else config

@@ -56,7 +56,7 @@ def views(config: Config, store, now: float, names: list[str], crashed: list[Run
     For a state that cannot record them, ``crashed`` (reaped runs) and ``seen`` (first-seen
     is ``now`` for a job never seen) are applied in memory."""
     states = store.job_states(names, recent=STRIP)
-    breaker_states = store.breakers(list({config.jobs[name]["breaker"]["name"] for name in names}))
+    breaker_states = store.breakers(list({config.jobs[name].breaker["name"] for name in names}))
     if crashed or seen:
         overlay(states.values(), crashed, now if seen else None)
     tz = display_zone(config)  # once: the system's zone means reading /etc/localtime

@@ -119,7 +119,7 @@ def reap(config: Config, store, names: list[str] | None = None) -> list[Run]:
             run.status, run.finished_at = CRASHED, now
             run.duration_ms = int((now - run.started_at) * 1000)
         run.error = "schedsync died before the run ended"
-        if marked and known and (config.jobs[run.job]["notify"] or config.jobs[run.job]["ping"]):
+        if marked and known and (config.jobs[run.job].notify or config.jobs[run.job].ping):
             try:
                 _announce_crash(config, store, run, now)
             except StateBusy:

@@ -3,8 +3,8 @@ jitter → lock → pause / breaker → budget → work → record
 (reaping crashed runs first, and alerts after, are the application layer's: ``app.run``).
 
 The runner decides nothing itself: the store's atomic operations admit and
-record (running the breaker and bucket arithmetic inside), the job kinds do the
-work. It returns a ``RunResult``; it never imports alerts.
+record (running the breaker and bucket arithmetic inside), the job kinds
+(``schedsync.kinds``) do the work. It returns a ``RunResult``; it never imports alerts.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from schedsync.core.models import CANCELLED, CRASHED, FAILED, LOCKED, PARTIAL, R
 from schedsync.core.outcome import Cancelled, Outcome
 from schedsync.core.records import dataclass, field
 from schedsync.core.redact import readable
+from schedsync.kinds import kind as job_kind
 from schedsync.store.base import BreakerSpec, Store
 
 
@@ -134,7 +135,8 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
               on_finish, slot=None) -> RunResult:
     spec = breaker_spec(job)
     lease = job.timeout + 60  # the lease ends when the run surely has
-    cost = job.cost if job.kind != "http" and job.budgets else 0  # http jobs spend per request
+    kind = job_kind(job.kind)
+    cost = job.cost if kind.spends_at_start and job.budgets else 0  # else it spends as it goes
     wait_until = store.now() + job.max_wait
     while True:
         admitted = store.admit_run(job.name, trigger, spec, lease, job.budgets, config.budgets, cost,
@@ -154,11 +156,11 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     ctx = Context(job, config, store, secrets, deadline=now + job.timeout,
                   interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep,
                   held=lock.held if lock else None, run_id=run.id)
-    if job.kind != "command":
+    if kind.needs_last_success:
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
     with _cancel_on_signals():
         try:
-            outcome = _work(job, ctx)
+            outcome = _runner(kind)(job, ctx)
         except Cancelled as exc:
             outcome = Outcome("failed", reason=CANCELLED, error=f"cancelled by {exc}")
         except SchedsyncError as exc:  # a cause a person can fix (say, no into.db with a URL state)
@@ -180,20 +182,6 @@ def scheduled_slot(config: Config, job: Job, now: float) -> float | None:
     from schedsync.core.schedule import Schedule, zone
 
     return Schedule(job.schedule, zone(config.timezone)).last_at_or_before(now)
-
-
-def _work(job: Job, ctx: Context) -> Outcome:
-    if job.kind == "command":
-        from schedsync.jobs.command import run_command
-
-        return run_command(job, ctx)
-    if job.kind == "http":
-        from schedsync.jobs.http import run_http
-
-        return run_http(job, ctx)
-    from schedsync.jobs.python import run_python
-
-    return run_python(job, ctx)
 
 
 def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease: float,
@@ -298,3 +286,12 @@ def summary(result: RunResult) -> str:
     items = f", {run.items_processed} items" if run.items_processed or run.requests else ""
     error = f": {run.error}" if run.error and run.status not in (SUCCESS,) else ""
     return f"{run.job}: {run.status} in {took}{items}{error}"
+
+
+def _runner(kind):
+    """The function of ``schedsync.jobs`` that runs a job of ``kind``, imported now (a
+    command job's run imports nothing of http)."""
+    import importlib
+
+    module, function = kind.runner.split(":")
+    return getattr(importlib.import_module(f"schedsync.jobs.{module}"), function)

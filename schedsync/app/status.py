@@ -52,7 +52,7 @@ def snapshot(config: Config, store, now: float | None = None, only: str | None =
     # Down, never up: 23.7 tokens are 23 whole requests, and "24/30" would promise one more.
     budget_rows = [{"name": n, "tokens": math.floor(levels[n] * 1000) / 1000, "capacity": c,
                     "per_seconds": p} for n, (c, p) in config.budgets.items()]
-    if alert and recorded and _wants_late(config):
+    if alert and recorded and config.wants("late"):
         from schedsync.notify import late
 
         try:
@@ -66,10 +66,6 @@ def _with_adhoc(config: Config, store) -> Config:
     from schedsync.app.adhoc import with_adhoc
 
     return with_adhoc(config, store)
-
-
-def _wants_late(config: Config) -> bool:
-    return any("late" in target["events"] for spec in config.jobs.values() for target in spec["notify"])
 
 
 def status(config: Config, store, now: float | None = None, only: str | None = None,

@@ -237,7 +237,7 @@ def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., metavar="JO
 def prune(ctx: typer.Context):
     """Apply the retention policy now. Example: schedsync prune"""
     with _errors(), _opened(ctx) as (config, store):
-        policies = {name: (job["retention"].get("success"), job["retention"].get("failed"))
+        policies = {name: (job.retention.get("success"), job.retention.get("failed"))
                     for name, job in config.jobs.items()}
         removed = store.prune_all(policies, store.now())
     print(f"pruned {removed} run{'' if removed == 1 else 's'}")

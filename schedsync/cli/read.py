@@ -127,7 +127,7 @@ def crontab_warning(config, state_opt: str | None) -> None:
     subprocess, and ``--json``/``--check`` are what monitoring runs every minute)."""
     from schedsync.config import NO_REGISTRY
 
-    if config.path == NO_REGISTRY or not any(job["schedule"] for job in config.jobs.values()):
+    if config.path == NO_REGISTRY or not any(job.schedule for job in config.jobs.values()):
         return
     from schedsync.ops.drift import warning
 

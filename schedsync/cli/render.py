@@ -502,7 +502,7 @@ def jobs_table(config) -> None:
     table = Table()
     for column in ("JOB", "KIND", "SCHEDULE", "BUDGET", "TIMEOUT", "DESCRIPTION"):
         table.add_column(column)
-    for name, spec in config.jobs.items():
-        table.add_row(name, spec["kind"], spec["schedule"] or "—", ", ".join(spec["budgets"]) or "—",
-                      format_duration(spec["timeout"]), spec["description"])
+    for name, job in config.jobs.items():
+        table.add_row(name, job.kind, job.schedule or "—", ", ".join(job.budgets) or "—",
+                      format_duration(job.timeout), job.description)
     _emit([table])

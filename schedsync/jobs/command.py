@@ -88,8 +88,8 @@ class Output:
 
 
 def run_command(job, ctx) -> Outcome:
-    """Run ``job.command`` until it ends, the deadline passes or the run is cancelled."""
-    argv = job.command if isinstance(job.command, list) else ["/bin/sh", "-c", job.command]
+    """Run the job's command (``job.section``) until it ends, the deadline passes or the run is cancelled."""
+    argv = job.section if isinstance(job.section, list) else ["/bin/sh", "-c", job.section]
     env = {**os.environ, **job.env}
     output = Output(ctx.secrets.redact, sys.stdout if ctx.interactive else None,
                     hold=ctx.secrets.longest - 1)

@@ -108,7 +108,7 @@ class Sync:
     def __init__(self, job, ctx):
         self.job = job
         self.ctx = ctx
-        self.http = job.http
+        self.http = job.section
         self.pk = job.into["pk"]
         self.keys = key_columns(self.pk)
         self.log = PageLog()

@@ -126,13 +126,13 @@ def run_python(job, ctx) -> Outcome:
         with _job_environment(job, ctx.config.dir):
             try:
                 with hard_deadline(ctx.deadline), _captured(output), display:
-                    function = load_function(job.python)
+                    function = load_function(job.section)
                     result = function(jctx)
                     if inspect.iscoroutine(result):  # an ``async def`` job
                         import asyncio
 
                         result = asyncio.run(result)
-                counts = _counts(result, jctx, job.python, output.redact)
+                counts = _counts(result, jctx, job.section, output.redact)
             except JobImportError as exc:
                 return _finish(Outcome(FAILED, error=one_line(output.redact(str(exc)))), jctx, output)
             except DeadlinePassed:
@@ -145,7 +145,7 @@ def run_python(job, ctx) -> Outcome:
                 if exc.code in (None, 0):
                     counts = jctx.processed, jctx.failed
                 else:
-                    return _finish(Outcome(FAILED, error=f"{job.python} called sys.exit({exc.code!r})"),
+                    return _finish(Outcome(FAILED, error=f"{job.section} called sys.exit({exc.code!r})"),
                                    jctx, output)
             except Exception as exc:
                 return _finish(_failure(exc, output, jctx), jctx, output)

@@ -2,7 +2,7 @@
 
 Layers: ``notify`` sits beside ``jobs``, below ``app``. It imports ``core``, ``store``
 and ``config`` only; the application layer (``app.run``, ``app.status``) hands it what
-it needs (the job's status row, the run), and ``ops.crontab`` asks it ``wants_late``.
+it needs (the job's status row, the run).
 ``tests/test_architecture.py`` holds the order.
 
 A notifier is one module here with a ``NOTIFIER`` (a ``base.Notifier``), listed in
@@ -97,11 +97,6 @@ def late(config: Config, store, jobs: list[dict], now: float) -> None:
             continue
         _deliver(store, job, secrets, [m for n in every for m in n.late(job, entry, now)],
                  last["id"] if last else None)
-
-
-def wants_late(config: Config) -> bool:
-    every = notifiers()
-    return any(n.wants_late(spec) for spec in config.jobs.values() for n in every)
 
 
 # --- delivery -------------------------------------------------------------------------

@@ -46,8 +46,9 @@ class Notifier:
     def run_finished(self, job, done: Finished) -> list[Message]:
         return []
 
-    def wants_late(self, spec: dict) -> bool:
-        """Whether the job's validated settings (before ``${VAR}`` expansion) ask for ``late``."""
+    def wants_late(self, job) -> bool:
+        """Whether the job's validated settings (a ``config.Job`` before ``${VAR}`` expansion)
+        ask for ``late``."""
         return False
 
     def late(self, job, entry: dict, now: float) -> list[Message]:

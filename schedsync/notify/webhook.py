@@ -14,8 +14,8 @@ class Webhook(Notifier):
                 for target in job.notify
                 for event in due(target["events"], target["after_failures"], done)]
 
-    def wants_late(self, spec: dict) -> bool:
-        return any("late" in target["events"] for target in spec["notify"])
+    def wants_late(self, job) -> bool:
+        return job.wants("late")
 
     def late(self, job, entry: dict, now: float) -> list[Message]:
         body = payload("late", entry, entry["last_run"], now)

@@ -61,7 +61,6 @@ def command_prefix(config: Config, state: str | None = None) -> tuple[str, bool]
 
 def crontab_lines(config: Config, state: str | None = None) -> list[str]:
     """The crontab; ``state`` is --state as given (or None)."""
-    from schedsync.notify import wants_late
 
     config_path = os.path.join(config.dir, os.path.basename(config.path))
     prefix, hidden = command_prefix(config, state)
@@ -78,14 +77,14 @@ def crontab_lines(config: Config, state: str | None = None) -> list[str]:
         lines += [f"# Schedules are read in {config.timezone} (cronie honours CRON_TZ; Debian's cron does not).",
                   f"CRON_TZ={config.timezone}"]
     for name, job in config.jobs.items():
-        about = f": {job['description']}" if job["description"] else ""
-        if job["schedule"]:
+        about = f": {job.description}" if job.description else ""
+        if job.schedule:
             if about:
                 lines.append(_comment(f"# {name}{about}"))
-            lines.append(f"{job['schedule']:<13} {prefix} run {name}")
+            lines.append(f"{job.schedule:<13} {prefix} run {name}")
         else:
             lines.append(_comment(f"# {name}{about} (no schedule: run by hand with `schedsync run {name}`)"))
-    if wants_late(config):
+    if config.wants("late"):
         lines.append("# Late alerts: a job cron failed to start cannot report itself, so status looks.")
         lines.append(f"{LATE_WATCH:<13} {prefix} status --json --init > /dev/null")
     return lines

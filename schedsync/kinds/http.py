@@ -1,0 +1,123 @@
+"""``http:`` with ``into:``: a paginated sync of an API into a table, one budget token
+per request."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from schedsync.config.checks import TABLE_MAX, _duration, _is_url, _known, _q, _url, _whole
+from schedsync.kinds import JobKind
+
+HTTP_KEYS = ("url", "method", "headers", "params", "body", "items", "next", "max_pages",
+             "timeout", "since", "max_bytes", "max_values", "allow_hosts")
+INTO_KEYS = ("table", "pk", "db")
+
+
+class Http(JobKind):
+    key = "http"
+    runner = "http:run_http"
+    spends_at_start = False  # one token per request, taken as it goes
+    needs_last_success = True  # http.since
+    secret_places = ("headers", "params", "body")
+    secret_urls = ("url",)
+
+    def validate(self, spec: dict, path: str, doc, folder: str) -> dict:
+        return {"section": _http(spec[self.key], f"{path}.{self.key}", doc),
+                "into": _into(spec, path, doc, folder)}
+
+
+KIND = Http()
+
+
+def _into(spec: dict, path: str, doc, folder: str) -> dict:
+    into = spec.get("into")
+    if not isinstance(into, dict):
+        raise doc.error(f"{path}.into" if "into" in spec else path,
+                        "an http job needs `into: {table: NAME, pk: KEY}`")
+    _known(into, INTO_KEYS, f"{path}.into", doc)
+    if not isinstance(into.get("table"), str) or not into["table"]:
+        raise doc.error(f"{path}.into.table", "is required: the table to upsert into")
+    table = into["table"]
+    if len(table.encode()) > TABLE_MAX or any(c < " " for c in table):
+        raise doc.error(f"{path}.into.table", f"{_q(table)} is not a usable table name",
+                        f"use at most {TABLE_MAX} bytes and no control characters")
+    pk = into.get("pk")
+    if not (isinstance(pk, str) and pk) and not (
+            isinstance(pk, list) and pk and all(isinstance(p, str) for p in pk)):
+        raise doc.error(f"{path}.into.pk", "is required: the item key (or list of keys) to upsert on")
+    db = into.get("db")
+    if db is not None and (not isinstance(db, str) or not db):
+        raise doc.error(f"{path}.into.db", f"{_q(db)} is not a file path")
+    if db and not _is_url(db):
+        db = os.path.join(folder, os.path.expanduser(db))
+    return {"table": into["table"], "pk": pk, "db": db or None}
+
+
+def _http(value, path: str, doc) -> dict:
+    if not isinstance(value, dict):
+        raise doc.error(path, "must be a mapping with at least `url:`")
+    _known(value, HTTP_KEYS, path, doc)
+    out = {"url": _url(value.get("url"), f"{path}.url", doc),
+           "method": str(value.get("method", "GET")).upper(),
+           "headers": value.get("headers") or {}, "params": value.get("params") or {},
+           "body": value.get("body"), "items": value.get("items"), "next": value.get("next"),
+           "max_pages": value.get("max_pages", 1000), "timeout": 30.0, "since": value.get("since"),
+           # decoded bytes per response: 64 MiB holds any sane JSON page, and a gzip bomb stops there
+           "max_bytes": value.get("max_bytes", 64 * 1024 * 1024),
+           # JSON values per page: what a parsed page's memory grows with (~100-200 bytes each)
+           "max_values": value.get("max_values", 1_000_000)}
+    if out["method"] not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
+        raise doc.error(f"{path}.method", f"{_q(out['method'])} is not an HTTP method")
+    for key in ("headers", "params"):
+        if not isinstance(out[key], dict):
+            raise doc.error(f"{path}.{key}", "must be a mapping of name: value")
+        out[key] = {str(k): "" if v is None else str(v) for k, v in out[key].items()}
+    if out["items"] is not None and not isinstance(out["items"], str):
+        raise doc.error(f"{path}.items", "must be a dotted path such as data or result.items")
+    nxt = out["next"]
+    ok = (nxt is None or isinstance(nxt, str)
+          or (isinstance(nxt, dict) and (set(nxt) in ({"cursor", "param"}, {"page"}))
+              and all(isinstance(v, str) and v for v in nxt.values())))
+    if not ok:
+        raise doc.error(f"{path}.next", f"{_q(nxt)} is not a pagination rule",
+                        "use a dotted path, {cursor: PATH, param: NAME}, {page: NAME} or link-header")
+    _whole(out["max_pages"], f"{path}.max_pages", doc)
+    _whole(out["max_bytes"], f"{path}.max_bytes", doc)
+    _whole(out["max_values"], f"{path}.max_values", doc)
+    if "allow_hosts" in value:
+        out["allow_hosts"] = _hosts(value["allow_hosts"], f"{path}.allow_hosts", doc)
+    if "timeout" in value:
+        out["timeout"] = _duration(value["timeout"], f"{path}.timeout", doc)
+    since = out["since"]
+    if since is not None:
+        if not isinstance(since, dict) or "param" not in since:
+            raise doc.error(f"{path}.since", "must be {param: NAME} with optional field: and format:",
+                            "see the README's incremental sync section")
+        _known(since, ("param", "field", "format"), f"{path}.since", doc)
+        for key in ("param", "field"):
+            if key in since and (not isinstance(since[key], str) or not since[key]):
+                raise doc.error(f"{path}.since.{key}", f"{_q(since[key])} must be a name",
+                                "e.g. since: {param: updated_since, field: updated_at}")
+        if since.get("format", "iso") not in ("iso", "epoch"):
+            raise doc.error(f"{path}.since.format", "must be iso or epoch")
+    return out
+
+
+def _hosts(value, path: str, doc) -> list[str]:
+    """http.allow_hosts: a list of host names or IP addresses (no scheme, port or path)."""
+    fix = "list host names or addresses, e.g. [api.example.com, 10.0.0.7]"
+    if not isinstance(value, list) or not value:
+        raise doc.error(path, f"{_q(value)} is not a list of hosts", fix)
+    import ipaddress
+
+    hosts = []
+    for host in value:
+        bare = host.strip().strip("[]").rstrip(".").lower() if isinstance(host, str) else ""
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            if not re.fullmatch(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?", bare):
+                raise doc.error(path, f"{_q(host)} is not a host name or address", fix) from None
+        hosts.append(bare)
+    return hosts

@@ -299,7 +299,7 @@ def test_watch_refreshes_on_a_terminal_and_ends_cleanly_on_ctrl_c(project):
                 pass
         assert seen.count(b"HEALTH") >= 2, seen.decode(errors="replace")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=5) == 0
+        assert proc.wait(timeout=30) == 0  # a loaded machine may take seconds to exit
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -317,7 +317,7 @@ def test_watch_without_a_terminal_prints_a_snapshot_per_refresh(project):
         assert line, proc.stderr.read()
         snapshots += line.startswith("schedsync status at")
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=5)
+    out, err = proc.communicate(timeout=30)  # a loaded machine may take seconds to exit
     assert proc.returncode == 0, err
     assert err == ""
 

@@ -170,7 +170,10 @@ class _Transaction:
         db = self.store.db
         if kind is not None:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error on its way out says more; SQLite ends the transaction itself
             return
         try:
             db.execute("COMMIT")

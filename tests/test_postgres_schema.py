@@ -40,7 +40,7 @@ def test_replaying_the_migrations_yields_schema_sql(pg_server):
 def test_the_migrations_are_numbered_without_a_gap_and_each_sets_its_own_version():
     names = MIGRATIONS.names
     assert len(names) >= 4 and len(MIGRATIONS) == len(names)
-    for number, (name, sql) in enumerate(zip(names, MIGRATIONS), 1):
+    for number, (name, sql) in enumerate(zip(names, MIGRATIONS, strict=True), 1):
         assert re.fullmatch(rf"{number:04d}_[a-z0-9_]+\.sql", name), name
         assert re.findall(r"UPDATE schedsync\.meta SET version = (\d+);", sql) == [str(number)], name
     assert "schema.sql" not in names

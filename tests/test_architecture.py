@@ -249,3 +249,60 @@ def test_the_kind_test_finder_finds_kind_tests():
             'if url.scheme not in ("http", "https"): pass\nif x == "commands": pass\n')
     assert [f.split(":")[0] for f in kind_tests(ast.parse(code), keys)] == [
         "line 1", "line 2", "line 3", "line 4", "line 5"]
+
+
+DRIVERS = ("sqlite3", "psycopg2", "psycopg")
+# DB-API exception names, however reached (``store.sqlite.sqlite3.OperationalError``).
+DBAPI_ERRORS = {"Error", "Warning", "OperationalError", "IntegrityError", "DatabaseError", "InterfaceError",
+                "ProgrammingError", "DataError", "NotSupportedError", "InternalError"}
+# ctx.db's raw-connection escape hatch: python jobs get a sqlite_utils Database (which
+# wraps sqlite3 itself) or a psycopg2 connection opened by the sink; neither module is
+# imported here, but this is where one would be, should the ctx.db API need it.
+DRIVER_ALLOWED = ("schedsync.store", "schedsync.jobs.common")
+
+
+def dotted(node: ast.AST) -> str | None:
+    """``a.b.c`` for a chain of attributes on a name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
+
+
+def driver_offenders(name: str, text: str) -> list[str]:
+    """Imports of a database driver, and names of a driver or a DB-API exception, in code."""
+    out = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            out += [f"{name}: imports {a.name}" for a in node.names if a.name.split(".")[0] in DRIVERS]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in DRIVERS:
+            out.append(f"{name}: imports {node.module}")
+        elif isinstance(node, (ast.Attribute, ast.Name)) and not isinstance(getattr(node, "ctx", None), ast.Store):
+            path = dotted(node)
+            if path and (path.split(".")[0] in DRIVERS and "." in path
+                         or path.rpartition(".")[2] in DBAPI_ERRORS - {"Error", "Warning"}):
+                out.append(f"{name}: names {path}")
+    # the outermost chain only: ``psycopg2.errors.X`` is one finding, not three
+    return [o for o in out if not any(p != o and p.startswith(o + ".") for p in out)]
+
+
+def test_no_module_outside_the_store_imports_a_driver_or_names_its_exceptions():
+    # The store translates driver errors (by SQLSTATE or sqlite error class) into
+    # core.errors types at its port: nothing above it catches a driver exception.
+    offenders = []
+    for name, path in modules().items():
+        if not name.startswith(DRIVER_ALLOWED):
+            offenders += driver_offenders(name, path.read_text())
+    assert offenders == []
+
+
+def test_the_driver_finder_finds_imports_and_exception_names():
+    assert driver_offenders("m", "import sqlite3\n") == ["m: imports sqlite3"]
+    assert driver_offenders("m", "def f():\n    from psycopg2.errors import UniqueViolation\n")
+    assert driver_offenders("m", "try:\n    pass\nexcept (OSError, sqlite3.Error):\n    pass\n")
+    assert driver_offenders("m", "def f(e):\n    return isinstance(e, psycopg2.errors.UndefinedTable)\n") == [
+        "m: names psycopg2.errors.UndefinedTable"]
+    assert driver_offenders("m", "try:\n    pass\nexcept store.OperationalError:\n    pass\n")
+    assert driver_offenders("m", "x = 1  # OperationalError in a comment\n") == []
+    assert driver_offenders("m", "from schedsync.core.errors import StateError\n") == []

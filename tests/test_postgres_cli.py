@@ -430,3 +430,58 @@ def test_a_data_url_password_is_never_printed_when_storing_fails(project, passwo
         assert "postgresql://app:***@127.0.0.1:1/db" in shown
         for piece in (p for p in re.split(r"[/@:]|%zz", password) if len(p) >= 3):
             assert piece not in shown, shown
+
+
+@pytest.mark.parametrize("how", ["constraint", "terminate"])
+def test_a_database_error_during_a_budget_spend_is_one_line_not_an_internal_error(project, pg_server, how):
+    # The first page's request is served, then the state database fails the next spend:
+    # a server-side error (a constraint the bucket's update breaks), or the run's own
+    # session killed (pg_terminate_backend). Either is a state error, said in one line.
+    import http.server
+    import threading
+
+    db = pg_server.createdb()
+    url = pg_server.url(db)
+    sabotage = {"constraint": "ALTER TABLE schedsync.buckets ADD CONSTRAINT full_only CHECK (tokens > 1e9)"
+                              " NOT VALID",
+                "terminate": "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                             f" WHERE datname = '{db}' AND pid <> pg_backend_pid()"}[how]
+
+    class Pages(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if "page=2" not in self.path:
+                pg_server.psql(db, sabotage)
+            more = "" if "page=2" in self.path else f"http://127.0.0.1:{self.server.server_address[1]}/?page=2"
+            body = json.dumps({"data": [{"id": 1}], "next": more or None}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        project.write(f"""
+            budgets: {{api: 100/1m}}
+            jobs:
+              items:
+                http: {{url: "http://127.0.0.1:{server.server_address[1]}/", items: data, next: next}}
+                into: {{table: items, pk: id}}
+                budget: api
+        """)
+        result = project.cli("run", "items", env={"SCHEDSYNC_STATE": url})
+    finally:
+        server.shutdown()
+        server.server_close()
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text
+    assert "internal error" not in text and "Traceback" not in text and "psycopg2" not in text, text
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    if how == "constraint":  # the request fails, the run is recorded failed, saying why
+        assert "cannot spend a budget token: state database" in result.stderr, result.stderr
+    else:  # the session is gone: the run cannot be recorded, and says the state was lost
+        assert "state database" in result.stderr and "was lost" in result.stderr, result.stderr

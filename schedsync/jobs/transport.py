@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import sqlite3
 import tempfile
 import threading
 import time
@@ -381,10 +380,11 @@ class Requester:
 
     @staticmethod
     def _state(operation, *args):
-        """A budget operation on the state; a state that cannot be written fails the request."""
+        """A budget operation on the state; a state that cannot be written fails the request.
+        The store translates its driver's errors into ``StateError`` (a ``SchedsyncError``)."""
         try:
             return operation(*args)
-        except (SchedsyncError, sqlite3.Error, OSError) as exc:
+        except (SchedsyncError, OSError) as exc:
             raise RequestFailed(f"cannot spend a budget token: {clip(exc, 200)}") from None
 
     def _one_token(self) -> float:

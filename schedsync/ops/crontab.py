@@ -13,7 +13,7 @@ import shlex
 import sys
 
 from schedsync.config import Config, resolve_state
-from schedsync.paths import absolute
+from schedsync.paths import absolute, is_url
 
 MARK = "# schedsync"
 LATE_WATCH = "*/5 * * * *"  # how often the watcher line looks for late jobs
@@ -43,7 +43,7 @@ def command_prefix(config: Config, state: str | None = None) -> tuple[str, bool]
     # status reads here unless jobs.yaml's own `state:` already names it.
     chosen = resolve_state(state, config)
     hidden = False
-    if chosen.startswith(("postgresql://", "postgres://")):
+    if is_url(chosen):
         # A state URL as it is, minus any password: crontab output is shown and mailed,
         # and cron's schedsync finds the password in ~/.pgpass (or $PGPASSFILE) as libpq does.
         from schedsync.core.redact import strip_password

@@ -6,11 +6,10 @@ contract suite (``tests/test_store.py``) runs against each.
 
 from __future__ import annotations
 
+from schedsync.paths import is_url
 from schedsync.store.base import Admitted, BreakerSpec, Liveness, Lock, Locks, Store
 
 __all__ = ["Admitted", "BreakerSpec", "Liveness", "Lock", "Locks", "Store", "open_store"]
-
-URL_SCHEMES = ("postgresql://", "postgres://")
 
 
 def open_store(target: str, write: bool = True, create: bool | None = None) -> Store:
@@ -27,7 +26,7 @@ def open_store(target: str, write: bool = True, create: bool | None = None) -> S
     ``postgres`` extra; its driver is imported only then); anything else is the path
     of a SQLite file.
     """
-    if target.startswith(URL_SCHEMES):
+    if is_url(target):
         from schedsync.store.postgres import PostgresStore
 
         return PostgresStore(target, write=write, create=create)

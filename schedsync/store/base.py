@@ -28,6 +28,14 @@ import abc
 from schedsync.core.errors import NoState
 from schedsync.core.records import dataclass
 
+# Both backends' run columns, in ``core.models.Run``'s order (``Run(*row)``); a backend
+# appends its owner column (SQLite's pid_start, PostgreSQL's token) where it needs it.
+RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
+              "finished_at", "duration_ms", "attempts", "requests", "items_processed",
+              "items_failed", "exit_code", "error", "retry_at", "output")
+RUN_COLUMNS = ", ".join(RUN_FIELDS)
+PRUNE_BATCH = 100  # rows a finished run prunes, so retention stays cheap however old the backlog
+
 
 def no_state(where: str) -> NoState:
     """What a command that never creates a state (``status``, ``resume``…) says when there is none."""

@@ -17,11 +17,10 @@ import json
 import os
 
 from schedsync.core.errors import ConfigError, StateError
+from schedsync.store.base import RUN_FIELDS
 
 TABLES = {  # table: columns, as both backends name them (SQLite's pid_start is the token)
-    "runs": ("id", "job", "status", "reason", "trigger", "started_at", "finished_at", "duration_ms",
-             "attempts", "requests", "items_processed", "items_failed", "exit_code", "error",
-             "retry_at", "host", "pid", "pid_start", "output"),
+    "runs": (*RUN_FIELDS, "pid_start"),
     "jobs": ("name", "first_seen", "paused", "paused_at", "adhoc"),
     "run_counts": ("job", "status", "runs", "requests"),
     "buckets": ("name", "tokens", "updated", "blocked_until"),
@@ -36,7 +35,8 @@ def copy_state(source: str, url: str) -> dict:
     """Copy the SQLite state at ``source`` into the PostgreSQL state at ``url``; {table: rows}."""
     import sqlite3
 
-    from schedsync.store.postgres import PostgresStore, is_url, redact_url, storable
+    from schedsync.paths import is_url
+    from schedsync.store.postgres import PostgresStore, redact_url, storable
 
     if is_url(source):
         raise ConfigError("state copy reads a SQLite state, and --state is a URL",

@@ -30,7 +30,7 @@ from schedsync.core.errors import ConfigError, StateBusy, StateError
 from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
-from schedsync.store.base import Admitted, Liveness, Lock, Locks, Store, no_state
+from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state
 from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
 
 # psycopg2's C module imports Python's ssl only to hand OpenSSL's locking callbacks to
@@ -51,7 +51,6 @@ finally:
         del sys.modules["ssl"]
 
 HOST = os.uname().nodename
-SCHEMES = ("postgresql://", "postgres://")
 
 # How long a vanished host can keep a lock: the server probes an idle connection
 # after 5 s, every 1 s, 3 times (and gives up on unacknowledged data after 8 s),
@@ -70,17 +69,8 @@ CONNECT_TIMEOUT = 10
 CROWDED_FOR = 15.0  # seconds of retrying "too many clients" before giving up
 READ_WAIT = 1.0  # seconds a read command waits on another session's lock
 
-RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
-              "finished_at", "duration_ms", "attempts", "requests", "items_processed",
-              "items_failed", "exit_code", "error", "retry_at", "output")
-RUN_COLUMNS = ", ".join(RUN_FIELDS)  # reads; running_runs adds the owner's token
-PRUNE_BATCH = 100
 SPEND = "SELECT schedsync.spend(%s::text[], %s::float8[], %s::float8[], %s, %s)"
 COUNT_REQUESTS = "UPDATE schedsync.runs SET requests = %s WHERE id = %s AND status = 'running'"
-
-
-def is_url(state: str) -> bool:
-    return state.startswith(SCHEMES)
 
 
 def _need_driver(url: str) -> None:

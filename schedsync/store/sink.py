@@ -37,7 +37,9 @@ __all__ = ["Sink", "SinkError", "clashing_keys", "key_columns", "open_sink"]
 def open_sink(target: str) -> Sink:
     """The sink for ``target``: a ``postgresql://`` URL is a PostgreSQL database (the state's
     own by default, with a PostgreSQL state); a path is a SQLite database, created private."""
-    if target.startswith(("postgresql://", "postgres://")):
+    from schedsync.paths import is_url
+
+    if is_url(target):
         from schedsync.store.sink_postgres import PostgresSink
 
         return PostgresSink(target)

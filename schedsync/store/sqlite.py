@@ -29,17 +29,12 @@ from schedsync.core.errors import StateBusy, StateError
 from schedsync.core.models import (BREAKER_OPEN, CRASHED, FAILURES, PARTIAL, PAUSED, RATE_LIMITED,
                                    RUNNING, SKIPPED, SUCCESS, Breaker, Bucket, JobState, Notification,
                                    Run)
-from schedsync.store.base import Admitted, Locks, Store, no_state
+from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Locks, Store, no_state
 from schedsync.store.liveness import ProcLiveness
 from schedsync.store.lock import FileLock, lock_folder
 
 BUSY_TIMEOUT = 60.0  # seconds; cron fires many lines in the same second
 READ_WAIT = 1.0  # seconds a read command waits on a writer before it skips (or fails) a step
-
-RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
-              "finished_at", "duration_ms", "attempts", "requests", "items_processed",
-              "items_failed", "exit_code", "error", "retry_at", "output")
-RUN_COLUMNS = ", ".join(RUN_FIELDS)
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -170,7 +165,10 @@ class _Transaction:
         db = self.store.db
         if kind is not None:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error on its way out says more; SQLite ends the transaction itself
             return
         try:
             db.execute("COMMIT")
@@ -192,7 +190,6 @@ SAVE_BUCKET = ("INSERT INTO buckets (name, tokens, updated, blocked_until) VALUE
                " ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens,"
                " updated = excluded.updated, blocked_until = excluded.blocked_until")
 COUNT_REQUESTS = "UPDATE runs SET requests = ? WHERE id = ? AND status = 'running'"
-PRUNE_BATCH = 100  # rows a run prunes, so retention stays cheap however old the backlog
 
 
 def _table_check(db: sqlite3.Connection) -> tuple[int, str | None]:

@@ -1,0 +1,319 @@
+-- The first schema: runs, jobs, buckets, breakers and their events, notifications,
+-- alert marks, slots, and the server-side functions (admit, finish, crash, spend,
+-- block, feed_breaker, last_success, prune, now).
+CREATE SCHEMA IF NOT EXISTS schedsync;
+CREATE TABLE schedsync.meta (version int NOT NULL);
+INSERT INTO schedsync.meta VALUES (0);
+
+CREATE TABLE schedsync.runs (
+    id bigserial PRIMARY KEY, job text NOT NULL, status text NOT NULL, reason text,
+    trigger text NOT NULL, started_at float8 NOT NULL, finished_at float8,
+    duration_ms bigint, attempts int NOT NULL DEFAULT 0, requests int NOT NULL DEFAULT 0,
+    items_processed bigint NOT NULL DEFAULT 0, items_failed bigint NOT NULL DEFAULT 0,
+    exit_code int, error text, retry_at float8, host text NOT NULL, pid int NOT NULL,
+    token bigint, output text, slot float8);
+CREATE INDEX runs_by_job ON schedsync.runs (job, id);
+CREATE INDEX runs_by_job_status ON schedsync.runs (job, status, started_at);
+CREATE INDEX runs_running ON schedsync.runs (job) WHERE status = 'running';
+CREATE TABLE schedsync.jobs (name text PRIMARY KEY, first_seen float8 NOT NULL,
+                             paused boolean NOT NULL DEFAULT false, paused_at float8);
+CREATE TABLE schedsync.buckets (name text PRIMARY KEY, tokens float8 NOT NULL, updated float8 NOT NULL,
+                                blocked_until float8);
+CREATE TABLE schedsync.breakers (name text PRIMARY KEY, state text NOT NULL, failures int NOT NULL,
+                                 opened_at float8, opens_until float8,
+                                 leases float8[] NOT NULL DEFAULT '{}');
+CREATE TABLE schedsync.breaker_events (id bigserial PRIMARY KEY, name text NOT NULL, at float8 NOT NULL,
+                                       old text NOT NULL, new text NOT NULL, reason text);
+CREATE INDEX breaker_events_by_name ON schedsync.breaker_events (name, id);
+CREATE TABLE schedsync.notifications (id bigserial PRIMARY KEY, job text NOT NULL, event text NOT NULL,
+                                      target text NOT NULL, at float8 NOT NULL, ok boolean NOT NULL,
+                                      detail text, run_id bigint);
+CREATE INDEX notifications_by_job ON schedsync.notifications (job, id);
+CREATE TABLE schedsync.alert_marks (job text NOT NULL, event text NOT NULL, mark float8 NOT NULL,
+                                    PRIMARY KEY (job, event));
+-- Once per slot: whichever host claims (job, slot) first runs it.
+CREATE TABLE schedsync.slots (job text NOT NULL, slot float8 NOT NULL, host text NOT NULL,
+                              run_id bigint, claimed_at float8 NOT NULL, PRIMARY KEY (job, slot));
+
+CREATE FUNCTION schedsync.now() RETURNS float8 LANGUAGE sql VOLATILE AS
+$$ SELECT extract(epoch FROM clock_timestamp())::float8 $$;
+
+-- Token buckets (core.budgets), all or none, rows locked in name order (no deadlock
+-- between spenders). A stored time later than now is clamped (never trusted); a
+-- Retry-After pause (blocked_until) keeps the tokens and is dropped once passed or
+-- when further ahead than a day (or one period, if longer): a clock that stepped back.
+-- NULL: granted; else when every bucket will have enough ('Infinity': never).
+CREATE FUNCTION schedsync.spend(p_names text[], p_caps float8[], p_pers float8[], p_cost float8,
+                                p_now float8) RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE
+    t float8 := coalesce(p_now, schedsync.now());
+    b record; i int; cap float8; per float8; tk float8; blocked float8;
+    ready float8; at float8; denied boolean := false;
+    names text[] := '{}'; new_tokens float8[] := '{}'; new_blocked float8[] := '{}';
+    clamped float8[] := '{}'; was float8[] := '{}';
+BEGIN
+    IF p_cost <= 0 OR coalesce(cardinality(p_names), 0) = 0 THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO schedsync.buckets (name, tokens, updated)
+        SELECT n, c, t FROM unnest(p_names, p_caps) AS u(n, c) ORDER BY n
+        ON CONFLICT (name) DO NOTHING;
+    FOR b IN SELECT name, buckets.tokens, updated, blocked_until FROM schedsync.buckets
+             WHERE name = ANY (p_names) ORDER BY name FOR UPDATE LOOP
+        i := array_position(p_names, b.name);
+        cap := p_caps[i]; per := p_pers[i];
+        tk := least(cap, b.tokens + (t - least(b.updated, t)) * cap / per);
+        blocked := b.blocked_until;
+        IF blocked IS NOT NULL AND (blocked <= t OR blocked > t + greatest(per, 86400.0)) THEN
+            blocked := NULL;
+        END IF;
+        clamped := clamped || tk; was := was || b.updated;
+        IF p_cost > cap THEN
+            denied := true; ready := 'Infinity';
+        ELSIF blocked IS NULL AND tk + 1e-9 >= p_cost THEN
+            tk := greatest(0.0, tk - p_cost);
+        ELSE
+            denied := true;
+            at := t + greatest(0.0, p_cost - tk) * per / cap;
+            IF blocked IS NOT NULL THEN at := greatest(at, blocked); END IF;
+            ready := greatest(coalesce(ready, t), at);
+        END IF;
+        names := names || b.name; new_tokens := new_tokens || tk; new_blocked := new_blocked || blocked;
+    END LOOP;
+    IF denied THEN
+        -- a time from a clock that ran ahead is kept clamped, even on a denial
+        UPDATE schedsync.buckets SET tokens = u.tk0, updated = t, blocked_until = u.bl
+            FROM unnest(names, clamped, new_blocked, was) AS u(n, tk0, bl, w)
+            WHERE buckets.name = u.n AND u.w > t;
+        RETURN ready;
+    END IF;
+    UPDATE schedsync.buckets SET tokens = u.tk, updated = t, blocked_until = u.bl
+        FROM unnest(names, new_tokens, new_blocked) AS u(n, tk, bl) WHERE buckets.name = u.n;
+    RETURN NULL;
+END $$;
+
+-- An upstream's Retry-After (core.budgets.block_until): pause, keeping the tokens;
+-- a longer pause already there stands; one beyond a day (or a longer period) is cut to it.
+CREATE FUNCTION schedsync.block(p_names text[], p_caps float8[], p_pers float8[], p_until float8,
+                                p_now float8) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    t float8 := coalesce(p_now, schedsync.now());
+    b record; i int; cap float8; per float8; tk float8; blocked float8; until float8;
+BEGIN
+    INSERT INTO schedsync.buckets (name, tokens, updated)
+        SELECT n, coalesce(c, 0), t FROM unnest(p_names, p_caps) AS u(n, c) ORDER BY n
+        ON CONFLICT (name) DO NOTHING;
+    FOR b IN SELECT name, buckets.tokens, updated, blocked_until FROM schedsync.buckets
+             WHERE name = ANY (p_names) ORDER BY name FOR UPDATE LOOP
+        i := array_position(p_names, b.name);
+        cap := coalesce(p_caps[i], 'Infinity'); per := coalesce(p_pers[i], 'Infinity');
+        tk := CASE WHEN p_caps[i] IS NULL THEN b.tokens
+                       ELSE least(cap, b.tokens + (t - least(b.updated, t)) * cap / per) END;
+        blocked := b.blocked_until;
+        IF blocked IS NOT NULL AND (blocked <= t OR blocked > t + greatest(per, 86400.0)) THEN
+            blocked := NULL;
+        END IF;
+        until := least(p_until, t + greatest(per, 86400.0));
+        IF blocked IS NOT NULL THEN until := greatest(until, blocked); END IF;
+        UPDATE schedsync.buckets SET tokens = tk, updated = t,
+            blocked_until = CASE WHEN until > t THEN until END WHERE buckets.name = b.name;
+    END LOOP;
+END $$;
+
+-- A finished run fed to its breaker (core.breaker.record). Returns the transition, if any.
+CREATE FUNCTION schedsync.feed_breaker(p_name text, p_failures int, p_reset float8, p_now float8,
+                                       p_ok boolean, p_trial boolean, p_why text,
+                                       OUT old text, OUT new text, OUT failures int,
+                                       OUT opened_at float8, OUT opens_until float8)
+LANGUAGE plpgsql AS $$
+DECLARE
+    b record; before text;
+BEGIN
+    IF NOT p_ok THEN
+        INSERT INTO schedsync.breakers (name, state, failures) VALUES (p_name, 'closed', 0)
+            ON CONFLICT (name) DO NOTHING;
+    END IF;
+    SELECT * INTO b FROM schedsync.breakers WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;  -- closed and never stored: a success changes nothing
+    END IF;
+    before := CASE WHEN b.state = 'open' AND b.opens_until IS NOT NULL AND p_now >= b.opens_until
+                   THEN 'half-open' ELSE b.state END;
+    IF p_ok THEN
+        IF b.state <> 'closed' OR b.failures <> 0 OR b.opened_at IS NOT NULL
+           OR b.opens_until IS NOT NULL OR cardinality(b.leases) > 0 THEN
+            UPDATE schedsync.breakers SET state = 'closed', failures = 0, opened_at = NULL,
+                opens_until = NULL, leases = '{}' WHERE name = p_name;
+        END IF;
+        failures := 0;
+        IF before <> 'closed' THEN old := before; new := 'closed'; END IF;
+    ELSIF p_trial OR before = 'half-open' OR (before = 'closed' AND b.failures + 1 >= p_failures) THEN
+        failures := b.failures + 1; opened_at := p_now; opens_until := p_now + p_reset;
+        UPDATE schedsync.breakers SET state = 'open', failures = feed_breaker.failures,
+            opened_at = p_now, opens_until = p_now + p_reset, leases = '{}' WHERE name = p_name;
+        IF before <> 'open' THEN old := before; new := 'open'; END IF;
+    ELSE
+        failures := b.failures + 1; opened_at := b.opened_at; opens_until := b.opens_until;
+        UPDATE schedsync.breakers SET failures = feed_breaker.failures WHERE name = p_name;
+    END IF;
+    IF old IS NOT NULL THEN
+        INSERT INTO schedsync.breaker_events (name, at, old, new, reason)
+            VALUES (p_name, p_now, old, new, p_why);
+    END IF;
+END $$;
+
+-- The newest success (or partial) of a job, started before p_before if given: one
+-- backward index seek per status (an IN list would read every run of the job).
+CREATE FUNCTION schedsync.last_success(p_job text, p_before float8) RETURNS float8
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(
+        (SELECT started_at FROM schedsync.runs WHERE job = p_job AND status = 'success'
+             AND (p_before IS NULL OR started_at < p_before) ORDER BY started_at DESC LIMIT 1),
+        (SELECT started_at FROM schedsync.runs WHERE job = p_job AND status = 'partial'
+             AND (p_before IS NULL OR started_at < p_before) ORDER BY started_at DESC LIMIT 1))
+$$;
+
+-- Retention for one job, at most p_limit rows per class; the newest success is kept.
+CREATE FUNCTION schedsync.prune(p_job text, p_now float8, p_keep_success float8,
+                                p_keep_failed float8, p_limit int) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    removed int := 0; n int; newest float8;
+BEGIN
+    IF p_keep_success IS NOT NULL THEN
+        newest := schedsync.last_success(p_job, NULL);
+        DELETE FROM schedsync.runs WHERE id IN (
+            SELECT id FROM schedsync.runs WHERE job = p_job
+                AND status IN ('success', 'partial', 'skipped') AND started_at < p_now - p_keep_success
+                AND NOT (newest IS NOT NULL AND status IN ('success', 'partial') AND started_at = newest)
+            LIMIT p_limit);
+        GET DIAGNOSTICS n = ROW_COUNT; removed := removed + n;
+    END IF;
+    IF p_keep_failed IS NOT NULL THEN
+        DELETE FROM schedsync.runs WHERE id IN (
+            SELECT id FROM schedsync.runs WHERE job = p_job
+                AND status IN ('failed', 'timeout', 'crashed') AND started_at < p_now - p_keep_failed
+            LIMIT p_limit);
+        GET DIAGNOSTICS n = ROW_COUNT; removed := removed + n;
+    END IF;
+    RETURN removed;
+END $$;
+
+-- One run's admission, in one transaction: seen, paused, breaker (a half-open trial
+-- lease claimed once cluster-wide), the slot, budgets, then the running row and
+-- its liveness lock. Nothing is changed when the run is not admitted.
+CREATE FUNCTION schedsync.admit(
+    p_job text, p_trigger text, p_breaker text, p_half_open int, p_lease float8,
+    p_budgets text[], p_caps float8[], p_pers float8[], p_cost float8, p_now float8,
+    p_slot float8, p_host text, p_pid int, p_token bigint,
+    OUT run_id bigint, OUT started_at float8, OUT trial boolean, OUT reason text,
+    OUT retry_at float8, OUT other_host text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t float8 := coalesce(p_now, schedsync.now());
+    paused boolean; b record; live float8[]; ready float8; claimed boolean := false;
+BEGIN
+    started_at := t; trial := false;
+    SELECT jobs.paused INTO paused FROM schedsync.jobs WHERE name = p_job;
+    IF NOT FOUND THEN
+        INSERT INTO schedsync.jobs (name, first_seen) VALUES (p_job, t) ON CONFLICT (name) DO NOTHING;
+        paused := false;
+    END IF;
+    IF paused THEN
+        reason := 'paused'; RETURN;
+    END IF;
+    SELECT * INTO b FROM schedsync.breakers WHERE name = p_breaker FOR UPDATE;
+    IF FOUND AND b.state = 'open' THEN
+        IF b.opens_until IS NULL OR t < b.opens_until THEN
+            reason := 'breaker_open'; retry_at := b.opens_until; RETURN;
+        END IF;
+        live := ARRAY(SELECT x FROM unnest(b.leases) AS x WHERE x > t);
+        IF cardinality(live) >= p_half_open THEN
+            reason := 'breaker_open'; retry_at := (SELECT min(x) FROM unnest(live) AS x); RETURN;
+        END IF;
+        trial := true;
+    END IF;
+    IF p_slot IS NOT NULL THEN
+        INSERT INTO schedsync.slots (job, slot, host, claimed_at) VALUES (p_job, p_slot, p_host, t)
+            ON CONFLICT (job, slot) DO NOTHING;
+        IF NOT FOUND THEN
+            reason := 'already_ran';
+            SELECT host INTO other_host FROM schedsync.slots WHERE job = p_job AND slot = p_slot;
+            trial := false; RETURN;
+        END IF;
+        claimed := true;
+    END IF;
+    IF p_cost > 0 AND coalesce(cardinality(p_budgets), 0) > 0 THEN
+        ready := schedsync.spend(p_budgets, p_caps, p_pers, p_cost, t);
+        IF ready IS NOT NULL THEN
+            IF claimed THEN
+                DELETE FROM schedsync.slots WHERE job = p_job AND slot = p_slot;
+            END IF;
+            reason := 'rate_limited'; retry_at := ready; trial := false; RETURN;
+        END IF;
+    END IF;
+    IF trial THEN
+        UPDATE schedsync.breakers SET leases = live || (t + p_lease) WHERE name = p_breaker;
+    END IF;
+    INSERT INTO schedsync.runs (job, status, trigger, started_at, host, pid, token, slot)
+        VALUES (p_job, 'running', p_trigger, t, p_host, p_pid, p_token, p_slot) RETURNING id INTO run_id;
+    IF claimed THEN
+        UPDATE schedsync.slots SET run_id = admit.run_id WHERE job = p_job AND slot = p_slot;
+    END IF;
+    -- Session-level: held after this transaction commits, until finish or the session dies.
+    PERFORM pg_advisory_lock(1935893363, (run_id % 2147483647)::int);
+END $$;
+
+-- One run's end, in one transaction: the record, the breaker (or the trial lease
+-- handed back), retention, and the liveness lock released.
+CREATE FUNCTION schedsync.finish(
+    p_id bigint, p_status text, p_reason text, p_finished float8, p_duration bigint,
+    p_attempts int, p_requests int, p_items bigint, p_failed_items bigint, p_exit int,
+    p_error text, p_retry_at float8, p_output text,
+    p_job text, p_breaker text, p_failures int, p_reset float8, p_evidence boolean,
+    p_ok boolean, p_trial boolean, p_lease_end float8, p_why text,
+    p_keep_success float8, p_keep_failed float8, p_prune int,
+    OUT old text, OUT new text, OUT failures int, OUT opened_at float8, OUT opens_until float8)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t float8 := coalesce(p_finished, schedsync.now());
+    f record;
+BEGIN
+    UPDATE schedsync.runs SET status = p_status, reason = p_reason, finished_at = t,
+        duration_ms = coalesce(p_duration, ((t - started_at) * 1000)::bigint),
+        attempts = p_attempts, requests = p_requests, items_processed = p_items,
+        items_failed = p_failed_items, exit_code = p_exit, error = p_error, retry_at = p_retry_at,
+        output = p_output WHERE id = p_id;
+    IF p_evidence THEN
+        f := schedsync.feed_breaker(p_breaker, p_failures, p_reset, t, p_ok, p_trial, p_why);
+        old := f.old; new := f.new; failures := f.failures;
+        opened_at := f.opened_at; opens_until := f.opens_until;
+    ELSIF p_trial THEN
+        UPDATE schedsync.breakers SET leases = array_remove(leases, p_lease_end)
+            WHERE name = p_breaker AND p_lease_end = ANY (leases);
+    END IF;
+    PERFORM schedsync.prune(p_job, t, p_keep_success, p_keep_failed, p_prune);
+    PERFORM pg_advisory_unlock(1935893363, (p_id % 2147483647)::int);
+END $$;
+
+-- A running row whose owner is gone: crashed once, by whichever reader gets here first.
+CREATE FUNCTION schedsync.crash(
+    p_id bigint, p_now float8, p_error text, p_breaker text, p_failures int, p_reset float8,
+    p_evidence boolean, p_why text,
+    OUT done boolean, OUT old text, OUT new text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t float8 := coalesce(p_now, schedsync.now());
+    f record;
+BEGIN
+    UPDATE schedsync.runs SET status = 'crashed', finished_at = t,
+        duration_ms = ((t - started_at) * 1000)::bigint, error = p_error
+        WHERE id = p_id AND status = 'running';
+    done := FOUND;
+    IF done AND p_evidence AND p_breaker IS NOT NULL THEN
+        f := schedsync.feed_breaker(p_breaker, p_failures, p_reset, t, false, false, p_why);
+        old := f.old; new := f.new;
+    END IF;
+END $$;
+
+UPDATE schedsync.meta SET version = 1;

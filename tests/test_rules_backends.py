@@ -25,7 +25,7 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initia
                                  precondition, rule, run_state_machine_as_test)
 
 from schedsync.core import breaker as core_breaker
-from schedsync.core.budgets import block_until, take
+from schedsync.core.budgets import block_until, refill, take
 from schedsync.core.records import replace
 from schedsync.core.models import (CRASHED, FAILED, FAILURES, PARTIAL, RUNNING, SKIPPED, SUCCESS, TIMEOUT,
                                    Breaker, Run)
@@ -63,19 +63,22 @@ def sqlite_and_pg(tmp_path, pg_url):
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_breaker_given_no_settings_uses_the_configured_defaults(backend, sqlite_and_pg):
     # PostgreSQL used to fall back to failures=1, reset_after=0: one failure opened it.
+    from schedsync.config import BUILTIN
+
+    defaults = BUILTIN["breaker"]  # what jobs.yaml documents
     store = sqlite_and_pg[backend == "postgresql"]
     spec = BreakerSpec("api", {})
-    for i in range(core_breaker.DEFAULTS["failures"]):
+    for i in range(defaults["failures"]):
         admitted = store.admit_run("job", "cron", spec, LEASE, [], {}, 0, now=T0 + i)
         assert admitted.run is not None
         run = admitted.run
         run.status, run.finished_at, run.duration_ms = FAILED, T0 + i, 0
         transition = store.finish_run(run, spec, True, admitted.trial, LEASE, {}, now=T0 + i)
-        opened = i + 1 == core_breaker.DEFAULTS["failures"]
+        opened = i + 1 == defaults["failures"]
         assert (transition is not None) == opened, i
     [after] = store.breakers(["api"]).values()
     assert after.state == "open"
-    assert after.opens_until == T0 + core_breaker.DEFAULTS["failures"] - 1 + core_breaker.DEFAULTS["reset_after"]
+    assert after.opens_until == T0 + defaults["failures"] - 1 + defaults["reset_after"]
 
 
 def test_config_defaults_are_the_cores():
@@ -98,6 +101,17 @@ def test_the_statuses_in_the_postgresql_functions_are_core_models():
 
 # --- token buckets ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_spend_denied_by_one_budget_spends_nothing_from_one_with_a_future_time(backend, sqlite_and_pg):
+    # Found by BucketsOnBoth: SQLite saved the clamped bucket with the cost taken off.
+    store = sqlite_and_pg[backend == "postgresql"]
+    rates = {"a": (10.0, 60.0), "b": (1.0, 60.0)}
+    assert store.spend(["a", "b"], rates, 1, T0) is None  # stored at T0; b now empty
+    assert store.spend(["a", "b"], rates, 1, T0 - 30) is not None  # the clock stepped back: b denies
+    assert store.budget_levels(rates, T0 - 30)["a"] == 9.0  # clamped, and unspent
+
+
+
 class BucketsOnBoth(RuleBasedStateMachine):
     """Spends and Retry-After pauses on two buckets, through both stores and the pure core."""
 
@@ -115,10 +129,12 @@ class BucketsOnBoth(RuleBasedStateMachine):
     @rule(seconds=st.floats(0, 7200, allow_nan=False))
     def time_passes(self, seconds):
         self.now += seconds
+        self.denied = None
 
     @rule(seconds=st.floats(0.001, 7200, allow_nan=False))
     def the_clock_steps_backwards(self, seconds):
         self.now -= seconds
+        self.denied = None
 
     def _core_spend(self, names, cost):
         taken, ready = {}, None
@@ -129,10 +145,11 @@ class BucketsOnBoth(RuleBasedStateMachine):
                 ready = max(self.now if ready is None else ready, math.inf if at is None else at)
         if ready is None:
             self.core.update(taken)
-        else:  # a denial keeps a clamped time only
-            for name, bucket in taken.items():
-                if self.core[name] is not None and self.core[name].updated > self.now:
-                    self.core[name] = bucket
+        else:  # all or none: a denial spends nothing, and keeps a clamped time only
+            for name in names:
+                bucket = self.core[name]
+                if bucket is not None and bucket.updated > self.now:
+                    self.core[name] = refill(bucket, *self.rates[name], self.now)
         return ready
 
     @rule(which=st.sampled_from([(0,), (1,), (0, 1)]), cost=st.integers(1, 60))
@@ -261,7 +278,9 @@ class BreakerOnBoth(RuleBasedStateMachine):
         trial, runs = run
         end = runs[0].started_at + LEASE
         if trial and end in self.core.leases:
-            self.core = replace(self.core, leases=[t for t in self.core.leases if t != end])
+            leases = list(self.core.leases)
+            leases.remove(end)  # one: two trials admitted at one instant hold equal leases
+            self.core = replace(self.core, leases=leases)
         for store, r in zip(self.stores, runs):
             r.status, r.finished_at, r.duration_ms = SKIPPED, self.now, 0
             assert store.finish_run(r, self.spec, False, trial, LEASE, {}, now=self.now) is None
@@ -281,6 +300,23 @@ class BreakerOnBoth(RuleBasedStateMachine):
 def test_breakers_agree_on_both_backends(sqlite_and_pg):
     BreakerOnBoth.stores = sqlite_and_pg
     run_state_machine_as_test(BreakerOnBoth, settings=FEW)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_trial_handed_back_frees_one_lease_when_two_started_at_one_instant(backend, sqlite_and_pg):
+    # Found by BreakerOnBoth: PostgreSQL's array_remove freed both equal leases.
+    store = sqlite_and_pg[backend == "postgresql"]
+    spec = BreakerSpec("api", {"failures": 1, "reset_after": 60.0, "half_open_runs": 2})
+    first = store.admit_run("job", "cron", spec, LEASE, [], {}, 0, now=T0).run
+    first.status, first.finished_at, first.duration_ms = FAILED, T0, 0
+    assert store.finish_run(first, spec, True, False, LEASE, {}, now=T0)[:2] == ("closed", "open")
+    trials = [store.admit_run("job", "cron", spec, LEASE, [], {}, 0, now=T0 + 60) for _ in range(2)]
+    assert [t.trial for t in trials] == [True, True]
+    run = trials[0].run
+    run.status, run.finished_at, run.duration_ms = SKIPPED, T0 + 60, 0
+    assert store.finish_run(run, spec, False, True, LEASE, {}, now=T0 + 60) is None
+    assert store.admit_run("job", "cron", spec, LEASE, [], {}, 0, now=T0 + 60).trial
+    assert store.admit_run("job", "cron", spec, LEASE, [], {}, 0, now=T0 + 60).reason == "breaker_open"
 
 
 # --- retention -------------------------------------------------------------------------------

@@ -318,15 +318,23 @@ class PostgresStore(Store):
     def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
         settings = settings_of(breaker.settings)
         why = f"run {run.id} of {run.job}: {run.status}" + (f" ({run.error})" if run.error else "")
+        hand_back = trial and not evidence
+        end = run.started_at + lease
         [row] = self._q(
+            # A trial handed back frees one lease (two trials admitted at one instant hold
+            # equal ones; finish's array_remove would free both): first, in the same
+            # implicit transaction, and finish is then told of no lease to hand back.
+            ("UPDATE schedsync.breakers SET leases = leases[:array_position(leases, %s) - 1]"
+             " || leases[array_position(leases, %s) + 1:] WHERE name = %s AND %s = ANY (leases);"
+             if hand_back else "") +
             "SELECT * FROM schedsync.finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (run.id, run.status, run.reason, run.finished_at if now is None else now,
-             run.duration_ms, run.attempts, run.requests, run.items_processed, run.items_failed,
+            ((end, end, breaker.name, end) if hand_back else ()) + (
+             run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms, run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,
              run.job, breaker.name, int(settings["failures"]),
              float(settings["reset_after"]), bool(evidence), run.status not in FAILURES,
-             bool(trial), run.started_at + lease, why[:300],
+             bool(trial), None if hand_back else end, why[:300],
              retention.get("success"), retention.get("failed"), PRUNE_BATCH))
         old, new, failures, opened_at, opens_until = row
         if old is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from schedsync.config.checks import _q
 from schedsync.config.state import choose_state
+from schedsync.core.breaker import DEFAULTS as BREAKER_DEFAULTS
 from schedsync.core.errors import ConfigError
 from schedsync.core.records import dataclass, field
 
@@ -13,7 +14,7 @@ BUILTIN = {
     "overlap": ["skip", 0.0],
     "retries": {"attempts": 3, "initial": 1.0, "max": 60.0, "multiplier": 2.0,
                 "jitter": 0.1, "on_exit_codes": []},
-    "breaker": {"failures": 5, "reset_after": 600.0, "half_open_runs": 1},
+    "breaker": dict(BREAKER_DEFAULTS),  # the core's: one place for both backends
     "grace": 300.0,
     "retention": {"success": 14 * 86400.0, "failed": None},
     "max_wait": 0.0,

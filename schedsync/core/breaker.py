@@ -13,6 +13,14 @@ from schedsync.core.records import dataclass, replace
 from schedsync.core.models import Breaker
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+# The one place a breaker's settings default (config's built-in defaults are these; a
+# store given fewer settings fills them from here, on either backend).
+DEFAULTS = {"failures": 5, "reset_after": 600.0, "half_open_runs": 1}
+
+
+def settings_of(settings: dict) -> dict:
+    """``settings`` with every missing one taken from ``DEFAULTS``."""
+    return {**DEFAULTS, **settings}
 
 
 @dataclass
@@ -30,6 +38,7 @@ def state_at(breaker: Breaker, now: float) -> str:
 
 def admit(breaker: Breaker, settings: dict, now: float, lease: float) -> tuple[Admission, Breaker]:
     """May a run start now? A half-open trial takes a lease for ``lease`` seconds."""
+    settings = settings_of(settings)
     state = state_at(breaker, now)
     if state == CLOSED:
         return Admission(True), breaker
@@ -44,6 +53,7 @@ def admit(breaker: Breaker, settings: dict, now: float, lease: float) -> tuple[A
 def record(breaker: Breaker, settings: dict, now: float, ok: bool,
            trial: bool) -> tuple[Breaker, tuple[str, str] | None]:
     """The breaker after a run ended; and the transition (from, to) if there was one."""
+    settings = settings_of(settings)
     before = state_at(breaker, now)
     if ok:
         closed = Breaker(breaker.name)

@@ -45,9 +45,14 @@ def take(bucket: Bucket | None, name: str, capacity: float, per: float, cost: fl
     ready = now + max(0.0, cost - current.tokens) * per / capacity
     if blocked is not None:
         ready = max(ready, blocked)
-    # Up by one ulp: at epoch scale the sum may round down, and a caller that sleeps
-    # until ``ready`` must find the tokens there, not a hair short of them.
-    return False, current, math.nextafter(ready, math.inf)
+    return False, current, never_short(ready)
+
+
+def never_short(ready: float) -> float:
+    """``ready`` up by one ulp: at epoch scale the sum may round down, and a caller that
+    sleeps until ``ready`` must find the tokens there, not a hair short of them.
+    (PostgreSQL's ``spend`` computes the sum in SQL; the store applies this to it.)"""
+    return math.nextafter(ready, math.inf)
 
 
 def block_until(bucket: Bucket | None, name: str, until: float, capacity: float, per: float,

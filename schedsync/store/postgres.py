@@ -27,6 +27,8 @@ import sys
 import time
 
 from schedsync.core.errors import ConfigError, StateBusy, StateError
+from schedsync.core.breaker import settings_of
+from schedsync.core.budgets import never_short
 from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
@@ -278,16 +280,14 @@ class PostgresStore(Store):
         [row] = self._q(
             "SELECT * FROM schedsync.admit(%s, %s, %s, %s, %s, %s::text[], %s::float8[], %s::float8[],"
             " %s, %s, %s, %s, %s, %s)",
-            (job, trigger, breaker.name, int(breaker.settings.get("half_open_runs", 1)),
+            (job, trigger, breaker.name, int(settings_of(breaker.settings)["half_open_runs"]),
              float(lease), list(budgets), caps, pers, float(cost), now, slot, host, pid, token))
         run_id, started_at, trial, reason, retry_at, other_host = row
         if reason is None:
             run = Run(run_id, job, "running", trigger, started_at, host, pid, pid_start=token)
             return Admitted(run, trial=bool(trial))
         if reason == "rate_limited" and retry_at is not None and retry_at != float("inf"):
-            import math
-
-            retry_at = math.nextafter(retry_at, math.inf)  # as core.budgets.take: never a hair short
+            retry_at = never_short(retry_at)
         if retry_at == float("inf"):
             retry_at = None
         return Admitted(reason=reason, retry_at=retry_at,
@@ -308,17 +308,25 @@ class PostgresStore(Store):
              retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0))
 
     def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
-        settings = breaker.settings
+        settings = settings_of(breaker.settings)
         why = f"run {run.id} of {run.job}: {run.status}" + (f" ({run.error})" if run.error else "")
+        hand_back = trial and not evidence
+        end = run.started_at + lease
         [row] = self._q(
+            # A trial handed back frees one lease (two trials admitted at one instant hold
+            # equal ones; finish's array_remove would free both): first, in the same
+            # implicit transaction, and finish is then told of no lease to hand back.
+            ("UPDATE schedsync.breakers SET leases = leases[:array_position(leases, %s) - 1]"
+             " || leases[array_position(leases, %s) + 1:] WHERE name = %s AND %s = ANY (leases);"
+             if hand_back else "") +
             "SELECT * FROM schedsync.finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (run.id, run.status, run.reason, run.finished_at if now is None else now,
-             run.duration_ms, run.attempts, run.requests, run.items_processed, run.items_failed,
+            ((end, end, breaker.name, end) if hand_back else ()) + (
+             run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms, run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,
-             run.job, breaker.name, int(settings.get("failures", 1)),
-             float(settings.get("reset_after", 0)), bool(evidence), run.status not in FAILURES,
-             bool(trial), run.started_at + lease, why[:300],
+             run.job, breaker.name, int(settings["failures"]),
+             float(settings["reset_after"]), bool(evidence), run.status not in FAILURES,
+             bool(trial), None if hand_back else end, why[:300],
              retention.get("success"), retention.get("failed"), PRUNE_BATCH))
         old, new, failures, opened_at, opens_until = row
         if old is None:
@@ -335,21 +343,21 @@ class PostgresStore(Store):
         return [Run(*row) for row in rows]
 
     def mark_crashed(self, run, error, breaker, evidence, now=None) -> bool:
-        settings = breaker.settings if breaker else {}
+        settings = settings_of(breaker.settings if breaker else {})
         why = f"run {run.id} of {run.job}: crashed ({error})"
         [(done, _old, _new)] = self._q(
             "SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s)",
             (run.id, now, error, breaker.name if breaker else None,
-             int(settings.get("failures", 1)), float(settings.get("reset_after", 0)),
+             int(settings["failures"]), float(settings["reset_after"]),
              bool(evidence), why[:300]))
         return bool(done)
 
     # --- reads --------------------------------------------------------------------------
 
     def runs(self, job, limit=20, failed_only=False) -> list:
-        where = "job = %s" + (" AND status IN ('failed', 'timeout', 'crashed')" if failed_only else "")
+        where = "job = %s" + (" AND status = ANY (%s::text[])" if failed_only else "")
         rows = self._q(f"SELECT {RUN_COLUMNS} FROM schedsync.runs WHERE {where}"
-                       " ORDER BY id DESC LIMIT %s", (job, limit))
+                       " ORDER BY id DESC LIMIT %s", (job, *([list(FAILURES)] if failed_only else []), limit))
         return [Run(*row) for row in rows]
 
     def run(self, job, run_id=None):
@@ -387,9 +395,9 @@ class PostgresStore(Store):
     def failure_streak(self, job, before=None) -> int:
         [(count,)] = self._q(
             "SELECT count(*) FROM schedsync.runs WHERE job = %(j)s"
-            " AND status IN ('failed', 'timeout', 'crashed')"
+            " AND status = ANY (%(f)s::text[])"
             " AND started_at > coalesce(schedsync.last_success(%(j)s, %(b)s), '-Infinity')"
-            " AND (%(b)s::float8 IS NULL OR started_at < %(b)s)", {"j": job, "b": before})
+            " AND (%(b)s::float8 IS NULL OR started_at < %(b)s)", {"j": job, "b": before, "f": list(FAILURES)})
         return count
 
     def counters(self) -> dict:
@@ -452,11 +460,7 @@ class PostgresStore(Store):
             [(ready,)] = self._q(f"WITH s AS ({SPEND} AS ready), c AS ({COUNT_REQUESTS}"
                                  " AND (SELECT ready FROM s) IS NULL) SELECT ready FROM s",
                                  args + count[::-1])
-        if ready is None or ready == float("inf"):
-            return ready
-        import math
-
-        return math.nextafter(ready, math.inf)
+        return ready if ready is None or ready == float("inf") else never_short(ready)
 
     def block_budgets(self, budgets, until, rates=None, now=None) -> None:
         if budgets:

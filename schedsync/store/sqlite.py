@@ -565,7 +565,8 @@ class SQLiteStore(Store):
                 # A flag, not ``ready > now``: a denial whose wait rounds to zero is still a denial.
                 ready = max(now if ready is None else ready, math.inf if at is None else at)
             if row and row[1] > now:
-                clamped.append(bucket)  # a time from a clock that ran ahead: kept clamped, even on a denial
+                # a time from a clock that ran ahead: kept clamped, even on a denial (and then unspent)
+                clamped.append(refill(stored, capacity, per, now) if granted else bucket)
             taken.append(bucket)
         for bucket in (taken if ready is None else clamped):
             # An upsert, not INSERT OR REPLACE: replace deletes and re-inserts, rewriting the

@@ -132,6 +132,7 @@ class SQLSink(Sink):
     provides ``conn`` and the hooks below the line; it may override ``_store`` (how a page is
     written) and ``_reason`` (error translation)."""
 
+    DIALECT = ""              # "sqlite", "postgresql"
     TYPES: dict = {}          # a first non-null value's Python type -> the column's type
     TEXT = "TEXT"             # the type of anything else
     ERRORS: tuple = ()        # exceptions that mean "cannot store": translated to SinkError

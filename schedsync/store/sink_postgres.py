@@ -29,6 +29,7 @@ _to_json = json.JSONEncoder(default=repr, sort_keys=True).encode
 
 
 class PostgresSink(SQLSink):
+    DIALECT = "postgresql"
     TYPES = {int: "bigint", bool: "boolean", float: "double precision", str: "text",
              dict: "jsonb", list: "jsonb", bytes: "bytea"}
     TEXT = "text"

@@ -62,6 +62,7 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 class SQLiteSink(SQLSink):
+    DIALECT = "sqlite"
     TYPES = {int: "INTEGER", bool: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB",
              dict: "TEXT", list: "TEXT"}
     ERRORS = (sqlite3.Error, OSError, OverflowError, ValueError)

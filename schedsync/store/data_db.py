@@ -72,7 +72,7 @@ class DataDB:
                 if not batch:
                     break
                 for row in batch:
-                    yield dict(zip(names, row))
+                    yield dict(zip(names, row, strict=True))
         finally:
             cur.close()
             self._done()
@@ -92,20 +92,27 @@ class DataDB:
         if self._sink.in_transaction:
             yield self
             return
+        sink = self._sink
         if self.backend == "sqlite":
-            self.conn.execute("BEGIN IMMEDIATE")
-        self._sink.in_transaction = True
+            self._call(self.conn.execute, "BEGIN IMMEDIATE")
+        sink.in_transaction = True
         try:
             yield self
         except BaseException:
-            self._sink.in_transaction = False
-            self._sink._rollback()
+            sink.in_transaction = False
+            self._call(sink._rollback)
             raise
-        self._sink.in_transaction = False
-        self._sink._commit()
+        sink.in_transaction = False
+        self._call(sink._commit)
 
     def close(self) -> None:
         self._sink.close()
+
+    def _call(self, function, *args):
+        try:
+            return function(*args)
+        except self._sink.ERRORS as exc:
+            raise SinkError(self._sink._reason(exc)) from None
 
     def _run(self, sql: str, params):
         cur = self.conn.cursor()

@@ -436,3 +436,30 @@ def test_an_exception_holding_undecodable_text_is_a_failed_run_not_a_crash(proje
     assert one_error_line(result).startswith("error: sync: failed in ")
     assert run["error"] in one_error_line(result)
     assert "reading report-" in result.stdout and "opening report-" in run["output"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_ctx_db_has_one_api_whichever_backend_holds_the_state(project, request, backend):
+    # The same job code, unchanged, on a SQLite state (data.db) and a PostgreSQL state (its database).
+    if backend == "postgresql":
+        project.env["SCHEDSYNC_STATE"] = request.getfixturevalue("pg_url")
+    python_job(project, """
+        def sync(ctx):
+            stored, failed = ctx.db.upsert("things", [{"id": 1, "v": "a"}, {"id": 2, "v": "b"},
+                                                      {"id": None}], pk="id")
+            with ctx.db.transaction():
+                changed = ctx.db.execute("UPDATE things SET v = ? WHERE id = ?", ("B", 2))
+                ctx.db.upsert("things", [{"id": 3, "v": "c", "extra": 1.5}], pk="id")
+            rows = list(ctx.db.query("SELECT id, v, extra FROM things WHERE id >= :low ORDER BY id",
+                                     {"low": 2}))
+            assert changed == 1 and rows == [{"id": 2, "v": "B", "extra": None},
+                                             {"id": 3, "v": "c", "extra": 1.5}], rows
+            assert ctx.db.conn is not None
+            return {"processed": stored + 1, "failed": failed}
+    """)
+
+    result = project.cli("run", "sync")
+
+    assert result.returncode == 0 and result.stderr == "sync: partial: 1 of 4 items failed\n", result.stderr
+    [run] = project.history("sync")
+    assert (run["status"], run["items_processed"], run["items_failed"], run["error"]) == ("partial", 3, 1, None)

@@ -1,8 +1,7 @@
 """What the job kinds that run in this process (http, python) share.
 
 The SIGALRM backstop for the run's deadline (``hard_deadline``), the progress display
-on a terminal (``LiveProgress``), the data database for python jobs (``open_data_db``)
-and ``one_line`` for error text. Neither job kind imports the other.
+on a terminal (``LiveProgress``) and ``one_line`` for error text. Neither job kind imports the other.
 """
 
 from __future__ import annotations
@@ -123,27 +122,6 @@ class LiveProgress:
             parts.append(f"{self.failed:,} failed")
         parts.append(f"{self.items / elapsed:,.0f}/s")
         self._progress.update(self._task, description="  ".join(parts))
-
-
-def open_data_db(path: str):
-    """A ``sqlite_utils.Database`` on the data database (python jobs' ``ctx.db``); for a
-    ``postgresql://`` target, a psycopg2 connection.
-
-    The connection is the SQLite sink's (``store.sink_sqlite.connect``): created private
-    to the user, WAL, a 60 s busy timeout, and autocommit, so writers wrap each batch in
-    ``BEGIN IMMEDIATE … COMMIT`` and no read lock is ever upgraded.
-    """
-    if path.startswith(("postgresql://", "postgres://")):
-        # A PostgreSQL data target (the state's database by default, with a PostgreSQL
-        # state): ctx.db is then a psycopg2 connection to it, opened as the sink opens it.
-        from schedsync.store.sink_postgres import PostgresSink
-
-        return PostgresSink(path).conn
-    import sqlite_utils
-
-    from schedsync.store.sink_sqlite import connect
-
-    return sqlite_utils.Database(connect(path))
 
 
 def one_line(text, limit: int = ERROR_LENGTH) -> str:

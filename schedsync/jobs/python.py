@@ -12,8 +12,9 @@ finds ``jobs/points.py`` beside the registry. The function receives a
   ``BudgetExhausted``, which, uncaught, ends the run ``rate_limited``. It may be
   shared by threads; the hard timeout interrupts only the main thread, but
   every request's timeout stops at the run's deadline.
-- ``ctx.db``: a ``sqlite_utils.Database`` on the data database (``data.db``
-  beside the state file).
+- ``ctx.db``: the data database (``data.db`` beside the state file, or the
+  state's PostgreSQL database), the same API on both backends: ``upsert``,
+  ``query``, ``execute``, ``transaction()``, and ``conn`` (``store.data_db``).
 - ``ctx.progress(n=1, failed=0)``: count items as they are done (and drive the
   progress display on a terminal).
 - ``ctx.log``: a ``logging.Logger``. Its output, like anything the function
@@ -47,7 +48,7 @@ from contextlib import contextmanager
 from schedsync.core.durations import format_duration
 from schedsync.core.models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SUCCESS, TIMEOUT
 from schedsync.core.outcome import Cancelled, DeadlinePassed, Outcome
-from schedsync.jobs.common import LiveProgress, hard_deadline, one_line, open_data_db
+from schedsync.jobs.common import LiveProgress, hard_deadline, one_line
 
 # --- python jobs ------------------------------------------------------------------------
 
@@ -82,7 +83,9 @@ class JobContext:
     @property
     def db(self):
         if self._db is None:
-            self._db = open_data_db(self.data_db)
+            from schedsync.store.data_db import DataDB
+
+            self._db = DataDB(self.data_db)
         return self._db
 
     @property

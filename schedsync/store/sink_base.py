@@ -1,12 +1,20 @@
-"""The data sink's interface: ``Sink``, ``SinkError``, ``key_columns``, ``since_text``, and the
-column rule both backends share (``column_name``, ``fold``, ``PageColumns``).
+"""The data sink's interface (``Sink``, ``SinkError``) and the base both SQL backends share.
 
 What each operation promises is documented in ``store.sink`` (the port users open with
-``open_sink``); backends (``sink_sqlite``, ``sink_postgres``) inherit from ``Sink`` here,
-so that they never import the module that chooses between them.
+``open_sink``). ``SQLSink`` holds everything the backends have in common: the row filter
+(``good_rows``: objects with the whole key, not null, not NaN), the column rule
+(``column_name``, ``fold``, ``PageColumns``), type inference, schema work, the upsert
+statement and its cache, ``max_value``, and savepoints inside a caller's transaction
+(``ctx.db.transaction()``). A dialect (``sink_sqlite``, ``sink_postgres``) fills in small
+hooks: quoting is shared, type names and error classes are class attributes, and it says
+how a transaction begins and ends, how columns are read, how placeholders look, and how a
+page is sent. Backends inherit from here so they never import the module that chooses
+between them.
 """
 
 from __future__ import annotations
+
+from schedsync.core.redact import clip
 
 NAME_BYTES = 63  # PostgreSQL's identifier length; the rule is the same on SQLite
 _FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
@@ -101,3 +109,177 @@ def clashing_keys(row: dict) -> tuple[str, str] | None:
         if other is not key:
             return other, key
     return None
+
+
+def quote(name: str) -> str:
+    """``name`` as a quoted SQL identifier (the same on SQLite and PostgreSQL)."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def good_rows(keys: tuple, rows: list) -> list:
+    """The rows that are objects with every part of the key there, not null and not NaN (SQLite
+    would store a NaN as NULL, and PostgreSQL's NaN equals NaN: either way a new row every run)."""
+    if len(keys) == 1:
+        key = keys[0]
+        return [row for row in rows if type(row) is dict and (v := row.get(key)) is not None and v == v]
+    return [row for row in rows
+            if type(row) is dict and all((v := row.get(k)) is not None and v == v for k in keys)]
+
+
+class SQLSink(Sink):
+    """What both SQL backends share: the row filter, the column rule, type inference, schema work
+    and the upsert statement. A dialect sets ``TYPES``/``TEXT``/``ERRORS``/``IF_NOT_EXISTS`` and
+    provides ``conn`` and the hooks below the line; it may override ``_store`` (how a page is
+    written) and ``_reason`` (error translation)."""
+
+    DIALECT = ""              # "sqlite", "postgresql"
+    TYPES: dict = {}          # a first non-null value's Python type -> the column's type
+    TEXT = "TEXT"             # the type of anything else
+    ERRORS: tuple = ()        # exceptions that mean "cannot store": translated to SinkError
+    IF_NOT_EXISTS = ""        # "IF NOT EXISTS " where schema work can race other writers
+    MAX = "max"               # the aggregate, named with its schema where others may shadow it
+    conn = None
+    in_transaction = False    # a caller's transaction is open: pages become savepoints
+
+    def __init__(self) -> None:
+        self._columns: dict[str, dict[str, str]] = {}  # table -> {fold(name): name}
+        self._sql: dict[tuple, str] = {}
+
+    def upsert(self, table: str, pk, rows: list) -> tuple[int, int]:
+        keys = key_columns(pk)
+        good = good_rows(keys, rows)
+        if not good:
+            return 0, len(rows)
+        first = good[0].keys()
+        same = all(map(first.__eq__, map(dict.keys, good)))
+        if same:
+            columns = tuple(first)
+        else:
+            union = dict.fromkeys(first)
+            for row in good:
+                union.update(dict.fromkeys(row))
+            columns = tuple(union)
+        page = PageColumns(columns)
+        if page.of is not None:  # keys renamed or sharing a column (rare): items re-keyed
+            good = [row for row in map(page.merge, good) if row is not None]
+            if not good:
+                return 0, len(rows)
+            columns, keys = page.columns, tuple(page.of[k] for k in keys)
+        try:
+            self._store(table, keys, columns, good, same)
+        except self.ERRORS as exc:
+            self._columns.pop(table, None)  # re-read the schema next time
+            raise SinkError(self._reason(exc)) from None
+        return len(good), len(rows) - len(good)
+
+    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool) -> None:
+        """Write one page in one transaction (a savepoint inside a caller's transaction)."""
+        cur = self.conn.cursor()
+        nested = self.in_transaction
+        cur.execute("SAVEPOINT sink_page") if nested else self._begin(cur)
+        try:
+            known = self._columns.get(table)
+            if known is None or any(fold(c) not in known for c in columns):
+                known = self._schema(cur, table, keys, columns, rows)
+            names = tuple(known[fold(c)] for c in columns)  # the table's spelling
+            pk_names = tuple(known[fold(c)] for c in keys)
+            sql = self._sql.get((table, pk_names, names))
+            if sql is None:
+                sql = self._sql[(table, pk_names, names)] = self._upsert_sql(table, pk_names, names)
+            self._write(cur, sql, columns, rows, same)
+            cur.execute("RELEASE SAVEPOINT sink_page") if nested else self._commit()
+        except BaseException:
+            if nested:
+                cur.execute("ROLLBACK TO SAVEPOINT sink_page")
+                cur.execute("RELEASE SAVEPOINT sink_page")
+            else:
+                self._rollback()
+            raise
+        finally:
+            cur.close()
+
+    def _schema(self, cur, table: str, keys: tuple, columns: tuple, rows: list) -> dict[str, str]:
+        """Create ``table`` or add the columns it lacks (inside the page's transaction)."""
+        self._lock_schema(cur, table)
+        known = self._read_columns(cur, table)
+        missing = [c for c in columns if fold(c) not in known]
+        if not missing:
+            return known
+        types = {c: self._type_of(c, rows) for c in missing}
+        if not known:
+            defs = [f"{quote(c)} {types[c]}" for c in missing]
+            defs.append(f"PRIMARY KEY ({', '.join(map(quote, keys))})")
+            cur.execute(f"CREATE TABLE {self.IF_NOT_EXISTS}{quote(table)} ({', '.join(defs)})")
+        # With IF NOT EXISTS a concurrent writer's CREATE may have won: its columns may differ.
+        for c in missing if known or self.IF_NOT_EXISTS else ():
+            cur.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {self.IF_NOT_EXISTS}{quote(c)} {types[c]}")
+        for c in missing:
+            known.setdefault(fold(c), c)
+        return known
+
+    def _read_columns(self, cur, table: str) -> dict[str, str]:
+        known: dict[str, str] = {}
+        for name in self._column_names(cur, table):
+            known.setdefault(fold(name), name)
+        self._columns[table] = known
+        return known
+
+    def _type_of(self, column: str, rows: list) -> str:
+        for row in rows:
+            value = row.get(column)
+            if value is not None:
+                return self.TYPES.get(type(value), self.TEXT)
+        return self.TEXT
+
+    def _upsert_sql(self, table: str, keys: tuple, columns: tuple) -> str:
+        updates = [f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in keys]
+        action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+        return self._statement(f"INSERT INTO {quote(table)} ({', '.join(map(quote, columns))}) VALUES ",
+                               len(columns), f" ON CONFLICT ({', '.join(map(quote, keys))}) {action}")
+
+    def max_value(self, table: str, column: str) -> str | None:
+        try:
+            cur = self.conn.cursor()
+            try:
+                column = self._read_columns(cur, table).get(fold(column_name(column)))
+                value = None
+                if column is not None:
+                    cur.execute(f"SELECT {self.MAX}({quote(column)}) FROM {quote(table)}")
+                    value = cur.fetchone()[0]
+            finally:
+                cur.close()
+                if not self.in_transaction:
+                    self._rollback()  # read only: end the transaction, hold no snapshot
+        except self.ERRORS as exc:
+            raise SinkError(self._reason(exc)) from None
+        return since_text(value)
+
+    def _reason(self, exc: BaseException) -> str:
+        """``exc`` as a SinkError's one line (a dialect redacts what its driver may echo)."""
+        return clip(str(exc) or type(exc).__name__, 200)
+
+    # -- dialect hooks --
+
+    def _begin(self, cur) -> None:
+        """Open the page's transaction (nothing where the driver opens one itself)."""
+
+    def _commit(self) -> None:
+        self.conn.commit()
+
+    def _rollback(self) -> None:
+        self.conn.rollback()
+
+    def _lock_schema(self, cur, table: str) -> None:
+        """Keep other writers out of ``table``'s schema until the transaction ends."""
+
+    def _column_names(self, cur, table: str) -> list[str]:
+        """``table``'s column names in order; none when it does not exist."""
+        raise NotImplementedError
+
+    def _statement(self, head: str, width: int, tail: str) -> str:
+        """The upsert statement: ``head``, the placeholders of a row of ``width`` values, ``tail``."""
+        raise NotImplementedError
+
+    def _write(self, cur, sql: str, columns: tuple, rows: list, same: bool) -> None:
+        """Run ``sql`` over ``rows`` (dicts keyed by ``columns``; ``same``: all have every key)."""
+        raise NotImplementedError

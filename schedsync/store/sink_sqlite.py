@@ -1,15 +1,12 @@
 """The SQLite data sink (``data.db``): one prepared ``executemany`` per page.
 
-What it does per page, inside one ``BEGIN IMMEDIATE … COMMIT``:
+The shared work (row filter, column rule, schema, the upsert statement) is
+``sink_base.SQLSink``'s; this dialect adds, per page:
 
-- keep the rows that are objects with every part of the key (not null, not NaN);
-- name the columns by the shared rule (``sink_base.PageColumns``; per page, and per
-  row only when keys are renamed or share a column);
-- if the page has a key the table lacks (known from a cached ``PRAGMA table_info``,
-  re-read inside the write lock so concurrent writers cannot race), create the table
-  or ``ALTER TABLE … ADD COLUMN`` it, typed from the first non-null value;
-- one ``INSERT … ON CONFLICT (pk) DO UPDATE SET col = excluded.col`` statement over
-  the page's columns, run by ``executemany`` on tuples built by ``itemgetter``;
+- one ``BEGIN IMMEDIATE … COMMIT`` (the write lock first, so the cached
+  ``PRAGMA table_info`` is re-read inside it when a page brings a new key and
+  concurrent writers cannot race);
+- ``?`` placeholders, run by ``executemany`` on tuples built by ``itemgetter``;
   lists and objects become JSON through a sqlite3 adapter registered while the sink is
   open, so no Python code runs per plain value.
 
@@ -26,13 +23,9 @@ import sqlite3
 import time
 from operator import itemgetter
 
-from schedsync.core.redact import clip
-from schedsync.store.sink_base import (PageColumns, Sink, SinkError, column_name, fold, key_columns,
-                                       since_text)
+from schedsync.store.sink_base import SinkError, SQLSink, quote
 
 BUSY_TIMEOUT = 60.0
-_TYPES = {int: "INTEGER", bool: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB",
-          dict: "TEXT", list: "TEXT"}
 # One encoder, built once: json.dumps with any argument builds a new encoder per call.
 _to_json = json.JSONEncoder(default=repr, ensure_ascii=False).encode
 _ADAPTED = ((dict, sqlite3.PrepareProtocol), (list, sqlite3.PrepareProtocol))
@@ -68,123 +61,51 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def quote(name: str) -> str:
-    return '"' + str(name).replace('"', '""') + '"'
+class SQLiteSink(SQLSink):
+    DIALECT = "sqlite"
+    TYPES = {int: "INTEGER", bool: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB",
+             dict: "TEXT", list: "TEXT"}
+    ERRORS = (sqlite3.Error, OSError, OverflowError, ValueError)
 
-
-class SQLiteSink(Sink):
     def __init__(self, path: str):
         global _open_sinks
+        super().__init__()
         self.path = path
         try:
             self.conn = connect(path)
         except (sqlite3.Error, OSError) as exc:
-            raise SinkError(_reason(exc)) from None
-        self._columns: dict[str, dict[str, str]] = {}  # table -> {fold(name): name}
-        self._sql: dict[tuple, str] = {}
+            raise SinkError(self._reason(exc)) from None
         if not _open_sinks:
             for key in _ADAPTED:
                 sqlite3.adapters[key] = _to_json
         _open_sinks += 1
 
-    # -- upsert --
+    def _begin(self, cur) -> None:
+        cur.execute("BEGIN IMMEDIATE")  # the write lock first: no read lock is ever upgraded
 
-    def upsert(self, table: str, pk, rows: list) -> tuple[int, int]:
-        keys = key_columns(pk)
-        # A key must be there, not null and not NaN (SQLite would store NaN as NULL: a new
-        # row on every run).
-        if len(keys) == 1:
-            key = keys[0]
-            good = [row for row in rows
-                    if type(row) is dict and (v := row.get(key)) is not None and v == v]
-        else:
-            good = [row for row in rows
-                    if type(row) is dict and all((v := row.get(k)) is not None and v == v for k in keys)]
-        if not good:
-            return 0, len(rows)
-        first = good[0].keys()
-        same = all(map(first.__eq__, map(dict.keys, good)))
-        if same:
-            columns = tuple(first)
-        else:
-            union = dict.fromkeys(first)
-            for row in good:
-                union.update(dict.fromkeys(row))
-            columns = tuple(union)
-        page = PageColumns(columns)
-        if page.of is not None:  # keys renamed or sharing a column (rare): items re-keyed
-            good = [row for row in map(page.merge, good) if row is not None]
-            if not good:
-                return 0, len(rows)
-            columns, keys = page.columns, tuple(page.of[k] for k in keys)
+    def _commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _column_names(self, cur, table: str) -> list[str]:
+        return [row[1] for row in cur.execute(f"PRAGMA table_info({quote(table)})")]
+
+    def _statement(self, head: str, width: int, tail: str) -> str:
+        return f"{head}({', '.join('?' * width)}){tail}"
+
+    def _write(self, cur, sql: str, columns: tuple, rows: list, same: bool) -> None:
+        # Tuples by itemgetter when every row has every key: no Python code per plain value.
         if len(columns) == 1:
             name = columns[0]
-            values = [(row.get(name),) for row in good]
+            values = [(row.get(name),) for row in rows]
         elif same:
-            values = list(map(itemgetter(*columns), good))
+            values = list(map(itemgetter(*columns), rows))
         else:
-            values = [tuple(row.get(c) for c in columns) for row in good]
-        conn = self.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                known = self._columns.get(table)
-                if known is None or any(fold(c) not in known for c in columns):
-                    known = self._schema(table, keys, columns, good)
-                names = tuple(known[fold(c)] for c in columns)  # the table's spelling
-                pk_names = tuple(known[fold(c)] for c in keys)
-                sql = self._sql.get((table, pk_names, names))
-                if sql is None:
-                    sql = self._sql[(table, pk_names, names)] = _upsert_sql(table, pk_names, names)
-                conn.executemany(sql, values)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except (sqlite3.Error, OSError, OverflowError, ValueError) as exc:
-            self._columns.pop(table, None)  # re-read the schema next time
-            raise SinkError(_reason(exc)) from None
-        return len(good), len(rows) - len(good)
-
-    def _schema(self, table: str, keys: tuple, columns: tuple, rows: list) -> dict[str, str]:
-        """Create ``table`` or add the columns it lacks (inside the page's transaction)."""
-        known = self._read_columns(table)
-        missing = [c for c in columns if fold(c) not in known]
-        if not missing:
-            return known
-        types = {c: _type_of(c, rows) for c in missing}
-        if not known:
-            if len(keys) == 1 and types.get(keys[0]) == "INTEGER":
-                defs = [f"{quote(c)} INTEGER PRIMARY KEY" if c == keys[0] else f"{quote(c)} {types[c]}"
-                        for c in missing]
-            else:
-                defs = [f"{quote(c)} {types.get(c, 'TEXT')}" for c in missing]
-                defs.append(f"PRIMARY KEY ({', '.join(map(quote, keys))})")
-            self.conn.execute(f"CREATE TABLE {quote(table)} ({', '.join(defs)})")
-        else:
-            for c in missing:
-                self.conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(c)} {types[c]}")
-        for c in missing:
-            known[fold(c)] = c
-        return known
-
-    def _read_columns(self, table: str) -> dict[str, str]:
-        rows = self.conn.execute(f"PRAGMA table_info({quote(table)})").fetchall()
-        known = self._columns[table] = {fold(row[1]): row[1] for row in rows}
-        return known
-
-    # -- since --
-
-    def max_value(self, table: str, column: str) -> str | None:
-        try:
-            column = self._read_columns(table).get(fold(column_name(column)))
-            if column is None:
-                return None
-            value = self.conn.execute(f"SELECT MAX({quote(column)}) FROM {quote(table)}").fetchone()[0]
-        except (sqlite3.Error, OSError) as exc:
-            raise SinkError(_reason(exc)) from None
-        return since_text(value)
+            values = [tuple(map(row.get, columns)) for row in rows]
+        cur.executemany(sql, values)
 
     def close(self) -> None:
         global _open_sinks
@@ -196,24 +117,3 @@ class SQLiteSink(Sink):
         if not _open_sinks:
             for key in _ADAPTED:
                 sqlite3.adapters.pop(key, None)
-
-
-def _upsert_sql(table: str, keys: tuple, columns: tuple) -> str:
-    names = ", ".join(map(quote, columns))
-    marks = ", ".join("?" * len(columns))
-    updates = [f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in keys]
-    action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
-    return (f"INSERT INTO {quote(table)} ({names}) VALUES ({marks}) "
-            f"ON CONFLICT ({', '.join(map(quote, keys))}) {action}")
-
-
-def _type_of(column: str, rows: list) -> str:
-    for row in rows:
-        value = row.get(column)
-        if value is not None:
-            return _TYPES.get(type(value), "TEXT")
-    return "TEXT"
-
-
-def _reason(exc: BaseException) -> str:
-    return clip(str(exc) or type(exc).__name__, 200)

@@ -54,7 +54,9 @@ def test_the_readme_is_short_enough_to_read():
 def test_no_document_cites_a_text_users_cannot_read():
     for doc in DOCS:
         for number, line in enumerate(doc.read_text().splitlines(), 1):
-            assert not re.search(r"\bSPEC\b", line, re.I), f"{doc.name}:{number} mentions a SPEC: {line}"
+            # "SPEC", "Spec", "the spec": not "validate(spec, …)", a parameter's name in code
+            prose = re.sub(r"`[^`]*`", "", line)
+            assert not re.search(r"\bSPEC\b", prose, re.I), f"{doc.name}:{number} mentions a SPEC: {line}"
             assert "../shared" not in line, f"{doc.name}:{number} points outside the repository: {line}"
 
 

@@ -322,6 +322,23 @@ def test_watch_without_a_terminal_prints_a_snapshot_per_refresh(project):
     assert err == ""
 
 
+def test_watch_ends_on_ctrl_c_even_when_its_shell_ignored_sigint(project):
+    # A non-interactive shell starts background jobs with SIGINT ignored, and an ignored
+    # signal is inherited: watch must still end on it (as `run` takes SIGINT whatever it got).
+    project.write(JOBS)
+    open_store(str(project.state)).close()
+    proc = project.start("status", "--watch", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stdout.readline().startswith("schedsync status at")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and err == "", err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_a_piped_table_has_no_trailing_padding(busy):
     out = busy.cli("status").stdout
     assert all(line == line.rstrip() for line in out.splitlines())

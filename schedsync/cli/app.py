@@ -5,6 +5,7 @@ one function, hands the result to ``render``, and maps errors to exit codes.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -145,6 +146,9 @@ def _watch(config, store, job, interval: float = 2.0):
         data = snapshots.status(config, store, only=job)
         return render.watch_frame(data, report.worst_first(data["jobs"]), report.display_zone(config))
 
+    # Ctrl-C ends it even when started from a shell that ignores SIGINT for background jobs
+    # (an ignored signal is inherited), as `run` takes SIGINT whatever it inherited.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     console = render.console()
     try:
         if not console.is_terminal:  # a pipe gets one snapshot per refresh

@@ -101,7 +101,6 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=40)
     args = parser.parse_args()
     from pgserver import PgServer
-
     from schedsync.store import open_store
 
     server = PgServer().start()

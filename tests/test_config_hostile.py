@@ -12,8 +12,17 @@ import time
 import pytest
 
 from schedsync import paths
-from schedsync.config import (ALIAS_NODES, MAX_BYTES, MAX_DEPTH, NAME_MAX, ConfigError,
-                              ConfigErrors, load, parse, resolve_state)
+from schedsync.config import (
+    ALIAS_NODES,
+    MAX_BYTES,
+    MAX_DEPTH,
+    NAME_MAX,
+    ConfigError,
+    ConfigErrors,
+    load,
+    parse,
+    resolve_state,
+)
 
 MiB = 1024 * 1024
 

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from test_locks import NOBODY, as_nobody, nobody_python
 
 pytestmark = pytest.mark.skipif(NOBODY is None or not shutil.which("runuser") or not shutil.which("crontab"),

@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import ROOT
 from schedsync.store import open_store
 from test_cron_e2e import AFTER_THE_MINUTE, _crontab, _next_minute, _schedsync, cron  # noqa: F401 (fixture)
-
-from conftest import ROOT
 
 REGISTRY = """
     state: schedsync.db

@@ -20,15 +20,23 @@ import math
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant,
-                                 precondition, rule, run_state_machine_as_test)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from schedsync.core import breaker as core_breaker
 from schedsync.core.budgets import block_until, refill, take
+from schedsync.core.models import CRASHED, FAILED, FAILURES, PARTIAL, RUNNING, SKIPPED, SUCCESS, TIMEOUT, Breaker, Run
 from schedsync.core.records import replace
-from schedsync.core.models import (CRASHED, FAILED, FAILURES, PARTIAL, RUNNING, SKIPPED, SUCCESS, TIMEOUT,
-                                   Breaker, Run)
 from schedsync.store import open_store
 from schedsync.store.base import BreakerSpec
 

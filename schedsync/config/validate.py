@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import os
 
-from schedsync.config.checks import (_check_name, _duration, _is_url, _known,
-                                     _only, _q, _str, _url, _whole)
+from schedsync.config.checks import _check_name, _duration, _is_url, _known, _only, _q, _str, _url, _whole
 from schedsync.config.model import BUILTIN, Config, Jobs, no_registry
 from schedsync.config.walk import ConfigErrors, _Doc, read_tree
 from schedsync.core.durations import parse_duration

@@ -8,7 +8,6 @@ import re
 from schedsync.config.checks import _short
 from schedsync.core.errors import ConfigError
 
-
 # Bounds on jobs.yaml as input (SPEC: Bounds). A registry of 10,000 ordinary jobs is
 # about 1.5 MB; the deepest key a job has is 5 levels (jobs.J.http.since.param), and
 # 64 leaves room for a nested http.body. Aliases may expand to at most ALIAS_NODES

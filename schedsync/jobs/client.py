@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from schedsync.jobs.transport import DEFAULT_TIMEOUT, RequestFailed, Requester, Transient
+from schedsync.jobs.transport import DEFAULT_TIMEOUT, Requester, RequestFailed, Transient
 
 
 class BudgetedClient:

@@ -47,8 +47,7 @@ from schedsync.core.errors import SchedsyncError
 from schedsync.core.outcome import DeadlinePassed
 from schedsync.core.redact import clip, credential_name, printable
 from schedsync.core.retry import RetryAfter
-from schedsync.jobs.display import (describe_httpx_error, is_tls, request_line, response_line,
-                                    show_url, status_error)
+from schedsync.jobs.display import describe_httpx_error, is_tls, request_line, response_line, show_url, status_error
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request when a python job's call names none
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # decoded bytes of one response (http.max_bytes)

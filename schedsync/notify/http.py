@@ -34,7 +34,7 @@ def request(url: str, body: dict | None, secrets) -> tuple[bool, str]:
         if isinstance(reason, ConnectionRefusedError):
             return False, "connection refused"
         return False, secrets.redact(str(getattr(reason, "strerror", None) or reason))
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return False, f"timed out after {TIMEOUT:g}s"
     except (ValueError, OSError) as exc:
         return False, secrets.redact(str(exc)) or type(exc).__name__

@@ -26,10 +26,11 @@ import re
 import sys
 import time
 
-from schedsync.core.errors import ConfigError, StateBusy, StateError
 from schedsync.core.breaker import settings_of
 from schedsync.core.budgets import never_short
+from schedsync.core.errors import ConfigError, StateBusy, StateError
 from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
+
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
 from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state

@@ -26,9 +26,22 @@ import time
 from schedsync.core import breaker as breakers
 from schedsync.core.budgets import block_until, refill, take
 from schedsync.core.errors import StateBusy, StateError
-from schedsync.core.models import (BREAKER_OPEN, CRASHED, FAILURES, PARTIAL, PAUSED, RATE_LIMITED,
-                                   RUNNING, SKIPPED, SUCCESS, Breaker, Bucket, JobState, Notification,
-                                   Run)
+from schedsync.core.models import (
+    BREAKER_OPEN,
+    CRASHED,
+    FAILURES,
+    PARTIAL,
+    PAUSED,
+    RATE_LIMITED,
+    RUNNING,
+    SKIPPED,
+    SUCCESS,
+    Breaker,
+    Bucket,
+    JobState,
+    Notification,
+    Run,
+)
 from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Locks, Store, no_state
 from schedsync.store.liveness import ProcLiveness
 from schedsync.store.lock import FileLock, lock_folder
@@ -140,7 +153,7 @@ class _Transaction:
     # generator machinery was a measurable share of it.
     __slots__ = ("store", "depth")
 
-    def __init__(self, store: "SQLiteStore"):
+    def __init__(self, store: SQLiteStore):
         self.store, self.depth = store, 0
 
     def __enter__(self) -> None:

@@ -254,7 +254,7 @@ def test_validate_lists_every_error_then_exits_2(project):
               ":15 jobs.third.budget: no budget named 'nope'",
               ":17 jobs.fine.command: environment variable UNSET_FOR_VALIDATE is not set"]
     assert len(lines) == len(wanted), result.stderr
-    for line, part in zip(lines, wanted):
+    for line, part in zip(lines, wanted, strict=True):
         assert part in line, (part, line)
     assert result.stdout == ""
     # Every other command still stops at the first error.

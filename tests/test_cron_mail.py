@@ -13,7 +13,7 @@ import pytest
 
 from schedsync.store import open_store
 from test_crontab import cron_env
-from test_http import Upstream, job_yaml, reply  # noqa: F401
+from test_http import Upstream, job_yaml, reply
 
 
 @pytest.fixture

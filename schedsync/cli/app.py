@@ -49,7 +49,7 @@ def _errors():
         yield
     except SchedsyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(int(exc.exit_code))
+        raise typer.Exit(int(exc.exit_code)) from exc
 
 
 def _config(ctx: typer.Context):
@@ -224,7 +224,8 @@ def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", hel
 
 
 @breaker_app.command("reset")
-def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
+def breaker_reset(ctx: typer.Context,
+                  job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
     with _errors(), _opened(ctx, job=job) as (config, store):
         name = config.job(job).breaker["name"]
@@ -308,7 +309,8 @@ def exec_command(
     command: list[str] | None = typer.Argument(None, metavar="-- CMD ARGS…", help="The command, after --."),
     timeout: str | None = typer.Option(None, "--timeout", metavar="D", help="Hard timeout, e.g. 30m."),
     overlap: str | None = typer.Option(None, "--overlap", metavar="POLICY", help="skip, allow or 'wait 30s'."),
-    budget: list[str] | None = typer.Option(None, "--budget", metavar="B", help="A budget of jobs.yaml to spend from (repeatable)."),
+    budget: list[str] | None = typer.Option(None, "--budget", metavar="B",
+                                            help="A budget of jobs.yaml to spend from (repeatable)."),
 ):
     """Run an ad-hoc command as a job: lock, timeout, record, cron-friendly output, no jobs.yaml entry.
     Example: schedsync exec backup --timeout 2h -- /usr/local/bin/backup.sh --full"""

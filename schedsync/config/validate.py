@@ -195,8 +195,8 @@ def _rate(value, path: str, doc: _Doc) -> list:
             per = "1" + per  # "100/s" reads as 100 per 1s
         try:
             capacity, seconds = float(count), parse_duration(per)
-        except ValueError:
-            raise doc.error(path, f"{_q(value)} is not a rate", "write N/duration, e.g. 15/15m")
+        except ValueError as exc:
+            raise doc.error(path, f"{_q(value)} is not a rate", "write N/duration, e.g. 15/15m") from exc
     elif isinstance(value, dict):
         _known(value, ("capacity", "per"), path, doc)
         capacity = value.get("capacity")
@@ -298,15 +298,16 @@ def _schedule(value, path: str, timezone, doc: _Doc) -> str:
         Schedule(value, _zone(timezone) if timezone else None)
     except ValueError as exc:
         raise doc.error(path, f'"{value}" is not a cron expression: {exc}',
-                        'write 5 fields (minute hour day month weekday) or @hourly/@daily/…')
+                        'write 5 fields (minute hour day month weekday) or @hourly/@daily/…') from exc
     return value
 
 
 def _check_timezone(name, doc: _Doc) -> None:
     try:
         _zone(name)
-    except Exception:
-        raise doc.error("timezone", f"{_q(name)} is not a known time zone", "use an IANA name such as Europe/Berlin")
+    except Exception as exc:
+        raise doc.error("timezone", f"{_q(name)} is not a known time zone",
+                        "use an IANA name such as Europe/Berlin") from exc
 
 
 def _zone(name: str):

@@ -183,9 +183,7 @@ def read_tree(text: str, file: str, doc: _Doc):
 
     try:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        events = 0
-        for _ in yaml.parse(text, Loader=loader):  # streamed: memory stays flat
-            events += 1
+        for events, _ in enumerate(yaml.parse(text, Loader=loader), 1):  # streamed: memory stays flat
             if events > MAX_EVENTS:
                 raise ConfigError(f"{file}: more than {MAX_EVENTS:,} YAML values",
                                   "a registry this large is not a jobs.yaml; split it or check the file")
@@ -194,4 +192,4 @@ def read_tree(text: str, file: str, doc: _Doc):
             raise ConfigError(f"{file}: the file is empty", "add a `jobs:` mapping (see the README)")
         return _Walk(doc, yaml).value(node, "", 0)  # may meet an unknown tag such as !!python/name
     except yaml.YAMLError as exc:
-        raise _yaml_error(exc, text, file)
+        raise _yaml_error(exc, text, file) from exc

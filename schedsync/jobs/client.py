@@ -40,9 +40,9 @@ class BudgetedClient:
         except Transient as exc:
             if exc.response is not None:
                 return exc.response
-            raise exc.error
+            raise exc.error from None  # httpx's own error, as the docstring says
         except RequestFailed as exc:
-            raise exc.__cause__ or exc
+            raise (exc.__cause__ or exc) from None
 
     def get(self, url, **kwargs) -> httpx.Response:
         return self.request("GET", url, **kwargs)

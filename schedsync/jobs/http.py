@@ -182,11 +182,11 @@ class Sync:
         except RecursionError:
             raise RequestFailed(f"{response_line(response, self.ctx.secrets)} returned JSON nested "
                                 "too deeply to parse") from None
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError) as exc:
             kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
             body = excerpt(response, self.ctx.secrets)
             raise RequestFailed(f"{response_line(response, self.ctx.secrets)} returned non-JSON "
-                                f"({kind}): {body or '(empty body)'}")
+                                f"({kind}): {body or '(empty body)'}") from exc
 
     def _items(self, data, response: httpx.Response) -> list:
         path = self.http["items"]

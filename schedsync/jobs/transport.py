@@ -167,12 +167,12 @@ class Requester:
                 except httpx.TimeoutException as exc:
                     if left <= limit:
                         raise DeadlinePassed() from exc  # the run's timeout cut it, not the upstream's
-                    raise Transient(describe_httpx_error(exc, secrets, limit), error=exc)
+                    raise Transient(describe_httpx_error(exc, secrets, limit), error=exc) from exc
                 except httpx.TransportError as exc:
                     message = describe_httpx_error(exc, secrets)
                     if is_tls(exc) or isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
                         raise RequestFailed(message) from exc  # retrying cannot fix configuration
-                    raise Transient(message, error=exc)
+                    raise Transient(message, error=exc) from exc
                 except httpx.HTTPError as exc:  # anything else httpx raises: one line, for good
                     raise RequestFailed(describe_httpx_error(exc, secrets)) from exc
                 if not (follow_redirects and response.status_code in REDIRECTS
@@ -470,7 +470,7 @@ class _Body:
         if self.size > self.cap:
             raise _TooLarge()
         if self.file is None and self.size > SPOOL:
-            self.file = tempfile.TemporaryFile(prefix="schedsync-body-")
+            self.file = tempfile.TemporaryFile(prefix="schedsync-body-")  # noqa: SIM115 - closed by close()
             self.file.writelines(self.parts)
             self.parts = []
         if self.file is not None:

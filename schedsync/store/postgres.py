@@ -323,7 +323,8 @@ class PostgresStore(Store):
             "SELECT * FROM schedsync.finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             ((end, end, breaker.name, end) if hand_back else ()) + (
-             run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms, run.attempts, run.requests, run.items_processed, run.items_failed,
+             run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms,
+             run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,
              run.job, breaker.name, int(settings["failures"]),
              float(settings["reset_after"]), bool(evidence), run.status not in FAILURES,
@@ -683,7 +684,7 @@ class _Heartbeat:
             try:
                 self.store._fetch("SELECT 1")
                 self.last = time.monotonic()
-            except Exception:  # noqa: BLE001 - a lost connection: ok() says so
+            except Exception:  # a lost connection: ok() says so
                 pass
 
     def ok(self) -> bool:

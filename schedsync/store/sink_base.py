@@ -93,7 +93,7 @@ class PageColumns:
             self.columns, self.of = keys, None
         else:
             self.columns = tuple(first.values())
-            self.of = {key: first[fold(name)] for key, name in zip(keys, names)}
+            self.of = {key: first[fold(name)] for key, name in zip(keys, names, strict=True)}
 
     def merge(self, row: dict) -> dict | None:
         of = self.of

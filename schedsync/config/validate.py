@@ -153,7 +153,7 @@ def _settings(spec: dict, path: str, doc: _Doc) -> dict:
 
 def _setting(key: str, value, where: str, doc: _Doc):
     """One setting of ``defaults`` or a job, validated."""
-    out = {}
+    out: dict = {}
     if key in ("timeout", "jitter", "grace", "max_wait"):
         out[key] = _duration(value, where, doc)
         if key == "timeout" and out[key] <= 0:
@@ -199,9 +199,10 @@ def _rate(value, path: str, doc: _Doc) -> list:
             raise doc.error(path, f"{_q(value)} is not a rate", "write N/duration, e.g. 15/15m") from exc
     elif isinstance(value, dict):
         _known(value, ("capacity", "per"), path, doc)
-        capacity = value.get("capacity")
-        if isinstance(capacity, bool) or not isinstance(capacity, (int, float)):
+        given = value.get("capacity")
+        if isinstance(given, bool) or not isinstance(given, (int, float)):
             raise doc.error(f"{path}.capacity", "must be a number of tokens")
+        capacity = given
         seconds = _duration(value.get("per"), f"{path}.per", doc)
     else:
         raise doc.error(path, f"{_q(value)} is not a rate", "write N/duration or {capacity: N, per: 1h}")
@@ -222,7 +223,7 @@ def _retries(value, path: str, doc: _Doc) -> dict:
     if not isinstance(value, dict):
         raise doc.error(path, "must be a mapping, e.g. {attempts: 3, initial: 1s}")
     _known(value, RETRY_KEYS, path, doc)
-    out = {}
+    out: dict = {}
     for key, item in _only(value, RETRY_KEYS):
         where = f"{path}.{key}"
         if key == "attempts":

@@ -36,6 +36,10 @@ from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_ur
 from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state
 from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
 
+TYPE_CHECKING = False  # typing stays off the path of `run`; type checkers read this block
+if TYPE_CHECKING:
+    import threading
+
 # psycopg2's C module imports Python's ssl only to hand OpenSSL's locking callbacks to
 # Python, which OpenSSL >= 1.1 no longer needs (the wheel bundles OpenSSL 3, and libpq
 # initialises it itself when that import fails). Hiding ssl during the import cuts it
@@ -83,6 +87,7 @@ def _need_driver(url: str) -> None:
 
 
 class PostgresStore(Store):
+    locks: AdvisoryLocks
     claims_slots = True
     writable = True  # a role without write access fails on its first write, with one line
 
@@ -96,7 +101,7 @@ class PostgresStore(Store):
         if misencoded_password(url):  # libpq would read and quote a piece of it as the host
             raise ConfigError(f"state URL {self.label}: its password holds a raw /, @ or %", MISENCODED_FIX)
         self._secret = _password(url)
-        self._mutex = None  # a threading.Lock once a heartbeat shares the connection
+        self._mutex: threading.Lock | None = None  # once a heartbeat shares the connection
         self._create = write if create is None else create
         self.db = self._connect()
         self.backend_pid = self.db.get_backend_pid()
@@ -607,7 +612,7 @@ class AdvisoryLock(Lock):
     def __init__(self, store: PostgresStore, job: str):
         self.store, self.key = store, "schedsync:" + job
         self.taken = False
-        self._beat = None
+        self._beat: _Heartbeat | None = None
 
     def acquire(self, wait: float = 0.0) -> bool:
         deadline = time.monotonic() + wait
@@ -650,8 +655,9 @@ class AdvisoryLock(Lock):
 
 class AdvisoryLocks(Locks):
     def __init__(self, store: PostgresStore):
-        self.store, self.taken = store, []
-        self.held_keys: set = set()
+        self.store = store
+        self.taken: list[AdvisoryLock] = []
+        self.held_keys: set[str] = set()
 
     def lock(self, job: str) -> AdvisoryLock:
         lock = AdvisoryLock(self.store, job)

@@ -224,7 +224,8 @@ def main() -> int:
           f"{python} (Python {sys.version.split()[0]}"
           + (f", installed in {installed:.0f}s" if not args.python else "")
           + f"), load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'case':20} {'median':>9} {'p25-p75 ms':>14} {'ratio':>7} {'max RSS':>9}  heavy imports (modules beyond python -c pass)")
+    print(f"{'case':20} {'median':>9} {'p25-p75 ms':>14} {'ratio':>7} {'max RSS':>9}"
+          "  heavy imports (modules beyond python -c pass)")
     missed = []
     for name, samples in times.items():
         q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3

@@ -156,8 +156,10 @@ def main() -> int:
         schedsync = [sys.executable, "-m", "schedsync"]
         cases = {
             "python -c pass": ([sys.executable, "-c", "pass"], small),
-            f"status --json ({args.small:,} runs)": ([*schedsync, "-c", str(small / "jobs.yaml"), "status", "--json"], small),
-            f"status --json ({args.records:,} runs)": ([*schedsync, "-c", str(big / "jobs.yaml"), "status", "--json"], big),
+            f"status --json ({args.small:,} runs)": ([*schedsync, "-c", str(small / "jobs.yaml"), "status", "--json"],
+                                                     small),
+            f"status --json ({args.records:,} runs)": ([*schedsync, "-c", str(big / "jobs.yaml"), "status", "--json"],
+                                                       big),
             f"run job-001 ({args.records:,} runs)": ([*schedsync, "-c", str(big / "jobs.yaml"), "run", "job-001"], big),
         }
         for argv, cwd in cases.values():  # warm the config cache and the page cache

@@ -101,7 +101,6 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=40)
     args = parser.parse_args()
     from pgserver import PgServer
-
     from schedsync.store import open_store
 
     server = PgServer().start()
@@ -119,7 +118,8 @@ def main() -> None:
                 times[name].append((time.perf_counter() - started) / args.ticks)
         for name, values in times.items():
             print(f"  admit+finish, {name:<8} {statistics.median(values) * 1000:6.2f} ms per tick")
-        print(f"  python - plpgsql: {(statistics.median(times['python']) - statistics.median(times['plpgsql'])) * 1000:+.2f} ms per tick")
+        gap = statistics.median(times["python"]) - statistics.median(times["plpgsql"])
+        print(f"  python - plpgsql: {gap * 1000:+.2f} ms per tick")
         store.close()
     finally:
         server.stop()

@@ -113,7 +113,7 @@ def pg_server():
     server = PgServer()
     try:
         server.start()
-    except Exception as exc:  # noqa: BLE001 - a server that will not start is a skip (or a CI failure)
+    except Exception as exc:  # a server that will not start is a skip (or a CI failure)
         server.stop()
         _pg_skip(f"PostgreSQL did not start: {exc}")
     yield server

@@ -18,8 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from schedsync.store import open_store  # noqa: E402
-from schedsync.store.base import BreakerSpec  # noqa: E402
+from schedsync.store import open_store
+from schedsync.store.base import BreakerSpec
 
 
 def one(url: str, start_at: float, code: str) -> None:

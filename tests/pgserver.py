@@ -52,7 +52,7 @@ class PgServer:
         self.started = False
         self.count = 0
 
-    def start(self, max_connections: int = 200, listen: str = "", wrap: tuple = ()) -> "PgServer":
+    def start(self, max_connections: int = 200, listen: str = "", wrap: tuple = ()) -> PgServer:
         """``listen``: TCP addresses besides the socket (trust from 10.0.0.0/8 then);
         ``wrap``: a prefix for pg_ctl, e.g. ``("ip", "netns", "exec", NAME)``."""
         _as_owner([f"{self.bin}/initdb", "-D", self.data, "-U", "postgres", "--auth-local=trust",

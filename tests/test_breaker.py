@@ -3,9 +3,9 @@ machine (clock steps back, half-open races) against a small reference model."""
 
 from __future__ import annotations
 
-from hypothesis import settings, strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant,
-                                 precondition, rule)
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 
 from schedsync.core.breaker import CLOSED, HALF_OPEN, OPEN, Admission, admit, record, state_at
 from schedsync.core.models import CRASHED, FAILED, FAILURES, PARTIAL, SKIPPED, TIMEOUT, Breaker

@@ -11,7 +11,6 @@ import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-
 from schedsync.store import open_store
 
 FLAKY = """\

@@ -7,7 +7,8 @@ import math
 from fractions import Fraction
 
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from schedsync.core.budgets import EPSILON, block_until, refill, take

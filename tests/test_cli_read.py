@@ -291,7 +291,7 @@ def test_check_verbose_adds_the_table_after_the_line(project):
     code, out = check(project, "-v")
     first, *table = out.splitlines()
     assert (code, first) == (1, "SCHEDSYNC CRITICAL - 1 of 5 jobs: broken FAILING")
-    assert table[0].split()[:2] == ["JOB", "HEALTH"] and any(l.startswith("broken ") for l in table)
+    assert table[0].split()[:2] == ["JOB", "HEALTH"] and any(ln.startswith("broken ") for ln in table)
     assert len(table) >= 6
 
 
@@ -367,8 +367,10 @@ def test_read_commands_answer_the_same_through_typer(project):
                        (("validate",), ("validate", "--"))]:
         a, b = project.cli(*fast), project.cli(*slow)
         assert (a.returncode, a.stderr) == (b.returncode, b.stderr), slow
-        same = lambda out: re.sub(r'"(generated_at|next_expected|why)": "[^"]*"|'
-                                  r'schedsync_\w+_seconds\S* \S+', "", out)
+
+        def same(out):
+            return re.sub(r'"(generated_at|next_expected|why)": "[^"]*"|schedsync_\w+_seconds\S* \S+', "", out)
+
         assert same(a.stdout) == same(b.stdout), slow
 
 

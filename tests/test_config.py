@@ -287,11 +287,13 @@ def test_a_cost_above_the_budget_capacity_is_a_config_error():
      "jobs.yaml:3 jobs.a.http.next: {'cursor': 5, 'param': 'x'} is not a pagination rule"),
     ('jobs:\n  a:\n    http: {url: "http://h.test/"}\n    into: {table: t, pk: id, db: 5}\n',
      "jobs.yaml:4 jobs.a.into.db: 5 is not a file path"),
-    ('budgets: {tiny: 0.5/1m}\njobs:\n  a:\n    budget: tiny\n    http: {url: "http://h.test/"}\n    into: {table: t, pk: id}\n',
+    ('budgets: {tiny: 0.5/1m}\njobs:\n  a:\n    budget: tiny\n'
+     '    http: {url: "http://h.test/"}\n    into: {table: t, pk: id}\n',
      "jobs.yaml:4 jobs.a.budget: budget 'tiny' holds less than the 1 token a request costs"),
     ('jobs:\n  a:\n    http: {url: "http://h.test/", allow_hosts: h.test}\n    into: {table: t, pk: id}\n',
      "jobs.yaml:3 jobs.a.http.allow_hosts: 'h.test' is not a list of hosts — list host names or addresses"),
-    ('jobs:\n  a:\n    http: {url: "http://h.test/", allow_hosts: ["https://h.test:8443/"]}\n    into: {table: t, pk: id}\n',
+    ('jobs:\n  a:\n    http: {url: "http://h.test/", allow_hosts: ["https://h.test:8443/"]}\n'
+     '    into: {table: t, pk: id}\n',
      "jobs.yaml:3 jobs.a.http.allow_hosts: 'https://h.test:8443/' is not a host name or address"),
     ('jobs:\n  a:\n    http: {url: "http://h.test/", allow_hosts: [5, null]}\n    into: {table: t, pk: id}\n',
      "jobs.yaml:3 jobs.a.http.allow_hosts: 5 is not a host name or address"),
@@ -319,6 +321,7 @@ def test_a_misspelt_key_of_retries_breaker_or_retention_is_one_error_not_two(pro
 
 
 def test_allow_hosts_are_kept_as_compared():
-    config = parse('jobs:\n  a:\n    http: {url: "http://h.test/", allow_hosts: [API.Example.com., "[FE80::1]", 10.0.0.7]}\n'
+    config = parse('jobs:\n  a:\n'
+                   '    http: {url: "http://h.test/", allow_hosts: [API.Example.com., "[FE80::1]", 10.0.0.7]}\n'
                    '    into: {table: t, pk: id}\n', "jobs.yaml", "/srv/sync")
     assert config.job("a").section["allow_hosts"] == ["api.example.com", "fe80::1", "10.0.0.7"]

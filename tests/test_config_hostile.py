@@ -12,8 +12,17 @@ import time
 import pytest
 
 from schedsync import paths
-from schedsync.config import (ALIAS_NODES, MAX_BYTES, MAX_DEPTH, NAME_MAX, ConfigError,
-                              ConfigErrors, load, parse, resolve_state)
+from schedsync.config import (
+    ALIAS_NODES,
+    MAX_BYTES,
+    MAX_DEPTH,
+    NAME_MAX,
+    ConfigError,
+    ConfigErrors,
+    load,
+    parse,
+    resolve_state,
+)
 
 MiB = 1024 * 1024
 
@@ -245,7 +254,7 @@ def test_validate_lists_every_error_then_exits_2(project):
               ":15 jobs.third.budget: no budget named 'nope'",
               ":17 jobs.fine.command: environment variable UNSET_FOR_VALIDATE is not set"]
     assert len(lines) == len(wanted), result.stderr
-    for line, part in zip(lines, wanted):
+    for line, part in zip(lines, wanted, strict=True):
         assert part in line, (part, line)
     assert result.stdout == ""
     # Every other command still stops at the first error.

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-
 DAY = 86400.0
 
 

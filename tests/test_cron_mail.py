@@ -9,11 +9,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from schedsync.store import open_store
 from test_crontab import cron_env
-from test_http import Upstream, job_yaml, reply  # noqa: F401
-
-import pytest
+from test_http import Upstream, job_yaml, reply
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def test_a_description_becomes_a_comment_above_its_line(project):
 def test_a_generated_line_runs_under_sh_as_cron_would_and_leaves_a_record(project, tmp_path):
     project.write(JOBS)
     out = project.cli("crontab", env=UNSET).stdout  # the registry's own state: no --state
-    line = next(l for l in out.splitlines() if l.startswith("0 * * * *"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("0 * * * *"))
     command = line.split(None, 5)[5]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -101,7 +101,7 @@ def test_cron_tz_is_set_when_the_registry_names_a_timezone(project):
     project.write("    timezone: Europe/Berlin" + JOBS)
     lines = project.cli("crontab").stdout.splitlines()
     assert "CRON_TZ=Europe/Berlin" in lines
-    assert lines.index("CRON_TZ=Europe/Berlin") < lines.index(next(l for l in lines if l.startswith("0 * * * *")))
+    assert lines.index("CRON_TZ=Europe/Berlin") < lines.index(next(ln for ln in lines if ln.startswith("0 * * * *")))
 
 
 def test_no_cron_tz_without_a_timezone(project):
@@ -118,7 +118,7 @@ def test_state_given_on_the_command_line_is_pinned_in_every_line(project):
 
 def test_a_line_with_pinned_state_runs_under_sh_and_records_there(project, tmp_path):
     project.write(JOBS)
-    line = next(l for l in project.cli("crontab").stdout.splitlines() if l.startswith("@daily"))
+    line = next(ln for ln in project.cli("crontab").stdout.splitlines() if ln.startswith("@daily"))
     result = subprocess.run(["/bin/sh", "-c", line.split(None, 1)[1]], cwd=tmp_path, env=cron_env(project),
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
@@ -148,7 +148,7 @@ def test_percent_signs_in_paths_are_escaped_for_cron(home, tmp_path):
     project = Project(folder, home)
     project.write(JOBS)
     out = project.cli("crontab").stdout
-    line = next(l for l in out.splitlines() if l.startswith("0 * * * *"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("0 * * * *"))
     assert "100\\%real" in line and "100%real" not in line.replace("\\%", "")
     (_, argv), _ = entries(out)
     assert argv[2] == str(folder / "jobs.yaml")
@@ -161,7 +161,7 @@ def test_a_watcher_line_is_added_when_a_job_wants_late_alerts(project):
     out = project.cli("crontab", env=UNSET).stdout
     watcher = [argv for schedule, argv in entries(out) if "status" in argv]
     assert watcher == [[*entries(out)[0][1][:3], "status", "--json", "--init", ">", "/dev/null"]]
-    line = next(l for l in out.splitlines() if "status --json" in l)
+    line = next(ln for ln in out.splitlines() if "status --json" in ln)
     assert line.split()[0] == "*/5"
     # Before any job ran there is no state: the watcher creates it (and records when it first
     # saw each job, so a job cron never starts turns LATE) instead of mailing an error.

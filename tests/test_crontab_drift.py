@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from test_locks import NOBODY, as_nobody, nobody_python
 
 pytestmark = pytest.mark.skipif(NOBODY is None or not shutil.which("runuser") or not shutil.which("crontab"),
@@ -84,7 +85,7 @@ def nobody():
 
 
 def line_of(lines: list[str], job: str) -> str:
-    [line] = [l for l in lines if l.endswith(f" run {job}")]
+    [line] = [ln for ln in lines if ln.endswith(f" run {job}")]
     return line
 
 
@@ -118,7 +119,7 @@ def test_a_changed_command_is_drift_but_spacing_is_not(nobody):
     printed = nobody.printed()
     leap = line_of(printed, "leap")
     respaced = leap.replace("0 0 29 2 *    ", "0  0 29 2 * ")
-    other = [l for l in printed if l != leap]
+    other = [ln for ln in printed if ln != leap]
     nobody.install("\n".join([*other, respaced, ""]))
     assert nobody.cli("crontab", "--check").returncode == 0
     nobody.install("\n".join([*other, leap.replace(" run leap", " --state /tmp/x.db run leap"), ""]))
@@ -137,7 +138,7 @@ def test_status_warns_in_one_line_when_the_crontab_differs(nobody):
     nobody.config.write_text(JOBS.replace('"@yearly"', '"@monthly"'))  # edited, not reinstalled
     warned = nobody.cli("status")
     assert warned.returncode == 0
-    [line] = [l for l in warned.stderr.splitlines() if "warning" in l]
+    [line] = [ln for ln in warned.stderr.splitlines() if "warning" in ln]
     assert line == ("warning: the installed crontab differs from `schedsync crontab`: yearly changed"
                     " — see `schedsync crontab --check`")
     assert warned.stderr.count("\n") == 1 or "a run's output" in warned.stderr

@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import ROOT
 from schedsync.store import open_store
 from test_cron_e2e import AFTER_THE_MINUTE, _crontab, _next_minute, _schedsync, cron  # noqa: F401 (fixture)
-
-from conftest import ROOT
 
 REGISTRY = """
     state: schedsync.db
@@ -156,7 +155,8 @@ def test_usage_errors_are_one_line_and_exit_2(project):
     cases = {("exec", "backup"): "error: exec backup: no command given — put it after --",
              ("exec", "backup", "--timeout", "soon", "--", "true"): "error: exec backup: --timeout: 'soon'",
              ("exec", "backup", "--overlap", "never", "--", "true"): "error: exec backup: --overlap: 'never'",
-             ("exec", "backup", "--budget", "nope", "--", "true"): "error: exec backup: --budget: no budget named 'nope'",
+             ("exec", "backup", "--budget", "nope", "--", "true"):
+                 "error: exec backup: --budget: no budget named 'nope'",
              ("exec", "Bad Name", "--", "true"): "error: exec Bad Name: NAME: 'Bad Name' is not a valid name"}
     for args, start in cases.items():
         result = project.cli(*args)

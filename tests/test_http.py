@@ -1053,6 +1053,7 @@ def test_a_bad_next_rule_is_a_request_failure_not_a_traceback(rule):
 
 def test_secrets_are_hidden_in_the_form_httpx_puts_in_a_query():
     import httpx
+
     from schedsync.config import Secrets
     from schedsync.jobs.display import show_url
 

@@ -13,6 +13,7 @@ import urllib.request
 import zlib
 
 import pytest
+
 from test_http import Upstream, job_yaml, one_error_line, reply, rows
 
 

@@ -22,7 +22,8 @@ def storm_project(project, timeout: str = "20s"):
     # A unique extra number for sleep (it sums its arguments) marks our children in /proc.
     marker = f"0.{os.getpid()}{random.randrange(10 ** 6)}"
     project.write("jobs:\n" + "".join(
-        f'  j{n}: {{command: ["sleep", "30", "{marker}"], timeout: {timeout}, breaker: {{failures: 100000}}}}\n' for n in range(JOBS)))
+        f'  j{n}: {{command: ["sleep", "30", "{marker}"], timeout: {timeout}, breaker: {{failures: 100000}}}}\n'
+        for n in range(JOBS)))
     return f"sleep\x0030\x00{marker}"
 
 

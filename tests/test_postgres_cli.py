@@ -328,13 +328,18 @@ budgets:
     assert json.loads(copied.stdout) == before_history
     status = json.loads(subprocess.run(project.argv("status", "--json"), capture_output=True,
                                        text=True, env=after, cwd=project.path).stdout)
-    strip = lambda s: [{k: v for k, v in j.items() if k not in ("next_expected", "why")} for j in s["jobs"]]
+    def strip(s):
+        return [{k: v for k, v in j.items() if k not in ("next_expected", "why")} for j in s["jobs"]]
+
     assert strip(status) == strip(before_status)
     assert [b["tokens"] for b in status["budgets"]] == pytest.approx(
         [b["tokens"] for b in before_status["budgets"]], abs=0.1)
-    counters = lambda env: sorted(line for line in subprocess.run(
-        project.argv("metrics"), capture_output=True, text=True, env=env, cwd=project.path
-    ).stdout.splitlines() if line.startswith(("schedsync_runs_total", "schedsync_requests_total")))
+    def counters(env):
+        out = subprocess.run(project.argv("metrics"), capture_output=True, text=True, env=env,
+                             cwd=project.path).stdout
+        return sorted(line for line in out.splitlines()
+                      if line.startswith(("schedsync_runs_total", "schedsync_requests_total")))
+
     assert counters(after) == counters(project.env)  # the run counters came along
     again = project.cli("state", "copy", "--to", pg_url)
     assert again.returncode == 1 and "already holds runs" in again.stderr

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from pgserver import APP_PASSWORD
 
+from pgserver import APP_PASSWORD
 from schedsync.store import open_store
 from schedsync.store.base import BreakerSpec
 from schedsync.store.postgres_sql import MIGRATIONS

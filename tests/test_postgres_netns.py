@@ -64,10 +64,12 @@ def test_a_host_that_loses_its_link_stops_its_job_before_another_host_starts_it(
         marks = project.path / "marks"
         marks.mkdir()
         os.chmod(marks, 0o777)
+        loop = (f"echo start $(date +%s.%N) >> {marks}/$(hostname);"
+                f" while true; do date +%s.%N > {marks}/$(hostname).alive; sleep 0.1; done")
         project.write(f"""
             jobs:
               long:
-                command: ["sh", "-c", "echo start $(date +%s.%N) >> {marks}/$(hostname); while true; do date +%s.%N > {marks}/$(hostname).alive; sleep 0.1; done"]
+                command: ["sh", "-c", "{loop}"]
                 timeout: 10m
         """)
         argv = " ".join(f"'{a}'" for a in project.argv("run", "long"))

@@ -60,7 +60,7 @@ def test_writers_on_several_connections_add_the_same_new_columns(pg_url, pg_serv
         try:
             for j in range(5):
                 s.upsert("shared", "id", [{"id": i * 100 + j, f"c{j}": j, "common": i}])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
         finally:
             s.close()

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+
 from test_http import Upstream, reply, run_on_a_terminal
 
 

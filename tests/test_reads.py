@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+
 from conftest import ROOT
 from test_serve import Served
 

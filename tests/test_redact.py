@@ -114,7 +114,8 @@ def test_each_line_of_a_multi_line_secret_is_a_secret_but_short_lines_are_not(pr
         jobs:
           key:
             env: {DEPLOY_KEY: "${ML_KEY}"}
-            command: 'echo "start ab"; printf "%s\\n" "$DEPLOY_KEY" | head -n 1; printf "%s\\n" "$DEPLOY_KEY" | sed -n 2p; exit 1'
+            command: 'echo "start ab"; printf "%s\\n" "$DEPLOY_KEY" | head -n 1; """
+                  """printf "%s\\n" "$DEPLOY_KEY" | sed -n 2p; exit 1'
     """)
     result = project.cli("run", "key", env={"ML_KEY": "Kq9w-first-line\r\n    Mv3p-second-line\nab\n    \n"})
     assert result.returncode == 1

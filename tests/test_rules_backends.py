@@ -20,15 +20,23 @@ import math
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant,
-                                 precondition, rule, run_state_machine_as_test)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from schedsync.core import breaker as core_breaker
 from schedsync.core.budgets import block_until, refill, take
+from schedsync.core.models import CRASHED, FAILED, FAILURES, PARTIAL, RUNNING, SKIPPED, SUCCESS, TIMEOUT, Breaker, Run
 from schedsync.core.records import replace
-from schedsync.core.models import (CRASHED, FAILED, FAILURES, PARTIAL, RUNNING, SKIPPED, SUCCESS, TIMEOUT,
-                                   Breaker, Run)
 from schedsync.store import open_store
 from schedsync.store.base import BreakerSpec
 
@@ -166,7 +174,7 @@ class BucketsOnBoth(RuleBasedStateMachine):
     def a_denied_run_comes_back_when_each_backend_said(self):
         names, cost, readies = self.denied
         self.denied = None
-        for store, ready in zip(self.stores, readies):
+        for store, ready in zip(self.stores, readies, strict=True):
             assert ready >= self.now
             # the promise holds on each backend at the time it gave (never a hair short)
             assert store.spend(names, self.rates, cost, ready) is None, store
@@ -254,7 +262,7 @@ class BreakerOnBoth(RuleBasedStateMachine):
         before = core_breaker.state_at(self.core, self.now)
         self.core, expected = core_breaker.record(self.core, self.spec.settings, self.now,
                                                   ok=status not in FAILURES, trial=trial)
-        for store, r in zip(self.stores, runs):
+        for store, r in zip(self.stores, runs, strict=True):
             r.status, r.finished_at, r.duration_ms = status, self.now, 0
             got = store.finish_run(r, self.spec, True, trial, LEASE, {}, now=self.now)
             assert (got[:2] if got else None) == expected, (store, before)
@@ -267,7 +275,7 @@ class BreakerOnBoth(RuleBasedStateMachine):
         _, runs = run
         self.core, expected = core_breaker.record(self.core, self.spec.settings, self.now,
                                                   ok=False, trial=False)
-        for store, r in zip(self.stores, runs):
+        for store, r in zip(self.stores, runs, strict=True):
             assert store.mark_crashed(r, "gone", self.spec, True, now=self.now)
         self.events += expected is not None
 
@@ -281,7 +289,7 @@ class BreakerOnBoth(RuleBasedStateMachine):
             leases = list(self.core.leases)
             leases.remove(end)  # one: two trials admitted at one instant hold equal leases
             self.core = replace(self.core, leases=leases)
-        for store, r in zip(self.stores, runs):
+        for store, r in zip(self.stores, runs, strict=True):
             r.status, r.finished_at, r.duration_ms = SKIPPED, self.now, 0
             assert store.finish_run(r, self.spec, False, trial, LEASE, {}, now=self.now) is None
 

@@ -169,11 +169,12 @@ def test_a_killed_run_with_no_survivor_is_crashed_and_the_next_run_proceeds(proj
 
 def test_a_timeout_kills_the_whole_process_group(project):
     marker = f"sleep-marker-{os.getpid()}"
+    sleeper = f'python3 -c "import time; time.sleep(60)" {marker}'
     project.write(f"""\
         jobs:
           hung:
             timeout: 1s
-            command: 'python3 -c "import time; time.sleep(60)" {marker} & python3 -c "import time; time.sleep(60)" {marker}; wait'
+            command: '{sleeper} & {sleeper}; wait'
         """)
     started = time.time()
     result = project.cli("run", "hung")
@@ -328,11 +329,13 @@ def test_a_full_disk_is_one_line_and_loses_no_records(project):
         {' '.join(project.argv('history', 'a', '--json'))}
     """
     result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
-                            env={**project.env, "SCHEDSYNC_STATE": f"{disk}/schedsync.db"}, cwd=project.path, timeout=60)
+                            env={**project.env, "SCHEDSYNC_STATE": f"{disk}/schedsync.db"}, cwd=project.path,
+                            timeout=60)
     if "mount:" in result.stderr:
         pytest.skip("tmpfs mounts are not allowed here")
     assert "exit=1" in result.stderr
-    assert f"error: state file {disk}/schedsync.db cannot be written: the disk is full — free space on that disk" in result.stderr
+    assert (f"error: state file {disk}/schedsync.db cannot be written: the disk is full"
+            " — free space on that disk") in result.stderr
     assert [r["status"] for r in json.loads(result.stdout)] == ["success"]
 
 

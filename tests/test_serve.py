@@ -354,7 +354,8 @@ def test_a_job_page_shows_its_budget_labelled_times_and_is_not_paused_after_resu
     from zoneinfo import ZoneInfo
 
     local = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Kathmandu"))
-    assert re.search(rf'<td title="(just now|[^"]+ ago)">{local:%Y-%m-%d %H:%M:%S} \+0545</td>', body)  # as `history` shows it
+    # as `history` shows it
+    assert re.search(rf'<td title="(just now|[^"]+ ago)">{local:%Y-%m-%d %H:%M:%S} \+0545</td>', body)
 
 
 def test_unknown_pages_jobs_and_runs_are_404_and_writes_are_refused(world):

@@ -9,6 +9,7 @@ import json
 import sqlite3
 
 import pytest
+
 from test_http import Upstream, job_yaml, reply
 
 

@@ -6,9 +6,9 @@ a terminal ``cli.render``'s.
 
 from __future__ import annotations
 
+from schedsync.config import Config, Job
 from schedsync.core import breaker as breakers
 from schedsync.core.durations import iso
-from schedsync.config import Config, Job
 from schedsync.core.health import SEVERITY, Health, job_health
 from schedsync.core.models import FAILURES, PARTIAL, SUCCESS, Breaker, JobState, Run
 from schedsync.core.records import dataclass

@@ -61,13 +61,13 @@ def broken_registry(config_path: str, state_opt: str | None, name: str, exc: Con
         return
     try:
         store = open_store(state, create=False)  # an empty database stays empty (a URL too)
-    except Exception:  # noqa: BLE001 - whatever the state's trouble, the config error is shown
+    except Exception:  # whatever the state's trouble, the config error is shown
         return
     try:
         known = store.job_states([name], recent=1)[name]
         if known.first_seen is not None or known.recent:
             store.record_skip(never_started(store, name, "cron", FAILED, None, None, str(exc)), {})
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     finally:
         store.close()

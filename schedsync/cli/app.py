@@ -9,7 +9,6 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from typing import Optional
 
 import typer
 from typer.core import TyperCommand
@@ -35,9 +34,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _options(
     ctx: typer.Context,
-    config: Optional[str] = typer.Option(None, "--config", "-c", metavar="PATH",
+    config: str | None = typer.Option(None, "--config", "-c", metavar="PATH",
                                          help="jobs.yaml (else $SCHEDSYNC_CONFIG, else ./jobs.yaml)."),
-    state: Optional[str] = typer.Option(None, "--state", metavar="PATH",
+    state: str | None = typer.Option(None, "--state", metavar="PATH",
                                         help="State file (else $SCHEDSYNC_STATE, else the registry's state:)."),
     version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
                                  help="Print the version and exit."),
@@ -51,7 +50,7 @@ def _errors():
         yield
     except SchedsyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(int(exc.exit_code))
+        raise typer.Exit(int(exc.exit_code)) from exc
 
 
 def _config(ctx: typer.Context):
@@ -100,8 +99,8 @@ def state_copy(ctx: typer.Context,
     """Copy this SQLite state (history, budgets, breakers, first-seen, pauses) into PostgreSQL.
     Example: schedsync state copy --to postgresql:///schedsync?host=/run/postgresql"""
     from schedsync.config import resolve_state
-    from schedsync.store.copy import copy_state
     from schedsync.core.redact import redact_url
+    from schedsync.store.copy import copy_state
 
     with _errors():
         source = resolve_state(ctx.obj["state"], _config(ctx))
@@ -114,7 +113,7 @@ def state_copy(ctx: typer.Context,
 @app.command()
 def status(
     ctx: typer.Context,
-    job: Optional[str] = typer.Argument(None, metavar="[JOB]", help="Show one job in detail."),
+    job: str | None = typer.Argument(None, metavar="[JOB]", help="Show one job in detail."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (see README)."),
     check: bool = typer.Option(False, "--check", help="One line for Nagios (SCHEDSYNC OK|WARNING|CRITICAL - …); "
                                "exit 1 if any job is LATE, STALLED or FAILING, 3 if the state cannot be read."),
@@ -184,7 +183,7 @@ def history(
 def logs(
     ctx: typer.Context,
     job: str = typer.Argument(..., metavar="JOB", help="Job name."),
-    run_id: Optional[int] = typer.Argument(None, metavar="[RUN_ID]", min=1,
+    run_id: int | None = typer.Argument(None, metavar="[RUN_ID]", min=1,
                                            help="A run id from `schedsync history JOB` (default: the last run)."),
 ):
     """The captured output of a job's last (or given) run, redacted, after a header line.
@@ -229,7 +228,8 @@ def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", hel
 
 
 @breaker_app.command("reset")
-def breaker_reset(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
+def breaker_reset(ctx: typer.Context,
+                  job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
     with _errors(), _opened(ctx, job=job) as (config, store):
         name = config.job(job).breaker["name"]
@@ -250,7 +250,7 @@ def prune(ctx: typer.Context):
 @app.command()
 def metrics(
     ctx: typer.Context,
-    textfile: Optional[str] = typer.Option(
+    textfile: str | None = typer.Option(
         None, "--textfile", metavar="PATH",
         help="Write to PATH atomically (for node_exporter's textfile collector) instead of stdout."),
 ):
@@ -310,10 +310,11 @@ def serve(
 def exec_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., metavar="NAME", help="The name its runs are recorded and locked under."),
-    command: Optional[list[str]] = typer.Argument(None, metavar="-- CMD ARGS…", help="The command, after --."),
-    timeout: Optional[str] = typer.Option(None, "--timeout", metavar="D", help="Hard timeout, e.g. 30m."),
-    overlap: Optional[str] = typer.Option(None, "--overlap", metavar="POLICY", help="skip, allow or 'wait 30s'."),
-    budget: Optional[list[str]] = typer.Option(None, "--budget", metavar="B", help="A budget of jobs.yaml to spend from (repeatable)."),
+    command: list[str] | None = typer.Argument(None, metavar="-- CMD ARGS…", help="The command, after --."),
+    timeout: str | None = typer.Option(None, "--timeout", metavar="D", help="Hard timeout, e.g. 30m."),
+    overlap: str | None = typer.Option(None, "--overlap", metavar="POLICY", help="skip, allow or 'wait 30s'."),
+    budget: list[str] | None = typer.Option(None, "--budget", metavar="B",
+                                            help="A budget of jobs.yaml to spend from (repeatable)."),
 ):
     """Run an ad-hoc command as a job: lock, timeout, record, cron-friendly output, no jobs.yaml entry.
     Example: schedsync exec backup --timeout 2h -- /usr/local/bin/backup.sh --full"""

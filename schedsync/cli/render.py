@@ -44,7 +44,7 @@ class Text:
         self.spans: list[tuple[str, str]] = [(text, style)] if text else []
 
     @classmethod
-    def assemble(cls, *parts) -> "Text":
+    def assemble(cls, *parts) -> Text:
         out = cls()
         for part in parts:
             if isinstance(part, Text):
@@ -55,7 +55,7 @@ class Text:
                 out.append(part)
         return out
 
-    def append(self, text: str, style: str = "") -> "Text":
+    def append(self, text: str, style: str = "") -> Text:
         if text:
             self.spans.append((text, style))
         return self

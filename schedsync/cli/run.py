@@ -10,9 +10,9 @@ import sys
 def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
             force_slot: bool = False) -> int:
     """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
+    from schedsync.app.run import broken_registry, run
     from schedsync.config import load, resolve_config, resolve_state
     from schedsync.core.errors import ConfigError, SchedsyncError
-    from schedsync.app.run import broken_registry, run
     from schedsync.store import open_store
 
     interactive = sys.stderr.isatty() or sys.stdout.isatty()

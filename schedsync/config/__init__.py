@@ -16,6 +16,7 @@ from schedsync.config.model import BUILTIN, NO_REGISTRY, Config, Job, Jobs, Regi
 from schedsync.config.secrets import VAR, expand
 from schedsync.config.state import default_state_path, resolve_config, resolve_state
 from schedsync.core.errors import ConfigError
+
 # Secrets live with the rest of redaction; imported here for ``from schedsync.config import Secrets``.
 from schedsync.core.redact import Secrets
 

@@ -79,7 +79,7 @@ def _duration(value, path: str, doc) -> float:
     try:
         return parse_duration(value)
     except ValueError as exc:
-        raise doc.error(path, str(exc))
+        raise doc.error(path, str(exc)) from exc
 
 
 def _url(value, path: str, doc) -> str:

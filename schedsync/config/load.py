@@ -30,11 +30,11 @@ def load(path: str | os.PathLike, every: bool = False) -> Config:
     real = os.path.abspath(path)
     try:
         st = os.stat(real)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         raise ConfigError(f"{shown}: no such file",
-                          "pass --config PATH, set SCHEDSYNC_CONFIG, or cd to the folder of jobs.yaml")
+                          "pass --config PATH, set SCHEDSYNC_CONFIG, or cd to the folder of jobs.yaml") from exc
     except OSError as exc:
-        raise ConfigError(f"{shown}: cannot read ({exc.strerror})", "check the file's permissions")
+        raise ConfigError(f"{shown}: cannot read ({exc.strerror})", "check the file's permissions") from exc
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block every cron tick; a device never ends
         raise ConfigError(f"{shown}: not a regular file ({_kind(st.st_mode)})",
                           "point --config or $SCHEDSYNC_CONFIG at the jobs.yaml file itself")
@@ -55,7 +55,7 @@ def load(path: str | os.PathLike, every: bool = False) -> Config:
         with open(os.open(real, os.O_RDONLY | os.O_NONBLOCK), encoding="utf-8") as f:
             text = f.read(MAX_BYTES + 1)  # a file that grew since stat
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{shown}: cannot read ({_short(str(exc), 200)})", "check the file")
+        raise ConfigError(f"{shown}: cannot read ({_short(str(exc), 200)})", "check the file") from exc
     if len(text) > MAX_BYTES:
         raise _too_big(shown)
     from schedsync.config.validate import parse

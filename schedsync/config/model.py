@@ -6,7 +6,7 @@ from schedsync.config.checks import _q
 from schedsync.config.state import choose_state
 from schedsync.core.breaker import DEFAULTS as BREAKER_DEFAULTS
 from schedsync.core.errors import ConfigError
-from schedsync.core.records import dataclass, field
+from schedsync.core.records import dataclass, field, field_names
 
 BUILTIN = {
     "timeout": 300.0,
@@ -66,7 +66,7 @@ class Job:
     def to_dict(self) -> dict:
         """The plain form (the cache's and a remembered ``exec`` job's): jobs.yaml's shape,
         the kind's section under the kind's key."""
-        out = {n: getattr(self, n) for n in self.__record_fields__ if n not in ("section", "data_target")}
+        out = {n: getattr(self, n) for n in field_names(self) if n not in ("section", "data_target")}
         out[self.kind] = self.section
         return out
 
@@ -74,7 +74,7 @@ class Job:
     def from_dict(cls, plain) -> Job:
         if isinstance(plain, Job):
             return plain
-        values = {n: plain[n] for n in cls.__record_fields__ if n in plain}
+        values = {n: plain[n] for n in field_names(cls) if n in plain}
         values["section"] = plain.get(plain["kind"])
         return cls(**values)
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import os
 
-from schedsync.config.checks import (_check_name, _duration, _is_url, _known,
-                                     _only, _q, _str, _url, _whole)
+from schedsync.config.checks import _check_name, _duration, _is_url, _known, _only, _q, _str, _url, _whole
 from schedsync.config.model import BUILTIN, Config, Jobs, no_registry
 from schedsync.config.walk import ConfigErrors, _Doc, read_tree
 from schedsync.core.durations import parse_duration
@@ -154,7 +153,7 @@ def _settings(spec: dict, path: str, doc: _Doc) -> dict:
 
 def _setting(key: str, value, where: str, doc: _Doc):
     """One setting of ``defaults`` or a job, validated."""
-    out = {}
+    out: dict = {}
     if key in ("timeout", "jitter", "grace", "max_wait"):
         out[key] = _duration(value, where, doc)
         if key == "timeout" and out[key] <= 0:
@@ -196,13 +195,14 @@ def _rate(value, path: str, doc: _Doc) -> list:
             per = "1" + per  # "100/s" reads as 100 per 1s
         try:
             capacity, seconds = float(count), parse_duration(per)
-        except ValueError:
-            raise doc.error(path, f"{_q(value)} is not a rate", "write N/duration, e.g. 15/15m")
+        except ValueError as exc:
+            raise doc.error(path, f"{_q(value)} is not a rate", "write N/duration, e.g. 15/15m") from exc
     elif isinstance(value, dict):
         _known(value, ("capacity", "per"), path, doc)
-        capacity = value.get("capacity")
-        if isinstance(capacity, bool) or not isinstance(capacity, (int, float)):
+        given = value.get("capacity")
+        if isinstance(given, bool) or not isinstance(given, (int, float)):
             raise doc.error(f"{path}.capacity", "must be a number of tokens")
+        capacity = given
         seconds = _duration(value.get("per"), f"{path}.per", doc)
     else:
         raise doc.error(path, f"{_q(value)} is not a rate", "write N/duration or {capacity: N, per: 1h}")
@@ -223,7 +223,7 @@ def _retries(value, path: str, doc: _Doc) -> dict:
     if not isinstance(value, dict):
         raise doc.error(path, "must be a mapping, e.g. {attempts: 3, initial: 1s}")
     _known(value, RETRY_KEYS, path, doc)
-    out = {}
+    out: dict = {}
     for key, item in _only(value, RETRY_KEYS):
         where = f"{path}.{key}"
         if key == "attempts":
@@ -299,15 +299,16 @@ def _schedule(value, path: str, timezone, doc: _Doc) -> str:
         Schedule(value, _zone(timezone) if timezone else None)
     except ValueError as exc:
         raise doc.error(path, f'"{value}" is not a cron expression: {exc}',
-                        'write 5 fields (minute hour day month weekday) or @hourly/@daily/…')
+                        'write 5 fields (minute hour day month weekday) or @hourly/@daily/…') from exc
     return value
 
 
 def _check_timezone(name, doc: _Doc) -> None:
     try:
         _zone(name)
-    except Exception:
-        raise doc.error("timezone", f"{_q(name)} is not a known time zone", "use an IANA name such as Europe/Berlin")
+    except Exception as exc:
+        raise doc.error("timezone", f"{_q(name)} is not a known time zone",
+                        "use an IANA name such as Europe/Berlin") from exc
 
 
 def _zone(name: str):

@@ -8,7 +8,6 @@ import re
 from schedsync.config.checks import _short
 from schedsync.core.errors import ConfigError
 
-
 # Bounds on jobs.yaml as input (SPEC: Bounds). A registry of 10,000 ordinary jobs is
 # about 1.5 MB; the deepest key a job has is 5 levels (jobs.J.http.since.param), and
 # 64 leaves room for a nested http.body. Aliases may expand to at most ALIAS_NODES
@@ -184,9 +183,7 @@ def read_tree(text: str, file: str, doc: _Doc):
 
     try:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        events = 0
-        for _ in yaml.parse(text, Loader=loader):  # streamed: memory stays flat
-            events += 1
+        for events, _ in enumerate(yaml.parse(text, Loader=loader), 1):  # streamed: memory stays flat
             if events > MAX_EVENTS:
                 raise ConfigError(f"{file}: more than {MAX_EVENTS:,} YAML values",
                                   "a registry this large is not a jobs.yaml; split it or check the file")
@@ -195,4 +192,4 @@ def read_tree(text: str, file: str, doc: _Doc):
             raise ConfigError(f"{file}: the file is empty", "add a `jobs:` mapping (see the README)")
         return _Walk(doc, yaml).value(node, "", 0)  # may meet an unknown tag such as !!python/name
     except yaml.YAMLError as exc:
-        raise _yaml_error(exc, text, file)
+        raise _yaml_error(exc, text, file) from exc

@@ -8,9 +8,8 @@ A trial's success closes the breaker; its failure re-opens it.
 
 from __future__ import annotations
 
-from schedsync.core.records import dataclass, replace
-
 from schedsync.core.models import Breaker
+from schedsync.core.records import dataclass, replace
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 # The one place a breaker's settings default (config's built-in defaults are these; a

@@ -37,8 +37,19 @@ Unscheduled jobs are thus PAUSED, FAILING, RUNNING, NEVER or OK.
 from __future__ import annotations
 
 from schedsync.core.durations import clock, format_age, format_duration, relative
-from schedsync.core.models import (CRASHED, FAILED, FAILURES, PARTIAL, PAUSED, RUNNING, SKIPPED, SUCCESS, TIMEOUT,
-                                   JobState, Run)
+from schedsync.core.models import (
+    CRASHED,
+    FAILED,
+    FAILURES,
+    PARTIAL,
+    PAUSED,
+    RUNNING,
+    SKIPPED,
+    SUCCESS,
+    TIMEOUT,
+    JobState,
+    Run,
+)
 from schedsync.core.records import dataclass
 
 TYPE_CHECKING = False  # importing typing costs every read command ~3 ms, for one annotation

@@ -66,6 +66,11 @@ def dataclass(cls):
     return cls
 
 
+def field_names(record) -> tuple:
+    """The fields of a record class or instance, in order."""
+    return record.__record_fields__
+
+
 def replace(obj, **changes):
     values = {n: getattr(obj, n) for n in obj.__record_fields__}
     values.update(changes)

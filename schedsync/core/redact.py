@@ -79,14 +79,15 @@ class Secrets:
     def redact(self, text):
         if not text or not self.values:
             return text
-        if self._order is None:
-            self._order = sorted(self.values, key=len, reverse=True)
-        for value in self._order:
+        order = self._order
+        if order is None:
+            order = self._order = sorted(self.values, key=len, reverse=True)
+        for value in order:
             if value in text:
                 text = text.replace(value, "***")
-        return self._redact_escaped(text) if "\\" in text else text
+        return self._redact_escaped(text, order) if "\\" in text else text
 
-    def _redact_escaped(self, text: str) -> str:
+    def _redact_escaped(self, text: str, order: list[str]) -> str:
         """``text`` without the secrets it holds JSON-escaped (``\\/`` for ``/``, ``\\u00e9``
         for ``é``, any character as ``\\uXXXX``): the escapes are decoded, the secrets found
         in that, and the spans they came from replaced in ``text``."""
@@ -114,7 +115,7 @@ class Secrets:
             return source if index == at else source + length + index - at - 1
 
         cuts = []
-        for value in self._order:
+        for value in order:
             found = decoded.find(value)
             while found >= 0:
                 cuts.append((original(found), original(found + len(value))))

@@ -20,19 +20,18 @@ class RetryAfter(Exception):
 
 def backoff(retries: dict, attempt: int, hint: float | None = None, rng=random.random) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-    from tenacity import RetryCallState, wait_exponential
-
-    exponential = wait_exponential(multiplier=retries["initial"], max=retries["max"],
-                                   exp_base=retries["multiplier"])
-    state = RetryCallState(None, None, (), {})
-    state.attempt_number = attempt
-    wait = exponential(state) * (1 + retries["jitter"] * (2 * rng() - 1))
+    try:  # tenacity's wait_exponential, as it computes it
+        exponential = min(retries["initial"] * retries["multiplier"] ** (attempt - 1), retries["max"])
+    except OverflowError:
+        exponential = retries["max"]
+    wait = max(0, exponential) * (1 + retries["jitter"] * (2 * rng() - 1))
     return max(wait, hint or 0.0)
 
 
 def retrying(retries: dict, deadline: float, *, retry, sleep=time.sleep, clock=time.time):
     """A tenacity ``Retrying`` for one run: ``retry`` is a tenacity retry predicate."""
-    from tenacity import Retrying, stop_after_attempt
+    from tenacity import RetryCallState, Retrying, stop_after_attempt
+    from tenacity.stop import stop_base
 
     def wait(state) -> float:
         hint = None
@@ -40,12 +39,16 @@ def retrying(retries: dict, deadline: float, *, retry, sleep=time.sleep, clock=t
             hint = getattr(state.outcome.exception(), "seconds", None)
         return backoff(retries, state.attempt_number, hint)
 
-    def past_deadline(state) -> bool:
-        # Stop rather than sleep through the run's timeout: the wait would be wasted.
-        return clock() + wait(state) >= deadline
+    class past_deadline(stop_base):
+        def __call__(self, state: RetryCallState) -> bool:
+            # Stop rather than sleep through the run's timeout: the wait would be wasted.
+            return clock() + wait(state) >= deadline
 
     # reraise only re-raises exceptions; when retries end on a result (a command's
     # listed exit code), hand back that last result instead of a RetryError.
-    return Retrying(stop=stop_after_attempt(retries["attempts"]) | past_deadline, wait=wait,
-                    retry=retry, sleep=sleep, reraise=True,
-                    retry_error_callback=lambda state: state.outcome.result())
+    def last_result(state: RetryCallState):
+        assert state.outcome is not None  # tenacity calls back after an attempt
+        return state.outcome.result()
+
+    return Retrying(stop=stop_after_attempt(retries["attempts"]) | past_deadline(), wait=wait,
+                    retry=retry, sleep=sleep, reraise=True, retry_error_callback=last_result)

@@ -143,7 +143,7 @@ def _readable(cron: str) -> bool:
 
 def _explain(fields: list[str]) -> str:
     """Why cronsim refused ``fields``; it only names the field, so look closer."""
-    for (name, low, high), field in zip(_FIELDS, fields):
+    for (name, low, high), field in zip(_FIELDS, fields, strict=True):
         # Step values (after /) are not positions in the range.
         for number in re.findall(r"(?<![/\d])\d+", field):
             if not low <= int(number) <= high:

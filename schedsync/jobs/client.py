@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from schedsync.jobs.transport import DEFAULT_TIMEOUT, RequestFailed, Requester, Transient
+from schedsync.jobs.transport import DEFAULT_TIMEOUT, Requester, RequestFailed, Transient
 
 
 class BudgetedClient:
@@ -40,9 +40,9 @@ class BudgetedClient:
         except Transient as exc:
             if exc.response is not None:
                 return exc.response
-            raise exc.error
+            raise exc.error from None  # httpx's own error, as the docstring says
         except RequestFailed as exc:
-            raise exc.__cause__ or exc
+            raise (exc.__cause__ or exc) from None
 
     def get(self, url, **kwargs) -> httpx.Response:
         return self.request("GET", url, **kwargs)

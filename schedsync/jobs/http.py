@@ -73,8 +73,7 @@ from schedsync.core.redact import redact_url
 from schedsync.jobs.common import LiveProgress, hard_deadline
 from schedsync.jobs.display import excerpt, keys, kind, response_line, show_url, status_error
 from schedsync.jobs.pagination import Pages, check_next_rule, dig
-from schedsync.jobs.transport import (DEFAULT_MAX_BYTES, BudgetExhausted, RequestFailed, Requester,
-                                      Transient)
+from schedsync.jobs.transport import DEFAULT_MAX_BYTES, BudgetExhausted, Requester, RequestFailed, Transient
 from schedsync.store.sink import SinkError, clashing_keys, key_columns, open_sink
 
 LOG_LINES = 60  # lines of the page log kept in the run record
@@ -183,11 +182,11 @@ class Sync:
         except RecursionError:
             raise RequestFailed(f"{response_line(response, self.ctx.secrets)} returned JSON nested "
                                 "too deeply to parse") from None
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError) as exc:
             kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
             body = excerpt(response, self.ctx.secrets)
             raise RequestFailed(f"{response_line(response, self.ctx.secrets)} returned non-JSON "
-                                f"({kind}): {body or '(empty body)'}")
+                                f"({kind}): {body or '(empty body)'}") from exc
 
     def _items(self, data, response: httpx.Response) -> list:
         path = self.http["items"]

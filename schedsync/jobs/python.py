@@ -166,9 +166,9 @@ def load_function(target: str):
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise JobImportError(f"cannot import {module_name}: {exc}")
+        raise JobImportError(f"cannot import {module_name}: {exc}") from exc
     except Exception as exc:  # cut to one line by the caller, once redacted
-        raise JobImportError(f"cannot import {module_name}: {type(exc).__name__}: {exc}")
+        raise JobImportError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from exc
     function = getattr(module, name, None)
     if function is None:
         raise JobImportError(f"{module_name} has no function {name}")

@@ -47,8 +47,7 @@ from schedsync.core.errors import SchedsyncError
 from schedsync.core.outcome import DeadlinePassed
 from schedsync.core.redact import clip, credential_name, printable
 from schedsync.core.retry import RetryAfter
-from schedsync.jobs.display import (describe_httpx_error, is_tls, request_line, response_line,
-                                    show_url, status_error)
+from schedsync.jobs.display import describe_httpx_error, is_tls, request_line, response_line, show_url, status_error
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request when a python job's call names none
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # decoded bytes of one response (http.max_bytes)
@@ -168,12 +167,12 @@ class Requester:
                 except httpx.TimeoutException as exc:
                     if left <= limit:
                         raise DeadlinePassed() from exc  # the run's timeout cut it, not the upstream's
-                    raise Transient(describe_httpx_error(exc, secrets, limit), error=exc)
+                    raise Transient(describe_httpx_error(exc, secrets, limit), error=exc) from exc
                 except httpx.TransportError as exc:
                     message = describe_httpx_error(exc, secrets)
                     if is_tls(exc) or isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
                         raise RequestFailed(message) from exc  # retrying cannot fix configuration
-                    raise Transient(message, error=exc)
+                    raise Transient(message, error=exc) from exc
                 except httpx.HTTPError as exc:  # anything else httpx raises: one line, for good
                     raise RequestFailed(describe_httpx_error(exc, secrets)) from exc
                 if not (follow_redirects and response.status_code in REDIRECTS
@@ -471,7 +470,7 @@ class _Body:
         if self.size > self.cap:
             raise _TooLarge()
         if self.file is None and self.size > SPOOL:
-            self.file = tempfile.TemporaryFile(prefix="schedsync-body-")
+            self.file = tempfile.TemporaryFile(prefix="schedsync-body-")  # noqa: SIM115 - closed by close()
             self.file.writelines(self.parts)
             self.parts = []
         if self.file is not None:

@@ -125,7 +125,7 @@ def _deliver(store, job: Job, secrets: Secrets, messages: list, run_id: int | No
         thread.join(max(0.0, deadline - time.monotonic()))
     now = time.time()
     notes = []
-    for message, result in zip(messages, results):
+    for message, result in zip(messages, results, strict=True):
         ok, detail = result or (False, f"no answer within {TIMEOUT:g}s")
         shown = message.notifier.shown(message.target, secrets)
         notes.append(Notification(job.name, message.event, shown, now, ok, detail, run_id))

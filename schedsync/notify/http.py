@@ -11,7 +11,6 @@ from schedsync.notify.base import TIMEOUT
 
 def request(url: str, body: dict | None, secrets) -> tuple[bool, str]:
     """POST ``body`` as JSON (or GET when None); (ok, what happened)."""
-    import socket
     import urllib.error
     import urllib.request
 
@@ -29,12 +28,12 @@ def request(url: str, body: dict | None, secrets) -> tuple[bool, str]:
         return False, f"HTTP {exc.code}" + (f" {exc.reason}" if exc.reason else "")
     except urllib.error.URLError as exc:
         reason = exc.reason
-        if isinstance(reason, (socket.timeout, TimeoutError)):
+        if isinstance(reason, TimeoutError):  # socket.timeout too
             return False, f"timed out after {TIMEOUT:g}s"
         if isinstance(reason, ConnectionRefusedError):
             return False, "connection refused"
         return False, secrets.redact(str(getattr(reason, "strerror", None) or reason))
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return False, f"timed out after {TIMEOUT:g}s"
     except (ValueError, OSError) as exc:
         return False, secrets.redact(str(exc)) or type(exc).__name__

@@ -10,8 +10,8 @@ state afresh, so an edited jobs.yaml or a replaced state file is seen at once
 and nothing grows between requests; the state is opened as read commands open it
 (``write=False``: a state this user cannot write is served read-only). The data
 come from the application layer (``app.status``) and ``ops.metrics``, as
-``status`` and ``metrics`` use them: this module only renders. Jinja2 (autoescaping) renders the HTML; it is imported here only,
-never on the path of ``schedsync run``.
+``status`` and ``metrics`` use them: this module only renders. Jinja2 (autoescaping) renders
+the HTML; it is imported here only, never on the path of ``schedsync run``.
 
 Loopback by default. Any other address needs a credential from the environment
 (``SCHEDSYNC_SERVE_TOKEN`` for ``Authorization: Bearer``, ``SCHEDSYNC_SERVE_BASIC``

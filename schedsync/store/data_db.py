@@ -23,6 +23,10 @@ from contextlib import contextmanager
 
 from schedsync.store.sink import SinkError, open_sink
 
+TYPE_CHECKING = False  # sqlite_utils is imported on first use; type checkers read this block
+if TYPE_CHECKING:
+    import sqlite_utils
+
 # What psycopg2 must not read as a placeholder, and what it must: quoted text, comments,
 # dollar quotes and :: casts are kept (a % in them doubled); ? and :name become %s and
 # %(name)s; any other % becomes %%.
@@ -53,7 +57,7 @@ class DataDB:
         self._sink = open_sink(target)
         self.conn = self._sink.conn
         self.backend = self._sink.DIALECT
-        self._utils = None
+        self._utils: sqlite_utils.Database | None = None
 
     def upsert(self, table: str, rows, *, pk) -> tuple[int, int]:
         """Store ``rows`` in ``table`` keyed on ``pk`` as http jobs do; (stored, failed)."""

@@ -17,6 +17,7 @@ import stat
 import time
 
 from schedsync.core.errors import StateError
+from schedsync.store.base import Lock
 
 
 def lock_folder(path: str) -> None:
@@ -33,8 +34,6 @@ def lock_folder(path: str) -> None:
     if info.st_mode & 0o022:
         raise StateError(f"lock folder {path} is writable by other users",
                          f"make it private: `chmod 700 {path}`")
-
-from schedsync.store.base import Lock
 
 
 class FileLock(Lock):

@@ -26,14 +26,19 @@ import re
 import sys
 import time
 
-from schedsync.core.errors import ConfigError, StateBusy, StateError
 from schedsync.core.breaker import settings_of
 from schedsync.core.budgets import never_short
+from schedsync.core.errors import ConfigError, StateBusy, StateError
 from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
+
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
 from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state
 from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
+
+TYPE_CHECKING = False  # typing stays off the path of `run`; type checkers read this block
+if TYPE_CHECKING:
+    import threading
 
 # psycopg2's C module imports Python's ssl only to hand OpenSSL's locking callbacks to
 # Python, which OpenSSL >= 1.1 no longer needs (the wheel bundles OpenSSL 3, and libpq
@@ -82,6 +87,7 @@ def _need_driver(url: str) -> None:
 
 
 class PostgresStore(Store):
+    locks: AdvisoryLocks
     claims_slots = True
     writable = True  # a role without write access fails on its first write, with one line
 
@@ -95,7 +101,7 @@ class PostgresStore(Store):
         if misencoded_password(url):  # libpq would read and quote a piece of it as the host
             raise ConfigError(f"state URL {self.label}: its password holds a raw /, @ or %", MISENCODED_FIX)
         self._secret = _password(url)
-        self._mutex = None  # a threading.Lock once a heartbeat shares the connection
+        self._mutex: threading.Lock | None = None  # once a heartbeat shares the connection
         self._create = write if create is None else create
         self.db = self._connect()
         self.backend_pid = self.db.get_backend_pid()
@@ -322,7 +328,8 @@ class PostgresStore(Store):
             "SELECT * FROM schedsync.finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             ((end, end, breaker.name, end) if hand_back else ()) + (
-             run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms, run.attempts, run.requests, run.items_processed, run.items_failed,
+             run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms,
+             run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,
              run.job, breaker.name, int(settings["failures"]),
              float(settings["reset_after"]), bool(evidence), run.status not in FAILURES,
@@ -605,7 +612,7 @@ class AdvisoryLock(Lock):
     def __init__(self, store: PostgresStore, job: str):
         self.store, self.key = store, "schedsync:" + job
         self.taken = False
-        self._beat = None
+        self._beat: _Heartbeat | None = None
 
     def acquire(self, wait: float = 0.0) -> bool:
         deadline = time.monotonic() + wait
@@ -648,8 +655,9 @@ class AdvisoryLock(Lock):
 
 class AdvisoryLocks(Locks):
     def __init__(self, store: PostgresStore):
-        self.store, self.taken = store, []
-        self.held_keys: set = set()
+        self.store = store
+        self.taken: list[AdvisoryLock] = []
+        self.held_keys: set[str] = set()
 
     def lock(self, job: str) -> AdvisoryLock:
         lock = AdvisoryLock(self.store, job)
@@ -682,7 +690,7 @@ class _Heartbeat:
             try:
                 self.store._fetch("SELECT 1")
                 self.last = time.monotonic()
-            except Exception:  # noqa: BLE001 - a lost connection: ok() says so
+            except Exception:  # a lost connection: ok() says so
                 pass
 
     def ok(self) -> bool:

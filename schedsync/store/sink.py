@@ -29,12 +29,12 @@ page with one batched statement (``executemany``, ``COPY``).
 
 from __future__ import annotations
 
-from schedsync.store.sink_base import Sink, SinkError, clashing_keys, key_columns
+from schedsync.store.sink_base import Sink, SinkError, SQLSink, clashing_keys, key_columns
 
 __all__ = ["Sink", "SinkError", "clashing_keys", "key_columns", "open_sink"]
 
 
-def open_sink(target: str) -> Sink:
+def open_sink(target: str) -> SQLSink:
     """The sink for ``target``: a ``postgresql://`` URL is a PostgreSQL database (the state's
     own by default, with a PostgreSQL state); a path is a SQLite database, created private."""
     from schedsync.paths import is_url

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from schedsync.core.redact import clip
 
+TYPE_CHECKING = False  # typing stays off the path of `run`; type checkers read this block
+if TYPE_CHECKING:
+    from typing import Any
+
 NAME_BYTES = 63  # PostgreSQL's identifier length; the rule is the same on SQLite
 _FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
@@ -93,10 +97,11 @@ class PageColumns:
             self.columns, self.of = keys, None
         else:
             self.columns = tuple(first.values())
-            self.of = {key: first[fold(name)] for key, name in zip(keys, names)}
+            self.of = {key: first[fold(name)] for key, name in zip(keys, names, strict=True)}
 
     def merge(self, row: dict) -> dict | None:
         of = self.of
+        assert of is not None  # called only when keys are re-keyed
         merged = {of[key]: value for key, value in row.items()}
         return merged if len(merged) == len(row) else None
 
@@ -138,7 +143,7 @@ class SQLSink(Sink):
     ERRORS: tuple = ()        # exceptions that mean "cannot store": translated to SinkError
     IF_NOT_EXISTS = ""        # "IF NOT EXISTS " where schema work can race other writers
     MAX = "max"               # the aggregate, named with its schema where others may shadow it
-    conn = None
+    conn: Any = None          # the driver's connection (DB-API)
     in_transaction = False    # a caller's transaction is open: pages become savepoints
 
     def __init__(self) -> None:
@@ -241,10 +246,10 @@ class SQLSink(Sink):
         try:
             cur = self.conn.cursor()
             try:
-                column = self._read_columns(cur, table).get(fold(column_name(column)))
+                found = self._read_columns(cur, table).get(fold(column_name(column)))
                 value = None
-                if column is not None:
-                    cur.execute(f"SELECT {self.MAX}({quote(column)}) FROM {quote(table)}")
+                if found is not None:
+                    cur.execute(f"SELECT {self.MAX}({quote(found)}) FROM {quote(table)}")
                     value = cur.fetchone()[0]
             finally:
                 cur.close()

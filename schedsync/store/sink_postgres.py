@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 
+from schedsync.core.redact import clip
 from schedsync.store.sink_base import SinkError, SQLSink, quote
 
 PAGE = 1000
@@ -63,7 +64,7 @@ class PostgresSink(SQLSink):
         # The driver's first line only: its SQL excerpt (which may quote values) is not kept.
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         secret = getattr(self, "_secret", None)
-        return super()._reason(text.replace(secret, "***") if secret else text)
+        return clip(text.replace(secret, "***") if secret else text, 200)
 
     def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool) -> None:
         rows = _last_of_each_key(rows, keys)  # one statement may update a row only once

@@ -26,9 +26,22 @@ import time
 from schedsync.core import breaker as breakers
 from schedsync.core.budgets import block_until, refill, take
 from schedsync.core.errors import StateBusy, StateError
-from schedsync.core.models import (BREAKER_OPEN, CRASHED, FAILURES, PARTIAL, PAUSED, RATE_LIMITED,
-                                   RUNNING, SKIPPED, SUCCESS, Breaker, Bucket, JobState, Notification,
-                                   Run)
+from schedsync.core.models import (
+    BREAKER_OPEN,
+    CRASHED,
+    FAILURES,
+    PARTIAL,
+    PAUSED,
+    RATE_LIMITED,
+    RUNNING,
+    SKIPPED,
+    SUCCESS,
+    Breaker,
+    Bucket,
+    JobState,
+    Notification,
+    Run,
+)
 from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Locks, Store, no_state
 from schedsync.store.liveness import ProcLiveness
 from schedsync.store.lock import FileLock, lock_folder
@@ -140,7 +153,7 @@ class _Transaction:
     # generator machinery was a measurable share of it.
     __slots__ = ("store", "depth")
 
-    def __init__(self, store: "SQLiteStore"):
+    def __init__(self, store: SQLiteStore):
         self.store, self.depth = store, 0
 
     def __enter__(self) -> None:
@@ -295,6 +308,7 @@ class SQLiteStore(Store):
                 raise StateError(f"state file {path} was written by an older schedsync and is read-only"
                                  " here", "run any schedsync command once as its owner, to upgrade it")
             return
+        assert error is not None  # both modes were tried, and failed
         raise state_error(path, error)
 
     def _refuse(self, version: int, tables: str | None) -> None:
@@ -464,7 +478,8 @@ class SQLiteStore(Store):
     # --- reads ------------------------------------------------------------------------
 
     def runs(self, job, limit=20, failed_only=False):
-        where, args = "job = ?", (job,)
+        where = "job = ?"
+        args: tuple = (job,)
         if failed_only:
             where += f" AND status IN ({','.join('?' * len(FAILURES))})"
             args += FAILURES
@@ -473,7 +488,8 @@ class SQLiteStore(Store):
         return [Run(*row) for row in rows]
 
     def run(self, job, run_id=None):
-        where, args = "job = ?", (job,)
+        where = "job = ?"
+        args: tuple = (job,)
         if run_id is not None:
             where, args = ("id = ?", (run_id,)) if job is None else (where + " AND id = ?", (job, run_id))
         row = self._sql(f"SELECT {RUN_COLUMNS} FROM runs WHERE {where} ORDER BY id DESC LIMIT 1",
@@ -503,7 +519,7 @@ class SQLiteStore(Store):
         since = self._last_success(job, before)
         marks = ",".join("?" * len(FAILURES))
         sql = f"SELECT COUNT(*) FROM runs WHERE job = ? AND status IN ({marks}) AND started_at > ?"
-        args = (job, *FAILURES, since if since is not None else float("-inf"))
+        args: tuple = (job, *FAILURES, since if since is not None else float("-inf"))
         if before is not None:
             sql, args = sql + " AND started_at < ?", args + (before,)
         return self._sql(sql, args).fetchone()[0]
@@ -564,7 +580,7 @@ class SQLiteStore(Store):
             if not granted:
                 # A flag, not ``ready > now``: a denial whose wait rounds to zero is still a denial.
                 ready = max(now if ready is None else ready, math.inf if at is None else at)
-            if row and row[1] > now:
+            if stored is not None and stored.updated > now:
                 # a time from a clock that ran ahead: kept clamped, even on a denial (and then unspent)
                 clamped.append(refill(stored, capacity, per, now) if granted else bucket)
             taken.append(bucket)
@@ -673,7 +689,7 @@ class SQLiteStore(Store):
                 continue
             marks = ",".join("?" * len(statuses))
             pick = f"SELECT id FROM runs WHERE job = ? AND status IN ({marks}) AND started_at < ?"
-            args = (job, *statuses, now - keep)
+            args: tuple = (job, *statuses, now - keep)
             newest = self._last_success(job) if SUCCESS in statuses else None
             if newest is not None:
                 # Keep the newest success however old (and only it: skips after it go):

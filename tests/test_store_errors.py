@@ -9,6 +9,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -91,7 +92,7 @@ def test_a_path_that_names_locked_or_full_is_not_read_as_a_locked_or_full_state(
 # --- PostgreSQL with German messages ----------------------------------------------------
 
 @pytest.fixture(scope="module")
-def german_server(tmp_path_factory):
+def german_server():
     """A throwaway server whose lc_messages is de_DE.UTF-8 (a locale built for it alone)."""
     from pgserver import PgServer, binaries
 
@@ -104,18 +105,15 @@ def german_server(tmp_path_factory):
     if not any(os.path.exists(f"/usr/share/locale/de/LC_MESSAGES/postgres-{v}.mo")
                for v in range(10, 30)):
         pytest.skip("PostgreSQL's German messages are not installed")
-    locales = tmp_path_factory.mktemp("locales")
-    made = subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8", str(locales / "de_DE.UTF-8")],
-                          capture_output=True, text=True)
-    if made.returncode not in (0, 1) or not (locales / "de_DE.UTF-8").exists():  # 1: warnings only
-        pytest.skip(f"localedef could not build de_DE.UTF-8: {made.stderr.strip()[:200]}")
-    for folder in (locales, *locales.parents):
-        if str(folder) == "/":
-            break
-        os.chmod(folder, os.stat(folder).st_mode | 0o555)  # the postgres user reads it
+    locales = tempfile.mkdtemp(prefix="schedsync-locale-")  # under /tmp: the postgres user reads it
+    os.chmod(locales, 0o755)
     server = PgServer()
     try:
-        server.start(env={"LOCPATH": str(locales)})
+        made = subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8", f"{locales}/de_DE.UTF-8"],
+                              capture_output=True, text=True)
+        if made.returncode not in (0, 1) or not os.path.exists(f"{locales}/de_DE.UTF-8"):  # 1: warnings
+            pytest.skip(f"localedef could not build de_DE.UTF-8: {made.stderr.strip()[:200]}")
+        server.start(env={"LOCPATH": locales})
         server.psql("postgres", "ALTER SYSTEM SET lc_messages = 'de_DE.UTF-8'")
         server.psql("postgres", "SELECT pg_reload_conf()")
         deadline = time.monotonic() + 30
@@ -125,6 +123,7 @@ def german_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+        shutil.rmtree(locales, ignore_errors=True)
 
 
 def test_a_german_server_is_classified_by_sqlstate(german_server):

@@ -24,7 +24,10 @@ def binaries() -> str | None:
     return os.path.dirname(found[-1]) if found else None
 
 
-def _as_owner(argv: list[str], owner: str | None, **kwargs) -> subprocess.CompletedProcess:
+def _as_owner(argv: list[str], owner: str | None, env: dict | None = None,
+              **kwargs) -> subprocess.CompletedProcess:
+    if env:
+        kwargs["env"] = {**os.environ, **env}
     if owner:
         user = pwd.getpwnam(owner)
 
@@ -33,7 +36,7 @@ def _as_owner(argv: list[str], owner: str | None, **kwargs) -> subprocess.Comple
             os.setuid(user.pw_uid)
 
         kwargs["preexec_fn"] = demote
-        kwargs["env"] = {**os.environ, "HOME": user.pw_dir, "USER": owner}
+        kwargs["env"] = {**kwargs.get("env", os.environ), "HOME": user.pw_dir, "USER": owner}
     return subprocess.run(argv, capture_output=True, text=True, check=True, **kwargs)
 
 
@@ -52,9 +55,11 @@ class PgServer:
         self.started = False
         self.count = 0
 
-    def start(self, max_connections: int = 200, listen: str = "", wrap: tuple = ()) -> PgServer:
+    def start(self, max_connections: int = 200, listen: str = "", wrap: tuple = (),
+              env: dict | None = None) -> PgServer:
         """``listen``: TCP addresses besides the socket (trust from 10.0.0.0/8 then);
-        ``wrap``: a prefix for pg_ctl, e.g. ``("ip", "netns", "exec", NAME)``."""
+        ``wrap``: a prefix for pg_ctl, e.g. ``("ip", "netns", "exec", NAME)``;
+        ``env``: more environment for the server (e.g. ``LOCPATH``)."""
         _as_owner([f"{self.bin}/initdb", "-D", self.data, "-U", "postgres", "--auth-local=trust",
                    "--auth-host=reject", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], self.owner)
         with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
@@ -72,7 +77,7 @@ class PgServer:
             user = ["runuser", "-u", self.owner, "--"] if self.owner else []
             _as_owner([*wrap, *user, *start], None)
         else:
-            _as_owner(start, self.owner)
+            _as_owner(start, self.owner, env)
         self.started = True
         self.psql("postgres", f"CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'")
         return self

@@ -86,6 +86,19 @@ def _need_driver(url: str) -> None:
                           "pip install 'schedsync[postgres]'")
 
 
+# A refusal to connect is the only error read by its text: the server sends its SQLSTATE
+# (53300, 28P01, 3D000), but libpq hands on only the message before a session exists, so
+# psycopg2's error has no pgcode. On a server whose lc_messages is not English these
+# match nothing, and the error reads "unreachable" with the server's own text.
+_REFUSALS = (("too many clients", "crowded"), ("connection slots are reserved", "crowded"),
+             ("password authentication failed", "password"), ("no password supplied", "password"),
+             ("does not exist", "missing"))
+
+
+def _refusal(text: str) -> str | None:
+    return next((kind for words, kind in _REFUSALS if words in text), None)
+
+
 class PostgresStore(Store):
     locks: AdvisoryLocks
     claims_slots = True
@@ -136,7 +149,8 @@ class PostgresStore(Store):
                 return db
             except psycopg2.Error as exc:
                 text = self._clean(exc)
-                if "too many clients" in text or "connection slots are reserved" in text:
+                refusal = _refusal(text)
+                if refusal == "crowded":
                     if time.monotonic() < crowded_until:
                         import random
 
@@ -146,13 +160,13 @@ class PostgresStore(Store):
                     raise StateError(f"state database {self.label} has no free connection slot "
                                      f"(too many clients for {CROWDED_FOR:.0f}s)",
                                      "raise max_connections on the server, or run fewer jobs at once") from None
-                raise self._connect_error(text) from None
+                raise self._connect_error(text, refusal) from None
 
-    def _connect_error(self, text: str) -> StateError:
+    def _connect_error(self, text: str, refusal: str | None) -> StateError:
         where = f"state database {self.label}"
-        if "password authentication failed" in text or "no password supplied" in text:
+        if refusal == "password":
             return StateError(f"{where}: {text}", "check the password in ~/.pgpass or $PGPASSWORD")
-        if "does not exist" in text:
+        if refusal == "missing":
             return StateError(f"{where}: {text}", "create it (createdb) or fix the state URL")
         return StateError(f"{where} is unreachable: {text}",
                           "start PostgreSQL, or check the host and port in the state URL")
@@ -229,14 +243,14 @@ class PostgresStore(Store):
         code = getattr(exc, "pgcode", None) or ""
         if code == FOREIGN:
             return self._foreign(exc)
-        if code == "42501" or "permission denied" in text:
+        if code == "42501":  # insufficient_privilege
             return StateError(f"state database {self.label}: {text}",
                               "grant this role access to the schedsync schema, or use another role")
         if code == "55P03":  # lock_timeout (read commands): another session holds a lock
             self.writable = False  # skip this optional write and every later one
             return StateBusy(f"state database {self.label} is busy: another session holds a lock",
                              "try again in a moment")
-        if code == "25006" or "read-only" in text:
+        if code == "25006":  # read_only_sql_transaction
             return StateError(f"state database {self.label} is read-only", "use a writable server")
         if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
             return StateError(f"state database {self.label} was lost: {text}",

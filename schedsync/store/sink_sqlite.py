@@ -24,6 +24,7 @@ import time
 from operator import itemgetter
 
 from schedsync.store.sink_base import SinkError, SQLSink, quote
+from schedsync.store.sqlite import BUSY, LOCKED, error_code
 
 BUSY_TIMEOUT = 60.0
 # One encoder, built once: json.dumps with any argument builds a new encoder per call.
@@ -52,7 +53,7 @@ def connect(path: str) -> sqlite3.Connection:
                 conn.execute("PRAGMA journal_mode=WAL")
                 break
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 99:
+                if error_code(exc) not in (BUSY, LOCKED) or attempt == 99:
                     raise
                 time.sleep(0.05)
     except BaseException:

@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import sys
 import time
+from errno import ENOSPC
 
 from schedsync.core import breaker as breakers
 from schedsync.core.budgets import block_until, refill, take
@@ -117,30 +119,54 @@ def _v4(db: sqlite3.Connection) -> None:
 MIGRATIONS = [_v1, _v2, _v3, _v4]  # append, never edit: user_version counts how many were applied
 
 
+# SQLite's primary result codes (the low byte of an extended code: SQLITE_IOERR_* is SQLITE_IOERR).
+PERM, BUSY, LOCKED, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB = 3, 5, 6, 8, 10, 11, 13, 14, 26
+_TEXTS = (("locked", BUSY), ("readonly", READONLY), ("not a database", NOTADB), ("malformed", CORRUPT),
+          ("full", FULL), ("disk I/O", IOERR), ("unable to open", CANTOPEN), ("permission denied", PERM))
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The primary SQLite result code of a ``sqlite3`` error (``BUSY``, ``READONLY`` …), else None."""
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF
+    if sys.version_info >= (3, 11):
+        return None  # an error of the sqlite3 module itself, not of SQLite
+    return code_of_text(str(exc))
+
+
+def code_of_text(text: str) -> int | None:
+    # Python 3.10 only: its sqlite3 errors carry no code, just SQLite's own text for
+    # it (sqlite3_errstr, English, never translated). Nothing else reads the text.
+    return next((code for words, code in _TEXTS if words in text), None)
+
+
 def state_error(path: str, exc: BaseException) -> StateError:
-    text = str(exc)
+    code, text = error_code(exc), str(exc)
     folder = os.path.dirname(os.path.abspath(path))
-    if ("readonly" in text or "read-only" in text or isinstance(exc, PermissionError)
-            or "unable to open" in text) and not os.path.lexists(path) and not os.access(folder, os.W_OK):
+    denied = code in (PERM, READONLY) or isinstance(exc, PermissionError)
+    if (denied or code == CANTOPEN) and not os.path.lexists(path) and not os.access(folder, os.W_OK):
         why = "is not writable" if os.path.isdir(folder) else "cannot be created"
         return StateError(f"cannot create state file {path}: its folder {folder} {why}",
                           "make that folder writable by this user, or pass --state PATH")
-    if "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
+    if denied:
         fix = "make it (and its folder) writable by this user, or pass --state PATH"
         text = "is read-only"
-    elif "not a database" in text or "malformed" in text:
+    elif code in (NOTADB, CORRUPT):
         fix = "point --state at a schedsync state file, or move this file aside"
         text = "is not a schedsync state database"
     elif os.path.isdir(path):
         fix = "pass the path of a file, e.g. --state /srv/sync/schedsync.db"
         text = "is a folder"
-    elif "full" in text or getattr(exc, "errno", None) == 28 or ("disk I/O" in text and _disk_full(path)):
+    elif code == FULL or getattr(exc, "errno", None) == ENOSPC or (code == IOERR and _disk_full(path)):
         fix = "free space on that disk"
         text = "cannot be written: the disk is full"
-    elif "unable to open" in text:
+    elif code == CANTOPEN:
         fix = "check that its folder exists and is writable, or pass --state PATH"
         text = "cannot be opened"
-    elif "locked" in text:
+    elif code in (BUSY, LOCKED):
         fix = "another process held it too long; try again"
         text = "is locked"
     else:
@@ -160,15 +186,16 @@ class _Transaction:
         if not self.depth:
             store = self.store
             try:
-                if store._busy:
-                    raise sqlite3.OperationalError("database is locked")
-                store.db.execute("BEGIN IMMEDIATE")
+                if not store._busy:
+                    store.db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                if not store._write and "locked" in str(exc):
-                    # A read command's optional write: skipped, and so is every later one.
-                    store._busy, store.writable = True, False
-                    raise StateBusy(f"state file {store._path} is busy", "a later read records it") from None
-                raise state_error(store._path, exc) from None
+                if store._write or error_code(exc) not in (BUSY, LOCKED):
+                    raise state_error(store._path, exc) from None
+                store._busy = True
+            if store._busy:
+                # A read command's optional write: skipped, and so is every later one.
+                store.writable = False
+                raise StateBusy(f"state file {store._path} is busy", "a later read records it")
         self.depth += 1
 
     def __exit__(self, kind, exc, tb) -> None:
@@ -340,7 +367,7 @@ class SQLiteStore(Store):
                 self.db.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc):
+                if error_code(exc) not in (BUSY, LOCKED):
                     raise
                 if time.monotonic() > deadline:
                     if self._write:

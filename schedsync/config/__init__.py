@@ -10,7 +10,6 @@ on first use (``schedsync run`` with a warm cache never parses YAML).
 
 from __future__ import annotations
 
-from schedsync.config.checks import NAME, NAME_MAX, TABLE_MAX
 from schedsync.config.load import CACHE_VERSION, MAX_BYTES, load, optional_registry
 from schedsync.config.model import BUILTIN, NO_REGISTRY, Config, Job, Jobs, Registry, no_registry, unknown_job
 from schedsync.config.secrets import VAR, expand
@@ -21,6 +20,7 @@ from schedsync.core.errors import ConfigError
 from schedsync.core.redact import Secrets
 
 _LAZY = {
+    "schedsync.config.checks": ("NAME", "NAME_MAX", "TABLE_MAX"),
     "schedsync.config.walk": ("ConfigErrors", "MAX_EVENTS", "MAX_DEPTH", "ALIAS_NODES"),
     "schedsync.config.validate": ("parse", "adhoc", "TOP_KEYS", "SETTINGS", "JOB_KEYS", "RETRY_KEYS",
                                   "BREAKER_KEYS", "RETENTION_KEYS", "NOTIFY_KEYS", "EVENTS"),
@@ -31,13 +31,11 @@ _LAZY = {
 def __getattr__(name: str):
     for module, names in _LAZY.items():
         if name in names:
-            import importlib
-
-            return getattr(importlib.import_module(module), name)
+            return getattr(__import__(module, fromlist=[name]), name)
     raise AttributeError(f"module 'schedsync.config' has no attribute {name!r}")
 
 
-__all__ = ["BUILTIN", "CACHE_VERSION", "MAX_BYTES", "NAME", "NAME_MAX", "NO_REGISTRY", "TABLE_MAX", "VAR",
+__all__ = ["BUILTIN", "CACHE_VERSION", "MAX_BYTES", "NO_REGISTRY", "VAR",
            "Config", "ConfigError", "Job", "Jobs", "Registry", "Secrets", "default_state_path", "expand", "load",
            "no_registry", "optional_registry", "resolve_config", "resolve_state", "unknown_job",
            *(n for names in _LAZY.values() for n in names)]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 
+from schedsync.core import Pattern
 from schedsync.core.durations import parse_duration
 
-NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")  # used with fullmatch: `$` would let "ab\n" in
+NAME = Pattern(r"[a-z0-9][a-z0-9_.-]*")  # used with fullmatch: `$` would let "ab\n" in
 # A job or breaker name becomes a lock file `NAME.lock`, a crontab line and a status
 # column; 100 keeps every derived file name far inside NAME_MAX (255) and rows readable.
 NAME_MAX = 100

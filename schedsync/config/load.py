@@ -11,7 +11,6 @@ import marshal
 import os
 import stat
 
-from schedsync.config.checks import _short
 from schedsync.config.model import Config, Jobs
 from schedsync.config.state import resolve_config
 from schedsync.core.errors import ConfigError
@@ -55,6 +54,8 @@ def load(path: str | os.PathLike, every: bool = False) -> Config:
         with open(os.open(real, os.O_RDONLY | os.O_NONBLOCK), encoding="utf-8") as f:
             text = f.read(MAX_BYTES + 1)  # a file that grew since stat
     except (OSError, UnicodeDecodeError) as exc:
+        from schedsync.config.checks import _short  # errors only: not on a cron tick's path
+
         raise ConfigError(f"{shown}: cannot read ({_short(str(exc), 200)})", "check the file") from exc
     if len(text) > MAX_BYTES:
         raise _too_big(shown)

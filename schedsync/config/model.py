@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from schedsync.config.checks import _q
 from schedsync.config.state import choose_state
 from schedsync.core.breaker import DEFAULTS as BREAKER_DEFAULTS
 from schedsync.core.errors import ConfigError
@@ -163,6 +162,8 @@ Registry = Config
 
 def unknown_job(name: str, config: Config) -> ConfigError:
     import difflib
+
+    from schedsync.config.checks import _q  # errors only: not on a cron tick's path
 
     close = difflib.get_close_matches(name, list(config.jobs), n=1)
     if config.path == NO_REGISTRY:  # the read commands without a jobs.yaml: only `exec` jobs

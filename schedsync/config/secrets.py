@@ -4,12 +4,12 @@ secrets a job's expanded values hold."""
 from __future__ import annotations
 
 import os
-import re
 
+from schedsync.core import Pattern
 from schedsync.core.errors import ConfigError
 from schedsync.core.redact import SECRET_NAME, Secrets, environment_secrets, in_query_or_userinfo
 
-VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+VAR = Pattern(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand(job, config_path: str, environ=os.environ) -> tuple:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import re
 
+from schedsync.core import Pattern
+
 # A ${VAR}, an env: entry or an environment variable with one of these in its name is a secret.
-SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASS|AUTH|CRED", re.I)
+SECRET_NAME = Pattern(r"TOKEN|SECRET|KEY|PASS|AUTH|CRED", re.I)
 MIN_LENGTH = 4  # shorter values are not treated as secrets: redacting "1" would wreck every line
 # Values of secret-named environment variables that are settings, not credentials: redacting
 # every "true" in a job's output would make it unreadable and hide nothing.
@@ -41,10 +43,10 @@ CREDENTIAL_PARTS = ("token", "secret", "apikey", "password")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _QUERY_KEEP = _UNRESERVED | frozenset(chr(i) for i in range(0x20, 0x7F)
                                       if i not in (0x20, 0x22, 0x23, 0x3C, 0x3E))
-_ESCAPE = re.compile("(%[A-Fa-f0-9]{2})")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_ESCAPE = Pattern("(%[A-Fa-f0-9]{2})")
+_CONTROL = Pattern(r"[\x00-\x1f\x7f-\x9f]+")
 # A JSON string escape: a surrogate pair, any \uXXXX (hex in either case) or a short one.
-_JSON_ESCAPE = re.compile(r'\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}'
+_JSON_ESCAPE = Pattern(r'\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}'
                           r'|\\u[0-9a-fA-F]{4}|\\["\\/bfnrt]')
 _SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
@@ -209,10 +211,10 @@ def readable(text):
 # --- database URLs (state and data) --------------------------------------------------------
 
 # A URL's query, as libpq reads it: name=value pairs joined by &.
-_QUERY = re.compile(r"[A-Za-z_]+=[^&]*(?:&[A-Za-z_]+=[^&]*)*")
+_QUERY = Pattern(r"[A-Za-z_]+=[^&]*(?:&[A-Za-z_]+=[^&]*)*")
 # What a password must not hold raw: libpq ends the user-info at the first '@' before any
 # '/', and refuses a '%' that starts no %XX escape (quoting the rest of the URL).
-_MISENCODED = re.compile(r"[/@]|%(?![0-9A-Fa-f]{2})")
+_MISENCODED = Pattern(r"[/@]|%(?![0-9A-Fa-f]{2})")
 MISENCODED_FIX = ("percent-encode them in the URL (/ as %2F, @ as %40, % as %25), "
                   "or leave the password out and put it in ~/.pgpass")
 

@@ -140,6 +140,8 @@ class Config:
     jobs: Jobs  # name -> Job
     defaults: dict | None = None  # BUILTIN merged with `defaults:`, for jobs built later (exec)
     state_in_use: str | None = None  # set by resolve_state: the state this process opens
+    # The environment variables ``schedule: "${VAR:-...}"`` read -> their value (None: unset).
+    environ: dict | None = None
 
     def job(self, name: str) -> Job:
         """The job ``name``, its ``data_target`` resolved for the state in use."""

@@ -87,7 +87,7 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
         except ConfigError as exc:  # validate goes on with the next job
             doc.fail(exc)
     return Config(path=doc.file, dir=folder, state=state, timezone=timezone,
-                  budgets=budgets, jobs=Jobs(jobs), defaults=base)
+                  budgets=budgets, jobs=Jobs(jobs), defaults=base, environ=dict(doc.environ))
 
 
 def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
@@ -295,12 +295,47 @@ def _schedule(value, path: str, timezone, doc: _Doc) -> str:
         raise doc.error(path, f"{_q(value)} is not a cron expression", 'quote it: "0 * * * *"')
     from schedsync.core.schedule import Schedule
 
+    written, used = value, []
+    if "$" in value:
+        value, used = _expand_schedule(value, path, doc)
     try:
         Schedule(value, _zone(timezone) if timezone else None)
     except ValueError as exc:
-        raise doc.error(path, f'"{value}" is not a cron expression: {exc}',
+        shown = f'"{value}"'
+        if used:  # the value came from the environment: say from where
+            names = ", ".join(f"{n}={v!r}" if v is not None else f"{n} unset (its default)" for n, v in used)
+            shown = f'"{written}" expanded to "{value}" ({names})'
+        raise doc.error(path, f"{shown} is not a cron expression: {exc}",
                         'write 5 fields (minute hour day month weekday) or @hourly/@daily/…') from exc
     return value
+
+
+def _expand_schedule(value: str, path: str, doc: _Doc) -> tuple[str, list]:
+    """``value`` with ``${VAR}`` and ``${VAR:-default}`` replaced from the environment (read
+    now: jobs.yaml is read in the environment of the command reading it), and the
+    [(name, value or None when the default stood in)] it used. Recorded on ``doc.environ``
+    so the cache is only reused while those variables keep their values."""
+    from schedsync.config.secrets import VAR
+
+    used: list = []
+
+    def one(match) -> str:
+        name, default = match.group(1), match.group(2)
+        got = os.environ.get(name)
+        doc.environ[name] = got
+        if got is None or (got == "" and default is not None):
+            if default is None:
+                raise doc.error(path, f"environment variable {name} is not set",
+                                f"export {name}, or write ${{{name}:-0 * * * *}} with a default")
+            used.append((name, None))
+            return default
+        used.append((name, got))
+        return got
+
+    if "$" in VAR.sub("", value):  # $VAR, ${VAR-x}, ${VAR:=x}: shell forms we do not expand
+        raise doc.error(path, f'"{value}": only ${{VAR}} and ${{VAR:-default}} are expanded in a schedule',
+                        "write ${NAME} or ${NAME:-0 * * * *}")
+    return VAR.sub(one, value), used
 
 
 def _check_timezone(name, doc: _Doc) -> None:

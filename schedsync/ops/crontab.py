@@ -76,6 +76,10 @@ def crontab_lines(config: Config, state: str | None = None) -> list[str]:
     if config.timezone:
         lines += [f"# Schedules are read in {config.timezone} (cronie honours CRON_TZ; Debian's cron does not).",
                   f"CRON_TZ={config.timezone}"]
+    pinned = {k: v for k, v in (config.environ or {}).items() if v is not None}
+    if pinned:  # cron's own runs read jobs.yaml too: with cron's environment, the same schedules
+        lines.append("# Schedules read from the environment (jobs.yaml's ${VAR}), as expanded now:")
+        lines += [f"{name}={_env_value(value)}" for name, value in sorted(pinned.items())]
     for name, job in config.jobs.items():
         about = f": {job.description}" if job.description else ""
         if job.schedule:
@@ -88,6 +92,11 @@ def crontab_lines(config: Config, state: str | None = None) -> list[str]:
         lines.append("# Late alerts: a job cron failed to start cannot report itself, so status looks.")
         lines.append(f"{LATE_WATCH:<13} {prefix} status --json --init > /dev/null")
     return lines
+
+
+def _env_value(value: str) -> str:
+    """A crontab environment value: cron strips one pair of matching quotes around it."""
+    return f"'{value}'" if "'" not in value else f'"{value}"'
 
 
 def _cron_escape(command: str) -> str:

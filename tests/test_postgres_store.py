@@ -203,6 +203,14 @@ class TestAlerts:
         store.record_notifications(notes, keep=3)
         assert [n.detail for n in store.notifications("a")] == ["HTTP 4", "HTTP 3", "HTTP 2"]
 
+    def test_a_repeat_claim_is_granted_once_the_mark_is_older_than_every(self, store):
+        """``repeat:``: the first failure of a streak claims plainly, later ones with ``every``."""
+        assert store.claim_alert("a", "failure:slack:0", T0) is True
+        assert store.claim_alert("a", "failure:slack:0", T0 + 59, every=60) is False
+        assert store.claim_alert("a", "failure:slack:0", T0 + 60, every=60) is True
+        assert store.claim_alert("a", "failure:slack:0", T0 + 100, every=60) is False
+        assert store.claim_alert("b", "failure:slack:0", T0, every=60) is True  # no mark yet
+
 
 class TestLocks:
     def test_the_job_lock_is_cluster_wide_waits_and_is_passed_to_a_child(self, url, store):

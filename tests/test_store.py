@@ -272,6 +272,14 @@ class TestAlerts:
         assert store.claim_alert("a", "late", T0) is False
         assert store.claim_alert("a", "late", T0 + 60) is True
 
+    def test_a_repeat_claim_is_granted_once_the_mark_is_older_than_every(self, store):
+        """``repeat:``: the first failure of a streak claims plainly, later ones with ``every``."""
+        assert store.claim_alert("a", "failure:slack:0", T0) is True
+        assert store.claim_alert("a", "failure:slack:0", T0 + 59, every=60) is False
+        assert store.claim_alert("a", "failure:slack:0", T0 + 60, every=60) is True
+        assert store.claim_alert("a", "failure:slack:0", T0 + 100, every=60) is False
+        assert store.claim_alert("b", "failure:slack:0", T0, every=60) is True  # no mark yet
+
 
 def test_the_job_lock_excludes_a_second_holder(store):
     first, second = store.locks.lock("a"), store.locks.lock("a")

@@ -68,6 +68,13 @@ def expand(job, config_path: str, environ=os.environ) -> tuple:
         # code (a ; in a password runs a command). sub() above still checked and
         # collected them.
         fields["section"] = job.section
+    for target in fields["notify"]:
+        # A Slack webhook's URL is its credential, and so is the SMTP password, whatever
+        # their variables are called: never in a record, an error or the output.
+        if target.get("slack"):
+            secrets.add(target["slack"])
+        if (target.get("smtp") or {}).get("password"):
+            secrets.add(target["smtp"]["password"])
     for key, value in fields["env"].items():
         if SECRET_NAME.search(key):
             secrets.add(value)

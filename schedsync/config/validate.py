@@ -14,7 +14,7 @@ from schedsync.core.errors import ConfigError
 from schedsync.kinds import KEYS
 from schedsync.kinds import kind as kind_of
 
-TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs")
+TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs", "smtp", "serve_url")
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
             "max_wait", "cost", "env", "notify", "ping")
@@ -23,7 +23,9 @@ MERGED = ("retries", "breaker", "retention", "env")  # mappings merged key by ke
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
 RETENTION_KEYS = ("success", "failed")
-NOTIFY_KEYS = ("url", "events", "after_failures")
+NOTIFY_KINDS = ("url", "slack", "email")  # the key that says where an entry goes
+NOTIFY_KEYS = NOTIFY_KINDS + ("events", "after_failures", "repeat")
+SMTP_KEYS = ("host", "port", "starttls", "user", "password", "from", "ca_file", "verify")
 EVENTS = ("failure", "recovery", "breaker_open", "late")
 
 
@@ -55,6 +57,13 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
         except ConfigError as exc:
             doc.fail(exc)
             timezone = None
+
+    for key, check in (("smtp", _smtp), ("serve_url", _url)):
+        if raw.get(key) is not None:
+            try:
+                setattr(doc, key, check(raw[key], key, doc))
+            except ConfigError as exc:
+                doc.fail(exc)
 
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
@@ -269,25 +278,82 @@ def _retention(value, path: str, doc: _Doc) -> dict:
 
 def _notify(value, path: str, doc: _Doc) -> list:
     if not isinstance(value, list):
-        raise doc.error(path, "must be a list of {url, events}")
+        raise doc.error(path, "must be a list of {url | slack | email, events}")
     out = []
     for i, item in enumerate(value):
         where = f"{path}[{i}]"
         if isinstance(item, str):
             item = {"url": item}
         if not isinstance(item, dict):
-            raise doc.error(where, "must be {url: ..., events: [...]}")
+            raise doc.error(where, "must be {url: ..., events: [...]} (or slack: URL, or email: ADDRESS)")
         _known(item, NOTIFY_KEYS, where, doc)
+        kinds = [k for k in NOTIFY_KINDS if k in item]
+        if len(kinds) != 1:
+            raise doc.error(where, "needs one of url, slack or email" if not kinds else
+                            f"has {' and '.join(kinds)}; one target per entry")
         events = item.get("events", ["failure", "recovery"])
         if not isinstance(events, list) or any(e not in EVENTS for e in events):
             raise doc.error(f"{where}.events", f"{_q(events)}: events are {', '.join(EVENTS)}")
         after = _whole(item.get("after_failures", 1), f"{where}.after_failures", doc)
-        out.append({"url": _url(item.get("url"), f"{where}.url", doc), "events": events,
-                    "after_failures": after})
+        kind = kinds[0]
+        entry: dict = {"events": events, "after_failures": after}
+        if kind == "email":
+            entry["email"] = _address(item["email"], f"{where}.email", doc)
+            if doc.smtp is None:
+                raise doc.error(f"{where}.email", "mail needs a top-level `smtp:`",
+                                'add smtp: {host: smtp.example.com, from: "schedsync@example.com"}')
+            entry["smtp"] = doc.smtp
+        else:
+            entry[kind] = _url(item[kind], f"{where}.{kind}", doc)
+        if kind != "url" and doc.serve_url:
+            entry["serve_url"] = doc.serve_url
+        if "repeat" in item:
+            entry["repeat"] = _duration(item["repeat"], f"{where}.repeat", doc)
+            if entry["repeat"] <= 0:
+                raise doc.error(f"{where}.repeat", "must be more than 0s", "e.g. repeat: 1h")
+        out.append(entry)
     return out
 
 
+def _address(value, path: str, doc: _Doc) -> str:
+    """One mail address (``${VAR}`` allowed: expanded when sent)."""
+    if (not isinstance(value, str) or value.count("@") != 1 or any(c.isspace() or c in ",;<>\"'" for c in value)
+            or not all(value.split("@"))):
+        raise doc.error(path, f"{_q(value)} is not one mail address", "write it as ops@example.com")
+    return value
 
+
+def _smtp(value, path: str, doc: _Doc) -> dict:
+    if not isinstance(value, dict):
+        raise doc.error(path, "must be a mapping, e.g. {host: smtp.example.com, from: schedsync@example.com}")
+    _known(value, SMTP_KEYS, path, doc)
+    out: dict = {"host": _str(value.get("host"), f"{path}.host", doc),
+                 "from": _address(value.get("from"), f"{path}.from", doc)}
+    if not out["host"]:
+        raise doc.error(f"{path}.host", "names the SMTP server", "e.g. host: smtp.example.com")
+    for key in ("starttls", "verify"):
+        if key in value:
+            if not isinstance(value[key], bool):
+                raise doc.error(f"{path}.{key}", "must be true or false")
+            out[key] = value[key]
+    if "port" in value:
+        out["port"] = _whole(value["port"], f"{path}.port", doc)
+        if not 0 < out["port"] < 65536:
+            raise doc.error(f"{path}.port", f"{out['port']} is not a TCP port")
+    if "user" in value:
+        out["user"] = _str(value["user"], f"{path}.user", doc)
+    if "password" in value:
+        secret = value["password"]
+        from schedsync.config.secrets import VAR
+
+        if not isinstance(secret, str) or not VAR.fullmatch(secret):
+            raise doc.error(f"{path}.password", "must be an environment variable, not the password itself",
+                            'write password: "${SMTP_PASSWORD}" and export it (jobs.yaml is no place for it)')
+        out["password"] = secret
+    if "ca_file" in value:
+        out["ca_file"] = os.path.join(os.path.dirname(os.path.abspath(doc.file)),
+                                      os.path.expanduser(_str(value["ca_file"], f"{path}.ca_file", doc)))
+    return out
 
 
 def _schedule(value, path: str, timezone, doc: _Doc) -> str:

@@ -48,6 +48,8 @@ class _Doc:
         self.seen: set[int] = set()  # ids of the nodes visited (the tree is alive)
         self.aliased = 0  # nodes visited again, through an alias or a merge
         self.merged: dict[int, list] = {}  # mapping node id -> its pairs, merges applied
+        self.smtp: dict | None = None  # the top-level `smtp:`, validated: email targets carry it
+        self.serve_url: str | None = None  # the top-level `serve_url:`: Slack and mail link to it
         self.environ: dict[str, str | None] = {}  # variables the schedules read -> value (None: unset)
 
     def error(self, path: str, what: str, fix: str | None = None) -> ConfigError:

@@ -1,4 +1,4 @@
-"""Alerts: the notifiers (``notify:`` webhooks, ``ping:``) and their delivery.
+"""Alerts: the notifiers (``notify:`` webhooks, Slack, email; ``ping:``) and their delivery.
 
 Layers: ``notify`` sits beside ``jobs``, below ``app``. It imports ``core``, ``store``
 and ``config`` only; the application layer (``app.run``, ``app.status``) hands it what
@@ -41,7 +41,8 @@ from schedsync.core.models import Notification, Run
 
 KEEP = 50  # attempts kept per job
 # The notifiers, in the order their messages are sent and recorded.
-NOTIFIERS = ("schedsync.notify.webhook", "schedsync.notify.ping")
+NOTIFIERS = ("schedsync.notify.webhook", "schedsync.notify.slack", "schedsync.notify.mail",
+             "schedsync.notify.ping")
 
 
 def notifiers() -> list:
@@ -66,7 +67,22 @@ def after_run(store, job: Job, run: Run, secrets: Secrets, now: float, entry: di
     from schedsync.notify.base import Finished
 
     done = Finished(run, entry, run_entry, previous_streak, opened, now)
-    _deliver(store, job, secrets, [m for n in notifiers() for m in n.run_finished(job, done)], run.id)
+    messages = [m for n in notifiers() for m in n.run_finished(job, done)]
+    _deliver(store, job, secrets, [m for m in messages if _claimed(store, job.name, m, now)], run.id)
+
+
+def _claimed(store, job: str, message, now: float) -> bool:
+    """A ``repeat:`` failure goes out only when its alert mark is older than ``repeat`` (the
+    first of a streak always), one process winning; a state that cannot say sends it."""
+    if message.claim is None:
+        return True
+    from schedsync.core.errors import StateError
+
+    key, every = message.claim
+    try:
+        return store.claim_alert(job, key, now, every)
+    except StateError:
+        return True
 
 
 def config_unreadable(store, job: str, event: str, now: float, what: str, run_id: int | None = None) -> None:
@@ -112,7 +128,7 @@ def _deliver(store, job: Job, secrets: Secrets, messages: list, run_id: int | No
     results: list = [None] * len(messages)
 
     def one(index: int, message, body) -> None:
-        results[index] = message.notifier.send(message.target, body, secrets)
+        results[index] = message.notifier.deliver(message, body, secrets)
 
     threads = []
     for index, message in enumerate(messages):

@@ -22,6 +22,10 @@ class Message:
     event: str  # failure | recovery | breaker_open | late | ping:start | ping:success | ping:fail
     target: str  # where it goes (a URL): shown only through ``notifier.shown``
     body: dict | None = None  # redacted by the delivery before ``send`` sees it
+    # (alert mark key, repeat seconds or None): sent only if ``store.claim_alert`` grants it
+    # (``repeat:``): None for the first failure of a streak, which always goes out.
+    claim: tuple | None = None
+    options: dict | None = None  # the target's settings (email: its ``smtp``), never shown
 
 
 @dataclass
@@ -38,22 +42,54 @@ class Finished:
 
 class Notifier:
     """One integration. Subclasses live one per module, listed in ``schedsync.notify.NOTIFIERS``,
-    and implement ``send`` and the moments they care about (each returns messages)."""
+    and implement ``send`` and the moments they care about (each returns messages).
+
+    A notifier of ``notify:`` entries sets ``KEY`` (the entry's key: ``url``, ``slack``,
+    ``email``) and ``body``; the events, ``after_failures`` and ``repeat`` are then handled
+    here, the same for every one of them."""
+
+    KEY: str | None = None
 
     def run_started(self, job, run) -> list[Message]:
         return []
 
     def run_finished(self, job, done: Finished) -> list[Message]:
-        return []
+        out = []
+        for index, target in self.targets(job):
+            for event in due(target["events"], target["after_failures"], done):
+                message = Message(self, event, target[self.KEY],
+                                  self.body(event, target, done.entry, done.run_entry, done.now,
+                                            done.previous_streak, done.run),
+                                  options=target)
+                if event == "failure" and target.get("repeat"):
+                    first = done.entry["consecutive_failures"] <= target["after_failures"]
+                    message.claim = (f"failure:{self.KEY}:{index}", None if first else target["repeat"])
+                out.append(message)
+        return out
+
+    def targets(self, job) -> list[tuple[int, dict]]:
+        """(index in ``notify:``, entry) of the job's entries this notifier sends."""
+        return [(i, t) for i, t in enumerate(job.notify) if self.KEY and self.KEY in t]
 
     def wants_late(self, job) -> bool:
         """Whether the job's validated settings (a ``config.Job`` before ``${VAR}`` expansion)
         ask for ``late``."""
-        return False
+        return any("late" in t["events"] for _, t in self.targets(job))
 
     def late(self, job, entry: dict, now: float) -> list[Message]:
         """``entry`` is the LATE job's ``status --json`` row."""
-        return []
+        return [Message(self, "late", t[self.KEY], self.body("late", t, entry, entry["last_run"], now),
+                        options=t)
+                for _, t in self.targets(job) if "late" in t["events"]]
+
+    def body(self, event: str, target: dict, entry: dict, run: dict | None, now: float,
+             previous_streak: int | None = None, finished=None) -> dict | None:
+        """The message for ``event`` (``finished``: the ``core.models.Run``, when a run ended)."""
+        return None
+
+    def deliver(self, message: Message, body: dict | None, secrets) -> tuple[bool, str]:
+        """Deliver one message (``body`` redacted): ``send`` unless the notifier needs more."""
+        return self.send(message.target, body, secrets)
 
     def send(self, target: str, body: dict | None, secrets) -> tuple[bool, str]:
         """Deliver one message within ``TIMEOUT``: (ok, what happened), secrets redacted."""

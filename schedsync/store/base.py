@@ -241,8 +241,10 @@ class Store(abc.ABC):
     # --- alerts ----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def claim_alert(self, job: str, event: str, mark: float) -> bool:
-        """True if ``event`` was not yet sent for ``mark``; marks it sent (one process wins)."""
+    def claim_alert(self, job: str, event: str, mark: float, every: float | None = None) -> bool:
+        """True if ``event`` was not yet sent for ``mark``; marks it sent (one process wins).
+        With ``every`` (``repeat:``; ``mark`` is then the time now), true only when the mark
+        held is at least ``every`` older, or there is none."""
 
     @abc.abstractmethod
     def record_notifications(self, notes: list, keep: int = 50) -> None: ...

@@ -527,11 +527,12 @@ class PostgresStore(Store):
 
     # --- alerts -------------------------------------------------------------------------
 
-    def claim_alert(self, job, event, mark) -> bool:
+    def claim_alert(self, job, event, mark, every=None) -> bool:
         rows = self._q("INSERT INTO schedsync.alert_marks (job, event, mark) VALUES (%s, %s, %s)"
                        " ON CONFLICT (job, event) DO UPDATE SET mark = excluded.mark"
-                       " WHERE alert_marks.mark IS DISTINCT FROM excluded.mark RETURNING 1",
-                       (job, event, mark))
+                       " WHERE alert_marks.mark IS DISTINCT FROM excluded.mark"
+                       " AND (%s::float8 IS NULL OR alert_marks.mark <= excluded.mark - %s::float8) RETURNING 1",
+                       (job, event, mark, every, every))
         return bool(rows)
 
     def record_notifications(self, notes, keep=50) -> None:

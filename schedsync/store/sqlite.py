@@ -694,11 +694,11 @@ class SQLiteStore(Store):
                           " notifications WHERE job = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                           (job, job, keep))
 
-    def claim_alert(self, job, event, mark):
+    def claim_alert(self, job, event, mark, every=None):
         with self._tx:
             row = self._sql("SELECT mark FROM alert_marks WHERE job = ? AND event = ?",
                             (job, event)).fetchone()
-            if row and row[0] == mark:
+            if row and (row[0] == mark if every is None else row[0] > mark - every):
                 return False
             self._sql("INSERT OR REPLACE INTO alert_marks (job, event, mark) VALUES (?, ?, ?)",
                       (job, event, mark))

@@ -329,6 +329,17 @@ def exec_command(
     raise typer.Exit(exec_cli(ctx.obj["config"], ctx.obj["state"], name, command, settings))
 
 
+@app.command()
+def completion(shell: str = typer.Argument(..., metavar="bash|zsh|fish", help="The shell to complete in.")):
+    """Print a shell completion script (commands, options, job names). Example: source <(schedsync completion bash)"""
+    from schedsync.cli.completion import SHELLS, script
+
+    if shell not in SHELLS:
+        with _errors():
+            raise ConfigError(f"completion: no script for {shell!r}", f"use one of {', '.join(SHELLS)}")
+    sys.stdout.write(script(shell))
+
+
 class _PlainUsage(TyperCommand):
     """Usage lines as click writes them: typer >= 0.26 braces required arguments
     (``schedsync run [OPTIONS] {JOB}``), which reads as literal braces to type."""

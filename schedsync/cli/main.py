@@ -29,6 +29,10 @@ READ = {
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["__complete"]:  # every <TAB> of the shell scripts: job names, fast
+        from schedsync.cli.completion import complete
+
+        sys.exit(complete(argv[1:]))
     plain = _plain_run(argv)
     if plain is not None:
         from schedsync.cli.run import run_cli

@@ -330,6 +330,37 @@ def exec_command(
 
 
 @app.command()
+def systemd(
+    ctx: typer.Context,
+    folder: str | None = typer.Option(None, "--dir", metavar="DIR",
+                                      help="Write the units into DIR (e.g. /etc/systemd/system) instead of printing."),
+    tick: bool = typer.Option(False, "--tick", help="A .timer/.service pair running `schedsync tick` every minute."),
+    job: str | None = typer.Option(None, "--job", metavar="NAME",
+                                   help="A .timer/.service pair running one job on its schedule."),
+    user: str | None = typer.Option(None, "--user", metavar="NAME",
+                                    help="User= to run as (default: serve with DynamicUser=yes, timers as root)."),
+    bind: str = typer.Option("127.0.0.1:9178", "--bind", metavar="HOST:PORT", help="serve's --bind."),
+):
+    """systemd units: a hardened one for `serve`, or with --tick/--job a timer pair.
+    Example: schedsync systemd --dir /etc/systemd/system --user backup"""
+    from schedsync.ops.systemd import check_word, units, write
+
+    with _errors():
+        if tick and job:
+            raise ConfigError("--tick and --job both given", "pick one: the tick starts every job's due work")
+        check_word(user, "--user", r"[a-z_][a-z0-9_-]{0,31}", "a user name such as backup")
+        check_word(bind, "--bind", r"[A-Za-z0-9_.:\[\]-]+", "HOST:PORT, e.g. 127.0.0.1:9178")
+        made = units(_config(ctx), ctx.obj["state"], tick=tick, job=job, user=user, bind=bind)
+        if folder is None:
+            print("\n".join(f"### {name}\n{text}" for name, text in made.items()), end="")
+            return
+        for path in write(made, folder):
+            print(f"wrote {path}")
+    start = next(name for name in made if not name.endswith(".service") or len(made) == 1)
+    print(f"then: systemctl daemon-reload && systemctl enable --now {start}")
+
+
+@app.command()
 def completion(shell: str = typer.Argument(..., metavar="bash|zsh|fish", help="The shell to complete in.")):
     """Print a shell completion script (commands, options, job names). Example: source <(schedsync completion bash)"""
     from schedsync.cli.completion import SHELLS, script

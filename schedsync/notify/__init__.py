@@ -24,6 +24,12 @@ moment calls for. Events, per ``notify:`` entry (``events`` defaults to
   at once send one). ``schedsync crontab`` adds a watcher line when a job asks
   for ``late``.
 
+An entry goes to one of ``url`` (``webhook.py``), ``slack`` (``slack.py``) or ``email``
+(``mail.py``); ``base.Notifier`` applies ``events``, ``after_failures`` and ``repeat`` for
+all three. With ``repeat``, a ``failure`` after the first of its streak is sent only when
+``store.claim_alert(job, "failure:KIND:INDEX", now, every=repeat)`` grants it (the mark is
+the time it was last sent; one process wins).
+
 ``ping:`` is in ``ping.py``. Delivery is here, once for every notifier: nothing can
 fail a job, each attempt has a 5 s budget (``base.TIMEOUT``), its outcome is stored
 (shown by ``schedsync status JOB``) and, on a terminal, a failed one is noted on

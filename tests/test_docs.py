@@ -33,6 +33,10 @@ def test_every_key_config_accepts_is_documented():
             assert f"`{prefix}{key}`" in text, f"{prefix}{key} is not in {DOC.name}"
     for key in config.NOTIFY_KEYS:
         assert f"| `{key}` |" in text, f"notify's {key}"
+    from schedsync.config.validate import SMTP_KEYS
+
+    for key in SMTP_KEYS:
+        assert f"| `{key}` |" in text, f"smtp's {key}"
     for key in ("param", "field", "format", "cursor", "page", "capacity", "per"):
         assert f"{key}:" in text or f"`{key}`" in text, key
 

@@ -368,7 +368,7 @@ def completion(shell: str = typer.Argument(..., metavar="bash|zsh|fish", help="T
     if shell not in SHELLS:
         with _errors():
             raise ConfigError(f"completion: no script for {shell!r}", f"use one of {', '.join(SHELLS)}")
-    sys.stdout.write(script(shell))
+    sys.stdout.write(script(shell, typer.main.get_command(app)))
 
 
 class _PlainUsage(TyperCommand):

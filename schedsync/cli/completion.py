@@ -94,12 +94,9 @@ def _cached(real: str, st) -> list[str] | None:
 
 # --- the scripts ------------------------------------------------------------------------
 
-def tree() -> dict:
+def tree(root) -> dict:
     """{command: (options taking no value, options taking a value, takes a job, subcommands)}
-    from the typer app, ``""`` for the global options."""
-    import typer
-
-    from schedsync.cli.app import app
+    from ``root`` (the app's click group), ``""`` for the global options."""
 
     def options(command) -> tuple[list[str], list[str]]:
         flags, valued = ["--help"], []
@@ -112,7 +109,6 @@ def tree() -> dict:
     def job_arg(command) -> bool:
         return any(p.param_type_name == "argument" and p.name in ("job", "name") for p in command.params)
 
-    root = typer.main.get_command(app)
     out: dict = {"": (*options(root), False, sorted(c for c in root.commands if not c.startswith("_")))}
     for name, command in sorted(root.commands.items()):
         if command.hidden:
@@ -126,8 +122,9 @@ def tree() -> dict:
     return out
 
 
-def script(shell: str) -> str:
-    commands = tree()
+def script(shell: str, root) -> str:
+    """The script for ``shell``; ``root`` is the typer app as click sees it."""
+    commands = tree(root)
     return {"bash": _bash, "zsh": _zsh, "fish": _fish}[shell](commands)
 
 

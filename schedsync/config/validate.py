@@ -361,7 +361,7 @@ def _schedule(value, path: str, timezone, doc: _Doc) -> str:
         raise doc.error(path, f"{_q(value)} is not a cron expression", 'quote it: "0 * * * *"')
     from schedsync.core.schedule import Schedule
 
-    written, used = value, []
+    written, used = value, list[tuple]()
     if "$" in value:
         value, used = _expand_schedule(value, path, doc)
     try:

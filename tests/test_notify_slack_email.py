@@ -240,3 +240,34 @@ def test_notifier_settings_are_validated_with_file_and_line(project, top, notify
     assert result.returncode == 2, result.stdout
     assert error in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert "hunter2" not in result.stderr
+
+
+def test_late_goes_to_slack_and_mail_once_per_missed_stretch(project, slack, smtp_server):
+    """``late`` is sent by ``status`` (a late job cannot report itself), to every kind of entry."""
+    from schedsync.store import open_store
+
+    port, cert, received = smtp_server
+    project.write(f"""
+        state: schedsync.db
+        {smtp_top(port, cert)}
+        jobs:
+          every-minute:
+            schedule: "* * * * *"
+            grace: 0s
+            command: ["true"]
+            notify:
+              - {{slack: "{slack.url_for(SLACK_PATH)}", events: [late]}}
+              - {{email: ops@example.com, events: [late]}}
+    """)
+    store = open_store(str(project.state))
+    try:
+        store.see_jobs(["every-minute"], time.time() - 3600)
+    finally:
+        store.close()
+    env = {**NO_PROXY, "SMTP_PASSWORD": "smtp-pa55word"}
+    assert project.cli("status", env=env).returncode == 0
+    assert project.cli("status", "--json", env=env).returncode == 0
+    post, = slack_posts(slack)
+    assert post["attachments"][0]["title"] == "every-minute late" and "is late on" in post["text"]
+    mail, = received.mails
+    assert "Subject: [schedsync] every-minute late on " in mail["data"]

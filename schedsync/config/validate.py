@@ -316,7 +316,11 @@ def _notify(value, path: str, doc: _Doc) -> list:
 
 
 def _address(value, path: str, doc: _Doc) -> str:
-    """One mail address (``${VAR}`` allowed: expanded when sent)."""
+    """One mail address, or one ``${VAR}`` (expanded when sent)."""
+    from schedsync.config.secrets import VAR
+
+    if isinstance(value, str) and VAR.fullmatch(value):
+        return value
     if (not isinstance(value, str) or value.count("@") != 1 or any(c.isspace() or c in ",;<>\"'" for c in value)
             or not all(value.split("@"))):
         raise doc.error(path, f"{_q(value)} is not one mail address", "write it as ops@example.com")

@@ -105,6 +105,22 @@ def test_what_cannot_become_a_unit_is_one_line_exit_2(project, job, args, error)
     assert result.stdout == ""
 
 
+@needs_systemd
+def test_a_schedule_from_the_environment_is_converted_and_pinned_in_the_units(project, tmp_path):
+    project.write("""\
+        jobs:
+          sync: {command: "true", schedule: "${SYNC_SCHEDULE:-0 * * * *}"}
+        """)
+    folder = tmp_path / "units"
+    env = {"SYNC_SCHEDULE": "*/20 * * * *"}
+    assert project.cli("systemd", "--job", "sync", "--dir", str(folder), env=env).returncode == 0
+    assert project.cli("systemd", "--dir", str(folder), env=env).returncode == 0
+    assert "OnCalendar=*-*-* *:00/20:00" in (folder / "schedsync-run-sync.timer").read_text().splitlines()
+    for unit in ("schedsync-run-sync.service", "schedsync-serve.service"):
+        assert 'Environment="SYNC_SCHEDULE=*/20 * * * *"' in (folder / unit).read_text().splitlines()
+    verify(folder)
+
+
 SCHEDULES = ["*/15 9-17 * jan-mar mon-fri", "0 3 * * *", "*/5 * * * *", "30 2 1 * *", "0 0 * * 0,6",
              "5,10,11,12 * * * *", "0 */2 * * *", "7 1-23/2 * * *", "@weekly", "@monthly", "@hourly",
              "0 12 * * 7", "15 4 29 2 *", "0 0 1-7 * *", "*/7 * * * *"]

@@ -41,6 +41,11 @@ def units(config: Config, state: str | None, tick: bool = False, job: str | None
         raise ConfigError("the path of jobs.yaml or the state holds a newline or a backslash",
                           "move it to a plain path for systemd")
     prefix = _escape(prefix)
+    # Schedules read from the environment (``${VAR}``): the services read jobs.yaml with the
+    # same values, as the crontab pins them for cron's runs.
+    pinned = "".join(f'Environment="{name}={_escape(value)}"\n'
+                     for name, value in sorted((config.environ or {}).items())
+                     if value is not None and not any(c in value for c in '"\\\n'))
     who = f"User={user}" if user else "DynamicUser=yes"
     header = f"# From `schedsync systemd` for {os.path.join(config.dir, os.path.basename(config.path))}.\n"
     if tick or job:
@@ -57,7 +62,7 @@ def units(config: Config, state: str | None, tick: bool = False, job: str | None
             name, what, command = TICK, "schedsync tick (every minute)", f"{prefix} tick"
             kill = "# The runs tick starts outlive it, as under cron.\nKillMode=process\n"
         service = (f"{header}[Unit]\nDescription={what}\n\n[Service]\nType=oneshot\n"
-                   + (f"User={user}\n" if user else "") + f"ExecStart={command}\n{kill}"
+                   + (f"User={user}\n" if user else "") + f"{pinned}ExecStart={command}\n{kill}"
                    "# Each run has its own timeout (jobs.yaml); the job may write where its user may.\n")
         timer = (f"{header}[Unit]\nDescription=Timer for {what}\n\n[Timer]\nOnCalendar={calendar}\n"
                  "# A start missed while the machine was off happens once at boot.\nPersistent=true\n"
@@ -73,7 +78,7 @@ Wants=network-online.target
 After=network-online.target
 
 [Service]
-ExecStart={prefix} serve --bind {bind}
+{pinned}ExecStart={prefix} serve --bind {bind}
 Restart=on-failure
 RestartSec=5s
 {who}

@@ -43,7 +43,7 @@ def units(config: Config, state: str | None, tick: bool = False, job: str | None
     prefix = _escape(prefix)
     # Schedules read from the environment (``${VAR}``): the services read jobs.yaml with the
     # same values, as the crontab pins them for cron's runs.
-    pinned = "".join(f'Environment="{name}={_escape(value)}"\n'
+    pinned = "".join(f'Environment="{name}={value.replace("%", "%%")}"\n'  # no $ expansion there
                      for name, value in sorted((config.environ or {}).items())
                      if value is not None and not any(c in value for c in '"\\\n'))
     who = f"User={user}" if user else "DynamicUser=yes"

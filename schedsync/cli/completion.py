@@ -117,8 +117,10 @@ def tree(root) -> dict:
             out[name] = (["--help"], [], False, sorted(command.commands))
             for sub, subcommand in command.commands.items():
                 out[f"{name} {sub}"] = (*options(subcommand), job_arg(subcommand), [])
-        else:
-            out[name] = (*options(command), job_arg(command), [])
+        else:  # an argument with a fixed set of values says so in its metavar: `bash|zsh|fish`
+            choices = [c for p in command.params if p.param_type_name == "argument" and "|" in (p.metavar or "")
+                       for c in p.metavar.split("|")]
+            out[name] = (*options(command), job_arg(command), choices)
     return out
 
 

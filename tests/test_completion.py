@@ -69,6 +69,7 @@ def test_bash_completes_commands_options_and_job_names(shell_env, project):
     assert bash_complete(shell_env, cwd, "schedsync", "breaker", "") == ["reset", "--help"]
     assert "alpha" not in bash_complete(shell_env, cwd, "schedsync", "logs", "alpha", "")  # a run id next
     assert bash_complete(shell_env, cwd, "schedsync", "list", "") == ["--help"]  # list takes no job
+    assert bash_complete(shell_env, cwd, "schedsync", "systemd", "--job", "a") == ["alpha"]
     assert bash_complete(shell_env, cwd, "schedsync", "completion", "") == ["bash", "zsh", "fish", "--help"]
 
 

@@ -35,6 +35,15 @@ def verify(folder) -> None:
     assert result.stderr.strip() == "", result.stderr  # unknown keys and bad values are only warnings
 
 
+def printed(text: str, folder):
+    """The units ``schedsync systemd`` printed (each after ``### NAME``), as files in ``folder``."""
+    folder.mkdir()
+    for chunk in text.split("### ")[1:]:
+        name, body = chunk.split("\n", 1)
+        (folder / name).write_text(body)
+    return folder
+
+
 @needs_systemd
 def test_the_serve_unit_is_hardened_and_verifies(project, tmp_path):
     project.write(JOBS)
@@ -49,6 +58,7 @@ def test_the_serve_unit_is_hardened_and_verifies(project, tmp_path):
         assert line in lines, line
     start = next(line for line in lines if line.startswith("ExecStart="))
     assert start.endswith(f"-c {project.config} --state {project.state} serve --bind 127.0.0.1:9178"), start
+    verify(printed(project.cli("systemd", "--tick").stdout + result.stdout, tmp_path / "printed"))
     folder = tmp_path / "units"
     written = project.cli("systemd", "--dir", str(folder), "--user", "backup")
     assert written.returncode == 0, written.stderr

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from test_store import API, KEEP_ALL, T0, _race, store_factory, store  # noqa: F401
-
+import test_store
 from schedsync.core.models import SKIPPED, Run
 from schedsync.store.base import CLAIM_STALE
+from test_store import API, KEEP_ALL, T0, _race
+
+store_factory, store = test_store.store_factory, test_store.store  # the contract's fixtures
 
 
 def admit(store, job="a", at=T0, slot=None, item=None, budgets=(), cost=0, trigger="cron"):

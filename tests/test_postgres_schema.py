@@ -49,7 +49,7 @@ def test_the_migrations_are_numbered_in_order_and_each_sets_its_own_version():
         assert re.fullmatch(rf"{number:04d}_[a-z0-9_]+\.sql", name), name
         assert re.findall(r"UPDATE schedsync\.meta SET version = (\d+);", sql) == [str(number)], name
     assert "schema.sql" not in names
-    assert MIGRATIONS[4:] == [sql for number, sql in zip(numbers, MIGRATIONS) if number > 4]
+    assert MIGRATIONS[4:] == [sql for number, sql in zip(numbers, MIGRATIONS, strict=True) if number > 4]
 
 
 def test_a_migration_file_is_read_only_when_applied(tmp_path):

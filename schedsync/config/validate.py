@@ -17,13 +17,14 @@ from schedsync.kinds import kind as kind_of
 TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs")
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
-            "max_wait", "cost", "env", "notify", "ping")
+            "max_wait", "cost", "env", "notify", "ping", "run_by")
 JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "cwd") + KEYS + ("into",)
 MERGED = ("retries", "breaker", "retention", "env")  # mappings merged key by key
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
 RETENTION_KEYS = ("success", "failed")
 NOTIFY_KEYS = ("url", "events", "after_failures")
+RUN_BY = ("cron", "tick")
 EVENTS = ("failure", "recovery", "breaker_open", "late")
 
 
@@ -176,6 +177,11 @@ def _setting(key: str, value, where: str, doc: _Doc):
         out[key] = _notify(value, where, doc)
     elif key == "ping":
         out[key] = None if value is None else _url(value, where, doc)
+    elif key == "run_by":
+        if value not in RUN_BY:
+            raise doc.error(where, f"must be {' or '.join(RUN_BY)}, not {_q(value)}",
+                            "cron: its own crontab line; tick: `schedsync tick` starts its slots")
+        out[key] = value
     return out[key]
 
 

@@ -113,6 +113,9 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
 
     if "schedule" in spec:
         job["schedule"] = _schedule(spec["schedule"], f"{path}.schedule", timezone, doc)
+    elif spec.get("run_by") == "tick":
+        raise doc.error(f"{path}.run_by", "run_by: tick starts a job's scheduled slots, and this job has no schedule",
+                        "add a schedule, or drop run_by")
     budget = spec.get("budget")
     if budget is not None:
         names = budget if isinstance(budget, list) else [budget]

@@ -19,14 +19,15 @@ import time
 ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
            "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
 _BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_NAMES = ({}, {}, {},
+_NAMES: tuple[dict, ...] = ({}, {}, {},
           {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
                                             "nov", "dec"))},
           {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))})
 
 
 def _value(text: str, index: int) -> int:
-    return _NAMES[index].get(text.lower()) if text.lower() in _NAMES[index] else int(text)
+    named = _NAMES[index].get(text.lower())
+    return int(text) if named is None else named
 
 
 def _field(text: str, index: int) -> set:

@@ -670,10 +670,10 @@ class SQLiteStore(Store):
 
     def cancel_queued(self, job, kind=None):
         with self._tx:
-            sql, args = "DELETE FROM slots WHERE job = ? AND state = 'queued'", (job,)
-            if kind is not None:
-                sql, args = sql + " AND kind = ?", args + (kind,)
-            return self._sql(sql, args).rowcount
+            if kind is None:
+                return self._sql("DELETE FROM slots WHERE job = ? AND state = 'queued'", (job,)).rowcount
+            return self._sql("DELETE FROM slots WHERE job = ? AND state = 'queued' AND kind = ?",
+                             (job, kind)).rowcount
 
     def note_tick(self, host, error=None, now=None):
         now = time.time() if now is None else now

@@ -50,9 +50,9 @@ def value(metrics: dict, name: str, **labels) -> float:
 @pytest.fixture
 def metrics(project):
     project.write(JOBS)
-    assert project.cli("run", "fine").returncode == 0
+    assert project.cli("run", "--force-slot", "fine").returncode == 0
     for _ in range(2):
-        assert project.cli("run", "broken").returncode == 1
+        assert project.cli("run", "--force-slot", "broken").returncode == 1
     result = project.cli("metrics")
     assert result.returncode == 0 and result.stderr == ""
     return parse(result.stdout)
@@ -137,7 +137,7 @@ def test_next_expected_is_given_for_scheduled_jobs_only(metrics):
 
 def test_textfile_is_written_whole_and_readable_by_node_exporter(project):
     project.write(JOBS)
-    project.cli("run", "fine")
+    project.cli("run", "--force-slot", "fine")
     target = project.path / "collector" / "schedsync.prom"
     target.parent.mkdir()
     result = project.cli("metrics", "--textfile", str(target))

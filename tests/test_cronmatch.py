@@ -42,3 +42,18 @@ def test_the_run_path_imports_no_cronsim():
             "print(sorted(m for m in ('cronsim', 'zoneinfo', 'calendar', 'typing') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
+
+
+def test_a_cron_run_claims_its_slot_on_sqlite_without_importing_cronsim(project):
+    project.write("""\
+        jobs:
+          every-minute:
+            schedule: "* * * * *"
+            command: ["true"]
+    """)
+    assert project.cli("run", "every-minute").returncode == 0  # warms the config cache (which parses with cronsim)
+    traced = project.cli("run", "every-minute", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert traced.returncode in (0, 75)  # 75: the same slot, if the minute has not turned
+    imported = {line.split("|")[-1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")}
+    assert "schedsync.core.cronmatch" in imported and not {"cronsim", "zoneinfo"} & imported
+    assert project.history("every-minute")[-1]["slot"] is not None

@@ -105,8 +105,8 @@ def world(tmp_path_factory):
     project = Project(folder, env)
     project.write(JOBS)
     for _ in range(3):  # a sparkline needs two runs or more
-        assert project.cli("run", "healthy").returncode == 0
-    assert project.cli("run", "failing").returncode == 1
+        assert project.cli("run", "--force-slot", "healthy").returncode == 0
+    assert project.cli("run", "--force-slot", "failing").returncode == 1
     from schedsync.store import open_store
 
     store = open_store(str(project.state))
@@ -145,7 +145,7 @@ def test_healthz_is_200_when_no_job_is_late_stalled_or_failing(project):
           fine: {schedule: "*/5 * * * *", command: ["true"]}
           by-hand: {command: ["true"]}
     """)
-    assert project.cli("run", "fine").returncode == 0
+    assert project.cli("run", "--force-slot", "fine").returncode == 0
     served = Served(project)
     try:
         code, _, body = served.get("/healthz")
@@ -277,6 +277,13 @@ def test_the_dashboard_escapes_names_errors_and_reloads_itself(world):
     assert "default-src 'none'" in headers["Content-Security-Policy"]
 
 
+def test_a_job_page_shows_the_jobs_slots_and_what_became_of_each(world):
+    _, served = world
+    code, _, body = served.get("/job/healthy")  # every 5 minutes, run just now: that slot ran
+    assert code == 200 and '<table id="slots">' in body
+    assert '<tr data-state="ran">' in body
+
+
 def test_a_job_page_shows_history_transitions_and_the_output_redacted_and_escaped(world):
     project, served = world
     code, _, body = served.get("/job/failing")
@@ -309,9 +316,9 @@ def budgeted(project):
     ago at 10/1h): a level that must show as 0, and 9.1 tokens, 54-55 minutes, to refill."""
     project.write(BUDGETED)
     for _ in range(2):
-        assert project.cli("run", "fine").returncode == 0
+        assert project.cli("run", "--force-slot", "fine").returncode == 0
     project.cli("pause", "fine")
-    assert project.cli("run", "fine").returncode == 75
+    assert project.cli("run", "--force-slot", "fine").returncode == 75
     project.cli("resume", "fine")
     from schedsync.store import open_store
 

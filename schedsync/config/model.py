@@ -21,6 +21,7 @@ BUILTIN = {
     "env": {},
     "notify": [],
     "ping": None,
+    "run_by": "cron",
 }
 
 
@@ -52,6 +53,7 @@ class Job:
     notify: list
     ping: str | None
     section: object = None
+    run_by: str = "cron"  # who starts its scheduled slots: its own crontab line, or `schedsync tick`
     into: dict | None = None
     lines: dict = field(default_factory=dict)  # key path -> line, for ${VAR} errors
     # Where http and python jobs store items: into.db, else the default beside the

@@ -17,7 +17,7 @@ from schedsync.kinds import kind as kind_of
 TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs", "smtp", "serve_url")
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
-            "max_wait", "cost", "env", "notify", "ping")
+            "max_wait", "cost", "env", "notify", "ping", "run_by")
 JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "cwd") + KEYS + ("into",)
 MERGED = ("retries", "breaker", "retention", "env")  # mappings merged key by key
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
@@ -26,6 +26,7 @@ RETENTION_KEYS = ("success", "failed")
 NOTIFY_KINDS = ("url", "slack", "email")  # the key that says where an entry goes
 NOTIFY_KEYS = NOTIFY_KINDS + ("events", "after_failures", "repeat")
 SMTP_KEYS = ("host", "port", "starttls", "user", "password", "from", "ca_file", "verify")
+RUN_BY = ("cron", "tick")
 EVENTS = ("failure", "recovery", "breaker_open", "late")
 
 
@@ -121,6 +122,9 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
 
     if "schedule" in spec:
         job["schedule"] = _schedule(spec["schedule"], f"{path}.schedule", timezone, doc)
+    elif spec.get("run_by") == "tick":
+        raise doc.error(f"{path}.run_by", "run_by: tick starts a job's scheduled slots, and this job has no schedule",
+                        "add a schedule, or drop run_by")
     budget = spec.get("budget")
     if budget is not None:
         names = budget if isinstance(budget, list) else [budget]
@@ -185,6 +189,11 @@ def _setting(key: str, value, where: str, doc: _Doc):
         out[key] = _notify(value, where, doc)
     elif key == "ping":
         out[key] = None if value is None else _url(value, where, doc)
+    elif key == "run_by":
+        if value not in RUN_BY:
+            raise doc.error(where, f"must be {' or '.join(RUN_BY)}, not {_q(value)}",
+                            "cron: its own crontab line; tick: `schedsync tick` starts its slots")
+        out[key] = value
     return out[key]
 
 

@@ -260,3 +260,41 @@ def test_validate_names_the_line_of_a_bad_key(project):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {project.config}:5 jobs.a.retry_later.max: 'many' must be a whole number of 1 or more"]
+
+
+# --- backfill: the command line ---------------------------------------------------------
+
+DAILY_JOBS = """\
+    timezone: UTC
+    jobs:
+      scrape:
+        schedule: "0 6 * * *"
+        command: ["true"]
+      adhoc:
+        command: ["true"]
+      minutely:
+        schedule: "* * * * *"
+        command: ["true"]
+    """
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["adhoc", "--from", "2026-12-01", "--to", "2026-12-02"],
+     "error: backfill adhoc: the job has no schedule, so it has no slots to queue — give it a schedule"),
+    (["scrape", "--from", "2026-12-02", "--to", "2026-12-01"],
+     "error: backfill scrape: --to 2026-12-01 is before --from 2026-12-02 — swap them"),
+    (["minutely", "--from", "2026-01-01T00:00Z", "--to", "2026-01-07T22:40Z"],
+     "error: backfill minutely: the range holds more than 10,000 slots of '* * * * *' — split it"),
+    (["scrape", "--from", "yesterday", "--to", "2026-12-01"],
+     "error: backfill scrape --from: 'yesterday' is not an ISO 8601 time — write e.g. 2026-12-01T06:00"),
+    (["scrape", "--from", "2026-12-01"], "error: backfill scrape: needs --from and --to"),
+    (["scrape", "--cancel", "--to", "2026-12-01"], "error: backfill --cancel takes no --from or --to"),
+    (["nope", "--from", "2026-12-01", "--to", "2026-12-02"], "error: "),
+])
+def test_backfill_refuses_bad_arguments_in_one_line_exit_2_creating_nothing(project, args, expected):
+    project.write(DAILY_JOBS)
+    result = project.cli("backfill", *args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(expected), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not project.state.exists()

@@ -83,6 +83,21 @@ def backfill_slots(schedule, start: float, end: float, limit: int = MAX_BACKFILL
     return slots
 
 
+def parse_time(text: str, tz) -> float:
+    """An ISO 8601 time as ``backfill --from/--to`` take it (``2026-12-01``, ``2026-12-01T06:00``,
+    ``2026-12-01 06:00:00Z``, ``…+01:00``); without an offset it is read in ``tz`` (the
+    registry's zone, as the schedules are). ValueError with a short reason."""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise ValueError(f"{text[:60]!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=tz)
+    return when.timestamp()
+
+
 @dataclass
 class Retry:
     """The retry a finished run calls for: retry ``number`` of ``of`` (the chain's first run),

@@ -6,7 +6,7 @@ may start now; the runner asks ``retry_item`` what a finished run queues. The ru
 
 from __future__ import annotations
 
-from schedsync.config import Config, Job
+from schedsync.config import Config
 from schedsync.core.errors import ConfigError
 
 BACKFILL, CATCHUP, RETRY = "backfill", "catchup", "retry"

@@ -62,3 +62,113 @@ def backfill_line(config: Config, name: str, queued: int, future: int) -> str:
     if future:
         text += f" ({future} not yet due left to cron)"
     return text
+
+
+# --- the tick: what to queue, and whether a claimed item may start now -------------------
+
+def needs_tick(job) -> bool:
+    """Does ``job`` need ``schedsync tick`` for catch-up or retries later? (Backfill needs it
+    too, but only once queued: ``status`` warns then.)"""
+    return bool(job.catchup or job.retry_later)
+
+
+def plan(config: Config, store, now: float, names: list[str] | None = None) -> int:
+    """Queue the catch-up items due now, and settle queued ones that can no longer run: a
+    catch-up slot whose window closed is ``missed``; a retry the job's next slot has come
+    before is ``skipped`` (``superseded``); with ``runs: latest``, a queued catch-up older
+    than a slot that has since been served is ``skipped`` (``superseded``) too. Only jobs
+    with ``catchup`` or ``retry_later`` are looked at. Returns how many items it queued."""
+    from schedsync.core import catchup
+    from schedsync.core.models import CRASHED, MISSED, SKIPPED
+    from schedsync.core.schedule import Schedule, zone
+
+    jobs = [config.jobs[n] for n in (names if names is not None else config.jobs) if n in config.jobs]
+    jobs = [job for job in jobs if job.schedule and (job.catchup or job.retry_later)]
+    if not jobs:
+        return 0
+    tz = zone(config.timezone)
+    seen = store.job_states([job.name for job in jobs], recent=1)
+    queued = 0
+    for job in jobs:
+        schedule = Schedule(job.schedule, tz)
+        rows = store.slots(job.name, limit=2 * catchup.MAX_LOOKBACK + 50)
+        if job.retry_later:
+            after = job.retry_later["after"]
+            for row in rows:
+                if (row.kind == RETRY and row.state == "queued"
+                        and catchup.superseded(now, schedule.next_after(row.due_at - after))):
+                    store.release_item(row.id, SKIPPED, catchup.SUPERSEDED)
+        if not job.catchup:
+            continue
+        within, runs = job.catchup["within"], job.catchup["runs"]
+        crashed = {run.slot for run in store.runs(job.name, limit=50, failed_only=True)
+                   if run.status == CRASHED and getattr(run, "slot", None) is not None}
+        served, tried = set(), set()
+        for row in rows:
+            if row.slot is None:
+                continue
+            if row.kind == CATCHUP:
+                tried.add(row.slot)
+            elif (row.kind in ("cron", BACKFILL) and row.state in ("ran", "claimed", "queued", SKIPPED)
+                  and not (row.state == "ran" and row.slot in crashed)):  # a crashed run's slot is missed
+                served.add(row.slot)
+        newest_served = max(served, default=None)
+        for row in rows:
+            if row.kind != CATCHUP or row.state != "queued":
+                continue
+            if catchup.window_closed(row.slot, within, now):
+                store.release_item(row.id, MISSED, "catch-up window closed")
+            elif runs == catchup.LATEST and newest_served is not None and row.slot < newest_served:
+                store.release_item(row.id, SKIPPED, catchup.SUPERSEDED)
+        slots = catchup.due_slots(schedule, within=within, runs=runs, grace=job.grace, now=now,
+                                  since=seen[job.name].first_seen, accounted=served | tried)
+        if slots:
+            store.enqueue(job.name, [{"slot": slot, "kind": CATCHUP, "due_at": now} for slot in slots])
+            queued += len(slots)
+    return queued
+
+
+class Gate:
+    """May the tick start a claimed catch-up, backfill or retry item now? ``gate(item)``:
+    None for yes; else ``(state, reason)`` to release it with: back to ``queued`` while the
+    job's breaker is open or a budget cannot grant the run's cost now, or ``missed`` /
+    ``skipped`` when it can no longer run. Budgets are read, not spent (the run spends), once
+    a tick; what this tick's earlier items will take is set aside, so two jobs sharing one
+    token do not both start. Other kinds (a ``cron`` slot) always may. With one item a job
+    a tick, catch-up never bursts."""
+
+    def __init__(self, config: Config, store, now: float):
+        self.config, self.store, self.now = config, store, now
+        self.levels: dict | None = None
+
+    def __call__(self, item) -> tuple[str, str] | None:
+        from schedsync.core import breaker as breakers
+        from schedsync.core import catchup
+        from schedsync.core.models import MISSED, SKIPPED
+        from schedsync.kinds import kind as job_kind
+
+        config, store, now = self.config, self.store, self.now
+        if item.kind not in (CATCHUP, BACKFILL, RETRY) or item.job not in config.jobs:
+            return None
+        job = config.jobs[item.job]
+        if item.kind == CATCHUP and job.catchup and item.slot is not None and catchup.window_closed(
+                item.slot, job.catchup["within"], now):
+            return MISSED, "catch-up window closed"
+        if item.kind == RETRY and job.schedule and job.retry_later:
+            from schedsync.core.schedule import Schedule, zone
+
+            ended = item.due_at - job.retry_later["after"]
+            if catchup.superseded(now, Schedule(job.schedule, zone(config.timezone)).next_after(ended)):
+                return SKIPPED, catchup.SUPERSEDED
+        name = job.breaker["name"]
+        if breakers.state_at(store.breakers([name])[name], now) == breakers.OPEN:
+            return "queued", "breaker_open"
+        if job.budgets:
+            cost = job.cost if job_kind(job.kind).spends_at_start else 1  # an http run's first request
+            if self.levels is None:
+                self.levels = store.budget_levels(config.budgets, now)
+            if any(self.levels[b] < cost for b in job.budgets):
+                return "queued", "rate_limited"
+            for b in job.budgets:
+                self.levels[b] -= cost
+        return None

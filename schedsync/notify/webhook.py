@@ -10,7 +10,8 @@ from schedsync.notify.http import request
 class Webhook(Notifier):
     def run_finished(self, job, done: Finished) -> list[Message]:
         return [Message(self, event, target["url"],
-                        payload(event, done.entry, done.run_entry, done.now, done.previous_streak))
+                        payload(event, done.entry, done.run_entry, done.now, done.previous_streak,
+                                done.retry))
                 for target in job.notify
                 for event in due(target["events"], target["after_failures"], done)]
 

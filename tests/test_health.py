@@ -100,7 +100,7 @@ def test_a_job_whose_first_seen_time_is_unknown_counts_as_first_seen_now():
 def test_it_is_late_when_cron_never_started_the_9am_run():
     yesterday = run(SUCCESS, "2024-05-05 09:00")
     assert health(state(yesterday), schedule=DAILY_9AM, now="09:10") == Health(
-        "LATE", "no run since the 09:00:00 UTC start (grace 5m)", at("2024-05-07 09:00")
+        "LATE", "missed the 09:00:00 UTC slot: no run since (grace 5m)", at("2024-05-07 09:00")
     )
 
 
@@ -127,13 +127,13 @@ def test_a_late_start_names_the_date_once_it_is_a_day_old():
     weekly = Schedule("0 9 * * 1", UTC)
     job = state(run(SUCCESS, "2024-04-29 09:00"))
     assert health(job, schedule=weekly, grace=86400, now="2024-05-07 10:00").reason == (
-        "no run since the 2024-05-06 09:00:00 UTC start (grace 1d)"
+        "missed the 2024-05-06 09:00:00 UTC slot: no run since (grace 1d)"
     )
 
 
 def test_late_wins_over_stalled_when_nothing_started_at_all():
     job = state(run(SUCCESS, "06:00"))
-    assert health(job).reason == "no run since the 09:00:00 UTC start (grace 5m)"
+    assert health(job).reason == "missed the 09:00:00 UTC slot: no run since (grace 5m)"
 
 
 # STALLED
@@ -234,7 +234,7 @@ def test_an_hourly_job_is_expected_twice_in_the_hour_berlin_repeats():
     hourly = Schedule("0 * * * *", BERLIN)
     ran_at_first_2_00 = state(run(SUCCESS, "2024-10-27 00:00", tz=UTC))
     assert health(ran_at_first_2_00, schedule=hourly, now="2024-10-27 01:10").reason == (
-        "no run since the 02:00:00 CET start (grace 5m)"
+        "missed the 02:00:00 CET slot: no run since (grace 5m)"
     )
 
 

@@ -19,12 +19,12 @@ NEEDS_ACTION = ("LATE", "STALLED", "FAILING")  # `status --check` exits 1 for th
 
 RUN_KEYS = ("id", "job", "status", "reason", "trigger", "started_at", "finished_at",
             "duration_ms", "attempts", "requests", "items_processed", "items_failed",
-            "exit_code", "error", "retry_at", "host", "pid")
+            "exit_code", "error", "retry_at", "host", "pid", "slot", "retry_of", "retry_number")
 
 
 def run_json(run: Run, output: bool = False) -> dict:
     out = {k: getattr(run, k) for k in RUN_KEYS}
-    for key in ("started_at", "finished_at", "retry_at"):
+    for key in ("started_at", "finished_at", "retry_at", "slot"):
         out[key] = iso(out[key])
     if output:
         out["output"] = run.output

@@ -18,9 +18,19 @@ from schedsync.core.models import CRASHED, FAILED, Run
 
 
 def run(config: Config, name: str, store, *, trigger: str, interactive: bool, environ=os.environ,
-        sleep=time.sleep, force_slot: bool = False) -> RunResult:
+        sleep=time.sleep, force_slot: bool = False, item_id: int | None = None) -> RunResult:
     """``schedsync run JOB``: one run of ``name`` with every protection. The data database
-    is the job's ``data_target``, which config resolved from the state in use."""
+    is the job's ``data_target``, which config resolved from the state in use.
+
+    ``item_id`` (``run JOB --item ID``, as the tick starts work): the ledger's item, whose
+    kind is the run's trigger and whose slot the run serves."""
+    item = None
+    if item_id is not None:
+        item = store.item(item_id)
+        if item is None or item.job != name:
+            raise ConfigError(f"work item {item_id} is not one of {name}'s",
+                              "`schedsync tick` starts items; `schedsync status JOB` shows them")
+        trigger = item.kind
     try:
         job, secrets = expand(config.job(name), config.path, environ)
     except ConfigError as exc:
@@ -33,7 +43,7 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
         hooks["on_finish"] = lambda result: announce(config, store, job, result.run, secrets,
                                                      result.run.finished_at)
     return run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
-                   sleep=sleep, force_slot=force_slot, **hooks)
+                   sleep=sleep, force_slot=force_slot, item=item, **hooks)
 
 
 def failed_start(config: Config, store, name: str, trigger: str, exc: ConfigError) -> None:

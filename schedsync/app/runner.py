@@ -15,7 +15,18 @@ from contextlib import contextmanager
 
 from schedsync.config import Config, Job, Secrets
 from schedsync.core.errors import Exit, SchedsyncError, StateError
-from schedsync.core.models import CANCELLED, CRASHED, FAILED, LOCKED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, Run
+from schedsync.core.models import (
+    ALREADY_RAN,
+    CANCELLED,
+    CRASHED,
+    FAILED,
+    LOCKED,
+    PARTIAL,
+    RATE_LIMITED,
+    SKIPPED,
+    SUCCESS,
+    Run,
+)
 from schedsync.core.outcome import Cancelled, Outcome
 from schedsync.core.records import dataclass, field
 from schedsync.core.redact import readable
@@ -30,6 +41,7 @@ class RunResult:
     held_output: str | None = None
     messages: list[str] = field(default_factory=list)  # one-line notes for stderr
     transition: tuple | None = None  # (old, new, Breaker) when this run moved its breaker
+    quiet: bool = False  # nothing recorded and nothing to say (a slot someone else started)
 
 
 def breaker_spec(job: Job) -> BreakerSpec:
@@ -61,6 +73,7 @@ class Context:
     sleep: object = time.sleep
     held: object = None  # the lock's held(): False once it may be lost (fencing stops the job)
     run_id: int | None = None  # the running run's row
+    slot: float | None = None  # the scheduled start this run serves (the ledger's), if any
 
     @property
     def data_db(self) -> str:
@@ -98,13 +111,19 @@ class Context:
 
 def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger: str,
             interactive: bool, sleep=time.sleep, on_start=None, on_finish=None,
-            force_slot: bool = False) -> RunResult:
+            force_slot: bool = False, item=None) -> RunResult:
     """Run ``job`` (already expanded) once. The application layer's hooks: ``on_start(run)``
     once it is admitted (the start ping), ``on_finish(result)`` once it is recorded and
     while the lock is still held (webhooks, the closing ping). Neither runs for a run
-    skipped before it started."""
+    skipped before it started.
+
+    A cron-triggered run of a scheduled job claims its slot in the ledger; ``item`` (a
+    ``SlotItem`` the tick claimed, ``run JOB --item ID``) is claimed instead, and the run
+    serves its slot."""
     slot = None
-    if trigger == "cron" and job.schedule and store.claims_slots and not force_slot:
+    if item is not None:
+        slot = item.slot
+    elif trigger == "cron" and job.schedule and store.claims_slots and not force_slot:
         slot = scheduled_slot(config, job, store.now())  # before jitter: the fire cron meant
     if job.jitter:
         import random
@@ -122,17 +141,18 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
         if not locked:
             holder = store.running_runs([job.name])
             who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
-            return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going")
+            return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going",
+                         slot, item)
     try:
         return _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
-                         on_start, on_finish, slot)
+                         on_start, on_finish, slot, item)
     finally:
         if lock:
             lock.release()
 
 
 def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,
-              on_finish, slot=None) -> RunResult:
+              on_finish, slot=None, item=None) -> RunResult:
     spec = breaker_spec(job)
     lease = job.timeout + 60  # the lease ends when the run surely has
     kind = job_kind(job.kind)
@@ -140,14 +160,20 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     wait_until = store.now() + job.max_wait
     while True:
         admitted = store.admit_run(job.name, trigger, spec, lease, job.budgets, config.budgets, cost,
-                                   now=store.now(), slot=slot)
+                                   now=store.now(), slot=slot, item=item and item.id)
         if admitted.run is not None:
             break
         if (admitted.reason == RATE_LIMITED and admitted.retry_at is not None
                 and admitted.retry_at <= wait_until):
             sleep(max(0.0, admitted.retry_at - store.now()))
             continue
-        return _skip(store, job, trigger, admitted.reason, admitted.retry_at, admitted.error)
+        if admitted.reason == ALREADY_RAN and (item is not None or job.run_by == "tick"):
+            # Someone else started this very slot or item (the tick, or a leftover crontab
+            # line of a job the tick drives): nothing to record, nothing to say.
+            run = never_started(store, job.name, trigger, SKIPPED, ALREADY_RAN, None, admitted.error)
+            run.slot = slot
+            return RunResult(run, Exit.SKIPPED, quiet=True)
+        return _skip(store, job, trigger, admitted.reason, admitted.retry_at, admitted.error, slot, item)
     run = admitted.run
     now = run.started_at
 
@@ -155,7 +181,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
         on_start(run)
     ctx = Context(job, config, store, secrets, deadline=now + job.timeout,
                   interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep,
-                  held=lock.held if lock else None, run_id=run.id)
+                  held=lock.held if lock else None, run_id=run.id, slot=run.slot)
     if kind.needs_last_success:
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
     with _cancel_on_signals():
@@ -178,10 +204,12 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
 
 def scheduled_slot(config: Config, job: Job, now: float) -> float | None:
     """The slot a cron-triggered run claims (once per slot, across hosts): the latest
-    scheduled start at or before ``now`` (the store's clock), in the registry's zone."""
+    scheduled start at or before ``now`` (the store's clock), in the registry's zone, if
+    ``now`` is within the job's grace of it (else the run serves no slot)."""
     from schedsync.core.schedule import Schedule, zone
 
-    return Schedule(job.schedule, zone(config.timezone)).last_at_or_before(now)
+    slot = Schedule(job.schedule, zone(config.timezone)).last_at_or_before(now)
+    return slot if slot is not None and now - slot <= job.grace else None
 
 
 def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease: float,
@@ -228,9 +256,14 @@ def opened_message(breaker, timezone: str | None, now: float) -> str:
     return f"breaker {breaker.name} opened after {count}: runs skipped until {until}"
 
 
-def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str) -> RunResult:
+def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str, slot=None,
+          item=None) -> RunResult:
     run = never_started(store, job.name, trigger, SKIPPED, reason, retry_at, error)
-    store.record_skip(run, job.retention)  # pruned: a paused or rate-limited job must not grow
+    run.slot = slot
+    if item is not None:
+        run.retry_of, run.retry_number = item.retry_of, item.retry_number
+    # pruned: a paused or rate-limited job must not grow; the ledger notes the skip
+    store.record_skip(run, job.retention, item=item and item.id)
     return RunResult(run, Exit.SKIPPED)
 
 

@@ -72,8 +72,14 @@ def status(config: Config, store, now: float | None = None, only: str | None = N
            alert: bool = True) -> dict:
     """``status --json`` (README: JSON). ``alert=False``: no ``late`` alert (``serve``)."""
     snap = snapshot(config, store, now, only, alert=alert)
-    return {"generated_at": iso(snap.now), "jobs": [job_json(view) for view in snap.views],
-            "budgets": snap.budgets}
+    out = {"generated_at": iso(snap.now), "jobs": [job_json(view) for view in snap.views],
+           "budgets": snap.budgets}
+    from schedsync.app.tick import tick_health
+
+    ticking = tick_health(config, store, snap.now)
+    if ticking is not None:
+        out["tick"] = ticking
+    return out
 
 
 def job_detail(config: Config, store, name: str, now: float | None = None, alert: bool = True) -> dict:
@@ -81,8 +87,14 @@ def job_detail(config: Config, store, name: str, now: float | None = None, alert
     config = _with_adhoc(config, store)
     data = status(config, store, now, only=name, alert=alert)
     job = data["jobs"][0]
+    from schedsync.app.tick import slot_view
+    from schedsync.core.durations import posix
+
+    runs = store.runs(name, 30)
+    first_seen = store.job_states([name], recent=0)[name].first_seen
     return {
         **data,
+        **slot_view(config, store, name, runs, first_seen, posix(data["generated_at"])),
         "transitions": [{"at": iso(at), "from": old, "to": new, "reason": why}
                         for at, old, new, why in store.transitions(job["breaker"]["name"])],
         "runs": [run_json(r) for r in _shown(store.runs(name, 10), store, config, name)],

@@ -85,11 +85,34 @@ def _opened(ctx: typer.Context, write: bool = True, create: bool = False, job: s
 @app.command()
 def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name from jobs.yaml."),
         force_slot: bool = typer.Option(False, "--force-slot",
-                                        help="Run even if another host already ran this scheduled slot.")):
+                                        help="Run even if another host already ran this scheduled slot."),
+        item: int = typer.Option(None, "--item", hidden=True, min=1,
+                                 help="The ledger's work item to run (as `schedsync tick` starts it).")):
     """Run one job once, with every protection. Example: schedsync run airdrops"""
     from schedsync.cli.run import run_cli
 
-    raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job, force_slot=force_slot))
+    raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job, force_slot=force_slot, item=item))
+
+
+@app.command()
+def tick(ctx: typer.Context,
+         now: str = typer.Option(None, "--now", hidden=True, metavar="ISO",
+                                 help="Tick as if it were this instant (tests).")):
+    """Start what cron cannot: due catch-up, backfill and retries, and the slots of run_by: tick
+    jobs, each as its own detached `schedsync run`; then exit. For one crontab line:
+    * * * * * schedsync tick"""
+    from schedsync.app.tick import tick_cli
+
+    at = None
+    if now is not None:
+        from datetime import datetime, timezone
+
+        try:
+            parsed = datetime.fromisoformat(now.replace("Z", "+00:00"))
+        except ValueError:
+            raise typer.BadParameter(f"{now!r} is not an ISO 8601 time", param_hint="--now") from None
+        at = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+    raise typer.Exit(tick_cli(ctx.obj["config"], ctx.obj["state"], now=at))
 
 
 @state_app.command("copy")

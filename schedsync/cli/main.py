@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> None:
         from schedsync.cli.run import run_cli
 
         sys.exit(run_cli(*plain))
+    ticking = _plain_tick(argv)
+    if ticking is not None:  # cron's tick line, every minute: spared typer too
+        from schedsync.app.tick import tick_cli
+
+        sys.exit(tick_cli(*ticking))
     if "exec" in argv:  # a cron line too: spare it typer
         from schedsync.cli.adhoc import exec_cli, plain_exec
 
@@ -64,14 +69,26 @@ def _globals(argv: list[str]):
 
 
 def _plain_run(argv: list[str]):
-    """(config, state, job) for ``[-c X] [--state Y] run JOB``; None for anything else."""
+    """(config, state, job, False, item) for ``[-c X] [--state Y] run JOB [--item ID]``; None
+    for anything else."""
     parsed = _globals(argv)
     if parsed is None:
         return None
     options, args = parsed
+    item = None
+    if len(args) == 4 and args[2] == "--item" and _count(args[3]):
+        item, args = int(args[3]), args[:2]
     if len(args) != 2 or args[0] != "run" or args[1].startswith("-"):
         return None
-    return options["config"], options["state"], args[1]
+    return options["config"], options["state"], args[1], False, item
+
+
+def _plain_tick(argv: list[str]):
+    """(config, state) for ``[-c X] [--state Y] tick``; None for anything else."""
+    parsed = _globals(argv)
+    if parsed is None or parsed[1] != ["tick"]:
+        return None
+    return parsed[0]["config"], parsed[0]["state"]
 
 
 def _plain_read(argv: list[str]):

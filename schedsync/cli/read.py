@@ -116,6 +116,8 @@ def status(config_opt: str | None, state_opt: str | None, job: str | None = None
                 render.status_table(data, report.worst_first(data["jobs"]))
     if not as_json and not check:
         crontab_warning(config, state_opt)
+        if (data.get("tick") or {}).get("warning"):
+            print(f"warning: {data['tick']['warning']}", file=sys.stderr)
     if check and any(j["health"] in report.NEEDS_ACTION for j in data["jobs"]):
         return int(Exit.FAILED)
     return 0

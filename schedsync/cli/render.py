@@ -448,9 +448,23 @@ def job_detail(detail: dict) -> None:
         result = Text(note["detail"], style="" if note["ok"] else "red")
         _line(lines, Text.assemble(label, f"{_when(note['at'], now)}: {note['event']} → {note['target']}: ",
                                 result))
+    for i, slot in enumerate(detail.get("slots") or []):
+        label = "slots      " if i == 0 else "           "
+        what = slot["state"] + (f" (run {slot['run_id']})" if slot["run_id"] else "")
+        kind = "" if slot["kind"] == "cron" else f" {slot['kind']}" + (
+            f" #{slot['retry_number']}" if slot["retry_number"] else "")
+        why = f": {slot['reason']}" if slot["reason"] else ""
+        at = _clock(slot["slot"]) if slot["slot"] else f"due {_when(slot['due_at'], now)}"
+        _line(lines, Text.assemble(label, f"{at}{kind} ", (what, SLOT_STYLE.get(slot["state"], "")), why))
+    if detail.get("queued"):
+        _line(lines, f"queued     {detail['queued']} item{'s' if detail['queued'] != 1 else ''}"
+                  " waiting for `schedsync tick`")
     if detail["runs"]:
         lines += ["", _runs_table(detail["runs"], now)]
     _emit(lines)
+
+
+SLOT_STYLE = {"ran": "green", "missed": "red", "skipped": "yellow", "queued": "cyan", "claimed": "cyan"}
 
 
 def _line(lines: list, text, style: str = "") -> None:

@@ -8,14 +8,15 @@ import sys
 
 
 def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
-            force_slot: bool = False) -> int:
+            force_slot: bool = False, item: int | None = None) -> int:
     """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
     from schedsync.app.run import broken_registry, run
     from schedsync.config import load, resolve_config, resolve_state
     from schedsync.core.errors import ConfigError, SchedsyncError
     from schedsync.store import open_store
 
-    interactive = sys.stderr.isatty() or sys.stdout.isatty()
+    # A work item is started by the tick, never by a person: cron's rules, whatever the terminal.
+    interactive = item is None and (sys.stderr.isatty() or sys.stdout.isatty())
     try:
         try:
             config = load(resolve_config(config_opt))
@@ -28,7 +29,7 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
         store = open_store(state)
         try:
             result = run(config, job_name, store, trigger="manual" if interactive else "cron",
-                         interactive=interactive, force_slot=force_slot)
+                         interactive=interactive, force_slot=force_slot, item_id=item)
         finally:
             store.close()
     except SchedsyncError as exc:
@@ -41,6 +42,8 @@ def report_run(result, job_name: str, interactive: bool, config=None, state_opt:
     """What cron mails (nothing on success) and a terminal sees; the exit code (``run``, ``exec``)."""
     from schedsync.app.runner import summary
 
+    if getattr(result, "quiet", False):
+        return int(result.exit_code)
     for message in result.messages:
         print(message, file=sys.stderr)
     if result.run.status in ("success", "partial", "skipped"):

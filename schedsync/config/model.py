@@ -23,6 +23,7 @@ BUILTIN = {
     "ping": None,
     "catchup": None,  # {within, runs}: see core.catchup
     "retry_later": None,  # {after, max}
+    "run_by": "cron",
 }
 
 
@@ -54,6 +55,7 @@ class Job:
     notify: list
     ping: str | None
     section: object = None
+    run_by: str = "cron"  # who starts its scheduled slots: its own crontab line, or `schedsync tick`
     into: dict | None = None
     lines: dict = field(default_factory=dict)  # key path -> line, for ${VAR} errors
     # Where http and python jobs store items: into.db, else the default beside the

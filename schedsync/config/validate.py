@@ -17,13 +17,14 @@ from schedsync.kinds import kind as kind_of
 TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs")
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
-            "max_wait", "cost", "env", "notify", "ping", "catchup", "retry_later")
+            "max_wait", "cost", "env", "notify", "ping", "run_by", "catchup", "retry_later")
 JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "cwd") + KEYS + ("into",)
 MERGED = ("retries", "breaker", "retention", "env", "catchup", "retry_later")  # merged key by key
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
 RETENTION_KEYS = ("success", "failed")
 NOTIFY_KEYS = ("url", "events", "after_failures")
+RUN_BY = ("cron", "tick")
 EVENTS = ("failure", "recovery", "breaker_open", "late")
 CATCHUP_KEYS = ("within", "runs")
 RETRY_LATER_KEYS = ("after", "max")
@@ -114,6 +115,9 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
 
     if "schedule" in spec:
         job["schedule"] = _schedule(spec["schedule"], f"{path}.schedule", timezone, doc)
+    elif spec.get("run_by") == "tick":
+        raise doc.error(f"{path}.run_by", "run_by: tick starts a job's scheduled slots, and this job has no schedule",
+                        "add a schedule, or drop run_by")
     _later(job, spec, path, doc)
     budget = spec.get("budget")
     if budget is not None:
@@ -183,6 +187,11 @@ def _setting(key: str, value, where: str, doc: _Doc):
         out[key] = _catchup(value, where, doc)
     elif key == "retry_later":
         out[key] = _retry_later(value, where, doc)
+    elif key == "run_by":
+        if value not in RUN_BY:
+            raise doc.error(where, f"must be {' or '.join(RUN_BY)}, not {_q(value)}",
+                            "cron: its own crontab line; tick: `schedsync tick` starts its slots")
+        out[key] = value
     return out[key]
 
 

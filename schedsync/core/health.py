@@ -134,7 +134,8 @@ def _missed(schedule: Schedule, grace: float, state: JobState, now: float) -> tu
     expected = [fire for fire in schedule.previous_fires(now - grace, 2) if fire >= first_seen]
     started = _or_never(state.last_started_at)
     if expected and started < expected[0] - START_SLACK:
-        return "LATE", f"no run since the {_clock(expected[0], schedule, now)} start (grace {format_duration(grace)})"
+        return "LATE", (f"missed the {_clock(expected[0], schedule, now)} slot: no run since"
+                         f" (grace {format_duration(grace)})")
     succeeded = _or_never(state.last_success_at)  # the store counts partial runs as successes
     if len(expected) == 2 and succeeded < expected[1] - START_SLACK:
         last = f"last {_ago(succeeded, now)}" if succeeded > _NEVER else "never succeeded"

@@ -9,8 +9,8 @@ RUNNING, SUCCESS, PARTIAL, FAILED, TIMEOUT, SKIPPED, CRASHED = (
     "running", "success", "partial", "failed", "timeout", "skipped", "crashed",
 )
 FAILURES = (FAILED, TIMEOUT, CRASHED)
-LOCKED, BREAKER_OPEN, RATE_LIMITED, PAUSED, CANCELLED = (
-    "locked", "breaker_open", "rate_limited", "paused", "cancelled",
+LOCKED, BREAKER_OPEN, RATE_LIMITED, PAUSED, CANCELLED, ALREADY_RAN = (
+    "locked", "breaker_open", "rate_limited", "paused", "cancelled", "already_ran",
 )
 
 
@@ -36,7 +36,51 @@ class Run:
     error: str | None = None
     retry_at: float | None = None
     output: str | None = None
+    slot: float | None = None  # the scheduled start this run served (the ledger's slot), if any
+    retry_of: int | None = None  # the first run of its retry chain (a retry later)
+    retry_number: int = 0  # 0: not a retry; n: the chain's n-th retry
     pid_start: int | None = None  # kernel start time of pid, to tell a reused pid
+
+
+# The slot ledger: what became of a scheduled start or a queued piece of work.
+QUEUED, CLAIMED, RAN, MISSED = "queued", "claimed", "ran", "missed"  # and SKIPPED
+SLOT_STATES = (QUEUED, CLAIMED, RAN, SKIPPED, MISSED)
+# Item kinds: ``cron`` is a scheduled slot (claimed by a cron-started run or the tick);
+# ``catchup``, ``backfill`` and ``retry`` are work the tick starts from the queue.
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry")
+
+
+@dataclass
+class SlotItem:
+    """One row of the slot ledger: a scheduled slot of a job, or a queued work item.
+
+    ``slot`` is the scheduled start it serves (POSIX seconds; None for none), ``kind`` one
+    of SLOT_KINDS, ``state`` one of SLOT_STATES, ``due_at`` when it may start, ``run_id``
+    the run that served it, ``reason`` why it was skipped, missed or dropped, ``retry_of``
+    and ``retry_number`` its retry chain, ``claimed_at``/``claimed_by`` (``host:pid``) who
+    claimed it to start it."""
+
+    id: int
+    job: str
+    slot: float | None
+    kind: str
+    state: str
+    due_at: float
+    run_id: int | None = None
+    reason: str | None = None
+    retry_of: int | None = None
+    retry_number: int = 0
+    claimed_at: float | None = None
+    claimed_by: str | None = None
+
+
+@dataclass
+class Tick:
+    """The newest ``schedsync tick`` a host noted: when, and the error that stopped it (if any)."""
+
+    host: str
+    at: float
+    error: str | None = None
 
 
 @dataclass

@@ -87,10 +87,17 @@ class Output:
         return text[-RECORD_TAIL:] or None
 
 
+def iso_utc(t: float) -> str:
+    """``2026-12-04T03:00:00Z``: a slot as jobs see it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 def run_command(job, ctx) -> Outcome:
     """Run the job's command (``job.section``) until it ends, the deadline passes or the run is cancelled."""
     argv = job.section if isinstance(job.section, list) else ["/bin/sh", "-c", job.section]
     env = {**os.environ, **job.env}
+    if ctx.slot is not None:  # the scheduled start this run serves (a catch-up's, a backfill's)
+        env["SCHEDSYNC_SLOT"] = iso_utc(ctx.slot)
     output = Output(ctx.secrets.redact, sys.stdout if ctx.interactive else None,
                     hold=ctx.secrets.longest - 1)
     codes = job.retries.get("on_exit_codes") or []

@@ -67,6 +67,7 @@ class JobContext:
         self.job = job.name
         self.deadline = ctx.deadline
         self.last_success_at = ctx.last_success_at
+        self.slot = ctx.slot  # the scheduled start this run serves (POSIX seconds), or None
         self.log = log
         self.data_db = data_db
         self.processed = 0

@@ -17,6 +17,7 @@ from schedsync.paths import absolute, is_url
 
 MARK = "# schedsync"
 LATE_WATCH = "*/5 * * * *"  # how often the watcher line looks for late jobs
+TICK = "* * * * *"  # `schedsync tick`, every minute
 
 
 def executable() -> str:
@@ -76,14 +77,22 @@ def crontab_lines(config: Config, state: str | None = None) -> list[str]:
     if config.timezone:
         lines += [f"# Schedules are read in {config.timezone} (cronie honours CRON_TZ; Debian's cron does not).",
                   f"CRON_TZ={config.timezone}"]
+    from schedsync.app.tick import needs_tick
+
     for name, job in config.jobs.items():
         about = f": {job.description}" if job.description else ""
-        if job.schedule:
+        if job.schedule and job.run_by == "tick":
+            lines.append(_comment(f"# {name}{about} ({job.schedule}: started by `schedsync tick`, below)"))
+        elif job.schedule:
             if about:
                 lines.append(_comment(f"# {name}{about}"))
             lines.append(f"{job.schedule:<13} {prefix} run {name}")
         else:
             lines.append(_comment(f"# {name}{about} (no schedule: run by hand with `schedsync run {name}`)"))
+    if any(needs_tick(job) for job in config.jobs.values()):
+        lines.append("# The tick: starts what no line above does (run_by: tick jobs, catch-up, backfill,")
+        lines.append("# retries later), each as its own run, and exits at once. Needed while any job needs it.")
+        lines.append(f"{TICK:<13} {prefix} tick")
     if config.wants("late"):
         lines.append("# Late alerts: a job cron failed to start cannot report itself, so status looks.")
         lines.append(f"{LATE_WATCH:<13} {prefix} status --json --init > /dev/null")

@@ -32,8 +32,13 @@ from schedsync.core.records import dataclass
 # appends its owner column (SQLite's pid_start, PostgreSQL's token) where it needs it.
 RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
               "finished_at", "duration_ms", "attempts", "requests", "items_processed",
-              "items_failed", "exit_code", "error", "retry_at", "output")
+              "items_failed", "exit_code", "error", "retry_at", "output", "slot", "retry_of",
+              "retry_number")
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
+SLOT_FIELDS = ("id", "job", "slot", "kind", "state", "due_at", "run_id", "reason", "retry_of",
+               "retry_number", "claimed_at", "claimed_by")  # ``core.models.SlotItem``'s order
+SLOT_COLUMNS = ", ".join(SLOT_FIELDS)
+CLAIM_STALE = 60.0  # seconds a claimed item may wait for its run to start before it is queued again
 PRUNE_BATCH = 100  # rows a finished run prunes, so retention stays cheap however old the backlog
 
 
@@ -42,6 +47,27 @@ def no_state(where: str) -> NoState:
     return NoState(f"no state at {where} yet",
                       "`schedsync run JOB` creates it; or check --state, $SCHEDSYNC_STATE"
                       " and jobs.yaml's state:")
+
+
+def already_ran_error(slot: float, holder: str | None, later: bool = False) -> str:
+    """A cron-started run's ``already_ran``: which host has its slot (``holder`` is
+    ``host:pid``), or that a later slot already ran (a clock that stepped back)."""
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(slot))
+    if later:
+        return (f"a slot after the one scheduled for {when} already ran (the clock stepped back?);"
+                " run it on a terminal or with `run --force-slot` to run it anyway")
+    host = holder.rpartition(":")[0] if holder and ":" in holder else holder
+    return (f"the run scheduled for {when} already ran on {host or 'another host'};"
+            " run it on a terminal or with `run --force-slot` to run it again")
+
+
+def item_taken_error(item: int, state: str | None, run_id: int | None) -> str:
+    """``run JOB --item ID`` when that item is no longer waiting to start."""
+    if state is None:
+        return f"work item {item} is not in the ledger (cancelled or pruned)"
+    return f"work item {item} is {state}" + (f" (run {run_id})" if run_id else "")
 
 
 @dataclass
@@ -115,7 +141,7 @@ class Store(abc.ABC):
     writable: bool = True  # False: opened read-only; reads work, every write raises StateError
     created: bool = False  # True: this open created the state (it did not exist)
     label: str  # where the state is, as messages may show it (a URL's password redacted)
-    claims_slots: bool = False  # admit_run honours ``slot`` (once per slot across hosts)
+    claims_slots: bool = True  # admit_run claims ``slot`` in the ledger (once per slot, across hosts)
 
     @abc.abstractmethod
     def now(self) -> float:
@@ -126,20 +152,34 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def admit_run(self, job: str, trigger: str, breaker: BreakerSpec, lease: float,
                   budgets: list[str], rates: dict, cost: float, now: float | None = None,
-                  slot: float | None = None) -> Admitted:
+                  slot: float | None = None, item: int | None = None) -> Admitted:
         """In one step: note the job as seen; skip it if paused; admit it through its
         breaker (a half-open trial takes a lease ending ``lease`` seconds from now);
         spend ``cost`` tokens from every bucket in ``budgets`` (all or none; ``rates``
-        is ``{name: (capacity, per_seconds)}``; cost 0 spends nothing); claim ``slot``
-        (a scheduled start time; a slot already claimed is ``already_ran``) when the
-        backend supports it; and insert the ``running`` row stamped with
-        ``liveness.owner()``. Nothing is changed when the run is not admitted."""
+        is ``{name: (capacity, per_seconds)}``; cost 0 spends nothing); claim the slot
+        in the ledger; and insert the ``running`` row stamped with ``liveness.owner()``.
+        Nothing is changed when the run is not admitted.
+
+        The claim: with ``slot`` (a cron-started run's scheduled start) the ledger's
+        ``cron`` row of that slot becomes ``ran`` with the new run's id; a slot already
+        ``ran``, ``claimed`` or ``queued``, or older than a slot that already ran (a clock
+        that stepped back), is ``already_ran`` (``error`` names the host that has it). A
+        ``skipped`` or ``missed`` slot may still be claimed. With ``item`` (the id of a
+        ledger row the tick claimed, ``schedsync run JOB --item ID``) that row becomes
+        ``ran`` with the run's id, and the run takes its ``slot``, ``retry_of`` and
+        ``retry_number`` (``slot`` is then ignored); an item no longer ``claimed`` or
+        ``queued`` (another process started it) is ``already_ran``."""
 
     @abc.abstractmethod
-    def record_skip(self, run, retention: dict) -> None:
+    def record_skip(self, run, retention: dict, item: int | None = None) -> None:
         """Insert a finished run that never started (``run.id`` is set) and prune cheaply:
         a ``skipped`` one, or a ``failed`` one that could not start (e.g. an unset
-        ``${TOKEN}``). Also notes the job as seen."""
+        ``${TOKEN}``). Also notes the job as seen.
+
+        The ledger in the same step: a run with ``run.slot`` that was not admitted marks
+        that ``cron`` slot ``skipped`` with ``run.reason`` (unless it ran or is taken:
+        ``already_ran`` changes nothing). With ``item``: a ``cron`` item becomes
+        ``skipped``; any other kind goes back to ``queued`` (reason kept), to be tried again."""
 
     @abc.abstractmethod
     def finish_run(self, run, breaker: BreakerSpec, evidence: bool, trial: bool,
@@ -160,6 +200,87 @@ class Store(abc.ABC):
         """Turn ``run`` from running to crashed (and, if ``evidence``, count it on
         ``breaker``) in one step, keeping the requests ``spend`` stored for it (tallied in
         ``counters``). True if this call did it and no other."""
+
+    # --- the slot ledger and its queue (``schedsync tick``) ----------------------------
+
+    @abc.abstractmethod
+    def item(self, item_id: int):
+        """The ledger row ``item_id`` (a ``SlotItem``), or None."""
+
+    @abc.abstractmethod
+    def enqueue(self, job: str, items: list[dict], now: float | None = None) -> list[int]:
+        """Queue work items of ``job``, each ``{slot, kind, due_at, retry_of, retry_number}``
+        (``slot`` None for none; ``retry_*`` optional). An item identical to a stored one
+        (same job, slot, kind, retry_of, retry_number) is not added again: its id is
+        returned as is, whatever its state. Ids in ``items``' order; atomic."""
+
+    @abc.abstractmethod
+    def claim_due(self, jobs: list[str], limit: int, claimer: str, now: float | None = None,
+                  per_job: int = 1) -> list:
+        """Claim due work atomically (one process wins each item, on every host): first
+        every item ``claimed`` more than ``CLAIM_STALE`` seconds ago whose run never
+        started goes back to ``queued``; then at most ``limit`` ``queued`` items of
+        ``jobs`` with ``due_at <= now``, oldest due first, at most ``per_job`` per job,
+        become ``claimed`` by ``claimer`` (``host:pid``). Returns them (``SlotItem``)."""
+
+    @abc.abstractmethod
+    def release_item(self, item_id: int, state: str, reason: str | None = None) -> bool:
+        """Hand a ``claimed`` (or ``queued``) item on: back to ``queued`` (e.g. a budget
+        cannot grant it yet), ``missed`` (its window closed) or ``skipped`` (e.g.
+        ``superseded``). False if it was in neither state (it ran meanwhile)."""
+
+    @abc.abstractmethod
+    def record_slots(self, job: str, slots: list[float], state: str, reason: str | None = None,
+                     now: float | None = None) -> int:
+        """Account for scheduled slots of ``job`` that have no ledger row yet, as ``state``
+        (``missed``, found by the tick) with ``reason``; a slot already accounted for is
+        left alone. Missed slots are counted (``slot_counters``). Returns how many were added."""
+
+    @abc.abstractmethod
+    def slots(self, job: str, limit: int = 20) -> list:
+        """The job's newest ledger rows (``SlotItem``), newest slot (else due time) first."""
+
+    @abc.abstractmethod
+    def queued(self, job: str) -> int:
+        """How many items of ``job`` are ``queued`` or ``claimed``."""
+
+    @abc.abstractmethod
+    def cancel_queued(self, job: str, kind: str | None = None) -> int:
+        """Drop the job's ``queued`` items (of ``kind``, or all); how many."""
+
+    @abc.abstractmethod
+    def note_tick(self, host: str, error: str | None = None, now: float | None = None) -> None:
+        """Note that ``schedsync tick`` ran on ``host`` now, and the error that stopped it."""
+
+    @abc.abstractmethod
+    def last_tick(self):
+        """The newest noted tick of any host (``Tick``), or None."""
+
+    @abc.abstractmethod
+    def slot_counters(self) -> dict:
+        """{job: missed slots}: counted as ``record_slots`` adds them, never lowered by pruning."""
+
+    @abc.abstractmethod
+    def begin_tick(self, host: str, claimer: str, marks: dict, limit: int,
+                   now: float | None = None) -> tuple[dict, list]:
+        """One tick's first step, atomic (PostgreSQL: one round trip): ``note_tick``, then
+        ``claim_due`` over ``marks``' jobs, and which jobs need their slots looked at.
+
+        ``marks`` is ``{job: key}``, ``key`` a text naming the job's schedule settings. A
+        job needs a look when it has no mark yet, its stored key differs, or its mark's
+        ``next_at`` has come. Returns ``({job: (until, first_seen)}, claimed items)`` where
+        ``until`` is the mark's last accounted slot (None: never looked at; or a key
+        change) and ``first_seen`` when the job was first seen (None: never)."""
+
+    @abc.abstractmethod
+    def settle_slots(self, settled: list[dict], claimer: str, now: float | None = None) -> list:
+        """The tick's second step, for the jobs ``begin_tick`` named, atomic: each of
+        ``settled`` is ``{job, key, until, next_at, missed: [slots], claim: slot or None}``.
+        Records ``missed`` as ``record_slots`` does, stores the mark (``until`` never moves
+        back), and claims ``claim`` (a ``run_by: tick`` job's current slot) as a ``cron``
+        item ``claimed`` by ``claimer`` unless that slot has a ledger row or a later slot
+        of the job already ran (a clock that stepped back replays nothing). Returns the
+        items it claimed."""
 
     # --- reads -----------------------------------------------------------------------
 

@@ -29,11 +29,24 @@ import time
 from schedsync.core.breaker import settings_of
 from schedsync.core.budgets import never_short
 from schedsync.core.errors import ConfigError, StateBusy, StateError
-from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
+from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run, SlotItem, Tick
 
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
-from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state
+from schedsync.store.base import (
+    CLAIM_STALE,
+    PRUNE_BATCH,
+    RUN_COLUMNS,
+    SLOT_COLUMNS,
+    Admitted,
+    Liveness,
+    Lock,
+    Locks,
+    Store,
+    already_ran_error,
+    item_taken_error,
+    no_state,
+)
 from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
 
 TYPE_CHECKING = False  # typing stays off the path of `run`; type checkers read this block
@@ -293,39 +306,51 @@ class PostgresStore(Store):
 
     # --- runs ---------------------------------------------------------------------------
 
-    def admit_run(self, job, trigger, breaker, lease, budgets, rates, cost, now=None, slot=None):
+    def admit_run(self, job, trigger, breaker, lease, budgets, rates, cost, now=None, slot=None,
+                  item=None):
         host, pid, token = self.liveness.owner()
         caps = [float(rates[b][0]) for b in budgets]
         pers = [float(rates[b][1]) for b in budgets]
         [row] = self._q(
             "SELECT * FROM schedsync.admit(%s, %s, %s, %s, %s, %s::text[], %s::float8[], %s::float8[],"
-            " %s, %s, %s, %s, %s, %s)",
+            " %s, %s, %s, %s, %s, %s, %s)",
             (job, trigger, breaker.name, int(settings_of(breaker.settings)["half_open_runs"]),
-             float(lease), list(budgets), caps, pers, float(cost), now, slot, host, pid, token))
-        run_id, started_at, trial, reason, retry_at, other_host = row
+             float(lease), list(budgets), caps, pers, float(cost), now, slot, host, pid, token, item))
+        (run_id, started_at, trial, reason, retry_at, other_host, served, retry_of, retry_number,
+         taken, taken_run, later) = row
         if reason is None:
-            run = Run(run_id, job, "running", trigger, started_at, host, pid, pid_start=token)
+            run = Run(run_id, job, "running", trigger, started_at, host, pid, pid_start=token,
+                      slot=served, retry_of=retry_of, retry_number=retry_number or 0)
             return Admitted(run, trial=bool(trial))
         if reason == "rate_limited" and retry_at is not None and retry_at != float("inf"):
             retry_at = never_short(retry_at)
         if retry_at == float("inf"):
             retry_at = None
-        return Admitted(reason=reason, retry_at=retry_at,
-                        error=_skip_error(reason, breaker.name, budgets, other_host, slot))
+        if reason == "already_ran" and item is not None:
+            error = item_taken_error(item, None if taken == "gone" else taken, taken_run)
+        elif reason == "already_ran":
+            error = already_ran_error(slot, other_host, bool(later))
+        else:
+            error = _skip_error(reason, breaker.name, budgets)
+        return Admitted(reason=reason, retry_at=retry_at, error=error)
 
-    def record_skip(self, run, retention: dict) -> None:
+    def record_skip(self, run, retention: dict, item=None) -> None:
         [(run.id,)] = self._q(
             "WITH j AS (INSERT INTO schedsync.jobs (name, first_seen) VALUES (%s, %s)"
             "   ON CONFLICT (name) DO NOTHING),"
             " r AS (INSERT INTO schedsync.runs (job, status, reason, trigger, started_at,"
-            " finished_at, duration_ms, retry_at, host, pid, token, error, exit_code)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id)"
-            " SELECT id FROM r, schedsync.prune(%s, %s, %s, %s, %s), schedsync.tally(%s, %s, %s)",
+            " finished_at, duration_ms, retry_at, host, pid, token, error, exit_code, slot, retry_of,"
+            " retry_number) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " RETURNING id)"
+            " SELECT id FROM r, schedsync.prune(%s, %s, %s, %s, %s), schedsync.tally(%s, %s, %s),"
+            " schedsync.skip_slot(%s, %s, %s, %s)",
             (run.job, run.started_at,
              run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start, run.error,
-             run.exit_code, run.job, run.started_at, retention.get("success"),
-             retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0))
+             run.exit_code, run.slot, run.retry_of, run.retry_number or 0,
+             run.job, run.started_at, retention.get("success"),
+             retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0,
+             run.job, run.slot, item, run.reason or run.status))
 
     def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
         settings = settings_of(breaker.settings)
@@ -372,6 +397,109 @@ class PostgresStore(Store):
              int(settings["failures"]), float(settings["reset_after"]),
              bool(evidence), why[:300]))
         return bool(done)
+
+    # --- the slot ledger ------------------------------------------------------------------
+
+    def item(self, item_id):
+        rows = self._q(f"SELECT {SLOT_COLUMNS} FROM schedsync.slots WHERE id = %s", (item_id,))
+        return SlotItem(*rows[0]) if rows else None
+
+    def enqueue(self, job, items, now=None) -> list:
+        if not items:
+            return []
+        cols = ([i.get("slot") for i in items], [i["kind"] for i in items], [i["due_at"] for i in items],
+                [i.get("retry_of") for i in items], [i.get("retry_number") or 0 for i in items])
+        rows = self._q(
+            "WITH x AS (SELECT * FROM unnest(%(s)s::float8[], %(k)s::text[], %(d)s::float8[],"
+            "   %(o)s::bigint[], %(n)s::int[]) WITH ORDINALITY AS x(slot, kind, due_at, retry_of, n, pos)),"
+            " ins AS (INSERT INTO schedsync.slots (job, slot, kind, state, due_at, retry_of, retry_number)"
+            "   SELECT %(j)s, slot, kind, 'queued', due_at, retry_of, n FROM x ORDER BY pos"
+            "   ON CONFLICT DO NOTHING RETURNING id, slot, kind, retry_of, retry_number)"
+            " SELECT x.pos, coalesce(ins.id, s.id) FROM x"
+            " LEFT JOIN ins ON coalesce(ins.slot, -1) = coalesce(x.slot, -1) AND ins.kind = x.kind"
+            "   AND coalesce(ins.retry_of, 0) = coalesce(x.retry_of, 0) AND ins.retry_number = x.n"
+            " LEFT JOIN schedsync.slots s ON s.job = %(j)s AND coalesce(s.slot, -1) = coalesce(x.slot, -1)"
+            "   AND s.kind = x.kind AND coalesce(s.retry_of, 0) = coalesce(x.retry_of, 0)"
+            "   AND s.retry_number = x.n ORDER BY x.pos",
+            {"j": job, "s": cols[0], "k": cols[1], "d": cols[2], "o": cols[3], "n": cols[4]})
+        return [row[1] for row in rows]
+
+    def claim_due(self, jobs, limit, claimer, now=None, per_job=1) -> list:
+        rows = self._q(f"SELECT {SLOT_COLUMNS} FROM schedsync.claim_due(%s::text[], %s, %s, %s, %s, %s)",
+                       (list(jobs), limit, claimer, now, per_job, CLAIM_STALE))
+        return [SlotItem(*row) for row in rows]
+
+    def release_item(self, item_id, state, reason=None) -> bool:
+        rows = self._q(
+            "WITH u AS (UPDATE schedsync.slots SET state = %(s)s, reason = %(r)s, claimed_at = NULL,"
+            "   claimed_by = NULL WHERE id = %(i)s AND state IN ('claimed', 'queued') RETURNING job),"
+            " c AS (INSERT INTO schedsync.slot_counts AS c (job, state, n)"
+            "   SELECT job, 'missed', 1 FROM u WHERE %(s)s = 'missed'"
+            "   ON CONFLICT (job, state) DO UPDATE SET n = c.n + 1)"
+            " SELECT count(*) FROM u", {"s": state, "r": reason, "i": item_id})
+        return bool(rows[0][0])
+
+    def record_slots(self, job, slots, state, reason=None, now=None) -> int:
+        [(n,)] = self._q("SELECT schedsync.record_slots(%s, %s::float8[], %s, %s)",
+                         (job, list(slots), state, reason))
+        return n
+
+    def slots(self, job, limit=20) -> list:
+        rows = self._q(f"SELECT {SLOT_COLUMNS} FROM schedsync.slots WHERE job = %s"
+                       " ORDER BY coalesce(slot, due_at) DESC, id DESC LIMIT %s", (job, limit))
+        return [SlotItem(*row) for row in rows]
+
+    def queued(self, job) -> int:
+        [(n,)] = self._q("SELECT count(*) FROM schedsync.slots WHERE job = %s"
+                         " AND state IN ('queued', 'claimed')", (job,))
+        return n
+
+    def cancel_queued(self, job, kind=None) -> int:
+        [(n,)] = self._q("WITH d AS (DELETE FROM schedsync.slots WHERE job = %s AND state = 'queued'"
+                         " AND (%s::text IS NULL OR kind = %s) RETURNING 1) SELECT count(*) FROM d",
+                         (job, kind, kind))
+        return n
+
+    def note_tick(self, host, error=None, now=None) -> None:
+        self._q("INSERT INTO schedsync.ticks (host, at, error) VALUES (%s, coalesce(%s, schedsync.now()), %s)"
+                " ON CONFLICT (host) DO UPDATE SET at = excluded.at, error = excluded.error",
+                (host, now, error))
+
+    def last_tick(self):
+        rows = self._q("SELECT host, at, error FROM schedsync.ticks ORDER BY at DESC LIMIT 1")
+        return Tick(*rows[0]) if rows else None
+
+    def slot_counters(self) -> dict:
+        return {job: int(n) for job, n in self._q(
+            "SELECT job, n FROM schedsync.slot_counts WHERE state = 'missed'")}
+
+    def begin_tick(self, host, claimer, marks, limit, now=None):
+        names = list(marks)
+        rows = self._q("SELECT * FROM schedsync.begin_tick(%s, %s, %s::text[], %s::text[], %s, %s, %s)",
+                       (host, claimer, names, [marks[n] for n in names], limit, now, CLAIM_STALE))
+        look, items = {}, []
+        for row in rows:
+            if row[0] == "item":
+                items.append(SlotItem(*row[1:13]))
+            else:
+                look[row[2]] = (row[13], row[14])
+        return look, items
+
+    def settle_slots(self, settled, claimer, now=None) -> list:
+        if not settled:
+            return []
+        missed_jobs, missed = [], []
+        for s in settled:
+            for slot in s.get("missed") or ():
+                missed_jobs.append(s["job"])
+                missed.append(slot)
+        rows = self._q(
+            f"SELECT {SLOT_COLUMNS} FROM schedsync.settle_slots(%s::text[], %s::text[], %s::float8[],"
+            " %s::float8[], %s::float8[], %s::text[], %s::float8[], %s, %s)",
+            ([s["job"] for s in settled], [s["key"] for s in settled], [s.get("until") for s in settled],
+             [s.get("next_at") for s in settled], [s.get("claim") for s in settled], missed_jobs, missed,
+             claimer, now))
+        return [SlotItem(*row) for row in rows]
 
     # --- reads --------------------------------------------------------------------------
 
@@ -606,16 +734,12 @@ def _password(url: str) -> str | None:
         return None
 
 
-def _skip_error(reason, breaker, budgets, other_host, slot) -> str:
+def _skip_error(reason, breaker, budgets) -> str:
     if reason == "paused":
         return "paused; `schedsync resume` it"
     if reason == "breaker_open":
         return f"breaker {breaker} is open"
-    if reason == "rate_limited":
-        return f"budget {', '.join(budgets)} is empty"
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(slot)) if slot is not None else "this slot"
-    return (f"the run scheduled for {when} already ran on {other_host or 'another host'};"
-            " run it on a terminal or with `run --force-slot` to run it again")
+    return f"budget {', '.join(budgets)} is empty"
 
 
 # --- overlap and liveness -----------------------------------------------------------------

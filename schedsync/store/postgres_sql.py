@@ -30,22 +30,28 @@ SQL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sql", "postgres"
 class Migrations:
     """The numbered files in ``sql/postgres/`` (``0001_init.sql`` ...), as a sequence of
     their SQL. Listed once per process (one ``listdir``: the version check of every tick
-    needs only their count); a file is read only when a migration applies it."""
+    needs only the highest number); a file is read only when a migration applies it.
+
+    A state's version is the number of the last file applied: ``len()`` is the highest
+    number, and ``[version:]`` the files numbered above ``version``, so numbers reserved
+    for work merged later (a gap) cost nothing."""
 
     def __init__(self, folder: str):
         self.folder = folder
         self.names = sorted(n for n in os.listdir(folder) if n[:4].isdigit() and n.endswith(".sql"))
 
     def __len__(self) -> int:
-        return len(self.names)
+        return int(self.names[-1][:4]) if self.names else 0
 
     def __getitem__(self, index):
         if isinstance(index, slice):
+            if index.start is not None and index.stop is None and index.step is None:
+                return [self._read(n) for n in self.names if int(n[:4]) > index.start]
             return [self._read(n) for n in self.names[index]]
         return self._read(self.names[index])
 
     def __iter__(self):
-        return iter(self[:])
+        return iter([self._read(n) for n in self.names])
 
     def _read(self, name: str) -> str:
         with open(os.path.join(self.folder, name), encoding="utf-8") as f:

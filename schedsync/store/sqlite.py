@@ -29,6 +29,7 @@ from schedsync.core import breaker as breakers
 from schedsync.core.budgets import block_until, refill, take
 from schedsync.core.errors import StateBusy, StateError
 from schedsync.core.models import (
+    ALREADY_RAN,
     BREAKER_OPEN,
     CRASHED,
     FAILURES,
@@ -43,8 +44,21 @@ from schedsync.core.models import (
     JobState,
     Notification,
     Run,
+    SlotItem,
+    Tick,
 )
-from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Locks, Store, no_state
+from schedsync.store.base import (
+    CLAIM_STALE,
+    PRUNE_BATCH,
+    RUN_COLUMNS,
+    SLOT_COLUMNS,
+    Admitted,
+    Locks,
+    Store,
+    already_ran_error,
+    item_taken_error,
+    no_state,
+)
 from schedsync.store.liveness import ProcLiveness
 from schedsync.store.lock import FileLock, lock_folder
 
@@ -116,7 +130,30 @@ def _v4(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4]  # append, never edit: user_version counts how many were applied
+def _v5(db: sqlite3.Connection) -> None:
+    # The slot ledger (issue 17): one row per scheduled slot or queued work item, the
+    # runs' slot and retry chain, the ticks noted, each job's mark (slots accounted up
+    # to ``until``; nothing to look at before ``next_at``), and missed slots counted.
+    _script(db, """
+        CREATE TABLE slots (id INTEGER PRIMARY KEY, job TEXT NOT NULL, slot REAL, kind TEXT NOT NULL,
+                            state TEXT NOT NULL, due_at REAL NOT NULL, run_id INTEGER, reason TEXT,
+                            retry_of INTEGER, retry_number INTEGER NOT NULL DEFAULT 0,
+                            claimed_at REAL, claimed_by TEXT);
+        CREATE UNIQUE INDEX slots_once ON slots (job, ifnull(slot, -1), kind, ifnull(retry_of, 0),
+                                                 retry_number);
+        CREATE INDEX slots_by_job ON slots (job, slot);
+        CREATE INDEX slots_open ON slots (due_at) WHERE state IN ('queued', 'claimed');
+        CREATE TABLE slot_marks (job TEXT PRIMARY KEY, key TEXT NOT NULL, until REAL, next_at REAL);
+        CREATE TABLE slot_counts (job TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
+                                  PRIMARY KEY (job, state));
+        CREATE TABLE ticks (host TEXT PRIMARY KEY, at REAL NOT NULL, error TEXT);
+        ALTER TABLE runs ADD COLUMN slot REAL;
+        ALTER TABLE runs ADD COLUMN retry_of INTEGER;
+        ALTER TABLE runs ADD COLUMN retry_number INTEGER NOT NULL DEFAULT 0
+    """)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]  # append, never edit: user_version counts how many were applied
 
 
 # SQLite's primary result codes (the low byte of an extended code: SQLITE_IOERR_* is SQLITE_IOERR).
@@ -229,6 +266,7 @@ def _disk_full(path: str) -> bool:
 SAVE_BUCKET = ("INSERT INTO buckets (name, tokens, updated, blocked_until) VALUES (?, ?, ?, ?)"
                " ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens,"
                " updated = excluded.updated, blocked_until = excluded.blocked_until")
+SLOTS_ONCE = "ON CONFLICT (job, ifnull(slot, -1), kind, ifnull(retry_of, 0), retry_number) DO UPDATE"
 COUNT_REQUESTS = "UPDATE runs SET requests = ? WHERE id = ? AND status = 'running'"
 
 
@@ -387,7 +425,8 @@ class SQLiteStore(Store):
 
     # --- runs -------------------------------------------------------------------------
 
-    def admit_run(self, job, trigger, breaker, lease, budgets, rates, cost, now=None, slot=None):
+    def admit_run(self, job, trigger, breaker, lease, budgets, rates, cost, now=None, slot=None,
+                  item=None):
         now = time.time() if now is None else now
         host, pid, token = self.liveness.owner()
         with self._tx:
@@ -401,6 +440,23 @@ class SQLiteStore(Store):
             if not admission.allowed:
                 return Admitted(reason=BREAKER_OPEN, retry_at=admission.retry_at,
                                 error=f"breaker {breaker.name} is open")
+            chain: tuple = (None, 0)
+            if item is not None:
+                found = self._sql("SELECT state, slot, retry_of, retry_number, run_id, claimed_by"
+                                  " FROM slots WHERE id = ?", (item,)).fetchone()
+                if found is None or found[0] not in ("claimed", "queued"):
+                    return Admitted(reason=ALREADY_RAN, error=item_taken_error(
+                        item, found and found[0], found and found[4]))
+                slot, chain = found[1], (found[2], found[3])
+            elif slot is not None:
+                taken = self._sql(
+                    "SELECT state, claimed_by, slot FROM slots WHERE job = ? AND kind = 'cron'"
+                    " AND (slot = ? AND state IN ('ran', 'claimed', 'queued')"
+                    "      OR slot > ? AND state = 'ran') ORDER BY slot = ? DESC LIMIT 1",
+                    (job, slot, slot, slot)).fetchone()
+                if taken:
+                    return Admitted(reason=ALREADY_RAN,
+                                    error=already_ran_error(slot, taken[1], taken[2] != slot))
             if budgets and cost:
                 try:
                     ready = self._spend(budgets, rates, cost, now)
@@ -411,27 +467,48 @@ class SQLiteStore(Store):
                                     error=f"budget {', '.join(budgets)} is empty")
             if state != before:
                 self._save_breaker(state)  # a half-open trial's lease
-            run = Run(0, job, RUNNING, trigger, now, host, pid, pid_start=token)
+            run = Run(0, job, RUNNING, trigger, now, host, pid, pid_start=token, slot=slot,
+                      retry_of=chain[0], retry_number=chain[1] or 0)
             self._insert(run)
+            if item is not None:
+                self._sql("UPDATE slots SET state = 'ran', run_id = ?, reason = NULL WHERE id = ?",
+                          (run.id, item))
+            elif slot is not None:
+                self._sql("INSERT INTO slots (job, slot, kind, state, due_at, run_id, claimed_at,"
+                          " claimed_by) VALUES (?, ?, 'cron', 'ran', ?, ?, ?, ?)"
+                          f" {SLOTS_ONCE} SET state = 'ran', run_id = excluded.run_id,"
+                          " reason = NULL, claimed_at = excluded.claimed_at,"
+                          " claimed_by = excluded.claimed_by",
+                          (job, slot, slot, run.id, now, f"{host}:{pid}"))
             return Admitted(run=run, trial=admission.trial)
 
-    def record_skip(self, run, retention):
+    def record_skip(self, run, retention, item=None):
         """Insert a finished run that never started: a skip, or a run that could not start."""
         with self._tx:
             self._see(run.job, run.started_at)
             self._insert(run)
             self._tally(run.job, run.status, run.requests)
+            if item is not None:
+                self._sql("UPDATE slots SET state = CASE kind WHEN 'cron' THEN 'skipped' ELSE 'queued' END,"
+                          " reason = ?, claimed_at = NULL, claimed_by = NULL"
+                          " WHERE id = ? AND state IN ('claimed', 'queued')", (run.reason, item))
+            elif run.slot is not None and run.reason != ALREADY_RAN:
+                self._sql("INSERT INTO slots (job, slot, kind, state, due_at, reason)"
+                          f" VALUES (?, ?, 'cron', 'skipped', ?, ?) {SLOTS_ONCE}"
+                          " SET state = 'skipped', reason = excluded.reason"
+                          " WHERE state IN ('skipped', 'missed')",
+                          (run.job, run.slot, run.slot, run.reason or run.status))
             self._prune(run.job, run.started_at, retention.get("success"), retention.get("failed"),
                         PRUNE_BATCH)  # a paused or rate-limited job must not grow without bound
 
     def _insert(self, run: Run) -> None:
         cur = self._sql(
             "INSERT INTO runs (job, status, reason, trigger, started_at, finished_at,"
-            " duration_ms, retry_at, host, pid, pid_start, error, exit_code)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " duration_ms, retry_at, host, pid, pid_start, error, exit_code, slot, retry_of,"
+            " retry_number) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start,
-             run.error, run.exit_code))
+             run.error, run.exit_code, run.slot, run.retry_of, run.retry_number or 0))
         run.id = cur.lastrowid
 
     def _tally(self, job: str, status: str, requests: int) -> None:
@@ -501,6 +578,158 @@ class SQLiteStore(Store):
             if evidence and breaker is not None:
                 self._count(breaker, run, False, now)
             return True
+
+    # --- the slot ledger ----------------------------------------------------------------
+
+    def item(self, item_id):
+        row = self._sql(f"SELECT {SLOT_COLUMNS} FROM slots WHERE id = ?", (item_id,)).fetchone()
+        return SlotItem(*row) if row else None
+
+    def enqueue(self, job, items, now=None):
+        ids = []
+        with self._tx:
+            for it in items:
+                key = (job, it.get("slot"), it["kind"], it.get("retry_of"), it.get("retry_number") or 0)
+                self._sql("INSERT OR IGNORE INTO slots (job, slot, kind, state, due_at, retry_of,"
+                          " retry_number) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                          (job, key[1], key[2], it["due_at"], key[3], key[4]))
+                ids.append(self._sql(
+                    "SELECT id FROM slots WHERE job = ? AND ifnull(slot, -1) = ifnull(?, -1) AND kind = ?"
+                    " AND ifnull(retry_of, 0) = ifnull(?, 0) AND retry_number = ?", key).fetchone()[0])
+        return ids
+
+    def claim_due(self, jobs, limit, claimer, now=None, per_job=1):
+        now = time.time() if now is None else now
+        with self._tx:
+            return self._claim_due(jobs, limit, claimer, now, per_job)
+
+    def _claim_due(self, jobs, limit, claimer, now, per_job=1) -> list:
+        # A claim whose run never started (the tick died between claiming and starting,
+        # or the run could not start) goes back to the queue.
+        self._sql("UPDATE slots SET state = 'queued', claimed_at = NULL, claimed_by = NULL"
+                  " WHERE state = 'claimed' AND claimed_at < ?", (now - CLAIM_STALE,))
+        if not jobs or limit <= 0:
+            return []
+        wanted = set(jobs)
+        rows = self._sql(f"SELECT {SLOT_COLUMNS} FROM slots WHERE state = 'queued' AND due_at <= ?"
+                         " ORDER BY due_at, id", (now,)).fetchall()
+        taken: dict = {}
+        out = []
+        for row in rows:
+            item = SlotItem(*row)
+            if item.job not in wanted or taken.get(item.job, 0) >= per_job:
+                continue
+            taken[item.job] = taken.get(item.job, 0) + 1
+            self._sql("UPDATE slots SET state = 'claimed', claimed_at = ?, claimed_by = ? WHERE id = ?",
+                      (now, claimer, item.id))
+            item.state, item.claimed_at, item.claimed_by = "claimed", now, claimer
+            out.append(item)
+            if len(out) >= limit:
+                break
+        return out
+
+    def release_item(self, item_id, state, reason=None):
+        with self._tx:
+            cur = self._sql("UPDATE slots SET state = ?, reason = ?, claimed_at = NULL, claimed_by = NULL"
+                            " WHERE id = ? AND state IN ('claimed', 'queued')", (state, reason, item_id))
+            if cur.rowcount and state == "missed":
+                job = self._sql("SELECT job FROM slots WHERE id = ?", (item_id,)).fetchone()[0]
+                self._count_slots(job, "missed", 1)
+            return cur.rowcount == 1
+
+    def record_slots(self, job, slots, state, reason=None, now=None):
+        with self._tx:
+            return self._record_slots(job, slots, state, reason)
+
+    def _record_slots(self, job, slots, state, reason) -> int:
+        added = 0
+        for slot in slots:
+            cur = self._sql("INSERT OR IGNORE INTO slots (job, slot, kind, state, due_at, reason)"
+                            " VALUES (?, ?, 'cron', ?, ?, ?)", (job, slot, state, slot, reason))
+            added += cur.rowcount
+        if added and state == "missed":
+            self._count_slots(job, state, added)
+        return added
+
+    def _count_slots(self, job: str, state: str, n: int) -> None:
+        self._sql("INSERT INTO slot_counts (job, state, n) VALUES (?, ?, ?)"
+                  " ON CONFLICT (job, state) DO UPDATE SET n = n + excluded.n", (job, state, n))
+
+    def slots(self, job, limit=20):
+        rows = self._sql(f"SELECT {SLOT_COLUMNS} FROM slots WHERE job = ?"
+                         " ORDER BY ifnull(slot, due_at) DESC, id DESC LIMIT ?", (job, limit)).fetchall()
+        return [SlotItem(*row) for row in rows]
+
+    def queued(self, job):
+        return self._sql("SELECT COUNT(*) FROM slots WHERE job = ? AND state IN ('queued', 'claimed')",
+                         (job,)).fetchone()[0]
+
+    def cancel_queued(self, job, kind=None):
+        with self._tx:
+            sql, args = "DELETE FROM slots WHERE job = ? AND state = 'queued'", (job,)
+            if kind is not None:
+                sql, args = sql + " AND kind = ?", args + (kind,)
+            return self._sql(sql, args).rowcount
+
+    def note_tick(self, host, error=None, now=None):
+        now = time.time() if now is None else now
+        with self._tx:
+            self._note_tick(host, error, now)
+
+    def _note_tick(self, host: str, error: str | None, now: float) -> None:
+        self._sql("INSERT INTO ticks (host, at, error) VALUES (?, ?, ?) ON CONFLICT (host)"
+                  " DO UPDATE SET at = excluded.at, error = excluded.error", (host, now, error))
+
+    def last_tick(self):
+        row = self._sql("SELECT host, at, error FROM ticks ORDER BY at DESC LIMIT 1").fetchone()
+        return Tick(*row) if row else None
+
+    def slot_counters(self):
+        return dict(self._sql("SELECT job, n FROM slot_counts WHERE state = 'missed'").fetchall())
+
+    def begin_tick(self, host, claimer, marks, limit, now=None):
+        now = time.time() if now is None else now
+        with self._tx:
+            self._note_tick(host, None, now)
+            items = self._claim_due(list(marks), limit, claimer, now)
+            stored = {job: (key, until, next_at) for job, key, until, next_at in
+                      self._sql("SELECT job, key, until, next_at FROM slot_marks").fetchall()}
+            seen = dict(self._sql("SELECT name, first_seen FROM jobs").fetchall())
+        look = {}
+        for job, key in marks.items():
+            mark = stored.get(job)
+            if mark is None or mark[0] != key:
+                look[job] = (None, seen.get(job))
+            elif mark[2] is None or mark[2] <= now:
+                look[job] = (mark[1], seen.get(job))
+        return look, items
+
+    def settle_slots(self, settled, claimer, now=None):
+        now = time.time() if now is None else now
+        claimed = []
+        with self._tx:
+            for s in settled:
+                job = s["job"]
+                if s.get("missed"):
+                    self._record_slots(job, s["missed"], "missed", None)
+                self._sql("INSERT INTO slot_marks (job, key, until, next_at) VALUES (?, ?, ?, ?)"
+                          " ON CONFLICT (job) DO UPDATE SET key = excluded.key, next_at = excluded.next_at,"
+                          " until = CASE WHEN until IS NULL OR excluded.until > until"
+                          "   THEN excluded.until ELSE until END",
+                          (job, s["key"], s.get("until"), s.get("next_at")))
+                slot = s.get("claim")
+                if slot is None:
+                    continue
+                cur = self._sql(
+                    "INSERT INTO slots (job, slot, kind, state, due_at, claimed_at, claimed_by)"
+                    " SELECT ?, ?, 'cron', 'claimed', ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM slots"
+                    "   WHERE job = ? AND kind = 'cron' AND (slot = ? OR slot > ? AND state = 'ran'))"
+                    " ON CONFLICT DO NOTHING",
+                    (job, slot, slot, now, claimer, job, slot, slot))
+                if cur.rowcount:
+                    claimed.append(SlotItem(cur.lastrowid, job, slot, "cron", "claimed", slot,
+                                            claimed_at=now, claimed_by=claimer))
+        return claimed
 
     # --- reads ------------------------------------------------------------------------
 
@@ -726,6 +955,14 @@ class SQLiteStore(Store):
             pick += f" LIMIT {int(limit) if limit else -1}"
             cur = self._sql(f"DELETE FROM runs WHERE id IN ({pick})", args)
             removed += cur.rowcount
+        if keep_success is not None:
+            # The ledger goes with the runs; the newest cron slot stays (a clock that steps
+            # back must still find it), as does work still queued.
+            self._sql("DELETE FROM slots WHERE id IN (SELECT id FROM slots WHERE job = ?"
+                      " AND ifnull(slot, due_at) < ? AND state NOT IN ('queued', 'claimed')"
+                      " AND id IS NOT (SELECT id FROM slots WHERE job = ? AND kind = 'cron'"
+                      "   ORDER BY slot DESC LIMIT 1)"
+                      f" LIMIT {int(limit) if limit else -1})", (job, now - keep_success, job))
         return removed
 
     def prune_all(self, policies, now=None, batch_seconds: float = 2.0, chunk: int = 20_000):

@@ -298,3 +298,18 @@ def test_backfill_refuses_bad_arguments_in_one_line_exit_2_creating_nothing(proj
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(expected), result.stderr
     assert "Traceback" not in result.stderr
     assert not project.state.exists()
+
+
+def test_a_date_alone_is_midnight_for_from_and_the_whole_day_for_to():
+    from zoneinfo import ZoneInfo
+
+    from schedsync.core.catchup import parse_time
+
+    berlin = ZoneInfo("Europe/Berlin")
+    assert parse_time("2026-12-01", berlin) == at("2026-11-30 23:00")
+    assert parse_time("2026-12-01", berlin, end=True) == at("2026-12-01 22:59:59")
+    assert parse_time("2026-12-01T06:00", berlin, end=True) == at("2026-12-01 05:00")
+    assert parse_time("2026-12-01T06:00Z", berlin) == at("2026-12-01 06:00")
+    assert parse_time("2026-12-01T06:00+01:00", timezone.utc) == at("2026-12-01 05:00")
+    with pytest.raises(ValueError, match="is not an ISO 8601 time"):
+        parse_time("tomorrow", berlin)

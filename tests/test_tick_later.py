@@ -94,7 +94,7 @@ def test_catch_up_spends_only_what_the_budget_holds_and_waits_for_the_refill(pro
             command: 'echo "$SCHEDSYNC_SLOT" >> ran.txt'
         """)
     assert project.cli("validate").returncode == 0
-    assert cli_at(project, "2026-12-04 04:30", "status", "--json").returncode == 0  # first seen
+    assert cli_at(project, "2026-12-04 04:30", "status", "--json", "--init").returncode == 0  # first seen
     for minute in (6, 7, 8, 9):  # 05:00 … 08:00 missed; two tokens: two runs, then it waits
         tick(project, f"2026-12-04 08:{minute:02d}:00")
         finished(project, "hourly", min(minute - 5, 2))
@@ -142,12 +142,12 @@ def test_a_backfill_of_five_slots_runs_five_times_through_a_one_token_a_minute_b
             budget: api
             command: 'echo "$SCHEDSYNC_SLOT" >> ran.txt'
         """)
-    result = cli_at(project, "2026-12-04 09:00", "backfill", "daily", "--from", "2026-11-28",
-                    "--to", "2026-12-02T23:59")
+    result = cli_at(project, "2026-12-04 08:59", "backfill", "daily", "--from", "2026-11-28",
+                    "--to", "2026-12-02")  # a date alone: the whole day
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("daily: 5 slots queued for backfill")
-    shown = cli_at(project, "2026-12-04 09:00", "status", "daily")
-    assert "5 queued" in shown.stdout, shown.stdout
+    shown = cli_at(project, "2026-12-04 08:59", "status", "daily")
+    assert "5 items waiting for `schedsync tick`" in shown.stdout, shown.stdout
     for minute in range(5):
         tick(project, f"2026-12-04 09:{minute:02d}:00")
         finished(project, "daily", minute + 1)
@@ -155,7 +155,7 @@ def test_a_backfill_of_five_slots_runs_five_times_through_a_one_token_a_minute_b
     history = finished(project, "daily", 5)
     assert [r["trigger"] for r in history] == ["backfill"] * 5
     assert ran(project) == [f"2026-{d}T06:00:00Z" for d in ("11-28", "11-29", "11-30", "12-01", "12-02")]
-    assert "5 queued" not in cli_at(project, "2026-12-04 09:06", "status", "daily").stdout
+    assert "waiting for `schedsync tick`" not in cli_at(project, "2026-12-04 09:06", "status", "daily").stdout
 
 
 def test_backfill_cancel_empties_the_queue(project):
@@ -165,7 +165,7 @@ def test_backfill_cancel_empties_the_queue(project):
           daily: {schedule: "0 6 * * *", command: ["true"]}
         """)
     assert cli_at(project, "2026-12-04 09:00", "backfill", "daily", "--from", "2026-11-01",
-                  "--to", "2026-11-30").returncode == 0
+                  "--to", "2026-11-30T06:00Z").returncode == 0
     again = cli_at(project, "2026-12-04 09:00", "backfill", "daily", "--from", "2026-11-01", "--to", "2026-11-30")
     assert again.returncode == 0  # queued once, not twice
     assert len([r for r in items(project, "daily", "backfill") if r.state == "queued"]) == 30

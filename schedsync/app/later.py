@@ -14,7 +14,8 @@ BACKFILL, CATCHUP, RETRY = "backfill", "catchup", "retry"
 
 def backfill_range(config: Config, name: str, start: str, end: str, now: float) -> list[float]:
     """The slots ``schedsync backfill NAME --from START --to END`` queues, oldest first: the
-    job's slots in ``[START, END]`` (ISO 8601; without an offset, in the registry's zone) that
+    job's slots in ``[START, END]`` (ISO 8601; without an offset, in the registry's zone; END a
+    date alone: that whole day) that
     are not in the future (those are cron's). A ``ConfigError`` (exit 2) for a job without a
     schedule, a time that does not parse, ``--to`` before ``--from``, or a range of more than
     10,000 slots."""
@@ -29,7 +30,7 @@ def backfill_range(config: Config, name: str, start: str, end: str, now: float) 
     times = []
     for flag, text in (("--from", start), ("--to", end)):
         try:
-            times.append(catchup.parse_time(text, tz))
+            times.append(catchup.parse_time(text, tz, end=flag == "--to"))
         except ValueError as exc:
             raise ConfigError(f"backfill {name} {flag}: {exc}",
                               "write e.g. 2026-12-01T06:00 (the registry's zone) or 2026-12-01T05:00Z") from None
@@ -65,12 +66,6 @@ def backfill_line(config: Config, name: str, queued: int, future: int) -> str:
 
 
 # --- the tick: what to queue, and whether a claimed item may start now -------------------
-
-def needs_tick(job) -> bool:
-    """Does ``job`` need ``schedsync tick`` for catch-up or retries later? (Backfill needs it
-    too, but only once queued: ``status`` warns then.)"""
-    return bool(job.catchup or job.retry_later)
-
 
 def plan(config: Config, store, now: float, names: list[str] | None = None) -> int:
     """Queue the catch-up items due now, and settle queued ones that can no longer run: a
@@ -131,9 +126,12 @@ def plan(config: Config, store, now: float, names: list[str] | None = None) -> i
 class Gate:
     """May the tick start a claimed catch-up, backfill or retry item now? ``gate(item)``:
     None for yes; else ``(state, reason)`` to release it with: back to ``queued`` while the
-    job's breaker is open or a budget cannot grant the run's cost now, or ``missed`` /
+    job's breaker is open, a budget cannot grant the run's cost now or its previous run is
+    still going (the new one would only be skipped, every minute), or ``missed`` /
     ``skipped`` when it can no longer run. Budgets are read, not spent (the run spends), once
-    a tick; what this tick's earlier items will take is set aside, so two jobs sharing one
+    a tick; one that grants the cost within ``BUDGET_SLACK`` seconds counts (the run waits that
+    long, as ticks come on the minute and a 1-a-minute token was spent just after the last
+    one); what this tick's earlier items will take is set aside, so two jobs sharing one
     token do not both start. Other kinds (a ``cron`` slot) always may. With one item a job
     a tick, catch-up never bursts."""
 
@@ -160,6 +158,9 @@ class Gate:
             ended = item.due_at - job.retry_later["after"]
             if catchup.superseded(now, Schedule(job.schedule, zone(config.timezone)).next_after(ended)):
                 return SKIPPED, catchup.SUPERSEDED
+        running = store.running_runs([job.name])
+        if running and len(store.liveness.gone(running)) < len(running):
+            return "queued", "locked"  # its previous run is still going: the new one would only skip
         name = job.breaker["name"]
         if breakers.state_at(store.breakers([name])[name], now) == breakers.OPEN:
             return "queued", "breaker_open"
@@ -167,8 +168,49 @@ class Gate:
             cost = job.cost if job_kind(job.kind).spends_at_start else 1  # an http run's first request
             if self.levels is None:
                 self.levels = store.budget_levels(config.budgets, now)
-            if any(self.levels[b] < cost for b in job.budgets):
+            # Granted now, or within BUDGET_SLACK seconds at the bucket's rate (the run waits).
+            if any(self.levels[b] + catchup.BUDGET_SLACK * config.budgets[b][0] / config.budgets[b][1] < cost
+                   for b in job.budgets):
                 return "queued", "rate_limited"
             for b in job.budgets:
                 self.levels[b] -= cost
         return None
+
+
+def retry_item(job, run, timezone: str | None) -> tuple[dict | None, dict | None]:
+    """The retry later a finished ``run`` of ``job`` calls for, as ``finish_run`` adds it to
+    the ledger (in the same step as the run's end), and what to tell about it; (None, None)
+    for none. Sets the run's ``retry_at`` (when its retry is due) or, when the job's next
+    slot comes first, its ``reason`` (``retry_superseded``): its record says so."""
+    from schedsync.core import catchup
+    from schedsync.core.durations import clock
+    from schedsync.core.schedule import Schedule, zone
+
+    tz = zone(timezone)
+    end = run.finished_at or run.started_at
+    next_slot = Schedule(job.schedule, tz).next_after(end) if job.schedule else None
+    retry = catchup.retry_for(run, job.retry_later, next_slot)
+    if retry is None:
+        return None, None
+    item = {"slot": getattr(run, "slot", None), "kind": RETRY, "due_at": retry.due_at, "retry_of": retry.of,
+            "retry_number": retry.number, "state": "queued", "reason": None}
+    told = {"number": retry.number, "of": retry.max, "at": _iso(retry.due_at), "shown": clock(retry.due_at, tz, end)}
+    if retry.superseded:
+        item.update(state="skipped", reason=catchup.SUPERSEDED)
+        run.reason, run.retry_at = RETRY_SUPERSEDED, None
+        told["message"] = (f"{job.name}: no retry later: the next slot, {clock(next_slot, tz, end)}, comes "
+                           f"before retry {retry.number} of {retry.max} would ({told['shown']})")
+        told["superseded"] = True
+        return item, told
+    run.retry_at = retry.due_at
+    told["message"] = f"{job.name}: retry {retry.number} of {retry.max} at {told['shown']} (by `schedsync tick`)"
+    return item, told
+
+
+RETRY_SUPERSEDED = "retry_superseded"  # a failed run's reason when the next slot supersedes its retry
+
+
+def _iso(t: float) -> str:
+    from schedsync.core.durations import iso
+
+    return iso(t) or ""

@@ -28,6 +28,10 @@ MAX_BACKFILL = 10_000  # slots one backfill may queue
 # a window holding more (every minute for a week) catches up its newest MAX_LOOKBACK.
 MAX_LOOKBACK = 1_000
 RETRY_MAX = 3  # retry_later.max when not given
+# A tick starts a queued item when its budgets can grant the run's cost now or within this
+# many seconds, and the run waits that long for it: ticks come on the minute, and a run of
+# a 1-a-minute budget spent its token a fraction of a second after the previous tick.
+BUDGET_SLACK = 5.0
 SUPERSEDED = "superseded"  # the reason a dropped retry, or a latest-run's older slot, carries
 
 
@@ -83,19 +87,25 @@ def backfill_slots(schedule, start: float, end: float, limit: int = MAX_BACKFILL
     return slots
 
 
-def parse_time(text: str, tz) -> float:
+def parse_time(text: str, tz, end: bool = False) -> float:
     """An ISO 8601 time as ``backfill --from/--to`` take it (``2026-12-01``, ``2026-12-01T06:00``,
     ``2026-12-01 06:00:00Z``, ``…+01:00``); without an offset it is read in ``tz`` (the
-    registry's zone, as the schedules are). ValueError with a short reason."""
-    from datetime import datetime
+    registry's zone, as the schedules are). A date alone is its midnight, or with ``end``
+    (``--to``) the last second of that day, so ``--from D --to D`` is the whole day.
+    ValueError with a short reason."""
+    from datetime import datetime, timedelta
 
+    text = text.strip()
     try:
-        when = datetime.fromisoformat(text.strip().replace("z", "Z"))
+        when = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
         raise ValueError(f"{text[:60]!r} is not an ISO 8601 time") from None
+    day_only = len(text) in (8, 10) and text.replace("-", "").isdigit()
+    if end and day_only:
+        when += timedelta(days=1)
     if when.tzinfo is None:
         when = when.replace(tzinfo=tz)
-    return when.timestamp()
+    return when.timestamp() - (1 if end and day_only else 0)
 
 
 @dataclass

@@ -352,12 +352,18 @@ class PostgresStore(Store):
              retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0,
              run.job, run.slot, item, run.reason or run.status))
 
-    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
+    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None, later=None):
         settings = settings_of(breaker.settings)
         why = f"run {run.id} of {run.job}: {run.status}" + (f" ({run.error})" if run.error else "")
         hand_back = trial and not evidence
         end = run.started_at + lease
+        queue = () if later is None else (
+            run.job, later.get("slot"), later["kind"], later.get("state", "queued"), later["due_at"],
+            later.get("reason"), later.get("retry_of"), later.get("retry_number") or 0)
         [row] = self._q(
+            # The retry the run calls for, in the same implicit transaction as its end.
+            ("INSERT INTO schedsync.slots (job, slot, kind, state, due_at, reason, retry_of, retry_number)"
+             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING;" if queue else "") +
             # A trial handed back frees one lease (two trials admitted at one instant hold
             # equal ones; finish's array_remove would free both): first, in the same
             # implicit transaction, and finish is then told of no lease to hand back.
@@ -366,7 +372,7 @@ class PostgresStore(Store):
              if hand_back else "") +
             "SELECT * FROM schedsync.finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            ((end, end, breaker.name, end) if hand_back else ()) + (
+            queue + ((end, end, breaker.name, end) if hand_back else ()) + (
              run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms,
              run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,

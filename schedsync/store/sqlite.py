@@ -517,9 +517,15 @@ class SQLiteStore(Store):
                   " ON CONFLICT (job, status) DO UPDATE SET runs = runs + 1,"
                   " requests = requests + excluded.requests", (job, status, requests or 0))
 
-    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
+    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None, later=None):
         now = time.time() if now is None else now
         with self._tx:
+            if later is not None:
+                self._sql("INSERT OR IGNORE INTO slots (job, slot, kind, state, due_at, reason, retry_of,"
+                          " retry_number) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (run.job, later.get("slot"), later["kind"], later.get("state", "queued"),
+                           later["due_at"], later.get("reason"), later.get("retry_of"),
+                           later.get("retry_number") or 0))
             self._sql(
                 "UPDATE runs SET status=?, reason=?, finished_at=?, duration_ms=?, attempts=?,"
                 " requests=?, items_processed=?, items_failed=?, exit_code=?, error=?, retry_at=?,"

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+import test_store
 from schedsync.core.catchup import (
     MAX_BACKFILL,
     MAX_LOOKBACK,
@@ -23,6 +24,7 @@ UTC = timezone.utc
 HOURLY = Schedule("0 * * * *", UTC)
 DAILY_6 = Schedule("0 6 * * *", UTC)
 MINUTE = Schedule("* * * * *", UTC)
+store_factory, store = test_store.store_factory, test_store.store  # the contract's: SQLite and PostgreSQL
 
 
 def at(text: str) -> float:
@@ -313,3 +315,44 @@ def test_a_date_alone_is_midnight_for_from_and_the_whole_day_for_to():
     assert parse_time("2026-12-01T06:00+01:00", timezone.utc) == at("2026-12-01 05:00")
     with pytest.raises(ValueError, match="is not an ISO 8601 time"):
         parse_time("tomorrow", berlin)
+
+
+# --- the store: a retry is queued in the same step that records the run's end ------------
+
+
+def test_finish_run_queues_the_retry_with_the_end_once_on_both_backends(store):
+    T0 = test_store.T0
+    admitted = store.admit_run("a", "cron", test_store.API, 60.0, [], {}, 0, now=T0, slot=T0 - 5)
+    run = admitted.run
+    run.status, run.finished_at, run.duration_ms, run.retry_at = FAILED, T0 + 2, 2000, T0 + 1802
+    later = {"slot": T0 - 5, "kind": "retry", "due_at": T0 + 1802, "retry_of": run.id, "retry_number": 1,
+             "state": "queued", "reason": None}
+    store.finish_run(run, test_store.API, True, False, 60.0, test_store.KEEP_ALL, now=T0 + 2, later=later)
+    [retry] = [s for s in store.slots("a") if s.kind == "retry"]
+    assert (retry.slot, retry.state, retry.due_at, retry.retry_of, retry.retry_number) == (
+        T0 - 5, "queued", T0 + 1802, run.id, 1)
+    assert store.runs("a")[0].retry_at == T0 + 1802
+    # the same retry again (a finish replayed) adds nothing; a superseded one is recorded skipped
+    store.finish_run(run, test_store.API, True, False, 60.0, test_store.KEEP_ALL, now=T0 + 2, later=later)
+    dropped = {**later, "retry_number": 2, "state": "skipped", "reason": "superseded"}
+    store.finish_run(run, test_store.API, True, False, 60.0, test_store.KEEP_ALL, now=T0 + 2, later=dropped)
+    assert sorted((s.retry_number, s.state, s.reason) for s in store.slots("a") if s.kind == "retry") == [
+        (1, "queued", None), (2, "skipped", "superseded")]
+    [claimed] = store.claim_due(["a"], 10, "h:1", now=T0 + 1802)
+    assert claimed.id == retry.id
+
+
+def test_enqueue_requeue_queues_a_done_backfill_again_on_both_backends(store):
+    T0 = test_store.T0
+    items = [{"slot": T0 - 86400, "kind": "backfill", "due_at": T0}, {"slot": T0 - 3600, "kind": "backfill",
+                                                                    "due_at": T0}]
+    ids = store.enqueue("a", items)
+    [claimed] = store.claim_due(["a"], 10, "h:1", now=T0)
+    assert claimed.id == ids[0]
+    admitted = store.admit_run("a", "backfill", test_store.API, 60.0, [], {}, 0, now=T0 + 1, item=claimed.id)
+    assert admitted.run.slot == T0 - 86400
+    assert store.enqueue("a", items) == ids  # asked again without requeue: as they are
+    assert [s.state for s in sorted(store.slots("a"), key=lambda s: s.id)] == ["ran", "queued"]
+    assert store.enqueue("a", items, now=T0 + 60, requeue=True) == ids
+    again = sorted(store.slots("a"), key=lambda s: s.id)
+    assert [(s.state, s.run_id, s.due_at) for s in again] == [("queued", None, T0 + 0), ("queued", None, T0)]

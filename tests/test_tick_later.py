@@ -146,6 +146,7 @@ def test_a_backfill_of_five_slots_runs_five_times_through_a_one_token_a_minute_b
                     "--to", "2026-12-02")  # a date alone: the whole day
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("daily: 5 slots queued for backfill")
+    assert result.stderr.startswith("warning: no `schedsync tick` ran in the last 3 minutes")
     shown = cli_at(project, "2026-12-04 08:59", "status", "daily")
     assert "5 items waiting for `schedsync tick`" in shown.stdout, shown.stdout
     for minute in range(5):
@@ -156,6 +157,11 @@ def test_a_backfill_of_five_slots_runs_five_times_through_a_one_token_a_minute_b
     assert [r["trigger"] for r in history] == ["backfill"] * 5
     assert ran(project) == [f"2026-{d}T06:00:00Z" for d in ("11-28", "11-29", "11-30", "12-01", "12-02")]
     assert "waiting for `schedsync tick`" not in cli_at(project, "2026-12-04 09:06", "status", "daily").stdout
+    # asked for again (the first backfill met the same bug): queued again, and no warning now
+    again = cli_at(project, "2026-12-04 09:06", "backfill", "daily", "--from", "2026-12-02", "--to", "2026-12-02")
+    assert (again.stdout.split(";")[0], again.stderr) == ("daily: 1 slot queued for backfill", "")
+    tick(project, "2026-12-04 09:07:00")
+    assert finished(project, "daily", 6)[-1]["slot"] == "2026-12-02T06:00:00Z"
 
 
 def test_backfill_cancel_empties_the_queue(project):
@@ -238,3 +244,34 @@ def test_a_retry_due_after_the_next_slot_is_dropped_and_the_run_says_so(project)
     assert (runs[1]["retry_number"], runs[1]["reason"], runs[1]["retry_at"]) == (1, "retry_superseded", None)
     assert [(r.retry_number, r.state, r.reason) for r in items(project, "hourly", "retry")] == [
         (1, "ran", None), (2, "skipped", "superseded")]
+
+
+def test_the_slot_reaches_list_commands_http_values_and_python_jobs(project, httpserver):
+    httpserver.expect_request("/items").respond_with_json([{"id": 1}])
+    (project.path / "slotjob.py").write_text(
+        "def run(ctx):\n    open('python.txt', 'w').write(repr(ctx.slot))\n    return 0\n")
+    project.write(f"""\
+        timezone: UTC
+        jobs:
+          listed:
+            schedule: "0 6 * * *"
+            command: ["sh", "-c", "echo $0 >> ran.txt", "${{SCHEDSYNC_SLOT}}"]
+          fetched:
+            schedule: "0 6 * * *"
+            http: {{url: "{httpserver.url_for('/items')}", params: {{day: "${{SCHEDSYNC_SLOT}}"}}}}
+            into: {{table: items, pk: id}}
+          called:
+            schedule: "0 6 * * *"
+            python: "slotjob:run"
+        """)
+    env = {k: v for k, v in project.env.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    project.env = {**env, "NO_PROXY": "*", "no_proxy": "*"}
+    for job in ("listed", "fetched", "called"):
+        assert cli_at(project, "2026-12-04 08:59", "backfill", job, "--from", "2026-12-02",
+                      "--to", "2026-12-02").returncode == 0
+    tick(project, "2026-12-04 09:00")
+    for job in ("listed", "fetched", "called"):
+        assert [(r["trigger"], r["status"]) for r in finished(project, job, 1)] == [("backfill", "success")]
+    assert ran(project) == ["2026-12-02T06:00:00Z"]
+    assert [request.args["day"] for request, _ in httpserver.log] == ["2026-12-02T06:00:00Z"]
+    assert (project.path / "python.txt").read_text() == repr(at("2026-12-02 06:00"))

@@ -47,12 +47,24 @@ def backfill_range(config: Config, name: str, start: str, end: str, now: float) 
 
 def backfill(config: Config, store, name: str, slots: list[float]) -> tuple[int, int]:
     """Queue ``slots`` (``backfill_range``'s, future ones included) as ``backfill`` items due
-    now; (how many were queued, how many were left out as not yet past). A slot queued
-    already is not queued twice."""
+    now; (how many are queued, how many were left out as not yet past). A slot queued already
+    is not queued twice; one backfilled before and done is queued again (asked for again)."""
     now = store.now()
     past = [slot for slot in slots if slot <= now]
-    ids = store.enqueue(name, [{"slot": slot, "kind": BACKFILL, "due_at": now} for slot in past])
+    ids = store.enqueue(name, [{"slot": slot, "kind": BACKFILL, "due_at": now} for slot in past], requeue=True)
     return len(ids), len(slots) - len(past)
+
+
+def no_tick(store, now: float, late: float) -> str | None:
+    """A warning for ``backfill`` when no ``schedsync tick`` ran in the last ``late`` seconds:
+    queued slots wait for one (``crontab`` prints the tick line only for jobs whose settings
+    need it)."""
+    last = store.last_tick()
+    if last is not None and now - last.at <= late:
+        return None
+    return ("warning: no `schedsync tick` ran in the last 3 minutes, and the queued slots wait for one — "
+            "add `* * * * * schedsync -c JOBS.YAML tick` to the crontab (as `schedsync crontab` writes "
+            "its lines), or run `schedsync tick` once a minute until `schedsync status JOB` shows none queued")
 
 
 def backfill_line(config: Config, name: str, queued: int, future: int) -> str:

@@ -291,7 +291,12 @@ def backfill(
         slots = later.backfill_range(config, job, start, end, float("inf"))  # usage errors first
         with _opened(ctx, create=True, job=job) as (config, store):
             queued, future = later.backfill(config, store, job, slots)
+            from schedsync.app.tick import TICK_LATE
+
+            warning = later.no_tick(store, store.now(), TICK_LATE) if queued else None
     print(later.backfill_line(config, job, queued, future))
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 @app.command()

@@ -212,11 +212,14 @@ class Store(abc.ABC):
         """The ledger row ``item_id`` (a ``SlotItem``), or None."""
 
     @abc.abstractmethod
-    def enqueue(self, job: str, items: list[dict], now: float | None = None) -> list[int]:
+    def enqueue(self, job: str, items: list[dict], now: float | None = None,
+                requeue: bool = False) -> list[int]:
         """Queue work items of ``job``, each ``{slot, kind, due_at, retry_of, retry_number}``
         (``slot`` None for none; ``retry_*`` optional). An item identical to a stored one
         (same job, slot, kind, retry_of, retry_number) is not added again: its id is
-        returned as is, whatever its state. Ids in ``items``' order; atomic."""
+        returned as is, whatever its state; with ``requeue`` (a backfill asked for again),
+        one that is done (``ran``, ``skipped``, ``missed``) is queued again, due at the
+        new ``due_at``. Ids in ``items``' order; atomic."""
 
     @abc.abstractmethod
     def claim_due(self, jobs: list[str], limit: int, claimer: str, now: float | None = None,

@@ -410,7 +410,7 @@ class PostgresStore(Store):
         rows = self._q(f"SELECT {SLOT_COLUMNS} FROM schedsync.slots WHERE id = %s", (item_id,))
         return SlotItem(*rows[0]) if rows else None
 
-    def enqueue(self, job, items, now=None) -> list:
+    def enqueue(self, job, items, now=None, requeue=False) -> list:
         if not items:
             return []
         cols = ([i.get("slot") for i in items], [i["kind"] for i in items], [i["due_at"] for i in items],
@@ -418,6 +418,12 @@ class PostgresStore(Store):
         rows = self._q(
             "WITH x AS (SELECT * FROM unnest(%(s)s::float8[], %(k)s::text[], %(d)s::float8[],"
             "   %(o)s::bigint[], %(n)s::int[]) WITH ORDINALITY AS x(slot, kind, due_at, retry_of, n, pos)),"
+            # requeue: a done item asked for again is queued again (it existed before this statement)
+            " again AS (UPDATE schedsync.slots s SET state = 'queued', due_at = x.due_at, run_id = NULL,"
+            "   reason = NULL, claimed_at = NULL, claimed_by = NULL FROM x WHERE %(r)s AND s.job = %(j)s"
+            "   AND coalesce(s.slot, -1) = coalesce(x.slot, -1) AND s.kind = x.kind"
+            "   AND coalesce(s.retry_of, 0) = coalesce(x.retry_of, 0) AND s.retry_number = x.n"
+            "   AND s.state IN ('ran', 'skipped', 'missed') RETURNING s.id),"
             " ins AS (INSERT INTO schedsync.slots (job, slot, kind, state, due_at, retry_of, retry_number)"
             "   SELECT %(j)s, slot, kind, 'queued', due_at, retry_of, n FROM x ORDER BY pos"
             "   ON CONFLICT DO NOTHING RETURNING id, slot, kind, retry_of, retry_number)"
@@ -427,7 +433,7 @@ class PostgresStore(Store):
             " LEFT JOIN schedsync.slots s ON s.job = %(j)s AND coalesce(s.slot, -1) = coalesce(x.slot, -1)"
             "   AND s.kind = x.kind AND coalesce(s.retry_of, 0) = coalesce(x.retry_of, 0)"
             "   AND s.retry_number = x.n ORDER BY x.pos",
-            {"j": job, "s": cols[0], "k": cols[1], "d": cols[2], "o": cols[3], "n": cols[4]})
+            {"j": job, "s": cols[0], "k": cols[1], "d": cols[2], "o": cols[3], "n": cols[4], "r": bool(requeue)})
         return [row[1] for row in rows]
 
     def claim_due(self, jobs, limit, claimer, now=None, per_job=1) -> list:

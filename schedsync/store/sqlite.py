@@ -591,7 +591,7 @@ class SQLiteStore(Store):
         row = self._sql(f"SELECT {SLOT_COLUMNS} FROM slots WHERE id = ?", (item_id,)).fetchone()
         return SlotItem(*row) if row else None
 
-    def enqueue(self, job, items, now=None):
+    def enqueue(self, job, items, now=None, requeue=False):
         ids = []
         with self._tx:
             for it in items:
@@ -602,6 +602,10 @@ class SQLiteStore(Store):
                 ids.append(self._sql(
                     "SELECT id FROM slots WHERE job = ? AND ifnull(slot, -1) = ifnull(?, -1) AND kind = ?"
                     " AND ifnull(retry_of, 0) = ifnull(?, 0) AND retry_number = ?", key).fetchone()[0])
+                if requeue:
+                    self._sql("UPDATE slots SET state = 'queued', due_at = ?, run_id = NULL, reason = NULL,"
+                              " claimed_at = NULL, claimed_by = NULL WHERE id = ?"
+                              " AND state IN ('ran', 'skipped', 'missed')", (it["due_at"], ids[-1]))
         return ids
 
     def claim_due(self, jobs, limit, claimer, now=None, per_job=1):

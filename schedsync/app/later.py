@@ -55,16 +55,19 @@ def backfill(config: Config, store, name: str, slots: list[float]) -> tuple[int,
     return len(ids), len(slots) - len(past)
 
 
-def no_tick(store, now: float, late: float) -> str | None:
+def no_tick(config: Config, name: str, store, now: float, late: float) -> str | None:
     """A warning for ``backfill`` when no ``schedsync tick`` ran in the last ``late`` seconds:
     queued slots wait for one (``crontab`` prints the tick line only for jobs whose settings
     need it)."""
+    import os
+
     last = store.last_tick()
     if last is not None and now - last.at <= late:
         return None
-    return ("warning: no `schedsync tick` ran in the last 3 minutes, and the queued slots wait for one — "
-            "add `* * * * * schedsync -c JOBS.YAML tick` to the crontab (as `schedsync crontab` writes "
-            "its lines), or run `schedsync tick` once a minute until `schedsync status JOB` shows none queued")
+    where = os.path.join(config.dir, os.path.basename(config.path))
+    return (f"warning: no `schedsync tick` ran in the last 3 minutes, and the queued slots wait for one — "
+            f"add a `* * * * *` line running `schedsync -c {where} tick` to the crontab, or run it once a "
+            f"minute until `schedsync status {name}` shows nothing queued")
 
 
 def backfill_line(config: Config, name: str, queued: int, future: int) -> str:

@@ -293,7 +293,7 @@ def backfill(
             queued, future = later.backfill(config, store, job, slots)
             from schedsync.app.tick import TICK_LATE
 
-            warning = later.no_tick(store, store.now(), TICK_LATE) if queued else None
+            warning = later.no_tick(config, job, store, store.now(), TICK_LATE) if queued else None
     print(later.backfill_line(config, job, queued, future))
     if warning:
         print(warning, file=sys.stderr)

@@ -244,14 +244,14 @@ def check(project, *args):
 
 def test_check_says_ok_with_the_number_of_jobs_when_none_needs_action(project):
     project.write(HEALTHS)
-    project.cli("run", "fine")
+    project.cli("run", "--force-slot", "fine")
     assert check(project) == (0, "SCHEDSYNC OK - 5 jobs\n")
     assert check(project, "fine") == (0, "SCHEDSYNC OK - 1 job\n")
 
 
 def test_check_is_critical_for_a_failing_job(project):
     project.write(HEALTHS)
-    project.cli("run", "broken")
+    project.cli("run", "--force-slot", "broken")
     assert check(project) == (1, "SCHEDSYNC CRITICAL - 1 of 5 jobs: broken FAILING\n")
 
 
@@ -272,7 +272,7 @@ def test_check_names_every_job_needing_action_worst_first_and_is_critical_if_one
     project.write(HEALTHS)
     seen_long_ago(project, "every-minute", "starved")
     add_run(project, "starved", "skipped", time.time(), reason="rate_limited")
-    project.cli("run", "broken")
+    project.cli("run", "--force-slot", "broken")
     code, out = check(project)
     assert (code, out) == (1, "SCHEDSYNC CRITICAL - 3 of 5 jobs: broken FAILING, starved STALLED, "
                               "every-minute LATE\n"), out
@@ -287,7 +287,7 @@ def test_check_counts_running_paused_and_never_run_jobs_as_ok(project):
 
 def test_check_verbose_adds_the_table_after_the_line(project):
     project.write(HEALTHS)
-    project.cli("run", "broken")
+    project.cli("run", "--force-slot", "broken")
     code, out = check(project, "-v")
     first, *table = out.splitlines()
     assert (code, first) == (1, "SCHEDSYNC CRITICAL - 1 of 5 jobs: broken FAILING")
@@ -307,7 +307,7 @@ def test_check_is_unknown_with_exit_3_when_the_state_cannot_be_read(project):
 
 def test_check_with_json_keeps_the_json_and_the_exit_code(project):
     project.write(HEALTHS)
-    project.cli("run", "broken")
+    project.cli("run", "--force-slot", "broken")
     result = project.cli("status", "--check", "--json")
     assert result.returncode == 1
     assert {j["name"] for j in json.loads(result.stdout)["jobs"]} == {"fine", "broken", "every-minute",

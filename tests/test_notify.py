@@ -53,12 +53,12 @@ def flaky(project, server, notify: str, breaker: str = "{failures: 5}") -> None:
 
 
 def fail(project) -> None:
-    assert project.cli("run", "flaky").returncode == 1
+    assert project.cli("run", "--force-slot", "flaky").returncode == 1
 
 
 def succeed(project) -> None:
     (project.path / "ok").touch()
-    assert project.cli("run", "flaky").returncode == 0
+    assert project.cli("run", "--force-slot", "flaky").returncode == 0
     (project.path / "ok").unlink()
 
 
@@ -66,7 +66,7 @@ def succeed(project) -> None:
 
 def test_a_failed_run_posts_a_failure_with_the_documented_payload(project, hooks):
     flaky(project, hooks, "[URL]")
-    result = project.cli("run", "flaky")
+    result = project.cli("run", "--force-slot", "flaky")
     assert result.returncode == 1  # the job's own result, whatever the webhook did
     body, = posted(hooks)
     assert set(body) == {"event", "job", "text", "run", "health", "why", "breaker",
@@ -138,7 +138,7 @@ def test_skips_between_failures_do_not_break_the_streak(project, hooks):
     flaky(project, hooks, "[{url: URL, after_failures: 2}]")
     fail(project)
     project.cli("pause", "flaky")
-    assert project.cli("run", "flaky").returncode == 75
+    assert project.cli("run", "--force-slot", "flaky").returncode == 75
     project.cli("resume", "flaky")
     fail(project)
     assert [b["consecutive_failures"] for b in posted(hooks)] == [2]
@@ -153,7 +153,7 @@ def test_the_run_that_opens_the_breaker_posts_breaker_open(project, hooks):
     assert body["event"] == "breaker_open"
     assert body["breaker"]["state"] == "open" and body["breaker"]["failures"] == 2
     assert body["breaker"]["opens_until"].endswith("Z")
-    assert project.cli("run", "flaky").returncode == 75  # skipped while open: no more alerts
+    assert project.cli("run", "--force-slot", "flaky").returncode == 75  # skipped while open: no more alerts
     assert len(hooks.log) == 1
 
 
@@ -240,7 +240,7 @@ def test_status_sends_late_once_for_a_job_that_missed_its_start(project, hooks):
     assert project.cli("status").returncode == 0
     body, = posted(hooks)
     assert body["event"] == "late" and body["health"] == "LATE" and body["run"] is None
-    assert body["text"].startswith(f"every-minute is late on {socket.gethostname()}: no run since")
+    assert body["text"].startswith(f"every-minute is late on {socket.gethostname()}: missed the ")  # names the slot
     project.cli("status", "--json")
     project.cli("metrics")
     assert len(hooks.log) == 1  # the same missed stretch is not announced again
@@ -264,7 +264,7 @@ def test_late_fires_again_once_the_job_has_started_and_is_late_again(project, ho
 
 def test_a_job_that_is_not_late_sends_no_late(project, hooks):
     late_job(project, hooks, grace="5m")  # a run now keeps it on time for 5 minutes, however slow the machine
-    assert project.cli("run", "every-minute").returncode == 0
+    assert project.cli("run", "--force-slot", "every-minute").returncode == 0
     project.cli("status")
     assert hooks.log == []
 

@@ -319,6 +319,19 @@ budgets:
     for args in (("run", "hello"), ("run", "flaky"), ("run", "flaky"), ("run", "flaky"), ("pause", "tick")):
         project.cli(*args)
     before_status, before_history = project.status(), project.history("flaky")
+    from schedsync.store import open_store
+
+    def ledger(target):  # the slot ledger and its queue come along too (issue 17)
+        store = open_store(target)
+        try:
+            return [(s.job, s.slot, s.kind, s.state, s.run_id) for j in ("hello", "flaky") for s in store.slots(j)]
+        finally:
+            store.close()
+
+    store = open_store(str(project.state))
+    store.enqueue("hello", [{"slot": 1_790_000_000.0, "kind": "backfill", "due_at": 1_790_000_000.0}])
+    store.close()
+    before_ledger = ledger(str(project.state))
     result = project.cli("state", "copy", "--to", pg_url)
     assert result.returncode == 0, result.stderr
     assert "copied 4 runs" in result.stdout
@@ -341,6 +354,7 @@ budgets:
                       if line.startswith(("schedsync_runs_total", "schedsync_requests_total")))
 
     assert counters(after) == counters(project.env)  # the run counters came along
+    assert ledger(pg_url) == before_ledger and ("hello", 1_790_000_000.0, "backfill", "queued", None) in before_ledger
     again = project.cli("state", "copy", "--to", pg_url)
     assert again.returncode == 1 and "already holds runs" in again.stderr
 

@@ -105,8 +105,8 @@ def world(tmp_path_factory):
     project = Project(folder, env)
     project.write(JOBS)
     for _ in range(3):  # a sparkline needs two runs or more
-        assert project.cli("run", "healthy").returncode == 0
-    assert project.cli("run", "failing").returncode == 1
+        assert project.cli("run", "--force-slot", "healthy").returncode == 0
+    assert project.cli("run", "--force-slot", "failing").returncode == 1
     from schedsync.store import open_store
 
     store = open_store(str(project.state))
@@ -145,7 +145,7 @@ def test_healthz_is_200_when_no_job_is_late_stalled_or_failing(project):
           fine: {schedule: "*/5 * * * *", command: ["true"]}
           by-hand: {command: ["true"]}
     """)
-    assert project.cli("run", "fine").returncode == 0
+    assert project.cli("run", "--force-slot", "fine").returncode == 0
     served = Served(project)
     try:
         code, _, body = served.get("/healthz")
@@ -309,9 +309,9 @@ def budgeted(project):
     ago at 10/1h): a level that must show as 0, and 9.1 tokens, 54-55 minutes, to refill."""
     project.write(BUDGETED)
     for _ in range(2):
-        assert project.cli("run", "fine").returncode == 0
+        assert project.cli("run", "--force-slot", "fine").returncode == 0
     project.cli("pause", "fine")
-    assert project.cli("run", "fine").returncode == 75
+    assert project.cli("run", "--force-slot", "fine").returncode == 75
     project.cli("resume", "fine")
     from schedsync.store import open_store
 

@@ -20,7 +20,7 @@ DAY = 86400.0
 
 RUN_KEYS = {"id", "job", "status", "reason", "trigger", "started_at", "finished_at", "duration_ms",
             "attempts", "requests", "items_processed", "items_failed", "exit_code", "error",
-            "retry_at", "host", "pid"}
+            "retry_at", "host", "pid", "slot", "retry_of", "retry_number"}  # the last three: issue 17
 # SPEC's keys, then the ones we add (SPEC: "Add fields freely; do not rename these").
 JOB_KEYS = {"name", "health", "schedule", "paused", "next_expected", "last_run", "last_success_at",
             "breaker", "budgets"} | {"why", "description", "kind", "consecutive_failures", "recent"}
@@ -71,14 +71,14 @@ JOBS = """
 
 def test_check_exits_0_when_every_job_is_ok_or_never_ran(project):
     project.write(JOBS)
-    assert project.cli("run", "fine").returncode == 0
+    assert project.cli("run", "--force-slot", "fine").returncode == 0
     result = project.cli("status", "--check")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_check_exits_1_when_the_last_run_failed_and_plain_status_still_exits_0(project):
     project.write(JOBS)
-    assert project.cli("run", "broken").returncode == 1
+    assert project.cli("run", "--force-slot", "broken").returncode == 1
     check = project.cli("status", "--check")
     assert check.returncode == 1
     assert "FAILING" in check.stdout
@@ -114,8 +114,8 @@ def test_check_exits_1_when_a_job_has_not_succeeded_for_two_expected_runs(projec
 
 def test_check_of_one_job_judges_only_that_job(project):
     project.write(JOBS)
-    project.cli("run", "broken")
-    project.cli("run", "fine")
+    project.cli("run", "--force-slot", "broken")
+    project.cli("run", "--force-slot", "fine")
     assert project.cli("status", "fine", "--check").returncode == 0
     assert project.cli("status", "broken", "--check").returncode == 1
 
@@ -124,8 +124,8 @@ def test_check_of_one_job_judges_only_that_job(project):
 
 def test_json_has_the_documented_shape(project):
     project.write(JOBS)
-    project.cli("run", "fine")
-    project.cli("run", "broken")
+    project.cli("run", "--force-slot", "fine")
+    project.cli("run", "--force-slot", "broken")
     data = project.status()
     assert set(data) == {"generated_at", "jobs", "budgets"}
     assert ISO.match(data["generated_at"])
@@ -163,8 +163,8 @@ def test_json_of_one_job_lists_only_that_job(project):
 
 def test_json_shows_an_open_breaker_with_the_time_it_half_opens(project):
     project.write(JOBS)
-    project.cli("run", "broken")
-    project.cli("run", "broken")
+    project.cli("run", "--force-slot", "broken")
+    project.cli("run", "--force-slot", "broken")
     broken = project.status()["jobs"][1]
     assert broken["breaker"]["state"] == "open" and broken["breaker"]["failures"] == 2
     assert ISO.match(broken["breaker"]["opens_until"])
@@ -178,7 +178,7 @@ def busy(project):
     """Jobs in several states, one with a long name and twenty runs."""
     project.write(JOBS.replace("by-hand:", "a-job-with-a-rather-long-name-indeed:"))
     for _ in range(2):
-        project.cli("run", "broken")
+        project.cli("run", "--force-slot", "broken")
     base = time.time() - 3 * 3600
     for i in range(20):
         add_run(project, "fine", "success", base + i * 300)
@@ -228,8 +228,8 @@ def test_an_empty_state_shows_every_job_as_never_run(project):
 
 def test_status_of_one_job_shows_its_last_error_breaker_transitions_budget_and_runs(project):
     project.write(JOBS)
-    project.cli("run", "broken")
-    project.cli("run", "broken")
+    project.cli("run", "--force-slot", "broken")
+    project.cli("run", "--force-slot", "broken")
     result = project.cli("status", "broken", env={"COLUMNS": "120"})
     assert result.returncode == 0
     out = result.stdout
@@ -243,7 +243,7 @@ def test_status_of_one_job_shows_its_last_error_breaker_transitions_budget_and_r
 
 def test_status_of_one_job_shows_its_budget(project):
     project.write(JOBS)
-    project.cli("run", "fine")
+    project.cli("run", "--force-slot", "fine")
     out = project.cli("status", "fine").stdout
     assert "Always works" in out
     assert re.search(r"budget     api: 9 of 10 tokens per 1h", out)  # whole tokens, rounded down
@@ -281,7 +281,7 @@ def test_watch_refreshes_on_a_terminal_and_ends_cleanly_on_ctrl_c(project):
     import pty
 
     project.write(JOBS)
-    project.cli("run", "fine")
+    project.cli("run", "--force-slot", "fine")
     leader, follower = pty.openpty()
     os.set_blocking(leader, False)
     proc = subprocess.Popen(project.argv("status", "--watch"), stdin=follower, stdout=follower,
@@ -360,7 +360,7 @@ def test_a_paused_job_is_skipped_with_exit_75_and_recorded_as_paused(project):
     assert result.returncode == 0
     assert result.stdout == (f"fine: paused (new state {project.state}); its runs are skipped"
                              " until `schedsync resume fine`\n")
-    assert project.cli("run", "fine").returncode == 75
+    assert project.cli("run", "--force-slot", "fine").returncode == 75
     run, = project.history("fine")
     assert (run["status"], run["reason"]) == ("skipped", "paused")
     job = project.status()["jobs"][0]
@@ -373,7 +373,7 @@ def test_a_resumed_job_runs_again(project):
     project.cli("pause", "fine")
     result = project.cli("resume", "fine")
     assert (result.returncode, result.stdout) == (0, "fine: resumed\n")
-    assert project.cli("run", "fine").returncode == 0
+    assert project.cli("run", "--force-slot", "fine").returncode == 0
     assert project.status()["jobs"][0]["health"] == "OK"
 
 

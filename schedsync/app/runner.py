@@ -214,11 +214,11 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
 def scheduled_slot(config: Config, job: Job, now: float) -> float | None:
     """The slot a cron-triggered run claims (once per slot, across hosts): the latest
     scheduled start at or before ``now`` (the store's clock), in the registry's zone, if
-    ``now`` is within the job's grace of it (else the run serves no slot)."""
-    from schedsync.core.schedule import Schedule, zone
+    ``now`` is within the job's grace of it (else the run serves no slot). Without
+    cronsim (``core.cronmatch``): every cron tick's start-up pays for what it imports."""
+    from schedsync.core.cronmatch import latest_fire
 
-    slot = Schedule(job.schedule, zone(config.timezone)).last_at_or_before(now)
-    return slot if slot is not None and now - slot <= job.grace else None
+    return latest_fire(job.schedule, config.timezone, now, job.grace)
 
 
 def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease: float,

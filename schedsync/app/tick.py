@@ -63,6 +63,10 @@ def tick(config: Config, store, state: str, now: float | None = None, start=None
 
     later.plan(config, store, now)  # catch-up due now queued (only jobs with catchup or retry_later)
     marks = {name: mark_key(config, job) for name, job in config.jobs.items()}
+    if not store.live_claims:  # a dead run's row must not hold its job's queue (SQLite: cheap, local)
+        from schedsync.app.run import reap
+
+        reap(config, store, list(marks))
     look, items = store.begin_tick(me, claimer, marks, LIMIT, now=now)
     if look:
         settled = [_settle(config, config.jobs[name], marks[name], until, now) for name, (until, _) in look.items()]
@@ -211,16 +215,14 @@ def slot_view(config: Config, store, name: str, runs: list, first_seen: float | 
     from schedsync.core.durations import iso
 
     job = config.job(name)
-    rows = store.slots(name, SHOWN * 3)
-    cron = {row.slot: row for row in rows if row.kind == "cron"}
-    shown: list[dict] = []
+    rows = store.slots(name, SHOWN * 2)
+    shown = [_slot_json(row, iso) for row in rows]
     if job.schedule:
         from schedsync.core.schedule import Schedule, zone
 
+        recorded = {row.slot for row in rows if row.kind == "cron"}
         for fire in Schedule(job.schedule, zone(config.timezone)).previous_fires(now, SHOWN):
-            row = cron.get(fire)
-            if row is not None:
-                shown.append(_slot_json(row, iso))
+            if fire in recorded:
                 continue
             ran = next((r for r in runs if r.slot == fire or r.slot is None
                         and fire - 5 <= r.started_at <= fire + job.grace), None)
@@ -234,7 +236,6 @@ def slot_view(config: Config, store, name: str, runs: list, first_seen: float | 
                 state, run_id, reason = "missed", None, "no run claimed it within its grace"
             shown.append({"slot": iso(fire), "kind": "cron", "state": state, "run_id": run_id,
                           "reason": reason, "due_at": iso(fire), "retry_number": 0})
-    shown += [_slot_json(row, iso) for row in rows if row.kind != "cron" or not job.schedule]
     shown.sort(key=lambda s: s["slot"] or s["due_at"], reverse=True)
     return {"slots": shown[:SHOWN * 2], "queued": store.queued(name)}
 

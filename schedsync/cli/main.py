@@ -69,18 +69,20 @@ def _globals(argv: list[str]):
 
 
 def _plain_run(argv: list[str]):
-    """(config, state, job, False, item) for ``[-c X] [--state Y] run JOB [--item ID]``; None
-    for anything else."""
+    """(config, state, job, force_slot, item) for ``[-c X] [--state Y] run [--force-slot] JOB
+    [--item ID]``; None for anything else."""
     parsed = _globals(argv)
     if parsed is None:
         return None
     options, args = parsed
-    item = None
+    item, force = None, False
     if len(args) == 4 and args[2] == "--item" and _count(args[3]):
         item, args = int(args[3]), args[:2]
+    elif len(args) == 3 and "--force-slot" in args[1:]:
+        force, args = True, [a for a in args if a != "--force-slot"]
     if len(args) != 2 or args[0] != "run" or args[1].startswith("-"):
         return None
-    return options["config"], options["state"], args[1], False, item
+    return options["config"], options["state"], args[1], force, item
 
 
 def _plain_tick(argv: list[str]):

@@ -266,7 +266,7 @@ def metrics(config_opt: str | None, state_opt: str | None, textfile: str | None 
         config = load_config(config_opt, state_opt)
         with opened(config, state_opt) as store:
             snap = snapshot(config, store)
-            text = exposition(snap.views, snap.budgets, store.counters())
+            text = exposition(snap.views, snap.budgets, store.counters(), store.slot_counters())
         if textfile is None:
             sys.stdout.write(text)
             return 0

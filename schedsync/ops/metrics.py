@@ -18,8 +18,10 @@ every import costs the cron tick that runs ``metrics --textfile``. Series
     schedsync_runs_total{job,status}                    counter: finished runs (skips, crashes too)
     schedsync_requests_total{job}                       counter: HTTP requests made by runs
                                                         (a crashed run's too: stored as it went)
+    schedsync_slots_missed_total{job}                   counter: scheduled slots whose grace passed
+                                                        with no run claiming them (recorded by the tick)
 
-The two counters are kept in the state apart from the runs, so pruning old runs
+The counters are kept in the state apart from the runs, so pruning old runs
 never lowers them and ``rate()`` works.
 """
 
@@ -54,9 +56,10 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def exposition(views, budget_rows: list[dict], counters: dict | None = None) -> str:
-    """The text for ``report.views(...)``, ``report.status(...)["budgets"]`` and
-    ``store.counters()``."""
+def exposition(views, budget_rows: list[dict], counters: dict | None = None,
+               missed: dict | None = None) -> str:
+    """The text for ``report.views(...)``, ``report.status(...)["budgets"]``,
+    ``store.counters()`` and ``store.slot_counters()``."""
     out = Exposition()
 
     def per_job(name: str, help_text: str, value_of) -> None:
@@ -117,6 +120,12 @@ def exposition(views, budget_rows: list[dict], counters: dict | None = None) -> 
         out.sample("schedsync_breaker_failures", {"breaker": name}, view.breaker.failures)
     if counters is not None:
         _counters(out, views, counters)
+    if missed is not None:
+        out.family("schedsync_slots_missed_total", "Scheduled slots whose grace passed with no run"
+                   " claiming them (recorded by `schedsync tick`); not lowered by retention pruning.", "counter")
+        for view in views:
+            if view.job.schedule:
+                out.sample("schedsync_slots_missed_total", {"job": view.job.name}, missed.get(view.job.name, 0))
     return out.text()
 
 

@@ -143,7 +143,7 @@ class Site:
 
         def text(config, store):
             snap = snapshot(config, store, alert=False)
-            return exposition(snap.views, snap.budgets, store.counters())
+            return exposition(snap.views, snap.budgets, store.counters(), store.slot_counters())
 
         return 200, PROMETHEUS, self._with_state(text).encode()
 

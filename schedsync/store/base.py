@@ -141,6 +141,7 @@ class Store(abc.ABC):
     writable: bool = True  # False: opened read-only; reads work, every write raises StateError
     created: bool = False  # True: this open created the state (it did not exist)
     label: str  # where the state is, as messages may show it (a URL's password redacted)
+    live_claims: bool = False  # claim_due itself tells a live running run from a dead one
     claims_slots: bool = True  # admit_run claims ``slot`` in the ledger (once per slot, across hosts)
 
     @abc.abstractmethod
@@ -228,7 +229,10 @@ class Store(abc.ABC):
         every item ``claimed`` more than ``CLAIM_STALE`` seconds ago whose run never
         started goes back to ``queued``; then at most ``limit`` ``queued`` items of
         ``jobs`` with ``due_at <= now``, oldest due first, at most ``per_job`` per job,
-        become ``claimed`` by ``claimer`` (``host:pid``). Returns them (``SlotItem``)."""
+        become ``claimed`` by ``claimer`` (``host:pid``). A job with an item ``claimed`` or a
+        ``running`` run gets none (its lock would only skip it); where ``live_claims`` is
+        False, a running row whose owner died counts until it is reaped (the tick reaps
+        first). Returns them (``SlotItem``)."""
 
     @abc.abstractmethod
     def release_item(self, item_id: int, state: str, reason: str | None = None) -> bool:

@@ -1,7 +1,7 @@
 """``schedsync state copy --to postgresql://…``: move a SQLite state into PostgreSQL.
 
 Copies history (runs with their ids, output and owners), the run counters, first-seen,
-pauses and the settings of ``exec``'s ad-hoc jobs, budgets (tokens, last refill, a
+pauses and the settings of ``exec``'s ad-hoc jobs, the slot ledger and its queue, budgets (tokens, last refill, a
 Retry-After pause), breakers and their transitions, notifications and sent-alert
 marks, in one PostgreSQL transaction:
 all of it or nothing. The destination must hold no runs yet (a second copy would
@@ -17,7 +17,7 @@ import json
 import os
 
 from schedsync.core.errors import ConfigError, StateError
-from schedsync.store.base import RUN_FIELDS
+from schedsync.store.base import RUN_FIELDS, SLOT_FIELDS
 
 TABLES = {  # table: columns, as both backends name them (SQLite's pid_start is the token)
     "runs": (*RUN_FIELDS, "pid_start"),
@@ -28,6 +28,9 @@ TABLES = {  # table: columns, as both backends name them (SQLite's pid_start is 
     "breaker_events": ("id", "name", "at", "old", "new", "reason"),
     "notifications": ("id", "job", "event", "target", "at", "ok", "detail", "run_id"),
     "alert_marks": ("job", "event", "mark"),
+    "slots": SLOT_FIELDS,  # the slot ledger and its queue (marks are re-derived by the next tick)
+    "slot_counts": ("job", "state", "n"),
+    "ticks": ("host", "at", "error"),
 }
 
 
@@ -92,7 +95,7 @@ def copy_state(source: str, url: str) -> dict:
                             " WHERE status <> 'running' GROUP BY job, status"
                             " ON CONFLICT (job, status) DO UPDATE SET runs = excluded.runs,"
                             " requests = excluded.requests")
-            for table in ("runs", "breaker_events", "notifications"):
+            for table in ("runs", "breaker_events", "notifications", "slots"):
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('schedsync.{table}', 'id'),"
                             f" greatest((SELECT max(id) FROM schedsync.{table}), 1))")
         db.commit()

@@ -115,6 +115,7 @@ def _refusal(text: str) -> str | None:
 class PostgresStore(Store):
     locks: AdvisoryLocks
     claims_slots = True
+    live_claims = True  # a running row counts only while its session holds its liveness lock
     writable = True  # a role without write access fails on its first write, with one line
 
     def __init__(self, url: str, write: bool = True, create: bool | None = None):

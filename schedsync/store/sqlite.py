@@ -620,7 +620,11 @@ class SQLiteStore(Store):
                   " WHERE state = 'claimed' AND claimed_at < ?", (now - CLAIM_STALE,))
         if not jobs or limit <= 0:
             return []
-        wanted = set(jobs)
+        # A job whose item is being started, or whose run is going, gets nothing more now:
+        # its next item would only be skipped by the job's lock.
+        busy = {job for (job,) in self._sql(
+            "SELECT job FROM slots WHERE state = 'claimed' UNION SELECT job FROM runs WHERE status = 'running'")}
+        wanted = set(jobs) - busy
         rows = self._sql(f"SELECT {SLOT_COLUMNS} FROM slots WHERE state = 'queued' AND due_at <= ?"
                          " ORDER BY due_at, id", (now,)).fetchall()
         taken: dict = {}
@@ -676,10 +680,10 @@ class SQLiteStore(Store):
 
     def cancel_queued(self, job, kind=None):
         with self._tx:
-            sql, args = "DELETE FROM slots WHERE job = ? AND state = 'queued'", (job,)
-            if kind is not None:
-                sql, args = sql + " AND kind = ?", args + (kind,)
-            return self._sql(sql, args).rowcount
+            if kind is None:
+                return self._sql("DELETE FROM slots WHERE job = ? AND state = 'queued'", (job,)).rowcount
+            return self._sql("DELETE FROM slots WHERE job = ? AND state = 'queued' AND kind = ?",
+                             (job, kind)).rowcount
 
     def note_tick(self, host, error=None, now=None):
         now = time.time() if now is None else now

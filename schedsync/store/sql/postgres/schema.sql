@@ -435,9 +435,25 @@ BEGIN
     IF p_limit <= 0 THEN
         RETURN;
     END IF;
-    FOR c IN SELECT id, job FROM schedsync.slots WHERE state = 'queued' AND due_at <= t
-             AND job = ANY (p_jobs) ORDER BY due_at, id LOOP
+    -- A job whose item is being started, or whose run is going (its liveness lock is held),
+    -- gets nothing more now: its next item would only be skipped by the job's lock.
+    FOR c IN SELECT q.id, q.job FROM schedsync.slots q WHERE q.state = 'queued' AND q.due_at <= t
+             AND q.job = ANY (p_jobs)
+             AND NOT EXISTS (SELECT 1 FROM schedsync.slots b WHERE b.job = q.job AND b.state = 'claimed')
+             AND NOT EXISTS (SELECT 1 FROM schedsync.runs r WHERE r.job = q.job AND r.status = 'running'
+                             AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+                                         AND l.objsubid = 2 AND l.classid::bigint = 1935893363
+                                         AND l.objid::bigint = r.id % 2147483647
+                                         AND l.database = (SELECT oid FROM pg_database
+                                                           WHERE datname = current_database())))
+             ORDER BY q.due_at, q.id LOOP
         CONTINUE WHEN (SELECT count(*) FROM unnest(taken) AS x WHERE x = c.job) >= p_per_job;
+        -- One claimer per job at a time (till commit); then, seeing what it committed, no
+        -- second item of a job is claimed while one is being started.
+        IF NOT c.job = ANY (taken) THEN
+            CONTINUE WHEN NOT pg_try_advisory_xact_lock(hashtextextended('schedsync:queue:' || c.job, 0));
+            CONTINUE WHEN EXISTS (SELECT 1 FROM schedsync.slots b WHERE b.job = c.job AND b.state = 'claimed');
+        END IF;
         PERFORM 1 FROM schedsync.slots WHERE id = c.id AND state = 'queued' FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
         UPDATE schedsync.slots SET state = 'claimed', claimed_at = t, claimed_by = p_claimer

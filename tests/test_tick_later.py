@@ -209,7 +209,10 @@ def test_a_failing_daily_job_retries_at_30_60_and_90_minutes_then_stops(project,
     assert [r["status"] for r in runs] == ["failed"] * 4
     assert runs[-1]["retry_at"] is None
     assert ran(project) == [iso("2026-12-04 06:00")] * 4  # every retry serves the 06:00 slot
-    texts = [json.loads(request.get_data())["text"] for request, _ in httpserver.log]
+    bodies = [json.loads(request.get_data()) for request, _ in httpserver.log]
+    assert [b["retry"]["number"] for b in bodies[:3]] == [1, 2, 3] and "retry" not in bodies[3]
+    assert bodies[0]["retry"]["of"] == 3 and bodies[0]["retry"]["at"].startswith("2026-12-04T06:30:0")
+    texts = [b["text"] for b in bodies]
     assert [t.split("; ")[-1][:22] for t in texts[:3]] == [
         "retry 1 of 3 at 06:30:", "retry 2 of 3 at 07:01:", "retry 3 of 3 at 07:32:"]
     assert "retry" not in texts[3]

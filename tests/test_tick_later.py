@@ -278,3 +278,34 @@ def test_the_slot_reaches_list_commands_http_values_and_python_jobs(project, htt
     assert ran(project) == ["2026-12-02T06:00:00Z"]
     assert [request.args["day"] for request, _ in httpserver.log] == ["2026-12-02T06:00:00Z"]
     assert (project.path / "python.txt").read_text() == repr(at("2026-12-02 06:00"))
+
+
+def test_retries_later_on_postgresql(project, pg_url):
+    """The same chain on a PostgreSQL state, in real time (``after: 1s``): the retry is queued
+    in finish's own transaction there too, and the tick starts each one once."""
+    project.env["SCHEDSYNC_STATE"] = pg_url
+    project.write("""\
+        jobs:
+          yearly:
+            schedule: "0 0 1 1 *"
+            retry_later: {after: 1s, max: 2}
+            command: 'test -e ok'
+        """)
+    assert project.cli("run", "--force-slot", "yearly").returncode == 1
+    deadline = time.monotonic() + 90
+    while len([r for r in project.history("yearly") if r["status"] != "running"]) < 3 \
+            and time.monotonic() < deadline:
+        assert project.cli("tick").returncode == 0  # the real clock: PostgreSQL's is the server's
+        time.sleep(0.5)
+    runs = finished(project, "yearly", 3)
+    assert [(r["trigger"], r["retry_number"], r["retry_of"]) for r in runs] == [
+        ("cron", 0, None), ("retry", 1, runs[0]["id"]), ("retry", 2, runs[0]["id"])]
+    assert [r["retry_at"] is not None for r in runs] == [True, True, False]
+    assert project.cli("tick").returncode == 0
+    assert len(finished(project, "yearly", 3)) == 3
+    store = open_store(pg_url)
+    try:
+        assert sorted((s.retry_number, s.state) for s in store.slots("yearly") if s.kind == "retry") == [
+            (1, "ran"), (2, "ran")]
+    finally:
+        store.close()

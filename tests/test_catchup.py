@@ -75,6 +75,10 @@ def test_a_job_never_seen_catches_nothing_up_and_a_new_one_not_before_it_was_see
     assert due(since=None) == []
     assert due(since="2026-12-04 07:30", now="2026-12-04 09:10") == [
         at("2026-12-04 08:00"), at("2026-12-04 09:00")]
+    # first seen by the slot's own run, a moment after the slot: that slot counts
+    assert due(since="2026-12-04 08:00:02", now="2026-12-04 09:10") == [
+        at("2026-12-04 08:00"), at("2026-12-04 09:00")]
+    assert due(since="2026-12-04 08:05:01", now="2026-12-04 09:10") == [at("2026-12-04 09:00")]
 
 
 def test_catch_up_looks_back_a_bounded_number_of_slots():

@@ -312,3 +312,28 @@ def test_retries_later_on_postgresql(project, pg_url):
             (1, "ran"), (2, "ran")]
     finally:
         store.close()
+
+
+def test_a_slot_whose_run_crashed_is_caught_up(project):
+    import os
+    import signal
+
+    project.write(HOURLY.replace("RUNS", "latest").replace(
+        """'echo "$SCHEDSYNC_SLOT" >> ran.txt'""",
+        """'test -e slow && echo started > started.txt && sleep 60; echo "$SCHEDSYNC_SLOT" >> ran.txt'"""))
+    (project.path / "slow").touch()
+    proc = project.start("run", "hourly", env=pinned(project.env, "2026-12-04 05:00:02"))
+    try:
+        deadline = time.monotonic() + 30
+        while not (project.path / "started.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (project.path / "started.txt").exists()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # schedsync dies mid-run: its keeper ends the job
+        proc.communicate(timeout=30)
+    (project.path / "slow").unlink()
+    tick(project, "2026-12-04 05:06:00")  # grace passed: the crashed run's slot is missed
+    runs = finished(project, "hourly", 2)
+    assert [(r["status"], r["trigger"], r["slot"]) for r in runs] == [
+        ("crashed", "cron", iso("2026-12-04 05:00")), ("success", "catchup", iso("2026-12-04 05:00"))]
+    assert ran(project) == [iso("2026-12-04 05:00")]

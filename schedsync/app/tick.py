@@ -61,6 +61,11 @@ def tick(config: Config, store, state: str, now: float | None = None, start=None
     now = store.now() if now is None else now
     from schedsync.app import later
 
+    catching = [name for name, job in config.jobs.items() if job.catchup]
+    if catching:  # a run whose schedsync died is `crashed` first: its slot counts as missed
+        from schedsync.app.run import reap
+
+        reap(config, store, catching)
     later.plan(config, store, now)  # catch-up due now queued (only jobs with catchup or retry_later)
     marks = {name: mark_key(config, job) for name, job in config.jobs.items()}
     if not store.live_claims:  # a dead run's row must not hold its job's queue (SQLite: cheap, local)

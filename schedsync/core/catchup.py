@@ -7,7 +7,7 @@ which slots a backfill range holds, and when a failed run's retry is due. Pure: 
   Missed slots younger than ``within`` are queued: ``latest`` queues only the newest one,
   and only while no newer slot is accounted for (a newer run already brought the job up to
   date); ``all`` queues every one, oldest first. Slots from before the job was first seen
-  are never caught up (a new job does not replay its window).
+  (less its grace) are never caught up (a new job does not replay its window).
 - **Backfill**: every slot in ``[start, end]``, at most ``MAX_BACKFILL``.
 - **Retries later** (``retry_later: {after, max}``): a run that ends ``failed`` (not
   cancelled) or ``timeout`` queues retry ``n + 1`` of its chain ``after`` its end, up to
@@ -44,7 +44,9 @@ def due_slots(schedule, *, within: float, runs: str, grace: float, now: float,
     job was first seen (None: never, so nothing to catch up)."""
     if since is None:
         return []
-    opens = max(now - within, since)  # the oldest slot still in the window
+    # The oldest slot still in the window; not before the job was first seen, but a slot within
+    # its grace before that counts (the first run, cron's, notes the job a moment after its slot).
+    opens = max(now - within, since - grace)
     fires = missed_fires(schedule, opens, now - grace)
     if runs == LATEST:
         if not fires:

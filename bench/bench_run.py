@@ -15,6 +15,9 @@ noisy, so only the ratio of medians means anything, never a time on its own):
   (PyYAML and cronsim parse and validate jobs.yaml);
 - ``python -m schedsync run trivial``: warm, through runpy.
 
+Each run claims its scheduled slot in the ledger, as a cron-started run does; the ledger
+is emptied (untimed) after each, so every run claims a fresh slot.
+
 Peak RSS comes from ``/usr/bin/time -f %M`` in separate interleaved runs: a child
 forked from this (Python) process would report at least this process's own RSS,
 since Linux carries the parent's high-water mark across fork and exec.
@@ -123,7 +126,23 @@ class Bench:
         took = time.perf_counter() - start
         if proc.returncode != 0:
             sys.exit(f"bench_run: {name} exited {proc.returncode}:\n{proc.stderr.decode()}")
+        self._forget_slots()
         return took
+
+    def _forget_slots(self) -> None:
+        """Untimed: empty the slot ledger, so the next run claims its slot afresh as cron's
+        would (many runs in one minute would otherwise be already_ran skips)."""
+        import sqlite3
+
+        state = self.config.parent / "state" / "schedsync.db"
+        if state.exists():
+            db = sqlite3.connect(state)
+            try:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'slots'").fetchone():
+                    db.execute("DELETE FROM slots")
+                    db.commit()
+            finally:
+                db.close()
 
     def warm_up(self) -> None:
         """Compile every .pyc and fill the warm config cache before anything is timed."""
@@ -155,6 +174,7 @@ class Bench:
         argv, cache = self.cases[name]
         if cache == self.cold_cache:
             shutil.rmtree(cache, ignore_errors=True)
+        self._forget_slots()
         proc = subprocess.run(argv, env=self._env(cache, PYTHONPROFILEIMPORTTIME="1"),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)

@@ -99,7 +99,6 @@ def sqlite_ratio(tmp: Path, runs: int) -> float:
 def postgres_round_trips(tmp: Path) -> None:
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from pgserver import PgServer
-
     from schedsync.app.tick import tick
     from schedsync.config import load
     from schedsync.store.postgres import PostgresStore

@@ -277,6 +277,13 @@ def test_the_dashboard_escapes_names_errors_and_reloads_itself(world):
     assert "default-src 'none'" in headers["Content-Security-Policy"]
 
 
+def test_a_job_page_shows_the_jobs_slots_and_what_became_of_each(world):
+    _, served = world
+    code, _, body = served.get("/job/healthy")  # every 5 minutes, run just now: that slot ran
+    assert code == 200 and '<table id="slots">' in body
+    assert '<tr data-state="ran">' in body
+
+
 def test_a_job_page_shows_history_transitions_and_the_output_redacted_and_escaped(world):
     project, served = world
     code, _, body = served.get("/job/failing")

@@ -225,7 +225,8 @@ def slot_view(config: Config, store, name: str, runs: list, first_seen: float | 
     if job.schedule:
         from schedsync.core.schedule import Schedule, zone
 
-        recorded = {row.slot for row in rows if row.kind == "cron"}
+        # a ledger row's kind (cron, catchup…), not a job kind: scheduled slots are "cron" rows
+        recorded = {row.slot for row, kind in ((r, r.kind) for r in rows) if kind == "cron"}
         for fire in Schedule(job.schedule, zone(config.timezone)).previous_fires(now, SHOWN):
             if fire in recorded:
                 continue

@@ -337,3 +337,41 @@ def test_a_slot_whose_run_crashed_is_caught_up(project):
     assert [(r["status"], r["trigger"], r["slot"]) for r in runs] == [
         ("crashed", "cron", iso("2026-12-04 05:00")), ("success", "catchup", iso("2026-12-04 05:00"))]
     assert ran(project) == [iso("2026-12-04 05:00")]
+
+
+def test_a_catch_up_still_queued_when_its_window_closes_is_missed(project):
+    project.write("""\
+        timezone: UTC
+        jobs:
+          hourly:
+            schedule: "0 * * * *"
+            breaker: {failures: 1, reset_after: 2h}
+            catchup: {within: 1h, runs: all}
+            command: 'test ! -e broken && echo "$SCHEDSYNC_SLOT" >> ran.txt'
+        """)
+    (project.path / "broken").touch()
+    assert cli_at(project, "2026-12-04 05:00:02", "run", "hourly").returncode == 1  # open until 07:00:0x
+    (project.path / "broken").unlink()
+    tick(project, "2026-12-04 06:06:00")  # 06:00 missed: queued, held by the breaker
+    tick(project, "2026-12-04 07:01:00")  # 06:00's window closed at 07:00
+    assert [(r.slot, r.state, r.reason) for r in items(project, "hourly", "catchup")] == [
+        (at("2026-12-04 06:00"), "missed", "catch-up window closed")]
+    assert [r["status"] for r in project.history("hourly")] == ["failed"]
+    assert ran(project) == []
+
+
+def test_catchup_and_retry_later_put_the_tick_line_in_the_crontab(project):
+    project.write("""\
+        jobs:
+          plain: {schedule: "0 * * * *", command: ["true"]}
+        """)
+    assert " tick" not in project.cli("crontab").stdout
+    for setting in ("catchup: {within: 6h}", "retry_later: {after: 30m}"):
+        project.write(f"""\
+            jobs:
+              plain: {{schedule: "0 * * * *", command: ["true"]}}
+              later: {{schedule: "0 6 * * *", {setting}, command: ["true"]}}
+            """)
+        lines = project.cli("crontab").stdout.splitlines()
+        assert [line.split()[-1] for line in lines if not line.startswith("#") and "schedsync" in line] == [
+            "plain", "later", "tick"], lines

@@ -88,14 +88,14 @@ def plan(config: Config, store, now: float, names: list[str] | None = None) -> i
     before is ``skipped`` (``superseded``); with ``runs: latest``, a queued catch-up older
     than a slot that has since been served is ``skipped`` (``superseded``) too. Only jobs
     with ``catchup`` or ``retry_later`` are looked at. Returns how many items it queued."""
+    jobs = [config.jobs[n] for n in (names if names is not None else config.jobs) if n in config.jobs]
+    jobs = [job for job in jobs if job.schedule and (job.catchup or job.retry_later)]
+    if not jobs:
+        return 0  # and nothing imported: a tick with nothing of this to do stays cheap
     from schedsync.core import catchup
     from schedsync.core.models import CRASHED, MISSED, SKIPPED
     from schedsync.core.schedule import Schedule, zone
 
-    jobs = [config.jobs[n] for n in (names if names is not None else config.jobs) if n in config.jobs]
-    jobs = [job for job in jobs if job.schedule and (job.catchup or job.retry_later)]
-    if not jobs:
-        return 0
     tz = zone(config.timezone)
     seen = store.job_states([job.name for job in jobs], recent=1)
     queued = 0

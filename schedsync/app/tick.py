@@ -59,14 +59,15 @@ def tick(config: Config, store, state: str, now: float | None = None, start=None
     me = host()
     claimer = f"{me}:{os.getpid()}"
     now = store.now() if now is None else now
-    from schedsync.app import later
-
     catching = [name for name, job in config.jobs.items() if job.catchup]
     if catching:  # a run whose schedsync died is `crashed` first: its slot counts as missed
         from schedsync.app.run import reap
 
         reap(config, store, catching)
-    later.plan(config, store, now)  # catch-up due now queued (only jobs with catchup or retry_later)
+    if catching or any(job.retry_later for job in config.jobs.values()):
+        from schedsync.app import later
+
+        later.plan(config, store, now)  # catch-up due now queued; expired and superseded items settled
     marks = {name: mark_key(config, job) for name, job in config.jobs.items()}
     if not store.live_claims:  # a dead run's row must not hold its job's queue (SQLite: cheap, local)
         from schedsync.app.run import reap
@@ -77,7 +78,9 @@ def tick(config: Config, store, state: str, now: float | None = None, start=None
         settled = [_settle(config, config.jobs[name], marks[name], until, now) for name, (until, _) in look.items()]
         items += store.settle_slots(settled, claimer, now=now)
     if any(item.kind != "cron" for item in items):
-        gate = later.Gate(config, store, now)  # catch-up, backfill, retries: budgets and breaker first
+        from schedsync.app.later import Gate
+
+        gate = Gate(config, store, now)  # catch-up, backfill, retries: budgets and breaker first
         held = {item.id: gate(item) for item in items}
         for item_id, why in held.items():
             if why is not None:

@@ -360,3 +360,17 @@ def test_enqueue_requeue_queues_a_done_backfill_again_on_both_backends(store):
     assert store.enqueue("a", items, now=T0 + 60, requeue=True) == ids
     again = sorted(store.slots("a"), key=lambda s: s.id)
     assert [(s.state, s.run_id, s.due_at) for s in again] == [("queued", None, T0 + 0), ("queued", None, T0)]
+
+
+def test_exec_jobs_take_neither_from_defaults():
+    from schedsync.config import adhoc
+
+    config = parsed("""\
+        defaults:
+          retry_later: {after: 30m}
+        jobs:
+          a: {schedule: "0 * * * *", catchup: {within: 1h}, command: ["true"]}
+        """)
+    for name in ("backup", "a"):  # a new name, and a registry job run through exec
+        job = adhoc(config, name, ["true"], {}, "/tmp").job(name)
+        assert job.catchup is None and job.retry_later is None

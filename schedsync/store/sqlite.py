@@ -624,22 +624,21 @@ class SQLiteStore(Store):
         # its next item would only be skipped by the job's lock.
         busy = {job for (job,) in self._sql(
             "SELECT job FROM slots WHERE state = 'claimed' UNION SELECT job FROM runs WHERE status = 'running'")}
-        wanted = set(jobs) - busy
-        rows = self._sql(f"SELECT {SLOT_COLUMNS} FROM slots WHERE state = 'queued' AND due_at <= ?"
-                         " ORDER BY due_at, id", (now,)).fetchall()
-        taken: dict = {}
+        wanted = sorted(set(jobs) - busy)
+        if not wanted:
+            return []
+        # The oldest due items, at most per_job of each job: bounded however long the queue.
+        rows = self._sql(
+            f"SELECT {SLOT_COLUMNS} FROM (SELECT *, row_number() OVER (PARTITION BY job ORDER BY due_at, id)"
+            f" AS nth FROM slots WHERE state = 'queued' AND due_at <= ? AND job IN ({','.join('?' * len(wanted))}))"
+            " WHERE nth <= ? ORDER BY due_at, id LIMIT ?", (now, *wanted, per_job, limit)).fetchall()
         out = []
         for row in rows:
             item = SlotItem(*row)
-            if item.job not in wanted or taken.get(item.job, 0) >= per_job:
-                continue
-            taken[item.job] = taken.get(item.job, 0) + 1
             self._sql("UPDATE slots SET state = 'claimed', claimed_at = ?, claimed_by = ? WHERE id = ?",
                       (now, claimer, item.id))
             item.state, item.claimed_at, item.claimed_by = "claimed", now, claimer
             out.append(item)
-            if len(out) >= limit:
-                break
         return out
 
     def release_item(self, item_id, state, reason=None):

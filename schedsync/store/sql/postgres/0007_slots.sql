@@ -159,8 +159,11 @@ BEGIN
     END IF;
     -- A job whose item is being started, or whose run is going (its liveness lock is held),
     -- gets nothing more now: its next item would only be skipped by the job's lock.
-    FOR c IN SELECT q.id, q.job FROM schedsync.slots q WHERE q.state = 'queued' AND q.due_at <= t
-             AND q.job = ANY (p_jobs)
+    FOR c IN SELECT q.id, q.job FROM (SELECT s.id, s.job, s.due_at, row_number() OVER (PARTITION BY s.job
+                                              ORDER BY s.due_at, s.id) AS nth
+                                      FROM schedsync.slots s WHERE s.state = 'queued' AND s.due_at <= t
+                                      AND s.job = ANY (p_jobs)) q
+             WHERE q.nth <= p_per_job
              AND NOT EXISTS (SELECT 1 FROM schedsync.slots b WHERE b.job = q.job AND b.state = 'claimed')
              AND NOT EXISTS (SELECT 1 FROM schedsync.runs r WHERE r.job = q.job AND r.status = 'running'
                              AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted

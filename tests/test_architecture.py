@@ -210,9 +210,16 @@ def test_the_store_port_has_no_path_transaction_or_job_lock():
     assert issubclass(SQLiteStore, Store) and not SQLiteStore.__abstractmethods__
 
 
+# A slot ledger row's ``kind`` (core.models.SLOT_KINDS: cron, catchup, backfill, retry) is not a
+# job kind: comparing ``item.kind`` with one of those (or their constants in app.later) is fine.
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry")
+SLOT_KIND_NAMES = ("CRON", "CATCHUP", "BACKFILL", "RETRY")
+
+
 def kind_tests(tree: ast.AST, keys: tuple[str, ...]) -> list[str]:
     """Comparisons that test a job kind: a kind's key as a string (``kind == "http"``,
-    ``"command" in spec``, ``in ("command", "python")``), or anything against ``.kind``."""
+    ``"command" in spec``, ``in ("command", "python")``), or anything against ``.kind`` but a
+    ledger row's kind (``item.kind == "catchup"``, ``row.kind in (CATCHUP, BACKFILL)``)."""
     def is_key(node) -> bool:
         if isinstance(node, ast.Constant):
             return node.value in keys
@@ -220,10 +227,19 @@ def kind_tests(tree: ast.AST, keys: tuple[str, ...]) -> list[str]:
             return bool(node.elts) and all(isinstance(e, ast.Constant) and e.value in keys for e in node.elts)
         return False
 
+    def is_slot_kind(node) -> bool:
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return bool(node.elts) and all(is_slot_kind(e) for e in node.elts)
+        return (isinstance(node, ast.Constant) and node.value in SLOT_KINDS) or (
+            isinstance(node, ast.Name) and node.id in SLOT_KIND_NAMES)
+
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
+            if all(is_slot_kind(s) or (isinstance(s, ast.Attribute) and s.attr == "kind") for s in sides) and any(
+                    is_slot_kind(s) for s in sides):
+                continue  # a ledger row's kind
             if any(is_key(s) or (isinstance(s, ast.Attribute) and s.attr == "kind") for s in sides):
                 found.append(f"line {node.lineno}: {ast.unparse(node)}")
         elif isinstance(node, ast.Match) and isinstance(node.subject, ast.Attribute) and node.subject.attr == "kind":
@@ -246,9 +262,11 @@ def test_the_kind_test_finder_finds_kind_tests():
     keys = ("command", "http", "python")
     code = ('if job.kind != "command": pass\nif kind == "http": pass\nif "python" in spec: pass\n'
             'if k in ("command", "python"): pass\nif job.kind == other: pass\n'
-            'if url.scheme not in ("http", "https"): pass\nif x == "commands": pass\n')
+            'if url.scheme not in ("http", "https"): pass\nif x == "commands": pass\n'
+            'if item.kind == "catchup": pass\nif row.kind in (CATCHUP, BACKFILL): pass\n'
+            'if item.kind in (CATCHUP, "http"): pass\n')
     assert [f.split(":")[0] for f in kind_tests(ast.parse(code), keys)] == [
-        "line 1", "line 2", "line 3", "line 4", "line 5"]
+        "line 1", "line 2", "line 3", "line 4", "line 5", "line 10"]
 
 
 DRIVERS = ("sqlite3", "psycopg2", "psycopg")

@@ -27,7 +27,8 @@ def test_every_key_config_accepts_is_documented():
     text = DOC.read_text()
     groups = [("", config.TOP_KEYS + config.JOB_KEYS), ("retries.", config.RETRY_KEYS),
               ("breaker.", config.BREAKER_KEYS), ("retention.", config.RETENTION_KEYS),
-              ("http.", config.HTTP_KEYS), ("into.", config.INTO_KEYS)]
+              ("http.", config.HTTP_KEYS), ("into.", config.INTO_KEYS),
+              ("catchup.", config.CATCHUP_KEYS), ("retry_later.", config.RETRY_LATER_KEYS)]
     for prefix, keys in groups:
         for key in keys:
             assert f"`{prefix}{key}`" in text, f"{prefix}{key} is not in {DOC.name}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from schedsync.app.runner import RunResult, breaker_spec, never_started, run_job
+from schedsync.app.runner import RunResult, breaker_spec, never_started, run_job, scheduled_slot
 from schedsync.config import Config, Job, Secrets, expand
 from schedsync.core.errors import ConfigError, StateBusy, StateError
 from schedsync.core.models import CRASHED, FAILED, Run
@@ -31,6 +31,15 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
             raise ConfigError(f"work item {item_id} is not one of {name}'s",
                               "`schedsync tick` starts items; `schedsync status JOB` shows them")
         trigger = item.kind
+    # The slot this run serves, known before ${VAR}s are expanded: ${SCHEDSYNC_SLOT} in a list
+    # command or an http value is the slot (a command's environment gets it too, from ctx.slot).
+    slot = item.slot if item is not None else None
+    spec = config.jobs.get(name)
+    if item is None and trigger == "cron" and spec is not None and spec.schedule and store.claims_slots \
+            and not force_slot:
+        slot = scheduled_slot(config, spec, store.now())  # before jitter: the fire cron meant
+    if slot is not None:
+        environ = {**environ, "SCHEDSYNC_SLOT": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))}
     try:
         job, secrets = expand(config.job(name), config.path, environ)
     except ConfigError as exc:
@@ -41,9 +50,9 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
     if job.notify or job.ping:  # a job with no notifier imports none of ``schedsync.notify``
         hooks["on_start"] = lambda run: _run_started(store, job, run, secrets)
         hooks["on_finish"] = lambda result: announce(config, store, job, result.run, secrets,
-                                                     result.run.finished_at)
+                                                     result.run.finished_at, result.retry)
     return run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
-                   sleep=sleep, force_slot=force_slot, item=item, **hooks)
+                   sleep=sleep, force_slot=force_slot, item=item, slot=slot, **hooks)
 
 
 def failed_start(config: Config, store, name: str, trigger: str, exc: ConfigError) -> None:
@@ -138,8 +147,10 @@ def reap(config: Config, store, names: list[str] | None = None) -> list[Run]:
     return crashed
 
 
-def announce(config: Config, store, job: Job, run: Run, secrets: Secrets, now: float) -> None:
-    """Webhooks and the closing ping for a finished run, from its status row after it."""
+def announce(config: Config, store, job: Job, run: Run, secrets: Secrets, now: float,
+             retry: dict | None = None) -> None:
+    """Webhooks and the closing ping for a finished run, from its status row after it;
+    ``retry``, the retry later it queued (a failure alert says when)."""
     from schedsync.app.report import job_json, run_json, views
     from schedsync.core.models import FAILURES
     from schedsync.notify import after_run
@@ -147,7 +158,8 @@ def announce(config: Config, store, job: Job, run: Run, secrets: Secrets, now: f
     view = views(config, store, now, [job.name])[0]
     previous = None if run.status in FAILURES else store.failure_streak(job.name, before=run.started_at)
     opened = view.breaker.state == "open" and view.breaker.opened_at == now
-    after_run(store, job, run, secrets, now, job_json(view), run_json(run), previous, opened)
+    queued = retry if retry and not retry.get("superseded") else None
+    after_run(store, job, run, secrets, now, job_json(view), run_json(run), previous, opened, queued)
 
 
 def _announce_crash(config: Config, store, run: Run, now: float) -> None:

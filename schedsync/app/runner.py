@@ -20,6 +20,7 @@ from schedsync.core.models import (
     CANCELLED,
     CRASHED,
     FAILED,
+    FAILURES,
     LOCKED,
     PARTIAL,
     RATE_LIMITED,
@@ -42,6 +43,7 @@ class RunResult:
     messages: list[str] = field(default_factory=list)  # one-line notes for stderr
     transition: tuple | None = None  # (old, new, Breaker) when this run moved its breaker
     quiet: bool = False  # nothing recorded and nothing to say (a slot someone else started)
+    retry: dict | None = None  # the retry later this run queued or saw superseded (app.later.retry_item)
 
 
 def breaker_spec(job: Job) -> BreakerSpec:
@@ -111,7 +113,7 @@ class Context:
 
 def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger: str,
             interactive: bool, sleep=time.sleep, on_start=None, on_finish=None,
-            force_slot: bool = False, item=None) -> RunResult:
+            force_slot: bool = False, item=None, slot=...) -> RunResult:
     """Run ``job`` (already expanded) once. The application layer's hooks: ``on_start(run)``
     once it is admitted (the start ping), ``on_finish(result)`` once it is recorded and
     while the lock is still held (webhooks, the closing ping). Neither runs for a run
@@ -119,12 +121,15 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
 
     A cron-triggered run of a scheduled job claims its slot in the ledger; ``item`` (a
     ``SlotItem`` the tick claimed, ``run JOB --item ID``) is claimed instead, and the run
-    serves its slot."""
-    slot = None
-    if item is not None:
+    serves its slot. ``slot``, when given, is the one the caller found already."""
+    if slot is not ...:
+        pass
+    elif item is not None:
         slot = item.slot
     elif trigger == "cron" and job.schedule and store.claims_slots and not force_slot:
         slot = scheduled_slot(config, job, store.now())  # before jitter: the fire cron meant
+    else:
+        slot = None
     if job.jitter:
         import random
 
@@ -158,6 +163,10 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     kind = job_kind(job.kind)
     cost = job.cost if kind.spends_at_start and job.budgets else 0  # else it spends as it goes
     wait_until = store.now() + job.max_wait
+    if item is not None:  # the tick started it because its budgets grant it within the slack
+        from schedsync.core.catchup import BUDGET_SLACK
+
+        wait_until = max(wait_until, store.now() + BUDGET_SLACK)
     while True:
         admitted = store.admit_run(job.name, trigger, spec, lease, job.budgets, config.budgets, cost,
                                    now=store.now(), slot=slot, item=item and item.id)
@@ -228,12 +237,19 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
     run.output = readable(secrets.redact(outcome.output))
     run.retry_at = outcome.retry_at
     skipped = run.status == SKIPPED  # e.g. an http job whose budget was empty before any request
+    later = retry = None
+    if job.retry_later and run.status in FAILURES:  # retries later: imported only by jobs that have them
+        from schedsync.app.later import retry_item
+
+        later, retry = retry_item(job, run, timezone)
     transition = store.finish_run(run, breaker_spec(job), evidence(run), trial, lease,
-                                  job.retention, now=now)
+                                  job.retention, now=now, later=later)
     ok = run.status in (SUCCESS, PARTIAL)
     result = RunResult(run, Exit.OK if ok else Exit.SKIPPED if skipped else Exit.FAILED,
                        held_output=None if ok or skipped else readable(secrets.redact(outcome.held)),
-                       transition=transition)
+                       transition=transition, retry=retry)
+    if retry is not None:
+        result.messages.append(retry["message"])
     if run.status == PARTIAL and run.reason == RATE_LIMITED:
         result.messages.append(f"{job.name}: partial: {run.items_processed} items stored, then {run.error}")
     elif run.status == PARTIAL:

@@ -36,8 +36,9 @@ PAUSE = "SCHEDSYNC_TEST_TICK_PAUSE"  # tests: seconds to wait between claiming a
 
 def needs_tick(job: Job) -> bool:
     """Does ``job`` rely on ``schedsync tick`` (so the crontab prints the tick line, and
-    ``status`` warns when no tick ran lately)? A scheduled job with ``run_by: tick``."""
-    return bool(job.schedule) and job.run_by == "tick"
+    ``status`` warns when no tick ran lately)? A scheduled job with ``run_by: tick``, and any
+    job with ``catchup`` or ``retry_later`` (``app.later``)."""
+    return (bool(job.schedule) and job.run_by == "tick") or bool(job.catchup) or bool(job.retry_later)
 
 
 def mark_key(config: Config, job: Job) -> str:
@@ -58,6 +59,15 @@ def tick(config: Config, store, state: str, now: float | None = None, start=None
     me = host()
     claimer = f"{me}:{os.getpid()}"
     now = store.now() if now is None else now
+    catching = [name for name, job in config.jobs.items() if job.catchup]
+    if catching:  # a run whose schedsync died is `crashed` first: its slot counts as missed
+        from schedsync.app.run import reap
+
+        reap(config, store, catching)
+    if catching or any(job.retry_later for job in config.jobs.values()):
+        from schedsync.app import later
+
+        later.plan(config, store, now)  # catch-up due now queued; expired and superseded items settled
     marks = {name: mark_key(config, job) for name, job in config.jobs.items()}
     if not store.live_claims:  # a dead run's row must not hold its job's queue (SQLite: cheap, local)
         from schedsync.app.run import reap
@@ -67,6 +77,15 @@ def tick(config: Config, store, state: str, now: float | None = None, start=None
     if look:
         settled = [_settle(config, config.jobs[name], marks[name], until, now) for name, (until, _) in look.items()]
         items += store.settle_slots(settled, claimer, now=now)
+    if any(item.kind != "cron" for item in items):
+        from schedsync.app.later import Gate
+
+        gate = Gate(config, store, now)  # catch-up, backfill, retries: budgets and breaker first
+        held = {item.id: gate(item) for item in items}
+        for item_id, why in held.items():
+            if why is not None:
+                store.release_item(item_id, *why)
+        items = [item for item in items if held[item.id] is None]
     if items and os.environ.get(PAUSE):
         import time
 
@@ -94,7 +113,7 @@ def _settle(config: Config, job: Job, key: str, until: float | None, now: float)
             fire = schedule.last_at_or_before(fire - 1)
     next_at = schedule.next_after(horizon) + job.grace  # when the next slot's grace passes
     claim = None
-    if needs_tick(job):
+    if job.run_by == "tick":  # the tick starts its slots (catch-up and retries need the tick, not this)
         current = schedule.last_at_or_before(now)
         if current is not None and now - current <= job.grace:
             claim = current

@@ -261,6 +261,45 @@ def breaker_reset(ctx: typer.Context,
 
 
 @app.command()
+def backfill(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., metavar="JOB", help="Job name."),
+    start: str | None = typer.Option(None, "--from", metavar="TIME",
+                                     help="First slot's time, ISO 8601 (e.g. 2026-12-01T00:00; "
+                                          "without an offset, in the registry's zone)."),
+    end: str | None = typer.Option(None, "--to", metavar="TIME", help="Last slot's time, ISO 8601."),
+    cancel: bool = typer.Option(False, "--cancel", help="Empty the job's backfill queue instead."),
+):
+    """Queue every slot of a job in a range; `schedsync tick` runs them, oldest first.
+    Example: schedsync backfill scrape --from 2026-12-01 --to 2026-12-02"""
+    from schedsync.app import later
+
+    with _errors():
+        if cancel:
+            if start is not None or end is not None:
+                raise ConfigError("backfill --cancel takes no --from or --to",
+                                  f"`schedsync backfill {job} --cancel` empties the whole queue")
+            with _opened(ctx, job=job) as (config, store):
+                removed = store.cancel_queued(job, later.BACKFILL)
+            print(f"{job}: {removed} queued backfill slot{'' if removed == 1 else 's'} cancelled")
+            return
+        if start is None or end is None:
+            raise ConfigError(f"backfill {job}: needs --from and --to",
+                              f"e.g. `schedsync backfill {job} --from 2026-12-01T00:00 --to 2026-12-01T23:59`"
+                              f", or --cancel")
+        config = _config(ctx)
+        slots = later.backfill_range(config, job, start, end, float("inf"))  # usage errors first
+        with _opened(ctx, create=True, job=job) as (config, store):
+            queued, future = later.backfill(config, store, job, slots)
+            from schedsync.app.tick import TICK_LATE
+
+            warning = later.no_tick(config, job, store, store.now(), TICK_LATE) if queued else None
+    print(later.backfill_line(config, job, queued, future))
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+@app.command()
 def prune(ctx: typer.Context):
     """Apply the retention policy now. Example: schedsync prune"""
     with _errors(), _opened(ctx) as (config, store):

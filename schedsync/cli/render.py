@@ -483,7 +483,7 @@ def _runs_table(runs: list[dict], now: float) -> Table:
         status = run["status"] + (f" ({run['reason']})" if run["reason"] else "")
         detail = (run["error"] or "").strip().splitlines()[0] if (run["error"] or "").strip() else ""
         if run["retry_at"]:
-            detail += f" (allowed again {_when(run['retry_at'], now)})"
+            detail += f" ({_again(run)} {_when(run['retry_at'], now)})"
         timed = run["duration_ms"] is not None and run["status"] != "skipped"
         table.add_row(str(run["id"]), _when(run["started_at"], now), Text(f"{mark} {status}", style=style),
                       format_duration(run["duration_ms"] / 1000) if timed else "—",
@@ -502,14 +502,27 @@ def history_table(runs: list[dict], tz=None) -> None:
         items = str(run["items_processed"]) + (f" ({run['items_failed']} failed)" if run["items_failed"] else "")
         detail = run["error"] or ""
         if run["retry_at"]:
-            detail += f" (allowed again {_clock(run['retry_at'], tz)})"
+            detail += f" ({_again(run)} {_clock(run['retry_at'], tz)})"
         table.add_row(str(run["id"]), _clock(run["started_at"], tz),
                       Text(f"{mark} {status}", style=style),
                       format_duration(run["duration_ms"] / 1000) if run["duration_ms"] is not None else "—",
                       str(run["attempts"]), str(run["requests"]), items,
-                      "" if run["exit_code"] is None else str(run["exit_code"]), run["trigger"],
+                      "" if run["exit_code"] is None else str(run["exit_code"]), _trigger(run),
                       run["host"] or "", detail)
     _emit([table])
+
+
+def _again(run: dict) -> str:
+    """What a run's ``retry_at`` means: a skip is allowed again then; a failed run's retry
+    later (``retry_later``) starts then."""
+    return "retry later at" if run["status"] in ("failed", "timeout") else "allowed again"
+
+
+def _trigger(run: dict) -> str:
+    """``retry 2 of run 7``: a retry later shows its place in the chain (``history`` shows it)."""
+    if run.get("retry_number"):
+        return f"{run['trigger']} {run['retry_number']} of run {run['retry_of']}"
+    return run["trigger"]
 
 
 def jobs_table(config) -> None:

@@ -23,7 +23,8 @@ _LAZY = {
     "schedsync.config.checks": ("NAME", "NAME_MAX", "TABLE_MAX"),
     "schedsync.config.walk": ("ConfigErrors", "MAX_EVENTS", "MAX_DEPTH", "ALIAS_NODES"),
     "schedsync.config.validate": ("parse", "adhoc", "TOP_KEYS", "SETTINGS", "JOB_KEYS", "RETRY_KEYS",
-                                  "BREAKER_KEYS", "RETENTION_KEYS", "NOTIFY_KEYS", "EVENTS"),
+                                  "BREAKER_KEYS", "RETENTION_KEYS", "NOTIFY_KEYS", "EVENTS",
+                                  "CATCHUP_KEYS", "RETRY_LATER_KEYS"),
     "schedsync.kinds.http": ("HTTP_KEYS", "INTO_KEYS"),
 }
 

@@ -21,6 +21,8 @@ BUILTIN = {
     "env": {},
     "notify": [],
     "ping": None,
+    "catchup": None,  # {within, runs}: see core.catchup
+    "retry_later": None,  # {after, max}
     "run_by": "cron",
 }
 
@@ -59,6 +61,8 @@ class Job:
     # Where http and python jobs store items: into.db, else the default beside the
     # state in use (paths.default_data); set by Config.job, not cached.
     data_target: str | None = None
+    catchup: dict | None = None  # {"within": seconds, "runs": "latest" | "all"}
+    retry_later: dict | None = None  # {"after": seconds, "max": n}
 
     def wants(self, event: str) -> bool:
         """Does one of the job's ``notify:`` targets take ``event``?"""

@@ -17,9 +17,9 @@ from schedsync.kinds import kind as kind_of
 TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs", "smtp", "serve_url")
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
-            "max_wait", "cost", "env", "notify", "ping", "run_by")
+            "max_wait", "cost", "env", "notify", "ping", "run_by", "catchup", "retry_later")
 JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "cwd") + KEYS + ("into",)
-MERGED = ("retries", "breaker", "retention", "env")  # mappings merged key by key
+MERGED = ("retries", "breaker", "retention", "env", "catchup", "retry_later")  # merged key by key
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
 RETENTION_KEYS = ("success", "failed")
@@ -28,6 +28,8 @@ NOTIFY_KEYS = NOTIFY_KINDS + ("events", "after_failures", "repeat")
 SMTP_KEYS = ("host", "port", "starttls", "user", "password", "from", "ca_file", "verify")
 RUN_BY = ("cron", "tick")
 EVENTS = ("failure", "recovery", "breaker_open", "late")
+CATCHUP_KEYS = ("within", "runs")
+RETRY_LATER_KEYS = ("after", "max")
 
 
 def parse(text: str, file: str, folder: str, every: bool = False) -> Config:
@@ -125,6 +127,7 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
     elif spec.get("run_by") == "tick":
         raise doc.error(f"{path}.run_by", "run_by: tick starts a job's scheduled slots, and this job has no schedule",
                         "add a schedule, or drop run_by")
+    _later(job, spec, path, doc)
     budget = spec.get("budget")
     if budget is not None:
         names = budget if isinstance(budget, list) else [budget]
@@ -189,6 +192,10 @@ def _setting(key: str, value, where: str, doc: _Doc):
         out[key] = _notify(value, where, doc)
     elif key == "ping":
         out[key] = None if value is None else _url(value, where, doc)
+    elif key == "catchup":
+        out[key] = _catchup(value, where, doc)
+    elif key == "retry_later":
+        out[key] = _retry_later(value, where, doc)
     elif key == "run_by":
         if value not in RUN_BY:
             raise doc.error(where, f"must be {' or '.join(RUN_BY)}, not {_q(value)}",
@@ -200,7 +207,8 @@ def _setting(key: str, value, where: str, doc: _Doc):
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():
-        out[key] = {**base[key], **value} if key in MERGED and base.get(key) is not None else value
+        merge = key in MERGED and base.get(key) is not None and value is not None
+        out[key] = {**base[key], **value} if merge else value
     return {k: (dict(v) if isinstance(v, dict) else v) for k, v in out.items()}
 
 
@@ -369,6 +377,77 @@ def _smtp(value, path: str, doc: _Doc) -> dict:
     return out
 
 
+def _catchup(value, path: str, doc: _Doc) -> dict | None:
+    """``catchup: {within: 6h, runs: latest|all}``; ``false`` or null: none (say, to turn off
+    the one of ``defaults`` for a job). Completeness is checked per job, after merging."""
+    if value is None or value is False:
+        return None
+    if not isinstance(value, dict):
+        raise doc.error(path, "must be a mapping, e.g. {within: 6h, runs: latest}, or false")
+    _known(value, CATCHUP_KEYS, path, doc)
+    out: dict = {}
+    for key, item in _only(value, CATCHUP_KEYS):
+        where = f"{path}.{key}"
+        if key == "within":
+            out[key] = _duration(item, where, doc)
+            if out[key] <= 0:
+                raise doc.error(where, "must be more than 0s")
+        elif item not in ("latest", "all"):
+            raise doc.error(where, f"{_q(item)} is not latest or all",
+                            "latest runs the newest missed slot, all runs every one, oldest first")
+        else:
+            out[key] = item
+    return out
+
+
+def _retry_later(value, path: str, doc: _Doc) -> dict | None:
+    """``retry_later: {after: 30m, max: 3}``; ``false`` or null: none."""
+    if value is None or value is False:
+        return None
+    if not isinstance(value, dict):
+        raise doc.error(path, "must be a mapping, e.g. {after: 30m, max: 3}, or false")
+    _known(value, RETRY_LATER_KEYS, path, doc)
+    out: dict = {}
+    for key, item in _only(value, RETRY_LATER_KEYS):
+        where = f"{path}.{key}"
+        if key == "after":
+            out[key] = _duration(item, where, doc)
+            if out[key] <= 0:
+                raise doc.error(where, "must be more than 0s")
+        else:
+            out[key] = _whole(item, where, doc)
+    return out
+
+
+def _later(job: dict, spec: dict, path: str, doc: _Doc) -> None:
+    """``catchup`` and ``retry_later`` once merged with ``defaults``: complete, with their
+    built-in values filled in. Catch-up needs a schedule; one set in ``defaults`` does not
+    apply to a job without one (nor does it make that job an error)."""
+    from schedsync.core.catchup import LATEST, RETRY_MAX
+
+    catchup = job.get("catchup")
+    if catchup is not None:
+        where = f"{path}.catchup" if "catchup" in spec else "defaults.catchup"
+        if "within" not in catchup:
+            raise doc.error(where, "needs within: how old a missed slot may be and still run",
+                            "write e.g. catchup: {within: 6h, runs: latest}")
+        if job["schedule"] is None:
+            if "catchup" in spec:
+                raise doc.error(where, "a job without a schedule has no slots to catch up",
+                                "give it a schedule, or drop catchup")
+            catchup = None
+        else:
+            catchup = {"within": catchup["within"], "runs": catchup.get("runs", LATEST)}
+        job["catchup"] = catchup
+    later = job.get("retry_later")
+    if later is not None:
+        if "after" not in later:
+            where = f"{path}.retry_later" if "retry_later" in spec else "defaults.retry_later"
+            raise doc.error(where, "needs after: how long after a failed run its retry starts",
+                            "write e.g. retry_later: {after: 30m, max: 3}")
+        job["retry_later"] = {"after": later["after"], "max": later.get("max", RETRY_MAX)}
+
+
 def _schedule(value, path: str, timezone, doc: _Doc) -> str:
     if not isinstance(value, str):
         raise doc.error(path, f"{_q(value)} is not a cron expression", 'quote it: "0 * * * *"')
@@ -448,6 +527,7 @@ def adhoc(config: Config | None, name: str, command: list[str], settings: dict, 
         spec["description"] = own.description
     job = _job(name, spec, base, config.budgets, config.timezone, cwd, doc)
     job["cwd"] = cwd  # like flock or runitor: the command runs where it was invoked
+    job["catchup"] = job["retry_later"] = None  # the tick runs registry jobs only
     if own:
         job["breaker"]["name"] = own.breaker["name"]
     from schedsync.core.records import replace

@@ -65,14 +65,15 @@ def run_started(store, job: Job, run: Run, secrets: Secrets) -> None:
 
 
 def after_run(store, job: Job, run: Run, secrets: Secrets, now: float, entry: dict,
-              run_entry: dict, previous_streak: int | None, opened: bool) -> None:
+              run_entry: dict, previous_streak: int | None, opened: bool, retry: dict | None = None) -> None:
     """Webhooks and the closing ping for a finished run (not for skips). ``entry`` is the
     job's ``status --json`` row after the run, ``run_entry`` the run as JSON,
     ``previous_streak`` the failures in a row before it (None when it failed) and
-    ``opened`` whether it opened the breaker."""
+    ``opened`` whether it opened the breaker, ``retry`` the retry later it queued (``{"number",
+    "of", "at", "shown"}``), if any."""
     from schedsync.notify.base import Finished
 
-    done = Finished(run, entry, run_entry, previous_streak, opened, now)
+    done = Finished(run, entry, run_entry, previous_streak, opened, now, retry)
     messages = [m for n in notifiers() for m in n.run_finished(job, done)]
     _deliver(store, job, secrets, [m for m in messages if _claimed(store, job.name, m, now)], run.id)
 

@@ -38,6 +38,7 @@ class Finished:
     previous_streak: int | None  # failures in a row before it (None when it failed)
     opened: bool  # whether it opened the breaker
     now: float
+    retry: dict | None = None  # the retry later it queued: {"number", "of", "at" (ISO), "shown"}
 
 
 class Notifier:
@@ -59,7 +60,7 @@ class Notifier:
             for event in due(target["events"], target["after_failures"], done):
                 message = Message(self, event, target[self.KEY],
                                   self.body(event, target, done.entry, done.run_entry, done.now,
-                                            done.previous_streak, done.run),
+                                            done.previous_streak, done.run, done.retry),
                                   options=target)
                 if event == "failure" and target.get("repeat"):
                     first = done.entry["consecutive_failures"] <= target["after_failures"]
@@ -83,8 +84,9 @@ class Notifier:
                 for _, t in self.targets(job) if "late" in t["events"]]
 
     def body(self, event: str, target: dict, entry: dict, run: dict | None, now: float,
-             previous_streak: int | None = None, finished=None) -> dict | None:
-        """The message for ``event`` (``finished``: the ``core.models.Run``, when a run ended)."""
+             previous_streak: int | None = None, finished=None, retry: dict | None = None) -> dict | None:
+        """The message for ``event`` (``finished``: the ``core.models.Run``, when a run ended;
+        ``retry``: the retry later it queued, ``{"number", "of", "at", "shown"}``)."""
         return None
 
     def deliver(self, message: Message, body: dict | None, secrets) -> tuple[bool, str]:
@@ -123,14 +125,16 @@ def due(events, after_failures: int, done: Finished) -> list[str]:
     return out
 
 
-def payload(event: str, entry: dict, run: dict | None, now: float, previous_streak: int | None = None) -> dict:
-    """The JSON body of one webhook (README: Alerts). ``entry`` is the job's ``status --json`` row."""
+def payload(event: str, entry: dict, run: dict | None, now: float, previous_streak: int | None = None,
+            retry: dict | None = None) -> dict:
+    """The JSON body of one webhook (README: Alerts). ``entry`` is the job's ``status --json`` row;
+    ``retry`` the retry later a failed run queued (``retry``: ``{"number", "of", "at"}``)."""
     from schedsync.core.durations import iso
 
-    return {
+    body = {
         "event": event,
         "job": entry["name"],
-        "text": text(event, entry, run, previous_streak),
+        "text": text(event, entry, run, previous_streak, retry),
         "run": run,
         "health": entry["health"],
         "why": entry["why"],
@@ -139,17 +143,23 @@ def payload(event: str, entry: dict, run: dict | None, now: float, previous_stre
         "host": HOST,
         "generated_at": iso(now),
     }
+    if retry and event == "failure":
+        body["retry"] = {k: retry[k] for k in ("number", "of", "at")}
+    return body
 
 
-def text(event: str, entry: dict, run: dict | None, previous_streak: int | None) -> str:
-    """One line for chat webhooks (Slack and Mattermost show ``text``)."""
+def text(event: str, entry: dict, run: dict | None, previous_streak: int | None,
+         retry: dict | None = None) -> str:
+    """One line for chat webhooks (Slack and Mattermost show ``text``): a failure that queued
+    a retry later ends ``; retry 2 of 3 at 06:30:00 CET``."""
 
     name, streak = entry["name"], entry["consecutive_failures"]
     if event == "failure":
         detail = (run or {}).get("error") or (f"exit {run['exit_code']}" if run and run["exit_code"] else "")
         detail = detail.strip().splitlines()[0][:200] if detail.strip() else ""
         line = f"{name} {run['status'] if run else 'failed'} on {HOST}" + (f": {detail}" if detail else "")
-        return line + (f" ({streak} failures in a row)" if streak > 1 else "")
+        line += f" ({streak} failures in a row)" if streak > 1 else ""
+        return line + (f"; retry {retry['number']} of {retry['of']} at {retry['shown']}" if retry else "")
     if event == "recovery":
         count = f" after {previous_streak} failure{'s' if previous_streak != 1 else ''}" if previous_streak else ""
         return f"{name} recovered on {HOST}{count}"

@@ -26,13 +26,13 @@ def tail(output: str | None) -> str:
 class Mail(Notifier):
     KEY = "email"
 
-    def body(self, event, target, entry, run, now, previous_streak=None, finished=None) -> dict:
+    def body(self, event, target, entry, run, now, previous_streak=None, finished=None, retry=None) -> dict:
         name = entry["name"]
         streak = entry["consecutive_failures"]
         subject = f"[schedsync] {name} {TITLES[event]} on {HOST}"
         if event == "failure" and streak > 1:
             subject += f" ({streak} in a row)"
-        parts = [text(event, entry, run, previous_streak), "",
+        parts = [text(event, entry, run, previous_streak, retry), "",
                  f"Job:     {name}", f"Health:  {entry['health']}", f"Why:     {entry['why'] or '-'}",
                  f"Host:    {HOST}"]
         if run:

@@ -31,9 +31,9 @@ def link(target: dict, job: str) -> str | None:
 class Slack(Notifier):
     KEY = "slack"
 
-    def body(self, event, target, entry, run, now, previous_streak=None, finished=None) -> dict:
+    def body(self, event, target, entry, run, now, previous_streak=None, finished=None, retry=None) -> dict:
         name = entry["name"]
-        line = text(event, entry, run, previous_streak)
+        line = text(event, entry, run, previous_streak, retry)
         error = ((run or {}).get("error") or "").strip()[:1500]
         url = link(target, name)
         facts = [("Job", name), ("Health", entry["health"]), ("Why", entry["why"] or "—"), ("Host", HOST)]

@@ -10,8 +10,8 @@ from schedsync.notify.http import request
 class Webhook(Notifier):
     KEY = "url"
 
-    def body(self, event, target, entry, run, now, previous_streak=None, finished=None) -> dict:
-        return payload(event, entry, run, now, previous_streak)
+    def body(self, event, target, entry, run, now, previous_streak=None, finished=None, retry=None) -> dict:
+        return payload(event, entry, run, now, previous_streak, retry)
 
     def send(self, target: str, body: dict | None, secrets) -> tuple[bool, str]:
         return request(target, body, secrets)

@@ -184,12 +184,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def finish_run(self, run, breaker: BreakerSpec, evidence: bool, trial: bool,
-                   lease: float, retention: dict, now: float | None = None):
+                   lease: float, retention: dict, now: float | None = None, later: dict | None = None):
         """In one step: store the run's end; if ``evidence`` (the run says something
         about the upstream), feed the breaker (``run.status`` in FAILURES is a
         failure); if it was a ``trial`` that proved nothing, hand its lease (ending at
-        ``run.started_at + lease``) back; prune the job's old runs cheaply (bounded).
-        Returns the breaker transition ``(old, new, breaker)`` or None."""
+        ``run.started_at + lease``) back; prune the job's old runs cheaply (bounded);
+        and add ``later`` to the ledger, the retry the run calls for (``{slot, kind,
+        due_at, retry_of, retry_number, state, reason}``: ``queued``, or ``skipped`` when
+        the job's next slot supersedes it), unless that item exists, so a process dying
+        right after the run ended loses no retry. Returns the breaker transition
+        ``(old, new, breaker)`` or None."""
 
     @abc.abstractmethod
     def running_runs(self, jobs: list[str] | None = None) -> list:
@@ -209,11 +213,14 @@ class Store(abc.ABC):
         """The ledger row ``item_id`` (a ``SlotItem``), or None."""
 
     @abc.abstractmethod
-    def enqueue(self, job: str, items: list[dict], now: float | None = None) -> list[int]:
+    def enqueue(self, job: str, items: list[dict], now: float | None = None,
+                requeue: bool = False) -> list[int]:
         """Queue work items of ``job``, each ``{slot, kind, due_at, retry_of, retry_number}``
         (``slot`` None for none; ``retry_*`` optional). An item identical to a stored one
         (same job, slot, kind, retry_of, retry_number) is not added again: its id is
-        returned as is, whatever its state. Ids in ``items``' order; atomic."""
+        returned as is, whatever its state; with ``requeue`` (a backfill asked for again),
+        one that is done (``ran``, ``skipped``, ``missed``) is queued again, due at the
+        new ``due_at``. Ids in ``items``' order; atomic."""
 
     @abc.abstractmethod
     def claim_due(self, jobs: list[str], limit: int, claimer: str, now: float | None = None,

@@ -353,12 +353,18 @@ class PostgresStore(Store):
              retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0,
              run.job, run.slot, item, run.reason or run.status))
 
-    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
+    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None, later=None):
         settings = settings_of(breaker.settings)
         why = f"run {run.id} of {run.job}: {run.status}" + (f" ({run.error})" if run.error else "")
         hand_back = trial and not evidence
         end = run.started_at + lease
+        queue = () if later is None else (
+            run.job, later.get("slot"), later["kind"], later.get("state", "queued"), later["due_at"],
+            later.get("reason"), later.get("retry_of"), later.get("retry_number") or 0)
         [row] = self._q(
+            # The retry the run calls for, in the same implicit transaction as its end.
+            ("INSERT INTO schedsync.slots (job, slot, kind, state, due_at, reason, retry_of, retry_number)"
+             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING;" if queue else "") +
             # A trial handed back frees one lease (two trials admitted at one instant hold
             # equal ones; finish's array_remove would free both): first, in the same
             # implicit transaction, and finish is then told of no lease to hand back.
@@ -367,7 +373,7 @@ class PostgresStore(Store):
              if hand_back else "") +
             "SELECT * FROM schedsync.finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            ((end, end, breaker.name, end) if hand_back else ()) + (
+            queue + ((end, end, breaker.name, end) if hand_back else ()) + (
              run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms,
              run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,
@@ -405,7 +411,7 @@ class PostgresStore(Store):
         rows = self._q(f"SELECT {SLOT_COLUMNS} FROM schedsync.slots WHERE id = %s", (item_id,))
         return SlotItem(*rows[0]) if rows else None
 
-    def enqueue(self, job, items, now=None) -> list:
+    def enqueue(self, job, items, now=None, requeue=False) -> list:
         if not items:
             return []
         cols = ([i.get("slot") for i in items], [i["kind"] for i in items], [i["due_at"] for i in items],
@@ -413,6 +419,12 @@ class PostgresStore(Store):
         rows = self._q(
             "WITH x AS (SELECT * FROM unnest(%(s)s::float8[], %(k)s::text[], %(d)s::float8[],"
             "   %(o)s::bigint[], %(n)s::int[]) WITH ORDINALITY AS x(slot, kind, due_at, retry_of, n, pos)),"
+            # requeue: a done item asked for again is queued again (it existed before this statement)
+            " again AS (UPDATE schedsync.slots s SET state = 'queued', due_at = x.due_at, run_id = NULL,"
+            "   reason = NULL, claimed_at = NULL, claimed_by = NULL FROM x WHERE %(r)s AND s.job = %(j)s"
+            "   AND coalesce(s.slot, -1) = coalesce(x.slot, -1) AND s.kind = x.kind"
+            "   AND coalesce(s.retry_of, 0) = coalesce(x.retry_of, 0) AND s.retry_number = x.n"
+            "   AND s.state IN ('ran', 'skipped', 'missed') RETURNING s.id),"
             " ins AS (INSERT INTO schedsync.slots (job, slot, kind, state, due_at, retry_of, retry_number)"
             "   SELECT %(j)s, slot, kind, 'queued', due_at, retry_of, n FROM x ORDER BY pos"
             "   ON CONFLICT DO NOTHING RETURNING id, slot, kind, retry_of, retry_number)"
@@ -422,7 +434,7 @@ class PostgresStore(Store):
             " LEFT JOIN schedsync.slots s ON s.job = %(j)s AND coalesce(s.slot, -1) = coalesce(x.slot, -1)"
             "   AND s.kind = x.kind AND coalesce(s.retry_of, 0) = coalesce(x.retry_of, 0)"
             "   AND s.retry_number = x.n ORDER BY x.pos",
-            {"j": job, "s": cols[0], "k": cols[1], "d": cols[2], "o": cols[3], "n": cols[4]})
+            {"j": job, "s": cols[0], "k": cols[1], "d": cols[2], "o": cols[3], "n": cols[4], "r": bool(requeue)})
         return [row[1] for row in rows]
 
     def claim_due(self, jobs, limit, claimer, now=None, per_job=1) -> list:

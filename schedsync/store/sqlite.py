@@ -517,9 +517,15 @@ class SQLiteStore(Store):
                   " ON CONFLICT (job, status) DO UPDATE SET runs = runs + 1,"
                   " requests = requests + excluded.requests", (job, status, requests or 0))
 
-    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
+    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None, later=None):
         now = time.time() if now is None else now
         with self._tx:
+            if later is not None:
+                self._sql("INSERT OR IGNORE INTO slots (job, slot, kind, state, due_at, reason, retry_of,"
+                          " retry_number) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (run.job, later.get("slot"), later["kind"], later.get("state", "queued"),
+                           later["due_at"], later.get("reason"), later.get("retry_of"),
+                           later.get("retry_number") or 0))
             self._sql(
                 "UPDATE runs SET status=?, reason=?, finished_at=?, duration_ms=?, attempts=?,"
                 " requests=?, items_processed=?, items_failed=?, exit_code=?, error=?, retry_at=?,"
@@ -585,7 +591,7 @@ class SQLiteStore(Store):
         row = self._sql(f"SELECT {SLOT_COLUMNS} FROM slots WHERE id = ?", (item_id,)).fetchone()
         return SlotItem(*row) if row else None
 
-    def enqueue(self, job, items, now=None):
+    def enqueue(self, job, items, now=None, requeue=False):
         ids = []
         with self._tx:
             for it in items:
@@ -596,6 +602,10 @@ class SQLiteStore(Store):
                 ids.append(self._sql(
                     "SELECT id FROM slots WHERE job = ? AND ifnull(slot, -1) = ifnull(?, -1) AND kind = ?"
                     " AND ifnull(retry_of, 0) = ifnull(?, 0) AND retry_number = ?", key).fetchone()[0])
+                if requeue:
+                    self._sql("UPDATE slots SET state = 'queued', due_at = ?, run_id = NULL, reason = NULL,"
+                              " claimed_at = NULL, claimed_by = NULL WHERE id = ?"
+                              " AND state IN ('ran', 'skipped', 'missed')", (it["due_at"], ids[-1]))
         return ids
 
     def claim_due(self, jobs, limit, claimer, now=None, per_job=1):

@@ -44,7 +44,7 @@ ENV = {"API_TOKEN": "tok-5ecret-value", **NO_PROXY}
 
 
 def run(project, env=None) -> subprocess.CompletedProcess:
-    return project.cli("run", "broken", env={**ENV, **(env or {})})
+    return project.cli("run", "--force-slot", "broken", env={**ENV, **(env or {})})
 
 
 # --- Slack ------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def test_a_wrong_smtp_password_fails_the_mail_not_the_run_and_is_never_shown(pro
     port, cert, received = smtp_server
     failing_job(project, '[{email: ops@example.com, events: [failure, recovery]}]', top=smtp_top(port, cert))
     (project.path / "ok").touch()
-    project.cli("run", "broken", env={**ENV, "SMTP_PASSWORD": "wrong-pa55"})  # nothing to send yet
+    project.cli("run", "--force-slot", "broken", env={**ENV, "SMTP_PASSWORD": "wrong-pa55"})  # nothing to send yet
     (project.path / "ok").unlink()
     result = run(project, {"SMTP_PASSWORD": "wrong-pa55"})
     assert result.returncode == 1 and not received.mails

@@ -58,22 +58,25 @@ def metrics(project):
     return parse(result.stdout)
 
 
-def test_every_family_has_help_and_type_gauge_but_the_two_counters(project):
+def test_every_family_has_help_and_type_gauge_but_the_counters_and_the_histogram(project):
     project.write(JOBS)
     open_store(str(project.state)).close()  # an empty state: read commands create none
     text = project.cli("metrics").stdout
     families = list(text_string_to_metric_families(text))
     assert all(f.documentation for f in families)
     counters = {f.name for f in families if f.type == "counter"}
-    assert counters == {"schedsync_runs", "schedsync_requests"}  # the parser drops _total
-    assert {f.type for f in families} == {"gauge", "counter"}
+    assert counters == {"schedsync_runs", "schedsync_requests", "schedsync_items",
+                        "schedsync_retries"}  # the parser drops _total
+    assert {f.name for f in families if f.type == "histogram"} == {"schedsync_run_duration_seconds"}
+    assert {f.type for f in families} == {"gauge", "counter", "histogram"}
     assert {f.name for f in families if f.type == "gauge"} == {
         "schedsync_job_last_success_timestamp_seconds", "schedsync_job_last_run_timestamp_seconds",
         "schedsync_job_last_duration_seconds", "schedsync_job_last_status",
         "schedsync_job_consecutive_failures", "schedsync_job_health",
         "schedsync_job_next_expected_timestamp_seconds", "schedsync_budget_tokens",
         "schedsync_budget_capacity", "schedsync_budget_period_seconds", "schedsync_breaker_state",
-        "schedsync_breaker_failures"}
+        "schedsync_breaker_failures", "schedsync_job_interval_seconds", "schedsync_job_breaker",
+        "schedsync_job_budget", "schedsync_runs_running"}
 
 
 def test_the_last_success_is_a_unix_timestamp_and_absent_for_jobs_without_one(project, metrics):

@@ -33,7 +33,7 @@ from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
 
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
-from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state
+from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state, totals_of
 from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
 
 TYPE_CHECKING = False  # typing stays off the path of `run`; type checkers read this block
@@ -427,6 +427,11 @@ class PostgresStore(Store):
                 "SELECT job, status, runs, requests FROM schedsync.run_counts"):
             out.setdefault(job, {})[status] = (int(runs), int(requests))
         return out
+
+    def run_totals(self) -> dict:
+        return totals_of(
+            self._q("SELECT job, runs, seconds, processed, failed, deleted, retries FROM schedsync.run_totals"),
+            self._q("SELECT job, le, runs FROM schedsync.run_buckets"))
 
     def adhoc_jobs(self) -> dict:
         return dict(self._q("SELECT name, adhoc FROM schedsync.jobs WHERE adhoc IS NOT NULL"))

@@ -15,7 +15,7 @@ from schedsync.config.model import Config, Jobs
 from schedsync.config.state import resolve_config
 from schedsync.core.errors import ConfigError
 
-CACHE_VERSION = 6  # 5: the cache holds `defaults`; 6: a job's plain form is Job.to_dict's
+CACHE_VERSION = 7  # 5: the cache holds `defaults`; 6: a job's plain form is Job.to_dict's; 7: `log`
 MAX_BYTES = 4 * 1024 * 1024
 
 
@@ -89,7 +89,7 @@ def _cache_path(real: str) -> str | None:
 
 
 def _write_cache(cache: str, key: tuple, config: Config) -> None:
-    data = {k: getattr(config, k) for k in ("dir", "state", "timezone", "budgets", "defaults")}
+    data = {k: getattr(config, k) for k in ("dir", "state", "timezone", "budgets", "defaults", "log")}
     data["jobs"] = config.jobs.plain()
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import time
 
@@ -199,3 +200,99 @@ def test_metrics_does_not_import_prometheus_client(project):
     result = project.cli("metrics", env={"PYTHONPROFILEIMPORTTIME": "1"})
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert "schedsync.ops.metrics" in imported and "prometheus_client" not in imported
+
+
+# --- what a dashboard needs (issue 20): histogram, items, retries, running, interval -----
+
+DASHBOARD_JOBS = """
+    jobs:
+      nap:
+        schedule: "0 * * * *"
+        command: ["sleep", "0.3"]
+      flaky:
+        schedule: "*/5 * * * *"
+        retries: {attempts: 3, initial: 0.1s, on_exit_codes: [3]}
+        command: "exit 3"
+      items:
+        python: "itemjob:run"
+      long:
+        command: ["sleep", "60"]
+"""
+
+ITEM_JOB = '''
+def run(ctx):
+    return {"processed": 7, "failed": 2}
+'''
+
+
+def test_durations_are_a_histogram_per_job_from_a_tenth_of_a_second_to_an_hour(project):
+    project.write(DASHBOARD_JOBS)
+    for _ in range(2):
+        assert project.cli("run", "nap").returncode == 0
+    metrics = parse(project.cli("metrics").stdout)
+    bounds = ["0.1", "0.5", "1.0", "5.0", "10.0", "30.0", "60.0", "120.0", "300.0", "600.0", "1800.0",
+              "3600.0", "+Inf"]
+    buckets = {dict(k)["le"]: v for k, v in metrics["schedsync_run_duration_seconds_bucket"].items()
+               if dict(k)["job"] == "nap"}
+    assert buckets == {le: 0 if le == "0.1" else 2 for le in bounds}
+    took = sum(run["duration_ms"] for run in project.history("nap")) / 1000
+    assert value(metrics, "schedsync_run_duration_seconds_sum", job="nap") == pytest.approx(took)
+    assert value(metrics, "schedsync_run_duration_seconds_count", job="nap") == 2
+    assert value(metrics, "schedsync_run_duration_seconds_count", job="flaky") == 0  # every job, zeros too
+
+
+def test_retries_count_the_attempts_after_the_first(project):
+    project.write(DASHBOARD_JOBS)
+    for _ in range(2):
+        assert project.cli("run", "flaky").returncode == 1
+    assert [run["attempts"] for run in project.history("flaky")] == [3, 3]
+    metrics = parse(project.cli("metrics").stdout)
+    assert value(metrics, "schedsync_retries_total", job="flaky") == 4
+    assert value(metrics, "schedsync_retries_total", job="nap") == 0
+
+
+def test_items_are_counted_by_result(project):
+    project.write(DASHBOARD_JOBS)
+    (project.path / "itemjob.py").write_text(ITEM_JOB)
+    for _ in range(2):
+        assert project.cli("run", "items").returncode == 0
+    metrics = parse(project.cli("metrics").stdout)
+    assert {r: value(metrics, "schedsync_items_total", job="items", result=r)
+            for r in ("processed", "failed", "deleted")} == {"processed": 14, "failed": 4, "deleted": 0}
+
+
+def test_retention_pruning_never_lowers_the_histogram_items_or_retries(project):
+    project.write(DASHBOARD_JOBS.replace('python: "itemjob:run"', 'python: "itemjob:run"\n'
+                                         '        retention: {success: 1s}'))
+    (project.path / "itemjob.py").write_text(ITEM_JOB)
+    for _ in range(3):
+        assert project.cli("run", "items").returncode == 0
+        time.sleep(1.1)  # each run prunes the successes older than 1 s (the newest is kept)
+    assert len(project.history("items")) < 3
+    metrics = parse(project.cli("metrics").stdout)
+    assert value(metrics, "schedsync_run_duration_seconds_count", job="items") == 3
+    assert value(metrics, "schedsync_items_total", job="items", result="processed") == 21
+
+
+def test_running_runs_are_a_gauge(project):
+    project.write(DASHBOARD_JOBS)
+    assert project.cli("run", "nap").returncode == 0
+    long = project.start("run", "long")
+    try:
+        deadline = time.monotonic() + 60
+        while value(parse(project.cli("metrics").stdout), "schedsync_runs_running", job="long") != 1:
+            assert time.monotonic() < deadline and long.poll() is None, "the long run never showed as running"
+            time.sleep(0.2)
+        assert value(parse(project.cli("metrics").stdout), "schedsync_runs_running", job="nap") == 0
+    finally:
+        long.send_signal(signal.SIGTERM)
+        long.communicate(timeout=30)
+    assert value(parse(project.cli("metrics").stdout), "schedsync_runs_running", job="long") == 0
+
+
+def test_the_interval_of_scheduled_jobs_and_their_breakers_and_budgets_for_joins(project, metrics):
+    assert value(metrics, "schedsync_job_interval_seconds", job="fine") == 300
+    assert len(metrics["schedsync_job_interval_seconds"]) == 1  # unscheduled jobs have none
+    assert value(metrics, "schedsync_job_breaker", job="idle-too", breaker="shared") == 1
+    assert value(metrics, "schedsync_job_budget", job="fine", budget="api") == 1
+    assert len(metrics["schedsync_job_budget"]) == 1

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from test_serve import Served
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,11 +74,11 @@ class Prometheus:
                                 "static_configs": [{"targets": [target]}]}]}))
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         env["NO_PROXY"] = "*"
-        self.log = open(folder / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
-             "--web.listen-address=127.0.0.1:0", "--log.level=warn"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, env=env, cwd=folder)
+        with open(folder / "prometheus.log", "wb") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
+                 "--web.listen-address=127.0.0.1:0", "--log.level=warn"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=folder)
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self.url = f"http://127.0.0.1:{listening_port(self.proc.pid)}"
 
@@ -109,7 +110,6 @@ class Prometheus:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

@@ -17,7 +17,9 @@ JOBS = """
         overlap: allow
         breaker: {failures: 500}  # 50 failures must not open it: every run runs
         env: {MY_TOKEN: "${API_TOKEN}"}
-        command: 'echo "starting with $MY_TOKEN"; head -c 6000 /dev/zero | tr "\\0" y; echo; echo "token $MY_TOKEN"; exit 3'
+        command: >-
+          echo "starting with $MY_TOKEN"; head -c 6000 /dev/zero | tr "\\0" y; echo;
+          echo "token $MY_TOKEN"; exit 3
       fine:
         command: ["true"]
 """

@@ -254,8 +254,8 @@ def validate(config_opt: str | None) -> int:
 
 
 def metrics(config_opt: str | None, state_opt: str | None, textfile: str | None = None) -> int:
-    from schedsync.app.status import snapshot
     from schedsync.app.report import display_zone
+    from schedsync.app.status import snapshot
     from schedsync.ops.metrics import exposition, running_counts, write_textfile
 
     try:

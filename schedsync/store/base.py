@@ -268,10 +268,10 @@ class Store(abc.ABC):
 
 def totals_of(totals, buckets) -> dict:
     """``run_totals()`` from the rows of run_totals and run_buckets (both backends)."""
-    out = {job: {"runs": int(runs), "seconds": float(seconds), "processed": int(processed),
+    out: dict = {job: {"runs": int(runs), "seconds": float(seconds), "processed": int(processed),
                  "failed": int(failed), "deleted": int(deleted), "retries": int(retries), "buckets": {}}
            for job, runs, seconds, processed, failed, deleted, retries in totals}
     for job, le, runs in buckets:
-        if job in out:
+        if job in out:  # buckets: {le: runs}
             out[job]["buckets"][float(le)] = int(runs)
     return out

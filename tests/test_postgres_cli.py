@@ -338,9 +338,12 @@ budgets:
         out = subprocess.run(project.argv("metrics"), capture_output=True, text=True, env=env,
                              cwd=project.path).stdout
         return sorted(line for line in out.splitlines()
-                      if line.startswith(("schedsync_runs_total", "schedsync_requests_total")))
+                      if line.startswith(("schedsync_runs_total", "schedsync_requests_total",
+                                          "schedsync_run_duration_seconds", "schedsync_items_total",
+                                          "schedsync_retries_total")))
 
     assert counters(after) == counters(project.env)  # the run counters came along
+    assert 'schedsync_run_duration_seconds_count{job="flaky"} 3' in counters(after)
     again = project.cli("state", "copy", "--to", pg_url)
     assert again.returncode == 1 and "already holds runs" in again.stderr
 

@@ -198,3 +198,22 @@ def test_serve_exports_its_own_process_metrics(project):
     assert 5e6 < found["process_resident_memory_bytes"] < 1e9
     assert abs(found["process_start_time_seconds"] - time.time()) < 600
     assert 3 <= found["process_open_fds"] <= found["process_max_fds"]
+
+
+def test_the_dashboard_imports_as_is_with_a_datasource_and_a_job_variable():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert "__inputs" not in dashboard and dashboard["uid"] == "schedsync"  # nothing to fill in at import
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["job"]["query"]["query"] == "label_values(schedsync_job_health, job)"
+    assert variables["job"]["multi"] and variables["job"]["includeAll"]
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    assert [p["title"] for p in panels] == [
+        "Health", "Success rate by job", "Run durations", "Retries", "Failed runs", "Running vs finished",
+        "Items per hour", "Budget levels against capacity", "Breaker states"]
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"] and 'job=~"$job"' in target["expr"]
+    assert {p["type"] for p in panels} >= {"table", "heatmap", "timeseries", "state-timeline"}

@@ -78,6 +78,13 @@ def test_a_breaker_transition_is_a_line_of_its_own(project):
     assert (opened["breaker"], opened["from"], opened["job"], opened["run_id"], opened["failures"]) == \
         ("broken", "closed", "broken", records[1]["id"], 2)
     assert opened["opens_until"].endswith("Z")
+    assert project.cli("breaker", "reset", "broken").returncode == 0
+    closed = lines_of(project.path / "runs.jsonl")[4]
+    assert {k: closed[k] for k in ("event", "breaker", "from", "to", "job", "reason")} == {
+        "event": "breaker", "breaker": "broken", "from": "open", "to": "closed", "job": "broken",
+        "reason": "reset by hand"}
+    assert project.cli("breaker", "reset", "broken").returncode == 0  # closed already: no line
+    assert len(lines_of(project.path / "runs.jsonl")) == 5
 
 
 def test_the_file_is_reopened_for_each_run_so_logrotate_can_rename_it(project):

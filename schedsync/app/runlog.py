@@ -39,6 +39,12 @@ def breaker_line(run: Run, transition) -> dict:
             "failures": breaker.failures, "opens_until": iso(breaker.opens_until)}
 
 
+def log_reset(settings: dict, job: str, breaker: str, old: str, now: float) -> None:
+    """A breaker closed by hand (``schedsync breaker reset JOB``)."""
+    append(settings["file"], [{"event": "breaker", "breaker": breaker, "from": old, "to": "closed",
+                               "at": iso(now), "job": job, "run_id": None, "reason": "reset by hand"}])
+
+
 def log_run(settings: dict, run: Run, transition=None) -> None:
     """Append the run's line (and its breaker transition's) to ``settings["file"]``."""
     lines = [run_line(run)]

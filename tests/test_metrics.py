@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import time
 
@@ -58,23 +59,25 @@ def metrics(project):
     return parse(result.stdout)
 
 
-def test_every_family_has_help_and_type_gauge_but_the_two_counters(project):
+def test_every_family_has_help_and_type_gauge_but_the_counters_and_the_histogram(project):
     project.write(JOBS)
     open_store(str(project.state)).close()  # an empty state: read commands create none
     text = project.cli("metrics").stdout
     families = list(text_string_to_metric_families(text))
     assert all(f.documentation for f in families)
     counters = {f.name for f in families if f.type == "counter"}
-    # the parser drops _total; slots_missed: issue 17
-    assert counters == {"schedsync_runs", "schedsync_requests", "schedsync_slots_missed"}
-    assert {f.type for f in families} == {"gauge", "counter"}
+    assert counters == {"schedsync_runs", "schedsync_requests", "schedsync_items",
+                        "schedsync_retries", "schedsync_slots_missed"}  # the parser drops _total
+    assert {f.name for f in families if f.type == "histogram"} == {"schedsync_run_duration_seconds"}
+    assert {f.type for f in families} == {"gauge", "counter", "histogram"}
     assert {f.name for f in families if f.type == "gauge"} == {
         "schedsync_job_last_success_timestamp_seconds", "schedsync_job_last_run_timestamp_seconds",
         "schedsync_job_last_duration_seconds", "schedsync_job_last_status",
         "schedsync_job_consecutive_failures", "schedsync_job_health",
         "schedsync_job_next_expected_timestamp_seconds", "schedsync_budget_tokens",
         "schedsync_budget_capacity", "schedsync_budget_period_seconds", "schedsync_breaker_state",
-        "schedsync_breaker_failures"}
+        "schedsync_breaker_failures", "schedsync_job_interval_seconds", "schedsync_job_breaker",
+        "schedsync_job_budget", "schedsync_runs_running"}
 
 
 def test_the_last_success_is_a_unix_timestamp_and_absent_for_jobs_without_one(project, metrics):
@@ -197,3 +200,99 @@ def test_metrics_does_not_import_prometheus_client(project):
     result = project.cli("metrics", env={"PYTHONPROFILEIMPORTTIME": "1"})
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert "schedsync.ops.metrics" in imported and "prometheus_client" not in imported
+
+
+# --- what a dashboard needs (issue 20): histogram, items, retries, running, interval -----
+
+DASHBOARD_JOBS = """
+    jobs:
+      nap:
+        schedule: "0 * * * *"
+        command: ["sleep", "0.3"]
+      flaky:
+        schedule: "*/5 * * * *"
+        retries: {attempts: 3, initial: 0.1s, on_exit_codes: [3]}
+        command: "exit 3"
+      items:
+        python: "itemjob:run"
+      long:
+        command: ["sleep", "60"]
+"""
+
+ITEM_JOB = '''
+def run(ctx):
+    return {"processed": 7, "failed": 2}
+'''
+
+
+def test_durations_are_a_histogram_per_job_from_a_tenth_of_a_second_to_an_hour(project):
+    project.write(DASHBOARD_JOBS)
+    for _ in range(2):
+        assert project.cli("run", "nap").returncode == 0
+    metrics = parse(project.cli("metrics").stdout)
+    bounds = ["0.1", "0.5", "1.0", "5.0", "10.0", "30.0", "60.0", "120.0", "300.0", "600.0", "1800.0",
+              "3600.0", "+Inf"]
+    buckets = {dict(k)["le"]: v for k, v in metrics["schedsync_run_duration_seconds_bucket"].items()
+               if dict(k)["job"] == "nap"}
+    assert buckets == {le: 0 if le == "0.1" else 2 for le in bounds}
+    took = sum(run["duration_ms"] for run in project.history("nap")) / 1000
+    assert value(metrics, "schedsync_run_duration_seconds_sum", job="nap") == pytest.approx(took)
+    assert value(metrics, "schedsync_run_duration_seconds_count", job="nap") == 2
+    assert value(metrics, "schedsync_run_duration_seconds_count", job="flaky") == 0  # every job, zeros too
+
+
+def test_retries_count_the_attempts_after_the_first(project):
+    project.write(DASHBOARD_JOBS)
+    for _ in range(2):
+        assert project.cli("run", "flaky").returncode == 1
+    assert [run["attempts"] for run in project.history("flaky")] == [3, 3]
+    metrics = parse(project.cli("metrics").stdout)
+    assert value(metrics, "schedsync_retries_total", job="flaky") == 4
+    assert value(metrics, "schedsync_retries_total", job="nap") == 0
+
+
+def test_items_are_counted_by_result(project):
+    project.write(DASHBOARD_JOBS)
+    (project.path / "itemjob.py").write_text(ITEM_JOB)
+    for _ in range(2):
+        assert project.cli("run", "items").returncode == 0
+    metrics = parse(project.cli("metrics").stdout)
+    assert {r: value(metrics, "schedsync_items_total", job="items", result=r)
+            for r in ("processed", "failed", "deleted")} == {"processed": 14, "failed": 4, "deleted": 0}
+
+
+def test_retention_pruning_never_lowers_the_histogram_items_or_retries(project):
+    project.write(DASHBOARD_JOBS.replace('python: "itemjob:run"', 'python: "itemjob:run"\n'
+                                         '        retention: {success: 1s}'))
+    (project.path / "itemjob.py").write_text(ITEM_JOB)
+    for _ in range(3):
+        assert project.cli("run", "items").returncode == 0
+        time.sleep(1.1)  # each run prunes the successes older than 1 s (the newest is kept)
+    assert len(project.history("items")) < 3
+    metrics = parse(project.cli("metrics").stdout)
+    assert value(metrics, "schedsync_run_duration_seconds_count", job="items") == 3
+    assert value(metrics, "schedsync_items_total", job="items", result="processed") == 21
+
+
+def test_running_runs_are_a_gauge(project):
+    project.write(DASHBOARD_JOBS)
+    assert project.cli("run", "nap").returncode == 0
+    long = project.start("run", "long")
+    try:
+        deadline = time.monotonic() + 60
+        while value(parse(project.cli("metrics").stdout), "schedsync_runs_running", job="long") != 1:
+            assert time.monotonic() < deadline and long.poll() is None, "the long run never showed as running"
+            time.sleep(0.2)
+        assert value(parse(project.cli("metrics").stdout), "schedsync_runs_running", job="nap") == 0
+    finally:
+        long.send_signal(signal.SIGTERM)
+        long.communicate(timeout=30)
+    assert value(parse(project.cli("metrics").stdout), "schedsync_runs_running", job="long") == 0
+
+
+def test_the_interval_of_scheduled_jobs_and_their_breakers_and_budgets_for_joins(project, metrics):
+    assert value(metrics, "schedsync_job_interval_seconds", job="fine") == 300
+    assert len(metrics["schedsync_job_interval_seconds"]) == 1  # unscheduled jobs have none
+    assert value(metrics, "schedsync_job_breaker", job="idle-too", breaker="shared") == 1
+    assert value(metrics, "schedsync_job_budget", job="fine", budget="api") == 1
+    assert len(metrics["schedsync_job_budget"]) == 1

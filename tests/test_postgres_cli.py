@@ -351,10 +351,13 @@ budgets:
         out = subprocess.run(project.argv("metrics"), capture_output=True, text=True, env=env,
                              cwd=project.path).stdout
         return sorted(line for line in out.splitlines()
-                      if line.startswith(("schedsync_runs_total", "schedsync_requests_total")))
+                      if line.startswith(("schedsync_runs_total", "schedsync_requests_total",
+                                          "schedsync_run_duration_seconds", "schedsync_items_total",
+                                          "schedsync_retries_total")))
 
     assert counters(after) == counters(project.env)  # the run counters came along
     assert ledger(pg_url) == before_ledger and ("hello", 1_790_000_000.0, "backfill", "queued", None) in before_ledger
+    assert 'schedsync_run_duration_seconds_count{job="flaky"} 2' in counters(after)  # the third: skipped
     again = project.cli("state", "copy", "--to", pg_url)
     assert again.returncode == 1 and "already holds runs" in again.stderr
 
@@ -504,3 +507,28 @@ def test_a_database_error_during_a_budget_spend_is_one_line_not_an_internal_erro
         assert "cannot spend a budget token: state database" in result.stderr, result.stderr
     else:  # the session is gone: the run cannot be recorded, and says the state was lost
         assert "state database" in result.stderr and "was lost" in result.stderr, result.stderr
+
+
+def test_state_copy_of_a_file_older_than_run_totals_seeds_them_from_its_runs(tmp_path, pg_url):
+    import sqlite3
+
+    from schedsync.store import open_store
+    from schedsync.store.copy import copy_state
+    from schedsync.store.sqlite import MIGRATIONS
+
+    path = tmp_path / "v4.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:4]:  # before run_totals
+        migration(db)
+    db.execute("PRAGMA user_version = 4")
+    db.executemany("INSERT INTO runs (job, status, trigger, started_at, host, pid, duration_ms, attempts,"
+                   " items_processed) VALUES (?, ?, 'cron', 0, 'h', 1, ?, ?, ?)",
+                   [("a", "success", 300, 2, 5), ("a", "skipped", 0, 0, 0)])
+    db.close()
+    assert copy_state(str(path), pg_url)["run_totals"] == 0
+    store = open_store(pg_url)
+    try:
+        assert store.run_totals() == {"a": {"runs": 1, "seconds": 0.3, "processed": 5, "failed": 0,
+                                            "deleted": 0, "retries": 1, "buckets": {0.5: 1}}}
+    finally:
+        store.close()

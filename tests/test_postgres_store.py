@@ -286,6 +286,26 @@ class TestSchema:
             store.close()
         assert pg_server.psql(db, "SELECT version FROM schedsync.meta").strip() == str(len(MIGRATIONS))
 
+    def test_the_run_totals_migration_seeds_them_from_the_runs_already_recorded(self, pg_server):
+        from schedsync.store.postgres_sql import MIGRATIONS
+
+        db = pg_server.createdb()
+        for sql in MIGRATIONS[:4]:  # a state written before run_totals existed
+            pg_server.psql(db, sql)
+        pg_server.psql(db, "INSERT INTO schedsync.runs (job, status, trigger, started_at, host, pid, duration_ms,"
+                           " attempts, items_processed, items_failed) VALUES"
+                           " ('a', 'success', 'cron', 0, 'h', 1, 50, 1, 4, 0),"
+                           " ('a', 'failed', 'cron', 0, 'h', 1, 7000, 3, 0, 2),"
+                           " ('a', 'skipped', 'cron', 0, 'h', 1, 0, 0, 0, 0),"
+                           " ('a', 'crashed', 'cron', 0, 'h', 1, 9000, 1, 0, 0),"
+                           " ('b', 'running', 'cron', 0, 'h', 1, NULL, 0, 0, 0)")
+        store = open_store(pg_server.url(db))
+        try:
+            assert store.run_totals() == {"a": {"runs": 2, "seconds": 7.05, "processed": 4, "failed": 2,
+                                                "deleted": 0, "retries": 2, "buckets": {0.1: 1, 10.0: 1}}}
+        finally:
+            store.close()
+
     def test_a_foreign_schedsync_schema_is_refused(self, pg_server):
         db = pg_server.createdb()
         pg_server.psql(db, "CREATE SCHEMA schedsync; CREATE TABLE schedsync.stuff (x int)")

@@ -178,3 +178,25 @@ def test_the_counters_migration_seeds_them_from_the_runs_already_recorded(tmp_pa
     finally:
         store.close()
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_the_run_totals_migration_seeds_them_from_the_runs_already_recorded(tmp_path):
+    from schedsync.store.sqlite import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:4]:  # a state written before run_totals existed (v4)
+        migration(db)
+    db.execute("PRAGMA user_version = 4")
+    rows = [("a", "success", 50, 1, 4, 0), ("a", "failed", 7000, 3, 0, 2), ("a", "skipped", 0, 0, 0, 0),
+            ("a", "crashed", 9000, 1, 0, 0), ("b", "running", None, 0, 0, 0)]
+    db.executemany("INSERT INTO runs (job, status, trigger, started_at, host, pid, duration_ms, attempts,"
+                   " items_processed, items_failed) VALUES (?, ?, 'cron', 0, 'h', 1, ?, ?, ?, ?)", rows)
+    db.close()
+    store = open_store(str(path))
+    try:
+        assert store.run_totals() == {"a": {"runs": 2, "seconds": 7.05, "processed": 4, "failed": 2,
+                                            "deleted": 0, "retries": 2, "buckets": {0.1: 1, 10.0: 1}}}
+    finally:
+        store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

@@ -338,6 +338,38 @@ class TestCounters:
         assert store.counters() == {"a": {"success": (5, 5)}}
 
 
+class TestRunTotals:
+    """run_totals(): the histogram, items and retries of schedsync_run_duration_seconds,
+    schedsync_items_total and schedsync_retries_total."""
+
+    def test_each_finished_run_is_counted_in_its_bucket_with_items_and_retries(self, store):
+        for k, (ms, attempts, processed, failed) in enumerate(
+                ((50, 1, 10, 0), (100, 3, 5, 2), (2500, 2, 0, 0), (4_000_000, 1, 1, 1))):
+            finished(store, "a", T0 + k, "success" if k % 2 == 0 else "failed", duration_ms=ms,
+                     attempts=attempts, items_processed=processed, items_failed=failed)
+        totals = store.run_totals()["a"]
+        assert totals["buckets"] == {0.1: 2, 5.0: 1}  # 0.1 holds 0.1 itself; over 1 h: no bucket
+        assert (totals["runs"], totals["processed"], totals["failed"], totals["deleted"], totals["retries"]) == \
+            (4, 16, 3, 0, 3)
+        assert totals["seconds"] == pytest.approx(4002.65)
+
+    def test_skips_and_crashes_are_not_runs_of_the_histogram(self, store):
+        host, pid, _ = store.liveness.owner()
+        skip = Run(0, "a", "skipped", "cron", T0, host, pid, reason="locked", finished_at=T0, duration_ms=0)
+        store.record_skip(skip, KEEP_ALL)
+        finished(store, "a", T0 + 1, "skipped", evidence=False, duration_ms=0)  # an http job's empty budget
+        run = started(store, "a", T0 + 2)
+        assert store.mark_crashed(run, "gone", API, False, now=T0 + 5)
+        assert store.run_totals() == {}
+
+    def test_pruning_does_not_lower_them(self, store):
+        for k in range(5):
+            finished(store, "a", T0 + k, "success", duration_ms=200, attempts=2, items_processed=3)
+        assert store.prune_all({"a": (3600.0, None)}, now=T0 + 86400) == 4
+        totals = store.run_totals()["a"]
+        assert (totals["runs"], totals["buckets"], totals["processed"], totals["retries"]) == (5, {0.5: 5}, 15, 5)
+
+
 class TestAdhocJobs:
     def test_settings_are_remembered_by_name_and_replaced(self, store):
         assert store.adhoc_jobs() == {}

@@ -51,8 +51,13 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
         hooks["on_start"] = lambda run: _run_started(store, job, run, secrets)
         hooks["on_finish"] = lambda result: announce(config, store, job, result.run, secrets,
                                                      result.run.finished_at, result.retry)
-    return run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
-                   sleep=sleep, force_slot=force_slot, item=item, slot=slot, **hooks)
+    result = run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
+                     sleep=sleep, force_slot=force_slot, item=item, slot=slot, **hooks)
+    if config.log:  # the JSON run log: imported only when jobs.yaml asks for it
+        from schedsync.app.runlog import log_run
+
+        log_run(config.log, result.run, result.transition)
+    return result
 
 
 def failed_start(config: Config, store, name: str, trigger: str, exc: ConfigError) -> None:
@@ -138,6 +143,10 @@ def reap(config: Config, store, names: list[str] | None = None) -> list[Run]:
             run.status, run.finished_at = CRASHED, now
             run.duration_ms = int((now - run.started_at) * 1000)
         run.error = "schedsync died before the run ended"
+        if marked and config.log:  # recorded here, so logged once, by this process
+            from schedsync.app.runlog import log_run
+
+            log_run(config.log, run)
         if marked and known and (config.jobs[run.job].notify or config.jobs[run.job].ping):
             try:
                 _announce_crash(config, store, run, now)

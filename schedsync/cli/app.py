@@ -256,7 +256,13 @@ def breaker_reset(ctx: typer.Context,
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
     with _errors(), _opened(ctx, job=job) as (config, store):
         name = config.job(job).breaker["name"]
-        before = store.reset_breaker(name, "reset by hand", store.now()) or "closed"
+        now = store.now()
+        was = store.reset_breaker(name, "reset by hand", now)
+        before = was or "closed"
+        if was and config.log:  # the JSON run log: imported only when jobs.yaml asks for it
+            from schedsync.app.runlog import log_reset
+
+            log_reset(config.log, job, name, was, now)
     print(f"breaker {name}: closed (was {before})")
 
 

@@ -256,8 +256,9 @@ def validate(config_opt: str | None) -> int:
 
 
 def metrics(config_opt: str | None, state_opt: str | None, textfile: str | None = None) -> int:
+    from schedsync.app.report import display_zone
     from schedsync.app.status import snapshot
-    from schedsync.ops.metrics import exposition, write_textfile
+    from schedsync.ops.metrics import exposition, running_counts, write_textfile
 
     try:
         if textfile is not None and not textfile.endswith(".prom"):
@@ -266,7 +267,8 @@ def metrics(config_opt: str | None, state_opt: str | None, textfile: str | None 
         config = load_config(config_opt, state_opt)
         with opened(config, state_opt) as store:
             snap = snapshot(config, store)
-            text = exposition(snap.views, snap.budgets, store.counters(), store.slot_counters())
+            text = exposition(snap.views, snap.budgets, store.counters(), store.slot_counters(),
+                              store.run_totals(), running_counts(store, snap.views), tz=display_zone(config))
         if textfile is None:
             sys.stdout.write(text)
             return 0

@@ -145,6 +145,7 @@ class Config:
     budgets: dict  # name -> [capacity, per_seconds]
     jobs: Jobs  # name -> Job
     defaults: dict | None = None  # BUILTIN merged with `defaults:`, for jobs built later (exec)
+    log: dict | None = None  # `log:` ({"file": absolute path}): the JSON run log, app.runlog
     state_in_use: str | None = None  # set by resolve_state: the state this process opens
     # The environment variables ``schedule: "${VAR:-...}"`` read -> their value (None: unset).
     environ: dict | None = None

@@ -14,7 +14,7 @@ from schedsync.core.errors import ConfigError
 from schedsync.kinds import KEYS
 from schedsync.kinds import kind as kind_of
 
-TOP_KEYS = ("state", "timezone", "defaults", "budgets", "jobs", "smtp", "serve_url")
+TOP_KEYS = ("state", "timezone", "defaults", "budgets", "log", "jobs", "smtp", "serve_url")
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
             "max_wait", "cost", "env", "notify", "ping", "run_by", "catchup", "retry_later")
@@ -61,6 +61,12 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
             doc.fail(exc)
             timezone = None
 
+    log = None
+    if raw.get("log") is not None:
+        try:
+            log = _log(raw["log"], folder, doc)
+        except ConfigError as exc:
+            doc.fail(exc)
     for key, check in (("smtp", _smtp), ("serve_url", _url)):
         if raw.get(key) is not None:
             try:
@@ -99,7 +105,22 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
         except ConfigError as exc:  # validate goes on with the next job
             doc.fail(exc)
     return Config(path=doc.file, dir=folder, state=state, timezone=timezone,
-                  budgets=budgets, jobs=Jobs(jobs), defaults=base, environ=dict(doc.environ))
+                  budgets=budgets, jobs=Jobs(jobs), defaults=base, environ=dict(doc.environ), log=log)
+
+
+def _log(value, folder: str, doc: _Doc) -> dict:
+    """``log: {file: PATH}``: PATH relative to jobs.yaml's folder, ``~`` expanded."""
+    if isinstance(value, dict):
+        _known(value, ("file",), "log", doc)
+    if not isinstance(value, dict) or "file" not in value:
+        raise doc.error("log", "must be a mapping with a `file:` key", "e.g. log: {file: /var/log/schedsync.jsonl}")
+    file = value["file"]
+    if not isinstance(file, str) or not file.strip() or "\0" in file:
+        raise doc.error("log.file", "must be a file path", "e.g. log: {file: /var/log/schedsync.jsonl}")
+    path = os.path.join(folder, os.path.expanduser(file))
+    if os.path.isdir(path):
+        raise doc.error("log.file", f"{_q(path)} is a folder", "name a file in it, e.g. schedsync.jsonl")
+    return {"file": path}
 
 
 def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:

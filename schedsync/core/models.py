@@ -12,6 +12,10 @@ FAILURES = (FAILED, TIMEOUT, CRASHED)
 LOCKED, BREAKER_OPEN, RATE_LIMITED, PAUSED, CANCELLED, ALREADY_RAN = (
     "locked", "breaker_open", "rate_limited", "paused", "cancelled", "already_ran",
 )
+# Upper bounds (seconds) of schedsync_run_duration_seconds' buckets, for cron jobs: from
+# 0.1 s to 1 h. The store keeps a count per bound (a run in the smallest bound that holds
+# it, none over 1 h: +Inf is the count); the SQL of both backends names the same list.
+DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 @dataclass

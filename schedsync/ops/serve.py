@@ -138,12 +138,15 @@ class Site:
         return (503 if bad else 200), "application/json", (json.dumps(body, indent=2) + "\n").encode()
 
     def metrics(self) -> tuple[int, str, bytes]:
+        from schedsync.app.report import display_zone
         from schedsync.app.status import snapshot
-        from schedsync.ops.metrics import exposition
+        from schedsync.ops.metrics import exposition, process_metrics, running_counts
 
         def text(config, store):
             snap = snapshot(config, store, alert=False)
-            return exposition(snap.views, snap.budgets, store.counters(), store.slot_counters())
+            return exposition(snap.views, snap.budgets, store.counters(), store.slot_counters(),
+                              store.run_totals(), running_counts(store, snap.views), extra=process_metrics(),
+                              tz=display_zone(config))
 
         return 200, PROMETHEUS, self._with_state(text).encode()
 

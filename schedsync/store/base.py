@@ -331,6 +331,14 @@ class Store(abc.ABC):
         only grow; retention pruning never lowers them (Prometheus ``rate()`` needs that)."""
 
     @abc.abstractmethod
+    def run_totals(self) -> dict:
+        """{job: {"runs", "seconds", "processed", "failed", "deleted", "retries", "buckets":
+        {le: runs}}} of the finished runs that were neither skipped nor crashed, counted
+        inside ``finish_run`` (same transaction), so they only grow. ``buckets`` counts each
+        run once, under the smallest ``DURATION_BUCKETS`` bound that holds its duration
+        (none over the last one); ``retries`` sums ``attempts - 1``."""
+
+    @abc.abstractmethod
     def adhoc_jobs(self) -> dict:
         """{name: settings JSON text} of the jobs ``set_adhoc`` remembered."""
 
@@ -390,3 +398,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+
+def totals_of(totals, buckets) -> dict:
+    """``run_totals()`` from the rows of run_totals and run_buckets (both backends)."""
+    out: dict = {job: {"runs": int(runs), "seconds": float(seconds), "processed": int(processed),
+                 "failed": int(failed), "deleted": int(deleted), "retries": int(retries), "buckets": {}}
+           for job, runs, seconds, processed, failed, deleted, retries in totals}
+    for job, le, runs in buckets:
+        if job in out:  # buckets: {le: runs}
+            out[job]["buckets"][float(le)] = int(runs)
+    return out

@@ -1,7 +1,8 @@
 """``schedsync state copy --to postgresql://…``: move a SQLite state into PostgreSQL.
 
-Copies history (runs with their ids, output and owners), the run counters, first-seen,
-pauses and the settings of ``exec``'s ad-hoc jobs, the slot ledger and its queue, budgets (tokens, last refill, a
+Copies history (runs with their ids, output and owners), the run counters (and the
+durations, items and retries of run_totals and run_buckets), first-seen, pauses and
+the settings of ``exec``'s ad-hoc jobs, the slot ledger and its queue, budgets (tokens, last refill, a
 Retry-After pause), breakers and their transitions, notifications and sent-alert
 marks, in one PostgreSQL transaction:
 all of it or nothing. The destination must hold no runs yet (a second copy would
@@ -17,12 +18,15 @@ import json
 import os
 
 from schedsync.core.errors import ConfigError, StateError
+from schedsync.core.models import DURATION_BUCKETS
 from schedsync.store.base import RUN_FIELDS, SLOT_FIELDS
 
 TABLES = {  # table: columns, as both backends name them (SQLite's pid_start is the token)
     "runs": (*RUN_FIELDS, "pid_start"),
     "jobs": ("name", "first_seen", "paused", "paused_at", "adhoc"),
     "run_counts": ("job", "status", "runs", "requests"),
+    "run_totals": ("job", "runs", "seconds", "processed", "failed", "deleted", "retries"),
+    "run_buckets": ("job", "le", "runs"),
     "buckets": ("name", "tokens", "updated", "blocked_until"),
     "breakers": ("name", "state", "failures", "opened_at", "opens_until", "leases"),
     "breaker_events": ("id", "name", "at", "old", "new", "reason"),
@@ -32,6 +36,17 @@ TABLES = {  # table: columns, as both backends name them (SQLite's pid_start is 
     "slot_counts": ("job", "state", "n"),
     "ticks": ("host", "at", "error"),
 }
+
+
+_ENDED = "FROM schedsync.runs WHERE status NOT IN ('running', 'skipped', 'crashed')"
+# As the migration that made run_totals seeds them (0008_run_totals.sql).
+SEED_TOTALS = (
+    "INSERT INTO schedsync.run_totals (job, runs, seconds, processed, failed, deleted, retries)"
+    " SELECT job, count(*), coalesce(sum(duration_ms), 0) / 1000.0, coalesce(sum(items_processed), 0),"
+    f" coalesce(sum(items_failed), 0), 0, coalesce(sum(greatest(attempts - 1, 0)), 0) {_ENDED} GROUP BY job;"
+    " INSERT INTO schedsync.run_buckets (job, le, runs) SELECT job, le, count(*) FROM ("
+    " SELECT job, (SELECT min(b) FROM unnest(%s::float8[]) AS b WHERE b >= coalesce(duration_ms, 0) / 1000.0)"
+    f" AS le {_ENDED}) AS r WHERE le IS NOT NULL GROUP BY job, le")
 
 
 def copy_state(source: str, url: str) -> dict:
@@ -77,11 +92,13 @@ def copy_state(source: str, url: str) -> dict:
                 names = ["token" if c == "pid_start" else c for c in picked]
                 rows = [storable(_convert(table, picked, row)) for row in rows]  # NUL: as stored
                 if rows:
-                    if table in ("jobs", "buckets", "breakers", "alert_marks", "run_counts"):
+                    if table in ("jobs", "buckets", "breakers", "alert_marks", "run_counts", "run_totals",
+                                 "run_buckets"):
                         # see_jobs may have run when the store opened: the file's rows win
-                        key = {"alert_marks": "(job, event)", "run_counts": "(job, status)"}.get(table, "(name)")
+                        key = {"alert_marks": "(job, event)", "run_counts": "(job, status)", "run_totals": "(job)",
+                               "run_buckets": "(job, le)"}.get(table, "(name)")
                         sets = ", ".join(f"{n} = excluded.{n}" for n in names
-                                         if n not in ("name", "job", "event", "status"))
+                                         if n not in ("name", "job", "event", "status", "le"))
                         tail = f" ON CONFLICT {key} DO UPDATE SET {sets}"
                     else:
                         tail = ""
@@ -95,6 +112,10 @@ def copy_state(source: str, url: str) -> dict:
                             " WHERE status <> 'running' GROUP BY job, status"
                             " ON CONFLICT (job, status) DO UPDATE SET runs = excluded.runs,"
                             " requests = excluded.requests")
+            if not counts.get("run_totals") and not any(
+                    row[1] == "runs" for row in src.execute("PRAGMA table_info(run_totals)")):
+                # a file older than run_totals: sum its runs, as its own migration would
+                cur.execute(SEED_TOTALS, (list(DURATION_BUCKETS),))
             for table in ("runs", "breaker_events", "notifications", "slots"):
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('schedsync.{table}', 'id'),"
                             f" greatest((SELECT max(id) FROM schedsync.{table}), 1))")

@@ -46,6 +46,7 @@ from schedsync.store.base import (
     already_ran_error,
     item_taken_error,
     no_state,
+    totals_of,
 )
 from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
 
@@ -568,6 +569,11 @@ class PostgresStore(Store):
                 "SELECT job, status, runs, requests FROM schedsync.run_counts"):
             out.setdefault(job, {})[status] = (int(runs), int(requests))
         return out
+
+    def run_totals(self) -> dict:
+        return totals_of(
+            self._q("SELECT job, runs, seconds, processed, failed, deleted, retries FROM schedsync.run_totals"),
+            self._q("SELECT job, le, runs FROM schedsync.run_buckets"))
 
     def adhoc_jobs(self) -> dict:
         return dict(self._q("SELECT name, adhoc FROM schedsync.jobs WHERE adhoc IS NOT NULL"))

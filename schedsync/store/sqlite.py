@@ -32,6 +32,7 @@ from schedsync.core.models import (
     ALREADY_RAN,
     BREAKER_OPEN,
     CRASHED,
+    DURATION_BUCKETS,
     FAILURES,
     PARTIAL,
     PAUSED,
@@ -58,6 +59,7 @@ from schedsync.store.base import (
     already_ran_error,
     item_taken_error,
     no_state,
+    totals_of,
 )
 from schedsync.store.liveness import ProcLiveness
 from schedsync.store.lock import FileLock, lock_folder
@@ -153,7 +155,32 @@ def _v5(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]  # append, never edit: user_version counts how many were applied
+def _v6(db: sqlite3.Connection) -> None:
+    # What a dashboard needs beside run_counts, only growing too: per job, the finished
+    # (not skipped, not crashed) runs' durations (sum, count, and a count per histogram
+    # bucket, DURATION_BUCKETS), items processed/failed/deleted, and retries inside runs
+    # (attempts - 1); seeded from the runs already recorded.
+    _script(db, f"""
+        CREATE TABLE run_totals (job TEXT PRIMARY KEY, runs INTEGER NOT NULL, seconds REAL NOT NULL,
+                                 processed INTEGER NOT NULL, failed INTEGER NOT NULL,
+                                 deleted INTEGER NOT NULL, retries INTEGER NOT NULL);
+        CREATE TABLE run_buckets (job TEXT NOT NULL, le REAL NOT NULL, runs INTEGER NOT NULL,
+                                  PRIMARY KEY (job, le));
+        INSERT INTO run_totals (job, runs, seconds, processed, failed, deleted, retries)
+            SELECT job, COUNT(*), COALESCE(SUM(duration_ms), 0) / 1000.0,
+                   COALESCE(SUM(items_processed), 0), COALESCE(SUM(items_failed), 0), 0,
+                   COALESCE(SUM(MAX(attempts - 1, 0)), 0)
+            FROM runs WHERE status NOT IN ('running', 'skipped', 'crashed') GROUP BY job;
+        INSERT INTO run_buckets (job, le, runs)
+            SELECT job, le, COUNT(*) FROM (SELECT job, (SELECT MIN(value) FROM json_each('{_BOUNDS}')
+                                                        WHERE value >= COALESCE(duration_ms, 0) / 1000.0) AS le
+                                           FROM runs WHERE status NOT IN ('running', 'skipped', 'crashed'))
+            WHERE le IS NOT NULL GROUP BY job, le
+    """)
+
+
+_BOUNDS = "[" + ",".join(repr(b) for b in DURATION_BUCKETS) + "]"
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6]  # append, never edit: user_version counts how many were applied
 
 
 # SQLite's primary result codes (the low byte of an extended code: SQLITE_IOERR_* is SQLITE_IOERR).
@@ -517,6 +544,20 @@ class SQLiteStore(Store):
                   " ON CONFLICT (job, status) DO UPDATE SET runs = runs + 1,"
                   " requests = requests + excluded.requests", (job, status, requests or 0))
 
+    def _totals(self, run: Run) -> None:
+        # run_totals and run_buckets (_v6), in finish_run's transaction like _tally.
+        seconds = (run.duration_ms or 0) / 1000
+        self._sql("INSERT INTO run_totals (job, runs, seconds, processed, failed, deleted, retries)"
+                  " VALUES (?, 1, ?, ?, ?, 0, ?) ON CONFLICT (job) DO UPDATE SET runs = runs + 1,"
+                  " seconds = seconds + excluded.seconds, processed = processed + excluded.processed,"
+                  " failed = failed + excluded.failed, retries = retries + excluded.retries",
+                  (run.job, seconds, run.items_processed or 0, run.items_failed or 0,
+                   max((run.attempts or 0) - 1, 0)))
+        le = next((b for b in DURATION_BUCKETS if seconds <= b), None)
+        if le is not None:
+            self._sql("INSERT INTO run_buckets (job, le, runs) VALUES (?, ?, 1)"
+                      " ON CONFLICT (job, le) DO UPDATE SET runs = runs + 1", (run.job, le))
+
     def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None, later=None):
         now = time.time() if now is None else now
         with self._tx:
@@ -534,6 +575,8 @@ class SQLiteStore(Store):
                  run.requests, run.items_processed, run.items_failed, run.exit_code, run.error,
                  run.retry_at, run.output, run.id))
             self._tally(run.job, run.status, run.requests)
+            if run.status != SKIPPED:
+                self._totals(run)
             transition = None
             if evidence and run.status != SKIPPED:
                 transition = self._count(breaker, run, trial, now)
@@ -799,6 +842,11 @@ class SQLiteStore(Store):
         for job, status, runs, requests in rows:
             out.setdefault(job, {})[status] = (runs, requests)
         return out
+
+    def run_totals(self):
+        return totals_of(self._sql("SELECT job, runs, seconds, processed, failed, deleted, retries"
+                                     " FROM run_totals").fetchall(),
+                           self._sql("SELECT job, le, runs FROM run_buckets").fetchall())
 
     def adhoc_jobs(self):
         return dict(self._sql("SELECT name, adhoc FROM jobs WHERE adhoc IS NOT NULL").fetchall())

@@ -10,7 +10,7 @@
 
 CREATE SCHEMA IF NOT EXISTS schedsync;
 CREATE TABLE schedsync.meta (version int NOT NULL);
-INSERT INTO schedsync.meta VALUES (7);  -- the migrations applied
+INSERT INTO schedsync.meta VALUES (8);  -- the migrations applied
 
 CREATE TABLE schedsync.runs (
     id bigserial PRIMARY KEY, job text NOT NULL, status text NOT NULL, reason text,
@@ -57,6 +57,13 @@ CREATE TABLE schedsync.ticks (host text PRIMARY KEY, at float8 NOT NULL, error t
 -- Counters that only grow, bumped in the same transaction as the run's row.
 CREATE TABLE schedsync.run_counts (job text NOT NULL, status text NOT NULL, runs bigint NOT NULL,
                                    requests bigint NOT NULL, PRIMARY KEY (job, status));
+-- Durations (a histogram's sum, count and buckets), items and retries of finished runs
+-- (not skipped, not crashed), bumped by finish in the same transaction.
+CREATE TABLE schedsync.run_totals (job text PRIMARY KEY, runs bigint NOT NULL, seconds float8 NOT NULL,
+                                   processed bigint NOT NULL, failed bigint NOT NULL,
+                                   deleted bigint NOT NULL, retries bigint NOT NULL);
+CREATE TABLE schedsync.run_buckets (job text NOT NULL, le float8 NOT NULL, runs bigint NOT NULL,
+                                    PRIMARY KEY (job, le));
 
 CREATE FUNCTION schedsync.now() RETURNS float8 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$ SELECT extract(epoch FROM clock_timestamp())::float8 $$;
@@ -244,6 +251,23 @@ SET search_path = pg_catalog, pg_temp AS $$
         ON CONFLICT (job, status) DO UPDATE SET runs = c.runs + 1, requests = c.requests + excluded.requests
 $$;
 
+-- A finished run (not skipped) counted in run_totals and run_buckets, in the caller's transaction.
+CREATE FUNCTION schedsync.tally_run(p_job text, p_seconds float8, p_attempts int, p_items bigint,
+                                    p_failed_items bigint) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO schedsync.run_totals AS c (job, runs, seconds, processed, failed, deleted, retries)
+        VALUES (p_job, 1, coalesce(p_seconds, 0), coalesce(p_items, 0), coalesce(p_failed_items, 0), 0,
+                greatest(coalesce(p_attempts, 0) - 1, 0))
+        ON CONFLICT (job) DO UPDATE SET runs = c.runs + 1, seconds = c.seconds + excluded.seconds,
+            processed = c.processed + excluded.processed, failed = c.failed + excluded.failed,
+            retries = c.retries + excluded.retries;
+    INSERT INTO schedsync.run_buckets AS b (job, le, runs)
+        SELECT p_job, min(le), 1 FROM unnest(ARRAY[0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]::float8[]) AS le
+        WHERE le >= coalesce(p_seconds, 0) HAVING min(le) IS NOT NULL
+        ON CONFLICT (job, le) DO UPDATE SET runs = b.runs + 1
+$$;
+
 -- One run's admission, in one transaction: seen, paused, breaker (a half-open trial
 -- lease claimed once cluster-wide), the ledger's claim (a cron slot, or the work item
 -- the tick claimed), budgets, then the running row and its liveness lock. Nothing
@@ -352,15 +376,18 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t float8 := coalesce(p_finished, schedsync.now());
-    f record;
+    f record; v_ms bigint;
 BEGIN
     UPDATE schedsync.runs SET status = p_status, reason = p_reason, finished_at = t,
         duration_ms = coalesce(p_duration, ((t - started_at) * 1000)::bigint),
         attempts = p_attempts, requests = p_requests, items_processed = p_items,
         items_failed = p_failed_items, exit_code = p_exit, error = p_error, retry_at = p_retry_at,
-        output = p_output WHERE id = p_id;
+        output = p_output WHERE id = p_id RETURNING duration_ms INTO v_ms;
     IF FOUND THEN
         PERFORM schedsync.tally(p_job, p_status, p_requests);
+        IF p_status <> 'skipped' THEN
+            PERFORM schedsync.tally_run(p_job, v_ms / 1000.0, p_attempts, p_items, p_failed_items);
+        END IF;
     END IF;
     IF p_evidence THEN
         f := schedsync.feed_breaker(p_breaker, p_failures, p_reset, t, p_ok, p_trial, p_why);

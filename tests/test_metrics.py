@@ -228,7 +228,7 @@ def run(ctx):
 def test_durations_are_a_histogram_per_job_from_a_tenth_of_a_second_to_an_hour(project):
     project.write(DASHBOARD_JOBS)
     for _ in range(2):
-        assert project.cli("run", "nap").returncode == 0
+        assert project.cli("run", "--force-slot", "nap").returncode == 0
     metrics = parse(project.cli("metrics").stdout)
     bounds = ["0.1", "0.5", "1.0", "5.0", "10.0", "30.0", "60.0", "120.0", "300.0", "600.0", "1800.0",
               "3600.0", "+Inf"]
@@ -244,7 +244,7 @@ def test_durations_are_a_histogram_per_job_from_a_tenth_of_a_second_to_an_hour(p
 def test_retries_count_the_attempts_after_the_first(project):
     project.write(DASHBOARD_JOBS)
     for _ in range(2):
-        assert project.cli("run", "flaky").returncode == 1
+        assert project.cli("run", "--force-slot", "flaky").returncode == 1
     assert [run["attempts"] for run in project.history("flaky")] == [3, 3]
     metrics = parse(project.cli("metrics").stdout)
     assert value(metrics, "schedsync_retries_total", job="flaky") == 4
@@ -255,7 +255,7 @@ def test_items_are_counted_by_result(project):
     project.write(DASHBOARD_JOBS)
     (project.path / "itemjob.py").write_text(ITEM_JOB)
     for _ in range(2):
-        assert project.cli("run", "items").returncode == 0
+        assert project.cli("run", "--force-slot", "items").returncode == 0
     metrics = parse(project.cli("metrics").stdout)
     assert {r: value(metrics, "schedsync_items_total", job="items", result=r)
             for r in ("processed", "failed", "deleted")} == {"processed": 14, "failed": 4, "deleted": 0}
@@ -266,7 +266,7 @@ def test_retention_pruning_never_lowers_the_histogram_items_or_retries(project):
                                          '        retention: {success: 1s}'))
     (project.path / "itemjob.py").write_text(ITEM_JOB)
     for _ in range(3):
-        assert project.cli("run", "items").returncode == 0
+        assert project.cli("run", "--force-slot", "items").returncode == 0
         time.sleep(1.1)  # each run prunes the successes older than 1 s (the newest is kept)
     assert len(project.history("items")) < 3
     metrics = parse(project.cli("metrics").stdout)
@@ -276,7 +276,7 @@ def test_retention_pruning_never_lowers_the_histogram_items_or_retries(project):
 
 def test_running_runs_are_a_gauge(project):
     project.write(DASHBOARD_JOBS)
-    assert project.cli("run", "nap").returncode == 0
+    assert project.cli("run", "--force-slot", "nap").returncode == 0
     long = project.start("run", "long")
     try:
         deadline = time.monotonic() + 60

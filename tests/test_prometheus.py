@@ -127,8 +127,8 @@ def grafana(expr: str, job: str) -> str:
 
 def test_rules_evaluate_the_failing_alert_fires_and_every_dashboard_query_has_data(project, tmp_path):
     project.write(JOBS)
-    assert project.cli("run", "fine").returncode == 0
-    assert project.cli("run", "broken").returncode == 1
+    assert project.cli("run", "--force-slot", "fine").returncode == 0
+    assert project.cli("run", "--force-slot", "broken").returncode == 1
     # A copy of the shipped rules whose `for:` are 0 s: the shipped ones wait minutes.
     rules = tmp_path / "schedsync.rules.yml"
     shipped = RULES.read_text()
@@ -141,8 +141,8 @@ def test_rules_evaluate_the_failing_alert_fires_and_every_dashboard_query_has_da
         prom.until("the target scraped", lambda: [t for t in prom.api("targets")["activeTargets"]
                                                   if t["health"] == "up"])
         # Runs while Prometheus watches, so the counters' increase() is not zero.
-        assert project.cli("run", "broken").returncode == 1
-        assert project.cli("run", "fine").returncode == 0
+        assert project.cli("run", "--force-slot", "broken").returncode == 1
+        assert project.cli("run", "--force-slot", "fine").returncode == 0
         prom.until("a scrape after the runs", lambda: prom.api(
             "query", query='schedsync_runs_total{job="fine",status="success"} == 2')["result"])
 
@@ -180,7 +180,7 @@ def test_rules_evaluate_the_failing_alert_fires_and_every_dashboard_query_has_da
 
 def test_serve_exports_its_own_process_metrics(project):
     project.write(JOBS)
-    assert project.cli("run", "fine").returncode == 0
+    assert project.cli("run", "--force-slot", "fine").returncode == 0
     served = Served(project)
     try:
         status, _, text = served.get("/metrics")

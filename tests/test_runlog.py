@@ -34,7 +34,7 @@ def lines_of(path) -> list[dict]:
 def test_fifty_concurrent_runs_append_fifty_whole_json_lines_without_the_secret(project):
     project.write(JOBS)
     (project.path / "logs").mkdir()
-    assert project.cli("run", "fine").returncode == 0  # the state exists before the crowd
+    assert project.cli("run", "--force-slot", "fine").returncode == 0  # the state exists before the crowd
     log = project.path / "logs" / "runs.jsonl"
     log.unlink()
     procs = [project.start("run", "chatty", env={"API_TOKEN": SECRET}) for _ in range(50)]
@@ -70,7 +70,7 @@ def test_a_breaker_transition_is_a_line_of_its_own(project):
             breaker: {failures: 2, reset_after: 10m}
     """)
     for _ in range(3):
-        project.cli("run", "broken")
+        project.cli("run", "--force-slot", "broken")
     records = lines_of(project.path / "runs.jsonl")
     assert [(r["event"], r.get("status"), r.get("to")) for r in records] == [
         ("run", "failed", None), ("run", "failed", None), ("breaker", None, "open"), ("run", "skipped", None)]
@@ -89,18 +89,18 @@ def test_a_breaker_transition_is_a_line_of_its_own(project):
 
 def test_the_file_is_reopened_for_each_run_so_logrotate_can_rename_it(project):
     project.write(JOBS)
-    assert project.cli("run", "fine").returncode == 0  # creates logs/? no: the folder must exist
+    assert project.cli("run", "--force-slot", "fine").returncode == 0  # creates logs/? no: the folder must exist
     log = project.path / "logs" / "runs.jsonl"
     (project.path / "logs").mkdir(exist_ok=True)
-    assert project.cli("run", "fine").returncode == 0
+    assert project.cli("run", "--force-slot", "fine").returncode == 0
     log.rename(log.with_suffix(".jsonl.1"))  # what logrotate does (no copytruncate)
-    assert project.cli("run", "fine").returncode == 0
+    assert project.cli("run", "--force-slot", "fine").returncode == 0
     assert len(lines_of(log.with_suffix(".jsonl.1"))) == 1 and len(lines_of(log)) == 1
 
 
 def test_a_log_that_cannot_be_written_warns_and_leaves_the_result_alone(project):
     project.write(JOBS)  # logs/ does not exist
-    result = project.cli("run", "fine")
+    result = project.cli("run", "--force-slot", "fine")
     assert result.returncode == 0
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("warning: cannot append to the run log ") and " — " in result.stderr
@@ -136,7 +136,7 @@ def test_log_is_validated_with_its_line(project):
             command: ["true"]
         log: /var/log/x.jsonl
     """)
-    result = project.cli("run", "fine")
+    result = project.cli("run", "--force-slot", "fine")
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "jobs.yaml:5 log: must be a mapping with a `file:` key" in \
         result.stderr and "Traceback" not in result.stderr

@@ -364,3 +364,39 @@ def test_a_loser_while_the_winner_runs_is_already_ran_naming_the_winner(project,
     assert [(r["status"], r["reason"]) for r in runs] == [("skipped", "already_ran"), ("success", None)]
     assert f"on {os.uname().nodename} (run {runs[1]['id']})" in runs[0]["error"]
     assert _lines(log) == ["start"]
+
+
+# --- a python job stops once its lease is lost ----------------------------------------------
+
+def test_a_python_job_stops_within_a_second_once_its_lease_is_taken(project, pg_server, pg_url):
+    log = project.path / "job.log"
+    (project.path / "looper.py").write_text(f"""
+import time
+
+def run(ctx):
+    while True:
+        with open({str(log)!r}, "a") as f:
+            f.write(f"{{time.time()}}\\n")
+        time.sleep(0.1)
+""")
+    project.write("""
+        jobs:
+          looping:
+            python: "looper:run"
+            timeout: 5m
+    """)
+    project.env["SCHEDSYNC_STATE"] = pg_url
+    proc = project.start("run", "looping")
+    try:
+        _wait_for(lambda: len(_lines(log)) >= 3, 30, "the job to start")
+        db = pg_url.split("/")[3].split("?")[0]
+        # as if it had lapsed and another holder took it: the next renewal finds it gone
+        pg_server.psql(db, "UPDATE schedsync.leases SET token = 1 WHERE name = 'looping'")
+        taken = time.time()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _kill(proc)
+    assert proc.returncode == 1, err
+    assert float(_lines(log)[-1]) < taken + 2  # a renewal (1 s), then the check (0.5 s)
+    [run] = project.history("looping")
+    assert run["status"] == "failed" and "fenced" in run["error"], run

@@ -734,8 +734,8 @@ class Leases(Locks):
         self.valid_until = 0.0  # monotonic: the job must be stopped by then
         self.lost = False
         self._pipes: list[int] = []  # write ends of keepers' lease pipes
-        self._thread = None
-        self._stopped = None
+        self._thread: threading.Thread | None = None
+        self._stopped: threading.Event | None = None
 
     def lock(self, job: str) -> Lease:
         return Lease(self, job)
@@ -794,8 +794,8 @@ class Leases(Locks):
         if self.store._mutex is None:
             self.store._mutex = threading.Lock()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="schedsync-leases", daemon=True)
-        self._thread.start()
+        thread = self._thread = threading.Thread(target=self._loop, name="schedsync-leases", daemon=True)
+        thread.start()
 
     def _loop(self) -> None:
         assert self._stopped is not None
@@ -804,12 +804,12 @@ class Leases(Locks):
                 self.renew()
 
     def renew(self) -> None:
-        sent = time.monotonic()
+        sent, expected = time.monotonic(), set(self.names)
         try:
             got = {n for (n,) in self.store._fetch(RENEW, (LEASE, self.token), retry=True)}
         except Exception:  # unreachable for now: held() turns False when it lasts
             return
-        if self.names - got:
+        if (expected & self.names) - got:  # held before we asked and still meant to be
             self.lost = True  # lapsed and taken (or removed): never ours again
             return
         self.valid_until = max(self.valid_until, sent + LEASE - MARGIN)

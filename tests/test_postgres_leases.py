@@ -304,7 +304,7 @@ def test_a_host_s_clock_off_by_minutes_times_out_no_job_early_or_late(project, p
     slow = project.cli("run", "slow", env=skewed)
     took = time.monotonic() - started
     assert slow.returncode == 1, slow.stderr
-    assert 1.9 < took < 2 + 5 + 5, took  # killed at its own 2 s, not at once nor after 11 s
+    assert 1.9 < took < 9, took  # killed at its own 2 s: not at once, nor when it ends (11 s)
     assert _lines(log)[:3] == ["quick", "start", "one"] and "late" not in _lines(log)
     [run] = [r for r in project.history("slow")]
     assert run["status"] == "timeout" and 1900 <= run["duration_ms"] < 12000, run

@@ -417,8 +417,11 @@ class PostgresStore(Store):
         settings = settings_of(breaker.settings if breaker else {})
         why = f"run {run.id} of {run.job}: crashed ({error})"
         [(done, _old, _new)] = self._q(
-            "SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s)",
-            (run.id, now, error, breaker.name if breaker else None,
+            # a crashed run's own lapsed lease (overlap: allow) goes with it; a job's stays
+            # until the job's next run takes it over
+            "DELETE FROM schedsync.leases WHERE name = 'run:' || %s AND expires_at < schedsync.now();"
+            " SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s)",
+            (run.id, run.id, now, error, breaker.name if breaker else None,
              int(settings["failures"]), float(settings["reset_after"]),
              bool(evidence), why[:300]))
         return bool(done)
@@ -505,11 +508,11 @@ class PostgresStore(Store):
         from schedsync.core.budgets import refill
         from schedsync.core.models import Bucket
 
-        now = self._now(now)
-        stored = {n: (t, u, b) for n, t, u, b in self._q(
-            "SELECT name, tokens, updated, blocked_until FROM schedsync.buckets"
-            " WHERE name = ANY (%s::text[])",
-            (list(rates),))}
+        rows = self._q(  # the server's clock, read in the statement, unless a time is given
+            "SELECT name, tokens, updated, blocked_until, coalesce(%s, schedsync.now())"
+            " FROM schedsync.buckets WHERE name = ANY (%s::text[])", (now, list(rates)))
+        stored = {n: (t, u, b) for n, t, u, b, _ in rows}
+        now = rows[0][4] if rows else self._now(now)
         out = {}
         for name, (capacity, per) in rates.items():
             if name not in stored:
@@ -762,8 +765,8 @@ class Leases(Locks):
         self.names.discard(name)
         try:
             self.store._fetch("DELETE FROM schedsync.leases WHERE name = %s AND token = %s",
-                              (name, self.token))
-        except psycopg2.Error:
+                              (name, self.token), retry=True)
+        except (psycopg2.Error, StateError):
             pass  # it lapses by itself
 
     def forget(self, name: str) -> None:
@@ -826,8 +829,8 @@ class Leases(Locks):
         if self.names:
             self.names.clear()
             try:
-                self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,))
-            except psycopg2.Error:
+                self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,), retry=True)
+            except (psycopg2.Error, StateError):
                 pass
 
 

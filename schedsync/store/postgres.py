@@ -684,8 +684,10 @@ ACQUIRE = ("INSERT INTO schedsync.leases AS l (name, token, host, pid, expires_a
            " ON CONFLICT (name) DO UPDATE SET token = excluded.token, host = excluded.host,"
            " pid = excluded.pid, run_id = NULL, expires_at = excluded.expires_at"
            " WHERE l.expires_at < schedsync.now() RETURNING l.name")
+# Only a lease that has not lapsed is renewed: once expired it may be taken, and its
+# run judged gone (crashed), so a holder that finds one lapsed has lost it.
 RENEW = ("UPDATE schedsync.leases SET expires_at = schedsync.now() + %s"
-         " WHERE token = %s RETURNING name")
+         " WHERE token = %s AND expires_at >= schedsync.now() RETURNING name")
 
 
 class Lease(Lock):

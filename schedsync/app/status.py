@@ -35,7 +35,7 @@ def snapshot(config: Config, store, now: float | None = None, only: str | None =
     config = _with_adhoc(config, store)
     if only:
         config.job(only)  # an unknown name is a usage error before anything is read
-    now = store.now() if now is None else now
+    given, now = now, store.now() if now is None else now
     crashed = reap(config, store, [only] if only else None)
     names = [only] if only else list(config.jobs)
     recorded = store.writable
@@ -48,7 +48,7 @@ def snapshot(config: Config, store, now: float | None = None, only: str | None =
             recorded = False  # a state that cannot be written can still be shown
     job_views = views(config, store, now, names, crashed=[] if store.writable else crashed,
                       seen=not recorded)
-    levels = store.budget_levels(config.budgets, now)
+    levels = store.budget_levels(config.budgets, given)  # None: the store's clock, in its read
     # Down, never up: 23.7 tokens are 23 whole requests, and "24/30" would promise one more.
     budget_rows = [{"name": n, "tokens": math.floor(levels[n] * 1000) / 1000, "capacity": c,
                     "per_seconds": p} for n, (c, p) in config.budgets.items()]
@@ -73,13 +73,23 @@ def status(config: Config, store, now: float | None = None, only: str | None = N
     """``status --json`` (README: JSON). ``alert=False``: no ``late`` alert (``serve``)."""
     snap = snapshot(config, store, now, only, alert=alert)
     out = {"generated_at": iso(snap.now), "jobs": [job_json(view) for view in snap.views],
-           "budgets": snap.budgets}
+           "budgets": snap.budgets, "clock_skew": clock_skew(store)}
     from schedsync.app.tick import tick_health
 
     ticking = tick_health(config, store, snap.now)
     if ticking is not None:
         out["tick"] = ticking
     return out
+
+
+SKEW_SHOWN = 5.0  # seconds: a host's clock further off than this is named by status
+
+
+def clock_skew(store) -> list[dict]:
+    """The hosts whose clock was off the store's (PostgreSQL: the server's) by more than
+    ``SKEW_SHOWN`` seconds when they last started a run: ``seconds`` is host minus server."""
+    return [{"host": host, "seconds": round(skew, 1), "noted_at": iso(seen)}
+            for host, (skew, seen) in sorted(store.host_skews().items()) if abs(skew) > SKEW_SHOWN]
 
 
 def job_detail(config: Config, store, name: str, now: float | None = None, alert: bool = True) -> dict:

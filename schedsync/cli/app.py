@@ -257,7 +257,7 @@ def breaker_reset(ctx: typer.Context,
     with _errors(), _opened(ctx, job=job) as (config, store):
         name = config.job(job).breaker["name"]
         now = store.now()
-        was = store.reset_breaker(name, "reset by hand", now)
+        was = store.reset_breaker(name, "reset by hand")  # the store's clock
         before = was or "closed"
         if was and config.log:  # the JSON run log: imported only when jobs.yaml asks for it
             from schedsync.app.runlog import log_reset

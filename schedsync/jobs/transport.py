@@ -153,7 +153,7 @@ class Requester:
                 with self._lock:
                     self._check_open()
                     self._spend()
-                    left = self.ctx.deadline - time.time()
+                    left = self.ctx.deadline - time.monotonic()
                     if left <= 0:
                         raise DeadlinePassed()
                     if not hops:
@@ -185,17 +185,17 @@ class Requester:
                 request = self._redirect(request, response)
             code = response.status_code
             if code == 429 or code >= 500:
-                now = time.time()
-                seconds = retry_after(response.headers.get("Retry-After"), now)
-                if code == 429 and seconds is not None:
+                seconds = retry_after(response.headers.get("Retry-After"), time.time())  # a date: ours
+                # the pause on the store's clock (PostgreSQL: the server's), which budgets go by
+                until = self.ctx.store.now() + seconds if code == 429 and seconds is not None else None
+                if until is not None:
                     with self._lock:
                         self._check_open()
-                        self._reopen_at = now + seconds
+                        self._reopen_at = until
                         self._state(self.ctx.block_budgets, self._reopen_at)
                 self.log(f"{response_line(response, secrets)} → HTTP {code}"
                          + (f", Retry-After {seconds:g}s" if seconds is not None else ""))
-                raise Transient(status_error(response, secrets), seconds, response=response,
-                                until=now + seconds if code == 429 and seconds is not None else None)
+                raise Transient(status_error(response, secrets), seconds, response=response, until=until)
             return response
 
         def attempt() -> httpx.Response:
@@ -362,9 +362,10 @@ class Requester:
                 return
             # After the upstream's own 429 we were told to wait anyway: wait for the
             # budget it emptied to reopen (one token's refill), within the run's deadline.
-            if (self._reopen_at is not None and ready < self.ctx.deadline
+            wait = ready - self.ctx.store.now()  # ready is on the store's clock
+            if (self._reopen_at is not None and wait < self.ctx.deadline - time.monotonic()
                     and ready <= self._reopen_at + self._one_token()):
-                self.ctx.sleep(max(0.0, ready - time.time()))
+                self.ctx.sleep(max(0.0, wait))
                 continue
             names = ", ".join(self.ctx.job.budgets)
             when = "" if ready == float("inf") else f" until {self._clock(ready)}"

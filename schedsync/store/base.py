@@ -49,9 +49,9 @@ def no_state(where: str) -> NoState:
                       " and jobs.yaml's state:")
 
 
-def already_ran_error(slot: float, holder: str | None, later: bool = False) -> str:
-    """A cron-started run's ``already_ran``: which host has its slot (``holder`` is
-    ``host:pid``), or that a later slot already ran (a clock that stepped back)."""
+def already_ran_error(slot: float, holder: str | None, later: bool = False, run_id: int | None = None) -> str:
+    """A cron-started run's ``already_ran``: which host (and run) has its slot (``holder``
+    is ``host:pid``), or that a later slot already ran (a clock that stepped back)."""
     import time
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(slot))
@@ -59,7 +59,8 @@ def already_ran_error(slot: float, holder: str | None, later: bool = False) -> s
         return (f"a slot after the one scheduled for {when} already ran (the clock stepped back?);"
                 " run it on a terminal or with `run --force-slot` to run it anyway")
     host = holder.rpartition(":")[0] if holder and ":" in holder else holder
-    return (f"the run scheduled for {when} already ran on {host or 'another host'};"
+    where = (host or "another host") + (f" (run {run_id})" if run_id else "")
+    return (f"the run scheduled for {when} already ran on {where};"
             " run it on a terminal or with `run --force-slot` to run it again")
 
 
@@ -170,6 +171,15 @@ class Store(abc.ABC):
         ``ran`` with the run's id, and the run takes its ``slot``, ``retry_of`` and
         ``retry_number`` (``slot`` is then ignored); an item no longer ``claimed`` or
         ``queued`` (another process started it) is ``already_ran``."""
+
+    def slot_winner(self, job: str, slot: float) -> tuple | None:
+        """(host, run id) of the run that claimed ``slot`` of ``job``, or None (also when
+        the backend claims no slots)."""
+        return None
+
+    def host_skews(self) -> dict:
+        """{host: (its clock minus the store's, seconds; when noted)} where known."""
+        return {}
 
     @abc.abstractmethod
     def record_skip(self, run, retention: dict, item: int | None = None) -> None:

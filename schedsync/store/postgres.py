@@ -7,16 +7,14 @@ adds ~35 ms of import (~24 ms with the ssl trick below) where psycopg 3 adds
 
 - Every operation is one server-side function or statement (``postgres_sql``),
   in its own transaction (autocommit), on the server's clock.
-- ``locks``: a session-level advisory lock per job on this connection, so the
-  server frees it when the process or the connection dies; the socket is passed
-  to a command's child (as the flock descriptor is on SQLite), so a killed
-  schedsync leaves the lock with its still-running job, never two copies.
-  While held, a thread heartbeats on the connection; ``held()`` turns False when
-  the database has not answered for ``FENCE_AFTER`` seconds, well before the
-  server (keepalives below) frees the lock, and the runner stops the job.
-- ``liveness``: a ``running`` row is owned by the session holding its run lock
-  (``pg_locks``, readable by any role); it is gone when no session holds it,
-  whichever host asks. Never a pid check on another host.
+- ``locks``: a lease per job (``Leases``): a row in ``schedsync.leases`` whose
+  ``expires_at`` is on the server's clock, renewed every second by a thread and
+  taken by another holder only once expired. No session matters: a server restart
+  loses nothing, the renewer reconnects. The job is stopped (by schedsync, and by
+  its keeper on its own clock) before a lease that stopped being renewed can lapse.
+- ``liveness``: a ``running`` row is alive while a lease naming it has not expired
+  (a run without a job lease, ``overlap: allow``, holds one of its own), whichever
+  host asks. Never a pid check on another host.
 """
 
 from __future__ import annotations
@@ -48,7 +46,7 @@ from schedsync.store.base import (
     no_state,
     totals_of,
 )
-from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
+from schedsync.store.postgres_sql import FOREIGN, MIGRATION_LOCK, MIGRATIONS, TRUST_CHECK
 
 TYPE_CHECKING = False  # typing stays off the path of `run`; type checkers read this block
 if TYPE_CHECKING:
@@ -73,11 +71,9 @@ finally:
 
 HOST = os.uname().nodename
 
-# How long a vanished host can keep a lock: the server probes an idle connection
-# after 5 s, every 1 s, 3 times (and gives up on unacknowledged data after 8 s),
-# so a cut host's session ends ~8 s after its last word. The holder heartbeats
-# every second and fences (stops its job) after 3 s without an answer, plus a
-# short SIGTERM grace, before that.
+# Dead connections are noticed: the server probes an idle connection after 5 s, every
+# 1 s, 3 times (and gives up on unacknowledged data after 8 s), and so do we. Nothing
+# is held by a session any more (leases are rows, below); this only frees slots.
 KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "1",
              "keepalives_count": "3", "tcp_user_timeout": "8000"}
 # search_path: this connection names schedsync's objects in full, and no schema another
@@ -85,7 +81,13 @@ KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "
 SERVER_OPTIONS = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1"
                   " -c tcp_keepalives_count=3 -c tcp_user_timeout=8000"
                   " -c search_path=pg_catalog,pg_temp")
-HEARTBEAT, FENCE_AFTER = 1.0, 3.0
+# Leases (docs/several-hosts.md): LEASE seconds from a renewal, renewed every
+# RENEW_EVERY seconds; the job is stopped once no renewal was confirmed for
+# LEASE - MARGIN seconds (SIGTERM, then SIGKILL after FENCE_GRACE = 1 s), so it is gone
+# MARGIN - FENCE_GRACE = 3 s before another host can take the lease. A server restart
+# (1-3 s) fits many renewals into the 6 s before the fence.
+LEASE, RENEW_EVERY, MARGIN = 10.0, 1.0, 4.0
+RECONNECT_FOR = 20.0  # seconds (in all, per outage) a run tries to reach a restarted server
 CONNECT_TIMEOUT = 10
 CROWDED_FOR = 15.0  # seconds of retrying "too many clients" before giving up
 READ_WAIT = 1.0  # seconds a read command waits on another session's lock
@@ -114,7 +116,7 @@ def _refusal(text: str) -> str | None:
 
 
 class PostgresStore(Store):
-    locks: AdvisoryLocks
+    locks: Leases
     claims_slots = True
     live_claims = True  # a running row counts only while its session holds its liveness lock
     writable = True  # a role without write access fails on its first write, with one line
@@ -129,16 +131,17 @@ class PostgresStore(Store):
         if misencoded_password(url):  # libpq would read and quote a piece of it as the host
             raise ConfigError(f"state URL {self.label}: its password holds a raw /, @ or %", MISENCODED_FIX)
         self._secret = _password(url)
-        self._mutex: threading.Lock | None = None  # once a heartbeat shares the connection
+        self._mutex: threading.Lock | None = None  # once the lease renewer shares the connection
+        self._lost_at: float | None = None  # when the connection was lost (monotonic), until back
         self._create = write if create is None else create
+        self._session = "" if write else f"SET lock_timeout = {int(READ_WAIT * 1000)}"
         self.db = self._connect()
-        self.backend_pid = self.db.get_backend_pid()
-        self.locks = AdvisoryLocks(self)
-        self.liveness = SessionLiveness(self)
+        self.locks = Leases(self)
+        self.liveness = LeaseLiveness(self)
         try:
             self._open()
-            if not write:
-                self._q(f"SET lock_timeout = {int(READ_WAIT * 1000)}")
+            if self._session:
+                self._q(self._session)
         except BaseException:
             self.db.close()
             raise
@@ -222,7 +225,7 @@ class PostgresStore(Store):
         try:
             db.autocommit = False
             with db.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (RUN_LOCK_CLASS,))
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 cur.execute(TRUST_CHECK)
                 cur.execute("SELECT to_regclass('schedsync.meta') IS NOT NULL,"
                             " to_regnamespace('schedsync') IS NOT NULL")
@@ -282,21 +285,60 @@ class PostgresStore(Store):
                           f"if you trust {owner}: GRANT {owner} TO {user}; else drop the schedsync schema"
                           " or point the state URL at another database")
 
-    def _fetch(self, sql: str, args=()) -> list:
+    def _fetch(self, sql: str, args=(), retry: bool = False) -> list:
+        """One statement. ``retry``: on a connection the server ended (a restart), connect
+        again (for up to RECONNECT_FOR seconds) and send it once more."""
         mutex = self._mutex
         if mutex:
             mutex.acquire()
         try:
-            with self.db.cursor() as cur:
-                cur.execute(sql, storable(args))
-                return cur.fetchall() if cur.description else []
+            if retry and self.db.closed:
+                self._reconnect()
+            try:
+                return self._execute(sql, args)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                if not (retry and self.db.closed):
+                    raise
+            self._reconnect()
+            return self._execute(sql, args)
         finally:
             if mutex:
                 mutex.release()
 
+    def _execute(self, sql: str, args) -> list:
+        with self.db.cursor() as cur:
+            cur.execute(sql, storable(args))
+            return cur.fetchall() if cur.description else []
+
+    def _reconnect(self) -> None:
+        """A new session for a lost one, while the server restarts: for RECONNECT_FOR
+        seconds from the first failure, shared by every caller; after that, none."""
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+        until, last = self._lost_at + RECONNECT_FOR, None
+        while time.monotonic() < until:
+            try:
+                db = self._connect()
+            except StateError as exc:
+                last = exc
+                if time.monotonic() < until:
+                    time.sleep(0.25)
+                continue
+            self._lost_at = None
+            try:
+                self.db.close()
+            except psycopg2.Error:
+                pass
+            self.db = db
+            if self._session:
+                self._execute(self._session, ())
+            return
+        raise last or StateError(f"state database {self.label} was lost", "check that PostgreSQL is up")
+
     def _q(self, sql: str, args=()) -> list:
         try:
-            return self._fetch(sql, args)
+            # While this process holds a lease it is mid-run: a restarted server is reached again.
+            return self._fetch(sql, args, retry=bool(self.locks.names))
         except psycopg2.Error as exc:
             raise self._state_error(exc) from None
 
@@ -313,14 +355,19 @@ class PostgresStore(Store):
         host, pid, token = self.liveness.owner()
         caps = [float(rates[b][0]) for b in budgets]
         pers = [float(rates[b][1]) for b in budgets]
+        held = job if job in self.locks.names else None
+        sent = time.monotonic()
         [row] = self._q(
             "SELECT * FROM schedsync.admit(%s, %s, %s, %s, %s, %s::text[], %s::float8[], %s::float8[],"
-            " %s, %s, %s, %s, %s, %s, %s)",
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (job, trigger, breaker.name, int(settings_of(breaker.settings)["half_open_runs"]),
-             float(lease), list(budgets), caps, pers, float(cost), now, slot, host, pid, token, item))
+             float(lease), list(budgets), caps, pers, float(cost), now, slot, host, pid, token, item,
+             held, LEASE, time.time()))
         (run_id, started_at, trial, reason, retry_at, other_host, served, retry_of, retry_number,
-         taken, taken_run, later) = row
+         taken, taken_run, later, other_run, lease_name) = row
         if reason is None:
+            if lease_name != held:
+                self.locks.holding(lease_name, sent)
             run = Run(run_id, job, "running", trigger, started_at, host, pid, pid_start=token,
                       slot=served, retry_of=retry_of, retry_number=retry_number or 0)
             return Admitted(run, trial=bool(trial))
@@ -331,7 +378,7 @@ class PostgresStore(Store):
         if reason == "already_ran" and item is not None:
             error = item_taken_error(item, None if taken == "gone" else taken, taken_run)
         elif reason == "already_ran":
-            error = already_ran_error(slot, other_host, bool(later))
+            error = already_ran_error(slot, other_host, bool(later), other_run)
         else:
             error = _skip_error(reason, breaker.name, budgets)
         return Admitted(reason=reason, retry_at=retry_at, error=error)
@@ -362,6 +409,7 @@ class PostgresStore(Store):
         queue = () if later is None else (
             run.job, later.get("slot"), later["kind"], later.get("state", "queued"), later["due_at"],
             later.get("reason"), later.get("retry_of"), later.get("retry_number") or 0)
+        self.locks.forget(f"run:{run.id}")  # finish drops it: the renewer must not miss it
         [row] = self._q(
             # The retry the run calls for, in the same implicit transaction as its end.
             ("INSERT INTO schedsync.slots (job, slot, kind, state, due_at, reason, retry_of, retry_number)"
@@ -375,7 +423,7 @@ class PostgresStore(Store):
             "SELECT * FROM schedsync.finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             queue + ((end, end, breaker.name, end) if hand_back else ()) + (
-             run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms,
+             run.id, run.status, run.reason, now, run.duration_ms,
              run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,
              run.job, breaker.name, int(settings["failures"]),
@@ -400,8 +448,11 @@ class PostgresStore(Store):
         settings = settings_of(breaker.settings if breaker else {})
         why = f"run {run.id} of {run.job}: crashed ({error})"
         [(done, _old, _new)] = self._q(
-            "SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s)",
-            (run.id, now, error, breaker.name if breaker else None,
+            # a crashed run's own lapsed lease (overlap: allow) goes with it; a job's stays
+            # until the job's next run takes it over
+            "DELETE FROM schedsync.leases WHERE name = 'run:' || %s AND expires_at < schedsync.now();"
+            " SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s)",
+            (run.id, run.id, now, error, breaker.name if breaker else None,
              int(settings["failures"]), float(settings["reset_after"]),
              bool(evidence), why[:300]))
         return bool(done)
@@ -578,6 +629,14 @@ class PostgresStore(Store):
     def adhoc_jobs(self) -> dict:
         return dict(self._q("SELECT name, adhoc FROM schedsync.jobs WHERE adhoc IS NOT NULL"))
 
+    def slot_winner(self, job, slot):
+        rows = self._q("SELECT regexp_replace(claimed_by, ':[0-9]+$', ''), run_id FROM schedsync.slots"
+                       " WHERE job = %s AND slot = %s AND kind = 'cron' AND state = 'ran'", (job, slot))
+        return tuple(rows[0]) if rows else None
+
+    def host_skews(self) -> dict:
+        return {h: (skew, seen) for h, skew, seen in self._q("SELECT host, skew, seen_at FROM schedsync.hosts")}
+
     def breakers(self, names) -> dict:
         rows = self._q("SELECT name, state, failures, opened_at, opens_until, leases"
                        " FROM schedsync.breakers WHERE name = ANY (%s::text[])", (list(names),))
@@ -595,11 +654,11 @@ class PostgresStore(Store):
         from schedsync.core.budgets import refill
         from schedsync.core.models import Bucket
 
-        now = self._now(now)
-        stored = {n: (t, u, b) for n, t, u, b in self._q(
-            "SELECT name, tokens, updated, blocked_until FROM schedsync.buckets"
-            " WHERE name = ANY (%s::text[])",
-            (list(rates),))}
+        rows = self._q(  # the server's clock, read in the statement, unless a time is given
+            "SELECT name, tokens, updated, blocked_until, coalesce(%s, schedsync.now())"
+            " FROM schedsync.buckets WHERE name = ANY (%s::text[])", (now, list(rates)))
+        stored = {n: (t, u, b) for n, t, u, b, _ in rows}
+        now = rows[0][4] if rows else self._now(now)
         out = {}
         for name, (capacity, per) in rates.items():
             if name not in stored:
@@ -762,28 +821,31 @@ def _skip_error(reason, breaker, budgets) -> str:
     return f"budget {', '.join(budgets)} is empty"
 
 
-# --- overlap and liveness -----------------------------------------------------------------
+# --- leases and liveness ------------------------------------------------------------------
 
-class AdvisoryLock(Lock):
-    """``pg_try_advisory_lock`` on a stable 64-bit hash of the job's name, on the store's session."""
+ACQUIRE = ("INSERT INTO schedsync.leases AS l (name, token, host, pid, expires_at)"
+           " VALUES (%s, %s, %s, %s, schedsync.now() + %s)"
+           " ON CONFLICT (name) DO UPDATE SET token = excluded.token, host = excluded.host,"
+           " pid = excluded.pid, run_id = NULL, expires_at = excluded.expires_at"
+           " WHERE l.expires_at < schedsync.now() RETURNING l.name")
+# Only a lease that has not lapsed is renewed: once expired it may be taken, and its
+# run judged gone (crashed), so a holder that finds one lapsed has lost it.
+RENEW = ("UPDATE schedsync.leases SET expires_at = schedsync.now() + %s"
+         " WHERE token = %s AND expires_at >= schedsync.now() RETURNING name")
 
-    def __init__(self, store: PostgresStore, job: str):
-        self.store, self.key = store, "schedsync:" + job
+
+class Lease(Lock):
+    """One job's lease (``schedsync.leases``, named after the job): see ``Leases``."""
+
+    def __init__(self, leases: Leases, job: str):
+        self.leases, self.name = leases, job
         self.taken = False
-        self._beat: _Heartbeat | None = None
 
     def acquire(self, wait: float = 0.0) -> bool:
         deadline = time.monotonic() + wait
-        mine = self.store.locks.held_keys  # advisory locks nest within a session: exclude here
         while True:
-            got = False
-            if self.key not in mine:
-                [(got,)] = self.store._q("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                                         (self.key,))
-            if got:
-                mine.add(self.key)
+            if self.leases.take(self.name):
                 self.taken = True
-                self._beat = _Heartbeat(self.store)
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -791,87 +853,145 @@ class AdvisoryLock(Lock):
             time.sleep(min(0.2, left))
 
     def release(self) -> None:
-        if not self.taken:
-            return
-        self.taken = False
-        self.store.locks.held_keys.discard(self.key)
-        if self._beat:
-            self._beat.stop()
-            self._beat = None
-        try:
-            self.store._fetch("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (self.key,))
-        except psycopg2.Error:
-            pass  # the session is gone, and the lock with it
-
-    @property
-    def pass_fds(self) -> tuple:
-        return (self.store.db.fileno(),) if self.taken else ()
+        if self.taken:
+            self.taken = False
+            self.leases.release(self.name)
 
     def held(self) -> bool:
-        return not self.taken or self._beat is None or self._beat.ok()
+        return not self.taken or self.leases.held()
 
 
-class AdvisoryLocks(Locks):
+class Leases(Locks):
+    """This process's leases: rows with ``expires_at`` on the server's clock, all under
+    one random token, renewed together by one thread every ``RENEW`` seconds.
+
+    Nothing depends on a session: after a server restart the renewer reconnects and
+    renews while the lease has not lapsed. ``held()`` is False once no renewal was
+    confirmed for ``LEASE - MARGIN`` seconds (this host's monotonic clock, counted from
+    when the confirmed renewal was *sent*), or once a lease was taken by another
+    (lost): the runner stops the job. A command's keeper hears of each confirmed
+    renewal on a pipe (``pipe()``) and stops the job by itself at the same instant, so
+    a paused or dead schedsync cannot leave it running into another holder's lease.
+    """
+
     def __init__(self, store: PostgresStore):
         self.store = store
-        self.taken: list[AdvisoryLock] = []
-        self.held_keys: set[str] = set()
+        self.token = int.from_bytes(os.urandom(8), "big") >> 1  # a positive bigint
+        self.names: set[str] = set()
+        self.valid_until = 0.0  # monotonic: the job must be stopped by then
+        self.lost = False
+        self._pipes: list[int] = []  # write ends of keepers' lease pipes
+        self._thread: threading.Thread | None = None
+        self._stopped: threading.Event | None = None
 
-    def lock(self, job: str) -> AdvisoryLock:
-        lock = AdvisoryLock(self.store, job)
-        self.taken.append(lock)
-        return lock
+    def lock(self, job: str) -> Lease:
+        return Lease(self, job)
 
-    def release_all(self) -> None:
-        for lock in self.taken:
-            if lock._beat:
-                lock._beat.stop()
-                lock._beat = None
+    def take(self, name: str) -> bool:
+        if name in self.names:
+            return False  # one holder per lease, this process included
+        sent = time.monotonic()
+        host, pid, token = self.store.liveness.owner()
+        if not self.store._q(ACQUIRE, (name, token, host, pid, LEASE)):
+            return False
+        self.holding(name, sent)
+        return True
 
+    def holding(self, name: str, sent: float) -> None:
+        """``name`` was taken (or created by ``admit``) by a statement sent at ``sent``."""
+        if not self.names:
+            self.lost = False
+            self.valid_until = sent + LEASE - MARGIN
+        self.names.add(name)
+        self._start()
 
-class _Heartbeat:
-    """``SELECT 1`` on the lock's connection every second, from a thread."""
+    def release(self, name: str) -> None:
+        self.names.discard(name)
+        try:
+            self.store._fetch("DELETE FROM schedsync.leases WHERE name = %s AND token = %s",
+                              (name, self.token), retry=True)
+        except (psycopg2.Error, StateError):
+            pass  # it lapses by itself
 
-    def __init__(self, store: PostgresStore):
+    def forget(self, name: str) -> None:
+        """A lease some statement of ours dropped (``finish`` drops a run's own)."""
+        self.names.discard(name)
+
+    def held(self) -> bool:
+        return not self.lost and time.monotonic() < self.valid_until
+
+    def pipe(self) -> tuple[int, int, float]:
+        """A pipe for a keeper: (read end, write end, the instant it must stop the job by);
+        each confirmed renewal writes the next such instant (monotonic seconds) as a line."""
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        self._pipes.append(w)
+        return r, w, self.valid_until if self.names else float("inf")
+
+    def unpipe(self, w: int) -> None:
+        if w in self._pipes:
+            self._pipes.remove(w)
+        os.close(w)
+
+    def _start(self) -> None:
+        if self._thread is not None:
+            return
         import threading
 
-        self.store = store
-        if store._mutex is None:
-            store._mutex = threading.Lock()
-        self.last = time.monotonic()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="schedsync-heartbeat", daemon=True)
-        self.thread.start()
+        if self.store._mutex is None:
+            self.store._mutex = threading.Lock()
+        self._stopped = threading.Event()
+        thread = self._thread = threading.Thread(target=self._loop, name="schedsync-leases", daemon=True)
+        thread.start()
 
     def _loop(self) -> None:
-        while not self.stopped.wait(HEARTBEAT):
+        assert self._stopped is not None
+        while not self._stopped.wait(RENEW_EVERY):
+            if self.names:
+                self.renew()
+
+    def renew(self) -> None:
+        sent, expected = time.monotonic(), set(self.names)
+        try:
+            got = {n for (n,) in self.store._fetch(RENEW, (LEASE, self.token), retry=True)}
+        except Exception:  # unreachable for now: held() turns False when it lasts
+            return
+        if (expected & self.names) - got:  # held before we asked and still meant to be
+            self.lost = True  # lapsed and taken (or removed): never ours again
+            return
+        self.valid_until = max(self.valid_until, sent + LEASE - MARGIN)
+        line = b"%.3f\n" % self.valid_until
+        for w in list(self._pipes):
             try:
-                self.store._fetch("SELECT 1")
-                self.last = time.monotonic()
-            except Exception:  # a lost connection: ok() says so
+                os.write(w, line)
+            except OSError:  # the keeper is gone, or not reading
                 pass
 
-    def ok(self) -> bool:
-        return time.monotonic() - self.last < FENCE_AFTER
+    def release_all(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+        if self.names:
+            self.names.clear()
+            try:
+                self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,), retry=True)
+            except (psycopg2.Error, StateError):
+                pass
 
-    def stop(self) -> None:
-        self.stopped.set()
 
+class LeaseLiveness(Liveness):
+    """A ``running`` row is alive while a lease names it and has not expired by the
+    server's clock; whichever host asks, never a pid check on another host."""
 
-class SessionLiveness(Liveness):
     def __init__(self, store: PostgresStore):
         self.store = store
 
     def owner(self):
-        return HOST, os.getpid(), self.store.backend_pid
+        return HOST, os.getpid(), self.store.locks.token
 
     def gone(self, runs: list) -> list:
         if not runs:
             return []
-        ids = [r.id for r in runs]
         alive = {i for (i,) in self.store._q(
-            "SELECT i FROM unnest(%s::bigint[]) AS i WHERE EXISTS (SELECT 1 FROM pg_locks"
-            " WHERE locktype = 'advisory' AND granted AND objsubid = 2"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            " AND classid::bigint = %s AND objid::bigint = i %% 2147483647)", (ids, RUN_LOCK_CLASS))}
+            "SELECT run_id FROM schedsync.leases WHERE run_id = ANY (%s::bigint[])"
+            " AND expires_at >= schedsync.now()", ([r.id for r in runs],))}
         return [r for r in runs if r.id not in alive]

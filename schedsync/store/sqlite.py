@@ -716,6 +716,11 @@ class SQLiteStore(Store):
                          " ORDER BY ifnull(slot, due_at) DESC, id DESC LIMIT ?", (job, limit)).fetchall()
         return [SlotItem(*row) for row in rows]
 
+    def slot_winner(self, job, slot):
+        row = self._sql("SELECT claimed_by, run_id FROM slots WHERE job = ? AND slot = ? AND kind = 'cron'"
+                        " AND state = 'ran'", (job, slot)).fetchone()
+        return (row[0].rpartition(":")[0] or row[0], row[1]) if row and row[0] else None
+
     def queued(self, job):
         return self._sql("SELECT COUNT(*) FROM slots WHERE job = ? AND state IN ('queued', 'claimed')",
                          (job,)).fetchone()[0]

@@ -24,27 +24,40 @@ ALTER TABLE schedsync.runs ADD COLUMN retry_of bigint;
 ALTER TABLE schedsync.runs ADD COLUMN retry_number int NOT NULL DEFAULT 0;
 
 DROP FUNCTION schedsync.admit(text, text, text, int, float8, text[], float8[], float8[], float8, float8,
-                              float8, text, int, bigint);
+                              float8, text, int, bigint, text, float8, float8);
 
 -- One run's admission, in one transaction: seen, paused, breaker (a half-open trial
 -- lease claimed once cluster-wide), the ledger's claim (a cron slot, or the work item
--- the tick claimed), budgets, then the running row and its liveness lock. Nothing
--- is changed when the run is not admitted (a claim is undone when a budget denies).
+-- the tick claimed), budgets, then the running row and its lease. Nothing is changed
+-- when the run is not admitted (a claim is undone when a budget denies). The host's
+-- clock against the server's is noted on the way (status names a host off by > 5 s).
 CREATE FUNCTION schedsync.admit(
     p_job text, p_trigger text, p_breaker text, p_half_open int, p_lease float8,
     p_budgets text[], p_caps float8[], p_pers float8[], p_cost float8, p_now float8,
     p_slot float8, p_host text, p_pid int, p_token bigint, p_item bigint,
+    p_held text, p_run_lease float8, p_host_time float8,
     OUT run_id bigint, OUT started_at float8, OUT trial boolean, OUT reason text,
     OUT retry_at float8, OUT other_host text, OUT slot float8, OUT retry_of bigint,
-    OUT retry_number int, OUT taken text, OUT taken_run bigint, OUT later boolean)
+    OUT retry_number int, OUT taken text, OUT taken_run bigint, OUT later boolean,
+    OUT other_run bigint, OUT lease text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t float8 := coalesce(p_now, schedsync.now());
     paused boolean; b record; live float8[]; ready float8;
-    fresh bigint; held bigint; h_id bigint; h_state text; h_reason text; h_by text;
+    fresh bigint; held bigint; h_id bigint; h_state text; h_reason text; h_by text; h_run bigint;
 BEGIN
     started_at := t; trial := false; slot := p_slot; retry_number := 0; later := false;
+    -- Written only when the offset moved by half a second or is five minutes old, so
+    -- admissions on one host do not queue on its row.
+    IF p_host_time IS NOT NULL THEN
+        UPDATE schedsync.hosts SET skew = p_host_time - t, seen_at = t
+            WHERE host = p_host AND (abs(skew - (p_host_time - t)) > 0.5 OR seen_at < t - 300);
+        IF NOT FOUND THEN
+            INSERT INTO schedsync.hosts (host, skew, seen_at) VALUES (p_host, p_host_time - t, t)
+                ON CONFLICT (host) DO NOTHING;
+        END IF;
+    END IF;
     SELECT jobs.paused INTO paused FROM schedsync.jobs WHERE name = p_job;
     IF NOT FOUND THEN
         INSERT INTO schedsync.jobs (name, first_seen) VALUES (p_job, t) ON CONFLICT (name) DO NOTHING;
@@ -81,11 +94,11 @@ BEGIN
             VALUES (p_job, p_slot, 'cron', 'ran', p_slot, t, p_host || ':' || p_pid)
             ON CONFLICT DO NOTHING RETURNING id INTO fresh;
         IF fresh IS NULL THEN
-            SELECT s.id, s.state, s.reason, s.claimed_by INTO h_id, h_state, h_reason, h_by
+            SELECT s.id, s.state, s.reason, s.claimed_by, s.run_id INTO h_id, h_state, h_reason, h_by, h_run
                 FROM schedsync.slots s WHERE s.job = p_job AND s.slot = p_slot AND s.kind = 'cron'
                 AND s.retry_of IS NULL AND s.retry_number = 0 FOR UPDATE;
             IF h_state IS NULL OR h_state NOT IN ('skipped', 'missed') THEN
-                reason := 'already_ran'; other_host := h_by; trial := false; RETURN;
+                reason := 'already_ran'; other_host := h_by; other_run := h_run; trial := false; RETURN;
             END IF;
             UPDATE schedsync.slots SET state = 'ran', claimed_at = t, claimed_by = p_host || ':' || p_pid
                 WHERE id = h_id;
@@ -95,7 +108,7 @@ BEGIN
         END IF;
     END IF;
     IF p_cost > 0 AND coalesce(cardinality(p_budgets), 0) > 0 THEN
-        ready := schedsync.spend(p_budgets, p_caps, p_pers, p_cost, t);
+        ready := schedsync.spend(p_budgets, p_caps, p_pers, p_cost, p_now);
         IF ready IS NOT NULL THEN
             IF fresh IS NOT NULL THEN
                 DELETE FROM schedsync.slots WHERE id = fresh;
@@ -116,8 +129,17 @@ BEGIN
     IF held IS NOT NULL THEN
         UPDATE schedsync.slots SET state = 'ran', run_id = admit.run_id, reason = NULL WHERE id = held;
     END IF;
-    -- Session-level: held after this transaction commits, until finish or the session dies.
-    PERFORM pg_advisory_lock(1935893363, (run_id % 2147483647)::int);
+    -- The run lives while a lease of its holder names it: the job's lease this process
+    -- holds, else a lease of its own (overlap: allow), renewed with the others.
+    IF p_held IS NOT NULL THEN
+        UPDATE schedsync.leases l SET run_id = admit.run_id
+            WHERE l.name = p_held AND l.token = p_token RETURNING l.name INTO lease;
+    END IF;
+    IF lease IS NULL THEN
+        lease := 'run:' || run_id;
+        INSERT INTO schedsync.leases (name, token, run_id, host, pid, expires_at)
+            VALUES (lease, p_token, run_id, p_host, p_pid, schedsync.now() + p_run_lease);
+    END IF;
 END $$;
 
 -- A run that was not admitted, on the ledger: its work item skipped (cron) or queued
@@ -157,7 +179,7 @@ BEGIN
     IF p_limit <= 0 THEN
         RETURN;
     END IF;
-    -- A job whose item is being started, or whose run is going (its liveness lock is held),
+    -- A job whose item is being started, or whose run is going (a lease names it),
     -- gets nothing more now: its next item would only be skipped by the job's lock.
     FOR c IN SELECT q.id, q.job FROM (SELECT s.id, s.job, s.due_at, row_number() OVER (PARTITION BY s.job
                                               ORDER BY s.due_at, s.id) AS nth
@@ -166,11 +188,8 @@ BEGIN
              WHERE q.nth <= p_per_job
              AND NOT EXISTS (SELECT 1 FROM schedsync.slots b WHERE b.job = q.job AND b.state = 'claimed')
              AND NOT EXISTS (SELECT 1 FROM schedsync.runs r WHERE r.job = q.job AND r.status = 'running'
-                             AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
-                                         AND l.objsubid = 2 AND l.classid::bigint = 1935893363
-                                         AND l.objid::bigint = r.id % 2147483647
-                                         AND l.database = (SELECT oid FROM pg_database
-                                                           WHERE datname = current_database())))
+                             AND EXISTS (SELECT 1 FROM schedsync.leases l WHERE l.run_id = r.id
+                                         AND l.expires_at > t))
              ORDER BY q.due_at, q.id LOOP
         CONTINUE WHEN (SELECT count(*) FROM unnest(taken) AS x WHERE x = c.job) >= p_per_job;
         -- One claimer per job at a time (till commit); then, seeing what it committed, no

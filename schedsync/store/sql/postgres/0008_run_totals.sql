@@ -68,7 +68,7 @@ BEGIN
             WHERE name = p_breaker AND p_lease_end = ANY (leases);
     END IF;
     PERFORM schedsync.prune(p_job, t, p_keep_success, p_keep_failed, p_prune);
-    PERFORM pg_advisory_unlock(1935893363, (p_id % 2147483647)::int);
+    DELETE FROM schedsync.leases WHERE name = 'run:' || p_id;
 END $$;
 
 UPDATE schedsync.meta SET version = 8;

@@ -73,6 +73,13 @@ def _prepared(project, state: str) -> None:
     orphan = subprocess.run([sys.executable, "-c", ORPHAN, state], env=project.env, timeout=60, check=False,
                             capture_output=True, text=True)
     assert orphan.returncode == 0, orphan.stderr
+    if state.startswith("postgresql"):  # its lease outlives it by up to LEASE seconds, then it is crashed
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            jobs = json.loads(project.cli("--state", state, "status", "--json").stdout)["jobs"]
+            if {j["name"]: (j["last_run"] or {}).get("status") for j in jobs}.get("crashy") == "crashed":
+                break
+            time.sleep(0.5)
 
 
 def _timed(project, *args: str):

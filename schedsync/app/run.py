@@ -49,8 +49,9 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
     hooks = {}
     if job.notify or job.ping:  # a job with no notifier imports none of ``schedsync.notify``
         hooks["on_start"] = lambda run: _run_started(store, job, run, secrets)
-        hooks["on_finish"] = lambda result: announce(config, store, job, result.run, secrets,
-                                                     result.run.finished_at, result.retry)
+        hooks["on_finish"] = lambda result: announce(
+            config, store, job, result.run, secrets, result.run.finished_at, result.retry,
+            opened=bool(result.transition and result.transition[1] == "open"))
     result = run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
                      sleep=sleep, force_slot=force_slot, item=item, slot=slot, **hooks)
     if config.log:  # the JSON run log: imported only when jobs.yaml asks for it
@@ -157,16 +158,18 @@ def reap(config: Config, store, names: list[str] | None = None) -> list[Run]:
 
 
 def announce(config: Config, store, job: Job, run: Run, secrets: Secrets, now: float,
-             retry: dict | None = None) -> None:
+             retry: dict | None = None, opened: bool | None = None) -> None:
     """Webhooks and the closing ping for a finished run, from its status row after it;
-    ``retry``, the retry later it queued (a failure alert says when)."""
+    ``retry``, the retry later it queued (a failure alert says when); ``opened``, whether
+    finishing it opened the breaker (None: judged from the breaker's row)."""
     from schedsync.app.report import job_json, run_json, views
     from schedsync.core.models import FAILURES
     from schedsync.notify import after_run
 
     view = views(config, store, now, [job.name])[0]
     previous = None if run.status in FAILURES else store.failure_streak(job.name, before=run.started_at)
-    opened = view.breaker.state == "open" and view.breaker.opened_at == now
+    if opened is None:
+        opened = view.breaker.state == "open" and view.breaker.opened_at == now
     queued = retry if retry and not retry.get("superseded") else None
     after_run(store, job, run, secrets, now, job_json(view), run_json(run), previous, opened, queued)
 

@@ -28,11 +28,12 @@ import time
 
 from schedsync.core.breaker import settings_of
 from schedsync.core.budgets import never_short
-from schedsync.core.errors import ConfigError, StateBusy, StateError
+from schedsync.core.errors import ConfigError, StateBusy, StateError, StateUnreachable
 from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
 
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
+from schedsync.paths import spool_dir
 from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state
 from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
 
@@ -72,8 +73,10 @@ SERVER_OPTIONS = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1"
                   " -c tcp_keepalives_count=3 -c tcp_user_timeout=8000"
                   " -c search_path=pg_catalog,pg_temp")
 HEARTBEAT, FENCE_AFTER = 1.0, 3.0
-CONNECT_TIMEOUT = 10
-CROWDED_FOR = 15.0  # seconds of retrying "too many clients" before giving up
+CONNECT_TIMEOUT = 10  # seconds per attempt (a ``connect_timeout`` in the URL wins)
+# Seconds of retrying "too many clients" and connect timeouts (jittered backoff) before
+# the run gives up and leaves a trace in the spool; $SCHEDSYNC_CONNECT_RETRY overrides.
+CROWDED_FOR = 15.0
 READ_WAIT = 1.0  # seconds a read command waits on another session's lock
 
 SPEND = "SELECT schedsync.spend(%s::text[], %s::float8[], %s::float8[], %s, %s)"
@@ -92,11 +95,26 @@ def _need_driver(url: str) -> None:
 # match nothing, and the error reads "unreachable" with the server's own text.
 _REFUSALS = (("too many clients", "crowded"), ("connection slots are reserved", "crowded"),
              ("password authentication failed", "password"), ("no password supplied", "password"),
-             ("does not exist", "missing"))
+             ("does not exist", "missing"), ("timeout expired", "timeout"))
 
 
 def _refusal(text: str) -> str | None:
     return next((kind for words, kind in _REFUSALS if words in text), None)
+
+
+def _spool_pending() -> list:
+    try:
+        return [n for n in os.listdir(spool_dir()) if n.endswith(".json")]
+    except OSError:
+        return []
+
+
+def _patience() -> float:
+    """Seconds a connection is retried for ("too many clients", connect timeouts)."""
+    try:
+        return max(0.0, float(os.environ.get("SCHEDSYNC_CONNECT_RETRY") or CROWDED_FOR))
+    except ValueError:
+        return CROWDED_FOR
 
 
 class PostgresStore(Store):
@@ -127,6 +145,11 @@ class PostgresStore(Store):
         except BaseException:
             self.db.close()
             raise
+        spooled = _spool_pending()  # one listdir: the spool module is imported only when needed
+        if spooled:
+            from schedsync.store.spool import replay
+
+            replay(self, spooled)
 
     # --- connection ---------------------------------------------------------------------
 
@@ -141,7 +164,9 @@ class PostgresStore(Store):
         params = {**KEEPALIVE, "connect_timeout": str(CONNECT_TIMEOUT),
                   "application_name": "schedsync", **params}
         params["options"] = (SERVER_OPTIONS + " " + params.get("options", "")).strip()
-        crowded_until, nap = time.monotonic() + CROWDED_FOR, 0.05
+        patience = _patience()
+        began = time.monotonic()
+        until, nap = began + patience, 0.05
         while True:
             try:
                 db = psycopg2.connect(**params)
@@ -150,26 +175,39 @@ class PostgresStore(Store):
             except psycopg2.Error as exc:
                 text = self._clean(exc)
                 refusal = _refusal(text)
-                if refusal == "crowded":
-                    if time.monotonic() < crowded_until:
-                        import random
+                if refusal in ("crowded", "timeout") and time.monotonic() < until:
+                    import random
 
-                        time.sleep(nap * random.uniform(0.5, 1.5))
-                        nap = min(nap * 2, 1.0)
-                        continue
-                    raise StateError(f"state database {self.label} has no free connection slot "
-                                     f"(too many clients for {CROWDED_FOR:.0f}s)",
-                                     "raise max_connections on the server, or run fewer jobs at once") from None
-                raise self._connect_error(text, refusal) from None
+                    time.sleep(min(nap * random.uniform(0.5, 1.5), max(0.0, until - time.monotonic())))
+                    nap = min(nap * 2, 1.0)
+                    continue
+                raise self._connect_error(text, refusal, params, time.monotonic() - began) from None
 
-    def _connect_error(self, text: str, refusal: str | None) -> StateError:
+    def _connect_error(self, text: str, refusal: str | None, params: dict | None = None,
+                       waited: float = 0.0) -> StateError:
         where = f"state database {self.label}"
         if refusal == "password":
             return StateError(f"{where}: {text}", "check the password in ~/.pgpass or $PGPASSWORD")
         if refusal == "missing":
             return StateError(f"{where}: {text}", "create it (createdb) or fix the state URL")
-        return StateError(f"{where} is unreachable: {text}",
-                          "start PostgreSQL, or check the host and port in the state URL")
+        if refusal == "crowded":
+            return StateUnreachable(
+                f"{where} has no free connection slot (too many clients, retried for {waited:.0f}s)",
+                "put PgBouncer (pool_mode = transaction) in front of it, or raise max_connections"
+                " on the server, or run fewer jobs at once", why="too many clients")
+        if refusal == "timeout":
+            params = params or {}
+            host = params.get("host") or os.environ.get("PGHOST") or "localhost"
+            port = params.get("port") or os.environ.get("PGPORT") or "5432"
+            each = params.get("connect_timeout") or CONNECT_TIMEOUT
+            return StateUnreachable(
+                f"{where}: timed out connecting to {host}:{port} after {each}s"
+                f" (retried for {waited:.0f}s)",
+                "the server or the network is overloaded or dropping packets; check the host's"
+                " link and the server's load", why="connect timeout")
+        return StateUnreachable(f"{where} is unreachable: {text}",
+                                "start PostgreSQL, or check the host and port in the state URL",
+                                why="server down")
 
     def _clean(self, exc: BaseException) -> str:
         """The first meaningful line of a driver error, with the password redacted."""
@@ -326,6 +364,26 @@ class PostgresStore(Store):
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start, run.error,
              run.exit_code, run.job, run.started_at, retention.get("success"),
              retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0))
+
+    def record_spooled(self, entry: dict) -> int:
+        """Insert a spooled run that could not start (``store.spool``), once: under a
+        transaction-level lock on its key, and only if no run of the job with its host,
+        pid and start exists. 1 if this call inserted it."""
+        key = f"schedsync-spool:{entry['job']}:{entry['host']}:{entry['pid']}:{entry['at']!r}"
+        error = f"not started: {entry['why']}: {entry['error']}"[:300]
+        rows = self._q(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0));"
+            " WITH j AS (INSERT INTO schedsync.jobs (name, first_seen) VALUES (%(j)s, %(at)s)"
+            "   ON CONFLICT (name) DO NOTHING),"
+            " r AS (INSERT INTO schedsync.runs (job, status, reason, trigger, started_at, finished_at,"
+            "   duration_ms, host, pid, error, slot)"
+            "   SELECT %(j)s, 'failed', 'not_started', %(t)s, %(at)s, %(at)s, 0, %(h)s, %(p)s, %(e)s, %(s)s"
+            "   WHERE NOT EXISTS (SELECT 1 FROM schedsync.runs WHERE job = %(j)s AND host = %(h)s"
+            "     AND pid = %(p)s AND started_at = %(at)s) RETURNING id)"
+            " SELECT id, schedsync.tally(%(j)s, 'failed', 0) FROM r",
+            {"k": key, "j": entry["job"], "at": float(entry["at"]), "t": entry["trigger"],
+             "h": entry["host"], "p": int(entry["pid"]), "e": error, "s": entry.get("slot")})
+        return len(rows)
 
     def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
         settings = settings_of(breaker.settings)

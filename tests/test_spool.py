@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -151,7 +152,7 @@ def test_two_replays_at_once_insert_an_entry_once(project, spool, pg_url, monkey
     for i in range(len(stores)):
         copy = spool / f"copy{i}"
         copy.mkdir(mode=0o700)
-        (copy / os.path.basename(path)).write_bytes(open(path, "rb").read())
+        (copy / os.path.basename(path)).write_bytes(Path(path).read_bytes())
         copies.append(copy)
     barrier = threading.Barrier(len(stores))
     counts = []
@@ -160,7 +161,7 @@ def test_two_replays_at_once_insert_an_entry_once(project, spool, pg_url, monkey
         barrier.wait()
         counts.append(spool_module.replay(store, [os.path.basename(path)], str(folder)))
 
-    threads = [threading.Thread(target=replay, args=(s, c)) for s, c in zip(stores, copies)]
+    threads = [threading.Thread(target=replay, args=(s, c)) for s, c in zip(stores, copies, strict=True)]
     for t in threads:
         t.start()
     for t in threads:

@@ -72,6 +72,10 @@ KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "
 SERVER_OPTIONS = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1"
                   " -c tcp_keepalives_count=3 -c tcp_user_timeout=8000"
                   " -c search_path=pg_catalog,pg_temp")
+# The same, per transaction: through PgBouncer's transaction pooling a session's settings
+# are another client's, and the startup options may be dropped (ignore_startup_parameters).
+# Sent ahead of every statement, in its round trip (one implicit transaction).
+LOCAL = "SET LOCAL search_path = pg_catalog, pg_temp; "
 HEARTBEAT, FENCE_AFTER = 1.0, 3.0
 CONNECT_TIMEOUT = 10  # seconds per attempt (a ``connect_timeout`` in the URL wins)
 # Seconds of retrying "too many clients" and connect timeouts (jittered backoff) before
@@ -134,14 +138,15 @@ class PostgresStore(Store):
         self._secret = _password(url)
         self._mutex: threading.Lock | None = None  # once a heartbeat shares the connection
         self._create = write if create is None else create
+        self._local = LOCAL
         self.db = self._connect()
         self.backend_pid = self.db.get_backend_pid()
         self.locks = AdvisoryLocks(self)
         self.liveness = SessionLiveness(self)
         try:
+            if not write:  # per transaction, never per session: a pooler shares sessions
+                self._local += f"SET LOCAL lock_timeout = {int(READ_WAIT * 1000)}; "
             self._open()
-            if not write:
-                self._q(f"SET lock_timeout = {int(READ_WAIT * 1000)}")
         except BaseException:
             self.db.close()
             raise
@@ -174,6 +179,11 @@ class PostgresStore(Store):
                 return db
             except psycopg2.Error as exc:
                 text = self._clean(exc)
+                if "unsupported startup parameter: options" in text and "options" in params:
+                    # PgBouncer without ignore_startup_parameters = options: the settings
+                    # those options carry are made per transaction (LOCAL) anyway.
+                    del params["options"]
+                    continue
                 refusal = _refusal(text)
                 if refusal in ("crowded", "timeout") and time.monotonic() < until:
                     import random
@@ -245,7 +255,7 @@ class PostgresStore(Store):
         try:
             db.autocommit = False
             with db.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (RUN_LOCK_CLASS,))
+                cur.execute(LOCAL + "SELECT pg_advisory_xact_lock(%s)", (RUN_LOCK_CLASS,))
                 cur.execute(TRUST_CHECK)
                 cur.execute("SELECT to_regclass('schedsync.meta') IS NOT NULL,"
                             " to_regnamespace('schedsync') IS NOT NULL")
@@ -311,7 +321,7 @@ class PostgresStore(Store):
             mutex.acquire()
         try:
             with self.db.cursor() as cur:
-                cur.execute(sql, storable(args))
+                cur.execute(self._local + sql, storable(args))
                 return cur.fetchall() if cur.description else []
         finally:
             if mutex:

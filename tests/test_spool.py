@@ -184,7 +184,7 @@ def test_the_spool_is_bounded_and_private(tmp_path, monkeypatch):
     paths = [spool_module.write("postgresql://x/db", "j", "cron", "server down", "e" * 10_000, host="h",
                                 folder=str(folder)) for _ in range(5)]
     assert sum(p is not None for p in paths) == 3 and len(list(folder.iterdir())) == 3
-    assert all(os.path.getsize(p) <= spool_module.MAX_BYTES for p in paths if p)
+    assert all(os.path.getsize(p) <= spool_module.SMALL for p in paths if p)
     assert spool_module.write("postgresql://x/db", "j" * 5000, "cron", "x", "y", host="h",
                               folder=str(tmp_path / "other")) is None  # too big: no trace, never a huge one
     shared = tmp_path / "shared"
@@ -201,3 +201,95 @@ def test_a_run_with_an_empty_spool_imports_no_spool_code(project, spool, pg_url)
     result = subprocess.run([sys.executable, "-c", probe, str(project.config)], capture_output=True,
                             text=True, env=env, cwd=project.path, stdin=subprocess.DEVNULL)
     assert result.returncode == 0 and result.stderr.strip().endswith("NONE"), result.stderr
+
+
+# --- a run whose job finished while the database was away ----------------------------------
+
+WAITER = '''
+import os, time
+
+def wait(ctx):
+    deadline = time.monotonic() + 60
+    while not os.path.exists({go!r}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return 3
+'''
+
+
+@pytest.fixture
+def away(project, spool):
+    """A python job that ends once the test says ``go``, on a state whose server the test
+    stops and starts again."""
+    server = PgServer().start()
+    go = project.path / "go"
+    (project.path / "waiter.py").write_text(WAITER.format(go=str(go)))
+    project.write('jobs:\n  waiter:\n    python: "waiter:wait"\n    timeout: 5m\n')
+    project.env["SCHEDSYNC_STATE"] = server.url(server.createdb())
+    yield server, go
+    server.stop()
+
+
+def _wait_running(project, job: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        runs = project.history(job)
+        if runs and runs[0]["status"] == "running":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{job} never ran")
+
+
+def test_a_run_that_ends_while_the_database_restarts_records_its_real_end(project, away):
+    server, go = away
+    proc = project.start("run", "waiter")
+    try:
+        _wait_running(project, "waiter")
+        server.halt()  # every session ends, this run's connection with it
+        go.touch()  # the job finishes while the database is away
+        time.sleep(1.5)
+        server.resume()
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    [run] = project.history("waiter")
+    assert (run["status"], run["items_processed"]) == ("success", 3)
+    assert not list((project.path.parent / "spool").glob("*.json"))
+
+
+def test_a_run_whose_database_stays_away_spools_its_end_over_a_crashed_mark(project, away, tmp_path):
+    server, go = away
+    proc = project.start("run", "waiter", env={"SCHEDSYNC_FINISH_RETRY": "1"})
+    try:
+        _wait_running(project, "waiter")
+        server.halt()
+        go.touch()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1
+    [line] = err.strip().splitlines()
+    assert "was lost at the end of run" in line and "(success) is kept in" in line
+    [entry] = [json.loads(p.read_text()) for p in (tmp_path / "spool").glob("*.json")]
+    assert entry["kind"] == "finish" and entry["run"]["status"] == "success"
+    server.resume()
+    # Another host (its own spool, empty) finds the run's owner gone and marks it crashed.
+    elsewhere = {"SCHEDSYNC_SPOOL": str(tmp_path / "elsewhere")}
+    assert project.cli("status", env=elsewhere).returncode in (0, 1)
+    crashed = json.loads(project.cli("history", "waiter", "--json", env=elsewhere).stdout)
+    assert [r["status"] for r in crashed] == ["crashed"]
+    assert 'job="waiter",status="crashed"} 1' in project.cli("metrics", env=elsewhere).stdout
+    # The next schedsync on this host replays the spool: the real end, never crashed.
+    [run] = project.history("waiter")
+    assert (run["status"], run["items_processed"], run["id"]) == ("success", 3, crashed[0]["id"])
+    assert run["finished_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["at"]))
+    metrics = project.cli("metrics").stdout
+    assert 'job="waiter",status="success"} 1' in metrics
+    assert 'job="waiter",status="crashed"} 1' not in metrics
+    assert not list((tmp_path / "spool").glob("*.json"))
+    [again] = project.history("waiter")  # a second replay (none left) changes nothing
+    assert again == run

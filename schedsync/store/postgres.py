@@ -34,7 +34,7 @@ from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
 from schedsync.paths import spool_dir
-from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state
+from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, BreakerSpec, Liveness, Lock, Locks, Store, no_state
 from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
 
 TYPE_CHECKING = False  # typing stays off the path of `run`; type checkers read this block
@@ -81,6 +81,9 @@ CONNECT_TIMEOUT = 10  # seconds per attempt (a ``connect_timeout`` in the URL wi
 # Seconds of retrying "too many clients" and connect timeouts (jittered backoff) before
 # the run gives up and leaves a trace in the spool; $SCHEDSYNC_CONNECT_RETRY overrides.
 CROWDED_FOR = 15.0
+# Seconds a run's end is retried on a lost connection (a restart, a failover) before it
+# goes to this host's spool; $SCHEDSYNC_FINISH_RETRY overrides.
+FINISH_FOR = 60.0
 READ_WAIT = 1.0  # seconds a read command waits on another session's lock
 
 SPEND = "SELECT schedsync.spend(%s::text[], %s::float8[], %s::float8[], %s, %s)"
@@ -113,12 +116,14 @@ def _spool_pending() -> list:
         return []
 
 
-def _patience() -> float:
-    """Seconds a connection is retried for ("too many clients", connect timeouts)."""
+def _patience(variable: str = "SCHEDSYNC_CONNECT_RETRY", default: float | None = None) -> float:
+    """Seconds a connection is retried for ("too many clients", connect timeouts), or a
+    run's end (``$SCHEDSYNC_FINISH_RETRY``, ``FINISH_FOR``)."""
+    default = CROWDED_FOR if default is None else default
     try:
-        return max(0.0, float(os.environ.get("SCHEDSYNC_CONNECT_RETRY") or CROWDED_FOR))
+        return max(0.0, float(os.environ.get(variable) or default))
     except ValueError:
-        return CROWDED_FOR
+        return default
 
 
 class PostgresStore(Store):
@@ -327,6 +332,39 @@ class PostgresStore(Store):
             if mutex:
                 mutex.release()
 
+    def _lasting(self, sql: str, args=()) -> list | None:
+        """A write that must not be lost (a run's end; safe to send twice): on a lost
+        connection, reconnect and send it again for up to ``FINISH_FOR`` seconds. None if
+        the database stayed away that long; other errors raise."""
+        until, nap = time.monotonic() + _patience("SCHEDSYNC_FINISH_RETRY", FINISH_FOR), 0.2
+        while True:
+            try:
+                return self._fetch(sql, args)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                if not self.db.closed:
+                    raise  # the statement failed, not the connection
+            while True:
+                if time.monotonic() >= until:
+                    return None
+                import random
+
+                time.sleep(min(nap * random.uniform(0.5, 1.5), max(0.0, until - time.monotonic())))
+                nap = min(nap * 2, 2.0)
+                try:
+                    self._reconnect()
+                    break
+                except StateError:
+                    continue
+
+    def _reconnect(self) -> None:
+        """A new connection in place of a lost one (the heartbeat's too: it shares it)."""
+        db = self._connect()
+        old, self.db = self.db, db
+        try:
+            old.close()
+        except psycopg2.Error:
+            pass
+
     def _q(self, sql: str, args=()) -> list:
         try:
             return self._fetch(sql, args)
@@ -396,20 +434,59 @@ class PostgresStore(Store):
         return len(rows)
 
     def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
+        """Also when the connection is lost at the end of a run: reconnect and retry for
+        ``FINISH_FOR`` seconds; if the database stays away, the end goes to this host's
+        spool (``store.spool``) and the next schedsync here records it, never ``crashed``."""
+        sql, args = self._finish_sql(run, breaker, evidence, trial, lease, retention, now)
+        try:
+            rows = self._lasting(sql, args)
+        except psycopg2.Error as exc:
+            raise self._state_error(exc) from None
+        if rows is None:
+            from schedsync.store.spool import write_finish
+
+            path = write_finish(self.label, run, breaker, evidence, trial, lease, retention,
+                                host=HOST, at=run.finished_at if now is None else now)
+            kept = (f"the run's end ({run.status}) is kept in {path} and recorded by the next"
+                    " schedsync on this host" if path else "the run's end could not be kept (spool full)")
+            raise StateUnreachable(f"state database {self.label} was lost at the end of run {run.id} of"
+                                   f" {run.job}; {kept}", "check that PostgreSQL is up and reachable",
+                                   why="lost")
+        return self._transition(rows, breaker)
+
+    def finish_spooled(self, entry: dict) -> int:
+        """Apply a run's end that ``finish_run`` spooled: 1 if this call recorded it (the run
+        was still ``running``, or ``crashed`` by a reaper meanwhile), 0 if already recorded."""
+        run = Run(**entry["run"])
+        breaker = BreakerSpec(entry["breaker"], entry["settings"])
+        sql, args = self._finish_sql(run, breaker, entry["evidence"], entry["trial"], entry["lease"],
+                                     entry["retention"], entry["at"])
+        return len(self._q(sql, args))
+
+    def _finish_sql(self, run, breaker, evidence, trial, lease, retention, now):
+        """The statements of a run's end, safe to send twice: under a transaction-level lock
+        on the run, they apply only while it is ``running`` or ``crashed`` (a reaper's mark
+        while this host had lost the database: its tally moves to the real status)."""
         settings = settings_of(breaker.settings)
         why = f"run {run.id} of {run.job}: {run.status}" + (f" ({run.error})" if run.error else "")
         hand_back = trial and not evidence
         end = run.started_at + lease
-        [row] = self._q(
+        open_ = "EXISTS (SELECT 1 FROM schedsync.runs WHERE id = %s AND status IN ('running', 'crashed'))"
+        sql = (
+            "SELECT pg_advisory_xact_lock(hashtextextended('schedsync-finish:' || %s::text, 0));"
             # A trial handed back frees one lease (two trials admitted at one instant hold
             # equal ones; finish's array_remove would free both): first, in the same
             # implicit transaction, and finish is then told of no lease to hand back.
-            ("UPDATE schedsync.breakers SET leases = leases[:array_position(leases, %s) - 1]"
-             " || leases[array_position(leases, %s) + 1:] WHERE name = %s AND %s = ANY (leases);"
-             if hand_back else "") +
-            "SELECT * FROM schedsync.finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            ((end, end, breaker.name, end) if hand_back else ()) + (
+            + (" UPDATE schedsync.breakers SET leases = leases[:array_position(leases, %s) - 1]"
+               " || leases[array_position(leases, %s) + 1:] WHERE name = %s AND %s = ANY (leases)"
+               f" AND {open_};" if hand_back else "")
+            + " UPDATE schedsync.run_counts c SET runs = c.runs - 1, requests = c.requests - r.requests"
+            " FROM schedsync.runs r WHERE r.id = %s AND r.status = 'crashed' AND c.job = r.job"
+            " AND c.status = 'crashed';"
+            f" SELECT f.* FROM (SELECT 1 AS one WHERE {open_}) AS g, LATERAL schedsync.finish("
+            "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) AS f")
+        args = ((run.id,) + ((end, end, breaker.name, end, run.id) if hand_back else ()) + (run.id, run.id) + (
              run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms,
              run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,
@@ -417,7 +494,13 @@ class PostgresStore(Store):
              float(settings["reset_after"]), bool(evidence), run.status not in FAILURES,
              bool(trial), None if hand_back else end, why[:300],
              retention.get("success"), retention.get("failed"), PRUNE_BATCH))
-        old, new, failures, opened_at, opens_until = row
+        return sql, args
+
+    @staticmethod
+    def _transition(rows, breaker):
+        if not rows:
+            return None
+        old, new, failures, opened_at, opens_until = rows[0]
         if old is None:
             return None
         return old, new, Breaker(breaker.name, "open" if new == "open" else "closed",

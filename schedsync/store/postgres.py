@@ -149,6 +149,8 @@ class PostgresStore(Store):
         self._lost_at: float | None = None  # when the connection was lost (monotonic), until back
         self._create = write if create is None else create
         self._local = LOCAL
+        self._lean = False  # no connection held between statements (``lean``)
+        self._dropped = False  # the last statement's error was a lost connection
         self.db = self._connect()
         self.locks = Leases(self)
         self.liveness = LeaseLiveness(self)
@@ -331,6 +333,8 @@ class PostgresStore(Store):
         if mutex:
             mutex.acquire()
         try:
+            if self._lean and self.db.closed:  # let go while the job runs: one for this statement
+                self.db = self._connect()
             if retry and self.db.closed:
                 self._reconnect()
             try:
@@ -340,6 +344,32 @@ class PostgresStore(Store):
                     raise
             self._reconnect()
             return self._execute(sql, args)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            self._dropped = bool(self.db.closed)  # the connection died (not just the statement)
+            raise
+        finally:
+            if self._lean:
+                self._let_go()
+            if mutex:
+                mutex.release()
+
+    def _let_go(self) -> None:
+        try:
+            self.db.close()
+        except psycopg2.Error:
+            pass
+
+    def lean(self, on: bool = True) -> None:
+        """``on``: hold no connection between statements (a running job: its lease renewals
+        take one briefly each; through PgBouncer that is cheap), so running jobs do not
+        each pin a server connection. Off: keep one again (after the run's end)."""
+        mutex = self._mutex
+        if mutex:
+            mutex.acquire()
+        try:
+            self._lean = on
+            if on:
+                self._let_go()
         finally:
             if mutex:
                 mutex.release()
@@ -381,7 +411,7 @@ class PostgresStore(Store):
             try:
                 return self._fetch(sql, args, retry=True)
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                if not self.db.closed:
+                if not self._dropped:
                     raise  # the statement failed, not the connection
             except StateError:
                 pass  # _reconnect found no server yet
@@ -424,6 +454,7 @@ class PostgresStore(Store):
             if lease_name != held:
                 self.locks.holding(lease_name, sent)
             run = Run(run_id, job, "running", trigger, started_at, host, pid, pid_start=token)
+            self.lean()  # the job runs now: its connection goes back (to PgBouncer, or the server)
             return Admitted(run, trial=bool(trial))
         if reason == "rate_limited" and retry_at is not None and retry_at != float("inf"):
             retry_at = never_short(retry_at)
@@ -476,7 +507,7 @@ class PostgresStore(Store):
                 rows = self._fetch(*self._finish_sql(run, breaker, evidence, trial, lease, retention, now))
                 ended = None
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                if not self.db.closed:
+                if not self._dropped:
                     raise
                 # Sent again later: the end as it was (the server's start plus this host's
                 # monotonic duration), not the instant the database came back.
@@ -495,6 +526,7 @@ class PostgresStore(Store):
             raise StateUnreachable(f"state database {self.label} was lost at the end of run {run.id} of"
                                    f" {run.job}; {kept}", "check that PostgreSQL is up and reachable",
                                    why="lost")
+        self.lean(False)  # the run is recorded: the hooks and the close reuse one connection
         return self._transition(rows, breaker)
 
     def finish_spooled(self, entry: dict) -> int:

@@ -88,6 +88,7 @@ CROWDED_FOR = 15.0
 # Seconds a run's end is retried on a lost connection (a restart, a failover) before it
 # goes to this host's spool; $SCHEDSYNC_FINISH_RETRY overrides.
 FINISH_FOR = 60.0
+LEAN_PATIENCE = 2.0  # seconds a statement of a running job (a renewal) retries for a connection
 READ_WAIT = 1.0  # seconds a read command waits on another session's lock
 
 SPEND = "SELECT schedsync.spend(%s::text[], %s::float8[], %s::float8[], %s, %s)"
@@ -150,6 +151,7 @@ class PostgresStore(Store):
         self._create = write if create is None else create
         self._local = LOCAL
         self._lean = False  # no connection held between statements (``lean``)
+        self._no_options = False  # the server (a pooler) refused the startup options
         self._dropped = False  # the last statement's error was a lost connection
         self.db = self._connect()
         self.locks = Leases(self)
@@ -169,7 +171,9 @@ class PostgresStore(Store):
 
     # --- connection ---------------------------------------------------------------------
 
-    def _connect(self):
+    def _connect(self, patience: float | None = None):
+        """A new connection; "too many clients" and connect timeouts are retried for
+        ``patience`` seconds (default ``$SCHEDSYNC_CONNECT_RETRY`` or ``CROWDED_FOR``)."""
         try:
             params = psycopg2.extensions.parse_dsn(self.url)
         except psycopg2.Error as exc:
@@ -180,7 +184,9 @@ class PostgresStore(Store):
         params = {**KEEPALIVE, "connect_timeout": str(CONNECT_TIMEOUT),
                   "application_name": "schedsync", **params}
         params["options"] = (SERVER_OPTIONS + " " + params.get("options", "")).strip()
-        patience = _patience()
+        if self._no_options:  # a pooler that refuses them: known since this process's first connect
+            del params["options"]
+        patience = _patience() if patience is None else patience
         began = time.monotonic()
         until, nap = began + patience, 0.05
         while True:
@@ -194,6 +200,7 @@ class PostgresStore(Store):
                     # PgBouncer without ignore_startup_parameters = options: the settings
                     # those options carry are made per transaction (LOCAL) anyway.
                     del params["options"]
+                    self._no_options = True
                     continue
                 refusal = _refusal(text)
                 if refusal in ("crowded", "timeout") and time.monotonic() < until:
@@ -334,7 +341,8 @@ class PostgresStore(Store):
             mutex.acquire()
         try:
             if self._lean and self.db.closed:  # let go while the job runs: one for this statement
-                self.db = self._connect()
+                # a renewal must not wait past its lease: crowded or slow, it tries again next time
+                self.db = self._connect(patience=LEAN_PATIENCE)
             if retry and self.db.closed:
                 self._reconnect()
             try:

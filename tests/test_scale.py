@@ -115,3 +115,27 @@ def test_scale_helpers_clean_up(tmp_path):
         assert not os.path.exists(folder)
     finally:
         server.stop()
+
+
+def test_a_running_job_holds_no_server_connection_between_renewals(project, pg_server, pg_url):
+    project.write("jobs:\n  long:\n    command: ['sleep', '30']\n    timeout: 5m\n")
+    project.env["SCHEDSYNC_STATE"] = pg_url
+    db = pg_url.split("/")[3].split("?")[0]
+    proc = project.start("run", "long")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = project.history("long")
+            if runs and runs[0]["status"] == "running":
+                break
+            time.sleep(0.2)
+        held = []
+        for _ in range(20):  # its lease is renewed every second, each time on a connection of its own
+            held.append(int(pg_server.psql(db, "SELECT count(*) FROM pg_stat_activity"
+                                               " WHERE application_name = 'schedsync'")))
+            time.sleep(0.1)
+        assert min(held) == 0, held  # not pinned (before: 1 all along)
+        assert project.history("long")[0]["status"] == "running"  # and its lease holds
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)

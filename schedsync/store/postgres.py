@@ -152,6 +152,7 @@ class PostgresStore(Store):
         self._local = LOCAL
         self._lean = False  # no connection held between statements (``lean``)
         self._no_options = False  # the server (a pooler) refused the startup options
+        self._released = False  # the connection was given back (``lean``); the next statement reconnects
         self._dropped = False  # the last statement's error was a lost connection
         self.db = self._connect()
         self.locks = Leases(self)
@@ -340,9 +341,10 @@ class PostgresStore(Store):
         if mutex:
             mutex.acquire()
         try:
-            if self._lean and self.db.closed:  # let go while the job runs: one for this statement
+            if self._released:  # let go while the job ran: one for this statement
                 # a renewal must not wait past its lease: crowded or slow, it tries again next time
-                self.db = self._connect(patience=LEAN_PATIENCE)
+                self.db = self._connect(patience=LEAN_PATIENCE if self._lean else None)
+                self._released = False
             if retry and self.db.closed:
                 self._reconnect()
             try:
@@ -366,6 +368,7 @@ class PostgresStore(Store):
             self.db.close()
         except psycopg2.Error:
             pass
+        self._released = True  # closed on purpose: the next statement connects again
 
     def lean(self, on: bool = True) -> None:
         """``on``: hold no connection between statements (a running job: its lease renewals

@@ -514,12 +514,17 @@ class PostgresStore(Store):
         spool (``store.spool``) and the next schedsync here records it, never ``crashed``."""
         self.locks.forget(f"run:{run.id}")  # finish drops it: the renewer must not miss it
         try:
+            lost = False
             try:  # ``now`` None: the end is judged on the server's clock, in the statement
                 rows = self._fetch(*self._finish_sql(run, breaker, evidence, trial, lease, retention, now))
                 ended = None
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 if not self._dropped:
                     raise
+                lost = True
+            except StateUnreachable:  # no connection to be had (lean: the job ran without one)
+                lost = True
+            if lost:
                 # Sent again later: the end as it was (the server's start plus this host's
                 # monotonic duration), not the instant the database came back.
                 ended = now if now is not None else (
@@ -950,7 +955,7 @@ class Leases(Locks):
         try:
             self.store._fetch("DELETE FROM schedsync.leases WHERE name = %s AND token = %s",
                               (name, self.token))
-        except psycopg2.Error:
+        except (psycopg2.Error, StateError):  # StateError: no connection to be had (lean)
             pass  # it lapses by itself
 
     def forget(self, name: str) -> None:
@@ -1014,7 +1019,7 @@ class Leases(Locks):
             self.names.clear()
             try:
                 self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,))
-            except psycopg2.Error:
+            except (psycopg2.Error, StateError):  # they lapse by themselves
                 pass
 
 

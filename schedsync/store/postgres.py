@@ -514,10 +514,10 @@ class PostgresStore(Store):
         spool (``store.spool``) and the next schedsync here records it, never ``crashed``."""
         self.locks.forget(f"run:{run.id}")  # finish drops it: the renewer must not miss it
         try:
-            lost = False
+            lost, rows = False, None
             try:  # ``now`` None: the end is judged on the server's clock, in the statement
                 rows = self._fetch(*self._finish_sql(run, breaker, evidence, trial, lease, retention, now))
-                ended = None
+                ended: float | None = None
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 if not self._dropped:
                     raise
@@ -536,7 +536,7 @@ class PostgresStore(Store):
             from schedsync.store.spool import write_finish
 
             path = write_finish(self.label, run, breaker, evidence, trial, lease, retention,
-                                host=HOST, at=ended)
+                                host=HOST, at=ended if ended is not None else self.now())
             kept = (f"the run's end ({run.status}) is kept in {path} and recorded by the next"
                     " schedsync on this host" if path else "the run's end could not be kept (spool full)")
             raise StateUnreachable(f"state database {self.label} was lost at the end of run {run.id} of"
@@ -926,8 +926,8 @@ class Leases(Locks):
         self.valid_until = 0.0  # monotonic: the job must be stopped by then
         self.lost = False
         self._pipes: list[int] = []  # write ends of keepers' lease pipes
-        self._thread = None
-        self._stopped = None
+        self._thread: threading.Thread | None = None
+        self._stopped: threading.Event | None = None
 
     def lock(self, job: str) -> Lease:
         return Lease(self, job)

@@ -88,6 +88,7 @@ CROWDED_FOR = 15.0
 # Seconds a run's end is retried on a lost connection (a restart, a failover) before it
 # goes to this host's spool; $SCHEDSYNC_FINISH_RETRY overrides.
 FINISH_FOR = 60.0
+LEAN_AFTER = 1.5  # seconds into a run before it gives its connection back (``lean``)
 LEAN_PATIENCE = 2.0  # seconds a statement of a running job (a renewal) retries for a connection
 READ_WAIT = 1.0  # seconds a read command waits on another session's lock
 
@@ -151,6 +152,7 @@ class PostgresStore(Store):
         self._create = write if create is None else create
         self._local = LOCAL
         self._lean = False  # no connection held between statements (``lean``)
+        self._lean_from = 0.0  # monotonic: when lean starts letting go
         self._no_options = False  # the server (a pooler) refused the startup options
         self._released = False  # the connection was given back (``lean``); the next statement reconnects
         self._dropped = False  # the last statement's error was a lost connection
@@ -358,7 +360,7 @@ class PostgresStore(Store):
             self._dropped = bool(self.db.closed)  # the connection died (not just the statement)
             raise
         finally:
-            if self._lean:
+            if self._lean and time.monotonic() >= self._lean_from:
                 self._let_go()
             if mutex:
                 mutex.release()
@@ -371,19 +373,13 @@ class PostgresStore(Store):
         self._released = True  # closed on purpose: the next statement connects again
 
     def lean(self, on: bool = True) -> None:
-        """``on``: hold no connection between statements (a running job: its lease renewals
-        take one briefly each; through PgBouncer that is cheap), so running jobs do not
-        each pin a server connection. Off: keep one again (after the run's end)."""
-        mutex = self._mutex
-        if mutex:
-            mutex.acquire()
-        try:
-            self._lean = on
-            if on:
-                self._let_go()
-        finally:
-            if mutex:
-                mutex.release()
+        """``on``: from ``LEAN_AFTER`` seconds on, hold no connection between statements (a
+        running job: its lease renewals take one briefly each; through PgBouncer that is
+        cheap), so running jobs do not each pin a server connection. A job that ends sooner
+        (most cron ticks) keeps its one connection: no second connect for its end.
+        Off: keep one again (after the run's end)."""
+        self._lean = on
+        self._lean_from = time.monotonic() + LEAN_AFTER
 
     def _execute(self, sql: str, args) -> list:
         with self.db.cursor() as cur:

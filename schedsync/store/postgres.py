@@ -87,7 +87,7 @@ CONNECT_TIMEOUT = 10  # seconds per attempt (a ``connect_timeout`` in the URL wi
 CROWDED_FOR = 15.0
 # Seconds a run's end is retried on a lost connection (a restart, a failover) before it
 # goes to this host's spool; $SCHEDSYNC_FINISH_RETRY overrides.
-FINISH_FOR = 60.0
+FINISH_FOR = 30.0
 LEAN_AFTER = 1.5  # seconds into a run before it gives its connection back (``lean``)
 LEAN_PATIENCE = 2.0  # seconds a statement of a running job (a renewal) retries for a connection
 READ_WAIT = 1.0  # seconds a read command waits on another session's lock

@@ -58,11 +58,9 @@ finally:
 
 HOST = os.uname().nodename
 
-# How long a vanished host can keep a lock: the server probes an idle connection
-# after 5 s, every 1 s, 3 times (and gives up on unacknowledged data after 8 s),
-# so a cut host's session ends ~8 s after its last word. The holder heartbeats
-# every second and fences (stops its job) after 3 s without an answer, plus a
-# short SIGTERM grace, before that.
+# Dead connections are noticed: the server probes an idle connection after 5 s, every
+# 1 s, 3 times (and gives up on unacknowledged data after 8 s), and so do we. Nothing
+# is held by a session any more (leases are rows, below); this only frees slots.
 KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "1",
              "keepalives_count": "3", "tcp_user_timeout": "8000"}
 # search_path: this connection names schedsync's objects in full, and no schema another
@@ -605,8 +603,11 @@ class PostgresStore(Store):
         settings = settings_of(breaker.settings if breaker else {})
         why = f"run {run.id} of {run.job}: crashed ({error})"
         [(done, _old, _new)] = self._q(
-            "SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s)",
-            (run.id, now, error, breaker.name if breaker else None,
+            # a crashed run's own lapsed lease (overlap: allow) goes with it; a job's stays
+            # until the job's next run takes it over
+            "DELETE FROM schedsync.leases WHERE name = 'run:' || %s AND expires_at < schedsync.now();"
+            " SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s)",
+            (run.id, run.id, now, error, breaker.name if breaker else None,
              int(settings["failures"]), float(settings["reset_after"]),
              bool(evidence), why[:300]))
         return bool(done)
@@ -693,11 +694,11 @@ class PostgresStore(Store):
         from schedsync.core.budgets import refill
         from schedsync.core.models import Bucket
 
-        now = self._now(now)
-        stored = {n: (t, u, b) for n, t, u, b in self._q(
-            "SELECT name, tokens, updated, blocked_until FROM schedsync.buckets"
-            " WHERE name = ANY (%s::text[])",
-            (list(rates),))}
+        rows = self._q(  # the server's clock, read in the statement, unless a time is given
+            "SELECT name, tokens, updated, blocked_until, coalesce(%s, schedsync.now())"
+            " FROM schedsync.buckets WHERE name = ANY (%s::text[])", (now, list(rates)))
+        stored = {n: (t, u, b) for n, t, u, b, _ in rows}
+        now = rows[0][4] if rows else self._now(now)
         out = {}
         for name, (capacity, per) in rates.items():
             if name not in stored:
@@ -871,8 +872,10 @@ ACQUIRE = ("INSERT INTO schedsync.leases AS l (name, token, host, pid, expires_a
            " ON CONFLICT (name) DO UPDATE SET token = excluded.token, host = excluded.host,"
            " pid = excluded.pid, run_id = NULL, expires_at = excluded.expires_at"
            " WHERE l.expires_at < schedsync.now() RETURNING l.name")
+# Only a lease that has not lapsed is renewed: once expired it may be taken, and its
+# run judged gone (crashed), so a holder that finds one lapsed has lost it.
 RENEW = ("UPDATE schedsync.leases SET expires_at = schedsync.now() + %s"
-         " WHERE token = %s RETURNING name")
+         " WHERE token = %s AND expires_at >= schedsync.now() RETURNING name")
 
 
 class Lease(Lock):
@@ -950,8 +953,8 @@ class Leases(Locks):
         self.names.discard(name)
         try:
             self.store._fetch("DELETE FROM schedsync.leases WHERE name = %s AND token = %s",
-                              (name, self.token))
-        except (psycopg2.Error, StateError):  # StateError: no connection to be had (lean)
+                              (name, self.token), retry=True)
+        except (psycopg2.Error, StateError):
             pass  # it lapses by itself
 
     def forget(self, name: str) -> None:
@@ -982,8 +985,8 @@ class Leases(Locks):
         if self.store._mutex is None:
             self.store._mutex = threading.Lock()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="schedsync-leases", daemon=True)
-        self._thread.start()
+        thread = self._thread = threading.Thread(target=self._loop, name="schedsync-leases", daemon=True)
+        thread.start()
 
     def _loop(self) -> None:
         assert self._stopped is not None
@@ -992,12 +995,12 @@ class Leases(Locks):
                 self.renew()
 
     def renew(self) -> None:
-        sent = time.monotonic()
+        sent, expected = time.monotonic(), set(self.names)
         try:
             got = {n for (n,) in self.store._fetch(RENEW, (LEASE, self.token), retry=True)}
         except Exception:  # unreachable for now: held() turns False when it lasts
             return
-        if self.names - got:
+        if (expected & self.names) - got:  # held before we asked and still meant to be
             self.lost = True  # lapsed and taken (or removed): never ours again
             return
         self.valid_until = max(self.valid_until, sent + LEASE - MARGIN)
@@ -1014,8 +1017,8 @@ class Leases(Locks):
         if self.names:
             self.names.clear()
             try:
-                self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,))
-            except (psycopg2.Error, StateError):  # they lapse by themselves
+                self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,), retry=True)
+            except (psycopg2.Error, StateError):
                 pass
 
 

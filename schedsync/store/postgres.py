@@ -386,11 +386,11 @@ class PostgresStore(Store):
 
     def _reconnect(self) -> None:
         """A new session for a lost one, while the server restarts: for RECONNECT_FOR
-        seconds from the first failure, shared by every caller; then one try each."""
+        seconds from the first failure, shared by every caller; after that, none."""
         if self._lost_at is None:
             self._lost_at = time.monotonic()
         until, last = self._lost_at + RECONNECT_FOR, None
-        while last is None or time.monotonic() < until:
+        while time.monotonic() < until:
             try:
                 db = self._connect()
             except StateError as exc:

@@ -1,0 +1,54 @@
+"""A Jepsen-style test: three hosts under faults, judged by the jobs' own log.
+
+Three simulated hosts (network, pid, mount and hostname namespaces of their own) start
+``schedsync run`` for two jobs every one to two and a half seconds, like a fast cron,
+against PostgreSQL over TCP through veth links, while a nemesis kill -9s schedsync,
+SIGSTOPs it for seconds, cuts a host's link (sometimes with its schedsync paused), and
+restarts the server (``pg_ctl restart -m fast``), for two minutes. A fourth host samples
+``status --json`` meanwhile. The jobs append start, tick and end lines to one file with
+O_APPEND: that log, not schedsync's records, is the truth. Harness and checker:
+tests/faults.py. SCHEDSYNC_FAULTS_SEED=N replays a nemesis' choices (not its timing);
+SCHEDSYNC_FAULTS_SECONDS=N shortens the chaos when trying things (the checks need >= 120).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from faults import Cluster, available, check
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+CHAOS = float(os.environ.get("SCHEDSYNC_FAULTS_SECONDS") or 120)  # then a calm spell: every host runs again
+CALM = 12.0
+
+
+def test_three_hosts_under_kills_pauses_cuts_and_server_restarts_never_run_a_job_twice(project):
+    seed = int(os.environ.get("SCHEDSYNC_FAULTS_SEED") or time.time_ns() % 1_000_000)
+    cluster = Cluster(project, {"alpha": 2.0, "beta": 3.0}, seed)
+    try:
+        cluster.start()
+        begin = time.time()
+        cluster.run_hosts(until=begin + CHAOS + CALM, every=(1.0, 2.5))
+        cluster.observe(until=begin + CHAOS)
+        cluster.nemesis(CHAOS)
+        codes = cluster.wait_hosts(timeout=CALM + 90)
+        assert all(code == 0 for code in codes.values()), (codes, [
+            (cluster.dir / f"{h}.err").read_text()[-2000:] for h in codes])
+        final = cluster.status()  # reaps what is left: every session is gone by now
+        verdict = check(cluster)
+        print(verdict.summary(cluster, CHAOS))
+    finally:
+        cluster.close()
+    assert final.code in (0, 1), final  # 1: a job is FAILING, which faults may well cause
+    assert verdict.finished >= 20, "the hosts hardly ran anything: the test proves nothing"
+    assert cluster.counts["restarts"] >= 3 and cluster.counts["kills"] >= 3
+    assert not verdict.overlaps, [(a, b, round(d, 3)) for a, b, d in verdict.overlaps]
+    assert not verdict.left_running, verdict.left_running
+    assert not verdict.not_recorded, verdict.not_recorded
+    assert not verdict.live_crashed, verdict.live_crashed
+    assert not verdict.observer_live_crashed, verdict.observer_live_crashed
+    assert verdict.tracebacks == 0

@@ -175,6 +175,7 @@ class Cluster:
         self.dir = project.path / "faults"
         self.log = self.dir / "jobs.log"
         self.drivers: dict[str, subprocess.Popen] = {}
+        self.files: list = []
         self.stopped: set[int] = set()
         self.cut: set[str] = set()
         self.mutex = threading.Lock()
@@ -203,13 +204,15 @@ class Cluster:
 
     def run_hosts(self, until: float, every: tuple[float, float]) -> None:
         for i, host in enumerate(HOSTS, start=1):
+            err = (self.dir / f"{host}.err").open("w")  # noqa: SIM115 (closed by close())
+            self.files.append(err)
             settings = {"argv": self.project.argv(), "jobs": list(self.jobs), "until": until,
                         "every": list(every), "events": str(self.dir / "events.log"),
                         "output": str(self.dir / f"{host}.out")}
             self.drivers[host] = subprocess.Popen(
                 in_host(self.ns.names[host], host,
                         [sys.executable, str(HERE / "faults_host.py"), json.dumps(settings)]),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.dir / f"{host}.err", "w"),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 cwd=self.project.path, env={**self.project.env, "SCHEDSYNC_STATE": self.url(i)})
 
     def wait_hosts(self, timeout: float) -> dict[str, int | None]:
@@ -234,6 +237,9 @@ class Cluster:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
+
+        for f in self.files:
+            f.close()
         try:
             self.server.stop()
         finally:
@@ -260,7 +266,7 @@ class Cluster:
                     sample.shown.append((job["name"], last.get("id"), last.get("status")))
         return sample
 
-    def observe(self, until: float, every: float = 2.5) -> None:
+    def observe(self, until: float, every: float = 1.5) -> None:
         def loop():
             while time.time() < until:
                 self.samples.append(self.status())
@@ -423,10 +429,13 @@ def parse_log(text: str) -> dict[tuple[str, str, int], Interval]:
         event, job, host, pid, _mono, real = parts
         key, at = (job, host, int(pid)), float(real)
         if event == "start":
-            assert key not in runs, f"two runs of {job} under one schedsync pid: {line}"
+            if key in runs:  # no schedsync found (pid 0), or a pid reused: keep both
+                runs[(job, host, -len(runs))] = runs.pop(key)
             runs[key] = Interval(job, host, int(pid), at, at)
             continue
-        run = runs[key]
+        run = runs.get(key)
+        if run is None:
+            continue
         run.last = max(run.last, at)
         if event == "end":
             run.ended = at
@@ -462,6 +471,25 @@ class Verdict:
     observer_live_crashed: list  # (sample, interval): status showed crashed, the job ran on after
     tracebacks: int
 
+    def problems(self) -> str:
+        """Every violation, one line each, for an assertion's message."""
+        def run(r: Interval) -> str:
+            return f"{r.job} on {r.host} (schedsync pid {r.pid}) {r.start:.2f}..{r.last:.2f}"
+
+        def rec(r: dict | None) -> str:
+            if r is None:
+                return "no record"
+            return f"record {r['id']} {r['status']} at {r['finished_at']:.2f} ({r['error'][:80]})"
+
+        lines = [f"overlap {d:.2f}s: {run(a)} and {run(b)}" for a, b, d in self.overlaps]
+        lines += [f"left running: record {r['id']} of {r['job']} on {r['host']}" for r in self.left_running]
+        lines += [f"finished at {r.ended:.2f} but {rec(x)}: {run(r)}" for r, x in self.not_recorded]
+        lines += [f"marked crashed while live: {run(r)}, {rec(x)}" for r, x in self.live_crashed]
+        lines += [f"shown crashed at {s.after:.2f} while live: {run(r)}" for s, r in self.observer_live_crashed]
+        if self.tracebacks:
+            lines.append(f"{self.tracebacks} tracebacks in the hosts' output")
+        return "\n".join(lines)
+
     def summary(self, cluster: Cluster, seconds: float) -> str:
         c = cluster.counts
         worst = max((o[2] for o in self.overlaps), default=0.0)
@@ -492,10 +520,10 @@ def check(cluster: Cluster, slack: float = 15.0) -> Verdict:
     not_recorded, live_crashed = [], []
     for run in runs.values():
         record = record_of(run)
-        if run.ended is not None and (run.host, run.pid) not in cluster.killed:
-            if (record is None or record["status"] != "success"
-                    or not run.ended - 0.5 <= record["finished_at"] <= run.ended + slack):
-                not_recorded.append((run, record))
+        if run.ended is not None and (run.host, run.pid) not in cluster.killed and (
+                record is None or record["status"] != "success"
+                or not run.ended - 0.5 <= record["finished_at"] <= run.ended + slack):
+            not_recorded.append((run, record))
         if record and record["status"] == "crashed" and run.last > record["finished_at"] + 0.5:
             live_crashed.append((run, record))
     by_id = {r["id"]: r for r in records}

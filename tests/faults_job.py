@@ -38,7 +38,7 @@ def parent_of(pid: int) -> int:
 
 
 def is_schedsync(argv: list[str]) -> bool:
-    return any(a == "-m" and b == "schedsync" for a, b in zip(argv, argv[1:])) or (
+    return any(a == "-m" and b == "schedsync" for a, b in zip(argv, argv[1:], strict=False)) or (
         bool(argv) and os.path.basename(argv[0]) == "schedsync")
 
 

@@ -183,6 +183,7 @@ class Cluster:
         self.counts = {"kills": 0, "stops": 0, "cuts": 0, "stopcuts": 0, "restarts": 0}
         self.killed: set[tuple[str, int]] = set()  # (host, schedsync pid) the nemesis killed -9
         self.samples: list[Sample] = []
+        self.poke = threading.Event()
         self.db = ""
 
     # setup and teardown
@@ -270,7 +271,8 @@ class Cluster:
         def loop():
             while time.time() < until:
                 self.samples.append(self.status())
-                time.sleep(every)
+                self.poke.wait(every)  # at once after a server restart: when reapers are busiest
+                self.poke.clear()
 
         self._spawn(loop)
 
@@ -372,6 +374,7 @@ class Cluster:
            self.server.data, "-l", os.path.join(self.server.dir, "log"), "-m", "fast", "-w", "-t", "60",
            "restart")
         self.counts["restarts"] += 1
+        self.poke.set()
 
     def nemesis(self, seconds: float) -> None:
         actions = [self.restart, self.kill, self.stop, self.kill, self.cut_link, self.stop_and_cut]
@@ -552,4 +555,12 @@ def available() -> str | None:
     for tool in ("ip", "unshare", "runuser"):
         if not shutil.which(tool):
             return f"{tool} is not installed"
+    from pgserver import binaries
+
+    if not binaries():
+        return "PostgreSQL is not installed (apt-get install postgresql)"
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        return "the postgres extra is not installed (pip install -e '.[postgres]')"
     return None

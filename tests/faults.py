@@ -168,6 +168,7 @@ class Cluster:
     def __init__(self, project, jobs: dict[str, float], seed: int):
         self.project = project
         self.jobs = jobs  # name -> longest run in seconds (each run lasts half of it to all of it)
+        self.long_job = max(jobs, key=jobs.get)  # the one a paused and cut holder is running, if it can
         self.rng = random.Random(seed)
         self.seed = seed
         self.ns = Namespaces()
@@ -283,13 +284,15 @@ class Cluster:
         thread.start()
         self.threads.append(thread)
 
-    def _victim(self, hosts=HOSTS) -> tuple[str, int] | None:
-        """A random ``schedsync run`` of one of ``hosts``, preferably one whose job is going."""
+    def _victim(self, hosts=HOSTS, job: str | None = None) -> tuple[str, int] | None:
+        """A random ``schedsync run`` of one of ``hosts``, preferably one whose job is going
+        (and is ``job``)."""
         found = [(host, pid) for host in hosts for pid in schedsync_runs(self.ns.inode(host))]
         with self.mutex:
             found = [(h, p) for h, p in found if p not in self.stopped]
         busy = [(h, p) for h, p in found if has_children(p)]
-        return self.rng.choice(busy or found) if found else None
+        that = [(h, p) for h, p in busy if argv_of(p)[-1:] == [job]]
+        return self.rng.choice(that or busy or found) if found else None
 
     def kill(self) -> None:
         victim = self._victim()
@@ -356,15 +359,18 @@ class Cluster:
 
     def stop_and_cut(self) -> None:
         """A holder's schedsync paused while its host's link is cut, long enough for the
-        server to give its job to another host."""
-        host = self._free_host()
-        if host is None:
-            return
-        victim = self._victim((host,))
+        server to give its job to another host (preferably a holder of the long job, which
+        outlasts the pause)."""
+        with self.mutex:
+            free = [h for h in HOSTS if h not in self.cut]
+        victim = self._victim(free, self.long_job)
         if victim is None:
-            with self.mutex:
-                self.cut.discard(host)
             return
+        host = victim[0]
+        with self.mutex:
+            if host in self.cut:
+                return
+            self.cut.add(host)
         self.counts["stopcuts"] += 1
         self._spawn(self._pause, victim[1], self.rng.uniform(9, 14), host)
 

@@ -1,8 +1,8 @@
 """A Jepsen-style test: three hosts under faults, judged by the jobs' own log.
 
 Three simulated hosts (network, pid, mount and hostname namespaces of their own) start
-``schedsync run`` for two jobs every one to two and a half seconds, like a fast cron,
-against PostgreSQL over TCP through veth links, while a nemesis kill -9s schedsync,
+``schedsync run`` for three jobs (runs of 1-2 s, 1.5-3 s and 10-20 s) every one to two
+and a half seconds, like a fast cron, against PostgreSQL over TCP through veth links, while a nemesis kill -9s schedsync,
 SIGSTOPs it for seconds, cuts a host's link (sometimes with its schedsync paused), and
 restarts the server (``pg_ctl restart -m fast``), for two minutes. A fourth host samples
 ``status --json`` meanwhile. The jobs append start, tick and end lines to one file with
@@ -28,7 +28,7 @@ CALM = 12.0
 
 def test_three_hosts_under_kills_pauses_cuts_and_server_restarts_never_run_a_job_twice(project):
     seed = int(os.environ.get("SCHEDSYNC_FAULTS_SEED") or time.time_ns() % 1_000_000)
-    cluster = Cluster(project, {"alpha": 2.0, "beta": 3.0}, seed)
+    cluster = Cluster(project, {"alpha": 2.0, "beta": 3.0, "gamma": 20.0}, seed)
     try:
         cluster.start()
         begin = time.time()

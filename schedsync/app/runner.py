@@ -15,7 +15,18 @@ from contextlib import contextmanager
 
 from schedsync.config import Config, Job, Secrets
 from schedsync.core.errors import Exit, SchedsyncError, StateError
-from schedsync.core.models import CANCELLED, CRASHED, FAILED, LOCKED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, Run
+from schedsync.core.models import (
+    ALREADY_RAN,
+    CANCELLED,
+    CRASHED,
+    FAILED,
+    LOCKED,
+    PARTIAL,
+    RATE_LIMITED,
+    SKIPPED,
+    SUCCESS,
+    Run,
+)
 from schedsync.core.outcome import Cancelled, Outcome
 from schedsync.core.records import dataclass, field
 from schedsync.core.redact import readable
@@ -48,7 +59,11 @@ def evidence(run: Run) -> bool:
 
 @dataclass
 class Context:
-    """What a job kind may use: its deadline, the budgets, retries, the data db."""
+    """What a job kind may use: its deadline, the budgets, retries, the data db.
+
+    ``deadline`` is on this host's monotonic clock (``time.monotonic()``): the run's
+    timeout is a duration, never compared across clocks (the store's times are the
+    database server's)."""
 
     job: Job
     config: Config
@@ -60,6 +75,7 @@ class Context:
     last_success_at: float | None = None
     sleep: object = time.sleep
     held: object = None  # the lock's held(): False once it may be lost (fencing stops the job)
+    fence: object = None  # the store's leases (PostgreSQL): a command's keeper fences on them
     run_id: int | None = None  # the running run's row
 
     @property
@@ -70,7 +86,12 @@ class Context:
     def retrying(self, retry):
         from schedsync.core.retry import retrying
 
-        return retrying(self.job.retries, self.deadline, retry=retry, sleep=self.sleep)
+        return retrying(self.job.retries, self.deadline, retry=retry, sleep=self.sleep,
+                        clock=time.monotonic)
+
+    def left(self) -> float:
+        """Seconds before the run's timeout (this host's monotonic clock)."""
+        return self.deadline - time.monotonic()
 
     def spend(self, tokens: float = 1, requests: int | None = None) -> float | None:
         """Take tokens from the job's budgets, waiting up to ``max_wait``.
@@ -80,20 +101,21 @@ class Context:
         """
         store = self.store
         count = None if requests is None or self.run_id is None else (self.run_id, requests)
-        waited_until = store.now() + self.job.max_wait
+        waited_until = time.monotonic() + self.job.max_wait
         while True:
-            now = store.now()
-            ready = store.spend(self.job.budgets, self.config.budgets, tokens, now, count)
+            # None: the store's own clock decides, inside its statement (the server's)
+            ready = store.spend(self.job.budgets, self.config.budgets, tokens, None, count)
             if ready is None:
                 return None
-            if ready > min(waited_until, self.deadline):
+            wait = ready - store.now()
+            if time.monotonic() + wait > min(waited_until, self.deadline):
                 return ready
-            self.sleep(max(0.0, ready - now))
+            self.sleep(max(0.0, wait))
 
     def block_budgets(self, until: float) -> None:
         """An upstream's Retry-After: pause the job's buckets until then; they keep their tokens."""
         if self.job.budgets:
-            self.store.block_budgets(self.job.budgets, until, self.config.budgets, self.store.now())
+            self.store.block_budgets(self.job.budgets, until, self.config.budgets)
 
 
 def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger: str,
@@ -120,6 +142,9 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
             _record_refusal(store, job, trigger, str(exc))
             raise
         if not locked:
+            winner = store.slot_winner(job.name, slot) if slot is not None else None
+            if winner is not None:  # this slot's run is under way elsewhere: not ours to run
+                return _skip(store, job, trigger, ALREADY_RAN, None, ran_elsewhere(slot, *winner))
             holder = store.running_runs([job.name])
             who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
             return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going")
@@ -137,25 +162,28 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     lease = job.timeout + 60  # the lease ends when the run surely has
     kind = job_kind(job.kind)
     cost = job.cost if kind.spends_at_start and job.budgets else 0  # else it spends as it goes
-    wait_until = store.now() + job.max_wait
-    while True:
+    wait_until = time.monotonic() + job.max_wait
+    while True:  # no ``now``: the store's clock (PostgreSQL: the server's) decides, in the statement
         admitted = store.admit_run(job.name, trigger, spec, lease, job.budgets, config.budgets, cost,
-                                   now=store.now(), slot=slot)
+                                   slot=slot)
         if admitted.run is not None:
             break
-        if (admitted.reason == RATE_LIMITED and admitted.retry_at is not None
-                and admitted.retry_at <= wait_until):
-            sleep(max(0.0, admitted.retry_at - store.now()))
-            continue
+        if admitted.reason == RATE_LIMITED and admitted.retry_at is not None:
+            wait = admitted.retry_at - store.now()
+            if time.monotonic() + wait <= wait_until:
+                sleep(max(0.0, wait))
+                continue
         return _skip(store, job, trigger, admitted.reason, admitted.retry_at, admitted.error)
     run = admitted.run
-    now = run.started_at
+    began = time.monotonic()
 
     if on_start is not None:
         on_start(run)
-    ctx = Context(job, config, store, secrets, deadline=now + job.timeout,
+    leases = getattr(store.locks, "pipe", None) and store.locks
+    ctx = Context(job, config, store, secrets, deadline=time.monotonic() + job.timeout,
                   interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep,
-                  held=lock.held if lock else None, run_id=run.id)
+                  held=lock.held if lock else (leases.held if leases else None), run_id=run.id,
+                  fence=leases)
     if kind.needs_last_success:
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
     with _cancel_on_signals():
@@ -170,7 +198,8 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
 
             outcome = Outcome("failed", error=secrets.clip(f"internal error: {type(exc).__name__}: {exc}", 300),
                               held=traceback.format_exc())
-    result = _finish(store, job, run, outcome, admitted.trial, secrets, lease, config.timezone)
+    result = _finish(store, job, run, outcome, admitted.trial, secrets, lease, config.timezone,
+                     time.monotonic() - began)
     if on_finish is not None:  # after the records are committed, still holding the lock
         on_finish(result)
     return result
@@ -185,12 +214,13 @@ def scheduled_slot(config: Config, job: Job, now: float) -> float | None:
 
 
 def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease: float,
-            timezone: str | None = None) -> RunResult:
+            timezone: str | None = None, took: float | None = None) -> RunResult:
     now = store.now()
     run.status = outcome.status
     run.reason = outcome.reason
     run.finished_at = now
-    run.duration_ms = int((now - run.started_at) * 1000)
+    # on this host's monotonic clock when known: a clock stepping mid-run changes nothing
+    run.duration_ms = int((now - run.started_at if took is None else took) * 1000)
     run.attempts, run.requests = outcome.attempts, outcome.requests
     run.items_processed, run.items_failed = outcome.items_processed, outcome.items_failed
     run.exit_code = outcome.exit_code
@@ -200,8 +230,8 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
     run.output = readable(secrets.redact(outcome.output))
     run.retry_at = outcome.retry_at
     skipped = run.status == SKIPPED  # e.g. an http job whose budget was empty before any request
-    transition = store.finish_run(run, breaker_spec(job), evidence(run), trial, lease,
-                                  job.retention, now=now)
+    # no ``now``: the store's clock judges the breaker (PostgreSQL: the server's, in the statement)
+    transition = store.finish_run(run, breaker_spec(job), evidence(run), trial, lease, job.retention)
     ok = run.status in (SUCCESS, PARTIAL)
     result = RunResult(run, Exit.OK if ok else Exit.SKIPPED if skipped else Exit.FAILED,
                        held_output=None if ok or skipped else readable(secrets.redact(outcome.held)),
@@ -215,6 +245,14 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
     if transition and transition[1] == "open":
         result.messages.append(opened_message(transition[2], timezone, now))
     return result
+
+
+def ran_elsewhere(slot: float, host: str, run_id) -> str:
+    """A loser's error: the slot's run is under way (or done) on another host."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(slot))
+    return (f"the run scheduled for {when} already started on {host}"
+            + (f" (run {run_id})" if run_id else "")
+            + "; run it on a terminal or with `run --force-slot` to run it again")
 
 
 def opened_message(breaker, timezone: str | None, now: float) -> str:

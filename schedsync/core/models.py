@@ -9,8 +9,8 @@ RUNNING, SUCCESS, PARTIAL, FAILED, TIMEOUT, SKIPPED, CRASHED = (
     "running", "success", "partial", "failed", "timeout", "skipped", "crashed",
 )
 FAILURES = (FAILED, TIMEOUT, CRASHED)
-LOCKED, BREAKER_OPEN, RATE_LIMITED, PAUSED, CANCELLED = (
-    "locked", "breaker_open", "rate_limited", "paused", "cancelled",
+LOCKED, BREAKER_OPEN, RATE_LIMITED, PAUSED, CANCELLED, ALREADY_RAN = (
+    "locked", "breaker_open", "rate_limited", "paused", "cancelled", "already_ran",
 )
 
 

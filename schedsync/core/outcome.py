@@ -9,6 +9,13 @@ class Cancelled(BaseException):
     """SIGTERM/SIGINT/SIGHUP reached ``schedsync run``; str() names the signal."""
 
 
+class Fenced(Cancelled):
+    """The run's lease may lapse (no renewal confirmed in time): the job is stopped."""
+
+
+FENCED = "stopped: lost the state database while holding the lock (fenced)"
+
+
 class DeadlinePassed(BaseException):
     """The run's hard timeout passed inside Python code (http and python jobs)."""
 

@@ -4,8 +4,13 @@ The command gets its own process group, so a timeout or a cancel can stop all
 of it. Its parent is a keeper: a fork of schedsync that leads that group and
 holds one end of a pipe whose other end only schedsync holds. When schedsync
 dies, even by ``kill -9``, the pipe reads EOF and the keeper stops the whole
-group; the keeper also kills it past the hard timeout on its own. So the job
-never outlives schedsync or its timeout, and never runs twice at once.
+group; the keeper also kills it past the hard timeout on its own. With a lease
+(PostgreSQL), schedsync writes on a second pipe, at each renewal the server
+confirmed, the instant (monotonic) by which the job must be stopped; the keeper
+stops the group itself when that instant passes with no newer one (a paused or
+dead schedsync, a lost database). So the job never outlives schedsync, its
+timeout or its lease, and never runs twice at once. Every deadline here is on
+this host's monotonic clock.
 
 Its output is redacted line by line as it arrives; it streams live on a
 terminal and is held back (bounded) under cron, shown only when the run fails.
@@ -23,11 +28,11 @@ from collections import deque
 
 from schedsync.core.durations import format_duration
 from schedsync.core.models import CANCELLED, FAILED, SUCCESS, TIMEOUT
-from schedsync.core.outcome import Cancelled, Outcome
+from schedsync.core.outcome import FENCED, Cancelled, Outcome
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what cancels a run
-FENCE_GRACE = 1.0  # shorter when fenced: the job must be gone before the server frees the lock
+FENCE_GRACE = 1.0  # shorter when fenced: the job must be gone before its lease can lapse
 HEAD, TAIL, RECORD_TAIL, LONG_LINE = 16_384, 49_152, 4_096, 8_192
 
 
@@ -111,7 +116,21 @@ def run_command(job, ctx) -> Outcome:
 def _once(argv, env, job, ctx, output: Output) -> Outcome:
     if not os.path.isdir(job.cwd):
         return Outcome(FAILED, error=f"working folder {job.cwd} does not exist")
-    keeper, failure = _spawn(argv, job.cwd, env, ctx.pass_fds, ctx.deadline)
+    leases = getattr(ctx, "fence", None)
+    fence = leases.pipe() if leases is not None else None  # (read end, write end, stop-by)
+    try:
+        keeper, failure = _spawn(argv, job.cwd, env, ctx.pass_fds, ctx.deadline, fence)
+    finally:
+        if fence is not None:
+            os.close(fence[0])
+    try:
+        return _watch(keeper, failure, argv, job, ctx, output)
+    finally:
+        if fence is not None:
+            leases.unpipe(fence[1])
+
+
+def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
     if failure is not None:
         keeper.wait()
         os.close(keeper.stdout)
@@ -130,7 +149,7 @@ def _once(argv, env, job, ctx, output: Output) -> Outcome:
     if fenced:
         # The lock may be lost (the database stopped answering): another host may start
         # this job soon, so stop ours first and say so (the record may not reach the state).
-        print(f"{job.name}: lost the state database while holding the job's lock;"
+        print(f"{job.name}: lost the state database while holding the job's lease;"
               " stopping the job so that no other host runs it at the same time", file=sys.stderr)
         _stop(keeper, fd, output, FENCE_GRACE)
     elif timed_out or cancelled:
@@ -139,13 +158,15 @@ def _once(argv, env, job, ctx, output: Output) -> Outcome:
         # Leftover background processes of the job would hold its lock and pipe.
         _signal_group(keeper.pid, signal.SIGTERM)
     code = keeper.wait()
-    if code == -signal.SIGKILL and time.time() >= ctx.deadline:
+    held = getattr(ctx, "held", None)
+    if not (fenced or cancelled) and code == -signal.SIGKILL and held is not None and not held():
+        fenced = True  # the keeper fenced it while we could not (stopped, say)
+    if code == -signal.SIGKILL and time.monotonic() >= ctx.deadline:
         timed_out = True  # the keeper's backstop, while we could not act (stopped, say)
     _drain(fd, output, 0.2)
     os.close(fd)
     if fenced:
-        return Outcome(FAILED, exit_code=code, reason=CANCELLED,
-                       error="stopped: lost the state database while holding the lock (fenced)")
+        return Outcome(FAILED, exit_code=code, reason=CANCELLED, error=FENCED)
     if cancelled:
         return Outcome(FAILED, exit_code=code, reason=CANCELLED, error=f"cancelled by {cancelled}")
     if timed_out:
@@ -171,7 +192,7 @@ class _Keeper:
             os.close(self.lifeline)  # only now: an EOF tells the keeper to stop the job
 
 
-def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float):
+def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float, fence=None):
     """Start the job under a keeper; returns (keeper, errno of a failed exec or None).
 
     The cancel signals are blocked from before the fork until the job has started,
@@ -189,7 +210,10 @@ def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float):
             try:
                 for theirs in (out_r, report_r, life_w):
                     os.close(theirs)
-                code = _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r)
+                if fence is not None:
+                    os.close(fence[1])
+                code = _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r,
+                             fence and fence[::2])
             except BaseException:  # a bug of ours must not leave the job without a keeper
                 _signal_group(os.getpid(), signal.SIGKILL)
             finally:
@@ -236,8 +260,9 @@ def _exit_code(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status) if done else None
 
 
-def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> int:
-    """The keeper's life: start the job, then wait for it, for schedsync's end, or the deadline."""
+def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r, fence=None) -> int:
+    """The keeper's life: start the job, then wait for it, for schedsync's end, the deadline,
+    or (``fence`` = (read end, stop-by)) the lease's fence."""
     os.setsid()  # a new group, led by us: its id cannot be reused while we live
     devnull = os.open(os.devnull, os.O_RDWR)
     for std in (0, 1, 2):  # never hold cron's mail pipe open after schedsync is gone
@@ -250,7 +275,7 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> 
     # touched page is a copy; every cron tick pays for it.
     # Only the job's own descriptors cross: fds schedsync inherited from its caller would not
     # be close-on-exec, and posix_spawn (unlike subprocess) does not close them for us.
-    _close_all_but({0, 1, 2, out_w, report_w, life_r, *pass_fds})
+    _close_all_but({0, 1, 2, out_w, report_w, life_r, *pass_fds, *(fence[:1] if fence else ())})
     for fd in pass_fds:
         os.set_inheritable(fd, True)
     try:
@@ -282,17 +307,35 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> 
     # schedsync stops a job at its deadline itself; this backstop is for a schedsync that
     # cannot (stopped, hung): the hard timeout holds whatever happens to it.
     backstop = deadline + KILL_GRACE + 1
+    lease_r, stop_by = fence if fence else (None, float("inf"))
+    if lease_r is not None:
+        poller.register(lease_r, select.POLLIN | select.POLLHUP)
+    pending = b""
     while (code := _exit_code(pid)) is None:
-        left = backstop - time.time()
+        now = time.monotonic()
+        left = backstop - now
         if left <= 0:
             _signal_group(group, signal.SIGKILL)
-        ready = poller.poll(max(0.0, min(left, 0.05 if pidfd is None else left)) * 1000)
+        if now >= stop_by:  # no renewal confirmed in time: the lease may lapse, stop the job
+            _stop_group(pid, group, FENCE_GRACE)
+            stop_by = float("inf")
+        wait = min(left, stop_by - now, 0.05 if pidfd is None else left)
+        ready = poller.poll(max(0.0, wait) * 1000)
         if any(fd == life_r for fd, _ in ready):  # EOF: schedsync is gone, stop the job
-            _signal_group(group, signal.SIGTERM)
-            end = time.time() + KILL_GRACE
-            while _exit_code(pid) is None and time.time() < end:
-                time.sleep(0.02)
-            _signal_group(group, signal.SIGKILL)  # whatever is left of the group, us included
+            _stop_group(pid, group, KILL_GRACE)
+        if lease_r is not None and any(fd == lease_r for fd, _ in ready):
+            try:
+                data = os.read(lease_r, 4096)
+            except OSError:
+                data = b""
+            if not data:  # schedsync closed it (done, or gone: the lifeline says which)
+                poller.unregister(lease_r)
+                lease_r = None
+            pending += data
+            if b"\n" in pending:
+                lines, _, pending = pending.rpartition(b"\n")
+                stop_by = max(stop_by if stop_by != float("inf") else 0.0,
+                              float(lines.rsplit(b"\n", 1)[-1]))
     _signal_group(group, signal.SIGTERM)  # leftovers of the job would hold its lock and pipe
     if code >= 0:
         return code
@@ -304,6 +347,15 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r) -> 
     signal.signal(-code, signal.SIG_DFL)
     os.kill(group, -code)  # end the way the job ended, so schedsync reads the same status
     return 128 - code
+
+
+def _stop_group(pid: int, group: int, grace: float) -> None:
+    """The keeper stops the job's group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    _signal_group(group, signal.SIGTERM)
+    end = time.monotonic() + grace
+    while _exit_code(pid) is None and time.monotonic() < end:
+        time.sleep(0.02)
+    _signal_group(group, signal.SIGKILL)  # whatever is left of the group, us included
 
 
 def _pump(proc, fd: int, output: Output, deadline: float, held=None) -> bool | None:
@@ -319,7 +371,7 @@ def _pump(proc, fd: int, output: Output, deadline: float, held=None) -> bool | N
     open_pipe, nap = True, 0.001
     try:
         while True:
-            left = deadline - time.time()
+            left = deadline - time.monotonic()
             if left <= 0:
                 return False
             if held is not None and not held():
@@ -348,8 +400,8 @@ def _pump(proc, fd: int, output: Output, deadline: float, held=None) -> bool | N
 
 def _stop(proc, fd: int, output: Output, grace: float = KILL_GRACE) -> None:
     _signal_group(proc.pid, signal.SIGTERM)
-    end = time.time() + grace
-    while time.time() < end:
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
         _drain(fd, output, 0.05)
         if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
             break

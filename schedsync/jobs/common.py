@@ -12,15 +12,17 @@ import threading
 import time
 from contextlib import contextmanager
 
-from schedsync.core.outcome import DeadlinePassed
+from schedsync.core.outcome import DeadlinePassed, Fenced
 from schedsync.core.redact import clip
 
 ERROR_LENGTH = 300  # characters of an exception's message kept in the one-line error
 
 
 @contextmanager
-def hard_deadline(deadline: float, repeat: float = 1.0):
-    """Raise ``DeadlinePassed`` in the main thread once ``deadline`` (POSIX seconds) passes.
+def hard_deadline(deadline: float, repeat: float = 1.0, held=None):
+    """Raise ``DeadlinePassed`` in the main thread once ``deadline`` (``time.monotonic()``
+    seconds) passes; with ``held`` (the lease's), raise ``Fenced`` within half a second
+    of it turning False, so job code in this process stops before the lease can lapse.
 
     The backstop for code that blocks where no timeout of ours reaches it. It
     fires again every ``repeat`` seconds until the block ends, so a bare
@@ -33,11 +35,18 @@ def hard_deadline(deadline: float, repeat: float = 1.0):
     armed = [True]
 
     def on_alarm(signum, frame):
-        if armed[0]:
+        if not armed[0]:
+            return
+        if time.monotonic() >= deadline:
             raise DeadlinePassed()
+        if held is not None and not held():
+            raise Fenced("lost lease")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, max(deadline - time.time(), 0.001), repeat)
+    first = max(deadline - time.monotonic(), 0.001)
+    if held is not None:
+        first, repeat = min(first, 0.5), min(repeat, 0.5)
+    signal.setitimer(signal.ITIMER_REAL, first, repeat)
     try:
         yield
     finally:

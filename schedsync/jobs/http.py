@@ -68,7 +68,7 @@ import httpx
 
 from schedsync.core.durations import format_duration, iso
 from schedsync.core.models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, TIMEOUT
-from schedsync.core.outcome import Cancelled, DeadlinePassed, Outcome
+from schedsync.core.outcome import FENCED, Cancelled, DeadlinePassed, Fenced, Outcome
 from schedsync.core.redact import redact_url
 from schedsync.jobs.common import LiveProgress, hard_deadline
 from schedsync.jobs.display import excerpt, keys, kind, response_line, show_url, status_error
@@ -307,7 +307,7 @@ def run_http(job, ctx) -> Outcome:
     sync = Sync(job, ctx)
     try:
         try:
-            with hard_deadline(ctx.deadline), sync.display:
+            with hard_deadline(ctx.deadline, held=ctx.held), sync.display:
                 sync.run()
         except DeadlinePassed:
             after = f" (on page {sync.pages + 1})" if sync.pages else ""
@@ -326,6 +326,8 @@ def run_http(job, ctx) -> Outcome:
                 return sync.outcome(PARTIAL if sync.processed else FAILED, reason=RATE_LIMITED,
                                     error=str(exc), retry_at=exc.rate_limited_until or None)
             return sync.outcome(FAILED, error=str(exc))
+        except Fenced:
+            return sync.outcome(FAILED, reason=CANCELLED, error=FENCED)
         except Cancelled as exc:
             return sync.outcome(FAILED, reason=CANCELLED, error=f"cancelled by {exc}")
         return sync.outcome(SUCCESS)

@@ -47,7 +47,7 @@ from contextlib import contextmanager
 
 from schedsync.core.durations import format_duration
 from schedsync.core.models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SUCCESS, TIMEOUT
-from schedsync.core.outcome import Cancelled, DeadlinePassed, Outcome
+from schedsync.core.outcome import FENCED, Cancelled, DeadlinePassed, Fenced, Outcome
 from schedsync.jobs.common import LiveProgress, hard_deadline, one_line
 
 # --- python jobs ------------------------------------------------------------------------
@@ -65,7 +65,9 @@ class JobContext:
         self._client = None
         self._db = None
         self.job = job.name
-        self.deadline = ctx.deadline
+        # POSIX seconds on this host's clock, from the run's monotonic deadline
+        self.deadline = time.time() + (ctx.deadline - time.monotonic())
+        self._deadline = ctx.deadline
         self.last_success_at = ctx.last_success_at
         self.log = log
         self.data_db = data_db
@@ -91,7 +93,7 @@ class JobContext:
     @property
     def remaining(self) -> float:
         """Seconds left before the run's hard timeout."""
-        return max(0.0, self.deadline - time.time())
+        return max(0.0, self._deadline - time.monotonic())
 
     def progress(self, n: int = 1, failed: int = 0) -> None:
         """Count ``n`` items done (and ``failed`` items that could not be)."""
@@ -128,7 +130,7 @@ def run_python(job, ctx) -> Outcome:
     try:
         with _job_environment(job, ctx.config.dir):
             try:
-                with hard_deadline(ctx.deadline), _captured(output), display:
+                with hard_deadline(ctx.deadline, held=ctx.held), _captured(output), display:
                     function = load_function(job.section)
                     result = function(jctx)
                     if inspect.iscoroutine(result):  # an ``async def`` job
@@ -141,6 +143,8 @@ def run_python(job, ctx) -> Outcome:
             except DeadlinePassed:
                 return _finish(Outcome(TIMEOUT, error=f"timed out after {format_duration(job.timeout)}"),
                                jctx, output)
+            except Fenced:
+                return _finish(Outcome(FAILED, reason=CANCELLED, error=FENCED), jctx, output)
             except Cancelled as exc:
                 return _finish(Outcome(FAILED, reason=CANCELLED, error=f"cancelled by {exc}"),
                                jctx, output)

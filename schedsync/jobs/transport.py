@@ -153,7 +153,7 @@ class Requester:
                 with self._lock:
                     self._check_open()
                     self._spend()
-                    left = self.ctx.deadline - time.time()
+                    left = self.ctx.deadline - time.monotonic()
                     if left <= 0:
                         raise DeadlinePassed()
                     if not hops:
@@ -362,9 +362,10 @@ class Requester:
                 return
             # After the upstream's own 429 we were told to wait anyway: wait for the
             # budget it emptied to reopen (one token's refill), within the run's deadline.
-            if (self._reopen_at is not None and ready < self.ctx.deadline
+            wait = ready - self.ctx.store.now()  # ready is on the store's clock
+            if (self._reopen_at is not None and wait < self.ctx.deadline - time.monotonic()
                     and ready <= self._reopen_at + self._one_token()):
-                self.ctx.sleep(max(0.0, ready - time.time()))
+                self.ctx.sleep(max(0.0, wait))
                 continue
             names = ", ".join(self.ctx.job.budgets)
             when = "" if ready == float("inf") else f" until {self._clock(ready)}"

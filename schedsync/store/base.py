@@ -135,6 +135,15 @@ class Store(abc.ABC):
         backend supports it; and insert the ``running`` row stamped with
         ``liveness.owner()``. Nothing is changed when the run is not admitted."""
 
+    def slot_winner(self, job: str, slot: float) -> tuple | None:
+        """(host, run id) of the run that claimed ``slot`` of ``job``, or None (also when
+        the backend claims no slots)."""
+        return None
+
+    def host_skews(self) -> dict:
+        """{host: (its clock minus the store's, seconds; when noted)} where known."""
+        return {}
+
     @abc.abstractmethod
     def record_skip(self, run, retention: dict) -> None:
         """Insert a finished run that never started (``run.id`` is set) and prune cheaply:

@@ -7,16 +7,14 @@ adds ~35 ms of import (~24 ms with the ssl trick below) where psycopg 3 adds
 
 - Every operation is one server-side function or statement (``postgres_sql``),
   in its own transaction (autocommit), on the server's clock.
-- ``locks``: a session-level advisory lock per job on this connection, so the
-  server frees it when the process or the connection dies; the socket is passed
-  to a command's child (as the flock descriptor is on SQLite), so a killed
-  schedsync leaves the lock with its still-running job, never two copies.
-  While held, a thread heartbeats on the connection; ``held()`` turns False when
-  the database has not answered for ``FENCE_AFTER`` seconds, well before the
-  server (keepalives below) frees the lock, and the runner stops the job.
-- ``liveness``: a ``running`` row is owned by the session holding its run lock
-  (``pg_locks``, readable by any role); it is gone when no session holds it,
-  whichever host asks. Never a pid check on another host.
+- ``locks``: a lease per job (``Leases``): a row in ``schedsync.leases`` whose
+  ``expires_at`` is on the server's clock, renewed every second by a thread and
+  taken by another holder only once expired. No session matters: a server restart
+  loses nothing, the renewer reconnects. The job is stopped (by schedsync, and by
+  its keeper on its own clock) before a lease that stopped being renewed can lapse.
+- ``liveness``: a ``running`` row is alive while a lease naming it has not expired
+  (a run without a job lease, ``overlap: allow``, holds one of its own), whichever
+  host asks. Never a pid check on another host.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
 from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state
-from schedsync.store.postgres_sql import FOREIGN, MIGRATIONS, RUN_LOCK_CLASS, TRUST_CHECK
+from schedsync.store.postgres_sql import FOREIGN, MIGRATION_LOCK, MIGRATIONS, TRUST_CHECK
 
 TYPE_CHECKING = False  # typing stays off the path of `run`; type checkers read this block
 if TYPE_CHECKING:
@@ -71,7 +69,13 @@ KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "
 SERVER_OPTIONS = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1"
                   " -c tcp_keepalives_count=3 -c tcp_user_timeout=8000"
                   " -c search_path=pg_catalog,pg_temp")
-HEARTBEAT, FENCE_AFTER = 1.0, 3.0
+# Leases (docs/several-hosts.md): LEASE seconds from a renewal, renewed every
+# RENEW_EVERY seconds; the job is stopped once no renewal was confirmed for
+# LEASE - MARGIN seconds (SIGTERM, then SIGKILL after FENCE_GRACE = 1 s), so it is gone
+# MARGIN - FENCE_GRACE = 3 s before another host can take the lease. A server restart
+# (1-3 s) fits many renewals into the 6 s before the fence.
+LEASE, RENEW_EVERY, MARGIN = 10.0, 1.0, 4.0
+RECONNECT_FOR = 20.0  # seconds (in all, per outage) a run tries to reach a restarted server
 CONNECT_TIMEOUT = 10
 CROWDED_FOR = 15.0  # seconds of retrying "too many clients" before giving up
 READ_WAIT = 1.0  # seconds a read command waits on another session's lock
@@ -100,7 +104,7 @@ def _refusal(text: str) -> str | None:
 
 
 class PostgresStore(Store):
-    locks: AdvisoryLocks
+    locks: Leases
     claims_slots = True
     writable = True  # a role without write access fails on its first write, with one line
 
@@ -114,16 +118,17 @@ class PostgresStore(Store):
         if misencoded_password(url):  # libpq would read and quote a piece of it as the host
             raise ConfigError(f"state URL {self.label}: its password holds a raw /, @ or %", MISENCODED_FIX)
         self._secret = _password(url)
-        self._mutex: threading.Lock | None = None  # once a heartbeat shares the connection
+        self._mutex: threading.Lock | None = None  # once the lease renewer shares the connection
+        self._lost_at: float | None = None  # when the connection was lost (monotonic), until back
         self._create = write if create is None else create
+        self._session = "" if write else f"SET lock_timeout = {int(READ_WAIT * 1000)}"
         self.db = self._connect()
-        self.backend_pid = self.db.get_backend_pid()
-        self.locks = AdvisoryLocks(self)
-        self.liveness = SessionLiveness(self)
+        self.locks = Leases(self)
+        self.liveness = LeaseLiveness(self)
         try:
             self._open()
-            if not write:
-                self._q(f"SET lock_timeout = {int(READ_WAIT * 1000)}")
+            if self._session:
+                self._q(self._session)
         except BaseException:
             self.db.close()
             raise
@@ -207,7 +212,7 @@ class PostgresStore(Store):
         try:
             db.autocommit = False
             with db.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (RUN_LOCK_CLASS,))
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 cur.execute(TRUST_CHECK)
                 cur.execute("SELECT to_regclass('schedsync.meta') IS NOT NULL,"
                             " to_regnamespace('schedsync') IS NOT NULL")
@@ -267,21 +272,60 @@ class PostgresStore(Store):
                           f"if you trust {owner}: GRANT {owner} TO {user}; else drop the schedsync schema"
                           " or point the state URL at another database")
 
-    def _fetch(self, sql: str, args=()) -> list:
+    def _fetch(self, sql: str, args=(), retry: bool = False) -> list:
+        """One statement. ``retry``: on a connection the server ended (a restart), connect
+        again (for up to RECONNECT_FOR seconds) and send it once more."""
         mutex = self._mutex
         if mutex:
             mutex.acquire()
         try:
-            with self.db.cursor() as cur:
-                cur.execute(sql, storable(args))
-                return cur.fetchall() if cur.description else []
+            if retry and self.db.closed:
+                self._reconnect()
+            try:
+                return self._execute(sql, args)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                if not (retry and self.db.closed):
+                    raise
+            self._reconnect()
+            return self._execute(sql, args)
         finally:
             if mutex:
                 mutex.release()
 
+    def _execute(self, sql: str, args) -> list:
+        with self.db.cursor() as cur:
+            cur.execute(sql, storable(args))
+            return cur.fetchall() if cur.description else []
+
+    def _reconnect(self) -> None:
+        """A new session for a lost one, while the server restarts: for RECONNECT_FOR
+        seconds from the first failure, shared by every caller; then one try each."""
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+        until, last = self._lost_at + RECONNECT_FOR, None
+        while last is None or time.monotonic() < until:
+            try:
+                db = self._connect()
+            except StateError as exc:
+                last = exc
+                if time.monotonic() < until:
+                    time.sleep(0.25)
+                continue
+            self._lost_at = None
+            try:
+                self.db.close()
+            except psycopg2.Error:
+                pass
+            self.db = db
+            if self._session:
+                self._execute(self._session, ())
+            return
+        raise last or StateError(f"state database {self.label} was lost", "check that PostgreSQL is up")
+
     def _q(self, sql: str, args=()) -> list:
         try:
-            return self._fetch(sql, args)
+            # While this process holds a lease it is mid-run: a restarted server is reached again.
+            return self._fetch(sql, args, retry=bool(self.locks.names))
         except psycopg2.Error as exc:
             raise self._state_error(exc) from None
 
@@ -297,13 +341,18 @@ class PostgresStore(Store):
         host, pid, token = self.liveness.owner()
         caps = [float(rates[b][0]) for b in budgets]
         pers = [float(rates[b][1]) for b in budgets]
+        held = job if job in self.locks.names else None
+        sent = time.monotonic()
         [row] = self._q(
             "SELECT * FROM schedsync.admit(%s, %s, %s, %s, %s, %s::text[], %s::float8[], %s::float8[],"
-            " %s, %s, %s, %s, %s, %s)",
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (job, trigger, breaker.name, int(settings_of(breaker.settings)["half_open_runs"]),
-             float(lease), list(budgets), caps, pers, float(cost), now, slot, host, pid, token))
-        run_id, started_at, trial, reason, retry_at, other_host = row
+             float(lease), list(budgets), caps, pers, float(cost), now, slot, host, pid, token,
+             held, LEASE, time.time()))
+        run_id, started_at, trial, reason, retry_at, other_host, other_run, lease_name = row
         if reason is None:
+            if lease_name != held:
+                self.locks.holding(lease_name, sent)
             run = Run(run_id, job, "running", trigger, started_at, host, pid, pid_start=token)
             return Admitted(run, trial=bool(trial))
         if reason == "rate_limited" and retry_at is not None and retry_at != float("inf"):
@@ -311,7 +360,7 @@ class PostgresStore(Store):
         if retry_at == float("inf"):
             retry_at = None
         return Admitted(reason=reason, retry_at=retry_at,
-                        error=_skip_error(reason, breaker.name, budgets, other_host, slot))
+                        error=_skip_error(reason, breaker.name, budgets, other_host, slot, other_run))
 
     def record_skip(self, run, retention: dict) -> None:
         [(run.id,)] = self._q(
@@ -332,6 +381,7 @@ class PostgresStore(Store):
         why = f"run {run.id} of {run.job}: {run.status}" + (f" ({run.error})" if run.error else "")
         hand_back = trial and not evidence
         end = run.started_at + lease
+        self.locks.forget(f"run:{run.id}")  # finish drops it: the renewer must not miss it
         [row] = self._q(
             # A trial handed back frees one lease (two trials admitted at one instant hold
             # equal ones; finish's array_remove would free both): first, in the same
@@ -342,7 +392,7 @@ class PostgresStore(Store):
             "SELECT * FROM schedsync.finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             ((end, end, breaker.name, end) if hand_back else ()) + (
-             run.id, run.status, run.reason, run.finished_at if now is None else now, run.duration_ms,
+             run.id, run.status, run.reason, now, run.duration_ms,
              run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,
              run.job, breaker.name, int(settings["failures"]),
@@ -430,6 +480,13 @@ class PostgresStore(Store):
 
     def adhoc_jobs(self) -> dict:
         return dict(self._q("SELECT name, adhoc FROM schedsync.jobs WHERE adhoc IS NOT NULL"))
+
+    def slot_winner(self, job, slot):
+        rows = self._q("SELECT host, run_id FROM schedsync.slots WHERE job = %s AND slot = %s", (job, slot))
+        return tuple(rows[0]) if rows else None
+
+    def host_skews(self) -> dict:
+        return {h: (skew, seen) for h, skew, seen in self._q("SELECT host, skew, seen_at FROM schedsync.hosts")}
 
     def breakers(self, names) -> dict:
         rows = self._q("SELECT name, state, failures, opened_at, opens_until, leases"
@@ -606,7 +663,7 @@ def _password(url: str) -> str | None:
         return None
 
 
-def _skip_error(reason, breaker, budgets, other_host, slot) -> str:
+def _skip_error(reason, breaker, budgets, other_host, slot, other_run=None) -> str:
     if reason == "paused":
         return "paused; `schedsync resume` it"
     if reason == "breaker_open":
@@ -614,32 +671,34 @@ def _skip_error(reason, breaker, budgets, other_host, slot) -> str:
     if reason == "rate_limited":
         return f"budget {', '.join(budgets)} is empty"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(slot)) if slot is not None else "this slot"
-    return (f"the run scheduled for {when} already ran on {other_host or 'another host'};"
+    where = (other_host or "another host") + (f" (run {other_run})" if other_run else "")
+    return (f"the run scheduled for {when} already ran on {where};"
             " run it on a terminal or with `run --force-slot` to run it again")
 
 
-# --- overlap and liveness -----------------------------------------------------------------
+# --- leases and liveness ------------------------------------------------------------------
 
-class AdvisoryLock(Lock):
-    """``pg_try_advisory_lock`` on a stable 64-bit hash of the job's name, on the store's session."""
+ACQUIRE = ("INSERT INTO schedsync.leases AS l (name, token, host, pid, expires_at)"
+           " VALUES (%s, %s, %s, %s, schedsync.now() + %s)"
+           " ON CONFLICT (name) DO UPDATE SET token = excluded.token, host = excluded.host,"
+           " pid = excluded.pid, run_id = NULL, expires_at = excluded.expires_at"
+           " WHERE l.expires_at < schedsync.now() RETURNING l.name")
+RENEW = ("UPDATE schedsync.leases SET expires_at = schedsync.now() + %s"
+         " WHERE token = %s RETURNING name")
 
-    def __init__(self, store: PostgresStore, job: str):
-        self.store, self.key = store, "schedsync:" + job
+
+class Lease(Lock):
+    """One job's lease (``schedsync.leases``, named after the job): see ``Leases``."""
+
+    def __init__(self, leases: Leases, job: str):
+        self.leases, self.name = leases, job
         self.taken = False
-        self._beat: _Heartbeat | None = None
 
     def acquire(self, wait: float = 0.0) -> bool:
         deadline = time.monotonic() + wait
-        mine = self.store.locks.held_keys  # advisory locks nest within a session: exclude here
         while True:
-            got = False
-            if self.key not in mine:
-                [(got,)] = self.store._q("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                                         (self.key,))
-            if got:
-                mine.add(self.key)
+            if self.leases.take(self.name):
                 self.taken = True
-                self._beat = _Heartbeat(self.store)
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -647,87 +706,145 @@ class AdvisoryLock(Lock):
             time.sleep(min(0.2, left))
 
     def release(self) -> None:
-        if not self.taken:
-            return
-        self.taken = False
-        self.store.locks.held_keys.discard(self.key)
-        if self._beat:
-            self._beat.stop()
-            self._beat = None
-        try:
-            self.store._fetch("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (self.key,))
-        except psycopg2.Error:
-            pass  # the session is gone, and the lock with it
-
-    @property
-    def pass_fds(self) -> tuple:
-        return (self.store.db.fileno(),) if self.taken else ()
+        if self.taken:
+            self.taken = False
+            self.leases.release(self.name)
 
     def held(self) -> bool:
-        return not self.taken or self._beat is None or self._beat.ok()
+        return not self.taken or self.leases.held()
 
 
-class AdvisoryLocks(Locks):
+class Leases(Locks):
+    """This process's leases: rows with ``expires_at`` on the server's clock, all under
+    one random token, renewed together by one thread every ``RENEW`` seconds.
+
+    Nothing depends on a session: after a server restart the renewer reconnects and
+    renews while the lease has not lapsed. ``held()`` is False once no renewal was
+    confirmed for ``LEASE - MARGIN`` seconds (this host's monotonic clock, counted from
+    when the confirmed renewal was *sent*), or once a lease was taken by another
+    (lost): the runner stops the job. A command's keeper hears of each confirmed
+    renewal on a pipe (``pipe()``) and stops the job by itself at the same instant, so
+    a paused or dead schedsync cannot leave it running into another holder's lease.
+    """
+
     def __init__(self, store: PostgresStore):
         self.store = store
-        self.taken: list[AdvisoryLock] = []
-        self.held_keys: set[str] = set()
+        self.token = int.from_bytes(os.urandom(8), "big") >> 1  # a positive bigint
+        self.names: set[str] = set()
+        self.valid_until = 0.0  # monotonic: the job must be stopped by then
+        self.lost = False
+        self._pipes: list[int] = []  # write ends of keepers' lease pipes
+        self._thread = None
+        self._stopped = None
 
-    def lock(self, job: str) -> AdvisoryLock:
-        lock = AdvisoryLock(self.store, job)
-        self.taken.append(lock)
-        return lock
+    def lock(self, job: str) -> Lease:
+        return Lease(self, job)
 
-    def release_all(self) -> None:
-        for lock in self.taken:
-            if lock._beat:
-                lock._beat.stop()
-                lock._beat = None
+    def take(self, name: str) -> bool:
+        if name in self.names:
+            return False  # one holder per lease, this process included
+        sent = time.monotonic()
+        host, pid, token = self.store.liveness.owner()
+        if not self.store._q(ACQUIRE, (name, token, host, pid, LEASE)):
+            return False
+        self.holding(name, sent)
+        return True
 
+    def holding(self, name: str, sent: float) -> None:
+        """``name`` was taken (or created by ``admit``) by a statement sent at ``sent``."""
+        if not self.names:
+            self.lost = False
+            self.valid_until = sent + LEASE - MARGIN
+        self.names.add(name)
+        self._start()
 
-class _Heartbeat:
-    """``SELECT 1`` on the lock's connection every second, from a thread."""
+    def release(self, name: str) -> None:
+        self.names.discard(name)
+        try:
+            self.store._fetch("DELETE FROM schedsync.leases WHERE name = %s AND token = %s",
+                              (name, self.token))
+        except psycopg2.Error:
+            pass  # it lapses by itself
 
-    def __init__(self, store: PostgresStore):
+    def forget(self, name: str) -> None:
+        """A lease some statement of ours dropped (``finish`` drops a run's own)."""
+        self.names.discard(name)
+
+    def held(self) -> bool:
+        return not self.lost and time.monotonic() < self.valid_until
+
+    def pipe(self) -> tuple[int, int, float]:
+        """A pipe for a keeper: (read end, write end, the instant it must stop the job by);
+        each confirmed renewal writes the next such instant (monotonic seconds) as a line."""
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        self._pipes.append(w)
+        return r, w, self.valid_until if self.names else float("inf")
+
+    def unpipe(self, w: int) -> None:
+        if w in self._pipes:
+            self._pipes.remove(w)
+        os.close(w)
+
+    def _start(self) -> None:
+        if self._thread is not None:
+            return
         import threading
 
-        self.store = store
-        if store._mutex is None:
-            store._mutex = threading.Lock()
-        self.last = time.monotonic()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="schedsync-heartbeat", daemon=True)
-        self.thread.start()
+        if self.store._mutex is None:
+            self.store._mutex = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="schedsync-leases", daemon=True)
+        self._thread.start()
 
     def _loop(self) -> None:
-        while not self.stopped.wait(HEARTBEAT):
+        assert self._stopped is not None
+        while not self._stopped.wait(RENEW_EVERY):
+            if self.names:
+                self.renew()
+
+    def renew(self) -> None:
+        sent = time.monotonic()
+        try:
+            got = {n for (n,) in self.store._fetch(RENEW, (LEASE, self.token), retry=True)}
+        except Exception:  # unreachable for now: held() turns False when it lasts
+            return
+        if self.names - got:
+            self.lost = True  # lapsed and taken (or removed): never ours again
+            return
+        self.valid_until = max(self.valid_until, sent + LEASE - MARGIN)
+        line = b"%.3f\n" % self.valid_until
+        for w in list(self._pipes):
             try:
-                self.store._fetch("SELECT 1")
-                self.last = time.monotonic()
-            except Exception:  # a lost connection: ok() says so
+                os.write(w, line)
+            except OSError:  # the keeper is gone, or not reading
                 pass
 
-    def ok(self) -> bool:
-        return time.monotonic() - self.last < FENCE_AFTER
+    def release_all(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+        if self.names:
+            self.names.clear()
+            try:
+                self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,))
+            except psycopg2.Error:
+                pass
 
-    def stop(self) -> None:
-        self.stopped.set()
 
+class LeaseLiveness(Liveness):
+    """A ``running`` row is alive while a lease names it and has not expired by the
+    server's clock; whichever host asks, never a pid check on another host."""
 
-class SessionLiveness(Liveness):
     def __init__(self, store: PostgresStore):
         self.store = store
 
     def owner(self):
-        return HOST, os.getpid(), self.store.backend_pid
+        return HOST, os.getpid(), self.store.locks.token
 
     def gone(self, runs: list) -> list:
         if not runs:
             return []
-        ids = [r.id for r in runs]
         alive = {i for (i,) in self.store._q(
-            "SELECT i FROM unnest(%s::bigint[]) AS i WHERE EXISTS (SELECT 1 FROM pg_locks"
-            " WHERE locktype = 'advisory' AND granted AND objsubid = 2"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            " AND classid::bigint = %s AND objid::bigint = i %% 2147483647)", (ids, RUN_LOCK_CLASS))}
+            "SELECT run_id FROM schedsync.leases WHERE run_id = ANY (%s::bigint[])"
+            " AND expires_at >= schedsync.now()", ([r.id for r in runs],))}
         return [r for r in runs if r.id not in alive]

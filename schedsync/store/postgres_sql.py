@@ -5,13 +5,13 @@ with synced data (``public``). Times are POSIX seconds (``float8``), taken from
 the server's clock (``schedsync.now()`` is ``clock_timestamp()``) unless the
 caller passes one. Each step of a run is one function call, so a cron tick costs
 a handful of round trips: ``admit`` (seen, paused, breaker, slot, budgets, the
-``running`` row and its liveness lock) and ``finish`` (the end, the breaker,
-the lease, retention, the lock's release).
+``running`` row and its lease) and ``finish`` (the end, the breaker, the trial
+lease, retention, the run's own lease dropped).
 
-Liveness locks: a run holds ``pg_advisory_lock(RUN_LOCK_CLASS, id)`` (the
-two-int form, ``objsubid = 2`` in ``pg_locks``) on its own session from the
-moment its row exists; job overlap locks use the one-bigint form
-(``hashtextextended``, ``objsubid = 1``), so the two never collide.
+Leases (``schedsync.leases``): a run is alive while a lease naming it has not
+expired by the server's clock; a job's overlap lease is a row named after the job
+(``store.postgres.Leases``). Only migrations take an advisory lock (transaction-level,
+``MIGRATION_LOCK``), so one host applies them.
 
 The schema is SQL files, shipped in the package: ``sql/postgres/schema.sql`` is the
 current schema in one place, for reading, and ``sql/postgres/NNNN_*.sql`` the
@@ -22,7 +22,7 @@ the number of files was written by a newer schedsync and is refused.
 
 import os
 
-RUN_LOCK_CLASS = 1935893363  # 'sch'+'s' as an int4: the key space of run liveness locks
+MIGRATION_LOCK = 1935893363  # 'sch'+'s' as an int4: the migrations' transaction lock
 
 SQL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sql", "postgres")
 

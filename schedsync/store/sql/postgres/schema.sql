@@ -10,7 +10,7 @@
 
 CREATE SCHEMA IF NOT EXISTS schedsync;
 CREATE TABLE schedsync.meta (version int NOT NULL);
-INSERT INTO schedsync.meta VALUES (4);  -- the migrations applied
+INSERT INTO schedsync.meta VALUES (5);  -- the migrations applied
 
 CREATE TABLE schedsync.runs (
     id bigserial PRIMARY KEY, job text NOT NULL, status text NOT NULL, reason text,
@@ -37,6 +37,12 @@ CREATE TABLE schedsync.notifications (id bigserial PRIMARY KEY, job text NOT NUL
                                       target text NOT NULL, at float8 NOT NULL, ok boolean NOT NULL,
                                       detail text, run_id bigint);
 CREATE INDEX notifications_by_job ON schedsync.notifications (job, id);
+-- Leases (job overlap and run liveness): expires_at on the server's clock, renewed by the holder.
+CREATE TABLE schedsync.leases (name text PRIMARY KEY, token bigint NOT NULL, run_id bigint,
+                               host text NOT NULL, pid int NOT NULL, expires_at float8 NOT NULL);
+CREATE INDEX leases_by_token ON schedsync.leases (token);
+-- Each host's clock against the server's (host minus server, seconds), noted by admit.
+CREATE TABLE schedsync.hosts (host text PRIMARY KEY, skew float8 NOT NULL, seen_at float8 NOT NULL);
 CREATE TABLE schedsync.alert_marks (job text NOT NULL, event text NOT NULL, mark float8 NOT NULL,
                                     PRIMARY KEY (job, event));
 -- Once per slot: whichever host claims (job, slot) first runs it.
@@ -59,49 +65,56 @@ CREATE FUNCTION schedsync.spend(p_names text[], p_caps float8[], p_pers float8[]
                                 p_now float8) RETURNS float8 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t float8 := coalesce(p_now, schedsync.now());
-    b record; i int; cap float8; per float8; tk float8; blocked float8;
+    t float8;
+    b record; i int; cap float8; per float8; tk float8; blocked float8; tb float8;
     ready float8; at float8; denied boolean := false;
     names text[] := '{}'; new_tokens float8[] := '{}'; new_blocked float8[] := '{}';
-    clamped float8[] := '{}'; was float8[] := '{}';
+    clamped float8[] := '{}'; was float8[] := '{}'; times float8[] := '{}';
 BEGIN
     IF p_cost <= 0 OR coalesce(cardinality(p_names), 0) = 0 THEN
         RETURN NULL;
     END IF;
     INSERT INTO schedsync.buckets (name, tokens, updated)
-        SELECT n, c, t FROM unnest(p_names, p_caps) AS u(n, c) ORDER BY n
+        SELECT n, c, coalesce(p_now, schedsync.now()) FROM unnest(p_names, p_caps) AS u(n, c) ORDER BY n
         ON CONFLICT (name) DO NOTHING;
+    PERFORM 1 FROM schedsync.buckets WHERE name = ANY (p_names) ORDER BY name FOR UPDATE;
+    -- The server's clock read once the rows are ours: never older than the last spender's.
+    t := coalesce(p_now, schedsync.now());
     FOR b IN SELECT name, buckets.tokens, updated, blocked_until FROM schedsync.buckets
-             WHERE name = ANY (p_names) ORDER BY name FOR UPDATE LOOP
+             WHERE name = ANY (p_names) ORDER BY name LOOP
         i := array_position(p_names, b.name);
         cap := p_caps[i]; per := p_pers[i];
-        tk := least(cap, b.tokens + (t - least(b.updated, t)) * cap / per);
+        -- On the server's clock a stored time under a second ahead is an earlier spender's
+        -- (a clock read a hair before ours): kept, so updated never moves backwards.
+        -- Further ahead it is a clock that stepped back: clamped, never trusted.
+        tb := CASE WHEN p_now IS NULL AND b.updated > t AND b.updated < t + 1.0 THEN b.updated ELSE t END;
+        tk := least(cap, b.tokens + (tb - least(b.updated, tb)) * cap / per);
         blocked := b.blocked_until;
-        IF blocked IS NOT NULL AND (blocked <= t OR blocked > t + greatest(per, 86400.0)) THEN
+        IF blocked IS NOT NULL AND (blocked <= tb OR blocked > tb + greatest(per, 86400.0)) THEN
             blocked := NULL;
         END IF;
-        clamped := clamped || tk; was := was || b.updated;
+        clamped := clamped || tk; was := was || b.updated; times := times || tb;
         IF p_cost > cap THEN
             denied := true; ready := 'Infinity';
         ELSIF blocked IS NULL AND tk + 1e-9 >= p_cost THEN
             tk := greatest(0.0, tk - p_cost);
         ELSE
             denied := true;
-            at := t + greatest(0.0, p_cost - tk) * per / cap;
+            at := tb + greatest(0.0, p_cost - tk) * per / cap;
             IF blocked IS NOT NULL THEN at := greatest(at, blocked); END IF;
-            ready := greatest(coalesce(ready, t), at);
+            ready := greatest(coalesce(ready, tb), at);
         END IF;
         names := names || b.name; new_tokens := new_tokens || tk; new_blocked := new_blocked || blocked;
     END LOOP;
     IF denied THEN
         -- a time from a clock that ran ahead is kept clamped, even on a denial
-        UPDATE schedsync.buckets SET tokens = u.tk0, updated = t, blocked_until = u.bl
-            FROM unnest(names, clamped, new_blocked, was) AS u(n, tk0, bl, w)
-            WHERE buckets.name = u.n AND u.w > t;
+        UPDATE schedsync.buckets SET tokens = u.tk0, updated = u.tb, blocked_until = u.bl
+            FROM unnest(names, clamped, new_blocked, was, times) AS u(n, tk0, bl, w, tb)
+            WHERE buckets.name = u.n AND u.w > u.tb;
         RETURN ready;
     END IF;
-    UPDATE schedsync.buckets SET tokens = u.tk, updated = t, blocked_until = u.bl
-        FROM unnest(names, new_tokens, new_blocked) AS u(n, tk, bl) WHERE buckets.name = u.n;
+    UPDATE schedsync.buckets SET tokens = u.tk, updated = u.tb, blocked_until = u.bl
+        FROM unnest(names, new_tokens, new_blocked, times) AS u(n, tk, bl, tb) WHERE buckets.name = u.n;
     RETURN NULL;
 END $$;
 
@@ -111,26 +124,29 @@ CREATE FUNCTION schedsync.block(p_names text[], p_caps float8[], p_pers float8[]
                                 p_now float8) RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t float8 := coalesce(p_now, schedsync.now());
-    b record; i int; cap float8; per float8; tk float8; blocked float8; until float8;
+    t float8;
+    b record; i int; cap float8; per float8; tk float8; blocked float8; until float8; tb float8;
 BEGIN
     INSERT INTO schedsync.buckets (name, tokens, updated)
-        SELECT n, coalesce(c, 0), t FROM unnest(p_names, p_caps) AS u(n, c) ORDER BY n
-        ON CONFLICT (name) DO NOTHING;
+        SELECT n, coalesce(c, 0), coalesce(p_now, schedsync.now()) FROM unnest(p_names, p_caps) AS u(n, c)
+        ORDER BY n ON CONFLICT (name) DO NOTHING;
+    PERFORM 1 FROM schedsync.buckets WHERE name = ANY (p_names) ORDER BY name FOR UPDATE;
+    t := coalesce(p_now, schedsync.now());  -- once the rows are ours, as in spend
     FOR b IN SELECT name, buckets.tokens, updated, blocked_until FROM schedsync.buckets
-             WHERE name = ANY (p_names) ORDER BY name FOR UPDATE LOOP
+             WHERE name = ANY (p_names) ORDER BY name LOOP
         i := array_position(p_names, b.name);
         cap := coalesce(p_caps[i], 'Infinity'); per := coalesce(p_pers[i], 'Infinity');
+        tb := CASE WHEN p_now IS NULL AND b.updated > t AND b.updated < t + 1.0 THEN b.updated ELSE t END;
         tk := CASE WHEN p_caps[i] IS NULL THEN b.tokens
-                       ELSE least(cap, b.tokens + (t - least(b.updated, t)) * cap / per) END;
+                       ELSE least(cap, b.tokens + (tb - least(b.updated, tb)) * cap / per) END;
         blocked := b.blocked_until;
-        IF blocked IS NOT NULL AND (blocked <= t OR blocked > t + greatest(per, 86400.0)) THEN
+        IF blocked IS NOT NULL AND (blocked <= tb OR blocked > tb + greatest(per, 86400.0)) THEN
             blocked := NULL;
         END IF;
-        until := least(p_until, t + greatest(per, 86400.0));
+        until := least(p_until, tb + greatest(per, 86400.0));
         IF blocked IS NOT NULL THEN until := greatest(until, blocked); END IF;
-        UPDATE schedsync.buckets SET tokens = tk, updated = t,
-            blocked_until = CASE WHEN until > t THEN until END WHERE buckets.name = b.name;
+        UPDATE schedsync.buckets SET tokens = tk, updated = tb,
+            blocked_until = CASE WHEN until > tb THEN until END WHERE buckets.name = b.name;
     END LOOP;
 END $$;
 
@@ -227,13 +243,14 @@ $$;
 
 -- One run's admission, in one transaction: seen, paused, breaker (a half-open trial
 -- lease claimed once cluster-wide), the slot, budgets, then the running row and
--- its liveness lock. Nothing is changed when the run is not admitted.
+-- its lease. Nothing is changed when the run is not admitted.
 CREATE FUNCTION schedsync.admit(
     p_job text, p_trigger text, p_breaker text, p_half_open int, p_lease float8,
     p_budgets text[], p_caps float8[], p_pers float8[], p_cost float8, p_now float8,
     p_slot float8, p_host text, p_pid int, p_token bigint,
+    p_held text, p_run_lease float8, p_host_time float8,
     OUT run_id bigint, OUT started_at float8, OUT trial boolean, OUT reason text,
-    OUT retry_at float8, OUT other_host text)
+    OUT retry_at float8, OUT other_host text, OUT other_run bigint, OUT lease text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -241,6 +258,17 @@ DECLARE
     paused boolean; b record; live float8[]; ready float8; claimed boolean := false;
 BEGIN
     started_at := t; trial := false;
+    -- This host's clock against the server's (status names a host off by more than 5 s):
+    -- written only when it moved by half a second or is five minutes old, so admissions
+    -- on one host do not queue on its row.
+    IF p_host_time IS NOT NULL THEN
+        UPDATE schedsync.hosts SET skew = p_host_time - t, seen_at = t
+            WHERE host = p_host AND (abs(skew - (p_host_time - t)) > 0.5 OR seen_at < t - 300);
+        IF NOT FOUND THEN
+            INSERT INTO schedsync.hosts (host, skew, seen_at) VALUES (p_host, p_host_time - t, t)
+                ON CONFLICT (host) DO NOTHING;
+        END IF;
+    END IF;
     SELECT jobs.paused INTO paused FROM schedsync.jobs WHERE name = p_job;
     IF NOT FOUND THEN
         INSERT INTO schedsync.jobs (name, first_seen) VALUES (p_job, t) ON CONFLICT (name) DO NOTHING;
@@ -265,13 +293,14 @@ BEGIN
             ON CONFLICT (job, slot) DO NOTHING;
         IF NOT FOUND THEN
             reason := 'already_ran';
-            SELECT host INTO other_host FROM schedsync.slots WHERE job = p_job AND slot = p_slot;
+            SELECT s.host, s.run_id INTO other_host, other_run FROM schedsync.slots s
+                WHERE s.job = p_job AND s.slot = p_slot;
             trial := false; RETURN;
         END IF;
         claimed := true;
     END IF;
     IF p_cost > 0 AND coalesce(cardinality(p_budgets), 0) > 0 THEN
-        ready := schedsync.spend(p_budgets, p_caps, p_pers, p_cost, t);
+        ready := schedsync.spend(p_budgets, p_caps, p_pers, p_cost, p_now);
         IF ready IS NOT NULL THEN
             IF claimed THEN
                 DELETE FROM schedsync.slots WHERE job = p_job AND slot = p_slot;
@@ -287,12 +316,21 @@ BEGIN
     IF claimed THEN
         UPDATE schedsync.slots SET run_id = admit.run_id WHERE job = p_job AND slot = p_slot;
     END IF;
-    -- Session-level: held after this transaction commits, until finish or the session dies.
-    PERFORM pg_advisory_lock(1935893363, (run_id % 2147483647)::int);
+    -- The run lives while a lease of its holder names it: the job's lease this process
+    -- holds, else a lease of its own (overlap: allow), renewed with the others.
+    IF p_held IS NOT NULL THEN
+        UPDATE schedsync.leases l SET run_id = admit.run_id
+            WHERE l.name = p_held AND l.token = p_token RETURNING l.name INTO lease;
+    END IF;
+    IF lease IS NULL THEN
+        lease := 'run:' || run_id;
+        INSERT INTO schedsync.leases (name, token, run_id, host, pid, expires_at)
+            VALUES (lease, p_token, run_id, p_host, p_pid, schedsync.now() + p_run_lease);
+    END IF;
 END $$;
 
 -- One run's end, in one transaction: the record, the breaker (or the trial lease
--- handed back), retention, and the liveness lock released.
+-- handed back), retention, and the run's own lease dropped.
 CREATE FUNCTION schedsync.finish(
     p_id bigint, p_status text, p_reason text, p_finished float8, p_duration bigint,
     p_attempts int, p_requests int, p_items bigint, p_failed_items bigint, p_exit int,
@@ -324,7 +362,7 @@ BEGIN
             WHERE name = p_breaker AND p_lease_end = ANY (leases);
     END IF;
     PERFORM schedsync.prune(p_job, t, p_keep_success, p_keep_failed, p_prune);
-    PERFORM pg_advisory_unlock(1935893363, (p_id % 2147483647)::int);
+    DELETE FROM schedsync.leases WHERE name = 'run:' || p_id;
 END $$;
 
 -- A running row whose owner is gone: crashed once, by whichever reader gets here first.

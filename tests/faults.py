@@ -184,6 +184,7 @@ class Cluster:
         self.counts = {"kills": 0, "stops": 0, "cuts": 0, "stopcuts": 0, "restarts": 0}
         self.killed: set[tuple[str, int]] = set()  # (host, schedsync pid) the nemesis killed -9
         self.samples: list[Sample] = []
+        self.nemesis_log: list[str] = []
         self.poke = threading.Event()
         self.db = ""
 
@@ -227,7 +228,24 @@ class Cluster:
                 codes[host] = None
         return codes
 
+    def keep(self) -> None:
+        """With SCHEDSYNC_FAULTS_KEEP=DIR: the logs (jobs, hosts' output, nemesis, records)
+        copied to DIR/seed-N, for a look after the fact."""
+        where = os.environ.get("SCHEDSYNC_FAULTS_KEEP")
+        if not where:
+            return
+        (self.dir / "nemesis.log").write_text("".join(f"{line}\n" for line in self.nemesis_log))
+        try:
+            (self.dir / "records.json").write_text(json.dumps(self.records(), indent=0))
+        except subprocess.CalledProcessError:
+            pass
+        shutil.copytree(self.dir, Path(where) / f"seed-{self.seed}", dirs_exist_ok=True)
+
     def close(self) -> None:
+        try:
+            self.keep()
+        except OSError:
+            pass
         with self.mutex:
             stopped = list(self.stopped)
         for pid in stopped:
@@ -279,6 +297,9 @@ class Cluster:
 
     # the nemesis
 
+    def note(self, what: str) -> None:
+        self.nemesis_log.append(f"{time.time():.6f} {what}")
+
     def _spawn(self, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
         thread.start()
@@ -305,12 +326,15 @@ class Cluster:
                 return
             self.killed.add((host, inner))
             self.counts["kills"] += 1
+            self.note(f"kill {host} {inner} {' '.join(argv_of(pid)[-1:])}")
 
     def _pause(self, pid: int, seconds: float, host: str | None = None) -> None:
+        inner, job = inner_pid(pid), " ".join(argv_of(pid)[-1:])
         try:
             os.kill(pid, signal.SIGSTOP)
         except ProcessLookupError:
             return
+        self.note(f"stop {inner} {job} for {seconds:.1f}s" + (f", cut {host}" if host else ""))
         with self.mutex:
             self.stopped.add(pid)
         if host:
@@ -324,6 +348,7 @@ class Cluster:
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+        self.note(f"cont {inner} {job}" + (f", link up {host}" if host else ""))
         with self.mutex:
             self.stopped.discard(pid)
 
@@ -350,8 +375,10 @@ class Cluster:
 
         def cut(seconds: float) -> None:
             self.ns.link(host, up=False)
+            self.note(f"cut {host} for {seconds:.1f}s")
             time.sleep(seconds)
             self.ns.link(host, up=True)
+            self.note(f"link up {host}")
             with self.mutex:
                 self.cut.discard(host)
 
@@ -379,6 +406,7 @@ class Cluster:
         sh("ip", "netns", "exec", self.ns.names["srv"], *user, f"{self.server.bin}/pg_ctl", "-D",
            self.server.data, "-l", os.path.join(self.server.dir, "log"), "-m", "fast", "-w", "-t", "60",
            "restart")
+        self.note("restarted the server")
         self.counts["restarts"] += 1
         self.poke.set()
 

@@ -430,14 +430,15 @@ class Cluster:
         names = ",".join(f"'{n}'" for n in self.jobs)
         rows = self.server.psql(
             self.db, "SELECT id, job, status, coalesce(reason, ''), host, pid, started_at,"
-            " coalesce(finished_at, 'NaN'::float8), replace(coalesce(error, ''), E'\\n', ' ')"
+            " coalesce(finished_at, 'NaN'::float8), coalesce(duration_ms, -1),"
+            " replace(coalesce(error, ''), E'\\n', ' ')"
             f" FROM schedsync.runs WHERE job IN ({names}) AND status <> 'skipped' ORDER BY id")
         out = []
         for line in rows.splitlines():
-            id_, job, status, reason, host, pid, started, finished, error = line.split("|", 8)
+            id_, job, status, reason, host, pid, started, finished, took, error = line.split("|", 9)
             out.append({"id": int(id_), "job": job, "status": status, "reason": reason, "host": host,
                         "pid": int(pid), "started_at": float(started), "finished_at": float(finished),
-                        "error": error})
+                        "duration_ms": int(took), "error": error})
         return out
 
     def truth(self) -> dict:
@@ -507,6 +508,7 @@ class Verdict:
     live_crashed: list  # (interval, record): marked crashed while its job still ran
     observer_live_crashed: list  # (sample, interval): status showed crashed, the job ran on after
     tracebacks: int
+    lag: float  # the longest a finished run's finished_at trailed its job's end (recording late)
 
     def problems(self) -> str:
         """Every violation, one line each, for an assertion's message."""
@@ -535,7 +537,8 @@ class Verdict:
                 f"{c['cuts']} cuts, {c['stopcuts']} stop+cuts, {c['restarts']} restarts; "
                 f"{self.started} runs started, {self.finished} finished; "
                 f"{len(self.overlaps)} overlaps (worst {worst:.2f}s), {len(self.left_running)} left running, "
-                f"{len(self.not_recorded)} finished but not recorded with their end ({crashed} crashed), "
+                f"{len(self.not_recorded)} finished but not recorded with their end ({crashed} crashed; "
+                f"finished_at up to {self.lag:.1f}s after the end), "
                 f"{len(self.live_crashed)} live runs marked crashed, "
                 f"{len(self.observer_live_crashed)} shown crashed to the observer while live "
                 f"({len(cluster.samples)} samples), {self.tracebacks} tracebacks")
@@ -554,13 +557,16 @@ def check(cluster: Cluster, slack: float = 15.0) -> Verdict:
         candidates = by_owner.get((run.job, run.host, run.pid), [])
         return min(candidates, key=lambda r: abs(r["started_at"] - run.start), default=None)
 
-    not_recorded, live_crashed = [], []
+    not_recorded, live_crashed, lags = [], [], []
     for run in runs.values():
         record = record_of(run)
-        if run.ended is not None and (run.host, run.pid) not in cluster.killed and (
-                record is None or record["status"] != "success"
-                or not run.ended - 0.5 <= record["finished_at"] <= run.ended + slack):
+        if run.ended is None or (run.host, run.pid) in cluster.killed:
+            pass
+        elif (record is None or record["status"] != "success" or record["finished_at"] < run.ended - 0.5
+              or not run.ended - 0.5 <= record["started_at"] + record["duration_ms"] / 1000 <= run.ended + slack):
             not_recorded.append((run, record))
+        else:
+            lags.append(record["finished_at"] - run.ended)
         if record and record["status"] == "crashed" and run.last > record["finished_at"] + 0.5:
             live_crashed.append((run, record))
     by_id = {r["id"]: r for r in records}
@@ -579,7 +585,7 @@ def check(cluster: Cluster, slack: float = 15.0) -> Verdict:
                      for h in HOSTS if (cluster.dir / f"{h}.out").exists())
     return Verdict(len(runs), sum(1 for r in runs.values() if r.ended is not None), overlaps(runs),
                    [r for r in records if r["status"] == "running"], not_recorded, live_crashed, observer,
-                   tracebacks)
+                   tracebacks, max(lags, default=0.0))
 
 
 def available() -> str | None:

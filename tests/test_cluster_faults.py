@@ -2,13 +2,14 @@
 
 Three simulated hosts (network, pid, mount and hostname namespaces of their own) start
 ``schedsync run`` for three jobs (runs of 1-2 s, 1.5-3 s and 10-20 s) every one to two
-and a half seconds, like a fast cron, against PostgreSQL over TCP through veth links, while a nemesis kill -9s schedsync,
-SIGSTOPs it for seconds, cuts a host's link (sometimes with its schedsync paused), and
-restarts the server (``pg_ctl restart -m fast``), for two minutes. A fourth host samples
-``status --json`` meanwhile. The jobs append start, tick and end lines to one file with
-O_APPEND: that log, not schedsync's records, is the truth. Harness and checker:
-tests/faults.py. SCHEDSYNC_FAULTS_SEED=N replays a nemesis' choices (not its timing);
-SCHEDSYNC_FAULTS_SECONDS=N shortens the chaos when trying things (the checks need >= 120).
+and a half seconds, like a fast cron, against PostgreSQL over TCP through veth links,
+while a nemesis kill -9s schedsync, SIGSTOPs it for seconds, cuts a host's link
+(sometimes with its schedsync paused), and restarts the server (``pg_ctl restart -m
+fast``), for two minutes. A fourth host samples ``status --json`` meanwhile. The jobs
+append start, tick and end lines to one file with O_APPEND: that log, not schedsync's
+records, is the truth. Harness and checker: tests/faults.py (docs/development.md says
+what it checks). SCHEDSYNC_FAULTS_SEED=N replays a nemesis' choices (not their timing);
+SCHEDSYNC_FAULTS_SECONDS=N shortens the chaos when trying things (the checks need 120).
 """
 
 from __future__ import annotations

@@ -73,7 +73,17 @@ def status(config: Config, store, now: float | None = None, only: str | None = N
     """``status --json`` (README: JSON). ``alert=False``: no ``late`` alert (``serve``)."""
     snap = snapshot(config, store, now, only, alert=alert)
     return {"generated_at": iso(snap.now), "jobs": [job_json(view) for view in snap.views],
-            "budgets": snap.budgets}
+            "budgets": snap.budgets, "clock_skew": clock_skew(store)}
+
+
+SKEW_SHOWN = 5.0  # seconds: a host's clock further off than this is named by status
+
+
+def clock_skew(store) -> list[dict]:
+    """The hosts whose clock was off the store's (PostgreSQL: the server's) by more than
+    ``SKEW_SHOWN`` seconds when they last started a run: ``seconds`` is host minus server."""
+    return [{"host": host, "seconds": round(skew, 1), "noted_at": iso(seen)}
+            for host, (skew, seen) in sorted(store.host_skews().items()) if abs(skew) > SKEW_SHOWN]
 
 
 def job_detail(config: Config, store, name: str, now: float | None = None, alert: bool = True) -> dict:

@@ -339,6 +339,11 @@ def status_renderable(report: dict, jobs: list[dict], width: int = 160):
         parts.append(Text("budgets: " + "  ".join(
             f"{b['name']} {int(b['tokens'])}/{b['capacity']:g} per {format_duration(b['per_seconds'])}"
             for b in report["budgets"]), style="dim"))
+    for off in report.get("clock_skew", []):
+        side = "ahead of" if off["seconds"] > 0 else "behind"
+        parts.append(Text(f"clock: host {off['host']} is {format_duration(abs(off['seconds']))} {side} the"
+                          f" state database's clock (noted {_clock(off['noted_at'])}); budgets and"
+                          " breakers go by the database's, but fix its time (NTP)", style="yellow"))
     return Group(*parts)
 
 

@@ -307,7 +307,7 @@ def run_http(job, ctx) -> Outcome:
     sync = Sync(job, ctx)
     try:
         try:
-            with hard_deadline(ctx.deadline, held=ctx.held), sync.display:
+            with hard_deadline(ctx.deadline, held=ctx.held if ctx.fence is not None else None), sync.display:
                 sync.run()
         except DeadlinePassed:
             after = f" (on page {sync.pages + 1})" if sync.pages else ""

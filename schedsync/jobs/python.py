@@ -130,7 +130,8 @@ def run_python(job, ctx) -> Outcome:
     try:
         with _job_environment(job, ctx.config.dir):
             try:
-                with hard_deadline(ctx.deadline, held=ctx.held), _captured(output), display:
+                fenced_by = ctx.held if ctx.fence is not None else None  # a lease (PostgreSQL)
+                with hard_deadline(ctx.deadline, held=fenced_by), _captured(output), display:
                     function = load_function(job.section)
                     result = function(jctx)
                     if inspect.iscoroutine(result):  # an ``async def`` job

@@ -1,6 +1,8 @@
 """One home for the places schedsync reads and writes by default.
 
 - the state: ``$XDG_STATE_HOME/schedsync/state.db`` (``~/.local/state/...``);
+- the spool of runs that could not reach a PostgreSQL state: ``$SCHEDSYNC_SPOOL``, else
+  ``$XDG_STATE_HOME/schedsync/spool``;
 - the config cache: ``$SCHEDSYNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/schedsync``
   (``~/.cache/schedsync``);
 - the data database of http and python jobs: ``data.db`` beside a state file, or,
@@ -29,6 +31,13 @@ def absolute(location: str) -> str:
 def default_state() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return os.path.join(base, "schedsync", "state.db")
+
+
+def spool_dir() -> str:
+    """This host's spool of runs that could not reach a database state (``store.spool``):
+    ``$SCHEDSYNC_SPOOL``, else ``$XDG_STATE_HOME/schedsync/spool``."""
+    return os.environ.get("SCHEDSYNC_SPOOL") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "schedsync", "spool")
 
 
 def cache_dir() -> str:

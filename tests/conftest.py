@@ -124,3 +124,21 @@ def pg_server():
 def pg_url(pg_server) -> str:
     """A fresh, empty database on the test server, as a state URL."""
     return pg_server.url(pg_server.createdb())
+
+
+@pytest.fixture(scope="session")
+def pg_bouncer(pg_server):
+    """A real PgBouncer (``pool_mode = transaction``) on loopback in front of ``pg_server``
+    (``tests/pgbouncer.py``); ``pg_bouncer.url(db)`` reaches a database through it."""
+    from pgbouncer import PgBouncer, binary
+
+    if not binary():
+        _pg_skip("PgBouncer is not installed (apt-get install pgbouncer)")
+    bouncer = PgBouncer(pg_server)
+    try:
+        bouncer.start()
+    except Exception as exc:
+        bouncer.stop()
+        _pg_skip(f"PgBouncer did not start: {exc}")
+    yield bouncer
+    bouncer.stop()

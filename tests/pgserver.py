@@ -106,6 +106,15 @@ class PgServer:
         auth = f"{user}:{password}@" if password else f"{user}@"
         return f"postgresql://{auth}/{db}?host={self.dir}"
 
+    def halt(self) -> None:
+        """Stop the server (``-m fast``: every session ends), keeping its data for ``resume``."""
+        _as_owner([f"{self.bin}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop"],
+                  self.owner)
+
+    def resume(self) -> None:
+        _as_owner([f"{self.bin}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"),
+                   "-w", "-t", "60", "start"], self.owner)
+
     def stop(self) -> None:
         if self.started:
             try:

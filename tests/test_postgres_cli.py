@@ -32,10 +32,15 @@ jobs:
 """
 
 
-@pytest.fixture
-def pg(project, pg_url):
+@pytest.fixture(params=["direct", "pgbouncer"])
+def pg(request, project, pg_url):
+    """The CLI on a fresh PostgreSQL state: connecting directly, and through a real
+    PgBouncer in ``pool_mode = transaction`` (every test using this fixture runs on both)."""
     project.write(JOBS.format(marker=project.path / "ran"))
     project.env["SCHEDSYNC_STATE"] = pg_url
+    if request.param == "pgbouncer":
+        bouncer = request.getfixturevalue("pg_bouncer")
+        project.env["SCHEDSYNC_STATE"] = bouncer.url(pg_url.split("/")[3].split("?")[0])
     return project
 
 
@@ -51,8 +56,9 @@ def test_a_postgresql_url_selects_the_backend_and_status_reads_it(pg, pg_server,
     assert pg_server.psql(db, "SELECT count(*) FROM schedsync.runs").strip() == "1"
 
 
-def test_state_in_jobs_yaml_and_postgres_scheme_pass_through_untouched(pg, pg_url):
-    pg.write(f"state: {pg_url.replace('postgresql://', 'postgres://')}\n" + JOBS.format(marker=pg.path / "ran"))
+def test_state_in_jobs_yaml_and_postgres_scheme_pass_through_untouched(pg):
+    url = pg.env["SCHEDSYNC_STATE"]
+    pg.write(f"state: {url.replace('postgresql://', 'postgres://')}\n" + JOBS.format(marker=pg.path / "ran"))
     del pg.env["SCHEDSYNC_STATE"]
     assert pg.cli("run", "hello").returncode == 0
     assert pg.history("hello")[0]["status"] == "success"

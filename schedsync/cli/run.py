@@ -12,7 +12,7 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
     """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
     from schedsync.app.run import broken_registry, run
     from schedsync.config import load, resolve_config, resolve_state
-    from schedsync.core.errors import ConfigError, SchedsyncError
+    from schedsync.core.errors import ConfigError, SchedsyncError, StateUnreachable
     from schedsync.store import open_store
 
     interactive = sys.stderr.isatty() or sys.stdout.isatty()
@@ -25,9 +25,14 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
             raise
         config.job(job_name)  # an unknown job is a usage error before any state is touched
         state = resolve_state(state_opt, config)
-        store = open_store(state)
+        trigger = "manual" if interactive else "cron"
         try:
-            result = run(config, job_name, store, trigger="manual" if interactive else "cron",
+            store = open_store(state)
+        except StateUnreachable as exc:  # no connection: leave a trace for the next schedsync here
+            spool_not_started(config, job_name, state, trigger, exc, force_slot)
+            raise
+        try:
+            result = run(config, job_name, store, trigger=trigger,
                          interactive=interactive, force_slot=force_slot)
         finally:
             store.close()
@@ -35,6 +40,24 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     return report_run(result, job_name, interactive, config, state_opt)
+
+
+def spool_not_started(config, job_name: str, state: str, trigger: str, exc, force_slot: bool) -> None:
+    """Spool a run that got no connection to its state (``store.spool``): the next
+    schedsync on this host that reaches the database records it as ``not_started``."""
+    import os
+    import time
+
+    from schedsync.core.redact import redact_url
+    from schedsync.store.spool import write
+
+    job = config.job(job_name)
+    slot = None
+    if trigger == "cron" and job.schedule and not force_slot:  # the host's clock: the server's is out of reach
+        from schedsync.app.runner import scheduled_slot
+
+        slot = scheduled_slot(config, job, time.time())
+    write(redact_url(state), job_name, trigger, exc.why, exc.what, host=os.uname().nodename, slot=slot)
 
 
 def report_run(result, job_name: str, interactive: bool, config=None, state_opt: str | None = None) -> int:

@@ -46,3 +46,13 @@ class NoState(StateError):
 class StateBusy(StateError):
     """A read command's optional write (first-seen, a crashed run, a ``late`` alert) would
     wait on another process's write transaction: it is skipped, and a later read makes it."""
+
+
+class StateUnreachable(StateError):
+    """No connection to a database state: ``why`` is what happened in a few words
+    (``too many clients``, ``connect timeout``, ``server down``). The run leaves a trace in
+    this host's spool (``store.spool``) for the next schedsync that reaches the database."""
+
+    def __init__(self, what: str, fix: str | None = None, why: str = "unreachable"):
+        super().__init__(what, fix)
+        self.why = why

@@ -26,12 +26,13 @@ import time
 
 from schedsync.core.breaker import settings_of
 from schedsync.core.budgets import never_short
-from schedsync.core.errors import ConfigError, StateBusy, StateError
+from schedsync.core.errors import ConfigError, StateBusy, StateError, StateUnreachable
 from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run
 
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
-from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, Liveness, Lock, Locks, Store, no_state
+from schedsync.paths import spool_dir
+from schedsync.store.base import PRUNE_BATCH, RUN_COLUMNS, Admitted, BreakerSpec, Liveness, Lock, Locks, Store, no_state
 from schedsync.store.postgres_sql import FOREIGN, MIGRATION_LOCK, MIGRATIONS, TRUST_CHECK
 
 TYPE_CHECKING = False  # typing stays off the path of `run`; type checkers read this block
@@ -69,6 +70,10 @@ KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "
 SERVER_OPTIONS = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1"
                   " -c tcp_keepalives_count=3 -c tcp_user_timeout=8000"
                   " -c search_path=pg_catalog,pg_temp")
+# The same, per transaction: through PgBouncer's transaction pooling a session's settings
+# are another client's, and the startup options may be dropped (ignore_startup_parameters).
+# Sent ahead of every statement, in its round trip (one implicit transaction).
+LOCAL = "SET LOCAL search_path = pg_catalog, pg_temp; "
 # Leases (docs/several-hosts.md): LEASE seconds from a renewal, renewed every
 # RENEW_EVERY seconds; the job is stopped once no renewal was confirmed for
 # LEASE - MARGIN seconds (SIGTERM, then SIGKILL after FENCE_GRACE = 1 s), so it is gone
@@ -76,8 +81,13 @@ SERVER_OPTIONS = ("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1"
 # (1-3 s) fits many renewals into the 6 s before the fence.
 LEASE, RENEW_EVERY, MARGIN = 10.0, 1.0, 4.0
 RECONNECT_FOR = 20.0  # seconds (in all, per outage) a run tries to reach a restarted server
-CONNECT_TIMEOUT = 10
-CROWDED_FOR = 15.0  # seconds of retrying "too many clients" before giving up
+CONNECT_TIMEOUT = 10  # seconds per attempt (a ``connect_timeout`` in the URL wins)
+# Seconds of retrying "too many clients" and connect timeouts (jittered backoff) before
+# the run gives up and leaves a trace in the spool; $SCHEDSYNC_CONNECT_RETRY overrides.
+CROWDED_FOR = 15.0
+# Seconds a run's end is retried on a lost connection (a restart, a failover) before it
+# goes to this host's spool; $SCHEDSYNC_FINISH_RETRY overrides.
+FINISH_FOR = 60.0
 READ_WAIT = 1.0  # seconds a read command waits on another session's lock
 
 SPEND = "SELECT schedsync.spend(%s::text[], %s::float8[], %s::float8[], %s, %s)"
@@ -96,11 +106,28 @@ def _need_driver(url: str) -> None:
 # match nothing, and the error reads "unreachable" with the server's own text.
 _REFUSALS = (("too many clients", "crowded"), ("connection slots are reserved", "crowded"),
              ("password authentication failed", "password"), ("no password supplied", "password"),
-             ("does not exist", "missing"))
+             ("does not exist", "missing"), ("timeout expired", "timeout"))
 
 
 def _refusal(text: str) -> str | None:
     return next((kind for words, kind in _REFUSALS if words in text), None)
+
+
+def _spool_pending() -> list:
+    try:
+        return [n for n in os.listdir(spool_dir()) if n.endswith(".json")]
+    except OSError:
+        return []
+
+
+def _patience(variable: str = "SCHEDSYNC_CONNECT_RETRY", default: float | None = None) -> float:
+    """Seconds a connection is retried for ("too many clients", connect timeouts), or a
+    run's end (``$SCHEDSYNC_FINISH_RETRY``, ``FINISH_FOR``)."""
+    default = CROWDED_FOR if default is None else default
+    try:
+        return max(0.0, float(os.environ.get(variable) or default))
+    except ValueError:
+        return default
 
 
 class PostgresStore(Store):
@@ -121,17 +148,22 @@ class PostgresStore(Store):
         self._mutex: threading.Lock | None = None  # once the lease renewer shares the connection
         self._lost_at: float | None = None  # when the connection was lost (monotonic), until back
         self._create = write if create is None else create
-        self._session = "" if write else f"SET lock_timeout = {int(READ_WAIT * 1000)}"
+        self._local = LOCAL
         self.db = self._connect()
         self.locks = Leases(self)
         self.liveness = LeaseLiveness(self)
         try:
+            if not write:  # per transaction, never per session: a pooler shares sessions
+                self._local += f"SET LOCAL lock_timeout = {int(READ_WAIT * 1000)}; "
             self._open()
-            if self._session:
-                self._q(self._session)
         except BaseException:
             self.db.close()
             raise
+        spooled = _spool_pending()  # one listdir: the spool module is imported only when needed
+        if spooled:
+            from schedsync.store.spool import replay
+
+            replay(self, spooled)
 
     # --- connection ---------------------------------------------------------------------
 
@@ -146,7 +178,9 @@ class PostgresStore(Store):
         params = {**KEEPALIVE, "connect_timeout": str(CONNECT_TIMEOUT),
                   "application_name": "schedsync", **params}
         params["options"] = (SERVER_OPTIONS + " " + params.get("options", "")).strip()
-        crowded_until, nap = time.monotonic() + CROWDED_FOR, 0.05
+        patience = _patience()
+        began = time.monotonic()
+        until, nap = began + patience, 0.05
         while True:
             try:
                 db = psycopg2.connect(**params)
@@ -154,27 +188,45 @@ class PostgresStore(Store):
                 return db
             except psycopg2.Error as exc:
                 text = self._clean(exc)
+                if "unsupported startup parameter: options" in text and "options" in params:
+                    # PgBouncer without ignore_startup_parameters = options: the settings
+                    # those options carry are made per transaction (LOCAL) anyway.
+                    del params["options"]
+                    continue
                 refusal = _refusal(text)
-                if refusal == "crowded":
-                    if time.monotonic() < crowded_until:
-                        import random
+                if refusal in ("crowded", "timeout") and time.monotonic() < until:
+                    import random
 
-                        time.sleep(nap * random.uniform(0.5, 1.5))
-                        nap = min(nap * 2, 1.0)
-                        continue
-                    raise StateError(f"state database {self.label} has no free connection slot "
-                                     f"(too many clients for {CROWDED_FOR:.0f}s)",
-                                     "raise max_connections on the server, or run fewer jobs at once") from None
-                raise self._connect_error(text, refusal) from None
+                    time.sleep(min(nap * random.uniform(0.5, 1.5), max(0.0, until - time.monotonic())))
+                    nap = min(nap * 2, 1.0)
+                    continue
+                raise self._connect_error(text, refusal, params, time.monotonic() - began) from None
 
-    def _connect_error(self, text: str, refusal: str | None) -> StateError:
+    def _connect_error(self, text: str, refusal: str | None, params: dict | None = None,
+                       waited: float = 0.0) -> StateError:
         where = f"state database {self.label}"
         if refusal == "password":
             return StateError(f"{where}: {text}", "check the password in ~/.pgpass or $PGPASSWORD")
         if refusal == "missing":
             return StateError(f"{where}: {text}", "create it (createdb) or fix the state URL")
-        return StateError(f"{where} is unreachable: {text}",
-                          "start PostgreSQL, or check the host and port in the state URL")
+        if refusal == "crowded":
+            return StateUnreachable(
+                f"{where} has no free connection slot (too many clients, retried for {waited:.0f}s)",
+                "put PgBouncer (pool_mode = transaction) in front of it, or raise max_connections"
+                " on the server, or run fewer jobs at once", why="too many clients")
+        if refusal == "timeout":
+            params = params or {}
+            host = params.get("host") or os.environ.get("PGHOST") or "localhost"
+            port = params.get("port") or os.environ.get("PGPORT") or "5432"
+            each = params.get("connect_timeout") or CONNECT_TIMEOUT
+            return StateUnreachable(
+                f"{where}: timed out connecting to {host}:{port} after {each}s"
+                f" (retried for {waited:.0f}s)",
+                "the server or the network is overloaded or dropping packets; check the host's"
+                " link and the server's load", why="connect timeout")
+        return StateUnreachable(f"{where} is unreachable: {text}",
+                                "start PostgreSQL, or check the host and port in the state URL",
+                                why="server down")
 
     def _clean(self, exc: BaseException) -> str:
         """The first meaningful line of a driver error, with the password redacted."""
@@ -212,7 +264,7 @@ class PostgresStore(Store):
         try:
             db.autocommit = False
             with db.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                cur.execute(LOCAL + "SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 cur.execute(TRUST_CHECK)
                 cur.execute("SELECT to_regclass('schedsync.meta') IS NOT NULL,"
                             " to_regnamespace('schedsync') IS NOT NULL")
@@ -294,7 +346,7 @@ class PostgresStore(Store):
 
     def _execute(self, sql: str, args) -> list:
         with self.db.cursor() as cur:
-            cur.execute(sql, storable(args))
+            cur.execute(self._local + sql, storable(args))
             return cur.fetchall() if cur.description else []
 
     def _reconnect(self) -> None:
@@ -317,10 +369,28 @@ class PostgresStore(Store):
             except psycopg2.Error:
                 pass
             self.db = db
-            if self._session:
-                self._execute(self._session, ())
             return
         raise last or StateError(f"state database {self.label} was lost", "check that PostgreSQL is up")
+
+    def _lasting(self, sql: str, args=()) -> list | None:
+        """A write that must not be lost (a run's end; safe to send twice): on a lost
+        connection, reconnect and send it again for up to ``FINISH_FOR`` seconds. None if
+        the database stayed away that long; other errors raise."""
+        until, nap = time.monotonic() + _patience("SCHEDSYNC_FINISH_RETRY", FINISH_FOR), 0.2
+        while True:
+            try:
+                return self._fetch(sql, args, retry=True)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                if not self.db.closed:
+                    raise  # the statement failed, not the connection
+            except StateError:
+                pass  # _reconnect found no server yet
+            if time.monotonic() >= until:
+                return None
+            import random
+
+            time.sleep(min(nap * random.uniform(0.5, 1.5), max(0.0, until - time.monotonic())))
+            nap = min(nap * 2, 2.0)
 
     def _q(self, sql: str, args=()) -> list:
         try:
@@ -376,22 +446,90 @@ class PostgresStore(Store):
              run.exit_code, run.job, run.started_at, retention.get("success"),
              retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0))
 
+    def record_spooled(self, entry: dict) -> int:
+        """Insert a spooled run that could not start (``store.spool``), once: under a
+        transaction-level lock on its key, and only if no run of the job with its host,
+        pid and start exists. 1 if this call inserted it."""
+        key = f"schedsync-spool:{entry['job']}:{entry['host']}:{entry['pid']}:{entry['at']!r}"
+        error = f"not started: {entry['why']}: {entry['error']}"[:300]
+        rows = self._q(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%(k)s, 0));"
+            " WITH j AS (INSERT INTO schedsync.jobs (name, first_seen) VALUES (%(j)s, %(at)s)"
+            "   ON CONFLICT (name) DO NOTHING),"
+            " r AS (INSERT INTO schedsync.runs (job, status, reason, trigger, started_at, finished_at,"
+            "   duration_ms, host, pid, error, slot)"
+            "   SELECT %(j)s, 'failed', 'not_started', %(t)s, %(at)s, %(at)s, 0, %(h)s, %(p)s, %(e)s, %(s)s"
+            "   WHERE NOT EXISTS (SELECT 1 FROM schedsync.runs WHERE job = %(j)s AND host = %(h)s"
+            "     AND pid = %(p)s AND started_at = %(at)s) RETURNING id)"
+            " SELECT id, schedsync.tally(%(j)s, 'failed', 0) FROM r",
+            {"k": key, "j": entry["job"], "at": float(entry["at"]), "t": entry["trigger"],
+             "h": entry["host"], "p": int(entry["pid"]), "e": error, "s": entry.get("slot")})
+        return len(rows)
+
     def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None):
+        """Also when the connection is lost at the end of a run: reconnect and retry for
+        ``FINISH_FOR`` seconds; if the database stays away, the end goes to this host's
+        spool (``store.spool``) and the next schedsync here records it, never ``crashed``."""
+        self.locks.forget(f"run:{run.id}")  # finish drops it: the renewer must not miss it
+        try:
+            try:  # ``now`` None: the end is judged on the server's clock, in the statement
+                rows = self._fetch(*self._finish_sql(run, breaker, evidence, trial, lease, retention, now))
+                ended = None
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                if not self.db.closed:
+                    raise
+                # Sent again later: the end as it was (the server's start plus this host's
+                # monotonic duration), not the instant the database came back.
+                ended = now if now is not None else (
+                    run.started_at + run.duration_ms / 1000 if run.duration_ms is not None else run.finished_at)
+                rows = self._lasting(*self._finish_sql(run, breaker, evidence, trial, lease, retention, ended))
+        except psycopg2.Error as exc:
+            raise self._state_error(exc) from None
+        if rows is None:
+            from schedsync.store.spool import write_finish
+
+            path = write_finish(self.label, run, breaker, evidence, trial, lease, retention,
+                                host=HOST, at=ended)
+            kept = (f"the run's end ({run.status}) is kept in {path} and recorded by the next"
+                    " schedsync on this host" if path else "the run's end could not be kept (spool full)")
+            raise StateUnreachable(f"state database {self.label} was lost at the end of run {run.id} of"
+                                   f" {run.job}; {kept}", "check that PostgreSQL is up and reachable",
+                                   why="lost")
+        return self._transition(rows, breaker)
+
+    def finish_spooled(self, entry: dict) -> int:
+        """Apply a run's end that ``finish_run`` spooled: 1 if this call recorded it (the run
+        was still ``running``, or ``crashed`` by a reaper meanwhile), 0 if already recorded."""
+        run = Run(**entry["run"])
+        breaker = BreakerSpec(entry["breaker"], entry["settings"])
+        sql, args = self._finish_sql(run, breaker, entry["evidence"], entry["trial"], entry["lease"],
+                                     entry["retention"], entry["at"])
+        return len(self._q(sql, args))
+
+    def _finish_sql(self, run, breaker, evidence, trial, lease, retention, now):
+        """The statements of a run's end, safe to send twice: under a transaction-level lock
+        on the run, they apply only while it is ``running`` or ``crashed`` (a reaper's mark
+        while this host had lost the database: its tally moves to the real status)."""
         settings = settings_of(breaker.settings)
         why = f"run {run.id} of {run.job}: {run.status}" + (f" ({run.error})" if run.error else "")
         hand_back = trial and not evidence
         end = run.started_at + lease
-        self.locks.forget(f"run:{run.id}")  # finish drops it: the renewer must not miss it
-        [row] = self._q(
+        open_ = "EXISTS (SELECT 1 FROM schedsync.runs WHERE id = %s AND status IN ('running', 'crashed'))"
+        sql = (
+            "SELECT pg_advisory_xact_lock(hashtextextended('schedsync-finish:' || %s::text, 0));"
             # A trial handed back frees one lease (two trials admitted at one instant hold
             # equal ones; finish's array_remove would free both): first, in the same
             # implicit transaction, and finish is then told of no lease to hand back.
-            ("UPDATE schedsync.breakers SET leases = leases[:array_position(leases, %s) - 1]"
-             " || leases[array_position(leases, %s) + 1:] WHERE name = %s AND %s = ANY (leases);"
-             if hand_back else "") +
-            "SELECT * FROM schedsync.finish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            ((end, end, breaker.name, end) if hand_back else ()) + (
+            + (" UPDATE schedsync.breakers SET leases = leases[:array_position(leases, %s) - 1]"
+               " || leases[array_position(leases, %s) + 1:] WHERE name = %s AND %s = ANY (leases)"
+               f" AND {open_};" if hand_back else "")
+            + " UPDATE schedsync.run_counts c SET runs = c.runs - 1, requests = c.requests - r.requests"
+            " FROM schedsync.runs r WHERE r.id = %s AND r.status = 'crashed' AND c.job = r.job"
+            " AND c.status = 'crashed';"
+            f" SELECT f.* FROM (SELECT 1 AS one WHERE {open_}) AS g, LATERAL schedsync.finish("
+            "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) AS f")
+        args = ((run.id,) + ((end, end, breaker.name, end, run.id) if hand_back else ()) + (run.id, run.id) + (
              run.id, run.status, run.reason, now, run.duration_ms,
              run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,
@@ -399,7 +537,13 @@ class PostgresStore(Store):
              float(settings["reset_after"]), bool(evidence), run.status not in FAILURES,
              bool(trial), None if hand_back else end, why[:300],
              retention.get("success"), retention.get("failed"), PRUNE_BATCH))
-        old, new, failures, opened_at, opens_until = row
+        return sql, args
+
+    @staticmethod
+    def _transition(rows, breaker):
+        if not rows:
+            return None
+        old, new, failures, opened_at, opens_until = rows[0]
         if old is None:
             return None
         return old, new, Breaker(breaker.name, "open" if new == "open" else "closed",

@@ -1,0 +1,112 @@
+"""Scale: more jobs running at once than PostgreSQL has connections (default
+``max_connections = 100``), directly and through a real PgBouncer in transaction mode.
+
+Each job appends its own start and end (wall clock) to one log with O_APPEND: the
+truth comes from the jobs, not from schedsync's records. All must have run, all at
+once (every start before the first end), none lost, every run recorded ``success``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from pgserver import PgServer
+
+# 150 processes: half again the server's 100 connections. 300 (the issue's figure) do
+# not all start within a job's 20 s on a loaded 2-core box (measured: ~0.25 CPU-s each,
+# start-up, driver import and connection), which would test the box, not schedsync.
+JOBS, SLEEP = 150, 25
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def crowd(request, project):
+    server = PgServer().start(max_connections=100)
+    bouncer = None
+    try:
+        db = server.createdb()
+        url = server.url(db)
+        if request.param == "pgbouncer":
+            from pgbouncer import PgBouncer
+
+            bouncer = PgBouncer(server, pool_size=20).start()
+            url = bouncer.url(db)
+        yield server, db, url
+    finally:
+        if bouncer:
+            bouncer.stop()
+        server.stop()
+
+
+def test_more_jobs_at_once_than_server_connections_all_run_and_none_is_lost(project, crowd):
+    server, db, url = crowd
+    log = project.path / "truth.log"
+    lines = ["jobs:"]
+    for i in range(JOBS):
+        lines.append(f"  j{i:03d}:\n    command: [\"sh\", \"-c\", \"echo start {i} $(date +%s.%N) >> {log};"
+                     f" sleep {SLEEP}; echo end {i} $(date +%s.%N) >> {log}\"]\n    timeout: 5m")
+    project.config.write_text("\n".join(lines) + "\n")
+    env = {"SCHEDSYNC_STATE": url, "SCHEDSYNC_SPOOL": str(project.path / "spool")}
+    init = project.cli("run", "j000", env={**env, "SCHEDSYNC_STATE": server.url(db)}, timeout=120)
+    assert init.returncode == 0, init.stderr  # the schema exists before the crowd arrives
+    log.unlink()
+
+    peak = [0]
+    stop = threading.Event()
+
+    def watch():  # peak server connections, as pg_stat_activity counts them
+        while not stop.wait(0.5):
+            try:
+                n = int(server.psql(db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"))
+                peak[0] = max(peak[0], n)
+            except (subprocess.CalledProcessError, ValueError):
+                pass  # the server itself refused: counted by the runs' failures below
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    procs = [project.start("run", f"j{i:03d}", env=env) for i in range(JOBS)]
+    failures = []
+    try:
+        deadline = time.monotonic() + 300
+        for i, proc in enumerate(procs):
+            out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+            if proc.returncode != 0:
+                failures.append((i, proc.returncode, err.strip()[:300]))
+    finally:
+        stop.set()
+        watcher.join(10)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert not failures, failures[:5]
+    starts, ends = {}, {}
+    for line in log.read_text().splitlines():
+        what, i, at = line.split()
+        (starts if what == "start" else ends)[int(i)] = float(at)
+    assert len(starts) == len(ends) == JOBS  # none lost
+    assert max(starts.values()) < min(ends.values()), "not all running at once"
+    counts = server.psql(db, "SELECT status, count(*) FROM schedsync.runs GROUP BY status").split()
+    assert counts == [f"success|{JOBS + 1}"]
+    assert peak[0] < 100, peak[0]
+    print(f"\n{JOBS} jobs at once via {url.split('@')[1].split('/')[0] or 'socket'}: peak {peak[0]} server connections")
+
+
+def test_scale_helpers_clean_up(tmp_path):
+    """Every PgBouncer the fixture starts is stopped by its pid and its folder removed."""
+    from pgbouncer import PgBouncer
+
+    server = PgServer().start()
+    try:
+        bouncer = PgBouncer(server).start()
+        pid, folder = bouncer.pid, bouncer.dir
+        bouncer.stop()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert not os.path.exists(folder)
+    finally:
+        server.stop()

@@ -183,6 +183,7 @@ class Cluster:
         self.threads: list[threading.Thread] = []
         self.counts = {"kills": 0, "stops": 0, "cuts": 0, "stopcuts": 0, "restarts": 0}
         self.killed: set[tuple[str, int]] = set()  # (host, schedsync pid) the nemesis killed -9
+        self.pauses: list[tuple[str, int, float, float]] = []  # (host, schedsync pid, stopped, resumed)
         self.samples: list[Sample] = []
         self.nemesis_log: list[str] = []
         self.poke = threading.Event()
@@ -328,35 +329,50 @@ class Cluster:
             self.counts["kills"] += 1
             self.note(f"kill {host} {inner} {' '.join(argv_of(pid)[-1:])}")
 
-    def _pause(self, pid: int, seconds: float, host: str | None = None) -> None:
+    def _pause(self, victim: tuple[str, int], seconds: float, cut: bool = False) -> None:
+        """SIGSTOP a schedsync for ``seconds`` (with its host's link cut meanwhile: ``cut``)."""
+        host, pid = victim
         inner, job = inner_pid(pid), " ".join(argv_of(pid)[-1:])
         try:
             os.kill(pid, signal.SIGSTOP)
         except ProcessLookupError:
+            with self.mutex:
+                if cut:
+                    self.cut.discard(host)
             return
-        self.note(f"stop {inner} {job} for {seconds:.1f}s" + (f", cut {host}" if host else ""))
+        stopped_at = time.time()
+        self.note(f"stop {host} {inner} {job} for {seconds:.1f}s" + (", link cut" if cut else ""))
         with self.mutex:
             self.stopped.add(pid)
-        if host:
-            self.ns.link(host, up=False)
-        time.sleep(seconds)
-        if host:
-            self.ns.link(host, up=True)
-            with self.mutex:
-                self.cut.discard(host)
         try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-        self.note(f"cont {inner} {job}" + (f", link up {host}" if host else ""))
-        with self.mutex:
-            self.stopped.discard(pid)
+            if cut:
+                self.ns.link(host, up=False)
+            time.sleep(seconds)
+            if cut:
+                self.ns.link(host, up=True)
+        finally:
+            if cut:
+                with self.mutex:
+                    self.cut.discard(host)
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.pauses.append((host, inner, stopped_at, time.time()))
+            self.note(f"cont {host} {inner} {job}" + (", link up" if cut else ""))
+            with self.mutex:
+                self.stopped.discard(pid)
+
+    def paused_after(self, host: str, pid: int, since: float) -> float:
+        """How long the nemesis kept that schedsync stopped after ``since``."""
+        return sum(max(0.0, end - max(start, since)) for h, p, start, end in self.pauses
+                   if (h, p) == (host, pid))
 
     def stop(self) -> None:
         victim = self._victim()
         if victim:
             self.counts["stops"] += 1
-            self._spawn(self._pause, victim[1], self.rng.uniform(2, 7))
+            self._spawn(self._pause, victim, self.rng.uniform(2, 7))
 
     def _free_host(self) -> str | None:
         with self.mutex:
@@ -399,7 +415,7 @@ class Cluster:
                 return
             self.cut.add(host)
         self.counts["stopcuts"] += 1
-        self._spawn(self._pause, victim[1], self.rng.uniform(9, 14), host)
+        self._spawn(self._pause, victim, self.rng.uniform(9, 14), True)
 
     def restart(self) -> None:
         user = ["runuser", "-u", self.server.owner, "--"] if self.server.owner else []
@@ -544,9 +560,9 @@ class Verdict:
                 f"({len(cluster.samples)} samples), {self.tracebacks} tracebacks")
 
 
-def check(cluster: Cluster, slack: float = 15.0) -> Verdict:
-    """``slack``: how long after its job's ``end`` a run's record may say it finished (its
-    schedsync may have been stopped that long)."""
+def check(cluster: Cluster, slack: float = 5.0) -> Verdict:
+    """``slack``: how long after its job's ``end`` a run's record may say it ended, besides
+    the time the nemesis kept its schedsync stopped after that end (it notices only then)."""
     runs = cluster.truth()
     records = cluster.records()
     by_owner = {}
@@ -563,7 +579,8 @@ def check(cluster: Cluster, slack: float = 15.0) -> Verdict:
         if run.ended is None or (run.host, run.pid) in cluster.killed:
             pass
         elif (record is None or record["status"] != "success" or record["finished_at"] < run.ended - 0.5
-              or not run.ended - 0.5 <= record["started_at"] + record["duration_ms"] / 1000 <= run.ended + slack):
+              or not run.ended - 0.5 <= record["started_at"] + record["duration_ms"] / 1000
+              <= run.ended + slack + cluster.paused_after(run.host, run.pid, run.ended)):
             not_recorded.append((run, record))
         else:
             lags.append(record["finished_at"] - run.ended)

@@ -16,6 +16,7 @@ The root namespace reads the database only over the server's unix socket (psql).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -206,6 +207,18 @@ class Cluster:
     def url(self, i: int) -> str:
         return f"postgresql://postgres@{link_ips(i)[0]}/{self.db}"
 
+    def env(self, host: str, i: int) -> dict:
+        """Host ``host``'s environment: the state over its own link, and a local state folder
+        of its own (where a run that cannot reach the database leaves its trace)."""
+        return {**self.project.env, "SCHEDSYNC_STATE": self.url(i),
+                "XDG_STATE_HOME": str(self.dir / f"state-{host}")}
+
+    def tick(self) -> None:
+        """A last cron tick on every host (``status``): each replays what its runs left in its
+        local state while the database was away."""
+        for i, host in enumerate(HOSTS, start=1):
+            self.cli_in(host, i, "status")
+
     def run_hosts(self, until: float, every: tuple[float, float]) -> None:
         for i, host in enumerate(HOSTS, start=1):
             err = (self.dir / f"{host}.err").open("w")  # noqa: SIM115 (closed by close())
@@ -217,7 +230,7 @@ class Cluster:
                 in_host(self.ns.names[host], host,
                         [sys.executable, str(HERE / "faults_host.py"), json.dumps(settings)]),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                cwd=self.project.path, env={**self.project.env, "SCHEDSYNC_STATE": self.url(i)})
+                cwd=self.project.path, env=self.env(host, i))
 
     def wait_hosts(self, timeout: float) -> dict[str, int | None]:
         end = time.time() + timeout
@@ -271,7 +284,7 @@ class Cluster:
     def cli_in(self, host: str, i: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(in_host(self.ns.names[host], host, self.project.argv(*args)),
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              cwd=self.project.path, env={**self.project.env, "SCHEDSYNC_STATE": self.url(i)})
+                              cwd=self.project.path, env=self.env(host, i))
 
     def status(self) -> Sample:
         before = time.time()
@@ -448,7 +461,7 @@ class Cluster:
             self.db, "SELECT id, job, status, coalesce(reason, ''), host, pid, started_at,"
             " coalesce(finished_at, 'NaN'::float8), coalesce(duration_ms, -1),"
             " replace(coalesce(error, ''), E'\\n', ' ')"
-            f" FROM schedsync.runs WHERE job IN ({names}) AND status <> 'skipped' ORDER BY id")
+            f" FROM schedsync.runs WHERE job IN ({names}) ORDER BY id")
         out = []
         for line in rows.splitlines():
             id_, job, status, reason, host, pid, started, finished, took, error = line.split("|", 9)
@@ -456,6 +469,18 @@ class Cluster:
                         "pid": int(pid), "started_at": float(started), "finished_at": float(finished),
                         "duration_ms": int(took), "error": error})
         return out
+
+    def launches(self) -> list[tuple[str, str, int, int | None]]:
+        """(job, host, pid, exit code or None) of every ``schedsync run`` the hosts started."""
+        path = self.dir / "events.log"
+        started, codes = [], {}
+        for line in (path.read_text() if path.exists() else "").splitlines():
+            parts = line.split()
+            if parts[0] == "launch":  # launch JOB PID HOST TIME
+                started.append((parts[1], parts[3], int(parts[2])))
+            elif parts[0] == "exit":  # exit JOB PID CODE HOST TIME
+                codes[(parts[1], parts[4], int(parts[2]))] = int(parts[3])
+        return [(job, host, pid, codes.get((job, host, pid))) for job, host, pid in started]
 
     def truth(self) -> dict:
         return parse_log(self.log.read_text() if self.log.exists() else "")
@@ -525,6 +550,7 @@ class Verdict:
     observer_live_crashed: list  # (sample, interval): status showed crashed, the job ran on after
     tracebacks: int
     lag: float  # the longest a finished run's finished_at trailed its job's end (recording late)
+    untraced: list  # (job, host, pid, exit code) of a `schedsync run` that left no record at all
 
     def problems(self) -> str:
         """Every violation, one line each, for an assertion's message."""
@@ -541,6 +567,7 @@ class Verdict:
         lines += [f"finished at {r.ended:.2f} but {rec(x)}: {run(r)}" for r, x in self.not_recorded]
         lines += [f"marked crashed while live: {run(r)}, {rec(x)}" for r, x in self.live_crashed]
         lines += [f"shown crashed at {s.after:.2f} while live: {run(r)}" for s, r in self.observer_live_crashed]
+        lines += [f"no record at all: `schedsync run {j}` (pid {p}) on {h}, exit {c}" for j, h, p, c in self.untraced]
         if self.tracebacks:
             lines.append(f"{self.tracebacks} tracebacks in the hosts' output")
         return "\n".join(lines)
@@ -557,14 +584,20 @@ class Verdict:
                 f"finished_at up to {self.lag:.1f}s after the end), "
                 f"{len(self.live_crashed)} live runs marked crashed, "
                 f"{len(self.observer_live_crashed)} shown crashed to the observer while live "
-                f"({len(cluster.samples)} samples), {self.tracebacks} tracebacks")
+                f"({len(cluster.samples)} samples), {self.tracebacks} tracebacks; "
+                f"{len(self.untraced)} of {len(cluster.launches())} `schedsync run`s left no record "
+                f"(exit codes {sorted(collections.Counter(u[3] for u in self.untraced).items(), key=str)})")
 
 
 def check(cluster: Cluster, slack: float = 5.0) -> Verdict:
     """``slack``: how long after its job's ``end`` a run's record may say it ended, besides
     the time the nemesis kept its schedsync stopped after that end (it notices only then)."""
     runs = cluster.truth()
-    records = cluster.records()
+    every = cluster.records()
+    records = [r for r in every if r["status"] != "skipped"]
+    traced = {(r["job"], r["host"], r["pid"]) for r in every}
+    untraced = [launch for launch in cluster.launches()
+                if launch[:3] not in traced and launch[1:3] not in cluster.killed]
     by_owner = {}
     for record in records:
         by_owner.setdefault((record["job"], record["host"], record["pid"]), []).append(record)
@@ -602,7 +635,7 @@ def check(cluster: Cluster, slack: float = 5.0) -> Verdict:
                      for h in HOSTS if (cluster.dir / f"{h}.out").exists())
     return Verdict(len(runs), sum(1 for r in runs.values() if r.ended is not None), overlaps(runs),
                    [r for r in records if r["status"] == "running"], not_recorded, live_crashed, observer,
-                   tracebacks, max(lags, default=0.0))
+                   tracebacks, max(lags, default=0.0), untraced)
 
 
 def available() -> str | None:

@@ -591,11 +591,13 @@ class Verdict:
 
 
 def check(cluster: Cluster, slack: float = 5.0, early: float = 2.0) -> Verdict:
-    """``slack``: how long after its job's ``end`` a run's ``finished_at`` may be, besides the
+    """``slack``: how long after its job's ``end`` a run's recorded end may be, besides the
     time the nemesis kept its schedsync stopped after that end (it notices only then).
-    ``early``: how long before: an end recorded late (after a lost connection) is the
-    server's start plus this host's monotonic duration, counted from the admission's answer,
-    which a loaded box delays."""
+    ``early``: how long before. The recorded end is ``finished_at`` or ``started_at`` plus
+    the duration, whichever is closer: ``finished_at`` is the server's clock when the finish
+    statement arrives (seconds late when it crossed a link cut), the other the server's start
+    plus this host's monotonic duration since the admission's answer (early by that answer's
+    delay); the summary reports how far ``finished_at`` trails."""
     runs = cluster.truth()
     every = cluster.records()
     records = [r for r in every if r["status"] != "skipped"]
@@ -615,9 +617,9 @@ def check(cluster: Cluster, slack: float = 5.0, early: float = 2.0) -> Verdict:
         record = record_of(run)
         if run.ended is None or (run.host, run.pid) in cluster.killed:
             pass
-        elif (record is None or record["status"] != "success"
-              or not run.ended - early <= record["finished_at"]
-              <= run.ended + slack + cluster.paused_after(run.host, run.pid, run.ended)):
+        elif record is None or record["status"] != "success" or not any(
+                run.ended - early <= end <= run.ended + slack + cluster.paused_after(run.host, run.pid, run.ended)
+                for end in (record["finished_at"], record["started_at"] + record["duration_ms"] / 1000)):
             not_recorded.append((run, record))
         else:
             lags.append(record["finished_at"] - run.ended)

@@ -128,7 +128,7 @@ def test_a_paused_schedsync_s_job_is_stopped_by_its_keeper_before_the_lease_can_
         # stopped - 1 + LEASE; the keeper stops the job LEASE - MARGIN after its last
         # renewal, and SIGKILLs it a second later at the latest.
         assert last < stopped - 1 + LEASE - 1, (last - stopped)
-        assert last > stopped + 1  # it was not stopped by the pause itself
+        assert last > stopped  # it was not stopped by the pause itself
         # Once the lease has lapsed, another run takes the job.
         project.write(f"""
             jobs:
@@ -139,7 +139,7 @@ def test_a_paused_schedsync_s_job_is_stopped_by_its_keeper_before_the_lease_can_
         while (other := project.cli("run", "ticking")).returncode == 75 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert other.returncode == 0, other.stderr
-        assert time.time() > stopped - 1 + LEASE - 0.5  # not before the lease could lapse
+        assert _lines(log)[-1] == "other" and float(_lines(log)[-2]) == last  # one after the other
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 1
@@ -304,7 +304,7 @@ def test_a_host_s_clock_off_by_minutes_times_out_no_job_early_or_late(project, p
     slow = project.cli("run", "slow", env=skewed)
     took = time.monotonic() - started
     assert slow.returncode == 1, slow.stderr
-    assert 1.9 < took < 2 + 5 + 5, took  # killed at its own 2 s, not at once nor after 11 s
+    assert 1.9 < took < 9, took  # killed at its own 2 s: not at once, nor when it ends (11 s)
     assert _lines(log)[:3] == ["quick", "start", "one"] and "late" not in _lines(log)
     [run] = [r for r in project.history("slow")]
     assert run["status"] == "timeout" and 1900 <= run["duration_ms"] < 12000, run
@@ -350,7 +350,7 @@ def test_a_loser_while_the_winner_runs_is_already_ran_naming_the_winner(project,
             command: ["sh", "-c", "echo start >> {log}; sleep 6"]
     """)
     project.env["SCHEDSYNC_STATE"] = pg_url
-    while time.time() % 60 > 45:  # both runs within one minute's slot
+    while time.time() % 60 > 40:  # both runs within one minute's slot
         time.sleep(0.5)
     winner = project.start("run", "minute")
     try:
@@ -364,3 +364,39 @@ def test_a_loser_while_the_winner_runs_is_already_ran_naming_the_winner(project,
     assert [(r["status"], r["reason"]) for r in runs] == [("skipped", "already_ran"), ("success", None)]
     assert f"on {os.uname().nodename} (run {runs[1]['id']})" in runs[0]["error"]
     assert _lines(log) == ["start"]
+
+
+# --- a python job stops once its lease is lost ----------------------------------------------
+
+def test_a_python_job_stops_within_a_second_once_its_lease_is_taken(project, pg_server, pg_url):
+    log = project.path / "job.log"
+    (project.path / "looper.py").write_text(f"""
+import time
+
+def run(ctx):
+    while True:
+        with open({str(log)!r}, "a") as f:
+            f.write(f"{{time.time()}}\\n")
+        time.sleep(0.1)
+""")
+    project.write("""
+        jobs:
+          looping:
+            python: "looper:run"
+            timeout: 5m
+    """)
+    project.env["SCHEDSYNC_STATE"] = pg_url
+    proc = project.start("run", "looping")
+    try:
+        _wait_for(lambda: len(_lines(log)) >= 3, 30, "the job to start")
+        db = pg_url.split("/")[3].split("?")[0]
+        # as if it had lapsed and another holder took it: the next renewal finds it gone
+        pg_server.psql(db, "UPDATE schedsync.leases SET token = 1 WHERE name = 'looping'")
+        taken = time.time()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _kill(proc)
+    assert proc.returncode == 1, err
+    assert float(_lines(log)[-1]) < taken + 5  # a renewal (1 s), then the check (0.5 s), and slack
+    [run] = project.history("looping")
+    assert run["status"] == "failed" and "fenced" in run["error"], run

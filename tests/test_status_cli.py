@@ -127,7 +127,8 @@ def test_json_has_the_documented_shape(project):
     project.cli("run", "fine")
     project.cli("run", "broken")
     data = project.status()
-    assert set(data) == {"generated_at", "jobs", "budgets"}
+    assert set(data) == {"generated_at", "jobs", "budgets", "clock_skew"}  # clock_skew: issue 21
+    assert data["clock_skew"] == []  # SQLite: one host, no skew to name
     assert ISO.match(data["generated_at"])
     assert [j["name"] for j in data["jobs"]] == ["fine", "broken", "by-hand"]  # registry order
     for job in data["jobs"]:

@@ -35,7 +35,7 @@ def snapshot(config: Config, store, now: float | None = None, only: str | None =
     config = _with_adhoc(config, store)
     if only:
         config.job(only)  # an unknown name is a usage error before anything is read
-    now = store.now() if now is None else now
+    given, now = now, store.now() if now is None else now
     crashed = reap(config, store, [only] if only else None)
     names = [only] if only else list(config.jobs)
     recorded = store.writable
@@ -48,7 +48,7 @@ def snapshot(config: Config, store, now: float | None = None, only: str | None =
             recorded = False  # a state that cannot be written can still be shown
     job_views = views(config, store, now, names, crashed=[] if store.writable else crashed,
                       seen=not recorded)
-    levels = store.budget_levels(config.budgets, now)
+    levels = store.budget_levels(config.budgets, given)  # None: the store's clock, in its read
     # Down, never up: 23.7 tokens are 23 whole requests, and "24/30" would promise one more.
     budget_rows = [{"name": n, "tokens": math.floor(levels[n] * 1000) / 1000, "capacity": c,
                     "per_seconds": p} for n, (c, p) in config.budgets.items()]

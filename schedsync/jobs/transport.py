@@ -185,17 +185,17 @@ class Requester:
                 request = self._redirect(request, response)
             code = response.status_code
             if code == 429 or code >= 500:
-                now = time.time()
-                seconds = retry_after(response.headers.get("Retry-After"), now)
-                if code == 429 and seconds is not None:
+                seconds = retry_after(response.headers.get("Retry-After"), time.time())  # a date: ours
+                # the pause on the store's clock (PostgreSQL: the server's), which budgets go by
+                until = self.ctx.store.now() + seconds if code == 429 and seconds is not None else None
+                if until is not None:
                     with self._lock:
                         self._check_open()
-                        self._reopen_at = now + seconds
+                        self._reopen_at = until
                         self._state(self.ctx.block_budgets, self._reopen_at)
                 self.log(f"{response_line(response, secrets)} → HTTP {code}"
                          + (f", Retry-After {seconds:g}s" if seconds is not None else ""))
-                raise Transient(status_error(response, secrets), seconds, response=response,
-                                until=now + seconds if code == 429 and seconds is not None else None)
+                raise Transient(status_error(response, secrets), seconds, response=response, until=until)
             return response
 
         def attempt() -> httpx.Response:

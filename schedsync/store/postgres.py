@@ -561,8 +561,11 @@ class PostgresStore(Store):
         settings = settings_of(breaker.settings if breaker else {})
         why = f"run {run.id} of {run.job}: crashed ({error})"
         [(done, _old, _new)] = self._q(
-            "SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s)",
-            (run.id, now, error, breaker.name if breaker else None,
+            # a crashed run's own lapsed lease (overlap: allow) goes with it; a job's stays
+            # until the job's next run takes it over
+            "DELETE FROM schedsync.leases WHERE name = 'run:' || %s AND expires_at < schedsync.now();"
+            " SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s)",
+            (run.id, run.id, now, error, breaker.name if breaker else None,
              int(settings["failures"]), float(settings["reset_after"]),
              bool(evidence), why[:300]))
         return bool(done)
@@ -649,11 +652,11 @@ class PostgresStore(Store):
         from schedsync.core.budgets import refill
         from schedsync.core.models import Bucket
 
-        now = self._now(now)
-        stored = {n: (t, u, b) for n, t, u, b in self._q(
-            "SELECT name, tokens, updated, blocked_until FROM schedsync.buckets"
-            " WHERE name = ANY (%s::text[])",
-            (list(rates),))}
+        rows = self._q(  # the server's clock, read in the statement, unless a time is given
+            "SELECT name, tokens, updated, blocked_until, coalesce(%s, schedsync.now())"
+            " FROM schedsync.buckets WHERE name = ANY (%s::text[])", (now, list(rates)))
+        stored = {n: (t, u, b) for n, t, u, b, _ in rows}
+        now = rows[0][4] if rows else self._now(now)
         out = {}
         for name, (capacity, per) in rates.items():
             if name not in stored:
@@ -878,8 +881,8 @@ class Leases(Locks):
         self.valid_until = 0.0  # monotonic: the job must be stopped by then
         self.lost = False
         self._pipes: list[int] = []  # write ends of keepers' lease pipes
-        self._thread = None
-        self._stopped = None
+        self._thread: threading.Thread | None = None
+        self._stopped: threading.Event | None = None
 
     def lock(self, job: str) -> Lease:
         return Lease(self, job)
@@ -906,8 +909,8 @@ class Leases(Locks):
         self.names.discard(name)
         try:
             self.store._fetch("DELETE FROM schedsync.leases WHERE name = %s AND token = %s",
-                              (name, self.token))
-        except psycopg2.Error:
+                              (name, self.token), retry=True)
+        except (psycopg2.Error, StateError):
             pass  # it lapses by itself
 
     def forget(self, name: str) -> None:
@@ -938,8 +941,8 @@ class Leases(Locks):
         if self.store._mutex is None:
             self.store._mutex = threading.Lock()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="schedsync-leases", daemon=True)
-        self._thread.start()
+        thread = self._thread = threading.Thread(target=self._loop, name="schedsync-leases", daemon=True)
+        thread.start()
 
     def _loop(self) -> None:
         assert self._stopped is not None
@@ -948,12 +951,12 @@ class Leases(Locks):
                 self.renew()
 
     def renew(self) -> None:
-        sent = time.monotonic()
+        sent, expected = time.monotonic(), set(self.names)
         try:
             got = {n for (n,) in self.store._fetch(RENEW, (LEASE, self.token), retry=True)}
         except Exception:  # unreachable for now: held() turns False when it lasts
             return
-        if self.names - got:
+        if (expected & self.names) - got:  # held before we asked and still meant to be
             self.lost = True  # lapsed and taken (or removed): never ours again
             return
         self.valid_until = max(self.valid_until, sent + LEASE - MARGIN)
@@ -970,8 +973,8 @@ class Leases(Locks):
         if self.names:
             self.names.clear()
             try:
-                self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,))
-            except psycopg2.Error:
+                self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,), retry=True)
+            except (psycopg2.Error, StateError):
                 pass
 
 

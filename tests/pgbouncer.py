@@ -33,8 +33,12 @@ def _free_port() -> int:
 
 
 class PgBouncer:
-    def __init__(self, server: PgServer, pool_size: int = 20, max_clients: int = 2000):
+    def __init__(self, server: PgServer, pool_size: int = 20, max_clients: int = 2000,
+                 ignore_options: bool = True):
+        """``ignore_options=False``: PgBouncer's default, which refuses a client's startup
+        ``options`` (schedsync then connects without them)."""
         self.server = server
+        self.ignore = "options, extra_float_digits" if ignore_options else "extra_float_digits"
         self.pool_size, self.max_clients = pool_size, max_clients
         self.dir = tempfile.mkdtemp(prefix="schedsync-pgbouncer-")
         self.port = 0
@@ -59,7 +63,7 @@ class PgBouncer:
                         f"auth_type = trust\nauth_file = {self.dir}/userlist.txt\n"
                         f"pool_mode = transaction\ndefault_pool_size = {self.pool_size}\n"
                         f"max_client_conn = {self.max_clients}\n"
-                        "ignore_startup_parameters = options, extra_float_digits\n"
+                        f"ignore_startup_parameters = {self.ignore}\n"
                         f"logfile = {self.dir}/log\npidfile = {self.dir}/pid\n"
                         "server_login_retry = 1\nlog_connections = 0\nlog_disconnections = 0\n")
             if owner:

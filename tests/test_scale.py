@@ -18,9 +18,11 @@ import pytest
 from pgserver import PgServer
 
 # 150 processes: half again the server's 100 connections. 300 (the issue's figure) do
-# not all start within a job's 20 s on a loaded 2-core box (measured: ~0.25 CPU-s each,
-# start-up, driver import and connection), which would test the box, not schedsync.
-JOBS, SLEEP = 150, 25
+# not all start within a job's 20 s on a loaded 2-core box (~0.25 CPU-s each: start-up,
+# driver import, connection; measured starts spread over 30-40 s at load 100), which
+# would test the box, not schedsync: so each job runs 20 s and then on until the log
+# shows every job started (the truth: all running at once), for at most 2 minutes more.
+JOBS, SLEEP = 150, 20
 
 
 @pytest.fixture(params=["direct", "pgbouncer"])
@@ -45,15 +47,16 @@ def crowd(request, project):
 def test_more_jobs_at_once_than_server_connections_all_run_and_none_is_lost(project, crowd):
     server, db, url = crowd
     log = project.path / "truth.log"
-    lines = ["jobs:"]
-    for i in range(JOBS):
-        lines.append(f"  j{i:03d}:\n    command: [\"sh\", \"-c\", \"echo start {i} $(date +%s.%N) >> {log};"
-                     f" sleep {SLEEP}; echo end {i} $(date +%s.%N) >> {log}\"]\n    timeout: 5m")
+    lines = ["jobs:", "  init:\n    command: ['true']"]
+    for i in range(JOBS):  # each runs SLEEP s, then on until every job has started (at most 2 min more)
+        script = (f'echo start {i} $(date +%s.%N) >> {log}; sleep {SLEEP}; n=0;'
+                  f' while [ "$(grep -c ^start {log})" -lt {JOBS} ] && [ $n -lt 120 ];'
+                  f' do sleep 1; n=$((n+1)); done; echo end {i} $(date +%s.%N) >> {log}')
+        lines.append(f"  j{i:03d}:\n    command: ['sh', '-c', '{script}']\n    timeout: 5m")
     project.config.write_text("\n".join(lines) + "\n")
     env = {"SCHEDSYNC_STATE": url, "SCHEDSYNC_SPOOL": str(project.path / "spool")}
-    init = project.cli("run", "j000", env={**env, "SCHEDSYNC_STATE": server.url(db)}, timeout=120)
+    init = project.cli("run", "init", env={**env, "SCHEDSYNC_STATE": server.url(db)}, timeout=120)
     assert init.returncode == 0, init.stderr  # the schema exists before the crowd arrives
-    log.unlink()
 
     peak = [0]
     stop = threading.Event()
@@ -89,11 +92,13 @@ def test_more_jobs_at_once_than_server_connections_all_run_and_none_is_lost(proj
         what, i, at = line.split()
         (starts if what == "start" else ends)[int(i)] = float(at)
     assert len(starts) == len(ends) == JOBS  # none lost
-    assert max(starts.values()) < min(ends.values()), "not all running at once"
+    spread = max(starts.values()) - min(starts.values())
+    assert max(starts.values()) < min(ends.values()), f"not all running at once: starts spread over {spread:.1f}s"
     counts = server.psql(db, "SELECT status, count(*) FROM schedsync.runs GROUP BY status").split()
     assert counts == [f"success|{JOBS + 1}"]
     assert peak[0] < 100, peak[0]
-    print(f"\n{JOBS} jobs at once via {url.split('@')[1].split('/')[0] or 'socket'}: peak {peak[0]} server connections")
+    print(f"\n{JOBS} jobs at once via {url.split('@')[1].split('/')[0] or 'socket'}: starts spread over"
+          f" {spread:.1f}s, peak {peak[0]} server connections")
 
 
 def test_scale_helpers_clean_up(tmp_path):
@@ -110,3 +115,27 @@ def test_scale_helpers_clean_up(tmp_path):
         assert not os.path.exists(folder)
     finally:
         server.stop()
+
+
+def test_a_running_job_holds_no_server_connection_between_renewals(project, pg_server, pg_url):
+    project.write("jobs:\n  long:\n    command: ['sleep', '30']\n    timeout: 5m\n")
+    project.env["SCHEDSYNC_STATE"] = pg_url
+    db = pg_url.split("/")[3].split("?")[0]
+    proc = project.start("run", "long")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = project.history("long")
+            if runs and runs[0]["status"] == "running":
+                break
+            time.sleep(0.2)
+        held = []
+        for _ in range(20):  # its lease is renewed every second, each time on a connection of its own
+            held.append(int(pg_server.psql(db, "SELECT count(*) FROM pg_stat_activity"
+                                               " WHERE application_name = 'schedsync'")))
+            time.sleep(0.1)
+        assert min(held) == 0, held  # not pinned (before: 1 all along)
+        assert project.history("long")[0]["status"] == "running"  # and its lease holds
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)

@@ -88,6 +88,8 @@ CROWDED_FOR = 15.0
 # Seconds a run's end is retried on a lost connection (a restart, a failover) before it
 # goes to this host's spool; $SCHEDSYNC_FINISH_RETRY overrides.
 FINISH_FOR = 60.0
+LEAN_AFTER = 1.5  # seconds into a run before it gives its connection back (``lean``)
+LEAN_PATIENCE = 2.0  # seconds a statement of a running job (a renewal) retries for a connection
 READ_WAIT = 1.0  # seconds a read command waits on another session's lock
 
 SPEND = "SELECT schedsync.spend(%s::text[], %s::float8[], %s::float8[], %s, %s)"
@@ -149,6 +151,11 @@ class PostgresStore(Store):
         self._lost_at: float | None = None  # when the connection was lost (monotonic), until back
         self._create = write if create is None else create
         self._local = LOCAL
+        self._lean = False  # no connection held between statements (``lean``)
+        self._lean_from = 0.0  # monotonic: when lean starts letting go
+        self._no_options = False  # the server (a pooler) refused the startup options
+        self._released = False  # the connection was given back (``lean``); the next statement reconnects
+        self._dropped = False  # the last statement's error was a lost connection
         self.db = self._connect()
         self.locks = Leases(self)
         self.liveness = LeaseLiveness(self)
@@ -167,7 +174,9 @@ class PostgresStore(Store):
 
     # --- connection ---------------------------------------------------------------------
 
-    def _connect(self):
+    def _connect(self, patience: float | None = None):
+        """A new connection; "too many clients" and connect timeouts are retried for
+        ``patience`` seconds (default ``$SCHEDSYNC_CONNECT_RETRY`` or ``CROWDED_FOR``)."""
         try:
             params = psycopg2.extensions.parse_dsn(self.url)
         except psycopg2.Error as exc:
@@ -178,7 +187,9 @@ class PostgresStore(Store):
         params = {**KEEPALIVE, "connect_timeout": str(CONNECT_TIMEOUT),
                   "application_name": "schedsync", **params}
         params["options"] = (SERVER_OPTIONS + " " + params.get("options", "")).strip()
-        patience = _patience()
+        if self._no_options:  # a pooler that refuses them: known since this process's first connect
+            del params["options"]
+        patience = _patience() if patience is None else patience
         began = time.monotonic()
         until, nap = began + patience, 0.05
         while True:
@@ -192,6 +203,7 @@ class PostgresStore(Store):
                     # PgBouncer without ignore_startup_parameters = options: the settings
                     # those options carry are made per transaction (LOCAL) anyway.
                     del params["options"]
+                    self._no_options = True
                     continue
                 refusal = _refusal(text)
                 if refusal in ("crowded", "timeout") and time.monotonic() < until:
@@ -331,6 +343,10 @@ class PostgresStore(Store):
         if mutex:
             mutex.acquire()
         try:
+            if self._released:  # let go while the job ran: one for this statement
+                # a renewal must not wait past its lease: crowded or slow, it tries again next time
+                self.db = self._connect(patience=LEAN_PATIENCE if self._lean else None)
+                self._released = False
             if retry and self.db.closed:
                 self._reconnect()
             try:
@@ -340,9 +356,30 @@ class PostgresStore(Store):
                     raise
             self._reconnect()
             return self._execute(sql, args)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            self._dropped = bool(self.db.closed)  # the connection died (not just the statement)
+            raise
         finally:
+            if self._lean and time.monotonic() >= self._lean_from:
+                self._let_go()
             if mutex:
                 mutex.release()
+
+    def _let_go(self) -> None:
+        try:
+            self.db.close()
+        except psycopg2.Error:
+            pass
+        self._released = True  # closed on purpose: the next statement connects again
+
+    def lean(self, on: bool = True) -> None:
+        """``on``: from ``LEAN_AFTER`` seconds on, hold no connection between statements (a
+        running job: its lease renewals take one briefly each; through PgBouncer that is
+        cheap), so running jobs do not each pin a server connection. A job that ends sooner
+        (most cron ticks) keeps its one connection: no second connect for its end.
+        Off: keep one again (after the run's end)."""
+        self._lean = on
+        self._lean_from = time.monotonic() + LEAN_AFTER
 
     def _execute(self, sql: str, args) -> list:
         with self.db.cursor() as cur:
@@ -381,7 +418,7 @@ class PostgresStore(Store):
             try:
                 return self._fetch(sql, args, retry=True)
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                if not self.db.closed:
+                if not self._dropped:
                     raise  # the statement failed, not the connection
             except StateError:
                 pass  # _reconnect found no server yet
@@ -424,6 +461,7 @@ class PostgresStore(Store):
             if lease_name != held:
                 self.locks.holding(lease_name, sent)
             run = Run(run_id, job, "running", trigger, started_at, host, pid, pid_start=token)
+            self.lean()  # the job runs now: its connection goes back (to PgBouncer, or the server)
             return Admitted(run, trial=bool(trial))
         if reason == "rate_limited" and retry_at is not None and retry_at != float("inf"):
             retry_at = never_short(retry_at)
@@ -472,12 +510,17 @@ class PostgresStore(Store):
         spool (``store.spool``) and the next schedsync here records it, never ``crashed``."""
         self.locks.forget(f"run:{run.id}")  # finish drops it: the renewer must not miss it
         try:
+            lost, rows = False, None
             try:  # ``now`` None: the end is judged on the server's clock, in the statement
                 rows = self._fetch(*self._finish_sql(run, breaker, evidence, trial, lease, retention, now))
-                ended = None
+                ended: float | None = None
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                if not self.db.closed:
+                if not self._dropped:
                     raise
+                lost = True
+            except StateUnreachable:  # no connection to be had (lean: the job ran without one)
+                lost = True
+            if lost:
                 # Sent again later: the end as it was (the server's start plus this host's
                 # monotonic duration), not the instant the database came back.
                 ended = now if now is not None else (
@@ -489,12 +532,13 @@ class PostgresStore(Store):
             from schedsync.store.spool import write_finish
 
             path = write_finish(self.label, run, breaker, evidence, trial, lease, retention,
-                                host=HOST, at=ended)
+                                host=HOST, at=ended if ended is not None else self.now())
             kept = (f"the run's end ({run.status}) is kept in {path} and recorded by the next"
                     " schedsync on this host" if path else "the run's end could not be kept (spool full)")
             raise StateUnreachable(f"state database {self.label} was lost at the end of run {run.id} of"
                                    f" {run.job}; {kept}", "check that PostgreSQL is up and reachable",
                                    why="lost")
+        self.lean(False)  # the run is recorded: the hooks and the close reuse one connection
         return self._transition(rows, breaker)
 
     def finish_spooled(self, entry: dict) -> int:
@@ -910,7 +954,7 @@ class Leases(Locks):
         try:
             self.store._fetch("DELETE FROM schedsync.leases WHERE name = %s AND token = %s",
                               (name, self.token), retry=True)
-        except (psycopg2.Error, StateError):
+        except (psycopg2.Error, StateError):  # StateError: no connection to be had (lean)
             pass  # it lapses by itself
 
     def forget(self, name: str) -> None:
@@ -974,7 +1018,7 @@ class Leases(Locks):
             self.names.clear()
             try:
                 self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,), retry=True)
-            except (psycopg2.Error, StateError):
+            except (psycopg2.Error, StateError):  # they lapse by themselves
                 pass
 
 

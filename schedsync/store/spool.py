@@ -113,11 +113,14 @@ def _read(path: str) -> dict | None:
         entry = json.loads(data) if len(data) <= MAX_BYTES else None
     except ValueError:
         entry = None
-    common = {"state": str, "job": str, "host": str, "pid": int, "at": (int, float)}
-    kinds = {"not_started": {"trigger": str, "why": str, "error": str},
-             "finish": {"run": dict, "breaker": str, "settings": dict, "evidence": bool, "trial": bool,
-                        "lease": (int, float), "retention": dict}}
-    fields = kinds.get(entry.get("kind")) if isinstance(entry, dict) and entry.get("v") == VERSION else None
+    if not isinstance(entry, dict):
+        _remove(path)
+        return None
+    common: dict = {"state": str, "job": str, "host": str, "pid": int, "at": (int, float)}
+    kinds: dict = {"not_started": {"trigger": str, "why": str, "error": str},
+                   "finish": {"run": dict, "breaker": str, "settings": dict, "evidence": bool, "trial": bool,
+                              "lease": (int, float), "retention": dict}}
+    fields = kinds.get(str(entry.get("kind"))) if entry.get("v") == VERSION else None
     if fields is None or not all(isinstance(entry.get(k), t) for k, t in {**common, **fields}.items()) \
             or not (entry.get("slot") is None or isinstance(entry["slot"], (int, float))) \
             or (entry["kind"] == "finish" and (set(entry["run"]) != set(RUN_KEYS)

@@ -124,6 +124,7 @@ def test_a_paused_schedsync_s_job_is_stopped_by_its_keeper_before_the_lease_can_
 
         _wait_for(quiet, LEASE + 30, "the job to stop")
         last = float(_lines(log)[-1])
+        print(f"job's last line {last - stopped:.2f}s after the pause")
         # Renewed at most a second before the pause: the lease lapses no sooner than
         # stopped - 1 + LEASE; the keeper stops the job LEASE - MARGIN after its last
         # renewal, and SIGKILLs it a second later at the latest.
@@ -366,9 +367,10 @@ def test_a_loser_while_the_winner_runs_is_already_ran_naming_the_winner(project,
     assert _lines(log) == ["start"]
 
 
-# --- a python job stops once its lease is lost ----------------------------------------------
+# --- a job stops once its lease is lost ------------------------------------------------------
 
-def test_a_python_job_stops_within_a_second_once_its_lease_is_taken(project, pg_server, pg_url):
+@pytest.mark.parametrize("kind", ["python", "command"])
+def test_a_job_stops_within_seconds_once_its_lease_is_taken(project, pg_server, pg_url, kind):
     log = project.path / "job.log"
     (project.path / "looper.py").write_text(f"""
 import time
@@ -379,10 +381,12 @@ def run(ctx):
             f.write(f"{{time.time()}}\\n")
         time.sleep(0.1)
 """)
-    project.write("""
+    loop = f'["sh", "-c", "while true; do date +%s.%N >> {log}; sleep 0.1; done"]'
+    body = 'python: "looper:run"' if kind == "python" else f"command: {loop}"
+    project.write(f"""
         jobs:
           looping:
-            python: "looper:run"
+            {body}
             timeout: 5m
     """)
     project.env["SCHEDSYNC_STATE"] = pg_url

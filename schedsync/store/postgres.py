@@ -58,11 +58,9 @@ finally:
 
 HOST = os.uname().nodename
 
-# How long a vanished host can keep a lock: the server probes an idle connection
-# after 5 s, every 1 s, 3 times (and gives up on unacknowledged data after 8 s),
-# so a cut host's session ends ~8 s after its last word. The holder heartbeats
-# every second and fences (stops its job) after 3 s without an answer, plus a
-# short SIGTERM grace, before that.
+# Dead connections are noticed: the server probes an idle connection after 5 s, every
+# 1 s, 3 times (and gives up on unacknowledged data after 8 s), and so do we. Nothing
+# is held by a session any more (leases are rows, below); this only frees slots.
 KEEPALIVE = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "1",
              "keepalives_count": "3", "tcp_user_timeout": "8000"}
 # search_path: this connection names schedsync's objects in full, and no schema another
@@ -874,8 +872,10 @@ ACQUIRE = ("INSERT INTO schedsync.leases AS l (name, token, host, pid, expires_a
            " ON CONFLICT (name) DO UPDATE SET token = excluded.token, host = excluded.host,"
            " pid = excluded.pid, run_id = NULL, expires_at = excluded.expires_at"
            " WHERE l.expires_at < schedsync.now() RETURNING l.name")
+# Only a lease that has not lapsed is renewed: once expired it may be taken, and its
+# run judged gone (crashed), so a holder that finds one lapsed has lost it.
 RENEW = ("UPDATE schedsync.leases SET expires_at = schedsync.now() + %s"
-         " WHERE token = %s RETURNING name")
+         " WHERE token = %s AND expires_at >= schedsync.now() RETURNING name")
 
 
 class Lease(Lock):

@@ -19,14 +19,13 @@ import time
 
 import pytest
 
-from faults import Cluster, available, check
-
-pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+from faults import Cluster, available, check, overlaps, parse_log
 
 CHAOS = float(os.environ.get("SCHEDSYNC_FAULTS_SECONDS") or 120)  # then a calm spell: every host runs again
 CALM = 12.0
 
 
+@pytest.mark.skipif(available() is not None, reason=str(available()))
 def test_three_hosts_under_kills_pauses_cuts_and_server_restarts_never_run_a_job_twice(project):
     seed = int(os.environ.get("SCHEDSYNC_FAULTS_SEED") or time.time_ns() % 1_000_000)
     cluster = Cluster(project, {"alpha": 2.0, "beta": 3.0, "gamma": 20.0}, seed)
@@ -50,3 +49,26 @@ def test_three_hosts_under_kills_pauses_cuts_and_server_restarts_never_run_a_job
     assert cluster.counts["restarts"] >= 3 and cluster.counts["kills"] >= 3
     problems = verdict.problems()
     assert not problems, "\n" + problems
+
+
+def test_the_checker_reads_the_jobs_log_as_the_truth():
+    """What the checker makes of a log: a killed run counts until its last line, runs of
+    one job that intersect are an overlap (by how much), other jobs' runs never are."""
+    log = """start a h1 10 1.0 100.0
+tick a h1 10 1.1 100.1
+start b h2 11 1.2 100.2
+start a h2 12 1.3 100.35
+tick a h1 10 1.5 100.5
+term a h1 10 1.6 100.6
+end b h2 11 1.7 100.7
+end a h2 12 2.0 101.0
+start a h3 13 2.1 101.0
+tick a h3 13 2.2 101.1
+"""
+    runs = parse_log(log)
+    first = runs[("a", "h1", 10)]
+    assert (first.start, first.last, first.ended, first.termed) == (100.0, 100.6, None, True)
+    assert runs[("b", "h2", 11)].ended == 100.7
+    assert runs[("a", "h3", 13)].last == 101.1  # no end: killed, or still going
+    found = overlaps(runs)
+    assert [(a.host, b.host, round(d, 2)) for a, b, d in found] == [("h1", "h2", 0.25)]

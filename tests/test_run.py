@@ -400,3 +400,27 @@ def test_a_secret_split_across_reads_of_an_endless_line_is_still_redacted(projec
     assert proc.wait(20) == 1
     text = seen.decode(errors="replace").replace("\r", "").replace("\n", "")
     assert "***" in text and secret[:6] not in text.replace("x" * 8190, "")
+
+
+def test_a_job_that_ended_while_schedsync_was_stopped_keeps_its_result(tmp_path):
+    """A schedsync stopped (SIGSTOP) while its job ran to its end, resumed past the run's
+    deadline or with its lease unconfirmed: the job's exit is its result, not a timeout or a
+    fence noticed afterwards. (Found by tests/test_cluster_faults.py: a job that wrote its
+    last line at 954.48 was recorded "fenced" at 965.38.) The real keeper and job, seen by
+    the loop that watches them as a resumed schedsync's would."""
+    from schedsync.jobs.command import Output, _pump, _spawn
+
+    keeper, failure = _spawn(["true"], str(tmp_path), dict(os.environ), (), time.monotonic() + 60)
+    assert failure is None
+    try:
+        end = time.monotonic() + 30
+        while os.waitid(os.P_PID, keeper.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            assert time.monotonic() < end, "the keeper of `true` did not end"
+            time.sleep(0.01)
+        output = Output(lambda text: text)
+        assert _pump(keeper, keeper.stdout, output, time.monotonic() - 1) is True  # past the deadline
+        assert _pump(keeper, keeper.stdout, output, time.monotonic() + 60, held=lambda: False) is True
+    finally:
+        code = keeper.wait()
+        os.close(keeper.stdout)
+    assert code == 0

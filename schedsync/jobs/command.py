@@ -378,6 +378,11 @@ def _pump(proc, fd: int, output: Output, deadline: float, held=None) -> bool | N
     open_pipe, nap = True, 0.001
     try:
         while True:
+            # WNOWAIT: see the exit without reaping, so the group id cannot be reused yet.
+            # First: a job that has ended is over, even if we see it late (we were stopped,
+            # say): its exit is its result, not a timeout or a fence noticed afterwards.
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -396,10 +401,6 @@ def _pump(proc, fd: int, output: Output, deadline: float, held=None) -> bool | N
             else:
                 time.sleep(min(left, nap))  # the exit follows the pipe's EOF within microseconds
                 nap = min(nap * 2, 0.05)
-            # WNOWAIT: see the exit without reaping, so the group id cannot be reused yet.
-            exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            if exited is not None:
-                return True
     finally:
         if pidfd is not None:
             os.close(pidfd)

@@ -1100,7 +1100,7 @@ class Leases(Locks):
         try:
             self.store._fetch("DELETE FROM schedsync.leases WHERE name = %s AND token = %s",
                               (name, self.token), retry=True)
-        except (psycopg2.Error, StateError):
+        except (psycopg2.Error, StateError):  # StateError: no connection to be had (lean)
             pass  # it lapses by itself
 
     def forget(self, name: str) -> None:
@@ -1164,7 +1164,7 @@ class Leases(Locks):
             self.names.clear()
             try:
                 self.store._fetch("DELETE FROM schedsync.leases WHERE token = %s", (self.token,), retry=True)
-            except (psycopg2.Error, StateError):
+            except (psycopg2.Error, StateError):  # they lapse by themselves
                 pass
 
 

@@ -336,10 +336,12 @@ def test_finish_run_queues_the_retry_with_the_end_once_on_both_backends(store):
     assert (retry.slot, retry.state, retry.due_at, retry.retry_of, retry.retry_number) == (
         T0 - 5, "queued", T0 + 1802, run.id, 1)
     assert store.runs("a")[0].retry_at == T0 + 1802
-    # the same retry again (a finish replayed) adds nothing; a superseded one is recorded skipped
+    # the same finish again (replayed) adds nothing; a superseded retry is recorded skipped
     store.finish_run(run, test_store.API, True, False, 60.0, test_store.KEEP_ALL, now=T0 + 2, later=later)
+    second = store.admit_run("a", "retry", test_store.API, 60.0, [], {}, 0, now=T0 + 3).run
+    second.status, second.finished_at, second.duration_ms = FAILED, T0 + 4, 1000
     dropped = {**later, "retry_number": 2, "state": "skipped", "reason": "superseded"}
-    store.finish_run(run, test_store.API, True, False, 60.0, test_store.KEEP_ALL, now=T0 + 2, later=dropped)
+    store.finish_run(second, test_store.API, True, False, 60.0, test_store.KEEP_ALL, now=T0 + 4, later=dropped)
     assert sorted((s.retry_number, s.state, s.reason) for s in store.slots("a") if s.kind == "retry") == [
         (1, "queued", None), (2, "skipped", "superseded")]
     [claimed] = store.claim_due(["a"], 10, "h:1", now=T0 + 1802)

@@ -219,6 +219,9 @@ def test_a_failing_daily_job_retries_at_30_60_and_90_minutes_then_stops(project,
     table = cli_at(project, "2026-12-04 08:05", "history", "scrape").stdout  # the chain, as a person reads it
     assert [f"retry {n} of run {first['id']}" in table for n in (1, 2, 3)] == [True] * 3
     assert table.count("(retry later at 2026-12-04 0") == 3, table
+    metrics = cli_at(project, "2026-12-04 08:05", "metrics").stdout  # retries later count as retries
+    inside = sum(max((r["attempts"] or 0) - 1, 0) for r in runs)
+    assert f'schedsync_retries_total{{job="scrape"}} {inside + 3}' in metrics, metrics
 
 
 def test_a_retry_that_succeeds_ends_the_chain(project, httpserver):

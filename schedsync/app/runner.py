@@ -155,7 +155,7 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
             _record_refusal(store, job, trigger, str(exc))
             raise
         if not locked:
-            winner = store.slot_winner(job.name, slot) if slot is not None and item is None else None
+            winner = _slot_winner(store, job.name, slot) if slot is not None and item is None else None
             if winner is not None:  # this slot's run is under way elsewhere: not ours to run
                 if job.run_by == "tick":  # as in _admitted: a slot the tick drives, taken, is quiet
                     run = never_started(store, job.name, trigger, SKIPPED, ALREADY_RAN, None, None)
@@ -283,6 +283,21 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
     if transition and transition[1] == "open":
         result.messages.append(opened_message(transition[2], timezone, now))
     return result
+
+
+WINNER_WAIT = 2.0  # seconds a lock loser asks again who has its slot (see _slot_winner)
+
+
+def _slot_winner(store, job: str, slot: float):
+    """(host, run id) of the run that has ``slot``, else None. The holder takes the job's
+    lock a moment before its admission claims the slot, so a loser arriving in between
+    asks again for up to WINNER_WAIT seconds before it calls the lock merely held."""
+    end = time.monotonic() + WINNER_WAIT
+    while True:
+        winner = store.slot_winner(job, slot)
+        if winner is not None or time.monotonic() >= end:
+            return winner
+        time.sleep(0.1)
 
 
 def ran_elsewhere(slot: float, host: str, run_id) -> str:

@@ -552,7 +552,7 @@ class SQLiteStore(Store):
                   " seconds = seconds + excluded.seconds, processed = processed + excluded.processed,"
                   " failed = failed + excluded.failed, retries = retries + excluded.retries",
                   (run.job, seconds, run.items_processed or 0, run.items_failed or 0,
-                   max((run.attempts or 0) - 1, 0)))
+                   max((run.attempts or 0) - 1, 0) + (1 if run.retry_number else 0)))
         le = next((b for b in DURATION_BUCKETS if seconds <= b), None)
         if le is not None:
             self._sql("INSERT INTO run_buckets (job, le, runs) VALUES (?, ?, 1)"

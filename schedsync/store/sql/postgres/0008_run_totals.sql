@@ -46,17 +46,19 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t float8 := coalesce(p_finished, schedsync.now());
-    f record; v_ms bigint;
+    f record; v_ms bigint; v_retry int;
 BEGIN
     UPDATE schedsync.runs SET status = p_status, reason = p_reason, finished_at = t,
         duration_ms = coalesce(p_duration, ((t - started_at) * 1000)::bigint),
         attempts = p_attempts, requests = p_requests, items_processed = p_items,
         items_failed = p_failed_items, exit_code = p_exit, error = p_error, retry_at = p_retry_at,
-        output = p_output WHERE id = p_id RETURNING duration_ms INTO v_ms;
+        output = p_output WHERE id = p_id RETURNING duration_ms, retry_number INTO v_ms, v_retry;
     IF FOUND THEN
         PERFORM schedsync.tally(p_job, p_status, p_requests);
         IF p_status <> 'skipped' THEN
-            PERFORM schedsync.tally_run(p_job, v_ms / 1000.0, p_attempts, p_items, p_failed_items);
+            -- a retry later counts as one more retry (attempts after the first, plus it)
+            PERFORM schedsync.tally_run(p_job, v_ms / 1000.0, p_attempts + (coalesce(v_retry, 0) > 0)::int,
+                                        p_items, p_failed_items);
         END IF;
     END IF;
     IF p_evidence THEN

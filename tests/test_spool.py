@@ -298,3 +298,45 @@ def test_a_run_whose_database_stays_away_spools_its_end_over_a_crashed_mark(proj
     assert not list((tmp_path / "spool").glob("*.json"))
     [again] = project.history("waiter")  # a second replay (none left) changes nothing
     assert again == run
+
+
+FAILER = '''
+import os, time
+
+def fail(ctx):
+    deadline = time.monotonic() + 60
+    while not os.path.exists({go!r}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    raise RuntimeError("upstream not ready")
+'''
+
+
+def test_a_spooled_end_keeps_the_retry_later_it_calls_for(project, away, tmp_path):
+    from schedsync.store import open_store
+
+    server, go = away
+    (project.path / "failer.py").write_text(FAILER.format(go=str(go)))
+    project.write('jobs:\n  failer:\n    python: "failer:fail"\n    timeout: 5m\n'
+                  '    retry_later: {after: 30m, max: 3}\n')
+    proc = project.start("run", "failer", env={"SCHEDSYNC_FINISH_RETRY": "1"})
+    try:
+        _wait_running(project, "failer")
+        server.halt()
+        go.touch()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1 and "(failed) is kept in" in err, err
+    [entry] = [json.loads(p.read_text()) for p in (tmp_path / "spool").glob("*.json")]
+    assert entry["later"]["kind"] == "retry" and entry["later"]["retry_number"] == 1
+    server.resume()
+    [run] = project.history("failer")  # replayed: the end and, with it, the retry
+    assert run["status"] == "failed"
+    store = open_store(project.env["SCHEDSYNC_STATE"])
+    try:
+        [retry] = [s for s in store.slots("failer") if s.kind == "retry"]
+        assert (retry.state, retry.retry_of, retry.retry_number) == ("queued", run["id"], 1)
+    finally:
+        store.close()

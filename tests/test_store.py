@@ -446,3 +446,13 @@ def test_concurrent_finish_run_on_one_breaker_loses_no_failure(store_factory):
     assert outs == ["None"] * 50
     assert store.breakers(["api"])["api"].failures == 50
     assert store.running_runs() == []
+
+
+def test_a_retry_later_counts_as_a_retry_on_both_backends(store):
+    """schedsync_retries_total: attempts after the first, plus one for a run a retry later
+    started, alike on SQLite and PostgreSQL (a command job's attempts may be 0)."""
+    [item] = store.enqueue("a", [{"slot": T0, "kind": "retry", "due_at": T0, "retry_of": 1, "retry_number": 1}])
+    run = store.admit_run("a", "retry", API, 60.0, [], {}, 0, now=T0 + 1, item=getattr(item, "id", item)).run
+    run.status, run.finished_at, run.duration_ms, run.attempts = "success", T0 + 2, 1000, 0
+    store.finish_run(run, API, True, False, 60.0, KEEP_ALL, now=T0 + 2)
+    assert store.run_totals()["a"]["retries"] == 1

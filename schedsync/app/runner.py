@@ -300,10 +300,10 @@ def _slot_winner(store, job: str, slot: float):
         time.sleep(0.1)
 
 
-def ran_elsewhere(slot: float, host: str, run_id) -> str:
+def ran_elsewhere(slot: float, host: str | None, run_id) -> str:
     """A loser's error: the slot's run is under way (or done) on another host."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(slot))
-    return (f"the run scheduled for {when} already started on {host}"
+    return (f"the run scheduled for {when} already started on {host or 'another host'}"
             + (f" (run {run_id})" if run_id else "")
             + "; run it on a terminal or with `run --force-slot` to run it again")
 

@@ -559,7 +559,7 @@ class PostgresStore(Store):
             from schedsync.store.spool import write_finish
 
             path = write_finish(self.label, run, breaker, evidence, trial, lease, retention,
-                                host=HOST, at=ended if ended is not None else self.now())
+                                host=HOST, at=ended if ended is not None else self.now(), later=later)
             kept = (f"the run's end ({run.status}) is kept in {path} and recorded by the next"
                     " schedsync on this host" if path else "the run's end could not be kept (spool full)")
             raise StateUnreachable(f"state database {self.label} was lost at the end of run {run.id} of"
@@ -574,7 +574,7 @@ class PostgresStore(Store):
         run = Run(**entry["run"])
         breaker = BreakerSpec(entry["breaker"], entry["settings"])
         sql, args = self._finish_sql(run, breaker, entry["evidence"], entry["trial"], entry["lease"],
-                                     entry["retention"], entry["at"])
+                                     entry["retention"], entry["at"], entry.get("later"))
         return len(self._q(sql, args))
 
     def _finish_sql(self, run, breaker, evidence, trial, lease, retention, now, later=None):
@@ -592,6 +592,8 @@ class PostgresStore(Store):
             later.get("reason"), later.get("retry_of"), later.get("retry_number") or 0, run.id)
         sql = (
             "SELECT pg_advisory_xact_lock(hashtextextended('schedsync-finish:' || %s::text, 0));"
+            # the row too: a reaper's crash() waits, then finds the run no longer running
+            " SELECT 1 FROM schedsync.runs WHERE id = %s FOR UPDATE;"
             + (" INSERT INTO schedsync.slots (job, slot, kind, state, due_at, reason, retry_of, retry_number)"
                f" SELECT %s, %s, %s, %s, %s, %s, %s, %s WHERE {open_} ON CONFLICT DO NOTHING;" if queue else "")
             # A trial handed back frees one lease (two trials admitted at one instant hold
@@ -606,7 +608,7 @@ class PostgresStore(Store):
             f" SELECT f.* FROM (SELECT 1 AS one WHERE {open_}) AS g, LATERAL schedsync.finish("
             "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) AS f")
-        args = ((run.id,) + queue + ((end, end, breaker.name, end, run.id) if hand_back else ()) + (run.id, run.id) + (
+        args = ((run.id, run.id) + queue + ((end, end, breaker.name, end, run.id) if hand_back else ()) + (run.id, run.id) + (
              run.id, run.status, run.reason, now, run.duration_ms,
              run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,

@@ -425,7 +425,8 @@ BEGIN
         PERFORM schedsync.tally(p_job, p_status, p_requests);
         IF p_status <> 'skipped' THEN
             -- a retry later counts as one more retry (attempts after the first, plus it)
-            PERFORM schedsync.tally_run(p_job, v_ms / 1000.0, p_attempts + (coalesce(v_retry, 0) > 0)::int,
+            PERFORM schedsync.tally_run(p_job, v_ms / 1000.0,
+                                        greatest(coalesce(p_attempts, 0), 1) + (coalesce(v_retry, 0) > 0)::int,
                                         p_items, p_failed_items);
         END IF;
     END IF;

@@ -608,7 +608,8 @@ class PostgresStore(Store):
             f" SELECT f.* FROM (SELECT 1 AS one WHERE {open_}) AS g, LATERAL schedsync.finish("
             "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) AS f")
-        args = ((run.id, run.id) + queue + ((end, end, breaker.name, end, run.id) if hand_back else ()) + (run.id, run.id) + (
+        back = (end, end, breaker.name, end, run.id) if hand_back else ()
+        args = ((run.id, run.id) + queue + back + (run.id, run.id) + (
              run.id, run.status, run.reason, now, run.duration_ms,
              run.attempts, run.requests, run.items_processed, run.items_failed,
              run.exit_code, run.error, run.retry_at, run.output,

@@ -53,7 +53,7 @@ def both(capsys, monkeypatch, draw, plain_path: bool = True) -> tuple[str, str]:
 def busy(project):
     project.write(JOBS)
     for job in ("fine", "broken", "broken", "a-job-with-a-rather-long-name-for-a-column", "marked"):
-        project.cli("run", job)
+        project.cli("run", "--force-slot", job)
     project.cli("pause", "marked")
     return project
 

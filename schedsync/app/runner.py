@@ -32,7 +32,7 @@ from schedsync.core.outcome import Cancelled, Outcome
 from schedsync.core.records import dataclass, field
 from schedsync.core.redact import readable
 from schedsync.kinds import kind as job_kind
-from schedsync.store.base import BreakerSpec, Store
+from schedsync.store.base import BreakerSpec, Store, already_ran_error
 
 
 @dataclass
@@ -161,7 +161,8 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
                     run = never_started(store, job.name, trigger, SKIPPED, ALREADY_RAN, None, None)
                     run.slot = slot
                     return RunResult(run, Exit.SKIPPED, quiet=True)
-                return _skip(store, job, trigger, ALREADY_RAN, None, ran_elsewhere(slot, *winner))
+                host, run_id = winner
+                return _skip(store, job, trigger, ALREADY_RAN, None, already_ran_error(slot, host, False, run_id))
             holder = store.running_runs([job.name])
             who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
             return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going",
@@ -298,14 +299,6 @@ def _slot_winner(store, job: str, slot: float):
         if winner is not None or time.monotonic() >= end:
             return winner
         time.sleep(0.1)
-
-
-def ran_elsewhere(slot: float, host: str | None, run_id) -> str:
-    """A loser's error: the slot's run is under way (or done) on another host."""
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(slot))
-    return (f"the run scheduled for {when} already started on {host or 'another host'}"
-            + (f" (run {run_id})" if run_id else "")
-            + "; run it on a terminal or with `run --force-slot` to run it again")
 
 
 def opened_message(breaker, timezone: str | None, now: float) -> str:

@@ -53,7 +53,7 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
             config, store, job, result.run, secrets, result.run.finished_at, result.retry,
             opened=bool(result.transition and result.transition[1] == "open"))
     result = run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
-                     sleep=sleep, force_slot=force_slot, item=item, slot=slot, **hooks)
+                     sleep=sleep, item=item, slot=slot, **hooks)
     if config.log:  # the JSON run log: imported only when jobs.yaml asks for it
         from schedsync.app.runlog import log_run
 

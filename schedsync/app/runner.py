@@ -124,7 +124,7 @@ class Context:
 
 def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger: str,
             interactive: bool, sleep=time.sleep, on_start=None, on_finish=None,
-            force_slot: bool = False, item=None, slot=...) -> RunResult:
+            item=None, slot: float | None = None) -> RunResult:
     """Run ``job`` (already expanded) once. The application layer's hooks: ``on_start(run)``
     once it is admitted (the start ping), ``on_finish(result)`` once it is recorded and
     while the lock is still held (webhooks, the closing ping). Neither runs for a run
@@ -132,15 +132,8 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
 
     A cron-triggered run of a scheduled job claims its slot in the ledger; ``item`` (a
     ``SlotItem`` the tick claimed, ``run JOB --item ID``) is claimed instead, and the run
-    serves its slot. ``slot``, when given, is the one the caller found already."""
-    if slot is not ...:
-        pass
-    elif item is not None:
-        slot = item.slot
-    elif trigger == "cron" and job.schedule and store.claims_slots and not force_slot:
-        slot = scheduled_slot(config, job, store.now())  # before jitter: the fire cron meant
-    else:
-        slot = None
+    serves its slot. ``slot`` is the one it serves, found by the caller (``app.run``)
+    before ``${SCHEDSYNC_SLOT}`` was expanded."""
     if job.jitter:
         import random
 

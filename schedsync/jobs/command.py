@@ -137,6 +137,11 @@ def _once(argv, env, job, ctx, output: Output) -> Outcome:
             leases.unpipe(fence[1])
 
 
+def _say_fenced(name: str) -> None:
+    print(f"{name}: lost the state database while holding the job's lease;"
+          " stopping the job so that no other host runs it at the same time", file=sys.stderr)
+
+
 def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
     if failure is not None:
         keeper.wait()
@@ -156,8 +161,7 @@ def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
     if fenced:
         # The lock may be lost (the database stopped answering): another host may start
         # this job soon, so stop ours first and say so (the record may not reach the state).
-        print(f"{job.name}: lost the state database while holding the job's lease;"
-              " stopping the job so that no other host runs it at the same time", file=sys.stderr)
+        _say_fenced(job.name)
         _stop(keeper, fd, output, FENCE_GRACE)
     elif timed_out or cancelled:
         _stop(keeper, fd, output)
@@ -166,8 +170,10 @@ def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
         _signal_group(keeper.pid, signal.SIGTERM)
     code = keeper.wait()
     held = getattr(ctx, "held", None)
-    if not (fenced or cancelled) and code == -signal.SIGKILL and held is not None and not held():
-        fenced = True  # the keeper fenced it while we could not (stopped, say)
+    if not (fenced or cancelled) and code in (-signal.SIGTERM, -signal.SIGKILL) and held is not None \
+            and not held():
+        fenced = True  # the keeper fenced it first (on its own clock), or while we could not act
+        _say_fenced(job.name)
     if code == -signal.SIGKILL and time.monotonic() >= ctx.deadline:
         timed_out = True  # the keeper's backstop, while we could not act (stopped, say)
     _drain(fd, output, 0.2)

@@ -137,11 +137,15 @@ SCHEDULES = ["*/15 9-17 * jan-mar mon-fri", "0 3 * * *", "*/5 * * * *", "30 2 1 
 
 
 @needs_systemd
-def test_on_calendar_fires_when_cron_would():
-    """Each conversion's next 8 elapses per ``systemd-analyze calendar`` are cron's next 8 fires."""
-    start = datetime.now(timezone.utc)
+@pytest.mark.parametrize("base", ["2026-12-31 23:50:00", "2027-02-28 22:50:00", "2027-03-01 08:59:30", None])
+def test_on_calendar_fires_when_cron_would(base):
+    """Each conversion's next 8 elapses per ``systemd-analyze calendar`` are cron's next 8 fires, from fixed
+    times just before midnight, a month's end and an hour's end (where systemd 252 mis-wraps a ``/7``) and now."""
+    start = datetime.strptime(base, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc) if base \
+        else datetime.now(timezone.utc)
     converted = [on_calendar(expr, "UTC") for expr in SCHEDULES]
-    result = subprocess.run(["systemd-analyze", "calendar", "--iterations=8", *converted], capture_output=True,
+    at = [f"--base-time={base} UTC"] if base else []
+    result = subprocess.run(["systemd-analyze", "calendar", "--iterations=8", *at, *converted], capture_output=True,
                             text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "TZ": "UTC"})
     assert result.returncode == 0, result.stderr
     blocks = [b for b in result.stdout.split("\n\n") if "Normalized form" in b]
@@ -151,7 +155,8 @@ def test_on_calendar_fires_when_cron_would():
                    for m in re.findall(r"(?:Next elapse|Iter\. #\d+): \w{3} (\S+ \S+) UTC", block)]
         assert len(systemd) == 8, block
         cron = Schedule(expr, timezone.utc)
-        t, fires = systemd[0] - 1, []  # from just before systemd's first: "now" differs by the call's time
+        # from the base time; from "now", just before systemd's first (its "now" is the call's own)
+        t, fires = (start.timestamp() if base else systemd[0] - 1), []
         for _ in range(8):
             t = cron.next_after(t)
             fires.append(t)

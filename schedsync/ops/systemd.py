@@ -158,7 +158,9 @@ def _field(values, low: int, high: int, pad: bool) -> str:
     if len(ordered) > 2:
         step = ordered[1] - ordered[0]
         progression = all(b - a == step for a, b in zip(ordered, ordered[1:], strict=False))
-        if progression and ordered[-1] + step > high and ordered[0] < low + step:
+        # START/STEP only when STEP divides the field's cycle: systemd 252 skips the first value after
+        # a wrap otherwise (``*:00/7`` has no 00:00 after 23:56), so */7 minutes is written as a list.
+        if progression and ordered[-1] + step > high and ordered[0] < low + step and (high + 1 - low) % step == 0:
             return f"{show(ordered[0])}/{step}"  # START/STEP: every STEP from START to the end
     runs: list[list[int]] = []  # consecutive values together
     for value in ordered:

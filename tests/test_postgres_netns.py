@@ -90,7 +90,7 @@ def test_a_host_that_loses_its_link_stops_its_job_before_another_host_starts_it(
         while time.time() - cut_at < LEASE + 30:
             other = subprocess.run(
                 ["ip", "netns", "exec", namespaces["other"], "unshare", "--uts", "--pid", "--fork",
-                 "--mount-proc", "sh", "-c", f"hostname other && exec timeout 3 {argv}"],
+                 "--mount-proc", "sh", "-c", f"hostname other && exec timeout 10 {argv}"],
                 capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=project.path,
                 env={**project.env, "SCHEDSYNC_STATE": socket_url})
             if (marks / "other").exists():

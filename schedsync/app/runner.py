@@ -21,6 +21,7 @@ from schedsync.core.models import (
     CRASHED,
     FAILED,
     FAILURES,
+    LIMITED,
     LOCKED,
     PARTIAL,
     RATE_LIMITED,
@@ -160,16 +161,31 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
             who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
             return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going",
                          slot, item)
+    places: list = []
     try:
+        if job.limits:  # concurrency limits: imported only by jobs that name one
+            from schedsync.app.limits import take_places
+
+            try:
+                places, full = take_places(store, job, sleep)
+            except StateError as exc:  # a lock folder we cannot trust, a place we cannot open
+                _record_refusal(store, job, trigger, str(exc))
+                raise
+            if full is not None:
+                return _limited(config, store, job, trigger, full, slot, item)
         return _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
-                         on_start, on_finish, slot, item)
+                         on_start, on_finish, slot, item, places)
     finally:
+        if places:
+            from schedsync.app.limits import release
+
+            release(places)
         if lock:
             lock.release()
 
 
 def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,
-              on_finish, slot=None, item=None) -> RunResult:
+              on_finish, slot=None, item=None, places=()) -> RunResult:
     spec = breaker_spec(job)
     lease = job.timeout + 60  # the lease ends when the run surely has
     kind = job_kind(job.kind)
@@ -202,8 +218,11 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     if on_start is not None:
         on_start(run)
     leases = getattr(store.locks, "pipe", None) and store.locks
+    pass_fds = lock.pass_fds if lock else ()
+    for place in places:  # a limit's places are held by the job's processes too
+        pass_fds += place.pass_fds
     ctx = Context(job, config, store, secrets, deadline=time.monotonic() + job.timeout,
-                  interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep,
+                  interactive=interactive, pass_fds=pass_fds, sleep=sleep,
                   held=lock.held if lock else (leases.held if leases else None), run_id=run.id,
                   slot=run.slot, fence=leases)
     if kind.needs_last_success:
@@ -313,6 +332,26 @@ def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str, slot
         run.retry_of, run.retry_number = item.retry_of, item.retry_number
     # pruned: a paused or rate-limited job must not grow; the ledger notes the skip
     store.record_skip(run, job.retention, item=item and item.id)
+    return RunResult(run, Exit.SKIPPED)
+
+
+def _limited(config, store, job: Job, trigger: str, limit: str, slot=None, item=None) -> RunResult:
+    """Skipped ``limited``: a limit stayed full past ``max_wait``. A ledger item goes back to
+    ``queued`` (the tick tries it again), whatever its kind: it was not served."""
+    from schedsync.app.limits import full_error
+
+    error = full_error(config, store, limit, job.limits[limit])
+    if job.max_wait:
+        from schedsync.core.durations import format_duration
+
+        error += f"; waited {format_duration(job.max_wait)}"
+    run = never_started(store, job.name, trigger, SKIPPED, LIMITED, None, error)
+    run.slot = slot
+    if item is not None:
+        run.retry_of, run.retry_number = item.retry_of, item.retry_number
+    store.record_skip(run, job.retention)
+    if item is not None:
+        store.release_item(item.id, "queued", LIMITED)
     return RunResult(run, Exit.SKIPPED)
 
 

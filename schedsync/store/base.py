@@ -121,6 +121,12 @@ class Locks(abc.ABC):
     @abc.abstractmethod
     def lock(self, job: str) -> Lock: ...
 
+    @abc.abstractmethod
+    def place(self, limit: str, index: int) -> Lock:
+        """Place ``index`` (0 .. N-1) of the concurrency limit ``limit``: a lock like a job's
+        (freed by the OS or the server when its holder dies), so at most N runs hold one.
+        SQLite: the flock file ``limit-NAME.I``; PostgreSQL: the lease ``limit:NAME:I``."""
+
 
 class Liveness(abc.ABC):
     """Who owns a run, and whether that owner is surely gone."""

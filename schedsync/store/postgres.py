@@ -1080,6 +1080,11 @@ class Leases(Locks):
     def lock(self, job: str) -> Lease:
         return Lease(self, job)
 
+    def place(self, limit: str, index: int) -> Lease:
+        """A limit's place: a lease like a job's, under this process's token, so the one
+        renewal statement renews it and its loss fences the job the same way."""
+        return Lease(self, f"limit:{limit}:{index}")
+
     def take(self, name: str) -> bool:
         if name in self.names:
             return False  # one holder per lease, this process included

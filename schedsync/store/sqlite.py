@@ -333,6 +333,14 @@ class FileLocks(Locks):
             raise state_error(self.folder, exc) from None
         return FileLock(os.path.join(self.folder, f"{job}.lock"))
 
+    def place(self, limit: str, index: int) -> FileLock:
+        try:
+            lock_folder(self.folder)
+        except OSError as exc:
+            raise state_error(self.folder, exc) from None
+        # "limit-" + a name of [a-z0-9_.-]: never a job's NAME.lock
+        return FileLock(os.path.join(self.folder, f"limit-{limit}.{index}"))
+
 
 class SQLiteStore(Store):
     """The state in one SQLite file. ``write=False``: a state this user cannot write

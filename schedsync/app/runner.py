@@ -23,6 +23,7 @@ from schedsync.core.models import (
     FAILURES,
     LIMITED,
     LOCKED,
+    REPLACED,
     PARTIAL,
     RATE_LIMITED,
     SKIPPED,
@@ -54,7 +55,7 @@ def breaker_spec(job: Job) -> BreakerSpec:
 def evidence(run: Run) -> bool:
     """Does this run say anything about the job or its upstream? A crash (schedsync
     itself died) does not, nor does a run a person cancelled (Ctrl-C: SIGINT)."""
-    if run.status == CRASHED:
+    if run.status == CRASHED or run.reason == REPLACED:  # a newer run stopped it: nothing of the job
         return False
     if run.reason == CANCELLED and (run.error or "").startswith("stopped: lost the state database"):
         return False  # fenced: the database went away, which says nothing of the job
@@ -157,11 +158,23 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
                     return RunResult(run, Exit.SKIPPED, quiet=True)
                 host, run_id = winner
                 return _skip(store, job, trigger, ALREADY_RAN, None, already_ran_error(slot, host, False, run_id))
-            holder = store.running_runs([job.name])
-            who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
-            return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going",
-                         slot, item)
+            mode, why = job.overlap[0], None
+            if mode == "replace":  # imported only by the jobs that use it
+                from schedsync.app.overlap import replace_holder
+
+                locked, why = replace_holder(store, job, lock, trigger)
+            elif mode == "queue" and item is None:  # a queued item itself never queues again
+                from schedsync.app.overlap import queue_behind
+
+                why = queue_behind(store, job, trigger, slot)
+            if not locked:
+                if why is None:
+                    holder = store.running_runs([job.name])
+                    who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
+                    why = f"the previous run{who} is still going"
+                return _skip(store, job, trigger, LOCKED, None, why, slot, item)
     places: list = []
+    result = None
     try:
         if job.limits:  # concurrency limits: imported only by jobs that name one
             from schedsync.app.limits import take_places
@@ -173,8 +186,9 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
                 raise
             if full is not None:
                 return _limited(config, store, job, trigger, full, slot, item)
-        return _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
-                         on_start, on_finish, slot, item, places)
+        result = _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
+                           on_start, on_finish, slot, item, places)
+        return result
     finally:
         if places:
             from schedsync.app.limits import release
@@ -182,6 +196,10 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
             release(places)
         if lock:
             lock.release()
+        if job.overlap[0] == "queue" and result is not None and result.run.status != SKIPPED:
+            from schedsync.app.overlap import start_waiting
+
+            start_waiting(config, store, job)  # the waiting run starts now, not at the next tick
 
 
 def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,
@@ -227,8 +245,12 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
                   slot=run.slot, fence=leases)
     if kind.needs_last_success:
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
+    replace = job.overlap[0] == "replace"
+    arm = getattr(store.locks, "arm", None) if replace else None  # PostgreSQL: the heartbeat stops it
     with _cancel_on_signals():
         try:
+            if arm is not None:
+                arm(True)
             outcome = _runner(kind)(job, ctx)
         except Cancelled as exc:
             outcome = Outcome("failed", reason=CANCELLED, error=f"cancelled by {exc}")
@@ -239,6 +261,13 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
 
             outcome = Outcome("failed", error=secrets.clip(f"internal error: {type(exc).__name__}: {exc}", 300),
                               held=traceback.format_exc())
+        finally:
+            if arm is not None:
+                arm(False)
+    if replace and outcome.reason == CANCELLED and (outcome.error or "").startswith("cancelled by SIGTERM"):
+        stop = store.stop_requested(run)
+        if stop:  # a newer run asked: replaced, not cancelled
+            outcome.reason, outcome.error = REPLACED, stop
     result = _finish(store, job, run, outcome, admitted.trial, secrets, lease, config.timezone,
                      time.monotonic() - began)
     if on_finish is not None:  # after the records are committed, still holding the lock

@@ -53,7 +53,7 @@ QUEUED, CLAIMED, RAN, MISSED = "queued", "claimed", "ran", "missed"  # and SKIPP
 SLOT_STATES = (QUEUED, CLAIMED, RAN, SKIPPED, MISSED)
 # Item kinds: ``cron`` is a scheduled slot (claimed by a cron-started run or the tick);
 # ``catchup``, ``backfill`` and ``retry`` are work the tick starts from the queue.
-SLOT_KINDS = ("cron", "catchup", "backfill", "retry")
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry", "queue")  # queue: overlap: queue's waiting run
 
 
 @dataclass

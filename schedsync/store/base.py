@@ -141,6 +141,12 @@ class Liveness(abc.ABC):
         """Those of ``runs`` (``running`` rows) whose owner is surely gone. A run this
         process cannot judge (e.g. another host's, on SQLite) is never returned."""
 
+    def stop(self, run) -> bool:
+        """``overlap: replace``: make ``run``'s owner stop its job now, if this process can
+        reach it (SQLite: SIGTERM to a schedsync of this host, never to a reused pid). False
+        when it cannot: on PostgreSQL the owner's heartbeat reads the stop request instead."""
+        return False
+
 
 class Store(abc.ABC):
     locks: Locks
@@ -215,6 +221,16 @@ class Store(abc.ABC):
     def running_runs(self, jobs: list[str] | None = None) -> list:
         """``running`` rows, of ``jobs`` or of all jobs."""
 
+    def request_stop(self, job: str, text: str) -> list:
+        """``overlap: replace``: ask the running run of ``job`` to stop, ``text`` saying by whom
+        (its error once stopped). SQLite: noted on its ``running`` row; PostgreSQL: on the
+        job's lease row, which the holder's heartbeat reads back. Returns the runs asked."""
+        raise NotImplementedError
+
+    def stop_requested(self, run) -> str | None:
+        """The stop request addressed to ``run`` (this process's own), if any."""
+        return None
+
     @abc.abstractmethod
     def mark_crashed(self, run, error: str, breaker: BreakerSpec | None,
                      evidence: bool, now: float | None = None) -> bool:
@@ -237,6 +253,12 @@ class Store(abc.ABC):
         returned as is, whatever its state; with ``requeue`` (a backfill asked for again),
         one that is done (``ran``, ``skipped``, ``missed``) is queued again, due at the
         new ``due_at``. Ids in ``items``' order; atomic."""
+
+    def enqueue_waiting(self, job: str, slot: float | None, due_at: float) -> tuple[int, bool]:
+        """``overlap: queue``: one ``queue`` item of ``job`` waiting, atomically on every
+        host: the ``queued`` or ``claimed`` one there is (``(id, False)``), else a new one
+        serving ``slot``, due at ``due_at`` (``(id, True)``)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def claim_due(self, jobs: list[str], limit: int, claimer: str, now: float | None = None,

@@ -55,15 +55,21 @@ def queue_behind(store, job, trigger: str, slot: float | None) -> str:
 
 
 def start_waiting(config, store, job) -> None:
-    """The holder's last step, once its lock is released: start the job's waiting item now
-    (``schedsync run JOB --item ID``, detached, as the tick starts one)."""
+    """The holder's last step, once its lock is released: start the job's waiting item now,
+    as the tick starts one: ``schedsync run JOB --item ID`` in a new session, stdin from
+    /dev/null, this run's output; the state passed in the environment, never on a command
+    line others can read. (Not ``app.tick``'s starter: the tick imports the runner.)"""
     import os
-
-    from schedsync.app.tick import _starter, host
+    import subprocess
+    import sys
 
     state = config.state_in_use
     if not state:
         return  # the tick starts it
-    items = store.claim_due([job.name], 1, f"{host()}:{os.getpid()}")
-    if items:
-        _starter(config, state)(items[0])
+    items = store.claim_due([job.name], 1, f"{os.uname().nodename}:{os.getpid()}")
+    if not items:
+        return
+    config_path = os.path.join(config.dir, os.path.basename(config.path))
+    subprocess.Popen([sys.executable, "-m", "schedsync", "-c", config_path, "run", job.name,
+                      "--item", str(items[0].id)], stdin=subprocess.DEVNULL,
+                     env={**os.environ, "SCHEDSYNC_STATE": state}, start_new_session=True, close_fds=True)

@@ -582,6 +582,9 @@ def adhoc(config: Config | None, name: str, command: list[str], settings: dict, 
         spec["description"] = own.description
     job = _job(name, spec, base, config.budgets, config.timezone, cwd, doc)
     job["cwd"] = cwd  # like flock or runitor: the command runs where it was invoked
+    if job["overlap"][0] == "queue":  # its waiting run would be started from a jobs.yaml it has not
+        raise doc.error(f"jobs.{name}.overlap", "`queue` is not for exec (its waiting run is started from jobs.yaml)",
+                        "pass --overlap skip, allow, replace or 'wait 30s'")
     job["catchup"] = job["retry_later"] = None  # the tick runs registry jobs only
     if own:
         job["breaker"]["name"] = own.breaker["name"]

@@ -165,3 +165,22 @@ def test_queue_runs_the_waiting_run_right_after_the_holder_and_refuses_a_third(j
     assert [line.split()[0] for line in lines if line] == ["start", "end", "start", "end"]  # one after the other
     # a caller after that finds no one running: it runs
     assert jobs.cli("run", "waiting").returncode == 0
+
+
+@NEED_UTS
+def test_queue_across_hosts_keeps_one_waiting_run_started_by_the_holder(project, pg_url):
+    project.env["SCHEDSYNC_STATE"] = pg_url
+    project.write(JOBS)
+    holder = on_host(project, "queue-a", "run", "waiting")
+    try:
+        wait_for(lambda: (project.path / "queue.log").exists(), what="the holder to start", timeout=90)
+        callers = [on_host(project, host, "run", "waiting") for host in ("queue-b", "queue-c")]
+        assert finish_all(callers) == [75, 75], [p.stderr for p in callers]
+        skips = [r for r in project.history("waiting") if r["status"] == "skipped"]
+        assert sorted(s["error"].split(" ")[0] for s in skips) == ["queued", "the"], skips
+        assert finish_all([holder]) == [0]
+        [queued] = wait_for(lambda: [r for r in project.history("waiting") if r["trigger"] == "queue"
+                                     and r["status"] == "success"] or None, what="the queued run", timeout=90)
+    finally:
+        stop_all([holder])
+    assert queued["host"] == "queue-a"  # started by the holder, on its host

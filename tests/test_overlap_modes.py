@@ -184,3 +184,27 @@ def test_queue_across_hosts_keeps_one_waiting_run_started_by_the_holder(project,
     finally:
         stop_all([holder])
     assert queued["host"] == "queue-a"  # started by the holder, on its host
+
+
+def test_the_stop_goes_only_to_the_process_whose_kernel_start_time_matches():
+    """Liveness.stop, the signal replace sends on one host: a pid now held by another process
+    (its start time differs from the one the run row recorded) is never signalled."""
+    from schedsync.core.models import Run
+    from schedsync.store.liveness import HOST, ProcLiveness, process_start
+
+    decoy = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        started = process_start(decoy.pid)
+        reused = Run(1, "swap", "running", "cron", 0.0, HOST, decoy.pid, pid_start=started + 1)
+        assert ProcLiveness().stop(reused) is False
+        elsewhere = Run(1, "swap", "running", "cron", 0.0, HOST + "-other", decoy.pid, pid_start=started)
+        assert ProcLiveness().stop(elsewhere) is False  # another host's pid means nothing here
+        with pytest.raises(subprocess.TimeoutExpired):
+            decoy.wait(timeout=0.5)
+        same = Run(1, "swap", "running", "cron", 0.0, HOST, decoy.pid, pid_start=started)
+        assert ProcLiveness().stop(same) is True
+        assert decoy.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        if decoy.poll() is None:
+            decoy.kill()
+            decoy.wait()

@@ -133,7 +133,7 @@ def test_twenty_runs_started_at_once_never_run_more_than_the_limit(project):
     jobs_yaml(project, 20, 2, 0.4)
     procs = [project.start("run", f"j{i}", start_new_session=True) for i in range(20)]
     codes = finish_all(procs)
-    assert codes == [0] * 20, [(c, p.stderr) for c, p in zip(codes, procs)]
+    assert codes == [0] * 20, [(c, p.stderr) for c, p in zip(codes, procs, strict=True)]
     most, ended = max_overlap(project.path / "ran.log")
     assert ended == 20
     assert most <= 2, f"{most} runs of the heavy limit ran at once"
@@ -142,9 +142,10 @@ def test_twenty_runs_started_at_once_never_run_more_than_the_limit(project):
 
 
 def test_over_the_limit_a_run_waits_up_to_max_wait_then_is_skipped_limited(project):
+    command = f"    command: [{sys.executable!r}, worker.py, ran.log, '0']\n"
     jobs_yaml(project, 1, 1, 4.0, extra=(
-        f"  quick:\n    limit: heavy\n    max_wait: 1s\n    command: [{sys.executable!r}, worker.py, ran.log, '0']\n"
-        f"  patient:\n    limit: heavy\n    max_wait: 60s\n    command: [{sys.executable!r}, worker.py, ran.log, '0']\n"))
+        "  quick:\n    limit: heavy\n    max_wait: 1s\n" + command
+        + "  patient:\n    limit: heavy\n    max_wait: 60s\n" + command))
     (project.path / "worker.py").write_text(WORKER)
     holder = project.start("run", "j0", start_new_session=True)
     try:
@@ -237,7 +238,7 @@ def test_twenty_runs_across_three_hosts_never_run_more_than_the_limit(project, p
     jobs_yaml(project, 20, 2, 0.4)
     procs = [on_host(project, HOSTS[i % 3], "run", f"j{i}") for i in range(20)]
     codes = finish_all(procs)
-    assert codes == [0] * 20, [(c, p.stderr) for c, p in zip(codes, procs)]
+    assert codes == [0] * 20, [(c, p.stderr) for c, p in zip(codes, procs, strict=True)]
     most, ended = max_overlap(project.path / "ran.log")
     assert ended == 20
     assert most <= 2, f"{most} runs of the heavy limit ran at once across the hosts"

@@ -8,14 +8,13 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
 
 from test_limits import NEED_UTS, finish_all, gone, on_host, wait_for
 
-JOBS = f"""
+JOBS = """
 jobs:
   swap:
     overlap: replace
@@ -28,7 +27,7 @@ jobs:
     python: "slow:main"
   waiting:
     overlap: queue
-    command: ["sh", "-c", "echo \\"start $(date +%s.%N)\\" >> queue.log; sleep 3; echo \\"end $(date +%s.%N)\\" >> queue.log"]
+    command: ["sh", "-c", "echo start $(date +%s.%N) >> queue.log; sleep 3; echo end $(date +%s.%N) >> queue.log"]
 """
 SLOW = """\
 import os, time

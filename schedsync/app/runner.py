@@ -23,9 +23,9 @@ from schedsync.core.models import (
     FAILURES,
     LIMITED,
     LOCKED,
-    REPLACED,
     PARTIAL,
     RATE_LIMITED,
+    REPLACED,
     SKIPPED,
     SUCCESS,
     Run,
@@ -199,7 +199,10 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
         if job.overlap[0] == "queue" and result is not None and result.run.status != SKIPPED:
             from schedsync.app.overlap import start_waiting
 
-            start_waiting(config, store, job)  # the waiting run starts now, not at the next tick
+            try:
+                start_waiting(config, store, job)  # the waiting run starts now, not at the next tick
+            except (SchedsyncError, OSError):
+                pass  # the run's own result stands; `schedsync tick` starts the waiting one
 
 
 def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,

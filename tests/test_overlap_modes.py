@@ -18,7 +18,7 @@ JOBS = """
 jobs:
   swap:
     overlap: replace
-    command: ["sh", "-c", "echo $$ >> pids; exec sleep 60"]
+    command: ["sh", "-c", "echo $$ >> pids; exec sleep 300"]
   stubborn:
     overlap: replace
     command: ["sh", "-c", "trap '' TERM; echo $$ >> pids; sleep 60"]
@@ -99,8 +99,12 @@ def test_replace_kills_a_job_that_ignores_sigterm_after_the_grace(jobs):
 
 
 def test_replace_never_signals_a_process_that_reused_the_holders_pid(jobs):
-    old = jobs.start("run", "swap", start_new_session=True)
-    decoy = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    from schedsync.store.liveness import process_start
+
+    decoy = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    began = process_start(decoy.pid)
+    wait_for(lambda: _ticks_since(began), what="a few clock ticks")
+    old = jobs.start("run", "swap", start_new_session=True)  # started later: another start time
     try:
         first_pid(jobs)
         [row] = [r for r in jobs.history("swap") if r["status"] == "running"]
@@ -112,13 +116,20 @@ def test_replace_never_signals_a_process_that_reused_the_holders_pid(jobs):
         new = jobs.cli("run", "swap", timeout=120)
         assert new.returncode == 75, new.stderr
         assert decoy.poll() is None  # never signalled
-        assert old.poll() is None  # nor, unnamed, the real holder: its lock still stands
+        assert old.poll() is None, old.communicate()  # nor, unnamed, the real holder: its lock still stands
         skipped = jobs.history("swap")[0]
         assert (skipped["status"], skipped["reason"]) == ("skipped", "locked")
     finally:
         decoy.kill()
         decoy.wait()
         stop_all([old])
+
+
+def _ticks_since(began: int) -> bool:
+    """Has the kernel's clock (in ticks, as /proc/PID/stat's start times) moved past ``began``?"""
+    with open("/proc/uptime") as f:
+        now = float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK")
+    return now > began + 5
 
 
 @NEED_UTS

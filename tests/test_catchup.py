@@ -142,7 +142,7 @@ def test_a_retry_carries_the_chain_on_and_the_chain_stops_at_max():
 
 def test_success_skips_crashes_and_cancels_start_no_retry():
     for status, reason in ((SUCCESS, None), (PARTIAL, None), (SKIPPED, "breaker_open"),
-                           (CRASHED, None), (FAILED, "cancelled")):
+                           (CRASHED, None), (FAILED, "cancelled"), (FAILED, "replaced")):
         assert retry_for(run(status, reason=reason), LATER, TOMORROW) is None
     assert retry_for(run(FAILED), None, TOMORROW) is None  # no retry_later
 

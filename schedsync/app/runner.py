@@ -21,9 +21,11 @@ from schedsync.core.models import (
     CRASHED,
     FAILED,
     FAILURES,
+    LIMITED,
     LOCKED,
     PARTIAL,
     RATE_LIMITED,
+    REPLACED,
     SKIPPED,
     SUCCESS,
     Run,
@@ -53,7 +55,7 @@ def breaker_spec(job: Job) -> BreakerSpec:
 def evidence(run: Run) -> bool:
     """Does this run say anything about the job or its upstream? A crash (schedsync
     itself died) does not, nor does a run a person cancelled (Ctrl-C: SIGINT)."""
-    if run.status == CRASHED:
+    if run.status == CRASHED or run.reason == REPLACED:  # a newer run stopped it: nothing of the job
         return False
     if run.reason == CANCELLED and (run.error or "").startswith("stopped: lost the state database"):
         return False  # fenced: the database went away, which says nothing of the job
@@ -156,20 +158,55 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
                     return RunResult(run, Exit.SKIPPED, quiet=True)
                 host, run_id = winner
                 return _skip(store, job, trigger, ALREADY_RAN, None, already_ran_error(slot, host, False, run_id))
-            holder = store.running_runs([job.name])
-            who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
-            return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going",
-                         slot, item)
+            mode, why = job.overlap[0], None
+            if mode == "replace":  # imported only by the jobs that use it
+                from schedsync.app.overlap import replace_holder
+
+                locked, why = replace_holder(store, job, lock, trigger)
+            elif mode == "queue" and item is None:  # a queued item itself never queues again
+                from schedsync.app.overlap import queue_behind
+
+                why = queue_behind(store, job, trigger, slot)
+            if not locked:
+                if why is None:
+                    holder = store.running_runs([job.name])
+                    who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
+                    why = f"the previous run{who} is still going"
+                return _skip(store, job, trigger, LOCKED, None, why, slot, item)
+    places: list = []
+    result = None
     try:
-        return _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
-                         on_start, on_finish, slot, item)
+        if job.limits:  # concurrency limits: imported only by jobs that name one
+            from schedsync.app.limits import take_places
+
+            try:
+                places, full = take_places(store, job, sleep)
+            except StateError as exc:  # a lock folder we cannot trust, a place we cannot open
+                _record_refusal(store, job, trigger, str(exc))
+                raise
+            if full is not None:
+                return _limited(config, store, job, trigger, full, slot, item)
+        result = _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
+                           on_start, on_finish, slot, item, places)
+        return result
     finally:
+        if places:
+            from schedsync.app.limits import release
+
+            release(places)
         if lock:
             lock.release()
+        if job.overlap[0] == "queue" and result is not None and result.run.status != SKIPPED:
+            from schedsync.app.overlap import start_waiting
+
+            try:
+                start_waiting(config, store, job)  # the waiting run starts now, not at the next tick
+            except (SchedsyncError, OSError):
+                pass  # the run's own result stands; `schedsync tick` starts the waiting one
 
 
 def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,
-              on_finish, slot=None, item=None) -> RunResult:
+              on_finish, slot=None, item=None, places=()) -> RunResult:
     spec = breaker_spec(job)
     lease = job.timeout + 60  # the lease ends when the run surely has
     kind = job_kind(job.kind)
@@ -202,14 +239,21 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     if on_start is not None:
         on_start(run)
     leases = getattr(store.locks, "pipe", None) and store.locks
+    pass_fds = lock.pass_fds if lock else ()
+    for place in places:  # a limit's places are held by the job's processes too
+        pass_fds += place.pass_fds
     ctx = Context(job, config, store, secrets, deadline=time.monotonic() + job.timeout,
-                  interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep,
+                  interactive=interactive, pass_fds=pass_fds, sleep=sleep,
                   held=lock.held if lock else (leases.held if leases else None), run_id=run.id,
                   slot=run.slot, fence=leases)
     if kind.needs_last_success:
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
+    replace = job.overlap[0] == "replace"
+    arm = getattr(store.locks, "arm", None) if replace else None  # PostgreSQL: the heartbeat stops it
     with _cancel_on_signals():
         try:
+            if arm is not None:
+                arm(True)
             outcome = _runner(kind)(job, ctx)
         except Cancelled as exc:
             outcome = Outcome("failed", reason=CANCELLED, error=f"cancelled by {exc}")
@@ -220,6 +264,13 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
 
             outcome = Outcome("failed", error=secrets.clip(f"internal error: {type(exc).__name__}: {exc}", 300),
                               held=traceback.format_exc())
+        finally:
+            if arm is not None:
+                arm(False)
+    if replace and outcome.reason == CANCELLED and (outcome.error or "").startswith("cancelled by SIGTERM"):
+        stop = store.stop_requested(run)
+        if stop:  # a newer run asked: replaced, not cancelled
+            outcome.reason, outcome.error = REPLACED, stop
     result = _finish(store, job, run, outcome, admitted.trial, secrets, lease, config.timezone,
                      time.monotonic() - began)
     if on_finish is not None:  # after the records are committed, still holding the lock
@@ -313,6 +364,26 @@ def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str, slot
         run.retry_of, run.retry_number = item.retry_of, item.retry_number
     # pruned: a paused or rate-limited job must not grow; the ledger notes the skip
     store.record_skip(run, job.retention, item=item and item.id)
+    return RunResult(run, Exit.SKIPPED)
+
+
+def _limited(config, store, job: Job, trigger: str, limit: str, slot=None, item=None) -> RunResult:
+    """Skipped ``limited``: a limit stayed full past ``max_wait``. A ledger item goes back to
+    ``queued`` (the tick tries it again), whatever its kind: it was not served."""
+    from schedsync.app.limits import full_error
+
+    error = full_error(config, store, limit, job.limits[limit])
+    if job.max_wait:
+        from schedsync.core.durations import format_duration
+
+        error += f"; waited {format_duration(job.max_wait)}"
+    run = never_started(store, job.name, trigger, SKIPPED, LIMITED, None, error)
+    run.slot = slot
+    if item is not None:
+        run.retry_of, run.retry_number = item.retry_of, item.retry_number
+    store.record_skip(run, job.retention)
+    if item is not None:
+        store.release_item(item.id, "queued", LIMITED)
     return RunResult(run, Exit.SKIPPED)
 
 

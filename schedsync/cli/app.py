@@ -380,7 +380,7 @@ def exec_command(
     name: str = typer.Argument(..., metavar="NAME", help="The name its runs are recorded and locked under."),
     command: list[str] | None = typer.Argument(None, metavar="-- CMD ARGS…", help="The command, after --."),
     timeout: str | None = typer.Option(None, "--timeout", metavar="D", help="Hard timeout, e.g. 30m."),
-    overlap: str | None = typer.Option(None, "--overlap", metavar="POLICY", help="skip, allow or 'wait 30s'."),
+    overlap: str | None = typer.Option(None, "--overlap", metavar="POLICY", help="skip, allow, replace or 'wait 30s'."),
     budget: list[str] | None = typer.Option(None, "--budget", metavar="B",
                                             help="A budget of jobs.yaml to spend from (repeatable)."),
 ):

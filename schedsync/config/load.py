@@ -15,8 +15,8 @@ from schedsync.config.model import Config, Jobs
 from schedsync.config.state import resolve_config
 from schedsync.core.errors import ConfigError
 
-CACHE_VERSION = 10  # 5: the cache holds `defaults`; 6: a job's plain form is Job.to_dict's; 7: `environ`;
-# 8: run_by; 9: catchup, retry_later; 10: `log`
+CACHE_VERSION = 11  # 5: the cache holds `defaults`; 6: a job's plain form is Job.to_dict's; 7: `environ`;
+# 8: run_by; 9: catchup, retry_later; 10: `log`; 11: `limits`, a job's `limits`
 MAX_BYTES = 4 * 1024 * 1024
 
 
@@ -91,7 +91,8 @@ def _cache_path(real: str) -> str | None:
 
 
 def _write_cache(cache: str, key: tuple, config: Config) -> None:
-    data = {k: getattr(config, k) for k in ("dir", "state", "timezone", "budgets", "defaults", "environ", "log")}
+    data = {k: getattr(config, k) for k in ("dir", "state", "timezone", "budgets", "defaults", "environ", "log",
+                                         "limits")}
     data["jobs"] = config.jobs.plain()
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)

@@ -63,6 +63,9 @@ class Job:
     data_target: str | None = None
     catchup: dict | None = None  # {"within": seconds, "runs": "latest" | "all"}
     retry_later: dict | None = None  # {"after": seconds, "max": n}
+    # The concurrency limits the job counts against (``limit:``): name -> N, from the
+    # registry's top-level ``limits:`` (at most N runs of the limit at once).
+    limits: dict = field(default_factory=dict)
 
     def wants(self, event: str) -> bool:
         """Does one of the job's ``notify:`` targets take ``event``?"""
@@ -149,6 +152,7 @@ class Config:
     state_in_use: str | None = None  # set by resolve_state: the state this process opens
     # The environment variables ``schedule: "${VAR:-...}"`` read -> their value (None: unset).
     environ: dict | None = None
+    limits: dict = field(default_factory=dict)  # `limits:`: name -> N runs at once
 
     def job(self, name: str) -> Job:
         """The job ``name``, its ``data_target`` resolved for the state in use."""

@@ -14,11 +14,11 @@ from schedsync.core.errors import ConfigError
 from schedsync.kinds import KEYS
 from schedsync.kinds import kind as kind_of
 
-TOP_KEYS = ("state", "timezone", "defaults", "budgets", "log", "jobs", "smtp", "serve_url")
+TOP_KEYS = ("state", "timezone", "defaults", "budgets", "limits", "log", "jobs", "smtp", "serve_url")
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
             "max_wait", "cost", "env", "notify", "ping", "run_by", "catchup", "retry_later")
-JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "cwd") + KEYS + ("into",)
+JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "limit", "cwd") + KEYS + ("into",)
 MERGED = ("retries", "breaker", "retention", "env", "catchup", "retry_later")  # merged key by key
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
@@ -95,6 +95,20 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
             doc.fail(exc)
             budgets[name] = [float("inf"), 1.0]  # known, so jobs naming it add no noise
 
+    limits = {}
+    raw_limits = raw.get("limits") or {}
+    if not isinstance(raw_limits, dict):
+        doc.fail(doc.error("limits", "must be a mapping of name: N (runs at once)", "e.g. limits: {heavy: 2}"))
+        raw_limits = {}
+    for name, most in raw_limits.items():
+        try:
+            _check_name(name, f"limits.{name}", doc)
+            limits[name] = _whole(most, f"limits.{name}", doc, least=1)
+        except ConfigError as exc:
+            doc.fail(exc)
+            limits[str(name)] = 1  # known, so jobs naming it add no noise
+    doc.limits = limits
+
     raw_jobs = raw.get("jobs")
     if not isinstance(raw_jobs, dict) or not raw_jobs:
         raise doc.error("jobs" if "jobs" in raw else "", "needs a `jobs:` mapping with at least one job")
@@ -105,7 +119,8 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
         except ConfigError as exc:  # validate goes on with the next job
             doc.fail(exc)
     return Config(path=doc.file, dir=folder, state=state, timezone=timezone,
-                  budgets=budgets, jobs=Jobs(jobs), defaults=base, environ=dict(doc.environ), log=log)
+                  budgets=budgets, jobs=Jobs(jobs), defaults=base, environ=dict(doc.environ), log=log,
+                  limits=limits)
 
 
 def _log(value, folder: str, doc: _Doc) -> dict:
@@ -166,6 +181,8 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
                 raise doc.error(f"{path}.cost" if "cost" in spec else f"{path}.budget",
                                 f"cost {job['cost']} is more than budget {_q(b)} can ever hold "
                                 f"({budgets[b][0]:g})", "lower the cost or raise the capacity")
+    if "limit" in spec:
+        job["limits"] = _limit(spec["limit"], f"{path}.limit", doc.limits, doc)
     if "cwd" in spec:
         job["cwd"] = os.path.join(folder, os.path.expanduser(_str(spec["cwd"], f"{path}.cwd", doc)))
 
@@ -258,12 +275,26 @@ def _rate(value, path: str, doc: _Doc) -> list:
     return [float(capacity), float(seconds)]
 
 
+def _limit(value, path: str, limits: dict, doc: _Doc) -> dict:
+    """``limit: heavy`` or ``limit: [heavy, api]``: name -> N, from the top-level ``limits:``."""
+    names = value if isinstance(value, list) else [value]
+    if not names:
+        raise doc.error(path, "names no limit", "name one of `limits:`, or drop the key")
+    out = {}
+    for name in names:
+        if not isinstance(name, str) or name not in limits:
+            raise doc.error(path, f"no limit named {_q(name)}",
+                            f"define it under `limits:` ({', '.join(limits) or 'none yet'}), e.g. limits: {{heavy: 2}}")
+        out[name] = limits[name]
+    return out
+
+
 def _overlap(value, path: str, doc: _Doc) -> list:
-    if value in ("skip", "allow"):
+    if value in ("skip", "allow", "replace", "queue"):
         return [value, 0.0]
     if isinstance(value, str) and value.startswith("wait "):
         return ["wait", _duration(value[5:], path, doc)]
-    raise doc.error(path, f"{_q(value)} is not an overlap policy", "use skip, allow or wait 30s")
+    raise doc.error(path, f"{_q(value)} is not an overlap policy", "use skip, allow, replace, queue or wait 30s")
 
 
 def _retries(value, path: str, doc: _Doc) -> dict:
@@ -544,10 +575,16 @@ def adhoc(config: Config | None, name: str, command: list[str], settings: dict, 
     spec = {"command": list(command), **settings}
     if own and own.budgets and "budget" not in spec:
         spec["budget"] = own.budgets
+    doc.limits = dict(config.limits)
+    if own and own.limits and "limit" not in spec:
+        spec["limit"] = list(own.limits)
     if own and own.description:
         spec["description"] = own.description
     job = _job(name, spec, base, config.budgets, config.timezone, cwd, doc)
     job["cwd"] = cwd  # like flock or runitor: the command runs where it was invoked
+    if job["overlap"][0] == "queue":  # its waiting run would be started from a jobs.yaml it has not
+        raise doc.error(f"jobs.{name}.overlap", "`queue` is not for exec (its waiting run is started from jobs.yaml)",
+                        "pass --overlap skip, allow, replace or 'wait 30s'")
     job["catchup"] = job["retry_later"] = None  # the tick runs registry jobs only
     if own:
         job["breaker"]["name"] = own.breaker["name"]

@@ -51,6 +51,7 @@ class _Doc:
         self.smtp: dict | None = None  # the top-level `smtp:`, validated: email targets carry it
         self.serve_url: str | None = None  # the top-level `serve_url:`: Slack and mail link to it
         self.environ: dict[str, str | None] = {}  # variables the schedules read -> value (None: unset)
+        self.limits: dict[str, int] = {}  # the top-level `limits:`, validated: jobs' `limit:` names them
 
     def error(self, path: str, what: str, fix: str | None = None) -> ConfigError:
         near = path

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from schedsync.core.models import CANCELLED, FAILED, TIMEOUT
+from schedsync.core.models import CANCELLED, FAILED, REPLACED, TIMEOUT
 from schedsync.core.records import dataclass
 
 LATEST, ALL = "latest", "all"
@@ -126,10 +126,11 @@ class Retry:
 def retry_for(run, settings: dict | None, next_slot: float | None) -> Retry | None:
     """The retry ``run`` (a finished ``Run``, with ``retry_of``/``retry_number`` if it is a
     retry itself) queues under ``settings`` (``{"after": s, "max": n}``; None: no retries
-    later), or None: it succeeded, was skipped, crashed or cancelled, or its chain has had
+    later), or None: it succeeded, was skipped, crashed, cancelled or replaced (a newer run
+    took its place), or its chain has had
     ``max`` retries. ``next_slot``: the job's first slot after ``run`` started (None when
     the job has no schedule)."""
-    if not settings or run.status not in (FAILED, TIMEOUT) or run.reason == CANCELLED:
+    if not settings or run.status not in (FAILED, TIMEOUT) or run.reason in (CANCELLED, REPLACED):
         return None
     number = (getattr(run, "retry_number", 0) or 0) + 1
     most = settings.get("max", RETRY_MAX)

@@ -12,6 +12,8 @@ FAILURES = (FAILED, TIMEOUT, CRASHED)
 LOCKED, BREAKER_OPEN, RATE_LIMITED, PAUSED, CANCELLED, ALREADY_RAN = (
     "locked", "breaker_open", "rate_limited", "paused", "cancelled", "already_ran",
 )
+# A run over a concurrency limit (skipped), and a run another stopped (failed, overlap: replace).
+LIMITED, REPLACED = "limited", "replaced"
 # Upper bounds (seconds) of schedsync_run_duration_seconds' buckets, for cron jobs: from
 # 0.1 s to 1 h. The store keeps a count per bound (a run in the smallest bound that holds
 # it, none over 1 h: +Inf is the count); the SQL of both backends names the same list.
@@ -51,7 +53,7 @@ QUEUED, CLAIMED, RAN, MISSED = "queued", "claimed", "ran", "missed"  # and SKIPP
 SLOT_STATES = (QUEUED, CLAIMED, RAN, SKIPPED, MISSED)
 # Item kinds: ``cron`` is a scheduled slot (claimed by a cron-started run or the tick);
 # ``catchup``, ``backfill`` and ``retry`` are work the tick starts from the queue.
-SLOT_KINDS = ("cron", "catchup", "backfill", "retry")
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry", "queue")  # queue: overlap: queue's waiting run
 
 
 @dataclass

@@ -121,6 +121,12 @@ class Locks(abc.ABC):
     @abc.abstractmethod
     def lock(self, job: str) -> Lock: ...
 
+    @abc.abstractmethod
+    def place(self, limit: str, index: int) -> Lock:
+        """Place ``index`` (0 .. N-1) of the concurrency limit ``limit``: a lock like a job's
+        (freed by the OS or the server when its holder dies), so at most N runs hold one.
+        SQLite: the flock file ``limit-NAME.I``; PostgreSQL: the lease ``limit:NAME:I``."""
+
 
 class Liveness(abc.ABC):
     """Who owns a run, and whether that owner is surely gone."""
@@ -134,6 +140,12 @@ class Liveness(abc.ABC):
     def gone(self, runs: list) -> list:
         """Those of ``runs`` (``running`` rows) whose owner is surely gone. A run this
         process cannot judge (e.g. another host's, on SQLite) is never returned."""
+
+    def stop(self, run) -> bool:
+        """``overlap: replace``: make ``run``'s owner stop its job now, if this process can
+        reach it (SQLite: SIGTERM to a schedsync of this host, never to a reused pid). False
+        when it cannot: on PostgreSQL the owner's heartbeat reads the stop request instead."""
+        return False
 
 
 class Store(abc.ABC):
@@ -209,6 +221,16 @@ class Store(abc.ABC):
     def running_runs(self, jobs: list[str] | None = None) -> list:
         """``running`` rows, of ``jobs`` or of all jobs."""
 
+    def request_stop(self, job: str, text: str) -> list:
+        """``overlap: replace``: ask the running run of ``job`` to stop, ``text`` saying by whom
+        (its error once stopped). SQLite: noted on its ``running`` row; PostgreSQL: on the
+        job's lease row, which the holder's heartbeat reads back. Returns the runs asked."""
+        raise NotImplementedError
+
+    def stop_requested(self, run) -> str | None:
+        """The stop request addressed to ``run`` (this process's own), if any."""
+        return None
+
     @abc.abstractmethod
     def mark_crashed(self, run, error: str, breaker: BreakerSpec | None,
                      evidence: bool, now: float | None = None) -> bool:
@@ -231,6 +253,12 @@ class Store(abc.ABC):
         returned as is, whatever its state; with ``requeue`` (a backfill asked for again),
         one that is done (``ran``, ``skipped``, ``missed``) is queued again, due at the
         new ``due_at``. Ids in ``items``' order; atomic."""
+
+    def enqueue_waiting(self, job: str, slot: float | None, due_at: float) -> tuple[int, bool]:
+        """``overlap: queue``: one ``queue`` item of ``job`` waiting, atomically on every
+        host: the ``queued`` or ``claimed`` one there is (``(id, False)``), else a new one
+        serving ``slot``, due at ``due_at`` (``(id, True)``)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def claim_due(self, jobs: list[str], limit: int, claimer: str, now: float | None = None,

@@ -45,3 +45,25 @@ class ProcLiveness(Liveness):
 
     def gone(self, runs: list) -> list:
         return [run for run in runs if run.host == HOST and not process_alive(run.pid, run.pid_start)]
+
+    def stop(self, run) -> bool:
+        """SIGTERM to ``run``'s schedsync (it stops its job's group: SIGTERM, then SIGKILL after
+        the grace, and records the run). Through a pidfd opened before the start time is
+        checked: a pid reused before the check fails it, one reused after is not signalled."""
+        if run.host != HOST or run.pid_start is None:
+            return False
+        import signal
+
+        try:
+            fd = os.pidfd_open(run.pid)
+        except (AttributeError, OSError):
+            return False
+        try:
+            if process_start(run.pid) != run.pid_start:
+                return False  # another process has that pid now
+            signal.pidfd_send_signal(fd, signal.SIGTERM)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)

@@ -637,6 +637,19 @@ class PostgresStore(Store):
                            " AND job = ANY (%s::text[])", (list(jobs),))
         return [Run(*row) for row in rows]
 
+    def request_stop(self, job, text) -> list:
+        asked = {i for (i,) in self._q(
+            "UPDATE schedsync.leases SET stop = %s WHERE name = %s AND expires_at >= schedsync.now()"
+            " RETURNING run_id", (text, job)) if i is not None}
+        return [r for r in self.running_runs([job]) if r.id in asked] if asked else []
+
+    def stop_requested(self, run):
+        if self.locks.stop_request is not None:  # heard by the heartbeat
+            return self.locks.stop_request
+        rows = self._q("SELECT stop FROM schedsync.leases WHERE run_id = %s AND token = %s",
+                       (run.id, self.locks.token))
+        return rows[0][0] if rows else None
+
     def mark_crashed(self, run, error, breaker, evidence, now=None) -> bool:
         settings = settings_of(breaker.settings if breaker else {})
         why = f"run {run.id} of {run.job}: crashed ({error})"
@@ -681,6 +694,22 @@ class PostgresStore(Store):
             "   AND s.retry_number = x.n ORDER BY x.pos",
             {"j": job, "s": cols[0], "k": cols[1], "d": cols[2], "o": cols[3], "n": cols[4], "r": bool(requeue)})
         return [row[1] for row in rows]
+
+    def enqueue_waiting(self, job, slot, due_at):
+        # One implicit transaction: the job's advisory lock (transaction-level) makes the
+        # look and the insert one step across hosts; the next statement sees a rival's row.
+        [(waiting, added)] = self._q(
+            "SELECT pg_advisory_xact_lock(hashtextextended('schedsync.queue:' || %s, 0));"
+            " WITH waiting AS (SELECT id FROM schedsync.slots WHERE job = %s AND kind = 'queue'"
+            "   AND state IN ('queued', 'claimed') LIMIT 1),"
+            " added AS (INSERT INTO schedsync.slots (job, slot, kind, state, due_at)"
+            "   SELECT %s, %s, 'queue', 'queued', %s WHERE NOT EXISTS (SELECT 1 FROM waiting)"
+            "   ON CONFLICT (job, coalesce(slot, -1), kind, coalesce(retry_of, 0), retry_number)"
+            "   DO UPDATE SET state = 'queued', due_at = excluded.due_at, run_id = NULL, reason = NULL,"
+            "   claimed_at = NULL, claimed_by = NULL RETURNING id)"
+            " SELECT (SELECT id FROM waiting), (SELECT id FROM added)",
+            (job, job, job, slot, due_at))
+        return (added, True) if added is not None else (waiting, False)
 
     def claim_due(self, jobs, limit, claimer, now=None, per_job=1) -> list:
         rows = self._q(f"SELECT {SLOT_COLUMNS} FROM schedsync.claim_due(%s::text[], %s, %s, %s, %s, %s)",
@@ -1019,12 +1048,13 @@ def _skip_error(reason, breaker, budgets) -> str:
 ACQUIRE = ("INSERT INTO schedsync.leases AS l (name, token, host, pid, expires_at)"
            " VALUES (%s, %s, %s, %s, schedsync.now() + %s)"
            " ON CONFLICT (name) DO UPDATE SET token = excluded.token, host = excluded.host,"
-           " pid = excluded.pid, run_id = NULL, expires_at = excluded.expires_at"
+           " pid = excluded.pid, run_id = NULL, expires_at = excluded.expires_at, stop = NULL"
            " WHERE l.expires_at < schedsync.now() RETURNING l.name")
 # Only a lease that has not lapsed is renewed: once expired it may be taken, and its
 # run judged gone (crashed), so a holder that finds one lapsed has lost it.
+# It reads back a stop request (overlap: replace) in the same round trip.
 RENEW = ("UPDATE schedsync.leases SET expires_at = schedsync.now() + %s"
-         " WHERE token = %s AND expires_at >= schedsync.now() RETURNING name")
+         " WHERE token = %s AND expires_at >= schedsync.now() RETURNING name, stop")
 
 
 class Lease(Lock):
@@ -1076,9 +1106,16 @@ class Leases(Locks):
         self._pipes: list[int] = []  # write ends of keepers' lease pipes
         self._thread: threading.Thread | None = None
         self._stopped: threading.Event | None = None
+        self.stop_request: str | None = None  # a newer run asked us to stop (overlap: replace)
+        self.armed = False  # the job is running: a stop request cancels it (SIGTERM to ourselves)
 
     def lock(self, job: str) -> Lease:
         return Lease(self, job)
+
+    def place(self, limit: str, index: int) -> Lease:
+        """A limit's place: a lease like a job's, under this process's token, so the one
+        renewal statement renews it and its loss fences the job the same way."""
+        return Lease(self, f"limit:{limit}:{index}")
 
     def take(self, name: str) -> bool:
         if name in self.names:
@@ -1094,6 +1131,7 @@ class Leases(Locks):
         """``name`` was taken (or created by ``admit``) by a statement sent at ``sent``."""
         if not self.names:
             self.lost = False
+            self.stop_request = None
             self.valid_until = sent + LEASE - MARGIN
         self.names.add(name)
         self._start()
@@ -1146,9 +1184,15 @@ class Leases(Locks):
     def renew(self) -> None:
         sent, expected = time.monotonic(), set(self.names)
         try:
-            got = {n for (n,) in self.store._fetch(RENEW, (LEASE, self.token), retry=True)}
+            rows = self.store._fetch(RENEW, (LEASE, self.token), retry=True)
         except Exception:  # unreachable for now: held() turns False when it lasts
             return
+        got = {n for (n, _) in rows}
+        stop = next((text for (n, text) in rows if text and n in self.names), None)
+        if stop is not None and self.stop_request is None:
+            self.stop_request = stop
+            if self.armed:
+                self._cancel()
         if (expected & self.names) - got:  # held before we asked and still meant to be
             self.lost = True  # lapsed and taken (or removed): never ours again
             return
@@ -1159,6 +1203,18 @@ class Leases(Locks):
                 os.write(w, line)
             except OSError:  # the keeper is gone, or not reading
                 pass
+
+    def arm(self, on: bool) -> None:
+        """While the job runs (``on``), a stop request stops it: as a person's SIGTERM would."""
+        self.armed = on
+        if on and self.stop_request is not None:
+            self._cancel()
+
+    @staticmethod
+    def _cancel() -> None:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)  # the runner's handler cancels the job
 
     def release_all(self) -> None:
         if self._stopped is not None:

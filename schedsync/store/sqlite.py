@@ -180,7 +180,12 @@ def _v6(db: sqlite3.Connection) -> None:
 
 
 _BOUNDS = "[" + ",".join(repr(b) for b in DURATION_BUCKETS) + "]"
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6]  # append, never edit: user_version counts how many were applied
+def _v10(db: sqlite3.Connection) -> None:
+    # overlap: replace: a newer run's request that a running run stop (who asked, as text).
+    db.execute("ALTER TABLE runs ADD COLUMN stop TEXT")
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v10]  # append, never edit: user_version counts how many were applied
 
 
 # SQLite's primary result codes (the low byte of an extended code: SQLITE_IOERR_* is SQLITE_IOERR).
@@ -332,6 +337,14 @@ class FileLocks(Locks):
         except OSError as exc:
             raise state_error(self.folder, exc) from None
         return FileLock(os.path.join(self.folder, f"{job}.lock"))
+
+    def place(self, limit: str, index: int) -> FileLock:
+        try:
+            lock_folder(self.folder)
+        except OSError as exc:
+            raise state_error(self.folder, exc) from None
+        # "limit-" + a name of [a-z0-9_.-]: never a job's NAME.lock
+        return FileLock(os.path.join(self.folder, f"limit-{limit}.{index}"))
 
 
 class SQLiteStore(Store):
@@ -610,6 +623,16 @@ class SQLiteStore(Store):
         rows = self._sql(f"SELECT {RUN_COLUMNS}, pid_start FROM runs WHERE {where}", args).fetchall()
         return [Run(*row) for row in rows]
 
+    def request_stop(self, job, text):
+        with self._tx:
+            rows = self._sql(f"UPDATE runs SET stop = ? WHERE job = ? AND status = 'running'"
+                             f" RETURNING {RUN_COLUMNS}, pid_start", (text, job)).fetchall()
+        return [Run(*row) for row in rows]
+
+    def stop_requested(self, run):
+        row = self._sql("SELECT stop FROM runs WHERE id = ?", (run.id,)).fetchone()
+        return row[0] if row else None
+
     def mark_crashed(self, run, error, breaker, evidence, now=None):
         now = time.time() if now is None else now
         with self._tx:
@@ -650,6 +673,18 @@ class SQLiteStore(Store):
                               " claimed_at = NULL, claimed_by = NULL WHERE id = ?"
                               " AND state IN ('ran', 'skipped', 'missed')", (it["due_at"], ids[-1]))
         return ids
+
+    def enqueue_waiting(self, job, slot, due_at):
+        with self._tx:  # BEGIN IMMEDIATE: one writer at a time, so one waiter
+            row = self._sql("SELECT id FROM slots WHERE job = ? AND kind = 'queue'"
+                            " AND state IN ('queued', 'claimed') LIMIT 1", (job,)).fetchone()
+            if row:
+                return row[0], False
+            row = self._sql("INSERT INTO slots (job, slot, kind, state, due_at) VALUES (?, ?, 'queue', 'queued', ?)"
+                            f" {SLOTS_ONCE} SET state = 'queued', due_at = excluded.due_at, run_id = NULL,"
+                            " reason = NULL, claimed_at = NULL, claimed_by = NULL RETURNING id",
+                            (job, slot, due_at)).fetchone()
+            return row[0], True
 
     def claim_due(self, jobs, limit, claimer, now=None, per_job=1):
         now = time.time() if now is None else now

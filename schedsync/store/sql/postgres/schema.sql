@@ -10,7 +10,7 @@
 
 CREATE SCHEMA IF NOT EXISTS schedsync;
 CREATE TABLE schedsync.meta (version int NOT NULL);
-INSERT INTO schedsync.meta VALUES (8);  -- the migrations applied
+INSERT INTO schedsync.meta VALUES (12);  -- the migrations applied
 
 CREATE TABLE schedsync.runs (
     id bigserial PRIMARY KEY, job text NOT NULL, status text NOT NULL, reason text,
@@ -38,8 +38,10 @@ CREATE TABLE schedsync.notifications (id bigserial PRIMARY KEY, job text NOT NUL
                                       detail text, run_id bigint);
 CREATE INDEX notifications_by_job ON schedsync.notifications (job, id);
 -- Leases (job overlap and run liveness): expires_at on the server's clock, renewed by the holder.
+-- stop: a newer run's request that the holder stop its job (overlap: replace).
 CREATE TABLE schedsync.leases (name text PRIMARY KEY, token bigint NOT NULL, run_id bigint,
-                               host text NOT NULL, pid int NOT NULL, expires_at float8 NOT NULL);
+                               host text NOT NULL, pid int NOT NULL, expires_at float8 NOT NULL,
+                               stop text);
 CREATE INDEX leases_by_token ON schedsync.leases (token);
 -- Each host's clock against the server's (host minus server, seconds), noted by admit.
 CREATE TABLE schedsync.hosts (host text PRIMARY KEY, skew float8 NOT NULL, seen_at float8 NOT NULL);

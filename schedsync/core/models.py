@@ -136,3 +136,24 @@ class Notification:
     ok: bool
     detail: str  # "HTTP 204", "timed out after 5s", …
     run_id: int | None = None
+
+
+AUDIT_ACTIONS = ("trigger", "retry", "pause", "resume", "breaker_reset")
+
+
+@dataclass
+class AuditEntry:
+    """One write through ``serve``'s API or dashboard, kept (bounded per job) in the state:
+    when, what, which credential (a label, never the secret), from where, and why."""
+
+    at: float
+    action: str  # one of AUDIT_ACTIONS
+    job: str | None  # None: a breaker reset named by its breaker, not by a job
+    who: str  # "token" or "basic:USER"
+    client: str  # the peer's address as serve saw it
+    breaker: str | None = None  # breaker_reset: the breaker closed
+    run_id: int | None = None  # retry: the run retried
+    item_id: int | None = None  # trigger and retry: the queue id
+    params: str | None = None  # trigger and retry: the params as JSON text
+    reason: str | None = None
+    id: int | None = None

@@ -38,7 +38,9 @@ RUN_COLUMNS = ", ".join(RUN_FIELDS)
 SLOT_FIELDS = ("id", "job", "slot", "kind", "state", "due_at", "run_id", "reason", "retry_of",
                "retry_number", "claimed_at", "claimed_by")  # ``core.models.SlotItem``'s order
 SLOT_COLUMNS = ", ".join(SLOT_FIELDS)
+AUDIT_COLUMNS = "at, action, job, who, client, breaker, run_id, item_id, params, reason, id"  # AuditEntry's order
 CLAIM_STALE = 60.0  # seconds a claimed item may wait for its run to start before it is queued again
+AUDIT_KEEP = 200  # audit entries kept per job (and per breaker reset by its own name)
 PRUNE_BATCH = 100  # rows a finished run prunes, so retention stays cheap however old the backlog
 
 
@@ -398,6 +400,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def record_notifications(self, notes: list, keep: int = 50) -> None: ...
+
+    # --- the audit log (``serve``'s writes) --------------------------------------------
+
+    @abc.abstractmethod
+    def record_audit(self, entry, keep: int = AUDIT_KEEP) -> int:
+        """Keep ``entry`` (an ``AuditEntry``; ``at`` None: the store's clock) and return its
+        id; the oldest entries of its ``job`` beyond the newest ``keep`` are pruned in the
+        same step, so the log stays bounded as notifications do."""
+
+    @abc.abstractmethod
+    def audit(self, job: str | None, breaker: str | None = None, limit: int = 10) -> list:
+        """The newest audit entries (``AuditEntry``) of ``job`` or of ``breaker``, newest first."""
 
     # --- retention -------------------------------------------------------------------
 

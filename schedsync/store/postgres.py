@@ -27,12 +27,14 @@ import time
 from schedsync.core.breaker import settings_of
 from schedsync.core.budgets import never_short
 from schedsync.core.errors import ConfigError, StateBusy, StateError, StateUnreachable
-from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run, SlotItem, Tick
+from schedsync.core.models import FAILURES, AuditEntry, Breaker, JobState, Notification, Run, SlotItem, Tick
 
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
 from schedsync.paths import spool_dir
 from schedsync.store.base import (
+    AUDIT_COLUMNS,
+    AUDIT_KEEP,
     CLAIM_STALE,
     PRUNE_BATCH,
     RUN_COLUMNS,
@@ -947,6 +949,29 @@ class PostgresStore(Store):
                 " WHERE n.job = j.job AND n.id <= (SELECT id FROM schedsync.notifications"
                 "   WHERE job = j.job ORDER BY id DESC LIMIT 1 OFFSET %s)",
                 (sorted({n.job for n in notes}), keep))
+
+    # --- the audit log ------------------------------------------------------------------
+
+    def record_audit(self, entry, keep=AUDIT_KEEP) -> int:
+        [(entry_id,)] = self._q(
+            "WITH e AS (INSERT INTO schedsync.audit (at, action, job, who, client, breaker, run_id, item_id,"
+            "   params, reason) VALUES (coalesce(%(at)s, schedsync.now()), %(action)s, %(job)s, %(who)s,"
+            "   %(client)s, %(breaker)s, %(run)s, %(item)s, %(params)s, %(reason)s) RETURNING id),"
+            " d AS (DELETE FROM schedsync.audit a WHERE a.job IS NOT DISTINCT FROM %(job)s"
+            "   AND (a.job IS NOT NULL OR a.breaker IS NOT DISTINCT FROM %(breaker)s)"
+            "   AND a.id <= (SELECT id FROM schedsync.audit WHERE job IS NOT DISTINCT FROM %(job)s"
+            "     AND (job IS NOT NULL OR breaker IS NOT DISTINCT FROM %(breaker)s)"
+            "     ORDER BY id DESC LIMIT 1 OFFSET %(keep)s - 1))"
+            " SELECT id FROM e",
+            {"at": entry.at, "action": entry.action, "job": entry.job, "who": entry.who,
+             "client": entry.client, "breaker": entry.breaker, "run": entry.run_id, "item": entry.item_id,
+             "params": entry.params, "reason": entry.reason, "keep": keep})
+        return entry_id
+
+    def audit(self, job, breaker=None, limit=10) -> list:
+        rows = self._q(f"SELECT {AUDIT_COLUMNS} FROM schedsync.audit WHERE job = %s OR breaker = %s"
+                       " ORDER BY id DESC LIMIT %s", (job, breaker, limit))
+        return [AuditEntry(*row) for row in rows]
 
     # --- retention ----------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from schedsync.core.errors import StateBusy, StateError
 from schedsync.core.models import (
     ALREADY_RAN,
     BREAKER_OPEN,
+    AuditEntry,
     CRASHED,
     DURATION_BUCKETS,
     FAILURES,
@@ -51,8 +52,10 @@ from schedsync.core.models import (
 from schedsync.store.base import (
     CLAIM_STALE,
     PRUNE_BATCH,
+    AUDIT_COLUMNS,
     RUN_COLUMNS,
     SLOT_COLUMNS,
+    AUDIT_KEEP,
     Admitted,
     Locks,
     Store,
@@ -179,8 +182,19 @@ def _v6(db: sqlite3.Connection) -> None:
     """)
 
 
+def _v8(db: sqlite3.Connection) -> None:
+    # The audit log (issue 18): every write through serve's API or dashboard, bounded per job.
+    _script(db, """
+        CREATE TABLE audit (id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, job TEXT,
+                            who TEXT NOT NULL, client TEXT NOT NULL, breaker TEXT, run_id INTEGER,
+                            item_id INTEGER, params TEXT, reason TEXT);
+        CREATE INDEX audit_by_job ON audit (job, id);
+        CREATE INDEX audit_by_breaker ON audit (breaker, id) WHERE breaker IS NOT NULL
+    """)
+
+
 _BOUNDS = "[" + ",".join(repr(b) for b in DURATION_BUCKETS) + "]"
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6]  # append, never edit: user_version counts how many were applied
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v8]  # append, never edit: user_version counts how many were applied
 
 
 # SQLite's primary result codes (the low byte of an extended code: SQLITE_IOERR_* is SQLITE_IOERR).
@@ -998,6 +1012,26 @@ class SQLiteStore(Store):
             self._sql("INSERT OR REPLACE INTO alert_marks (job, event, mark) VALUES (?, ?, ?)",
                       (job, event, mark))
             return True
+
+    # --- the audit log ----------------------------------------------------------------
+
+    def record_audit(self, entry, keep=AUDIT_KEEP):
+        at = time.time() if entry.at is None else entry.at
+        with self._tx:
+            cur = self._sql("INSERT INTO audit (at, action, job, who, client, breaker, run_id, item_id,"
+                            " params, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            (at, entry.action, entry.job, entry.who, entry.client, entry.breaker,
+                             entry.run_id, entry.item_id, entry.params, entry.reason))
+            self._sql("DELETE FROM audit WHERE job IS ? AND (job IS NOT NULL OR breaker IS ?) AND id <= (SELECT id"
+                      " FROM audit WHERE job IS ? AND (job IS NOT NULL OR breaker IS ?)"
+                      " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                      (entry.job, entry.breaker, entry.job, entry.breaker, keep))
+            return cur.lastrowid
+
+    def audit(self, job, breaker=None, limit=10):
+        rows = self._sql(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE job = ? OR breaker = ?"
+                         " ORDER BY id DESC LIMIT ?", (job, breaker, limit)).fetchall()
+        return [AuditEntry(*row) for row in rows]
 
     # --- retention --------------------------------------------------------------------
 

@@ -10,7 +10,7 @@
 
 CREATE SCHEMA IF NOT EXISTS schedsync;
 CREATE TABLE schedsync.meta (version int NOT NULL);
-INSERT INTO schedsync.meta VALUES (8);  -- the migrations applied
+INSERT INTO schedsync.meta VALUES (10);  -- the migrations applied
 
 CREATE TABLE schedsync.runs (
     id bigserial PRIMARY KEY, job text NOT NULL, status text NOT NULL, reason text,
@@ -37,6 +37,12 @@ CREATE TABLE schedsync.notifications (id bigserial PRIMARY KEY, job text NOT NUL
                                       target text NOT NULL, at float8 NOT NULL, ok boolean NOT NULL,
                                       detail text, run_id bigint);
 CREATE INDEX notifications_by_job ON schedsync.notifications (job, id);
+-- The audit log: every write through serve's API or dashboard, bounded per job.
+CREATE TABLE schedsync.audit (id bigserial PRIMARY KEY, at float8 NOT NULL, action text NOT NULL, job text,
+                              who text NOT NULL, client text NOT NULL, breaker text, run_id bigint,
+                              item_id bigint, params text, reason text);
+CREATE INDEX audit_by_job ON schedsync.audit (job, id);
+CREATE INDEX audit_by_breaker ON schedsync.audit (breaker, id) WHERE breaker IS NOT NULL;
 -- Leases (job overlap and run liveness): expires_at on the server's clock, renewed by the holder.
 CREATE TABLE schedsync.leases (name text PRIMARY KEY, token bigint NOT NULL, run_id bigint,
                                host text NOT NULL, pid int NOT NULL, expires_at float8 NOT NULL);

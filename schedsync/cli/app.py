@@ -235,8 +235,10 @@ def validate(ctx: typer.Context):
 @app.command()
 def pause(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name.")):
     """Skip a job's runs (recorded as skipped: paused) until resumed. Example: schedsync pause quests"""
+    from schedsync.app import control
+
     with _errors(), _opened(ctx, create=True, job=job) as (config, store):
-        store.set_paused(job, True, store.now())
+        control.pause(config, store, job)
     # A job may be paused before its first run; a new state is named, in case its path is a typo.
     made = f" (new state {store.label})" if store.created else ""
     print(f"{job}: paused{made}; its runs are skipped until `schedsync resume {job}`")
@@ -245,8 +247,10 @@ def pause(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help
 @app.command()
 def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name.")):
     """Let a paused job run again. Example: schedsync resume quests"""
+    from schedsync.app import control
+
     with _errors(), _opened(ctx, job=job) as (config, store):
-        store.set_paused(job, False, store.now())
+        control.resume(config, store, job)
     print(f"{job}: resumed")
 
 
@@ -254,15 +258,11 @@ def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", hel
 def breaker_reset(ctx: typer.Context,
                   job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
-    with _errors(), _opened(ctx, job=job) as (config, store):
-        name = config.job(job).breaker["name"]
-        now = store.now()
-        was = store.reset_breaker(name, "reset by hand")  # the store's clock
-        before = was or "closed"
-        if was and config.log:  # the JSON run log: imported only when jobs.yaml asks for it
-            from schedsync.app.runlog import log_reset
+    from schedsync.app import control
 
-            log_reset(config.log, job, name, was, now)
+    with _errors(), _opened(ctx, job=job) as (config, store):
+        name, was = control.reset_breaker(config, store, job)  # the store's clock
+        before = was or "closed"
     print(f"breaker {name}: closed (was {before})")
 
 

@@ -365,12 +365,16 @@ def serve(
     bind: str = typer.Option("127.0.0.1:9178", "--bind", metavar="HOST:PORT",
                              help="Where to listen; not loopback needs $SCHEDSYNC_SERVE_TOKEN or "
                                   "$SCHEDSYNC_SERVE_BASIC (user:password)."),
+    allow_host: list[str] = typer.Option([], "--allow-host", metavar="NAME",
+                                         help="A host name writes may be addressed to (besides IP addresses and "
+                                              "localhost); repeatable."),
 ):
-    """Read-only HTTP: /healthz (200 or 503), /metrics, / a dashboard. Example: schedsync serve --bind 127.0.0.1:9178"""
+    """HTTP: /healthz (200 or 503), /metrics, / a dashboard; with a credential set, POST /api/... writes
+    (trigger, retry, pause, resume, breaker reset). Example: schedsync serve --bind 127.0.0.1:9178"""
     from schedsync.ops.serve import serve as serve_forever
 
     with _errors():
-        code = serve_forever(ctx.obj["config"], ctx.obj["state"], bind)
+        code = serve_forever(ctx.obj["config"], ctx.obj["state"], bind, allow_hosts=allow_host)
     raise typer.Exit(code)
 
 

@@ -453,6 +453,15 @@ def job_detail(detail: dict) -> None:
         result = Text(note["detail"], style="" if note["ok"] else "red")
         _line(lines, Text.assemble(label, f"{_when(note['at'], now)}: {note['event']} → {note['target']}: ",
                                 result))
+    for i, entry in enumerate(detail.get("audit") or []):
+        label = "audit      " if i == 0 else "           "
+        what = " ".join([*([f"run {entry['run_id']}"] if entry["run_id"] else []),
+                         *([f"queue {entry['item_id']}"] if entry["item_id"] else []),
+                         *([f"breaker {entry['breaker']}"] if entry["breaker"] else []),
+                         *(f"{k}={v}" for k, v in (entry["params"] or {}).items())])
+        _line(lines, Text.assemble(label, f"{_when(entry['at'], now)}: ", (entry["action"], "bold"),
+                                   f" by {entry['who']} from {entry['client']}", f" ({what})" if what else "",
+                                   f": {entry['reason']}" if entry["reason"] else ""))
     for i, slot in enumerate(detail.get("slots") or []):
         label = "slots      " if i == 0 else "           "
         what = slot["state"] + (f" (run {slot['run_id']})" if slot["run_id"] else "")

@@ -537,7 +537,8 @@ class Handler(BaseHTTPRequestHandler):
         reason = data.get("reason")
         if reason is not None and not isinstance(reason, str):
             return self._json(400, {"error": '"reason" must be a string'})
-        from schedsync.app.control import Actor, NotFound as Missing
+        from schedsync.app.control import Actor
+        from schedsync.app.control import NotFound as Missing
 
         actor = Actor(self.credentials.label(authorization), self.client_address[0], reason)
         try:

@@ -31,7 +31,6 @@ from schedsync.core.errors import StateBusy, StateError
 from schedsync.core.models import (
     ALREADY_RAN,
     BREAKER_OPEN,
-    AuditEntry,
     CRASHED,
     DURATION_BUCKETS,
     FAILURES,
@@ -41,6 +40,7 @@ from schedsync.core.models import (
     RUNNING,
     SKIPPED,
     SUCCESS,
+    AuditEntry,
     Breaker,
     Bucket,
     JobState,
@@ -50,12 +50,12 @@ from schedsync.core.models import (
     Tick,
 )
 from schedsync.store.base import (
+    AUDIT_COLUMNS,
+    AUDIT_KEEP,
     CLAIM_STALE,
     PRUNE_BATCH,
-    AUDIT_COLUMNS,
     RUN_COLUMNS,
     SLOT_COLUMNS,
-    AUDIT_KEEP,
     Admitted,
     Locks,
     Store,

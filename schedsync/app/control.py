@@ -48,9 +48,9 @@ def _params_text(params: dict | None) -> str | None:
 def trigger(config: Config, store, name: str, params: dict | None, actor: Actor | None) -> tuple[int, bool]:
     """Queue a run of ``name`` now (``app.trigger``: params checked, an identical queued run
     deduped); (queue id, deduped)."""
+    _job(config, name)
     from schedsync.app.trigger import queue_trigger
 
-    _job(config, name)
     item_id, deduped = queue_trigger(config, store, name, params or {}, store.now(),
                                      who=actor.who if actor else None, reason=actor.reason if actor else None)
     _audit(store, actor, "trigger", name, item_id=item_id, params=_params_text(params))

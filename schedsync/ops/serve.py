@@ -595,7 +595,7 @@ class Handler(BaseHTTPRequestHandler):
             return b"", (400, {"error": "Content-Length is not a number"})
         length = int(text)
         if length > MAX_BODY:
-            return b"", (413, {"error": f"the body is over {MAX_BODY} bytes"})
+            return b"", (413, {"error": f"the body is over {MAX_BODY // 1024} KiB"})
         self.reader.restart()
         self.reader.left = length + 1
         try:

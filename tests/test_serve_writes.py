@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -20,7 +17,7 @@ import pytest
 
 from conftest import Project
 from schedsync.store import open_store
-from test_serve import Served, chromium
+from test_serve import Served
 
 TOKEN = "tok-" + "w" * 28
 BASIC = "ops:pa55word"
@@ -174,7 +171,8 @@ def test_unknown_jobs_runs_and_endpoints_are_404_and_bad_bodies_400_or_413(serve
         code, _, body = post(server, path, {}, bearer())
         assert code == 404, (path, body)
         one_line_error(body)
-    code, _, body = post(server, "/api/jobs/nightly/pause", b"{not json", {**bearer(), "Content-Type": "application/json"})
+    code, _, body = post(server, "/api/jobs/nightly/pause", b"{not json",
+                         {**bearer(), "Content-Type": "application/json"})
     assert code == 400 and "not JSON" in one_line_error(body)
     code, _, body = post(server, "/api/jobs/nightly/pause", b"[1, 2]", bearer())
     assert code == 400, body
@@ -254,7 +252,8 @@ def test_a_form_post_needs_its_csrf_token_and_then_goes_back_to_the_page(served)
     assert code == 403
     assert not paused(project, "nightly")
 
-    code, headers, _ = post(server, "/api/jobs/nightly/pause", form({"csrf_token": csrf_of(page), "next": "/job/nightly"}),
+    code, headers, _ = post(server, "/api/jobs/nightly/pause",
+                            form({"csrf_token": csrf_of(page), "next": "/job/nightly"}),
                             {**basic(), **FORM, "Referer": server.url + "/job/nightly"})
     assert code == 303 and headers["Location"] == "/job/nightly"
     assert paused(project, "nightly")

@@ -33,6 +33,7 @@ def run_json(run: Run, output: bool = False) -> dict:
         out["params"] = decode(text)
     else:
         out["params"] = None
+    out["parent"] = getattr(run, "parent", None)  # a chain's run: the run it came after
     if output:
         out["output"] = run.output
     return out

@@ -323,10 +323,9 @@ def trigger(
     from schedsync.app.trigger import trigger_cli
     from schedsync.config import resolve_state
 
-    with _errors():
-        with _opened(ctx, create=True, job=job) as (config, store):
-            code = trigger_cli(config, store, resolve_state(ctx.obj["state"], config), job, param, at,
-                               within, wait, reason, as_json)
+    with _errors(), _opened(ctx, create=True, job=job) as (config, store):
+        code = trigger_cli(config, store, resolve_state(ctx.obj["state"], config), job, param, at,
+                           within, wait, reason, as_json)
     raise typer.Exit(code)
 
 

@@ -81,6 +81,7 @@ class Context:
     fence: object = None  # the store's leases (PostgreSQL): a command's keeper fences on them
     run_id: int | None = None  # the running run's row
     slot: float | None = None  # the scheduled start this run serves (the ledger's), if any
+    params: dict | None = None  # the run's params ({NAME: value}), if it has any
 
     @property
     def data_db(self) -> str:
@@ -124,7 +125,7 @@ class Context:
 
 def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger: str,
             interactive: bool, sleep=time.sleep, on_start=None, on_finish=None,
-            item=None, slot: float | None = None) -> RunResult:
+            item=None, slot: float | None = None, params: dict | None = None) -> RunResult:
     """Run ``job`` (already expanded) once. The application layer's hooks: ``on_start(run)``
     once it is admitted (the start ping), ``on_finish(result)`` once it is recorded and
     while the lock is still held (webhooks, the closing ping). Neither runs for a run
@@ -133,12 +134,18 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
     A cron-triggered run of a scheduled job claims its slot in the ledger; ``item`` (a
     ``SlotItem`` the tick claimed, ``run JOB --item ID``) is claimed instead, and the run
     serves its slot. ``slot`` is the one it serves, found by the caller (``app.run``)
-    before ``${SCHEDSYNC_SLOT}`` was expanded."""
+    before ``${SCHEDSYNC_SLOT}`` was expanded. ``params`` (``{NAME: value}``) reach the job
+    (``ctx.params``) and are stored on the run (JSON, redacted)."""
     if job.jitter:
         import random
 
         sleep(random.uniform(0, job.jitter))
 
+    stored = None
+    if params is not None:  # as the run's row keeps them: JSON, redacted like its output
+        from schedsync.config.params import encode
+
+        stored = secrets.redact(encode(params))
     lock = None
     if job.overlap[0] != "allow":
         try:
@@ -155,21 +162,22 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
                     run.slot = slot
                     return RunResult(run, Exit.SKIPPED, quiet=True)
                 host, run_id = winner
-                return _skip(store, job, trigger, ALREADY_RAN, None, already_ran_error(slot, host, False, run_id))
+                return _skip(store, job, trigger, ALREADY_RAN, None, already_ran_error(slot, host, False, run_id),
+                             params=stored)
             holder = store.running_runs([job.name])
             who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
             return _skip(store, job, trigger, LOCKED, None, f"the previous run{who} is still going",
-                         slot, item)
+                         slot, item, stored)
     try:
         return _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
-                         on_start, on_finish, slot, item)
+                         on_start, on_finish, slot, item, params, stored)
     finally:
         if lock:
             lock.release()
 
 
 def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,
-              on_finish, slot=None, item=None) -> RunResult:
+              on_finish, slot=None, item=None, params=None, stored=None) -> RunResult:
     spec = breaker_spec(job)
     lease = job.timeout + 60  # the lease ends when the run surely has
     kind = job_kind(job.kind)
@@ -181,7 +189,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
         wait_until = max(wait_until, time.monotonic() + BUDGET_SLACK)
     while True:  # no ``now``: the store's clock (PostgreSQL: the server's) decides, in the statement
         admitted = store.admit_run(job.name, trigger, spec, lease, job.budgets, config.budgets, cost,
-                                   slot=slot, item=item and item.id)
+                                   slot=slot, item=item and item.id, params=stored)
         if admitted.run is not None:
             break
         if admitted.reason == RATE_LIMITED and admitted.retry_at is not None:
@@ -195,7 +203,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
             run = never_started(store, job.name, trigger, SKIPPED, ALREADY_RAN, None, admitted.error)
             run.slot = slot
             return RunResult(run, Exit.SKIPPED, quiet=True)
-        return _skip(store, job, trigger, admitted.reason, admitted.retry_at, admitted.error, slot, item)
+        return _skip(store, job, trigger, admitted.reason, admitted.retry_at, admitted.error, slot, item, stored)
     run = admitted.run
     began = time.monotonic()
 
@@ -205,7 +213,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     ctx = Context(job, config, store, secrets, deadline=time.monotonic() + job.timeout,
                   interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep,
                   held=lock.held if lock else (leases.held if leases else None), run_id=run.id,
-                  slot=run.slot, fence=leases)
+                  slot=run.slot, fence=leases, params=params)
     if kind.needs_last_success:
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
     with _cancel_on_signals():
@@ -306,9 +314,9 @@ def opened_message(breaker, timezone: str | None, now: float) -> str:
 
 
 def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str, slot=None,
-          item=None) -> RunResult:
+          item=None, params: str | None = None) -> RunResult:
     run = never_started(store, job.name, trigger, SKIPPED, reason, retry_at, error)
-    run.slot = slot
+    run.slot, run.params = slot, params
     if item is not None:
         run.retry_of, run.retry_number = item.retry_of, item.retry_number
     # pruned: a paused or rate-limited job must not grow; the ledger notes the skip

@@ -123,22 +123,13 @@ def _settle(config: Config, job: Job, key: str, until: float | None, now: float)
 
 
 def _starter(config: Config, state: str):
-    """Start ``schedsync run JOB --item ID`` detached: a new session (cron's SIGHUP or the
-    tick's end does not reach it), stdin from /dev/null, the tick's output. The state is
-    passed in the environment, never on a command line others can read."""
-    import subprocess
+    """Start ``schedsync run JOB --item ID`` detached (``app.trigger.starter``: a new session,
+    stdin from /dev/null, the tick's output, the state in the environment)."""
+    from schedsync.app.trigger import registry_path, starter
 
     env = dict(os.environ)
     env.pop(PAUSE, None)
-    env["SCHEDSYNC_STATE"] = state
-    command = [sys.executable, "-m", "schedsync", "-c", os.path.join(config.dir, os.path.basename(config.path)),
-               "run"]
-
-    def start(item) -> None:
-        subprocess.Popen([*command, item.job, "--item", str(item.id)], stdin=subprocess.DEVNULL,
-                         env=env, start_new_session=True, close_fds=True)
-
-    return start
+    return starter(registry_path(config), state, env)
 
 
 def tick_cli(config_opt: str | None, state_opt: str | None, now: float | None = None) -> int:

@@ -306,6 +306,30 @@ def backfill(
 
 
 @app.command()
+def trigger(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., metavar="JOB", help="Job name."),
+    at: str | None = typer.Option(None, "--at", metavar="TIME",
+                                  help="Run it at this time, ISO 8601 (without an offset, in the registry's zone)."),
+    within: str | None = typer.Option(None, "--in", metavar="DURATION", help="Run it after this long, e.g. 10m."),
+    param: list[str] = typer.Option([], "--param", metavar="NAME=VALUE",
+                                    help="A param the job declares (repeat for more)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the run and exit as `run` would (0, 1 or 75)."),
+    reason: str | None = typer.Option(None, "--reason", metavar="TEXT", help="Why (kept where writes are audited)."),
+    as_json: bool = typer.Option(False, "--json", help="Print {job, item, deduped, due_at} as JSON."),
+):
+    """Queue a run now (or later); `schedsync tick` starts it with every protection. Prints the
+    queue id; the same params still queued give the same id. Example: schedsync trigger sweep --param final=1"""
+    from schedsync.app.trigger import trigger_cli
+    from schedsync.config import resolve_state
+
+    with _errors(), _opened(ctx, create=True, job=job) as (config, store):
+        code = trigger_cli(config, store, resolve_state(ctx.obj["state"], config), job, param, at,
+                           within, wait, reason, as_json)
+    raise typer.Exit(code)
+
+
+@app.command()
 def prune(ctx: typer.Context):
     """Apply the retention policy now. Example: schedsync prune"""
     with _errors(), _opened(ctx) as (config, store):

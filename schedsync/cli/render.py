@@ -533,10 +533,20 @@ def _again(run: dict) -> str:
 
 
 def _trigger(run: dict) -> str:
-    """``retry 2 of run 7``: a retry later shows its place in the chain (``history`` shows it)."""
+    """``retry 2 of run 7``: a retry later shows its place in the chain (``history`` shows it);
+    ``api final_sweep=1``: a run with params shows them."""
+    shown = run["trigger"]
     if run.get("retry_number"):
-        return f"{run['trigger']} {run['retry_number']} of run {run['retry_of']}"
-    return run["trigger"]
+        shown = f"{run['trigger']} {run['retry_number']} of run {run['retry_of']}"
+    if run.get("params"):
+        shown += " " + params_text(run["params"])
+    return shown
+
+
+def params_text(params: dict, limit: int = 60) -> str:
+    """``final_sweep=1 batch=50``: a run's params, each value cut to ``limit`` characters."""
+    return " ".join(f"{name}={value if len(value) <= limit else value[:limit - 1] + '…'}"
+                    for name, value in sorted(params.items()))
 
 
 def jobs_table(config) -> None:

@@ -43,6 +43,7 @@ class Run:
     slot: float | None = None  # the scheduled start this run served (the ledger's slot), if any
     retry_of: int | None = None  # the first run of its retry chain (a retry later)
     retry_number: int = 0  # 0: not a retry; n: the chain's n-th retry
+    params: str | None = None  # the run's params (JSON text, ``{NAME: value}``), if the job has any
     pid_start: int | None = None  # kernel start time of pid, to tell a reused pid
 
 
@@ -50,8 +51,10 @@ class Run:
 QUEUED, CLAIMED, RAN, MISSED = "queued", "claimed", "ran", "missed"  # and SKIPPED
 SLOT_STATES = (QUEUED, CLAIMED, RAN, SKIPPED, MISSED)
 # Item kinds: ``cron`` is a scheduled slot (claimed by a cron-started run or the tick);
-# ``catchup``, ``backfill`` and ``retry`` are work the tick starts from the queue.
-SLOT_KINDS = ("cron", "catchup", "backfill", "retry")
+# ``catchup``, ``backfill`` and ``retry`` are work the tick starts from the queue; ``api``
+# a run asked for by ``schedsync trigger`` (or serve), with its params.
+API = "api"
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry", API)
 
 
 @dataclass
@@ -62,7 +65,7 @@ class SlotItem:
     of SLOT_KINDS, ``state`` one of SLOT_STATES, ``due_at`` when it may start, ``run_id``
     the run that served it, ``reason`` why it was skipped, missed or dropped, ``retry_of``
     and ``retry_number`` its retry chain, ``claimed_at``/``claimed_by`` (``host:pid``) who
-    claimed it to start it."""
+    claimed it to start it, ``params`` an ``api`` item's params (JSON text)."""
 
     id: int
     job: str
@@ -76,6 +79,7 @@ class SlotItem:
     retry_number: int = 0
     claimed_at: float | None = None
     claimed_by: str | None = None
+    params: str | None = None  # an ``api`` item's params (JSON text), else None
 
 
 @dataclass

@@ -33,10 +33,10 @@ from schedsync.core.records import dataclass
 RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
               "finished_at", "duration_ms", "attempts", "requests", "items_processed",
               "items_failed", "exit_code", "error", "retry_at", "output", "slot", "retry_of",
-              "retry_number")
+              "retry_number", "params")
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
 SLOT_FIELDS = ("id", "job", "slot", "kind", "state", "due_at", "run_id", "reason", "retry_of",
-               "retry_number", "claimed_at", "claimed_by")  # ``core.models.SlotItem``'s order
+               "retry_number", "claimed_at", "claimed_by", "params")  # ``core.models.SlotItem``'s order
 SLOT_COLUMNS = ", ".join(SLOT_FIELDS)
 AUDIT_COLUMNS = "at, action, job, who, client, breaker, run_id, item_id, params, reason, id"  # AuditEntry's order
 CLAIM_STALE = 60.0  # seconds a claimed item may wait for its run to start before it is queued again
@@ -156,7 +156,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def admit_run(self, job: str, trigger: str, breaker: BreakerSpec, lease: float,
                   budgets: list[str], rates: dict, cost: float, now: float | None = None,
-                  slot: float | None = None, item: int | None = None) -> Admitted:
+                  slot: float | None = None, item: int | None = None,
+                  params: str | None = None) -> Admitted:
         """In one step: note the job as seen; skip it if paused; admit it through its
         breaker (a half-open trial takes a lease ending ``lease`` seconds from now);
         spend ``cost`` tokens from every bucket in ``budgets`` (all or none; ``rates``
@@ -172,7 +173,8 @@ class Store(abc.ABC):
         ledger row the tick claimed, ``schedsync run JOB --item ID``) that row becomes
         ``ran`` with the run's id, and the run takes its ``slot``, ``retry_of`` and
         ``retry_number`` (``slot`` is then ignored); an item no longer ``claimed`` or
-        ``queued`` (another process started it) is ``already_ran``."""
+        ``queued`` (another process started it) is ``already_ran``. ``params`` (JSON text)
+        is stored on the run."""
 
     def slot_winner(self, job: str, slot: float) -> tuple | None:
         """(host, run id) of the run that claimed ``slot`` of ``job``, or None (also when
@@ -233,6 +235,15 @@ class Store(abc.ABC):
         returned as is, whatever its state; with ``requeue`` (a backfill asked for again),
         one that is done (``ran``, ``skipped``, ``missed``) is queued again, due at the
         new ``due_at``. Ids in ``items``' order; atomic."""
+
+    @abc.abstractmethod
+    def enqueue_api(self, job: str, params: str | None, due_at: float,
+                    now: float | None = None) -> tuple[int, bool]:
+        """Queue an ``api`` item of ``job`` (``schedsync trigger``) due at ``due_at``, with
+        ``params`` (canonical JSON text), unless one with the same params is still waiting
+        (``queued`` or ``claimed``, its run not started): then nothing is added. Returns
+        (the item's id, True if it was that waiting one). Atomic: two triggers at once, on
+        any hosts, queue one item."""
 
     @abc.abstractmethod
     def claim_due(self, jobs: list[str], limit: int, claimer: str, now: float | None = None,

@@ -461,7 +461,7 @@ class PostgresStore(Store):
     # --- runs ---------------------------------------------------------------------------
 
     def admit_run(self, job, trigger, breaker, lease, budgets, rates, cost, now=None, slot=None,
-                  item=None):
+                  item=None, params=None):
         host, pid, token = self.liveness.owner()
         caps = [float(rates[b][0]) for b in budgets]
         pers = [float(rates[b][1]) for b in budgets]
@@ -469,17 +469,17 @@ class PostgresStore(Store):
         sent = time.monotonic()
         [row] = self._q(
             "SELECT * FROM schedsync.admit(%s, %s, %s, %s, %s, %s::text[], %s::float8[], %s::float8[],"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (job, trigger, breaker.name, int(settings_of(breaker.settings)["half_open_runs"]),
              float(lease), list(budgets), caps, pers, float(cost), now, slot, host, pid, token, item,
-             held, LEASE, time.time()))
+             held, LEASE, time.time(), params))
         (run_id, started_at, trial, reason, retry_at, other_host, served, retry_of, retry_number,
          taken, taken_run, later, other_run, lease_name) = row
         if reason is None:
             if lease_name != held:
                 self.locks.holding(lease_name, sent)
             run = Run(run_id, job, "running", trigger, started_at, host, pid, pid_start=token,
-                      slot=served, retry_of=retry_of, retry_number=retry_number or 0)
+                      slot=served, retry_of=retry_of, retry_number=retry_number or 0, params=params)
             self.lean()  # the job runs now: its connection goes back (to PgBouncer, or the server)
             return Admitted(run, trial=bool(trial))
         if reason == "rate_limited" and retry_at is not None and retry_at != float("inf"):
@@ -500,14 +500,14 @@ class PostgresStore(Store):
             "   ON CONFLICT (name) DO NOTHING),"
             " r AS (INSERT INTO schedsync.runs (job, status, reason, trigger, started_at,"
             " finished_at, duration_ms, retry_at, host, pid, token, error, exit_code, slot, retry_of,"
-            " retry_number) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " RETURNING id)"
+            " retry_number, params) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s) RETURNING id)"
             " SELECT id FROM r, schedsync.prune(%s, %s, %s, %s, %s), schedsync.tally(%s, %s, %s),"
             " schedsync.skip_slot(%s, %s, %s, %s)",
             (run.job, run.started_at,
              run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start, run.error,
-             run.exit_code, run.slot, run.retry_of, run.retry_number or 0,
+             run.exit_code, run.slot, run.retry_of, run.retry_number or 0, run.params,
              run.job, run.started_at, retention.get("success"),
              retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0,
              run.job, run.slot, item, run.reason or run.status))
@@ -683,6 +683,24 @@ class PostgresStore(Store):
             "   AND s.retry_number = x.n ORDER BY x.pos",
             {"j": job, "s": cols[0], "k": cols[1], "d": cols[2], "o": cols[3], "n": cols[4], "r": bool(requeue)})
         return [row[1] for row in rows]
+
+    def enqueue_api(self, job, params, due_at, now=None) -> tuple:
+        # One statement: inserted, else the waiting twin the unique index found. A twin
+        # committed after this statement's snapshot is not seen by its SELECT (nor one
+        # that started meanwhile): then ask again.
+        for _ in range(50):
+            rows = self._q(
+                "WITH ins AS (INSERT INTO schedsync.slots (job, slot, kind, state, due_at, params)"
+                "   VALUES (%(j)s, NULL, 'api', 'queued', %(d)s, %(p)s) ON CONFLICT DO NOTHING RETURNING id)"
+                " SELECT id, false FROM ins UNION ALL SELECT s.id, true FROM schedsync.slots s"
+                " WHERE NOT EXISTS (SELECT 1 FROM ins) AND s.job = %(j)s AND s.kind = 'api'"
+                "   AND coalesce(s.params, '') = coalesce(%(p)s, '') AND s.state IN ('queued', 'claimed')"
+                " LIMIT 1", {"j": job, "d": due_at, "p": params})
+            if rows:
+                return int(rows[0][0]), bool(rows[0][1])
+            time.sleep(0.01)
+        raise StateError(f"could not queue a run of {job} in {self.label}: its waiting twin kept changing",
+                         "try again")
 
     def claim_due(self, jobs, limit, claimer, now=None, per_job=1) -> list:
         rows = self._q(f"SELECT {SLOT_COLUMNS} FROM schedsync.claim_due(%s::text[], %s, %s, %s, %s, %s)",

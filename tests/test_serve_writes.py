@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -26,6 +27,8 @@ JOBS = """
     jobs:
       nightly:
         schedule: "0 3 * * *"
+        params:
+          final_sweep: {default: "0", pattern: "^[01]$"}
         command: ["sh", "-c", "echo sweep=$SCHEDSYNC_PARAM_FINAL_SWEEP"]
       flaky:
         breaker: {failures: 1, reset_after: 1h}
@@ -274,3 +277,101 @@ def test_buttons_show_only_with_writes_on_and_the_page_allows_forms_to_itself_on
     _, _, job_page = server.get("/job/flaky", basic())
     run_id = project.history("flaky")[0]["id"]
     assert f'action="/api/runs/{run_id}/retry"' in job_page and ">Retry</button>" in job_page
+
+
+# --- triggers and retries ---------------------------------------------------------------------
+
+def runs_of(project: Project, job: str, trigger: str = "api") -> list[dict]:
+    return [r for r in project.history(job) if r["trigger"] == trigger]
+
+
+def wait_for_run(project: Project, job: str, count: int = 1, finished: bool = True) -> list[dict]:
+    """Poll history (bounded) until ``count`` api-triggered runs of ``job`` exist (and ended)."""
+    deadline = time.monotonic() + 60
+    while True:
+        runs = runs_of(project, job)
+        if len(runs) >= count and (not finished or all(r["status"] != "running" for r in runs)):
+            return runs
+        assert time.monotonic() < deadline, f"no {count} api run(s) of {job} within 60 s: {runs}"
+        time.sleep(0.1)
+
+
+def test_a_trigger_with_the_token_is_202_and_serve_starts_the_run_within_two_seconds(served):
+    project, server = served
+    posted = time.time()
+    code, headers, body = post(server, "/api/jobs/nightly/trigger",
+                               {"params": {"final_sweep": "1"}, "reason": "upstream export landed"}, bearer())
+    assert code == 202, body
+    answer = json.loads(body)
+    assert answer["ok"] is True and answer["job"] == "nightly" and answer["deduped"] is False
+    assert isinstance(answer["queue_id"], int)
+    started = first_started(project, "nightly")  # no tick runs here: serve started it
+    print(f"the triggered run started {started - posted:.2f}s after the POST")
+    assert started - posted < 2.0
+    (run,) = wait_for_run(project, "nightly")
+    assert run["status"] == "success", run
+    assert "sweep=1" in project.cli("logs", "nightly").stdout
+    (entry,) = audit(project, "nightly")
+    assert (entry.action, entry.who, entry.client, entry.item_id, json.loads(entry.params), entry.reason) == \
+        ("trigger", "token", "127.0.0.1", answer["queue_id"], {"final_sweep": "1"}, "upstream export landed")
+    text = project.cli("status", "nightly").stdout
+    assert f"trigger by token from 127.0.0.1 (queue {answer['queue_id']} final_sweep=1): upstream export landed" \
+        in text, text
+
+
+def first_started(project: Project, job: str) -> float:
+    """When the job's first api-triggered run started (the state's float time), polled in-process."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        store = open_store(str(project.state), write=False)
+        try:
+            runs = [r for r in store.runs(job, 10) if r.trigger == "api"]
+        finally:
+            store.close()
+        if runs:
+            return runs[-1].started_at
+        time.sleep(0.05)
+    raise AssertionError(f"no api run of {job} started within 60 s")
+
+
+def test_a_bad_param_is_400_in_one_line_and_queues_nothing(served):
+    project, server = served
+    for params in ({"final_sweep": "2"}, {"nosuch": "1"}, {"final_sweep": 1}, ["final_sweep"]):
+        code, _, body = post(server, "/api/jobs/nightly/trigger", {"params": params}, bearer())
+        assert code == 400, (params, body)
+        one_line_error(body)
+    assert queued(project, "nightly") == 0 and audit(project, "nightly") == []
+
+
+def test_retrying_a_failed_run_queues_and_starts_a_new_run_of_its_job(served):
+    project, server = served
+    failed = project.history("flaky")[0]
+    post(server, "/api/breakers/flaky/reset", {}, bearer())  # else the open breaker skips the retry
+    code, _, body = post(server, f"/api/runs/{failed['id']}/retry", {}, bearer())
+    assert code == 202, body
+    answer = json.loads(body)
+    assert (answer["job"], answer["run_id"]) == ("flaky", failed["id"])
+    (run,) = wait_for_run(project, "flaky")
+    assert run["id"] != failed["id"] and run["status"] == "failed"
+    entry = audit(project, "flaky")[0]
+    assert (entry.action, entry.run_id, entry.item_id) == ("retry", failed["id"], answer["queue_id"])
+
+
+def test_a_retry_keeps_the_runs_params(served):
+    project, server = served
+    code, _, body = post(server, "/api/jobs/nightly/trigger", {"params": {"final_sweep": "1"}}, bearer())
+    assert code == 202, body
+    (first,) = wait_for_run(project, "nightly")
+    code, _, body = post(server, f"/api/runs/{first['id']}/retry", {"reason": "once more"}, bearer())
+    assert code == 202, body
+    second = wait_for_run(project, "nightly", 2)[0]
+    assert second["id"] != first["id"] and second["params"] == {"final_sweep": "1"}
+    assert "sweep=1" in project.cli("logs", "nightly", str(second["id"])).stdout
+
+
+def test_a_forged_cross_origin_trigger_queues_nothing(served):
+    project, server = served
+    code, _, body = post(server, "/api/jobs/nightly/trigger", {"params": {}},
+                         {**bearer(), "Origin": "http://evil.example"})
+    assert code == 403, body
+    assert queued(project, "nightly") == 0 and runs_of(project, "nightly") == []

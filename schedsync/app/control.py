@@ -65,9 +65,10 @@ def retry(config: Config, store, run_id: int, actor: Actor | None) -> tuple[str,
     _job(config, run.job)
     if run.status == RUNNING:
         raise ConfigError(f"run {run_id} of {run.job} is still running", "retry it once it has ended")
-    stored = getattr(run, "params", None)
-    params = (json.loads(stored) if isinstance(stored, str) else stored) or {}
     from schedsync.app.trigger import queue_trigger
+    from schedsync.config.params import decode
+
+    params = decode(run.params)  # as the run kept them (a value equal to a job's secret is redacted)
 
     reason = actor.reason if actor and actor.reason else f"retry of run {run_id}"
     item_id, deduped = queue_trigger(config, store, run.job, params, store.now(),

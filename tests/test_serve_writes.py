@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +20,7 @@ import pytest
 
 from conftest import Project
 from schedsync.store import open_store
-from test_serve import Served
+from test_serve import Served, chromium
 
 TOKEN = "tok-" + "w" * 28
 BASIC = "ops:pa55word"
@@ -375,3 +377,145 @@ def test_a_forged_cross_origin_trigger_queues_nothing(served):
                          {**bearer(), "Origin": "http://evil.example"})
     assert code == 403, body
     assert queued(project, "nightly") == 0 and runs_of(project, "nightly") == []
+
+
+# --- the dashboard's buttons in headless Chromium ----------------------------------------------
+
+class DevTools:
+    """Headless Chromium driven over ``--remote-debugging-pipe`` (the DevTools protocol as
+    NUL-separated JSON on fds 3 and 4: no websocket library, no port). ``Runtime.evaluate``
+    is the browser's own, so it works under the page's CSP, which allows no script."""
+
+    def __init__(self, command: list[str]):
+        import fcntl
+        import queue
+        import threading
+
+        self.to_browser_r, self.to_browser_w = os.pipe()
+        self.from_browser_r, self.from_browser_w = os.pipe()
+        ends = (self.to_browser_r, self.from_browser_w)
+
+        def onto_3_and_4() -> None:  # in the child, before exec
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in ends]
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        self.proc = subprocess.Popen([*command, "--remote-debugging-pipe", "about:blank"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, preexec_fn=onto_3_and_4, close_fds=False)
+        for fd in ends:
+            os.close(fd)
+        self.replies: queue.Queue = queue.Queue()
+        self.events: list[dict] = []
+        self.next_id = 0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.stderr: list[bytes] = []
+        self.err_reader = threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True)
+        self.err_reader.start()
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page.enable", "Network.enable"):
+            self.call(domain, session=self.session)
+
+    def _read(self) -> None:
+        buffer = b""
+        while True:
+            chunk = os.read(self.from_browser_r, 65536)
+            if not chunk:
+                self.replies.put(None)
+                return
+            buffer += chunk
+            while b"\0" in buffer:
+                raw, buffer = buffer.split(b"\0", 1)
+                message = json.loads(raw)
+                (self.replies.put if "id" in message else self.events.append)(message)
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self.to_browser_w, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + 60
+        while True:
+            import queue
+
+            try:
+                reply = self.replies.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"Chromium did not answer {method} within 60 s") from None
+            assert reply is not None, "Chromium went away: " + b"".join(self.stderr)[-2000:].decode(errors="replace")
+            if reply["id"] == self.next_id:
+                assert "error" not in reply, (method, reply)
+                return reply.get("result", {})
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                           self.session)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    def load(self, url: str) -> None:
+        """Open ``url`` and wait until its document is complete."""
+        self.call("Page.navigate", {"url": url}, self.session)
+        self.settle()
+
+    def settle(self, want: str | None = None) -> str:
+        """Wait (bounded) for the document at ``want`` (a path prefix), or any, to be complete; its URL."""
+        deadline = time.monotonic() + 60
+        while True:
+            state, href = self.evaluate("[document.readyState, location.href]")
+            if state == "complete" and (want is None or want in href):
+                return href
+            assert time.monotonic() < deadline, f"page never loaded: {state} {href}"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.call("Browser.close")
+        except (AssertionError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self.to_browser_w, self.from_browser_r):
+            os.close(fd)
+
+
+def test_run_now_clicked_in_headless_chromium_starts_a_run_that_then_shows_on_the_page(served, tmp_path):
+    project, server = served
+    browser = DevTools(chromium(tmp_path))
+    try:
+        browser.call("Network.setExtraHTTPHeaders", {"headers": basic()}, browser.session)  # as a browser logs in
+        browser.load(server.url + "/")
+        row = "document.querySelector('tr[data-job=\"nightly\"]')"
+        assert browser.evaluate(f"{row}.querySelector('td:nth-child(3)').textContent.trim()") == "never"
+        clicked = browser.evaluate(f"(() => {{ const b = {row}.querySelector('button[data-action=\"trigger\"]');"
+                                   " b.click(); return b.textContent; })()")
+        assert clicked == "Run now"
+        deadline = time.monotonic() + 60
+        while not audit(project, "nightly"):  # the form's POST went through (reloading sooner would cancel it)
+            assert time.monotonic() < deadline, "the click posted nothing"
+            time.sleep(0.1)
+        while True:  # the page reloads itself every 10 s; we reload it sooner
+            browser.load(server.url + "/")
+            last = browser.evaluate(f"{row}.querySelector('td:nth-child(3)').textContent.trim()")
+            if last.startswith("success"):
+                break
+            assert time.monotonic() < deadline, f"the run never showed on the dashboard: {last!r}"
+            time.sleep(0.3)
+        browser.load(server.url + "/job/nightly")
+        triggers = browser.evaluate("[...document.querySelectorAll('#history tr[data-run]')]"
+                                    ".map(tr => [tr.dataset.status, tr.cells[4].textContent])")
+        assert triggers == [["success", "api"]]
+        who = browser.evaluate("[...document.querySelectorAll('#audit tr[data-action]')]"
+                               ".map(tr => [tr.dataset.action, tr.cells[2].textContent])")
+        assert who == [["trigger", "basic:ops"]]
+    finally:
+        browser.close()
+    (entry,) = audit(project, "nightly")
+    assert (entry.action, entry.who, entry.client) == ("trigger", "basic:ops", "127.0.0.1")

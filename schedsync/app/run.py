@@ -44,8 +44,9 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
     if spec is not None and spec.params or item is not None and item.params:  # params: only then imported
         from schedsync.config.params import param_environ, run_params
 
-        params = run_params(spec.params if spec is not None else None, item.params if item is not None else None)
-        environ = {**environ, **param_environ(params)}  # ${SCHEDSYNC_PARAM_X} in an http job's values
+        params = run_params(spec.params if spec is not None else None,
+                            item.params if item is not None else None) or None
+        environ = {**environ, **param_environ(params or {})}  # ${SCHEDSYNC_PARAM_X} in an http job's values
     try:
         job, secrets = expand(config.job(name), config.path, environ)
     except ConfigError as exc:

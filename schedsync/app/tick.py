@@ -123,13 +123,28 @@ def _settle(config: Config, job: Job, key: str, until: float | None, now: float)
 
 
 def _starter(config: Config, state: str):
-    """Start ``schedsync run JOB --item ID`` detached (``app.trigger.starter``: a new session,
-    stdin from /dev/null, the tick's output, the state in the environment)."""
-    from schedsync.app.trigger import registry_path, starter
-
+    """The tick's way to start its items: ``starter`` on jobs.yaml, without the tests' pause."""
     env = dict(os.environ)
     env.pop(PAUSE, None)
-    return starter(registry_path(config), state, env)
+    return starter(os.path.join(config.dir, os.path.basename(config.path)), state, env)
+
+
+def starter(config_path: str, state: str, environ=None):
+    """A function that starts ``schedsync run JOB --item ID`` for an item, detached: a new
+    session (cron's SIGHUP or the starter's end does not reach it), stdin from /dev/null,
+    the starter's output. The state is passed in the environment, never on a command line
+    others can read. It returns the ``Popen``. (``app.trigger.start_item`` uses it too.)"""
+    import subprocess
+
+    env = dict(os.environ if environ is None else environ)
+    env["SCHEDSYNC_STATE"] = state
+    command = [sys.executable, "-m", "schedsync", "-c", config_path, "run"]
+
+    def start(item):
+        return subprocess.Popen([*command, item.job, "--item", str(item.id)], stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, close_fds=True)
+
+    return start
 
 
 def tick_cli(config_opt: str | None, state_opt: str | None, now: float | None = None) -> int:

@@ -26,7 +26,7 @@ from schedsync.core.errors import ConfigError, Exit
 WAIT_MARGIN = 120.0  # seconds --wait allows beyond the job's timeout (start-up, a tick to come)
 POLL = 0.2  # seconds between --wait's looks at the state
 
-__all__ = ["MAX_VALUE", "check_params", "param_environ", "queue_trigger", "start_item", "starter", "wait_for"]
+__all__ = ["MAX_VALUE", "check_params", "param_environ", "queue_trigger", "start_item", "wait_for"]
 
 
 def check_params(config: Config, job_name: str, given: dict) -> dict:
@@ -71,29 +71,14 @@ def queue_trigger(config: Config, store, job_name: str, params: dict, due_at: fl
     keeps them in its audit log). A ``ConfigError`` (exit 2) for a job not in the registry
     or a wrong param."""
     full = check_params(config, job_name, params)
-    return store.enqueue_api(job_name, encode(full), store.now() if due_at is None else due_at)
-
-
-def starter(config_path: str, state: str, environ=None):
-    """A function that starts ``schedsync run JOB --item ID`` for an item, detached: a new
-    session (cron's SIGHUP or the starter's end does not reach it), stdin from /dev/null,
-    the starter's output. The state is passed in the environment, never on a command line
-    others can read. It returns the ``Popen``."""
-    import subprocess
-
-    env = dict(os.environ if environ is None else environ)
-    env["SCHEDSYNC_STATE"] = state
-    command = [sys.executable, "-m", "schedsync", "-c", config_path, "run"]
-
-    def start(item):
-        return subprocess.Popen([*command, item.job, "--item", str(item.id)], stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, close_fds=True)
-
-    return start
+    return store.enqueue_api(job_name, encode(full) if full else None, store.now() if due_at is None else due_at)
 
 
 def start_item(config_path: str, state: str, item):
-    """Start one queued or claimed item now, as the tick would (``starter``); the ``Popen``."""
+    """Start one queued or claimed item now, detached, exactly as the tick starts its items
+    (``app.tick.starter``); the ``Popen``."""
+    from schedsync.app.tick import starter
+
     return starter(config_path, state)(item)
 
 

@@ -220,7 +220,8 @@ class Site:
 
     def _start(self, config, store, state: str, item_id: int) -> None:
         """Start the item now if it still waits and is due; the tick does it otherwise."""
-        from schedsync.app.trigger import registry_path, starter
+        from schedsync.app.tick import starter
+        from schedsync.app.trigger import registry_path
 
         item = store.item(item_id)
         if item is None or item.state != "queued" or item.due_at > store.now() + 1:

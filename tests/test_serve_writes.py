@@ -519,3 +519,21 @@ def test_run_now_clicked_in_headless_chromium_starts_a_run_that_then_shows_on_th
         browser.close()
     (entry,) = audit(project, "nightly")
     assert (entry.action, entry.who, entry.client) == ("trigger", "basic:ops", "127.0.0.1")
+
+
+def test_the_dashboard_with_its_buttons_still_fits_a_1024_px_window(served, tmp_path):
+    """As test_serve's width test, with writes on: the Actions column stacks its buttons."""
+    _, server = served
+    _, _, body = server.get("/", bearer())
+    assert "Run now" in body
+    probe = ("<script>const t = document.querySelector('#jobs'), d = document.documentElement;"
+             "document.body.dataset.widths = [t.scrollWidth, d.clientWidth, d.scrollWidth].join(' ');"
+             "</script>")
+    page = tmp_path / "dashboard.html"
+    page.write_text(body.replace('http-equiv="refresh"', 'name="no-refresh"').replace("</body>", probe + "</body>"))
+    dom = subprocess.run([*chromium(tmp_path), "--window-size=1024,768", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    table, window, document = map(int, re.search(r'data-widths="(\d+) (\d+) (\d+)"', dom.stdout).groups())
+    assert window == 1024
+    assert table <= window - 2 * 20 and document <= window, (table, document)

@@ -31,7 +31,7 @@ JOBS = """
         schedule: "0 3 * * *"
         params:
           final_sweep: {default: "0", pattern: "^[01]$"}
-        command: ["sh", "-c", "echo sweep=$SCHEDSYNC_PARAM_FINAL_SWEEP"]
+        command: ["sh", "-c", "echo sweep=$SCHEDSYNC_PARAM_FINAL_SWEEP serve-token=[$SCHEDSYNC_SERVE_TOKEN]"]
       flaky:
         breaker: {failures: 1, reset_after: 1h}
         command: ["sh", "-c", "echo boom; exit 3"]
@@ -312,7 +312,7 @@ def test_a_trigger_with_the_token_is_202_and_serve_starts_the_run_within_two_sec
     assert started - posted < 2.0
     (run,) = wait_for_run(project, "nightly")
     assert run["status"] == "success", run
-    assert "sweep=1" in project.cli("logs", "nightly").stdout
+    assert "sweep=1 serve-token=[]" in project.cli("logs", "nightly").stdout  # serve's secret stays in serve
     (entry,) = audit(project, "nightly")
     assert (entry.action, entry.who, entry.client, entry.item_id, json.loads(entry.params), entry.reason) == \
         ("trigger", "token", "127.0.0.1", answer["queue_id"], {"final_sweep": "1"}, "upstream export landed")

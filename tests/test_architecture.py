@@ -210,10 +210,10 @@ def test_the_store_port_has_no_path_transaction_or_job_lock():
     assert issubclass(SQLiteStore, Store) and not SQLiteStore.__abstractmethods__
 
 
-# A slot ledger row's ``kind`` (core.models.SLOT_KINDS: cron, catchup, backfill, retry) is not a
-# job kind: comparing ``item.kind`` with one of those (or their constants in app.later) is fine.
-SLOT_KINDS = ("cron", "catchup", "backfill", "retry")
-SLOT_KIND_NAMES = ("CRON", "CATCHUP", "BACKFILL", "RETRY")
+# A slot ledger row's ``kind`` (core.models.SLOT_KINDS: cron, catchup, backfill, retry, api) is not
+# a job kind: comparing ``item.kind`` with one of those (or their constants in app.later) is fine.
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry", "api")
+SLOT_KIND_NAMES = ("CRON", "CATCHUP", "BACKFILL", "RETRY", "API")
 
 
 def kind_tests(tree: ast.AST, keys: tuple[str, ...]) -> list[str]:
@@ -324,3 +324,16 @@ def test_the_driver_finder_finds_imports_and_exception_names():
     assert driver_offenders("m", "try:\n    pass\nexcept store.OperationalError:\n    pass\n")
     assert driver_offenders("m", "x = 1  # OperationalError in a comment\n") == []
     assert driver_offenders("m", "from schedsync.core.errors import StateError\n") == []
+
+
+# Every cron tick of a plain job goes through these: none imports ``schedsync trigger``'s code
+# (``app.trigger``), even lazily; a run reads its params through the tiny ``config.params``.
+RUN_PATH = ("schedsync.__main__", "schedsync.cli.main", "schedsync.cli.run", "schedsync.app.run",
+            "schedsync.app.runner", "schedsync.jobs.command", "schedsync.config.params")
+
+
+def test_the_run_path_does_not_import_the_trigger_module():
+    edges = graph()
+    assert "schedsync.app.tick" in edges["schedsync.app.trigger"]  # the graph sees its lazy imports
+    assert [name for name in RUN_PATH if "schedsync.app.trigger" in edges[name]] == []
+    assert edges["schedsync.config.params"] == set()  # imports nothing of the package

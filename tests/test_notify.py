@@ -17,7 +17,8 @@ from stored import finished_run
 
 RUN_KEYS = {"id", "job", "status", "reason", "trigger", "started_at", "finished_at", "duration_ms",
             "attempts", "requests", "items_processed", "items_failed", "exit_code", "error",
-            "retry_at", "host", "pid", "slot", "retry_of", "retry_number"}  # the last three: issue 17
+            "retry_at", "host", "pid", "slot", "retry_of", "retry_number",  # the last three: issue 17
+            "params", "parent"}  # issue 18: what started the run
 
 
 @pytest.fixture
@@ -70,7 +71,9 @@ def test_a_failed_run_posts_a_failure_with_the_documented_payload(project, hooks
     assert result.returncode == 1  # the job's own result, whatever the webhook did
     body, = posted(hooks)
     assert set(body) == {"event", "job", "text", "run", "health", "why", "breaker",
-                         "consecutive_failures", "host", "generated_at"}
+                         "consecutive_failures", "host", "generated_at",
+                         "trigger", "parent", "retry_number", "params"}  # issue 18: what started it
+    assert (body["trigger"], body["parent"], body["retry_number"], body["params"]) == ("cron", None, 0, None)
     assert body["event"] == "failure" and body["job"] == "flaky"
     assert set(body["run"]) == RUN_KEYS
     assert body["run"]["status"] == "failed" and body["run"]["exit_code"] == 3

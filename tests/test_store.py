@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from schedsync.core.models import Breaker, Notification, Run
+from schedsync.core.models import AuditEntry, Breaker, Notification, Run
 from schedsync.store import Admitted, BreakerSpec, Store, open_store
 
 T0 = 1_790_000_000.0  # a pinned "now"
@@ -266,6 +266,20 @@ class TestAlerts:
         store.record_notifications([Notification("a", "failure", f"https://h/{i}", T0 + i, i % 2 == 0,
                                                   "HTTP 204", i) for i in range(5)], keep=3)
         assert [n.run_id for n in store.notifications("a")] == [4, 3, 2]
+
+    def test_audit_entries_are_kept_newest_first_bounded_per_job_and_found_by_breaker(self, store):
+        ids = [store.record_audit(AuditEntry(T0 + i, "trigger", "a", "token", "127.0.0.1", item_id=i,
+                                             params='{"n": "1"}', reason=f"r{i}"), keep=3) for i in range(5)]
+        assert ids == sorted(ids) and len(set(ids)) == 5
+        assert [e.item_id for e in store.audit("a")] == [4, 3, 2]  # the two oldest pruned
+        newest = store.audit("a", limit=1)[0]
+        assert (newest.at, newest.action, newest.who, newest.client, newest.params, newest.reason, newest.id) == \
+            (T0 + 4, "trigger", "token", "127.0.0.1", '{"n": "1"}', "r4", ids[4])
+        store.record_audit(AuditEntry(None, "breaker_reset", None, "basic:ops", "::1", breaker="api"), keep=3)
+        store.record_audit(AuditEntry(T0 + 9, "pause", "b", "basic:ops", "::1"), keep=3)
+        assert [e.action for e in store.audit("a", "api")] == ["breaker_reset", "trigger", "trigger", "trigger"]
+        assert [e.action for e in store.audit("b", "other")] == ["pause"]
+        assert store.audit("a", "api")[0].at > T0  # None: the store's clock
 
     def test_an_alert_is_claimed_once_per_mark(self, store):
         assert store.claim_alert("a", "late", T0) is True

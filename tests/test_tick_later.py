@@ -215,7 +215,7 @@ def test_a_failing_daily_job_retries_at_30_60_and_90_minutes_then_stops(project,
     texts = [b["text"] for b in bodies]
     assert [t.split("; ")[-1][:22] for t in texts[:3]] == [
         "retry 1 of 3 at 06:30:", "retry 2 of 3 at 07:01:", "retry 3 of 3 at 07:32:"]
-    assert "retry" not in texts[3]
+    assert "; retry" not in texts[3] and f"(retry 3 of run {first['id']})" in texts[3]  # it was retry 3
     table = cli_at(project, "2026-12-04 08:05", "history", "scrape").stdout  # the chain, as a person reads it
     assert [f"retry {n} of run {first['id']}" in table for n in (1, 2, 3)] == [True] * 3
     assert table.count("(retry later at 2026-12-04 0") == 3, table

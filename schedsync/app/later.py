@@ -9,7 +9,7 @@ from __future__ import annotations
 from schedsync.config import Config
 from schedsync.core.errors import ConfigError
 
-BACKFILL, CATCHUP, RETRY = "backfill", "catchup", "retry"
+BACKFILL, CATCHUP, RETRY, API = "backfill", "catchup", "retry", "api"  # API: ``schedsync trigger``
 
 
 def backfill_range(config: Config, name: str, start: str, end: str, now: float) -> list[float]:
@@ -139,7 +139,7 @@ def plan(config: Config, store, now: float, names: list[str] | None = None) -> i
 
 
 class Gate:
-    """May the tick start a claimed catch-up, backfill or retry item now? ``gate(item)``:
+    """May the tick start a claimed catch-up, backfill, retry or api (triggered) item now? ``gate(item)``:
     None for yes; else ``(state, reason)`` to release it with: back to ``queued`` while the
     job's breaker is open, a budget cannot grant the run's cost now or its previous run is
     still going (the new one would only be skipped, every minute), or ``missed`` /
@@ -161,7 +161,7 @@ class Gate:
         from schedsync.kinds import kind as job_kind
 
         config, store, now = self.config, self.store, self.now
-        if item.kind not in (CATCHUP, BACKFILL, RETRY) or item.job not in config.jobs:
+        if item.kind not in (CATCHUP, BACKFILL, RETRY, API) or item.job not in config.jobs:
             return None
         job = config.jobs[item.job]
         if item.kind == CATCHUP and job.catchup and item.slot is not None and catchup.window_closed(

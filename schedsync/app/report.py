@@ -26,6 +26,14 @@ def run_json(run: Run, output: bool = False) -> dict:
     out = {k: getattr(run, k) for k in RUN_KEYS}
     for key in ("started_at", "finished_at", "retry_at", "slot"):
         out[key] = iso(out[key])
+    text = getattr(run, "params", None)
+    if text:  # stored redacted (``app.runner``), as JSON: shown as an object
+        from schedsync.config.params import decode
+
+        out["params"] = decode(text)
+    else:
+        out["params"] = None
+    out["parent"] = getattr(run, "parent", None)  # a chain's run: the run it came after
     if output:
         out["output"] = run.output
     return out

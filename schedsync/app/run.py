@@ -40,6 +40,13 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
         slot = scheduled_slot(config, spec, store.now())  # before jitter: the fire cron meant
     if slot is not None:
         environ = {**environ, "SCHEDSYNC_SLOT": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(slot))}
+    params = None
+    if spec is not None and spec.params or item is not None and item.params:  # params: only then imported
+        from schedsync.config.params import param_environ, run_params
+
+        params = run_params(spec.params if spec is not None else None,
+                            item.params if item is not None else None) or None
+        environ = {**environ, **param_environ(params or {})}  # ${SCHEDSYNC_PARAM_X} in an http job's values
     try:
         job, secrets = expand(config.job(name), config.path, environ)
     except ConfigError as exc:
@@ -52,6 +59,8 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
         hooks["on_finish"] = lambda result: announce(
             config, store, job, result.run, secrets, result.run.finished_at, result.retry,
             opened=bool(result.transition and result.transition[1] == "open"))
+    if params is not None:
+        hooks["params"] = params
     result = run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
                      sleep=sleep, item=item, slot=slot, **hooks)
     if config.log:  # the JSON run log: imported only when jobs.yaml asks for it

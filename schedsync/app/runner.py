@@ -83,6 +83,7 @@ class Context:
     fence: object = None  # the store's leases (PostgreSQL): a command's keeper fences on them
     run_id: int | None = None  # the running run's row
     slot: float | None = None  # the scheduled start this run serves (the ledger's), if any
+    params: dict | None = None  # the run's params ({NAME: value}), if it has any
 
     @property
     def data_db(self) -> str:
@@ -126,7 +127,7 @@ class Context:
 
 def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger: str,
             interactive: bool, sleep=time.sleep, on_start=None, on_finish=None,
-            item=None, slot: float | None = None) -> RunResult:
+            item=None, slot: float | None = None, params: dict | None = None) -> RunResult:
     """Run ``job`` (already expanded) once. The application layer's hooks: ``on_start(run)``
     once it is admitted (the start ping), ``on_finish(result)`` once it is recorded and
     while the lock is still held (webhooks, the closing ping). Neither runs for a run
@@ -135,12 +136,18 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
     A cron-triggered run of a scheduled job claims its slot in the ledger; ``item`` (a
     ``SlotItem`` the tick claimed, ``run JOB --item ID``) is claimed instead, and the run
     serves its slot. ``slot`` is the one it serves, found by the caller (``app.run``)
-    before ``${SCHEDSYNC_SLOT}`` was expanded."""
+    before ``${SCHEDSYNC_SLOT}`` was expanded. ``params`` (``{NAME: value}``) reach the job
+    (``ctx.params``) and are stored on the run (JSON, redacted)."""
     if job.jitter:
         import random
 
         sleep(random.uniform(0, job.jitter))
 
+    stored = None
+    if params is not None:  # as the run's row keeps them: JSON, redacted like its output
+        from schedsync.config.params import encode
+
+        stored = secrets.redact(encode(params))
     lock = None
     if job.overlap[0] != "allow":
         try:
@@ -157,7 +164,8 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
                     run.slot = slot
                     return RunResult(run, Exit.SKIPPED, quiet=True)
                 host, run_id = winner
-                return _skip(store, job, trigger, ALREADY_RAN, None, already_ran_error(slot, host, False, run_id))
+                return _skip(store, job, trigger, ALREADY_RAN, None, already_ran_error(slot, host, False, run_id),
+                             params=stored)
             mode, why = job.overlap[0], None
             if mode == "replace":  # imported only by the jobs that use it
                 from schedsync.app.overlap import replace_holder
@@ -172,7 +180,7 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
                     holder = store.running_runs([job.name])
                     who = f" (pid {holder[0].pid} on {holder[0].host})" if holder else ""
                     why = f"the previous run{who} is still going"
-                return _skip(store, job, trigger, LOCKED, None, why, slot, item)
+                return _skip(store, job, trigger, LOCKED, None, why, slot, item, stored)
     places: list = []
     result = None
     try:
@@ -185,9 +193,9 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
                 _record_refusal(store, job, trigger, str(exc))
                 raise
             if full is not None:
-                return _limited(config, store, job, trigger, full, slot, item)
+                return _limited(config, store, job, trigger, full, slot, item, stored)
         result = _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
-                           on_start, on_finish, slot, item, places)
+                           on_start, on_finish, slot, item, places, params, stored)
         return result
     finally:
         if places:
@@ -206,7 +214,7 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
 
 
 def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,
-              on_finish, slot=None, item=None, places=()) -> RunResult:
+              on_finish, slot=None, item=None, places=(), params=None, stored=None) -> RunResult:
     spec = breaker_spec(job)
     lease = job.timeout + 60  # the lease ends when the run surely has
     kind = job_kind(job.kind)
@@ -218,7 +226,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
         wait_until = max(wait_until, time.monotonic() + BUDGET_SLACK)
     while True:  # no ``now``: the store's clock (PostgreSQL: the server's) decides, in the statement
         admitted = store.admit_run(job.name, trigger, spec, lease, job.budgets, config.budgets, cost,
-                                   slot=slot, item=item and item.id)
+                                   slot=slot, item=item and item.id, params=stored)
         if admitted.run is not None:
             break
         if admitted.reason == RATE_LIMITED and admitted.retry_at is not None:
@@ -232,7 +240,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
             run = never_started(store, job.name, trigger, SKIPPED, ALREADY_RAN, None, admitted.error)
             run.slot = slot
             return RunResult(run, Exit.SKIPPED, quiet=True)
-        return _skip(store, job, trigger, admitted.reason, admitted.retry_at, admitted.error, slot, item)
+        return _skip(store, job, trigger, admitted.reason, admitted.retry_at, admitted.error, slot, item, stored)
     run = admitted.run
     began = time.monotonic()
 
@@ -245,7 +253,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     ctx = Context(job, config, store, secrets, deadline=time.monotonic() + job.timeout,
                   interactive=interactive, pass_fds=pass_fds, sleep=sleep,
                   held=lock.held if lock else (leases.held if leases else None), run_id=run.id,
-                  slot=run.slot, fence=leases)
+                  slot=run.slot, fence=leases, params=params)
     if kind.needs_last_success:
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
     replace = job.overlap[0] == "replace"
@@ -357,9 +365,9 @@ def opened_message(breaker, timezone: str | None, now: float) -> str:
 
 
 def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str, slot=None,
-          item=None) -> RunResult:
+          item=None, params: str | None = None) -> RunResult:
     run = never_started(store, job.name, trigger, SKIPPED, reason, retry_at, error)
-    run.slot = slot
+    run.slot, run.params = slot, params
     if item is not None:
         run.retry_of, run.retry_number = item.retry_of, item.retry_number
     # pruned: a paused or rate-limited job must not grow; the ledger notes the skip
@@ -367,7 +375,8 @@ def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str, slot
     return RunResult(run, Exit.SKIPPED)
 
 
-def _limited(config, store, job: Job, trigger: str, limit: str, slot=None, item=None) -> RunResult:
+def _limited(config, store, job: Job, trigger: str, limit: str, slot=None, item=None,
+             stored=None) -> RunResult:
     """Skipped ``limited``: a limit stayed full past ``max_wait``. A ledger item goes back to
     ``queued`` (the tick tries it again), whatever its kind: it was not served."""
     from schedsync.app.limits import full_error
@@ -378,7 +387,7 @@ def _limited(config, store, job: Job, trigger: str, limit: str, slot=None, item=
 
         error += f"; waited {format_duration(job.max_wait)}"
     run = never_started(store, job.name, trigger, SKIPPED, LIMITED, None, error)
-    run.slot = slot
+    run.slot, run.params = slot, stored
     if item is not None:
         run.retry_of, run.retry_number = item.retry_of, item.retry_number
     store.record_skip(run, job.retention)

@@ -111,7 +111,18 @@ def job_detail(config: Config, store, name: str, now: float | None = None, alert
         "notifications": [{"at": iso(n.at), "event": n.event, "target": n.target, "ok": n.ok,
                            "detail": n.detail, "run_id": n.run_id}
                           for n in store.notifications(name, 8)],
+        "audit": [audit_json(a) for a in store.audit(name, job["breaker"]["name"], 8)],
     }
+
+
+def audit_json(entry) -> dict:
+    """An audit entry (a write through ``serve``) as ``status JOB --json`` and ``/job/NAME`` show it."""
+    import json
+
+    return {"at": iso(entry.at), "action": entry.action, "job": entry.job, "who": entry.who,
+            "client": entry.client, "breaker": entry.breaker, "run_id": entry.run_id,
+            "item_id": entry.item_id, "params": json.loads(entry.params) if entry.params else None,
+            "reason": entry.reason}
 
 
 def history(config: Config, store, job: str, limit: int, failed: bool) -> list[dict]:

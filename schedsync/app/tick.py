@@ -123,20 +123,26 @@ def _settle(config: Config, job: Job, key: str, until: float | None, now: float)
 
 
 def _starter(config: Config, state: str):
-    """Start ``schedsync run JOB --item ID`` detached: a new session (cron's SIGHUP or the
-    tick's end does not reach it), stdin from /dev/null, the tick's output. The state is
-    passed in the environment, never on a command line others can read."""
-    import subprocess
-
+    """The tick's way to start its items: ``starter`` on jobs.yaml, without the tests' pause."""
     env = dict(os.environ)
     env.pop(PAUSE, None)
-    env["SCHEDSYNC_STATE"] = state
-    command = [sys.executable, "-m", "schedsync", "-c", os.path.join(config.dir, os.path.basename(config.path)),
-               "run"]
+    return starter(os.path.join(config.dir, os.path.basename(config.path)), state, env)
 
-    def start(item) -> None:
-        subprocess.Popen([*command, item.job, "--item", str(item.id)], stdin=subprocess.DEVNULL,
-                         env=env, start_new_session=True, close_fds=True)
+
+def starter(config_path: str, state: str, environ=None):
+    """A function that starts ``schedsync run JOB --item ID`` for an item, detached: a new
+    session (cron's SIGHUP or the starter's end does not reach it), stdin from /dev/null,
+    the starter's output. The state is passed in the environment, never on a command line
+    others can read. It returns the ``Popen``. (``app.trigger.start_item`` uses it too.)"""
+    import subprocess
+
+    env = dict(os.environ if environ is None else environ)
+    env["SCHEDSYNC_STATE"] = state
+    command = [sys.executable, "-m", "schedsync", "-c", config_path, "run"]
+
+    def start(item):
+        return subprocess.Popen([*command, item.job, "--item", str(item.id)], stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, close_fds=True)
 
     return start
 

@@ -235,8 +235,10 @@ def validate(ctx: typer.Context):
 @app.command()
 def pause(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name.")):
     """Skip a job's runs (recorded as skipped: paused) until resumed. Example: schedsync pause quests"""
+    from schedsync.app import control
+
     with _errors(), _opened(ctx, create=True, job=job) as (config, store):
-        store.set_paused(job, True, store.now())
+        control.pause(config, store, job)
     # A job may be paused before its first run; a new state is named, in case its path is a typo.
     made = f" (new state {store.label})" if store.created else ""
     print(f"{job}: paused{made}; its runs are skipped until `schedsync resume {job}`")
@@ -245,8 +247,10 @@ def pause(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help
 @app.command()
 def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="Job name.")):
     """Let a paused job run again. Example: schedsync resume quests"""
+    from schedsync.app import control
+
     with _errors(), _opened(ctx, job=job) as (config, store):
-        store.set_paused(job, False, store.now())
+        control.resume(config, store, job)
     print(f"{job}: resumed")
 
 
@@ -254,15 +258,11 @@ def resume(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", hel
 def breaker_reset(ctx: typer.Context,
                   job: str = typer.Argument(..., metavar="JOB", help="Job whose breaker to close.")):
     """Close a job's breaker by hand. Example: schedsync breaker reset airdrops"""
-    with _errors(), _opened(ctx, job=job) as (config, store):
-        name = config.job(job).breaker["name"]
-        now = store.now()
-        was = store.reset_breaker(name, "reset by hand")  # the store's clock
-        before = was or "closed"
-        if was and config.log:  # the JSON run log: imported only when jobs.yaml asks for it
-            from schedsync.app.runlog import log_reset
+    from schedsync.app import control
 
-            log_reset(config.log, job, name, was, now)
+    with _errors(), _opened(ctx, job=job) as (config, store):
+        name, was = control.reset_breaker(config, store, job)  # the store's clock
+        before = was or "closed"
     print(f"breaker {name}: closed (was {before})")
 
 
@@ -303,6 +303,30 @@ def backfill(
     print(later.backfill_line(config, job, queued, future))
     if warning:
         print(warning, file=sys.stderr)
+
+
+@app.command()
+def trigger(
+    ctx: typer.Context,
+    job: str = typer.Argument(..., metavar="JOB", help="Job name."),
+    at: str | None = typer.Option(None, "--at", metavar="TIME",
+                                  help="Run it at this time, ISO 8601 (without an offset, in the registry's zone)."),
+    within: str | None = typer.Option(None, "--in", metavar="DURATION", help="Run it after this long, e.g. 10m."),
+    param: list[str] = typer.Option([], "--param", metavar="NAME=VALUE",
+                                    help="A param the job declares (repeat for more)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the run and exit as `run` would (0, 1 or 75)."),
+    reason: str | None = typer.Option(None, "--reason", metavar="TEXT", help="Why (kept where writes are audited)."),
+    as_json: bool = typer.Option(False, "--json", help="Print {job, item, deduped, due_at} as JSON."),
+):
+    """Queue a run now (or later); `schedsync tick` starts it with every protection. Prints the
+    queue id; the same params still queued give the same id. Example: schedsync trigger sweep --param final=1"""
+    from schedsync.app.trigger import trigger_cli
+    from schedsync.config import resolve_state
+
+    with _errors(), _opened(ctx, create=True, job=job) as (config, store):
+        code = trigger_cli(config, store, resolve_state(ctx.obj["state"], config), job, param, at,
+                           within, wait, reason, as_json)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -365,12 +389,16 @@ def serve(
     bind: str = typer.Option("127.0.0.1:9178", "--bind", metavar="HOST:PORT",
                              help="Where to listen; not loopback needs $SCHEDSYNC_SERVE_TOKEN or "
                                   "$SCHEDSYNC_SERVE_BASIC (user:password)."),
+    allow_host: list[str] = typer.Option([], "--allow-host", metavar="NAME",
+                                         help="A host name writes may be addressed to (besides IP addresses and "
+                                              "localhost); repeatable."),
 ):
-    """Read-only HTTP: /healthz (200 or 503), /metrics, / a dashboard. Example: schedsync serve --bind 127.0.0.1:9178"""
+    """HTTP: /healthz (200 or 503), /metrics, / a dashboard; with a credential set, POST /api/... writes
+    (trigger, retry, pause, resume, breaker reset). Example: schedsync serve --bind 127.0.0.1:9178"""
     from schedsync.ops.serve import serve as serve_forever
 
     with _errors():
-        code = serve_forever(ctx.obj["config"], ctx.obj["state"], bind)
+        code = serve_forever(ctx.obj["config"], ctx.obj["state"], bind, allow_hosts=allow_host)
     raise typer.Exit(code)
 
 

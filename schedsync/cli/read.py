@@ -215,7 +215,12 @@ def log_header(run: dict, tz=None) -> str:
     started = clock(posix(run["started_at"]), tz) if run["started_at"] else "—"
     took = ("still running" if run["status"] == "running" or run["duration_ms"] is None
             else f"took {format_duration(run['duration_ms'] / 1000)}")
-    return f"run {run['id']} of {run['job']}: {status}, started {started}, {took}, host {run['host']}"
+    line = f"run {run['id']} of {run['job']}: {status}, started {started}, {took}, host {run['host']}"
+    if run.get("params"):
+        from schedsync.cli.render import params_text
+
+        line += f", params {params_text(run['params'])}"
+    return line
 
 
 def list_jobs(config_opt: str | None) -> int:

@@ -453,6 +453,15 @@ def job_detail(detail: dict) -> None:
         result = Text(note["detail"], style="" if note["ok"] else "red")
         _line(lines, Text.assemble(label, f"{_when(note['at'], now)}: {note['event']} → {note['target']}: ",
                                 result))
+    for i, entry in enumerate(detail.get("audit") or []):
+        label = "audit      " if i == 0 else "           "
+        what = " ".join([*([f"run {entry['run_id']}"] if entry["run_id"] else []),
+                         *([f"queue {entry['item_id']}"] if entry["item_id"] else []),
+                         *([f"breaker {entry['breaker']}"] if entry["breaker"] else []),
+                         *(f"{k}={v}" for k, v in (entry["params"] or {}).items())])
+        _line(lines, Text.assemble(label, f"{_when(entry['at'], now)}: ", (entry["action"], "bold"),
+                                   f" by {entry['who']} from {entry['client']}", f" ({what})" if what else "",
+                                   f": {entry['reason']}" if entry["reason"] else ""))
     for i, slot in enumerate(detail.get("slots") or []):
         label = "slots      " if i == 0 else "           "
         what = slot["state"] + (f" (run {slot['run_id']})" if slot["run_id"] else "")
@@ -524,10 +533,20 @@ def _again(run: dict) -> str:
 
 
 def _trigger(run: dict) -> str:
-    """``retry 2 of run 7``: a retry later shows its place in the chain (``history`` shows it)."""
+    """``retry 2 of run 7``: a retry later shows its place in the chain (``history`` shows it);
+    ``api final_sweep=1``: a run with params shows them."""
+    shown = run["trigger"]
     if run.get("retry_number"):
-        return f"{run['trigger']} {run['retry_number']} of run {run['retry_of']}"
-    return run["trigger"]
+        shown = f"{run['trigger']} {run['retry_number']} of run {run['retry_of']}"
+    if run.get("params"):
+        shown += " " + params_text(run["params"])
+    return shown
+
+
+def params_text(params: dict, limit: int = 60) -> str:
+    """``final_sweep=1 batch=50``: a run's params, each value cut to ``limit`` characters."""
+    return " ".join(f"{name}={value if len(value) <= limit else value[:limit - 1] + '…'}"
+                    for name, value in sorted(params.items()))
 
 
 def jobs_table(config) -> None:

@@ -66,6 +66,7 @@ class Job:
     # The concurrency limits the job counts against (``limit:``): name -> N, from the
     # registry's top-level ``limits:`` (at most N runs of the limit at once).
     limits: dict = field(default_factory=dict)
+    params: dict | None = None  # {NAME: {"default": text or None, "pattern": regex text or None}}
 
     def wants(self, event: str) -> bool:
         """Does one of the job's ``notify:`` targets take ``event``?"""

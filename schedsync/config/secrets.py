@@ -51,8 +51,11 @@ def expand(job, config_path: str, environ=os.environ) -> tuple:
                         f"export {name} (cron has its own environment: set it in the crontab) "
                         f"or write ${{{name}:-default}}")
                 got = default
-            secret_place = (path.startswith(places) if places else False) or (
-                path in urls and in_query_or_userinfo(value, match.start()))
+            # A run's params (``SCHEDSYNC_PARAM_<NAME>``) are not secrets by place: the run's
+            # record shows them (one named like a secret still is one).
+            secret_place = not name.startswith("SCHEDSYNC_PARAM_") and (
+                (path.startswith(places) if places else False)
+                or (path in urls and in_query_or_userinfo(value, match.start())))
             if SECRET_NAME.search(name) or secret_place:
                 secrets.add(got)
             return got

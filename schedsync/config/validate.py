@@ -18,7 +18,7 @@ TOP_KEYS = ("state", "timezone", "defaults", "budgets", "limits", "log", "jobs",
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
             "max_wait", "cost", "env", "notify", "ping", "run_by", "catchup", "retry_later")
-JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "limit", "cwd") + KEYS + ("into",)
+JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "limit", "cwd", "params") + KEYS + ("into",)
 MERGED = ("retries", "breaker", "retention", "env", "catchup", "retry_later")  # merged key by key
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
@@ -30,6 +30,7 @@ RUN_BY = ("cron", "tick")
 EVENTS = ("failure", "recovery", "breaker_open", "late")
 CATCHUP_KEYS = ("within", "runs")
 RETRY_LATER_KEYS = ("after", "max")
+PARAM_KEYS = ("default", "pattern")
 
 
 def parse(text: str, file: str, folder: str, every: bool = False) -> Config:
@@ -185,6 +186,8 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
         job["limits"] = _limit(spec["limit"], f"{path}.limit", doc.limits, doc)
     if "cwd" in spec:
         job["cwd"] = os.path.join(folder, os.path.expanduser(_str(spec["cwd"], f"{path}.cwd", doc)))
+    if "params" in spec:
+        job["params"] = _params(spec["params"], f"{path}.params", doc)
 
     own = found.validate(spec, path, doc, folder)
     job[found.key] = own.pop("section")  # the plain form: jobs.yaml's shape (Job.to_dict)
@@ -469,6 +472,61 @@ def _retry_later(value, path: str, doc: _Doc) -> dict | None:
         else:
             out[key] = _whole(item, where, doc)
     return out
+
+
+def _params(value, path: str, doc: _Doc) -> dict | None:
+    """``params: {final_sweep: {default: "0", pattern: "^[01]$"}}``: what ``schedsync trigger``
+    may pass (``--param NAME=VALUE``), as ``SCHEDSYNC_PARAM_<NAME>`` (upper-cased). A name is
+    a letter or ``_`` then letters, digits or ``_``; no two may differ only in case. A
+    pattern compiles here (and must match the whole default); a default is text of at most
+    1 KiB. Null or ``{}``: none."""
+    import re
+
+    from schedsync.config.params import MAX_VALUE
+
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise doc.error(path, 'must be a mapping of NAME: {default: "0", pattern: "^[01]$"}')
+    out: dict = {}
+    upper: dict = {}
+    for name, spec in value.items():
+        where = f"{path}.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
+            raise doc.error(where, f"{_q(name)} is not a valid param name",
+                            "use letters, digits and _ (not first), at most 64: it becomes SCHEDSYNC_PARAM_NAME")
+        if name.upper() in upper:
+            raise doc.error(where, f"{name!r} and {upper[name.upper()]!r} are the same variable"
+                            f" SCHEDSYNC_PARAM_{name.upper()}", "rename one of them")
+        upper[name.upper()] = name
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            raise doc.error(where, 'must be a mapping such as {default: "0", pattern: "^[01]$"}, or null')
+        _known(spec, PARAM_KEYS, where, doc)
+        default = spec.get("default")
+        if isinstance(default, bool):
+            default = "true" if default else "false"  # YAML's yes/no: as a shell would read them
+        elif isinstance(default, (int, float)):
+            default = str(default)
+        elif default is not None and not isinstance(default, str):
+            raise doc.error(f"{where}.default", "must be text (quote it)")
+        if default is not None and len(default.encode("utf-8", "surrogatepass")) > MAX_VALUE:
+            raise doc.error(f"{where}.default", f"is over {MAX_VALUE} bytes", "shorten it")
+        pattern = spec.get("pattern")
+        if pattern is not None:
+            if not isinstance(pattern, str):
+                raise doc.error(f"{where}.pattern", "must be a regular expression (quote it)")
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise doc.error(f"{where}.pattern", f"is not a valid regular expression: {exc}",
+                                "fix it (Python's re syntax; it must match the whole value)") from None
+            if default is not None and compiled.fullmatch(default) is None:
+                raise doc.error(f"{where}.default", f"{_q(default)} does not match its pattern {_q(pattern)}",
+                                "change the default or the pattern")
+        out[name] = {"default": default, "pattern": pattern}
+    return out or None
 
 
 def _later(job: dict, spec: dict, path: str, doc: _Doc) -> None:

@@ -45,6 +45,7 @@ class Run:
     slot: float | None = None  # the scheduled start this run served (the ledger's slot), if any
     retry_of: int | None = None  # the first run of its retry chain (a retry later)
     retry_number: int = 0  # 0: not a retry; n: the chain's n-th retry
+    params: str | None = None  # the run's params (JSON text, ``{NAME: value}``), if the job has any
     pid_start: int | None = None  # kernel start time of pid, to tell a reused pid
 
 
@@ -52,8 +53,10 @@ class Run:
 QUEUED, CLAIMED, RAN, MISSED = "queued", "claimed", "ran", "missed"  # and SKIPPED
 SLOT_STATES = (QUEUED, CLAIMED, RAN, SKIPPED, MISSED)
 # Item kinds: ``cron`` is a scheduled slot (claimed by a cron-started run or the tick);
-# ``catchup``, ``backfill`` and ``retry`` are work the tick starts from the queue.
-SLOT_KINDS = ("cron", "catchup", "backfill", "retry", "queue")  # queue: overlap: queue's waiting run
+# ``catchup``, ``backfill`` and ``retry`` are work the tick starts from the queue; ``api``
+# a run asked for by ``schedsync trigger`` (or serve), with its params.
+API = "api"
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry", API, "queue")  # queue: overlap: queue's waiting run
 
 
 @dataclass
@@ -64,7 +67,7 @@ class SlotItem:
     of SLOT_KINDS, ``state`` one of SLOT_STATES, ``due_at`` when it may start, ``run_id``
     the run that served it, ``reason`` why it was skipped, missed or dropped, ``retry_of``
     and ``retry_number`` its retry chain, ``claimed_at``/``claimed_by`` (``host:pid``) who
-    claimed it to start it."""
+    claimed it to start it, ``params`` an ``api`` item's params (JSON text)."""
 
     id: int
     job: str
@@ -78,6 +81,7 @@ class SlotItem:
     retry_number: int = 0
     claimed_at: float | None = None
     claimed_by: str | None = None
+    params: str | None = None  # an ``api`` item's params (JSON text), else None
 
 
 @dataclass
@@ -138,3 +142,24 @@ class Notification:
     ok: bool
     detail: str  # "HTTP 204", "timed out after 5s", …
     run_id: int | None = None
+
+
+AUDIT_ACTIONS = ("trigger", "retry", "pause", "resume", "breaker_reset")
+
+
+@dataclass
+class AuditEntry:
+    """One write through ``serve``'s API or dashboard, kept (bounded per job) in the state:
+    when, what, which credential (a label, never the secret), from where, and why."""
+
+    at: float
+    action: str  # one of AUDIT_ACTIONS
+    job: str | None  # None: a breaker reset named by its breaker, not by a job
+    who: str  # "token" or "basic:USER"
+    client: str  # the peer's address as serve saw it
+    breaker: str | None = None  # breaker_reset: the breaker closed
+    run_id: int | None = None  # retry: the run retried
+    item_id: int | None = None  # trigger and retry: the queue id
+    params: str | None = None  # trigger and retry: the params as JSON text
+    reason: str | None = None
+    id: int | None = None

@@ -103,6 +103,8 @@ def run_command(job, ctx) -> Outcome:
     env = {**os.environ, **job.env}
     if ctx.slot is not None:  # the scheduled start this run serves (a catch-up's, a backfill's)
         env["SCHEDSYNC_SLOT"] = iso_utc(ctx.slot)
+    if ctx.params:  # the run's params (``schedsync trigger --param``, defaults): SCHEDSYNC_PARAM_<NAME>
+        env.update({"SCHEDSYNC_PARAM_" + name.upper(): value for name, value in ctx.params.items()})
     output = Output(ctx.secrets.redact, sys.stdout if ctx.interactive else None,
                     hold=ctx.secrets.longest - 1)
     codes = job.retries.get("on_exit_codes") or []

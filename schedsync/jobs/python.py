@@ -70,6 +70,7 @@ class JobContext:
         self._deadline = ctx.deadline
         self.last_success_at = ctx.last_success_at
         self.slot = ctx.slot  # the scheduled start this run serves (POSIX seconds), or None
+        self.params = dict(getattr(ctx, "params", None) or {})  # the run's params, {NAME: value}
         self.log = log
         self.data_db = data_db
         self.processed = 0

@@ -142,10 +142,41 @@ def payload(event: str, entry: dict, run: dict | None, now: float, previous_stre
         "consecutive_failures": entry["consecutive_failures"],
         "host": HOST,
         "generated_at": iso(now),
+        **started_by(run),
     }
     if retry and event == "failure":
         body["retry"] = {k: retry[k] for k in ("number", "of", "at")}
     return body
+
+
+def started_by(run: dict | None) -> dict:
+    """What started the run, for a payload: ``trigger`` (cron, api, retry, catchup…),
+    ``parent`` (the run a chain's run came after, else None), ``retry_number`` (0: not a
+    retry later) and ``params`` (``{NAME: value}`` or None), as its record has them. The
+    whole body is redacted on delivery, params included."""
+    run = run or {}
+    return {"trigger": run.get("trigger"), "parent": run.get("parent"),
+            "retry_number": run.get("retry_number") or 0, "params": run.get("params")}
+
+
+def _origin(run: dict | None) -> str:
+    """`` (api, params final_sweep=1)``: what started a run, for the one-line text; nothing
+    for a plain cron run (its line stays as it always was)."""
+    if not run:
+        return ""
+    parts = []
+    trigger = run.get("trigger")
+    if run.get("retry_number"):
+        parts.append(f"{trigger or 'retry'} {run['retry_number']}"
+                     + (f" of run {run['retry_of']}" if run.get("retry_of") else ""))
+    elif trigger and trigger != "cron":
+        parts.append(str(trigger))
+    if run.get("parent"):
+        parts.append(f"after run {run['parent']}")
+    if run.get("params"):
+        shown = " ".join(f"{k}={str(v)[:40]}" for k, v in sorted(run["params"].items()))
+        parts.append(f"params {shown}"[:200])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def text(event: str, entry: dict, run: dict | None, previous_streak: int | None,
@@ -157,14 +188,15 @@ def text(event: str, entry: dict, run: dict | None, previous_streak: int | None,
     if event == "failure":
         detail = (run or {}).get("error") or (f"exit {run['exit_code']}" if run and run["exit_code"] else "")
         detail = detail.strip().splitlines()[0][:200] if detail.strip() else ""
-        line = f"{name} {run['status'] if run else 'failed'} on {HOST}" + (f": {detail}" if detail else "")
+        line = f"{name} {run['status'] if run else 'failed'} on {HOST}{_origin(run)}" + (
+            f": {detail}" if detail else "")
         line += f" ({streak} failures in a row)" if streak > 1 else ""
         return line + (f"; retry {retry['number']} of {retry['of']} at {retry['shown']}" if retry else "")
     if event == "recovery":
         count = f" after {previous_streak} failure{'s' if previous_streak != 1 else ''}" if previous_streak else ""
-        return f"{name} recovered on {HOST}{count}"
+        return f"{name} recovered on {HOST}{count}{_origin(run)}"
     if event == "breaker_open":
         breaker = entry["breaker"]
-        return (f"{name}: breaker {breaker['name']} opened after {breaker['failures']} failures on {HOST};"
-                f" runs are skipped until {breaker['opens_until']}")
+        return (f"{name}: breaker {breaker['name']} opened after {breaker['failures']} failures on {HOST}"
+                f"{_origin(run)}; runs are skipped until {breaker['opens_until']}")
     return f"{name} is late on {HOST}: {entry['why']}"

@@ -17,6 +17,17 @@ Loopback by default. Any other address needs a credential from the environment
 (``SCHEDSYNC_SERVE_TOKEN`` for ``Authorization: Bearer``, ``SCHEDSYNC_SERVE_BASIC``
 as ``user:password`` for basic auth); once one is set, every request must carry it.
 
+Writes (``POST /api/...``: trigger, retry, pause, resume, breaker reset; ``app.control``)
+exist only when a credential is set, on loopback too (else 403 saying how to enable them).
+A write's ``Host`` must be an IP address, ``localhost`` or a name given with ``--allow-host``
+(a DNS-rebinding page's Host is its own name), and its ``Origin`` (else ``Referer``) must be
+this very host; a browser form must also carry ``csrf_token``, an HMAC of a per-process secret
+and the request's credential. An API call with neither Origin nor Referer (curl, a managed
+scheduler) needs a bearer token, or basic auth with ``Content-Type: application/json``
+(which no browser sends cross-site without a preflight serve never grants). A triggered run
+is started at once as ``schedsync run JOB --item ID`` (the tick is the fallback); every
+write is kept in the state's audit log.
+
 Hostile clients: a request (line and headers) must arrive whole within CLIENT_TIMEOUT
 and MAX_REQUEST bytes, so MAX_CLIENTS connections hold at most MAX_CLIENTS x MAX_REQUEST
 of requests; when all are taken, the one that has been sending longest makes room; a
@@ -26,6 +37,7 @@ client that goes away costs one line on stderr; SIGTERM stops at once (threads a
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import io
 import ipaddress
@@ -41,6 +53,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from schedsync.core.durations import clock, format_age, format_duration, posix, relative
 from schedsync.core.errors import ConfigError, SchedsyncError
+from schedsync.core.models import FAILURES as FAILED_STATUSES
 
 DEFAULT_BIND = "127.0.0.1:9178"
 TOKEN_ENV, BASIC_ENV = "SCHEDSYNC_SERVE_TOKEN", "SCHEDSYNC_SERVE_BASIC"
@@ -52,12 +65,21 @@ MAX_CLIENTS = 64  # connections handled at once; see Server.process_request for 
 EVICT_AFTER = 1.0  # seconds a connection must have been sending before a newcomer may replace it
 HISTORY = 50  # runs on a job's page
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+MAX_BODY = 64 * 1024  # bytes of a write's body; more gets 413
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+WRITES_OFF = (f"writes are off: serve has no credential — set {TOKEN_ENV}=<secret> (bearer) or "
+              f"{BASIC_ENV}=user:password in serve's environment to enable them")
+# POST /api/<what>/<NAME or ID>/<action>: (what, action) -> the app.control action
+ACTIONS = {("jobs", "trigger"): "trigger", ("runs", "retry"): "retry", ("jobs", "pause"): "pause",
+           ("jobs", "resume"): "resume", ("breakers", "reset"): "breaker_reset"}
 
 
 class Credentials:
     """What a request must present, from the environment; never shown anywhere."""
 
     def __init__(self, environ=os.environ):
+        self._csrf_key = os.urandom(32)
         self.token = environ.get(TOKEN_ENV) or None
         self.basic = environ.get(BASIC_ENV) or None
         user, _, password = (self.basic or "").partition(":")
@@ -81,6 +103,42 @@ class Credentials:
 
     def challenge(self) -> str:
         return 'Basic realm="schedsync"' if self.basic else 'Bearer realm="schedsync"'
+
+    def label(self, header: str | None) -> str:
+        """Which credential an allowed request carried, for the audit log: ``token`` or
+        ``basic:USER`` (never the secret)."""
+        scheme = (header or "").strip().partition(" ")[0].lower()
+        if scheme == "basic" and self.basic:
+            return "basic:" + self.basic.partition(":")[0]
+        return "token" if scheme == "bearer" else "none"
+
+    def csrf(self, header: str | None) -> str:
+        """A form's ``csrf_token``: an HMAC of this process's secret and the request's
+        credential, so a page of another origin (which cannot read ours) cannot forge it,
+        and it dies with the process and with the credential."""
+        return hmac.new(self._csrf_key, (header or "").strip().encode(), hashlib.sha256).hexdigest()
+
+
+def _hostname(host: str) -> str:
+    """``name`` of a Host header's ``name:port`` or ``[v6]:port``."""
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else ""
+    return host.rpartition(":")[0] if ":" in host else host
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _netloc(netloc: str, scheme: str) -> str:
+    """``host:port`` lowercased, without the scheme's default port."""
+    netloc = netloc.strip().lower().rpartition("@")[2]
+    default = ":443" if scheme == "https" else ":80"
+    return netloc[: -len(default)] if netloc.endswith(default) else netloc
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -120,11 +178,57 @@ class Site:
         self.env.globals["REFRESH"] = REFRESH
 
     def opened(self):
+        config, _, store = self._open(write=False)
+        return config, store
+
+    def _open(self, write: bool):
         from schedsync.config import load, resolve_config, resolve_state
         from schedsync.store import open_store
 
         config = load(resolve_config(self.config_opt))
-        return config, open_store(resolve_state(self.state_opt, config), write=False)
+        state = resolve_state(self.state_opt, config)
+        return config, state, open_store(state, write=write, create=False)
+
+    def write(self, action: str, name: str, body: dict, actor) -> tuple[int, dict]:
+        """One write (``ACTIONS``' value) on job, run or breaker ``name``; (HTTP code, JSON answer).
+        A trigger or retry whose item waits to start is started now (``schedsync run JOB --item ID``)."""
+        from schedsync.app import control
+
+        config, state, store = self._open(write=True)
+        try:
+            if action == "trigger":
+                params = body.get("params") or {}
+                if not isinstance(params, dict):
+                    raise ConfigError('"params" must be an object of NAME: "value"',
+                                              'send e.g. {"params": {"final_sweep": "1"}}')
+                item_id, deduped = control.trigger(config, store, name, params, actor)
+                self._start(config, store, state, item_id)
+                return 202, {"job": name, "queue_id": item_id, "deduped": deduped}
+            if action == "retry":
+                if not name.isdigit():
+                    raise control.NotFound(f"no run {name!r}", "a run id is a number")
+                job, item_id, deduped = control.retry(config, store, int(name), actor)
+                self._start(config, store, state, item_id)
+                return 202, {"job": job, "run_id": int(name), "queue_id": item_id, "deduped": deduped}
+            if action in ("pause", "resume"):
+                getattr(control, action)(config, store, name, actor)
+                return 200, {"job": name, "paused": action == "pause"}
+            breaker, was = control.reset_breaker(config, store, name, actor)
+            return 200, {"breaker": breaker, "was": was or "closed", "now": "closed"}
+        finally:
+            store.close()
+
+    def _start(self, config, store, state: str, item_id: int) -> None:
+        """Start the item now if it still waits and is due; the tick does it otherwise."""
+        from schedsync.app.tick import starter
+        from schedsync.app.trigger import registry_path
+
+        item = store.item(item_id)
+        if item is None or item.state != "queued" or item.due_at > store.now() + 1:
+            return
+        environ = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, BASIC_ENV)}  # never the job's
+        process = starter(registry_path(config), state, environ)(item)
+        threading.Thread(target=process.wait, daemon=True).start()  # reaped when it ends: no zombie
 
     def healthz(self) -> tuple[int, str, bytes]:
         from schedsync.app import report, status
@@ -150,7 +254,7 @@ class Site:
 
         return 200, PROMETHEUS, self._with_state(text).encode()
 
-    def dashboard(self) -> tuple[int, str, bytes]:
+    def dashboard(self, csrf: str | None = None) -> tuple[int, str, bytes]:
         from schedsync.app import report, status
 
         data, tz = self._with_state(lambda config, store: (status.status(config, store, alert=False),
@@ -159,10 +263,11 @@ class Site:
         bad = [j for j in jobs if j["health"] in report.NEEDS_ACTION]
         budgets = {b["name"]: b for b in data["budgets"]}
         html = self.env.get_template("dashboard.html").render(
-            data=data, jobs=jobs, bad=bad, budgets=budgets, now=posix(data["generated_at"]), tz=tz)
+            data=data, jobs=jobs, bad=bad, budgets=budgets, now=posix(data["generated_at"]), tz=tz,
+            csrf=csrf, here="/")
         return 200, "text/html; charset=utf-8", html.encode()
 
-    def job(self, name: str, run_id: str | None) -> tuple[int, str, bytes]:
+    def job(self, name: str, run_id: str | None, csrf: str | None = None) -> tuple[int, str, bytes]:
         from schedsync.app import report, status
 
         def gather(config, store):
@@ -172,6 +277,9 @@ class Site:
             return detail, runs, _secrets(config, name), report.display_zone(config)
 
         detail, runs, secrets, tz = self._with_state(gather)
+        from urllib.parse import quote
+
+        here = "/job/" + quote(name, safe="") + (f"?run={quote(run_id, safe='')}" if run_id else "")
         shown = next((r for r in runs if str(r["id"]) == run_id), None) if run_id else \
             next((r for r in runs if r["output"]), runs[0] if runs else None)
         if run_id and shown is None:
@@ -180,7 +288,8 @@ class Site:
         errors = {r["id"]: secrets.redact(r["error"]) for r in runs}
         html = self.env.get_template("job.html").render(
             job=detail["jobs"][0], detail=detail, runs=runs, shown=shown, output=output,
-            errors=errors, now=posix(detail["generated_at"]), tz=tz)
+            errors=errors, now=posix(detail["generated_at"]), tz=tz, csrf=csrf, here=here,
+            failures=FAILED_STATUSES)
         return 200, "text/html; charset=utf-8", html.encode()
 
     def _with_state(self, read):
@@ -302,6 +411,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     site: Site
     credentials: Credentials
+    allowed_hosts: frozenset = frozenset()
     server: Server
 
     def version_string(self) -> str:
@@ -353,10 +463,10 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/metrics":
                 reply = self.site.metrics()
             elif path in ("/", "/index.html"):
-                reply = self.site.dashboard()
+                reply = self.site.dashboard(self._csrf())
             elif path.startswith("/job/") and path.count("/") == 2:
                 run_id = parse_qs(url.query).get("run", [None])[0]
-                reply = self.site.job(unquote(path[5:]), run_id)
+                reply = self.site.job(unquote(path[5:]), run_id, self._csrf())
             else:
                 reply = 404, "text/plain; charset=utf-8", b"not found: try /, /healthz or /metrics\n"
         except NotFound as exc:
@@ -374,6 +484,10 @@ class Handler(BaseHTTPRequestHandler):
             reply = 500, "text/plain; charset=utf-8", f"internal error: {type(exc).__name__}\n".encode()
         self._send(*reply, head=head)
 
+    def _csrf(self) -> str | None:
+        """The forms' token when writes are on (the request was allowed: it carries the credential)."""
+        return self.credentials.csrf(self.headers.get("Authorization")) if self.credentials else None
+
     def _refuse(self) -> None:
         self.send_response(405)
         self.send_header("Allow", "GET, HEAD")
@@ -382,7 +496,119 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # read-only; bodies never read
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # bodies never read
+
+    def do_POST(self) -> None:
+        """A write: ``POST /api/jobs/NAME/trigger`` and the others of ``ACTIONS``."""
+        if len(self.path) > MAX_PATH:
+            return self._json(414, {"error": "request path too long"})
+        parts = urlsplit(self.path).path.strip("/").split("/")
+        action = ACTIONS.get((parts[1], parts[3])) if len(parts) == 4 and parts[0] == "api" else None
+        if action is None:
+            if parts[0] != "api":
+                return self._refuse()  # the pages are read-only
+            return self._json(404, {"error": "no such endpoint: POST /api/jobs/NAME/{trigger,pause,resume},"
+                                             " /api/runs/ID/retry or /api/breakers/NAME/reset"})
+        if not self.credentials:
+            return self._json(403, {"error": WRITES_OFF})
+        authorization = self.headers.get("Authorization")
+        if not self.credentials.allows(authorization):
+            return self._json(401, {"error": "unauthorized"}, {"WWW-Authenticate": self.credentials.challenge()})
+        kind = (self.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+        body, error = self._body()
+        if error:
+            return self._json(*error)
+        why, api = self._foreign(authorization, kind)
+        if why:
+            return self._json(403, {"error": why})
+        form = kind == FORM and not api  # `curl -d` says form too: a bearer call's body is JSON
+        if form:
+            fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+            if not hmac.compare_digest(fields.get("csrf_token", "").encode(),
+                                       self.credentials.csrf(authorization).encode()):
+                return self._json(403, {"error": "missing or wrong csrf_token — reload the page and try again"})
+            data: dict = {"reason": fields.get("reason") or None}
+        else:
+            try:
+                data = json.loads(body) if body.strip() else {}
+            except ValueError:
+                return self._json(400, {"error": 'the body is not JSON — send e.g. {"params": {}, "reason": "..."}'})
+            if not isinstance(data, dict):
+                return self._json(400, {"error": 'the body must be a JSON object, e.g. {"params": {}}'})
+        reason = data.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            return self._json(400, {"error": '"reason" must be a string'})
+        from schedsync.app.control import Actor
+        from schedsync.app.control import NotFound as Missing
+
+        actor = Actor(self.credentials.label(authorization), self.client_address[0], reason)
+        try:
+            code, answer = self.site.write(action, unquote(parts[2]), data, actor)
+        except Missing as exc:
+            return self._json(404, {"error": str(exc)})
+        except ConfigError as exc:  # a wrong param, a run still running
+            return self._json(400, {"error": str(exc)})
+        except SchedsyncError as exc:
+            return self._json(503, {"error": str(exc)})
+        except Exception as exc:  # a bug: one line to the client, the traceback to our stderr
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+            return self._json(500, {"error": f"internal error: {type(exc).__name__}"})
+        if form:  # back to the page the button was on
+            target = fields.get("next") or "/"
+            if not target.startswith("/") or target.startswith("//") or "\\" in target or "\r" in target \
+                    or "\n" in target:
+                target = "/"
+            return self._send(303, "text/plain; charset=utf-8", b"", extra={"Location": target})
+        self._json(code, {"ok": True, "action": action, **answer})
+
+    def _foreign(self, authorization: str | None, kind: str) -> tuple[str | None, bool]:
+        """(why a write does not come from serve's own pages or a plain API client (DNS
+        rebinding, a forged cross-origin form) or None, whether it is an API call: neither
+        Origin nor Referer, so no browser sent it)."""
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = _hostname(host)
+        if not name or not (name == "localhost" or _is_ip(name) or name in self.allowed_hosts):
+            return (f"Host {host or '(none)'} is not this server's — call it by its IP address or"
+                    " localhost, or start serve with --allow-host NAME"), False
+        origin = self.headers.get("Origin")
+        referer = self.headers.get("Referer") if origin is None else None
+        source = origin if origin is not None else referer
+        if source is None:
+            scheme = (authorization or "").strip().partition(" ")[0].lower()
+            if not (scheme == "bearer" or kind == JSON):
+                return ("a request with neither Origin nor Referer must be an API call: a bearer token,"
+                        " or basic auth with Content-Type: application/json"), False
+            return None, True
+        seen = urlsplit(source.strip())
+        if seen.scheme not in ("http", "https") or _netloc(seen.netloc, seen.scheme) != _netloc(host, seen.scheme):
+            return (f"{'Origin' if origin is not None else 'Referer'} {source.strip()[:100]} is not this server"
+                    f" ({host}): cross-origin writes are refused"), False
+        return None, False
+
+    def _body(self) -> tuple[bytes, tuple | None]:
+        """The request's body (at most MAX_BODY bytes, within CLIENT_TIMEOUT), or an error reply."""
+        if self.headers.get("Transfer-Encoding"):
+            return b"", (411, {"error": "send the body with Content-Length, not chunked"})
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit():
+            return b"", (400, {"error": "Content-Length is not a number"})
+        length = int(text)
+        if length > MAX_BODY:
+            return b"", (413, {"error": f"the body is over {MAX_BODY // 1024} KiB"})
+        self.reader.restart()
+        self.reader.left = length + 1
+        try:
+            body = self.rfile.read(length)
+        except (TimeoutError, TooLarge):
+            return b"", (408, {"error": f"no whole body within {CLIENT_TIMEOUT:g}s"})
+        if len(body) < length:
+            return b"", (400, {"error": "the body ended before its Content-Length"})
+        return body, None
+
+    def _json(self, code: int, body: dict, extra: dict | None = None) -> None:
+        self._send(code, "application/json", (json.dumps(body) + "\n").encode(), extra=extra)
 
     def _send(self, code: int, kind: str, body: bytes, head: bool = False, extra: dict | None = None) -> None:
         self.send_response(code)
@@ -393,7 +619,7 @@ class Handler(BaseHTTPRequestHandler):
         if kind.startswith("text/html"):
             # no script, no fetched asset: the page needs nothing but itself
             self.send_header("Content-Security-Policy",
-                             "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+                             "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'")
         for key, value in (extra or {}).items():
             self.send_header(key, value)
         if code >= 400:
@@ -466,7 +692,8 @@ class Server(ThreadingHTTPServer):
         super().shutdown()
 
 
-def serve(config_opt: str | None, state_opt: str | None, bind: str, environ=os.environ) -> int:
+def serve(config_opt: str | None, state_opt: str | None, bind: str, environ=os.environ,
+          allow_hosts: list[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     host, port = parse_bind(bind)
     credentials = Credentials(environ)
@@ -479,7 +706,9 @@ def serve(config_opt: str | None, state_opt: str | None, bind: str, environ=os.e
 
     load(resolve_config(config_opt))  # a broken registry is a usage error now (exit 2)
     # a state that cannot be read yet (a volume not mounted) is not: each request says 503
-    handler = type("BoundHandler", (Handler,), {"site": site, "credentials": credentials})
+    allowed = frozenset(h.strip().lower() for h in allow_hosts or [] if h.strip())
+    handler = type("BoundHandler", (Handler,), {"site": site, "credentials": credentials,
+                                                "allowed_hosts": allowed})
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         server = Server((host, port), handler, family)
@@ -494,7 +723,7 @@ def serve(config_opt: str | None, state_opt: str | None, bind: str, environ=os.e
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     shown_host = f"[{host}]" if ":" in host else host
-    auth = " (credential required)" if credentials else ""
+    auth = " (credential required; writes on)" if credentials else ""
     print(f"schedsync serve: listening on http://{shown_host}:{server.server_address[1]}/{auth}",
           file=sys.stderr, flush=True)
     try:

@@ -33,12 +33,14 @@ from schedsync.core.records import dataclass
 RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
               "finished_at", "duration_ms", "attempts", "requests", "items_processed",
               "items_failed", "exit_code", "error", "retry_at", "output", "slot", "retry_of",
-              "retry_number")
+              "retry_number", "params")
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
 SLOT_FIELDS = ("id", "job", "slot", "kind", "state", "due_at", "run_id", "reason", "retry_of",
-               "retry_number", "claimed_at", "claimed_by")  # ``core.models.SlotItem``'s order
+               "retry_number", "claimed_at", "claimed_by", "params")  # ``core.models.SlotItem``'s order
 SLOT_COLUMNS = ", ".join(SLOT_FIELDS)
+AUDIT_COLUMNS = "at, action, job, who, client, breaker, run_id, item_id, params, reason, id"  # AuditEntry's order
 CLAIM_STALE = 60.0  # seconds a claimed item may wait for its run to start before it is queued again
+AUDIT_KEEP = 200  # audit entries kept per job (and per breaker reset by its own name)
 PRUNE_BATCH = 100  # rows a finished run prunes, so retention stays cheap however old the backlog
 
 
@@ -166,7 +168,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def admit_run(self, job: str, trigger: str, breaker: BreakerSpec, lease: float,
                   budgets: list[str], rates: dict, cost: float, now: float | None = None,
-                  slot: float | None = None, item: int | None = None) -> Admitted:
+                  slot: float | None = None, item: int | None = None,
+                  params: str | None = None) -> Admitted:
         """In one step: note the job as seen; skip it if paused; admit it through its
         breaker (a half-open trial takes a lease ending ``lease`` seconds from now);
         spend ``cost`` tokens from every bucket in ``budgets`` (all or none; ``rates``
@@ -182,7 +185,8 @@ class Store(abc.ABC):
         ledger row the tick claimed, ``schedsync run JOB --item ID``) that row becomes
         ``ran`` with the run's id, and the run takes its ``slot``, ``retry_of`` and
         ``retry_number`` (``slot`` is then ignored); an item no longer ``claimed`` or
-        ``queued`` (another process started it) is ``already_ran``."""
+        ``queued`` (another process started it) is ``already_ran``. ``params`` (JSON text)
+        is stored on the run."""
 
     def slot_winner(self, job: str, slot: float) -> tuple | None:
         """(host, run id) of the run that claimed ``slot`` of ``job``, or None (also when
@@ -259,6 +263,15 @@ class Store(abc.ABC):
         host: the ``queued`` or ``claimed`` one there is (``(id, False)``), else a new one
         serving ``slot``, due at ``due_at`` (``(id, True)``)."""
         raise NotImplementedError
+
+    @abc.abstractmethod
+    def enqueue_api(self, job: str, params: str | None, due_at: float,
+                    now: float | None = None) -> tuple[int, bool]:
+        """Queue an ``api`` item of ``job`` (``schedsync trigger``) due at ``due_at``, with
+        ``params`` (canonical JSON text), unless one with the same params is still waiting
+        (``queued`` or ``claimed``, its run not started): then nothing is added. Returns
+        (the item's id, True if it was that waiting one). Atomic: two triggers at once, on
+        any hosts, queue one item."""
 
     @abc.abstractmethod
     def claim_due(self, jobs: list[str], limit: int, claimer: str, now: float | None = None,
@@ -426,6 +439,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def record_notifications(self, notes: list, keep: int = 50) -> None: ...
+
+    # --- the audit log (``serve``'s writes) --------------------------------------------
+
+    @abc.abstractmethod
+    def record_audit(self, entry, keep: int = AUDIT_KEEP) -> int:
+        """Keep ``entry`` (an ``AuditEntry``; ``at`` None: the store's clock) and return its
+        id; the oldest entries of its ``job`` beyond the newest ``keep`` are pruned in the
+        same step, so the log stays bounded as notifications do."""
+
+    @abc.abstractmethod
+    def audit(self, job: str | None, breaker: str | None = None, limit: int = 10) -> list:
+        """The newest audit entries (``AuditEntry``) of ``job`` or of ``breaker``, newest first."""
 
     # --- retention -------------------------------------------------------------------
 

@@ -27,12 +27,14 @@ import time
 from schedsync.core.breaker import settings_of
 from schedsync.core.budgets import never_short
 from schedsync.core.errors import ConfigError, StateBusy, StateError, StateUnreachable
-from schedsync.core.models import FAILURES, Breaker, JobState, Notification, Run, SlotItem, Tick
+from schedsync.core.models import FAILURES, AuditEntry, Breaker, JobState, Notification, Run, SlotItem, Tick
 
 # URL redaction lives with the rest of redaction; imported here for the callers that name it here.
 from schedsync.core.redact import MISENCODED_FIX, misencoded_password, redact_url, strip_password  # noqa: F401
 from schedsync.paths import spool_dir
 from schedsync.store.base import (
+    AUDIT_COLUMNS,
+    AUDIT_KEEP,
     CLAIM_STALE,
     PRUNE_BATCH,
     RUN_COLUMNS,
@@ -459,7 +461,7 @@ class PostgresStore(Store):
     # --- runs ---------------------------------------------------------------------------
 
     def admit_run(self, job, trigger, breaker, lease, budgets, rates, cost, now=None, slot=None,
-                  item=None):
+                  item=None, params=None):
         host, pid, token = self.liveness.owner()
         caps = [float(rates[b][0]) for b in budgets]
         pers = [float(rates[b][1]) for b in budgets]
@@ -467,17 +469,17 @@ class PostgresStore(Store):
         sent = time.monotonic()
         [row] = self._q(
             "SELECT * FROM schedsync.admit(%s, %s, %s, %s, %s, %s::text[], %s::float8[], %s::float8[],"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (job, trigger, breaker.name, int(settings_of(breaker.settings)["half_open_runs"]),
              float(lease), list(budgets), caps, pers, float(cost), now, slot, host, pid, token, item,
-             held, LEASE, time.time()))
+             held, LEASE, time.time(), params))
         (run_id, started_at, trial, reason, retry_at, other_host, served, retry_of, retry_number,
          taken, taken_run, later, other_run, lease_name) = row
         if reason is None:
             if lease_name != held:
                 self.locks.holding(lease_name, sent)
             run = Run(run_id, job, "running", trigger, started_at, host, pid, pid_start=token,
-                      slot=served, retry_of=retry_of, retry_number=retry_number or 0)
+                      slot=served, retry_of=retry_of, retry_number=retry_number or 0, params=params)
             self.lean()  # the job runs now: its connection goes back (to PgBouncer, or the server)
             return Admitted(run, trial=bool(trial))
         if reason == "rate_limited" and retry_at is not None and retry_at != float("inf"):
@@ -498,14 +500,14 @@ class PostgresStore(Store):
             "   ON CONFLICT (name) DO NOTHING),"
             " r AS (INSERT INTO schedsync.runs (job, status, reason, trigger, started_at,"
             " finished_at, duration_ms, retry_at, host, pid, token, error, exit_code, slot, retry_of,"
-            " retry_number) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " RETURNING id)"
+            " retry_number, params) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s) RETURNING id)"
             " SELECT id FROM r, schedsync.prune(%s, %s, %s, %s, %s), schedsync.tally(%s, %s, %s),"
             " schedsync.skip_slot(%s, %s, %s, %s)",
             (run.job, run.started_at,
              run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start, run.error,
-             run.exit_code, run.slot, run.retry_of, run.retry_number or 0,
+             run.exit_code, run.slot, run.retry_of, run.retry_number or 0, run.params,
              run.job, run.started_at, retention.get("success"),
              retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0,
              run.job, run.slot, item, run.reason or run.status))
@@ -704,12 +706,30 @@ class PostgresStore(Store):
             "   AND state IN ('queued', 'claimed') LIMIT 1),"
             " added AS (INSERT INTO schedsync.slots (job, slot, kind, state, due_at)"
             "   SELECT %s, %s, 'queue', 'queued', %s WHERE NOT EXISTS (SELECT 1 FROM waiting)"
-            "   ON CONFLICT (job, coalesce(slot, -1), kind, coalesce(retry_of, 0), retry_number)"
+            "   ON CONFLICT (job, coalesce(slot, -1), kind, coalesce(retry_of, 0), retry_number) WHERE kind <> 'api'"
             "   DO UPDATE SET state = 'queued', due_at = excluded.due_at, run_id = NULL, reason = NULL,"
             "   claimed_at = NULL, claimed_by = NULL RETURNING id)"
             " SELECT (SELECT id FROM waiting), (SELECT id FROM added)",
             (job, job, job, slot, due_at))
         return (added, True) if added is not None else (waiting, False)
+
+    def enqueue_api(self, job, params, due_at, now=None) -> tuple:
+        # One statement: inserted, else the waiting twin the unique index found. A twin
+        # committed after this statement's snapshot is not seen by its SELECT (nor one
+        # that started meanwhile): then ask again.
+        for _ in range(50):
+            rows = self._q(
+                "WITH ins AS (INSERT INTO schedsync.slots (job, slot, kind, state, due_at, params)"
+                "   VALUES (%(j)s, NULL, 'api', 'queued', %(d)s, %(p)s) ON CONFLICT DO NOTHING RETURNING id)"
+                " SELECT id, false FROM ins UNION ALL SELECT s.id, true FROM schedsync.slots s"
+                " WHERE NOT EXISTS (SELECT 1 FROM ins) AND s.job = %(j)s AND s.kind = 'api'"
+                "   AND coalesce(s.params, '') = coalesce(%(p)s, '') AND s.state IN ('queued', 'claimed')"
+                " LIMIT 1", {"j": job, "d": due_at, "p": params})
+            if rows:
+                return int(rows[0][0]), bool(rows[0][1])
+            time.sleep(0.01)
+        raise StateError(f"could not queue a run of {job} in {self.label}: its waiting twin kept changing",
+                         "try again")
 
     def claim_due(self, jobs, limit, claimer, now=None, per_job=1) -> list:
         rows = self._q(f"SELECT {SLOT_COLUMNS} FROM schedsync.claim_due(%s::text[], %s, %s, %s, %s, %s)",
@@ -976,6 +996,29 @@ class PostgresStore(Store):
                 " WHERE n.job = j.job AND n.id <= (SELECT id FROM schedsync.notifications"
                 "   WHERE job = j.job ORDER BY id DESC LIMIT 1 OFFSET %s)",
                 (sorted({n.job for n in notes}), keep))
+
+    # --- the audit log ------------------------------------------------------------------
+
+    def record_audit(self, entry, keep=AUDIT_KEEP) -> int:
+        [(entry_id,)] = self._q(
+            "WITH e AS (INSERT INTO schedsync.audit (at, action, job, who, client, breaker, run_id, item_id,"
+            "   params, reason) VALUES (coalesce(%(at)s, schedsync.now()), %(action)s, %(job)s, %(who)s,"
+            "   %(client)s, %(breaker)s, %(run)s, %(item)s, %(params)s, %(reason)s) RETURNING id),"
+            " d AS (DELETE FROM schedsync.audit a WHERE a.job IS NOT DISTINCT FROM %(job)s"
+            "   AND (a.job IS NOT NULL OR a.breaker IS NOT DISTINCT FROM %(breaker)s)"
+            "   AND a.id <= (SELECT id FROM schedsync.audit WHERE job IS NOT DISTINCT FROM %(job)s"
+            "     AND (job IS NOT NULL OR breaker IS NOT DISTINCT FROM %(breaker)s)"
+            "     ORDER BY id DESC LIMIT 1 OFFSET %(keep)s - 1))"
+            " SELECT id FROM e",
+            {"at": entry.at, "action": entry.action, "job": entry.job, "who": entry.who,
+             "client": entry.client, "breaker": entry.breaker, "run": entry.run_id, "item": entry.item_id,
+             "params": entry.params, "reason": entry.reason, "keep": keep})
+        return entry_id
+
+    def audit(self, job, breaker=None, limit=10) -> list:
+        rows = self._q(f"SELECT {AUDIT_COLUMNS} FROM schedsync.audit WHERE job = %s OR breaker = %s"
+                       " ORDER BY id DESC LIMIT %s", (job, breaker, limit))
+        return [AuditEntry(*row) for row in rows]
 
     # --- retention ----------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from schedsync.core.models import (
     RUNNING,
     SKIPPED,
     SUCCESS,
+    AuditEntry,
     Breaker,
     Bucket,
     JobState,
@@ -49,6 +50,8 @@ from schedsync.core.models import (
     Tick,
 )
 from schedsync.store.base import (
+    AUDIT_COLUMNS,
+    AUDIT_KEEP,
     CLAIM_STALE,
     PRUNE_BATCH,
     RUN_COLUMNS,
@@ -179,13 +182,42 @@ def _v6(db: sqlite3.Connection) -> None:
     """)
 
 
+def _v7(db: sqlite3.Connection) -> None:
+    # Triggers (issue 18): an ``api`` item (``schedsync trigger``) carries its params (JSON
+    # text), and a run the params it ran with. Any number of api items of a job may exist
+    # over time (the once-per-slot index leaves them out), but one waiting (queued or
+    # claimed) item per job and params: a second identical trigger finds the first.
+    _script(db, """
+        ALTER TABLE slots ADD COLUMN params TEXT;
+        ALTER TABLE runs ADD COLUMN params TEXT;
+        DROP INDEX slots_once;
+        CREATE UNIQUE INDEX slots_once ON slots (job, ifnull(slot, -1), kind, ifnull(retry_of, 0),
+                                                 retry_number) WHERE kind <> 'api';
+        CREATE UNIQUE INDEX slots_api_waiting ON slots (job, ifnull(params, ''))
+            WHERE kind = 'api' AND state IN ('queued', 'claimed')
+    """)
+
+
+def _v8(db: sqlite3.Connection) -> None:
+    # The audit log (issue 18): every write through serve's API or dashboard, bounded per job.
+    _script(db, """
+        CREATE TABLE audit (id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, job TEXT,
+                            who TEXT NOT NULL, client TEXT NOT NULL, breaker TEXT, run_id INTEGER,
+                            item_id INTEGER, params TEXT, reason TEXT);
+        CREATE INDEX audit_by_job ON audit (job, id);
+        CREATE INDEX audit_by_breaker ON audit (breaker, id) WHERE breaker IS NOT NULL
+    """)
+
+
 _BOUNDS = "[" + ",".join(repr(b) for b in DURATION_BUCKETS) + "]"
+
+
 def _v10(db: sqlite3.Connection) -> None:
     # overlap: replace: a newer run's request that a running run stop (who asked, as text).
     db.execute("ALTER TABLE runs ADD COLUMN stop TEXT")
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v10]  # append, never edit: user_version counts how many were applied
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v10]  # append, never edit: user_version counts them
 
 
 # SQLite's primary result codes (the low byte of an extended code: SQLITE_IOERR_* is SQLITE_IOERR).
@@ -298,7 +330,8 @@ def _disk_full(path: str) -> bool:
 SAVE_BUCKET = ("INSERT INTO buckets (name, tokens, updated, blocked_until) VALUES (?, ?, ?, ?)"
                " ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens,"
                " updated = excluded.updated, blocked_until = excluded.blocked_until")
-SLOTS_ONCE = "ON CONFLICT (job, ifnull(slot, -1), kind, ifnull(retry_of, 0), retry_number) DO UPDATE"
+SLOTS_ONCE = ("ON CONFLICT (job, ifnull(slot, -1), kind, ifnull(retry_of, 0), retry_number)"
+              " WHERE kind <> 'api' DO UPDATE")
 COUNT_REQUESTS = "UPDATE runs SET requests = ? WHERE id = ? AND status = 'running'"
 
 
@@ -466,7 +499,7 @@ class SQLiteStore(Store):
     # --- runs -------------------------------------------------------------------------
 
     def admit_run(self, job, trigger, breaker, lease, budgets, rates, cost, now=None, slot=None,
-                  item=None):
+                  item=None, params=None):
         now = time.time() if now is None else now
         host, pid, token = self.liveness.owner()
         with self._tx:
@@ -508,7 +541,7 @@ class SQLiteStore(Store):
             if state != before:
                 self._save_breaker(state)  # a half-open trial's lease
             run = Run(0, job, RUNNING, trigger, now, host, pid, pid_start=token, slot=slot,
-                      retry_of=chain[0], retry_number=chain[1] or 0)
+                      retry_of=chain[0], retry_number=chain[1] or 0, params=params)
             self._insert(run)
             if item is not None:
                 self._sql("UPDATE slots SET state = 'ran', run_id = ?, reason = NULL WHERE id = ?",
@@ -545,10 +578,10 @@ class SQLiteStore(Store):
         cur = self._sql(
             "INSERT INTO runs (job, status, reason, trigger, started_at, finished_at,"
             " duration_ms, retry_at, host, pid, pid_start, error, exit_code, slot, retry_of,"
-            " retry_number) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " retry_number, params) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start,
-             run.error, run.exit_code, run.slot, run.retry_of, run.retry_number or 0))
+             run.error, run.exit_code, run.slot, run.retry_of, run.retry_number or 0, run.params))
         run.id = cur.lastrowid
 
     def _tally(self, job: str, status: str, requests: int) -> None:
@@ -684,6 +717,16 @@ class SQLiteStore(Store):
                             f" {SLOTS_ONCE} SET state = 'queued', due_at = excluded.due_at, run_id = NULL,"
                             " reason = NULL, claimed_at = NULL, claimed_by = NULL RETURNING id",
                             (job, slot, due_at)).fetchone()
+            return row[0], True
+
+    def enqueue_api(self, job, params, due_at, now=None):
+        with self._tx:  # BEGIN IMMEDIATE: two triggers at once serialise, the second finds the first
+            cur = self._sql("INSERT OR IGNORE INTO slots (job, slot, kind, state, due_at, params)"
+                            " VALUES (?, NULL, 'api', 'queued', ?, ?)", (job, due_at, params))
+            if cur.rowcount:
+                return cur.lastrowid, False
+            row = self._sql("SELECT id FROM slots WHERE job = ? AND kind = 'api' AND ifnull(params, '') = ifnull(?, '')"
+                            " AND state IN ('queued', 'claimed')", (job, params)).fetchone()
             return row[0], True
 
     def claim_due(self, jobs, limit, claimer, now=None, per_job=1):
@@ -1033,6 +1076,26 @@ class SQLiteStore(Store):
             self._sql("INSERT OR REPLACE INTO alert_marks (job, event, mark) VALUES (?, ?, ?)",
                       (job, event, mark))
             return True
+
+    # --- the audit log ----------------------------------------------------------------
+
+    def record_audit(self, entry, keep=AUDIT_KEEP):
+        at = time.time() if entry.at is None else entry.at
+        with self._tx:
+            cur = self._sql("INSERT INTO audit (at, action, job, who, client, breaker, run_id, item_id,"
+                            " params, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            (at, entry.action, entry.job, entry.who, entry.client, entry.breaker,
+                             entry.run_id, entry.item_id, entry.params, entry.reason))
+            self._sql("DELETE FROM audit WHERE job IS ? AND (job IS NOT NULL OR breaker IS ?) AND id <= (SELECT id"
+                      " FROM audit WHERE job IS ? AND (job IS NOT NULL OR breaker IS ?)"
+                      " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                      (entry.job, entry.breaker, entry.job, entry.breaker, keep))
+            return cur.lastrowid
+
+    def audit(self, job, breaker=None, limit=10):
+        rows = self._sql(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE job = ? OR breaker = ?"
+                         " ORDER BY id DESC LIMIT ?", (job, breaker, limit)).fetchall()
+        return [AuditEntry(*row) for row in rows]
 
     # --- retention --------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ CREATE TABLE schedsync.runs (
     duration_ms bigint, attempts int NOT NULL DEFAULT 0, requests int NOT NULL DEFAULT 0,
     items_processed bigint NOT NULL DEFAULT 0, items_failed bigint NOT NULL DEFAULT 0,
     exit_code int, error text, retry_at float8, host text NOT NULL, pid int NOT NULL,
-    token bigint, output text, slot float8, retry_of bigint, retry_number int NOT NULL DEFAULT 0);
+    token bigint, output text, slot float8, retry_of bigint, retry_number int NOT NULL DEFAULT 0,
+    params text);
 CREATE INDEX runs_by_job ON schedsync.runs (job, id);
 CREATE INDEX runs_by_job_status ON schedsync.runs (job, status, started_at);
 CREATE INDEX runs_running ON schedsync.runs (job) WHERE status = 'running';
@@ -37,6 +38,12 @@ CREATE TABLE schedsync.notifications (id bigserial PRIMARY KEY, job text NOT NUL
                                       target text NOT NULL, at float8 NOT NULL, ok boolean NOT NULL,
                                       detail text, run_id bigint);
 CREATE INDEX notifications_by_job ON schedsync.notifications (job, id);
+-- The audit log: every write through serve's API or dashboard, bounded per job.
+CREATE TABLE schedsync.audit (id bigserial PRIMARY KEY, at float8 NOT NULL, action text NOT NULL, job text,
+                              who text NOT NULL, client text NOT NULL, breaker text, run_id bigint,
+                              item_id bigint, params text, reason text);
+CREATE INDEX audit_by_job ON schedsync.audit (job, id);
+CREATE INDEX audit_by_breaker ON schedsync.audit (breaker, id) WHERE breaker IS NOT NULL;
 -- Leases (job overlap and run liveness): expires_at on the server's clock, renewed by the holder.
 -- stop: a newer run's request that the holder stop its job (overlap: replace).
 CREATE TABLE schedsync.leases (name text PRIMARY KEY, token bigint NOT NULL, run_id bigint,
@@ -52,9 +59,12 @@ CREATE TABLE schedsync.alert_marks (job text NOT NULL, event text NOT NULL, mark
 CREATE TABLE schedsync.slots (id bigserial PRIMARY KEY, job text NOT NULL, slot float8, kind text NOT NULL,
                               state text NOT NULL, due_at float8 NOT NULL, run_id bigint, reason text,
                               retry_of bigint, retry_number int NOT NULL DEFAULT 0,
-                              claimed_at float8, claimed_by text);
+                              claimed_at float8, claimed_by text, params text);
 CREATE UNIQUE INDEX slots_once ON schedsync.slots (job, coalesce(slot, -1), kind, coalesce(retry_of, 0),
-                                                   retry_number);
+                                                   retry_number) WHERE kind <> 'api';
+-- One waiting (queued or claimed) api item per job and params: a second trigger finds it.
+CREATE UNIQUE INDEX slots_api_waiting ON schedsync.slots (job, coalesce(params, ''))
+    WHERE kind = 'api' AND state IN ('queued', 'claimed');
 CREATE INDEX slots_by_job ON schedsync.slots (job, slot);
 CREATE INDEX slots_open ON schedsync.slots (due_at) WHERE state IN ('queued', 'claimed');
 CREATE TABLE schedsync.slot_marks (job text PRIMARY KEY, key text NOT NULL, until float8, next_at float8);
@@ -295,7 +305,7 @@ CREATE FUNCTION schedsync.admit(
     p_job text, p_trigger text, p_breaker text, p_half_open int, p_lease float8,
     p_budgets text[], p_caps float8[], p_pers float8[], p_cost float8, p_now float8,
     p_slot float8, p_host text, p_pid int, p_token bigint, p_item bigint,
-    p_held text, p_run_lease float8, p_host_time float8,
+    p_held text, p_run_lease float8, p_host_time float8, p_params text,
     OUT run_id bigint, OUT started_at float8, OUT trial boolean, OUT reason text,
     OUT retry_at float8, OUT other_host text, OUT slot float8, OUT retry_of bigint,
     OUT retry_number int, OUT taken text, OUT taken_run bigint, OUT later boolean,
@@ -383,9 +393,9 @@ BEGIN
         UPDATE schedsync.breakers SET leases = live || (t + p_lease) WHERE name = p_breaker;
     END IF;
     INSERT INTO schedsync.runs (job, status, trigger, started_at, host, pid, token, slot, retry_of,
-                                retry_number)
+                                retry_number, params)
         VALUES (p_job, 'running', p_trigger, t, p_host, p_pid, p_token, admit.slot, admit.retry_of,
-                admit.retry_number) RETURNING id INTO run_id;
+                admit.retry_number, p_params) RETURNING id INTO run_id;
     IF held IS NOT NULL THEN
         UPDATE schedsync.slots SET state = 'ran', run_id = admit.run_id, reason = NULL WHERE id = held;
     END IF;

@@ -311,6 +311,7 @@ def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str, slot
     run.slot = slot
     if item is not None:
         run.retry_of, run.retry_number = item.retry_of, item.retry_number
+        run.parent = getattr(item, "parent", None)
     # pruned: a paused or rate-limited job must not grow; the ledger notes the skip
     store.record_skip(run, job.retention, item=item and item.id)
     return RunResult(run, Exit.SKIPPED)

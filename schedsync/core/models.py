@@ -12,6 +12,7 @@ FAILURES = (FAILED, TIMEOUT, CRASHED)
 LOCKED, BREAKER_OPEN, RATE_LIMITED, PAUSED, CANCELLED, ALREADY_RAN = (
     "locked", "breaker_open", "rate_limited", "paused", "cancelled", "already_ran",
 )
+UPSTREAM_NOT_READY = "upstream_not_ready"  # a ``requires:`` job's last run did not succeed in time
 # Upper bounds (seconds) of schedsync_run_duration_seconds' buckets, for cron jobs: from
 # 0.1 s to 1 h. The store keeps a count per bound (a run in the smallest bound that holds
 # it, none over 1 h: +Inf is the count); the SQL of both backends names the same list.
@@ -43,6 +44,7 @@ class Run:
     slot: float | None = None  # the scheduled start this run served (the ledger's slot), if any
     retry_of: int | None = None  # the first run of its retry chain (a retry later)
     retry_number: int = 0  # 0: not a retry; n: the chain's n-th retry
+    parent: int | None = None  # the run whose end queued this one (``after:``), if any
     pid_start: int | None = None  # kernel start time of pid, to tell a reused pid
 
 
@@ -50,8 +52,9 @@ class Run:
 QUEUED, CLAIMED, RAN, MISSED = "queued", "claimed", "ran", "missed"  # and SKIPPED
 SLOT_STATES = (QUEUED, CLAIMED, RAN, SKIPPED, MISSED)
 # Item kinds: ``cron`` is a scheduled slot (claimed by a cron-started run or the tick);
-# ``catchup``, ``backfill`` and ``retry`` are work the tick starts from the queue.
-SLOT_KINDS = ("cron", "catchup", "backfill", "retry")
+# ``catchup``, ``backfill`` and ``retry`` are work the tick starts from the queue;
+# ``after`` is a chain's: queued by the end of an upstream run (``parent``).
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry", "after")
 
 
 @dataclass
@@ -76,6 +79,7 @@ class SlotItem:
     retry_number: int = 0
     claimed_at: float | None = None
     claimed_by: str | None = None
+    parent: int | None = None  # an ``after`` item's upstream run
 
 
 @dataclass

@@ -161,7 +161,7 @@ class Gate:
         from schedsync.kinds import kind as job_kind
 
         config, store, now = self.config, self.store, self.now
-        if item.kind not in (CATCHUP, BACKFILL, RETRY) or item.job not in config.jobs:
+        if item.kind not in (CATCHUP, BACKFILL, RETRY, "after") or item.job not in config.jobs:
             return None
         job = config.jobs[item.job]
         if item.kind == CATCHUP and job.catchup and item.slot is not None and catchup.window_closed(

@@ -37,8 +37,10 @@ PAUSE = "SCHEDSYNC_TEST_TICK_PAUSE"  # tests: seconds to wait between claiming a
 def needs_tick(job: Job) -> bool:
     """Does ``job`` rely on ``schedsync tick`` (so the crontab prints the tick line, and
     ``status`` warns when no tick ran lately)? A scheduled job with ``run_by: tick``, and any
-    job with ``catchup`` or ``retry_later`` (``app.later``)."""
-    return (bool(job.schedule) and job.run_by == "tick") or bool(job.catchup) or bool(job.retry_later)
+    job with ``catchup`` or ``retry_later`` (``app.later``), or ``after`` (the tick starts a
+    chain's item its upstream's end could not)."""
+    return (bool(job.schedule) and job.run_by == "tick") or bool(job.catchup) or bool(job.retry_later) \
+        or bool(job.after)
 
 
 def mark_key(config: Config, job: Job) -> str:

@@ -524,7 +524,10 @@ def _again(run: dict) -> str:
 
 
 def _trigger(run: dict) -> str:
-    """``retry 2 of run 7``: a retry later shows its place in the chain (``history`` shows it)."""
+    """``retry 2 of run 7``: a retry later shows its place in the chain (``history`` shows it);
+    ``after run 7``: a chain's run, started by the end of its upstream run."""
+    if run.get("parent") is not None:
+        return f"{run['trigger']} run {run['parent']}"
     if run.get("retry_number"):
         return f"{run['trigger']} {run['retry_number']} of run {run['retry_of']}"
     return run["trigger"]

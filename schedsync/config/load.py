@@ -15,8 +15,8 @@ from schedsync.config.model import Config, Jobs
 from schedsync.config.state import resolve_config
 from schedsync.core.errors import ConfigError
 
-CACHE_VERSION = 10  # 5: the cache holds `defaults`; 6: a job's plain form is Job.to_dict's; 7: `environ`;
-# 8: run_by; 9: catchup, retry_later; 10: `log`
+CACHE_VERSION = 11  # 5: the cache holds `defaults`; 6: a job's plain form is Job.to_dict's; 7: `environ`;
+# 8: run_by; 9: catchup, retry_later; 10: `log`; 11: after, requires, downstream, fails_when
 MAX_BYTES = 4 * 1024 * 1024
 
 

@@ -24,6 +24,7 @@ BUILTIN = {
     "catchup": None,  # {within, runs}: see core.catchup
     "retry_later": None,  # {after, max}
     "run_by": "cron",
+    "fails_when": None,  # {stderr, output_matches, exit_codes, shorter_than, longer_than, items_below}
 }
 
 
@@ -63,6 +64,10 @@ class Job:
     data_target: str | None = None
     catchup: dict | None = None  # {"within": seconds, "runs": "latest" | "all"}
     retry_later: dict | None = None  # {"after": seconds, "max": n}
+    after: list | None = None  # [[upstream job, "success" | "failure" | "always"], ...]
+    requires: dict | None = None  # {"job": upstream, "within": seconds}
+    downstream: dict | None = None  # {on: [jobs]}: what this job's run's end queues (config.chains)
+    fails_when: dict | None = None  # failure rules (app.rules)
 
     def wants(self, event: str) -> bool:
         """Does one of the job's ``notify:`` targets take ``event``?"""

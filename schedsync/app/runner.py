@@ -289,6 +289,9 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
         result.messages.append(retry["message"])
     if run.status == PARTIAL and run.reason == RATE_LIMITED:
         result.messages.append(f"{job.name}: partial: {run.items_processed} items stored, then {run.error}")
+    elif run.status == PARTIAL and run.error and "fails_when.longer_than" in run.error \
+            and not (run.items_failed or run.items_processed):
+        result.messages.append(f"{job.name}: partial: {run.error}")  # a warning: it took too long
     elif run.status == PARTIAL:
         result.messages.append(f"{job.name}: partial: {run.items_failed} of "
                                f"{run.items_processed + run.items_failed} items failed"

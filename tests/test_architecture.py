@@ -210,10 +210,10 @@ def test_the_store_port_has_no_path_transaction_or_job_lock():
     assert issubclass(SQLiteStore, Store) and not SQLiteStore.__abstractmethods__
 
 
-# A slot ledger row's ``kind`` (core.models.SLOT_KINDS: cron, catchup, backfill, retry) is not a
-# job kind: comparing ``item.kind`` with one of those (or their constants in app.later) is fine.
-SLOT_KINDS = ("cron", "catchup", "backfill", "retry")
-SLOT_KIND_NAMES = ("CRON", "CATCHUP", "BACKFILL", "RETRY")
+# A slot ledger row's ``kind`` (core.models.SLOT_KINDS: cron, catchup, backfill, retry, after) is
+# not a job kind: comparing ``item.kind`` with one of those (or their constants in app.later) is fine.
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry", "after")
+SLOT_KIND_NAMES = ("CRON", "CATCHUP", "BACKFILL", "RETRY", "AFTER")
 
 
 def kind_tests(tree: ast.AST, keys: tuple[str, ...]) -> list[str]:

@@ -2,18 +2,14 @@
 them: the plain ``run`` of a job that is part of no chain never loads this module.
 
 The store queues a chain's ``after`` items in the transaction that records the upstream
-run's end (``finish_run``, or ``mark_crashed`` for a run found crashed); ``start`` then
-claims them and starts each as ``schedsync run JOB --item ID`` at once, as the tick does,
-so a chain needs no tick; the tick starts whatever is left (``start`` not reached, the
-downstream job still running, its breaker open)."""
+run's end (``finish_run``, or ``mark_crashed`` for a run found crashed); the process
+that finished the run then claims them and starts each as ``schedsync run JOB --item ID``
+at once (``app.starter.start_chained``), so a chain needs no tick; the tick starts whatever
+is left (that process died first, the downstream job was still running, its breaker open)."""
 
 from __future__ import annotations
 
-import os
-
 from schedsync.core.models import CRASHED, FAILURES, PARTIAL, SKIPPED, SUCCESS
-
-AFTER = "after"
 
 
 def downstream(job, status: str) -> list[str]:
@@ -31,34 +27,6 @@ def downstream(job, status: str) -> list[str]:
         return []
     names = [*down.get(outcome, ()), *down.get("always", ())]
     return list(dict.fromkeys(names))
-
-
-def start(config, store, names: list[str]) -> list:
-    """Claim the due items of ``names`` (one per job, oldest first: the chain's just queued,
-    unless an older one waits) and start each detached, on the state in use. The tick's
-    rules hold: a job whose run is going, or whose item is being started, gets none now
-    (the tick starts it later); a breaker open or a budget empty leaves it queued. Returns
-    the items started."""
-    from schedsync.app.later import Gate
-    from schedsync.app.tick import _starter, host
-
-    state = config.state_in_use
-    if not names or not state or not store.writable:
-        return []
-    now = store.now()
-    items = store.claim_due(names, len(names), f"{host()}:{os.getpid()}", now=now)
-    gate = Gate(config, store, now)
-    go = []
-    for item in items:
-        why = gate(item)
-        if why is None:
-            go.append(item)
-        else:
-            store.release_item(item.id, *why)
-    begin = _starter(config, state)
-    for item in go:
-        begin(item)
-    return go
 
 
 def upstream_ready(store, job, now: float) -> str | None:

@@ -55,10 +55,10 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
     result = run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
                      sleep=sleep, item=item, slot=slot, **hooks)
     if result.chained:  # its end queued runs of other jobs (after:): started now, not at the next tick
-        from schedsync.app.chains import start
+        from schedsync.app.starter import start_chained
 
         try:
-            start(config, store, result.chained)
+            start_chained(config, store, result.chained)
         except StateError:
             pass  # queued in the ledger with the run's end: the tick starts them
     if config.log:  # the JSON run log: imported only when jobs.yaml asks for it

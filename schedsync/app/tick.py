@@ -27,11 +27,12 @@ from __future__ import annotations
 import os
 import sys
 
+from schedsync.app.starter import PAUSE, host
+from schedsync.app.starter import starter as _starter
 from schedsync.config import Config, Job
 
 LIMIT = 100  # items one tick starts at most (one per job)
 SCAN = 1000  # missed slots one look at a job records at most (an every-minute job after a long outage)
-PAUSE = "SCHEDSYNC_TEST_TICK_PAUSE"  # tests: seconds to wait between claiming and starting
 
 
 def needs_tick(job: Job) -> bool:
@@ -48,10 +49,6 @@ def mark_key(config: Config, job: Job) -> str:
     if not job.schedule:
         return "-"
     return f"{job.schedule}|{config.timezone or ''}|{job.grace:g}|{job.run_by}"
-
-
-def host() -> str:
-    return os.uname().nodename
 
 
 def tick(config: Config, store, state: str, now: float | None = None, start=None) -> list:
@@ -122,25 +119,6 @@ def _settle(config: Config, job: Job, key: str, until: float | None, now: float)
         next_at = min(next_at, schedule.next_after(now))
     return {"job": job.name, "key": key, "until": last if last is not None else until, "next_at": next_at,
             "missed": missed, "claim": claim}
-
-
-def _starter(config: Config, state: str):
-    """Start ``schedsync run JOB --item ID`` detached: a new session (cron's SIGHUP or the
-    tick's end does not reach it), stdin from /dev/null, the tick's output. The state is
-    passed in the environment, never on a command line others can read."""
-    import subprocess
-
-    env = dict(os.environ)
-    env.pop(PAUSE, None)
-    env["SCHEDSYNC_STATE"] = state
-    command = [sys.executable, "-m", "schedsync", "-c", os.path.join(config.dir, os.path.basename(config.path)),
-               "run"]
-
-    def start(item) -> None:
-        subprocess.Popen([*command, item.job, "--item", str(item.id)], stdin=subprocess.DEVNULL,
-                         env=env, start_new_session=True, close_fds=True)
-
-    return start
 
 
 def tick_cli(config_opt: str | None, state_opt: str | None, now: float | None = None) -> int:

@@ -157,15 +157,15 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
                         "add a schedule, or drop run_by")
     _later(job, spec, path, doc)
     if "after" in spec or "requires" in spec:
-        from schedsync.config import chains
+        from schedsync.config.chains import after, requires
 
-        job["after"] = chains.after(spec.get("after"), f"{path}.after", doc) or None
-        job["requires"] = chains.requires(spec.get("requires"), f"{path}.requires", doc)
+        job["after"] = after(spec.get("after"), f"{path}.after", doc) or None
+        job["requires"] = requires(spec.get("requires"), f"{path}.requires", doc)
     rules = job.get("fails_when")
-    if rules and rules.get("stderr") and found.key != "command":
+    if rules and rules.get("stderr") and not found.own_stderr:
         raise doc.error(f"{path}.fails_when.stderr", "only a command job has a stderr of its own",
                         "use output_matches for what an http or python job reports")
-    if rules and "items_below" in rules and found.key == "command":
+    if rules and "items_below" in rules and not found.stores_items:
         raise doc.error(f"{path}.fails_when.items_below", "a command job stores no items",
                         "items_below is for http jobs (and python jobs that report items)")
     budget = spec.get("budget")

@@ -69,6 +69,25 @@ def test_a_failure_starts_the_on_failure_job_and_not_the_on_success_one(project)
     assert items(project, "b") == [] and project.history("b") == []
 
 
+def test_a_chain_survives_the_upstream_process_dying_right_after_its_end(project):
+    project.write(CHAIN)
+    # The run's end is recorded, then it waits before starting b: killed there, nothing of
+    # b would be left if b were queued by anything but the step that recorded a's end.
+    proc = project.start("run", "a", env={"SCHEDSYNC_TEST_CHAIN_PAUSE": "120"})
+    try:
+        [a] = wait_for(lambda: [r for r in project.history("a") if r["status"] == "success"], 60, "a's end")
+        [item] = items(project, "b")
+        assert (item.kind, item.state, item.parent) == ("after", "queued", a["id"])
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert project.history("b") == []
+    assert project.cli("tick").returncode == 0  # the fallback starts it
+    [b] = runs_of(project, "b", 1)
+    assert (b["status"], b["trigger"], b["parent"]) == ("success", "after", a["id"])
+    assert items(project, "c") == []
+
+
 def test_a_skipped_run_starts_no_chain(project):
     project.write(CHAIN)
     assert project.cli("pause", "a").returncode == 0
@@ -242,3 +261,35 @@ def test_a_chain_on_postgresql_is_queued_with_the_end_and_runs_with_its_parent(p
     assert project.cli("tick").returncode == 0
     [c] = runs_of(project, "c", 1)
     assert (c["trigger"], c["parent"]) == ("after", run.id)
+
+
+def test_a_plain_run_imports_nothing_of_chains_or_rules(project):
+    """Every cron tick of a job without after/requires/fails_when pays for nothing of them,
+    even in a registry whose other jobs have them (the second run: from the config cache)."""
+    import subprocess
+    import sys
+
+    project.write("""\
+        jobs:
+          plain:
+            command: ["true"]
+          up:
+            command: ["true"]
+          down:
+            command: ["true"]
+            after: [up]
+            requires: {job: up, within: 1h}
+            fails_when: {stderr: true, output_matches: "x"}
+        """)
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['schedsync', '-c', sys.argv[1], 'run', 'plain']\n"
+             "try:\n    runpy.run_module('schedsync', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m.startswith('schedsync.') or m == 'subprocess'))\n")
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", probe, str(project.config)], capture_output=True, text=True,
+                             env=project.env, cwd=project.path, timeout=60)
+    assert "schedsync.app.runner" in out.stdout, out.stderr
+    for module in ("schedsync.app.chains", "schedsync.app.rules", "schedsync.app.starter",
+                   "schedsync.config.chains", "schedsync.app.tick", "'subprocess'"):
+        assert module not in out.stdout, module

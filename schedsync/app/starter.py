@@ -10,6 +10,7 @@ import sys
 from schedsync.config import Config
 
 PAUSE = "SCHEDSYNC_TEST_TICK_PAUSE"  # tests: seconds the tick waits between claiming and starting
+CHAIN_PAUSE = "SCHEDSYNC_TEST_CHAIN_PAUSE"  # tests: seconds a run waits between its end and its chain's start
 
 
 def host() -> str:
@@ -24,6 +25,7 @@ def starter(config: Config, state: str):
 
     env = dict(os.environ)
     env.pop(PAUSE, None)
+    env.pop(CHAIN_PAUSE, None)
     env["SCHEDSYNC_STATE"] = state
     command = [sys.executable, "-m", "schedsync", "-c", os.path.join(config.dir, os.path.basename(config.path)),
                "run"]
@@ -46,6 +48,10 @@ def start_chained(config, store, names: list[str]) -> list:
     state = config.state_in_use
     if not names or not state or not store.writable:
         return []
+    if os.environ.get(CHAIN_PAUSE):
+        import time
+
+        time.sleep(float(os.environ[CHAIN_PAUSE]))
     now = store.now()
     items = store.claim_due(names, len(names), f"{host()}:{os.getpid()}", now=now)
     gate = Gate(config, store, now)

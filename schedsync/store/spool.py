@@ -128,6 +128,8 @@ def _read(path: str) -> dict | None:
     if fields is None or not all(isinstance(entry.get(k), t) for k, t in {**common, **fields}.items()) \
             or not (entry.get("slot") is None or isinstance(entry["slot"], (int, float))) \
             or not (entry.get("later") is None or isinstance(entry["later"], dict)) \
+            or not (entry.get("after") is None or isinstance(entry["after"], list)
+                    and all(isinstance(name, str) for name in entry["after"])) \
             or (entry["kind"] == "finish" and (set(entry["run"]) != set(RUN_KEYS)
                                                or not isinstance(entry["run"]["id"], int))):
         _remove(path)

@@ -260,6 +260,11 @@ def test_a_chain_on_postgresql_is_queued_with_the_end_and_runs_with_its_parent(p
         store.finish_run(run, spec, True, False, 60.0, {}, after=["c"])  # sent twice: one item
         [queued] = store.slots("c", 10)
         assert (queued.kind, queued.state, queued.parent) == ("after", "queued", run.id)
+        # a run found crashed (reaped) queues its on: failure jobs in the step that marks it
+        crashed = store.admit_run("a", "manual", spec, 60.0, [], {}, 0).run
+        assert store.mark_crashed(crashed, "schedsync died", spec, False, after=["b"])
+        assert not store.mark_crashed(crashed, "schedsync died", spec, False, after=["b"])
+        assert [(i.kind, i.parent) for i in store.slots("b", 10) if i.state == "queued"] == [("after", crashed.id)]
     finally:
         store.close()
     assert project.cli("tick").returncode == 0

@@ -117,6 +117,14 @@ def test_exit_codes_lists_the_codes_that_fail_and_others_count_as_success(projec
     assert (run["status"], run["exit_code"], run["error"]) == ("success", 1, None)
     (project.path / "code").write_text("0")
     assert project.cli("run", "grep").returncode == 0
+    project.write("""\
+        jobs:
+          missing:
+            command: ["./no-such-program"]
+            fails_when: {exit_codes: [2]}
+        """)
+    assert project.cli("run", "missing").returncode == 1  # could not start: still a failure
+    assert last(project, "missing")["error"].startswith("command not found")
 
 
 def test_longer_than_does_not_stop_the_job_and_makes_the_run_partial(project):

@@ -17,6 +17,8 @@ import sys
 from schedsync.core.models import FAILED, PARTIAL, SUCCESS
 from schedsync.core.outcome import Outcome
 
+# A command that never started (jobs.command's errors, exit 126/127) fails whatever exit_codes lists.
+NOT_STARTED = ("command not found", "command not executable", "cannot run ")
 WINDOW = 1 << 20  # characters of a command's output the regex sees: the last 1 MiB
 MIN_MATCH = 1.0  # seconds a search may take when the run's deadline is nearer
 # The child: the pattern from argv, the text on stdin; prints 1 for a match, else 0.
@@ -38,7 +40,7 @@ def judge(job, outcome: Outcome, took: float, left: float) -> Outcome:
             outcome.error = f"fails_when.exit_codes: exit {code} is listed" + (
                 f" ({outcome.error})" if outcome.error else "")
             return outcome
-        if status == FAILED:  # not a listed code: as if it exited 0
+        if status == FAILED and not (outcome.error or "").startswith(NOT_STARTED):  # as if it exited 0
             outcome.status, outcome.error = SUCCESS, None
             status = SUCCESS
     if status not in (SUCCESS, PARTIAL):

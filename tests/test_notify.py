@@ -17,7 +17,8 @@ from stored import finished_run
 
 RUN_KEYS = {"id", "job", "status", "reason", "trigger", "started_at", "finished_at", "duration_ms",
             "attempts", "requests", "items_processed", "items_failed", "exit_code", "error",
-            "retry_at", "host", "pid", "slot", "retry_of", "retry_number"}  # the last three: issue 17
+            "retry_at", "host", "pid", "slot", "retry_of", "retry_number",  # these three: issue 17
+            "parent"}  # issue 18: a chain's run names its upstream run
 
 
 @pytest.fixture

@@ -210,10 +210,11 @@ def test_the_store_port_has_no_path_transaction_or_job_lock():
     assert issubclass(SQLiteStore, Store) and not SQLiteStore.__abstractmethods__
 
 
-# A slot ledger row's ``kind`` (core.models.SLOT_KINDS: cron, catchup, backfill, retry, api) is not
-# a job kind: comparing ``item.kind`` with one of those (or their constants in app.later) is fine.
-SLOT_KINDS = ("cron", "catchup", "backfill", "retry", "api")
-SLOT_KIND_NAMES = ("CRON", "CATCHUP", "BACKFILL", "RETRY", "API")
+# A slot ledger row's ``kind`` (core.models.SLOT_KINDS: cron, catchup, backfill, retry, api, after,
+# queue) is not a job kind: comparing ``item.kind`` with one of those (or their constants in
+# app.later) is fine.
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry", "api", "after", "queue")
+SLOT_KIND_NAMES = ("CRON", "CATCHUP", "BACKFILL", "RETRY", "API", "AFTER")
 
 
 def kind_tests(tree: ast.AST, keys: tuple[str, ...]) -> list[str]:

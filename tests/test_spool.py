@@ -340,3 +340,34 @@ def test_a_spooled_end_keeps_the_retry_later_it_calls_for(project, away, tmp_pat
         assert (retry.state, retry.retry_of, retry.retry_number) == ("queued", run["id"], 1)
     finally:
         store.close()
+
+
+def test_a_spooled_end_keeps_the_chain_it_calls_for(project, away, tmp_path):
+    from schedsync.store import open_store
+
+    server, go = away
+    (project.path / "failer.py").write_text(FAILER.format(go=str(go)))
+    project.write('jobs:\n  failer:\n    python: "failer:fail"\n    timeout: 5m\n'
+                  '  page:\n    command: ["true"]\n    after: [{job: failer, on: failure}]\n')
+    proc = project.start("run", "failer", env={"SCHEDSYNC_FINISH_RETRY": "1"})
+    try:
+        _wait_running(project, "failer")
+        server.halt()
+        go.touch()
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1 and "(failed) is kept in" in err, err
+    [entry] = [json.loads(p.read_text()) for p in (tmp_path / "spool").glob("*.json")]
+    assert entry["after"] == ["page"]
+    server.resume()
+    [run] = project.history("failer")  # replayed: the end and, with it, the chain's item
+    assert run["status"] == "failed"
+    store = open_store(project.env["SCHEDSYNC_STATE"])
+    try:
+        [item] = store.slots("page")
+        assert (item.kind, item.state, item.parent) == ("after", "queued", run["id"])
+    finally:
+        store.close()

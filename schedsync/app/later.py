@@ -9,7 +9,7 @@ from __future__ import annotations
 from schedsync.config import Config
 from schedsync.core.errors import ConfigError
 
-BACKFILL, CATCHUP, RETRY, API = "backfill", "catchup", "retry", "api"  # API: ``schedsync trigger``
+BACKFILL, CATCHUP, RETRY, API, AFTER = "backfill", "catchup", "retry", "api", "after"  # API: ``schedsync trigger``
 
 
 def backfill_range(config: Config, name: str, start: str, end: str, now: float) -> list[float]:
@@ -161,7 +161,7 @@ class Gate:
         from schedsync.kinds import kind as job_kind
 
         config, store, now = self.config, self.store, self.now
-        if item.kind not in (CATCHUP, BACKFILL, RETRY, API) or item.job not in config.jobs:
+        if item.kind not in (CATCHUP, BACKFILL, RETRY, API, AFTER) or item.job not in config.jobs:
             return None
         job = config.jobs[item.job]
         if item.kind == CATCHUP and job.catchup and item.slot is not None and catchup.window_closed(

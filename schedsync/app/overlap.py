@@ -58,10 +58,8 @@ def start_waiting(config, store, job) -> None:
     """The holder's last step, once its lock is released: start the job's waiting item now,
     as the tick starts one: ``schedsync run JOB --item ID`` in a new session, stdin from
     /dev/null, this run's output; the state passed in the environment, never on a command
-    line others can read. (Not ``app.tick``'s starter: the tick imports the runner.)"""
+    line others can read (``app.starter``)."""
     import os
-    import subprocess
-    import sys
 
     state = config.state_in_use
     if not state:
@@ -69,7 +67,6 @@ def start_waiting(config, store, job) -> None:
     items = store.claim_due([job.name], 1, f"{os.uname().nodename}:{os.getpid()}")
     if not items:
         return
-    config_path = os.path.join(config.dir, os.path.basename(config.path))
-    subprocess.Popen([sys.executable, "-m", "schedsync", "-c", config_path, "run", job.name,
-                      "--item", str(items[0].id)], stdin=subprocess.DEVNULL,
-                     env={**os.environ, "SCHEDSYNC_STATE": state}, start_new_session=True, close_fds=True)
+    from schedsync.app.starter import registry_path, starter
+
+    starter(registry_path(config), state)(items[0])

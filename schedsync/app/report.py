@@ -19,7 +19,7 @@ NEEDS_ACTION = ("LATE", "STALLED", "FAILING")  # `status --check` exits 1 for th
 
 RUN_KEYS = ("id", "job", "status", "reason", "trigger", "started_at", "finished_at",
             "duration_ms", "attempts", "requests", "items_processed", "items_failed",
-            "exit_code", "error", "retry_at", "host", "pid", "slot", "retry_of", "retry_number")
+            "exit_code", "error", "retry_at", "host", "pid", "slot", "retry_of", "retry_number", "parent")
 
 
 def run_json(run: Run, output: bool = False) -> dict:

@@ -63,6 +63,13 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
         hooks["params"] = params
     result = run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
                      sleep=sleep, item=item, slot=slot, **hooks)
+    if result.chained:  # its end queued runs of other jobs (after:): started now, not at the next tick
+        from schedsync.app.starter import start_chained
+
+        try:
+            start_chained(config, store, result.chained)
+        except StateError:
+            pass  # queued in the ledger with the run's end: the tick starts them
     if config.log:  # the JSON run log: imported only when jobs.yaml asks for it
         from schedsync.app.runlog import log_run
 
@@ -143,8 +150,14 @@ def reap(config: Config, store, names: list[str] | None = None) -> list[Run]:
         marked = None
         if store.writable:
             spec = breaker_spec(config.job(run.job)) if known else None
+            after = None
+            if known and config.jobs[run.job].downstream:  # a crash is a failure to the chains
+                from schedsync.app.chains import downstream
+
+                after = downstream(config.jobs[run.job], CRASHED) or None
             try:
-                marked = store.mark_crashed(run, error, spec, evidence=False, now=now)
+                marked = store.mark_crashed(run, error, spec, evidence=False, now=now,
+                                            **({"after": after} if after else {}))
             except StateBusy:
                 pass  # a read command behind a writer: shown now, recorded by a later read
             if marked is False:

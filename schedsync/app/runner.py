@@ -46,6 +46,7 @@ class RunResult:
     transition: tuple | None = None  # (old, new, Breaker) when this run moved its breaker
     quiet: bool = False  # nothing recorded and nothing to say (a slot someone else started)
     retry: dict | None = None  # the retry later this run queued or saw superseded (app.later.retry_item)
+    chained: list = field(default_factory=list)  # the jobs whose ``after`` items its end queued
 
 
 def breaker_spec(job: Job) -> BreakerSpec:
@@ -184,6 +185,13 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
     places: list = []
     result = None
     try:
+        if job.requires and trigger != "after":  # a chain's run: its upstream just ended
+            from schedsync.app.chains import upstream_ready
+            from schedsync.core.models import UPSTREAM_NOT_READY
+
+            why = upstream_ready(store, job, store.now())
+            if why is not None:
+                return _skip(store, job, trigger, UPSTREAM_NOT_READY, None, why, slot, item, stored)
         if job.limits:  # concurrency limits: imported only by jobs that name one
             from schedsync.app.limits import take_places
 
@@ -242,6 +250,8 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
             return RunResult(run, Exit.SKIPPED, quiet=True)
         return _skip(store, job, trigger, admitted.reason, admitted.retry_at, admitted.error, slot, item, stored)
     run = admitted.run
+    if item is not None:
+        run.parent = getattr(item, "parent", None)
     began = time.monotonic()
 
     if on_start is not None:
@@ -279,6 +289,10 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
         stop = store.stop_requested(run)
         if stop:  # a newer run asked: replaced, not cancelled
             outcome.reason, outcome.error = REPLACED, stop
+    if job.fails_when:  # failure rules: imported only by jobs that have them
+        from schedsync.app.rules import judge
+
+        outcome = judge(job, outcome, time.monotonic() - began, ctx.left())
     result = _finish(store, job, run, outcome, admitted.trial, secrets, lease, config.timezone,
                      time.monotonic() - began)
     if on_finish is not None:  # after the records are committed, still holding the lock
@@ -318,17 +332,25 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
         from schedsync.app.later import retry_item
 
         later, retry = retry_item(job, run, timezone)
+    after = None
+    if job.downstream:  # chains: imported only by jobs that others run after
+        from schedsync.app.chains import downstream
+
+        after = downstream(job, run.status) or None
     # no ``now``: the store's clock judges the breaker (PostgreSQL: the server's, in the statement)
     transition = store.finish_run(run, breaker_spec(job), evidence(run), trial, lease,
-                                  job.retention, later=later)
+                                  job.retention, later=later, **({"after": after} if after else {}))
     ok = run.status in (SUCCESS, PARTIAL)
     result = RunResult(run, Exit.OK if ok else Exit.SKIPPED if skipped else Exit.FAILED,
                        held_output=None if ok or skipped else readable(secrets.redact(outcome.held)),
-                       transition=transition, retry=retry)
+                       transition=transition, retry=retry, chained=after or [])
     if retry is not None:
         result.messages.append(retry["message"])
     if run.status == PARTIAL and run.reason == RATE_LIMITED:
         result.messages.append(f"{job.name}: partial: {run.items_processed} items stored, then {run.error}")
+    elif run.status == PARTIAL and run.error and "fails_when.longer_than" in run.error \
+            and not (run.items_failed or run.items_processed):
+        result.messages.append(f"{job.name}: partial: {run.error}")  # a warning: it took too long
     elif run.status == PARTIAL:
         result.messages.append(f"{job.name}: partial: {run.items_failed} of "
                                f"{run.items_processed + run.items_failed} items failed"
@@ -370,6 +392,7 @@ def _skip(store, job: Job, trigger: str, reason: str, retry_at, error: str, slot
     run.slot, run.params = slot, params
     if item is not None:
         run.retry_of, run.retry_number = item.retry_of, item.retry_number
+        run.parent = getattr(item, "parent", None)
     # pruned: a paused or rate-limited job must not grow; the ledger notes the skip
     store.record_skip(run, job.retention, item=item and item.id)
     return RunResult(run, Exit.SKIPPED)

@@ -27,18 +27,20 @@ from __future__ import annotations
 import os
 import sys
 
+from schedsync.app.starter import PAUSE, host, registry_path, starter
 from schedsync.config import Config, Job
 
 LIMIT = 100  # items one tick starts at most (one per job)
 SCAN = 1000  # missed slots one look at a job records at most (an every-minute job after a long outage)
-PAUSE = "SCHEDSYNC_TEST_TICK_PAUSE"  # tests: seconds to wait between claiming and starting
 
 
 def needs_tick(job: Job) -> bool:
     """Does ``job`` rely on ``schedsync tick`` (so the crontab prints the tick line, and
     ``status`` warns when no tick ran lately)? A scheduled job with ``run_by: tick``, and any
-    job with ``catchup`` or ``retry_later`` (``app.later``)."""
-    return (bool(job.schedule) and job.run_by == "tick") or bool(job.catchup) or bool(job.retry_later)
+    job with ``catchup`` or ``retry_later`` (``app.later``), or ``after`` (the tick starts a
+    chain's item its upstream's end could not)."""
+    return (bool(job.schedule) and job.run_by == "tick") or bool(job.catchup) or bool(job.retry_later) \
+        or bool(job.after)
 
 
 def mark_key(config: Config, job: Job) -> str:
@@ -46,10 +48,6 @@ def mark_key(config: Config, job: Job) -> str:
     if not job.schedule:
         return "-"
     return f"{job.schedule}|{config.timezone or ''}|{job.grace:g}|{job.run_by}"
-
-
-def host() -> str:
-    return os.uname().nodename
 
 
 def tick(config: Config, store, state: str, now: float | None = None, start=None) -> list:
@@ -90,7 +88,7 @@ def tick(config: Config, store, state: str, now: float | None = None, start=None
         import time
 
         time.sleep(float(os.environ[PAUSE]))
-    start = start or _starter(config, state)
+    start = start or starter(registry_path(config), state)
     for item in items:
         start(item)
     return items
@@ -120,31 +118,6 @@ def _settle(config: Config, job: Job, key: str, until: float | None, now: float)
         next_at = min(next_at, schedule.next_after(now))
     return {"job": job.name, "key": key, "until": last if last is not None else until, "next_at": next_at,
             "missed": missed, "claim": claim}
-
-
-def _starter(config: Config, state: str):
-    """The tick's way to start its items: ``starter`` on jobs.yaml, without the tests' pause."""
-    env = dict(os.environ)
-    env.pop(PAUSE, None)
-    return starter(os.path.join(config.dir, os.path.basename(config.path)), state, env)
-
-
-def starter(config_path: str, state: str, environ=None):
-    """A function that starts ``schedsync run JOB --item ID`` for an item, detached: a new
-    session (cron's SIGHUP or the starter's end does not reach it), stdin from /dev/null,
-    the starter's output. The state is passed in the environment, never on a command line
-    others can read. It returns the ``Popen``. (``app.trigger.start_item`` uses it too.)"""
-    import subprocess
-
-    env = dict(os.environ if environ is None else environ)
-    env["SCHEDSYNC_STATE"] = state
-    command = [sys.executable, "-m", "schedsync", "-c", config_path, "run"]
-
-    def start(item):
-        return subprocess.Popen([*command, item.job, "--item", str(item.id)], stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, close_fds=True)
-
-    return start
 
 
 def tick_cli(config_opt: str | None, state_opt: str | None, now: float | None = None) -> int:

@@ -15,7 +15,6 @@ reads a run's params through ``param_environ`` of ``config.params``, which is ti
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -76,15 +75,10 @@ def queue_trigger(config: Config, store, job_name: str, params: dict, due_at: fl
 
 def start_item(config_path: str, state: str, item):
     """Start one queued or claimed item now, detached, exactly as the tick starts its items
-    (``app.tick.starter``); the ``Popen``."""
-    from schedsync.app.tick import starter
+    (``app.starter.starter``); the ``Popen``."""
+    from schedsync.app.starter import starter
 
     return starter(config_path, state)(item)
-
-
-def registry_path(config: Config) -> str:
-    """jobs.yaml as a child process finds it, whatever its working directory."""
-    return os.path.join(config.dir, os.path.basename(config.path))
 
 
 def parse_params(pairs: list[str]) -> dict:
@@ -204,6 +198,8 @@ def trigger_cli(config, store, state: str, job_name: str, pairs: list[str], at: 
             time.sleep(delay)
         item = store.item(item_id)
         if item is not None and item.state == "queued":
+            from schedsync.app.starter import registry_path
+
             process = start_item(registry_path(config), state, item)
     code, line = wait_for(store, item_id, delay + job.timeout + job.max_wait + WAIT_MARGIN, process)
     print(line, file=sys.stderr)

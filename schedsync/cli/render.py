@@ -534,8 +534,11 @@ def _again(run: dict) -> str:
 
 def _trigger(run: dict) -> str:
     """``retry 2 of run 7``: a retry later shows its place in the chain (``history`` shows it);
-    ``api final_sweep=1``: a run with params shows them."""
+    ``after run 7``: a chain's run, started by the end of its upstream run; ``api
+    final_sweep=1``: a run with params shows them."""
     shown = run["trigger"]
+    if run.get("parent") is not None:
+        shown = f"{run['trigger']} run {run['parent']}"
     if run.get("retry_number"):
         shown = f"{run['trigger']} {run['retry_number']} of run {run['retry_of']}"
     if run.get("params"):

@@ -24,6 +24,7 @@ BUILTIN = {
     "catchup": None,  # {within, runs}: see core.catchup
     "retry_later": None,  # {after, max}
     "run_by": "cron",
+    "fails_when": None,  # {stderr, output_matches, exit_codes, shorter_than, longer_than, items_below}
 }
 
 
@@ -67,6 +68,10 @@ class Job:
     # registry's top-level ``limits:`` (at most N runs of the limit at once).
     limits: dict = field(default_factory=dict)
     params: dict | None = None  # {NAME: {"default": text or None, "pattern": regex text or None}}
+    after: list | None = None  # [[upstream job, "success" | "failure" | "always"], ...]
+    requires: dict | None = None  # {"job": upstream, "within": seconds}
+    downstream: dict | None = None  # {on: [jobs]}: what this job's run's end queues (config.chains)
+    fails_when: dict | None = None  # failure rules (app.rules)
 
     def wants(self, event: str) -> bool:
         """Does one of the job's ``notify:`` targets take ``event``?"""

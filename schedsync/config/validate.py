@@ -17,8 +17,9 @@ from schedsync.kinds import kind as kind_of
 TOP_KEYS = ("state", "timezone", "defaults", "budgets", "limits", "log", "jobs", "smtp", "serve_url")
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
-            "max_wait", "cost", "env", "notify", "ping", "run_by", "catchup", "retry_later")
-JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "limit", "cwd", "params") + KEYS + ("into",)
+            "max_wait", "cost", "env", "notify", "ping", "run_by", "catchup", "retry_later", "fails_when")
+JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "limit", "cwd", "params", "after", "requires") + KEYS + (
+    "into",)
 MERGED = ("retries", "breaker", "retention", "env", "catchup", "retry_later")  # merged key by key
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
@@ -119,6 +120,13 @@ def _validate(raw, doc: _Doc, folder: str) -> Config:
             jobs[name] = _job(str(name), spec, base, budgets, timezone, folder, doc)
         except ConfigError as exc:  # validate goes on with the next job
             doc.fail(exc)
+    if any(job.get("after") or job.get("requires") for job in jobs.values()):
+        from schedsync.config.chains import links
+
+        try:
+            links(jobs, doc)
+        except ConfigError as exc:
+            doc.fail(exc)
     return Config(path=doc.file, dir=folder, state=state, timezone=timezone,
                   budgets=budgets, jobs=Jobs(jobs), defaults=base, environ=dict(doc.environ), log=log,
                   limits=limits)
@@ -165,6 +173,18 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
         raise doc.error(f"{path}.run_by", "run_by: tick starts a job's scheduled slots, and this job has no schedule",
                         "add a schedule, or drop run_by")
     _later(job, spec, path, doc)
+    if "after" in spec or "requires" in spec:
+        from schedsync.config.chains import after, requires
+
+        job["after"] = after(spec.get("after"), f"{path}.after", doc) or None
+        job["requires"] = requires(spec.get("requires"), f"{path}.requires", doc)
+    rules = job.get("fails_when")
+    if rules and rules.get("stderr") and not found.own_stderr:
+        raise doc.error(f"{path}.fails_when.stderr", "only a command job has a stderr of its own",
+                        "use output_matches for what an http or python job reports")
+    if rules and "items_below" in rules and not found.stores_items:
+        raise doc.error(f"{path}.fails_when.items_below", "a command job stores no items",
+                        "items_below is for http jobs (and python jobs that report items)")
     budget = spec.get("budget")
     if budget is not None:
         names = budget if isinstance(budget, list) else [budget]
@@ -237,6 +257,10 @@ def _setting(key: str, value, where: str, doc: _Doc):
         out[key] = _catchup(value, where, doc)
     elif key == "retry_later":
         out[key] = _retry_later(value, where, doc)
+    elif key == "fails_when":
+        from schedsync.config.chains import fails_when
+
+        out[key] = fails_when(value, where, doc)
     elif key == "run_by":
         if value not in RUN_BY:
             raise doc.error(where, f"must be {' or '.join(RUN_BY)}, not {_q(value)}",
@@ -644,6 +668,7 @@ def adhoc(config: Config | None, name: str, command: list[str], settings: dict, 
         raise doc.error(f"jobs.{name}.overlap", "`queue` is not for exec (its waiting run is started from jobs.yaml)",
                         "pass --overlap skip, allow, replace or 'wait 30s'")
     job["catchup"] = job["retry_later"] = None  # the tick runs registry jobs only
+    job["after"] = job["requires"] = job["downstream"] = None  # chains link registry jobs only
     if own:
         job["breaker"]["name"] = own.breaker["name"]
     from schedsync.core.records import replace

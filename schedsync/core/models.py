@@ -14,6 +14,7 @@ LOCKED, BREAKER_OPEN, RATE_LIMITED, PAUSED, CANCELLED, ALREADY_RAN = (
 )
 # A run over a concurrency limit (skipped), and a run another stopped (failed, overlap: replace).
 LIMITED, REPLACED = "limited", "replaced"
+UPSTREAM_NOT_READY = "upstream_not_ready"  # a ``requires:`` job's last run did not succeed in time
 # Upper bounds (seconds) of schedsync_run_duration_seconds' buckets, for cron jobs: from
 # 0.1 s to 1 h. The store keeps a count per bound (a run in the smallest bound that holds
 # it, none over 1 h: +Inf is the count); the SQL of both backends names the same list.
@@ -46,6 +47,7 @@ class Run:
     retry_of: int | None = None  # the first run of its retry chain (a retry later)
     retry_number: int = 0  # 0: not a retry; n: the chain's n-th retry
     params: str | None = None  # the run's params (JSON text, ``{NAME: value}``), if the job has any
+    parent: int | None = None  # the run whose end queued this one (``after:``), if any
     pid_start: int | None = None  # kernel start time of pid, to tell a reused pid
 
 
@@ -54,9 +56,11 @@ QUEUED, CLAIMED, RAN, MISSED = "queued", "claimed", "ran", "missed"  # and SKIPP
 SLOT_STATES = (QUEUED, CLAIMED, RAN, SKIPPED, MISSED)
 # Item kinds: ``cron`` is a scheduled slot (claimed by a cron-started run or the tick);
 # ``catchup``, ``backfill`` and ``retry`` are work the tick starts from the queue; ``api``
-# a run asked for by ``schedsync trigger`` (or serve), with its params.
+# a run asked for by ``schedsync trigger`` (or serve), with its params; ``after`` is a
+# chain's: queued by the end of an upstream run (``parent``); ``queue`` overlap: queue's
+# waiting run.
 API = "api"
-SLOT_KINDS = ("cron", "catchup", "backfill", "retry", API, "queue")  # queue: overlap: queue's waiting run
+SLOT_KINDS = ("cron", "catchup", "backfill", "retry", API, "after", "queue")
 
 
 @dataclass
@@ -82,6 +86,7 @@ class SlotItem:
     claimed_at: float | None = None
     claimed_by: str | None = None
     params: str | None = None  # an ``api`` item's params (JSON text), else None
+    parent: int | None = None  # an ``after`` item's upstream run
 
 
 @dataclass

@@ -32,4 +32,6 @@ class Outcome:
     items_failed: int = 0
     output: str | None = None  # redacted tail kept in the record
     held: str | None = None  # redacted output shown when a cron run fails
+    stderr: str | None = None  # fails_when.stderr: the first line the job wrote to stderr (redacted)
+    window: str | None = None  # fails_when.output_matches: the last part of the output (app.rules.WINDOW)
     retry_at: float | None = None

@@ -34,16 +34,22 @@ KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # what cancels a run
 FENCE_GRACE = 1.0  # shorter when fenced: the job must be gone before its lease can lapse
 HEAD, TAIL, RECORD_TAIL, LONG_LINE = 16_384, 49_152, 4_096, 8_192
+WINDOW = 1 << 20  # fails_when.output_matches sees the last 1 MiB (app.rules.WINDOW)
 
 
 class Output:
     """Everything the job printed: redacted, bounded, optionally echoed live."""
 
-    def __init__(self, redact, live=None, hold: int = 0):
+    def __init__(self, redact, live=None, hold: int = 0, window: int = 0):
         self.redact = redact
         self.live = live
         self.hold = hold  # the longest secret's length - 1: see feed()
         self.pending = b""
+        self.err_pending = b""  # fails_when.stderr: the job's stderr, a pipe of its own
+        self.first_err: str | None = None  # the first line it wrote there (None: nothing)
+        self.window = window  # fails_when.output_matches: the last ``window`` characters, kept
+        self.seen: deque[str] = deque()
+        self.seen_size = 0
         self.head: list[str] = []
         self.head_size = 0
         self.tail: deque[str] = deque()
@@ -51,25 +57,42 @@ class Output:
         self.dropped = 0
 
     def feed(self, data: bytes) -> None:
-        self.pending += data
-        cut = self.pending.rfind(b"\n") + 1
+        self.pending = self._feed(self.pending + data)
+
+    def feed_err(self, data: bytes) -> None:
+        """What the job wrote to stderr (a pipe of its own with ``fails_when.stderr``): kept
+        with the rest, its first line noted."""
+        self.err_pending = self._feed(self.err_pending + data, err=True)
+
+    def _feed(self, pending: bytes, err: bool = False) -> bytes:
+        cut = pending.rfind(b"\n") + 1
         if cut:  # whole lines: a secret cannot straddle a line's end
-            chunk, self.pending = self.pending[:cut], self.pending[cut:]
-            self._keep(self.redact(chunk.decode("utf-8", "replace")))
-        elif len(self.pending) >= LONG_LINE:
+            chunk, pending = pending[:cut], pending[cut:]
+            self._keep(self.redact(chunk.decode("utf-8", "replace")), err)
+        elif len(pending) >= LONG_LINE:
             # A long line still going: redact what is there and hold back a tail as long
             # as any secret but one, so one split across reads is whole when redacted.
-            text = self.redact(self.pending.decode("utf-8", "replace"))
+            text = self.redact(pending.decode("utf-8", "replace"))
             split = max(0, len(text) - self.hold)
-            self._keep(text[:split])
-            self.pending = text[split:].encode()
+            self._keep(text[:split], err)
+            pending = text[split:].encode()
+        return pending
 
     def close(self) -> None:
-        if self.pending:
-            self._keep(self.redact(self.pending.decode("utf-8", "replace")))
-            self.pending = b""
+        for err in (False, True):
+            pending = self.err_pending if err else self.pending
+            if pending:
+                self._keep(self.redact(pending.decode("utf-8", "replace")), err)
+        self.pending = self.err_pending = b""
 
-    def _keep(self, text: str) -> None:
+    def _keep(self, text: str, err: bool = False) -> None:
+        if err and text and self.first_err is None or err and self.first_err == "" and text.strip():
+            self.first_err = next((line for line in text.splitlines() if line.strip()), "")[:200]
+        if self.window:
+            self.seen.append(text)
+            self.seen_size += len(text)
+            while self.seen_size - len(self.seen[0]) >= self.window:
+                self.seen_size -= len(self.seen.popleft())
         if self.live:
             self.live.write(text)
             self.live.flush()
@@ -105,8 +128,9 @@ def run_command(job, ctx) -> Outcome:
         env["SCHEDSYNC_SLOT"] = iso_utc(ctx.slot)
     if ctx.params:  # the run's params (``schedsync trigger --param``, defaults): SCHEDSYNC_PARAM_<NAME>
         env.update({"SCHEDSYNC_PARAM_" + name.upper(): value for name, value in ctx.params.items()})
+    rules = job.fails_when or {}
     output = Output(ctx.secrets.redact, sys.stdout if ctx.interactive else None,
-                    hold=ctx.secrets.longest - 1)
+                    hold=ctx.secrets.longest - 1, window=WINDOW if rules.get("output_matches") else 0)
     codes = job.retries.get("on_exit_codes") or []
     if not codes:
         outcome = _once(argv, env, job, ctx, output)
@@ -119,6 +143,10 @@ def run_command(job, ctx) -> Outcome:
     output.close()
     outcome.held = output.held()
     outcome.output = output.record_tail()
+    if rules.get("stderr"):
+        outcome.stderr = output.first_err
+    if output.window:
+        outcome.window = "".join(output.seen)[-WINDOW:]
     return outcome
 
 
@@ -128,7 +156,8 @@ def _once(argv, env, job, ctx, output: Output) -> Outcome:
     leases = getattr(ctx, "fence", None)
     fence = leases.pipe() if leases is not None else None  # (read end, write end, stop-by)
     try:
-        keeper, failure = _spawn(argv, job.cwd, env, ctx.pass_fds, ctx.deadline, fence)
+        keeper, failure = _spawn(argv, job.cwd, env, ctx.pass_fds, ctx.deadline, fence,
+                                 split=bool((job.fails_when or {}).get("stderr")))
     finally:
         if fence is not None:
             os.close(fence[0])
@@ -148,6 +177,8 @@ def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
     if failure is not None:
         keeper.wait()
         os.close(keeper.stdout)
+        if keeper.stderr is not None:
+            os.close(keeper.stderr)
         if failure == errno.ENOENT:
             return Outcome(FAILED, exit_code=127, error=f"command not found: {argv[0]}")
         if failure in (errno.EACCES, errno.EPERM):
@@ -156,7 +187,7 @@ def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
     fd = keeper.stdout
     timed_out = cancelled = fenced = False
     try:
-        ended = _pump(keeper, fd, output, ctx.deadline, getattr(ctx, "held", None))
+        ended = _pump(keeper, fd, output, ctx.deadline, getattr(ctx, "held", None), keeper.stderr)
         timed_out, fenced = ended is False, ended is None
     except Cancelled as exc:
         cancelled = exc
@@ -164,9 +195,9 @@ def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
         # The lock may be lost (the database stopped answering): another host may start
         # this job soon, so stop ours first and say so (the record may not reach the state).
         _say_fenced(job.name)
-        _stop(keeper, fd, output, FENCE_GRACE)
+        _stop(keeper, fd, output, FENCE_GRACE, keeper.stderr)
     elif timed_out or cancelled:
-        _stop(keeper, fd, output)
+        _stop(keeper, fd, output, err=keeper.stderr)
     else:
         # Leftover background processes of the job would hold its lock and pipe.
         _signal_group(keeper.pid, signal.SIGTERM)
@@ -180,6 +211,9 @@ def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
         timed_out = True  # the keeper's backstop, while we could not act (stopped, say)
     _drain(fd, output, 0.2)
     os.close(fd)
+    if keeper.stderr is not None:
+        _drain(keeper.stderr, output, 0.05, err=True)
+        os.close(keeper.stderr)
     if fenced:
         return Outcome(FAILED, exit_code=code, reason=CANCELLED, error=FENCED)
     if cancelled:
@@ -196,8 +230,9 @@ def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
 class _Keeper:
     """Our child: the job's parent and the leader of its process group (pgid == pid)."""
 
-    def __init__(self, pid: int, stdout: int, lifeline: int):
+    def __init__(self, pid: int, stdout: int, lifeline: int, stderr: int | None = None):
         self.pid, self.stdout, self.lifeline = pid, stdout, lifeline
+        self.stderr = stderr  # the job's stderr, when it has a pipe of its own (fails_when.stderr)
 
     def wait(self) -> int:
         """Reap the keeper; its exit status is the job's (a negative signal number if killed)."""
@@ -207,7 +242,7 @@ class _Keeper:
             os.close(self.lifeline)  # only now: an EOF tells the keeper to stop the job
 
 
-def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float, fence=None):
+def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float, fence=None, split: bool = False):
     """Start the job under a keeper; returns (keeper, errno of a failed exec or None).
 
     The cancel signals are blocked from before the fork until the job has started,
@@ -215,6 +250,7 @@ def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float, fence=No
     waits, and raises Cancelled once there is a group to stop.
     """
     out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe() if split else (None, None)  # split: stderr apart (fails_when.stderr)
     report_r, report_w = os.pipe()
     life_r, life_w = os.pipe()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, CANCEL_SIGNALS)
@@ -225,16 +261,20 @@ def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float, fence=No
             try:
                 for theirs in (out_r, report_r, life_w):
                     os.close(theirs)
+                if err_r is not None:
+                    os.close(err_r)
                 if fence is not None:
                     os.close(fence[1])
                 code = _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r,
-                             fence and fence[::2])
+                             fence and fence[::2], err_w)
             except BaseException:  # a bug of ours must not leave the job without a keeper
                 _signal_group(os.getpid(), signal.SIGKILL)
             finally:
                 os._exit(code)
         for keepers in (out_w, report_w, life_r):
             os.close(keepers)
+        if err_w is not None:
+            os.close(err_w)
         report = b""
         while chunk := os.read(report_r, 64):  # EOF once the job has exec'd or failed to
             report += chunk
@@ -242,7 +282,7 @@ def _spawn(argv, cwd: str, env: dict, pass_fds: tuple, deadline: float, fence=No
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     failure = int(report) if report and report != b"0" else None
-    return _Keeper(pid, out_r, life_w), failure
+    return _Keeper(pid, out_r, life_w, err_r), failure
 
 
 def _executable(name: str, path: str) -> str:
@@ -275,7 +315,7 @@ def _exit_code(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status) if done else None
 
 
-def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r, fence=None) -> int:
+def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r, fence=None, err_w=None) -> int:
     """The keeper's life: start the job, then wait for it, for schedsync's end, the deadline,
     or (``fence`` = (read end, stop-by)) the lease's fence."""
     os.setsid()  # a new group, led by us: its id cannot be reused while we live
@@ -290,14 +330,15 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r, fen
     # touched page is a copy; every cron tick pays for it.
     # Only the job's own descriptors cross: fds schedsync inherited from its caller would not
     # be close-on-exec, and posix_spawn (unlike subprocess) does not close them for us.
-    _close_all_but({0, 1, 2, out_w, report_w, life_r, *pass_fds, *(fence[:1] if fence else ())})
+    _close_all_but({0, 1, 2, out_w, report_w, life_r, *pass_fds, *(fence[:1] if fence else ()),
+                    *(() if err_w is None else (err_w,))})
     for fd in pass_fds:
         os.set_inheritable(fd, True)
     try:
         os.chdir(cwd)
         pid = os.posix_spawn(_executable(argv[0], env.get("PATH", os.defpath)), argv, env,
                              file_actions=[(os.POSIX_SPAWN_DUP2, out_w, 1),
-                                           (os.POSIX_SPAWN_DUP2, out_w, 2)],
+                                           (os.POSIX_SPAWN_DUP2, out_w if err_w is None else err_w, 2)],
                              setsigdef=(*CANCEL_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ))
     except OSError as exc:
         try:
@@ -306,6 +347,8 @@ def _keep(argv, cwd, env, pass_fds, deadline, mask, out_w, report_w, life_r, fen
             pass
         return 127
     os.close(out_w)
+    if err_w is not None:
+        os.close(err_w)
     try:
         os.write(report_w, b"0")
     except BrokenPipeError:  # schedsync died meanwhile: the lifeline below says so
@@ -373,11 +416,14 @@ def _stop_group(pid: int, group: int, grace: float) -> None:
     _signal_group(group, signal.SIGKILL)  # whatever is left of the group, us included
 
 
-def _pump(proc, fd: int, output: Output, deadline: float, held=None) -> bool | None:
+def _pump(proc, fd: int, output: Output, deadline: float, held=None, err: int | None = None) -> bool | None:
     """Copy output until the command exits; False if the deadline passed first, None if
-    ``held()`` said the lock may be lost (checked at least every half second)."""
+    ``held()`` said the lock may be lost (checked at least every half second). ``err``: the
+    job's stderr, when it is a pipe of its own."""
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP)
+    if err is not None:
+        poller.register(err, select.POLLIN | select.POLLHUP)
     try:  # readable once the child has exited: no sleep between the pipe's EOF and the exit
         pidfd = os.pidfd_open(proc.pid)
         poller.register(pidfd, select.POLLIN)
@@ -398,6 +444,14 @@ def _pump(proc, fd: int, output: Output, deadline: float, held=None) -> bool | N
                 return None
             if open_pipe or pidfd is not None:
                 for ready, _ in poller.poll(min(left, 0.5) * 1000):
+                    if ready == err:
+                        data = os.read(err, 65536)
+                        if data:
+                            output.feed_err(data)
+                        else:
+                            poller.unregister(err)
+                            err = None
+                        continue
                     if ready != fd:
                         continue
                     data = os.read(fd, 65536)
@@ -414,11 +468,13 @@ def _pump(proc, fd: int, output: Output, deadline: float, held=None) -> bool | N
             os.close(pidfd)
 
 
-def _stop(proc, fd: int, output: Output, grace: float = KILL_GRACE) -> None:
+def _stop(proc, fd: int, output: Output, grace: float = KILL_GRACE, err: int | None = None) -> None:
     _signal_group(proc.pid, signal.SIGTERM)
     end = time.monotonic() + grace
     while time.monotonic() < end:
         _drain(fd, output, 0.05)
+        if err is not None:
+            _drain(err, output, 0, err=True)
         if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
             break
     _signal_group(proc.pid, signal.SIGKILL)
@@ -431,7 +487,7 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _drain(fd: int, output: Output, wait: float) -> None:
+def _drain(fd: int, output: Output, wait: float, err: bool = False) -> None:
     while select.select([fd], [], [], wait)[0]:
         try:
             data = os.read(fd, 65536)
@@ -439,7 +495,10 @@ def _drain(fd: int, output: Output, wait: float) -> None:
             return
         if not data:
             return
-        output.feed(data)
+        if err:
+            output.feed_err(data)
+        else:
+            output.feed(data)
 
 
 def _last_line(output: Output) -> str:

@@ -29,6 +29,8 @@ class JobKind:
     secret_places: tuple[str, ...] = ()
     secret_urls: tuple[str, ...] = ()
     shell_text = False  # a string section is /bin/sh's to expand (checked, never pasted)
+    own_stderr = False  # its run has a stderr of its own (fails_when.stderr)
+    stores_items = True  # its runs store or report items (fails_when.items_below)
 
     def validate(self, spec: dict, path: str, doc, folder: str) -> dict:
         """The job's fields this kind owns, from ``spec`` (the job's mapping in jobs.yaml):

@@ -10,6 +10,8 @@ class Command(JobKind):
     key = "command"
     runner = "command:run_command"
     shell_text = True
+    own_stderr = True
+    stores_items = False
 
     def validate(self, spec: dict, path: str, doc, folder: str) -> dict:
         command = spec[self.key]

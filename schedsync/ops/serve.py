@@ -220,8 +220,7 @@ class Site:
 
     def _start(self, config, store, state: str, item_id: int) -> None:
         """Start the item now if it still waits and is due; the tick does it otherwise."""
-        from schedsync.app.tick import starter
-        from schedsync.app.trigger import registry_path
+        from schedsync.app.starter import registry_path, starter
 
         item = store.item(item_id)
         if item is None or item.state != "queued" or item.due_at > store.now() + 1:

@@ -33,10 +33,10 @@ from schedsync.core.records import dataclass
 RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
               "finished_at", "duration_ms", "attempts", "requests", "items_processed",
               "items_failed", "exit_code", "error", "retry_at", "output", "slot", "retry_of",
-              "retry_number", "params")
+              "retry_number", "params", "parent")
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
 SLOT_FIELDS = ("id", "job", "slot", "kind", "state", "due_at", "run_id", "reason", "retry_of",
-               "retry_number", "claimed_at", "claimed_by", "params")  # ``core.models.SlotItem``'s order
+               "retry_number", "claimed_at", "claimed_by", "params", "parent")  # ``core.models.SlotItem``'s order
 SLOT_COLUMNS = ", ".join(SLOT_FIELDS)
 AUDIT_COLUMNS = "at, action, job, who, client, breaker, run_id, item_id, params, reason, id"  # AuditEntry's order
 CLAIM_STALE = 60.0  # seconds a claimed item may wait for its run to start before it is queued again
@@ -183,10 +183,10 @@ class Store(abc.ABC):
         that stepped back), is ``already_ran`` (``error`` names the host that has it). A
         ``skipped`` or ``missed`` slot may still be claimed. With ``item`` (the id of a
         ledger row the tick claimed, ``schedsync run JOB --item ID``) that row becomes
-        ``ran`` with the run's id, and the run takes its ``slot``, ``retry_of`` and
-        ``retry_number`` (``slot`` is then ignored); an item no longer ``claimed`` or
-        ``queued`` (another process started it) is ``already_ran``. ``params`` (JSON text)
-        is stored on the run."""
+        ``ran`` with the run's id, and the run takes its ``slot``, ``retry_of``,
+        ``retry_number`` and ``parent`` (``slot`` is then ignored); an item no longer
+        ``claimed`` or ``queued`` (another process started it) is ``already_ran``.
+        ``params`` (JSON text) is stored on the run."""
 
     def slot_winner(self, job: str, slot: float) -> tuple | None:
         """(host, run id) of the run that claimed ``slot`` of ``job``, or None (also when
@@ -210,7 +210,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def finish_run(self, run, breaker: BreakerSpec, evidence: bool, trial: bool,
-                   lease: float, retention: dict, now: float | None = None, later: dict | None = None):
+                   lease: float, retention: dict, now: float | None = None, later: dict | None = None,
+                   after: list | None = None):
         """In one step: store the run's end; if ``evidence`` (the run says something
         about the upstream), feed the breaker (``run.status`` in FAILURES is a
         failure); if it was a ``trial`` that proved nothing, hand its lease (ending at
@@ -218,8 +219,10 @@ class Store(abc.ABC):
         and add ``later`` to the ledger, the retry the run calls for (``{slot, kind,
         due_at, retry_of, retry_number, state, reason}``: ``queued``, or ``skipped`` when
         the job's next slot supersedes it), unless that item exists, so a process dying
-        right after the run ended loses no retry. Returns the breaker transition
-        ``(old, new, breaker)`` or None."""
+        right after the run ended loses no retry; and queue, for each job named in
+        ``after`` (the chains ``after:`` the run's outcome calls for), an ``after`` item due
+        now whose ``parent`` is the run (once per job and run). Returns the breaker
+        transition ``(old, new, breaker)`` or None."""
 
     @abc.abstractmethod
     def running_runs(self, jobs: list[str] | None = None) -> list:
@@ -237,10 +240,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def mark_crashed(self, run, error: str, breaker: BreakerSpec | None,
-                     evidence: bool, now: float | None = None) -> bool:
+                     evidence: bool, now: float | None = None, after: list | None = None) -> bool:
         """Turn ``run`` from running to crashed (and, if ``evidence``, count it on
         ``breaker``) in one step, keeping the requests ``spend`` stored for it (tallied in
-        ``counters``). True if this call did it and no other."""
+        ``counters``), and queueing ``after`` items as ``finish_run`` does. True if this
+        call did it and no other."""
 
     # --- the slot ledger and its queue (``schedsync tick``) ----------------------------
 

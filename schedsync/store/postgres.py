@@ -500,14 +500,14 @@ class PostgresStore(Store):
             "   ON CONFLICT (name) DO NOTHING),"
             " r AS (INSERT INTO schedsync.runs (job, status, reason, trigger, started_at,"
             " finished_at, duration_ms, retry_at, host, pid, token, error, exit_code, slot, retry_of,"
-            " retry_number, params) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, %s) RETURNING id)"
+            " retry_number, params, parent) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s, %s) RETURNING id)"
             " SELECT id FROM r, schedsync.prune(%s, %s, %s, %s, %s), schedsync.tally(%s, %s, %s),"
             " schedsync.skip_slot(%s, %s, %s, %s)",
             (run.job, run.started_at,
              run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start, run.error,
-             run.exit_code, run.slot, run.retry_of, run.retry_number or 0, run.params,
+             run.exit_code, run.slot, run.retry_of, run.retry_number or 0, run.params, getattr(run, "parent", None),
              run.job, run.started_at, retention.get("success"),
              retention.get("failed"), PRUNE_BATCH, run.job, run.status, run.requests or 0,
              run.job, run.slot, item, run.reason or run.status))
@@ -532,7 +532,7 @@ class PostgresStore(Store):
              "h": entry["host"], "p": int(entry["pid"]), "e": error, "s": entry.get("slot")})
         return len(rows)
 
-    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None, later=None):
+    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None, later=None, after=None):
         """Also when the connection is lost at the end of a run: reconnect and retry for
         ``FINISH_FOR`` seconds; if the database stays away, the end goes to this host's
         spool (``store.spool``) and the next schedsync here records it, never ``crashed``."""
@@ -540,7 +540,8 @@ class PostgresStore(Store):
         try:
             lost, rows = False, None
             try:  # ``now`` None: the end is judged on the server's clock, in the statement
-                rows = self._fetch(*self._finish_sql(run, breaker, evidence, trial, lease, retention, now, later))
+                rows = self._fetch(*self._finish_sql(run, breaker, evidence, trial, lease, retention, now, later,
+                                                     after))
                 ended: float | None = None
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 if not self._dropped:
@@ -554,14 +555,15 @@ class PostgresStore(Store):
                 ended = now if now is not None else (
                     run.started_at + run.duration_ms / 1000 if run.duration_ms is not None else run.finished_at)
                 rows = self._lasting(*self._finish_sql(run, breaker, evidence, trial, lease, retention, ended,
-                                                        later))
+                                                        later, after))
         except psycopg2.Error as exc:
             raise self._state_error(exc) from None
         if rows is None:
             from schedsync.store.spool import write_finish
 
             path = write_finish(self.label, run, breaker, evidence, trial, lease, retention,
-                                host=HOST, at=ended if ended is not None else self.now(), later=later)
+                                host=HOST, at=ended if ended is not None else self.now(), later=later,
+                                after=after)
             kept = (f"the run's end ({run.status}) is kept in {path} and recorded by the next"
                     " schedsync on this host" if path else "the run's end could not be kept (spool full)")
             raise StateUnreachable(f"state database {self.label} was lost at the end of run {run.id} of"
@@ -576,14 +578,15 @@ class PostgresStore(Store):
         run = Run(**entry["run"])
         breaker = BreakerSpec(entry["breaker"], entry["settings"])
         sql, args = self._finish_sql(run, breaker, entry["evidence"], entry["trial"], entry["lease"],
-                                     entry["retention"], entry["at"], entry.get("later"))
+                                     entry["retention"], entry["at"], entry.get("later"), entry.get("after"))
         return len(self._q(sql, args))
 
-    def _finish_sql(self, run, breaker, evidence, trial, lease, retention, now, later=None):
+    def _finish_sql(self, run, breaker, evidence, trial, lease, retention, now, later=None, after=None):
         """The statements of a run's end, safe to send twice: under a transaction-level lock
         on the run, they apply only while it is ``running`` or ``crashed`` (a reaper's mark
         while this host had lost the database: its tally moves to the real status); with
-        ``later``, the retry the run calls for is queued in the same transaction."""
+        ``later``, the retry the run calls for is queued in the same transaction, and so
+        are the chains' ``after`` items (finish's ``p_after``)."""
         settings = settings_of(breaker.settings)
         why = f"run {run.id} of {run.job}: {run.status}" + (f" ({run.error})" if run.error else "")
         hand_back = trial and not evidence
@@ -609,7 +612,7 @@ class PostgresStore(Store):
             " AND c.status = 'crashed';"
             f" SELECT f.* FROM (SELECT 1 AS one WHERE {open_}) AS g, LATERAL schedsync.finish("
             "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) AS f")
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[]) AS f")
         back = (end, end, breaker.name, end, run.id) if hand_back else ()
         args = ((run.id, run.id) + queue + back + (run.id, run.id) + (
              run.id, run.status, run.reason, now, run.duration_ms,
@@ -618,7 +621,7 @@ class PostgresStore(Store):
              run.job, breaker.name, int(settings["failures"]),
              float(settings["reset_after"]), bool(evidence), run.status not in FAILURES,
              bool(trial), None if hand_back else end, why[:300],
-             retention.get("success"), retention.get("failed"), PRUNE_BATCH))
+             retention.get("success"), retention.get("failed"), PRUNE_BATCH, list(after or ())))
         return sql, args
 
     @staticmethod
@@ -652,17 +655,17 @@ class PostgresStore(Store):
                        (run.id, self.locks.token))
         return rows[0][0] if rows else None
 
-    def mark_crashed(self, run, error, breaker, evidence, now=None) -> bool:
+    def mark_crashed(self, run, error, breaker, evidence, now=None, after=None) -> bool:
         settings = settings_of(breaker.settings if breaker else {})
         why = f"run {run.id} of {run.job}: crashed ({error})"
         [(done, _old, _new)] = self._q(
             # a crashed run's own lapsed lease (overlap: allow) goes with it; a job's stays
             # until the job's next run takes it over
             "DELETE FROM schedsync.leases WHERE name = 'run:' || %s AND expires_at < schedsync.now();"
-            " SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s)",
+            " SELECT * FROM schedsync.crash(%s, %s, %s, %s, %s, %s, %s, %s, %s::text[])",
             (run.id, run.id, now, error, breaker.name if breaker else None,
              int(settings["failures"]), float(settings["reset_after"]),
-             bool(evidence), why[:300]))
+             bool(evidence), why[:300], list(after or ())))
         return bool(done)
 
     # --- the slot ledger ------------------------------------------------------------------
@@ -706,7 +709,8 @@ class PostgresStore(Store):
             "   AND state IN ('queued', 'claimed') LIMIT 1),"
             " added AS (INSERT INTO schedsync.slots (job, slot, kind, state, due_at)"
             "   SELECT %s, %s, 'queue', 'queued', %s WHERE NOT EXISTS (SELECT 1 FROM waiting)"
-            "   ON CONFLICT (job, coalesce(slot, -1), kind, coalesce(retry_of, 0), retry_number) WHERE kind <> 'api'"
+            "   ON CONFLICT (job, coalesce(slot, -1), kind, coalesce(retry_of, 0), retry_number, coalesce(parent, 0))"
+            "   WHERE kind <> 'api'"
             "   DO UPDATE SET state = 'queued', due_at = excluded.due_at, run_id = NULL, reason = NULL,"
             "   claimed_at = NULL, claimed_by = NULL RETURNING id)"
             " SELECT (SELECT id FROM waiting), (SELECT id FROM added)",

@@ -87,17 +87,20 @@ def _put(entry: dict, folder: str | None, limit: int = MAX_BYTES) -> str | None:
 
 
 def write_finish(state: str, run, breaker, evidence: bool, trial: bool, lease: float, retention: dict,
-                 *, host: str, at: float, folder: str | None = None, later: dict | None = None) -> str | None:
+                 *, host: str, at: float, folder: str | None = None, later: dict | None = None,
+                 after: list | None = None) -> str | None:
     """Spool the end of ``run`` (a ``core.models.Run``), which ``finish_run`` could not
     store: the database was lost at the end of the run and stayed away; ``later``, the
-    retry later the run calls for, is queued with the end when it is replayed."""
+    retry later the run calls for, and ``after``, the chains' items, are queued with the
+    end when it is replayed."""
     fields = {k: getattr(run, k) for k in RUN_KEYS}
     fields["output"] = (fields["output"] or "")[-OUTPUT_KEPT:] or None  # the tail, as errors show it
     fields["error"] = (fields["error"] or "")[:300] or None
     return _put({"v": VERSION, "kind": "finish", "state": state, "job": run.job, "host": host,
                  "pid": os.getpid(), "at": at, "run": fields, "breaker": breaker.name,
                  "settings": dict(breaker.settings), "evidence": bool(evidence), "trial": bool(trial),
-                 "lease": float(lease), "retention": dict(retention), "later": later}, folder)
+                 "lease": float(lease), "retention": dict(retention), "later": later,
+                 "after": list(after or ())}, folder)
 
 
 def _read(path: str) -> dict | None:
@@ -125,6 +128,8 @@ def _read(path: str) -> dict | None:
     if fields is None or not all(isinstance(entry.get(k), t) for k, t in {**common, **fields}.items()) \
             or not (entry.get("slot") is None or isinstance(entry["slot"], (int, float))) \
             or not (entry.get("later") is None or isinstance(entry["later"], dict)) \
+            or not (entry.get("after") is None or isinstance(entry["after"], list)
+                    and all(isinstance(name, str) for name in entry["after"])) \
             or (entry["kind"] == "finish" and (set(entry["run"]) != set(RUN_KEYS)
                                                or not isinstance(entry["run"]["id"], int))):
         _remove(path)

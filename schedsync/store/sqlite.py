@@ -209,6 +209,19 @@ def _v8(db: sqlite3.Connection) -> None:
     """)
 
 
+def _v9(db: sqlite3.Connection) -> None:
+    # Chains (``after:``): an ``after`` item and the run it starts name the upstream run
+    # whose end queued them (``parent``); one item per downstream job and upstream run,
+    # so the ledger's identity takes ``parent`` in.
+    _script(db, """
+        ALTER TABLE slots ADD COLUMN parent INTEGER;
+        ALTER TABLE runs ADD COLUMN parent INTEGER;
+        DROP INDEX slots_once;
+        CREATE UNIQUE INDEX slots_once ON slots (job, ifnull(slot, -1), kind, ifnull(retry_of, 0),
+                                                 retry_number, ifnull(parent, 0)) WHERE kind <> 'api'
+    """)
+
+
 _BOUNDS = "[" + ",".join(repr(b) for b in DURATION_BUCKETS) + "]"
 
 
@@ -217,7 +230,7 @@ def _v10(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN stop TEXT")
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v10]  # append, never edit: user_version counts them
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]  # append, never edit: user_version counts them
 
 
 # SQLite's primary result codes (the low byte of an extended code: SQLITE_IOERR_* is SQLITE_IOERR).
@@ -330,7 +343,7 @@ def _disk_full(path: str) -> bool:
 SAVE_BUCKET = ("INSERT INTO buckets (name, tokens, updated, blocked_until) VALUES (?, ?, ?, ?)"
                " ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens,"
                " updated = excluded.updated, blocked_until = excluded.blocked_until")
-SLOTS_ONCE = ("ON CONFLICT (job, ifnull(slot, -1), kind, ifnull(retry_of, 0), retry_number)"
+SLOTS_ONCE = ("ON CONFLICT (job, ifnull(slot, -1), kind, ifnull(retry_of, 0), retry_number, ifnull(parent, 0))"
               " WHERE kind <> 'api' DO UPDATE")
 COUNT_REQUESTS = "UPDATE runs SET requests = ? WHERE id = ? AND status = 'running'"
 
@@ -514,13 +527,14 @@ class SQLiteStore(Store):
                 return Admitted(reason=BREAKER_OPEN, retry_at=admission.retry_at,
                                 error=f"breaker {breaker.name} is open")
             chain: tuple = (None, 0)
+            parent = None
             if item is not None:
-                found = self._sql("SELECT state, slot, retry_of, retry_number, run_id, claimed_by"
+                found = self._sql("SELECT state, slot, retry_of, retry_number, run_id, claimed_by, parent"
                                   " FROM slots WHERE id = ?", (item,)).fetchone()
                 if found is None or found[0] not in ("claimed", "queued"):
                     return Admitted(reason=ALREADY_RAN, error=item_taken_error(
                         item, found and found[0], found and found[4]))
-                slot, chain = found[1], (found[2], found[3])
+                slot, chain, parent = found[1], (found[2], found[3]), found[6]
             elif slot is not None:
                 taken = self._sql(
                     "SELECT state, claimed_by, slot FROM slots WHERE job = ? AND kind = 'cron'"
@@ -541,7 +555,7 @@ class SQLiteStore(Store):
             if state != before:
                 self._save_breaker(state)  # a half-open trial's lease
             run = Run(0, job, RUNNING, trigger, now, host, pid, pid_start=token, slot=slot,
-                      retry_of=chain[0], retry_number=chain[1] or 0, params=params)
+                      retry_of=chain[0], retry_number=chain[1] or 0, params=params, parent=parent)
             self._insert(run)
             if item is not None:
                 self._sql("UPDATE slots SET state = 'ran', run_id = ?, reason = NULL WHERE id = ?",
@@ -578,10 +592,11 @@ class SQLiteStore(Store):
         cur = self._sql(
             "INSERT INTO runs (job, status, reason, trigger, started_at, finished_at,"
             " duration_ms, retry_at, host, pid, pid_start, error, exit_code, slot, retry_of,"
-            " retry_number, params) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " retry_number, params, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run.job, run.status, run.reason, run.trigger, run.started_at, run.finished_at,
              run.duration_ms, run.retry_at, run.host, run.pid, run.pid_start,
-             run.error, run.exit_code, run.slot, run.retry_of, run.retry_number or 0, run.params))
+             run.error, run.exit_code, run.slot, run.retry_of, run.retry_number or 0, run.params,
+             getattr(run, "parent", None)))
         run.id = cur.lastrowid
 
     def _tally(self, job: str, status: str, requests: int) -> None:
@@ -604,9 +619,10 @@ class SQLiteStore(Store):
             self._sql("INSERT INTO run_buckets (job, le, runs) VALUES (?, ?, 1)"
                       " ON CONFLICT (job, le) DO UPDATE SET runs = runs + 1", (run.job, le))
 
-    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None, later=None):
+    def finish_run(self, run, breaker, evidence, trial, lease, retention, now=None, later=None, after=None):
         now = time.time() if now is None else now
         with self._tx:
+            self._chain(run.id, after, now)
             if later is not None:
                 self._sql("INSERT OR IGNORE INTO slots (job, slot, kind, state, due_at, reason, retry_of,"
                           " retry_number) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -656,6 +672,12 @@ class SQLiteStore(Store):
         rows = self._sql(f"SELECT {RUN_COLUMNS}, pid_start FROM runs WHERE {where}", args).fetchall()
         return [Run(*row) for row in rows]
 
+    def _chain(self, run_id: int, after, now: float) -> None:
+        """Queue an ``after`` item (due now, ``parent`` = the run) for each job of ``after``."""
+        for job in after or ():
+            self._sql("INSERT OR IGNORE INTO slots (job, kind, state, due_at, parent)"
+                      " VALUES (?, 'after', 'queued', ?, ?)", (job, now, run_id))
+
     def request_stop(self, job, text):
         with self._tx:
             rows = self._sql(f"UPDATE runs SET stop = ? WHERE job = ? AND status = 'running'"
@@ -666,7 +688,7 @@ class SQLiteStore(Store):
         row = self._sql("SELECT stop FROM runs WHERE id = ?", (run.id,)).fetchone()
         return row[0] if row else None
 
-    def mark_crashed(self, run, error, breaker, evidence, now=None):
+    def mark_crashed(self, run, error, breaker, evidence, now=None, after=None):
         now = time.time() if now is None else now
         with self._tx:
             cur = self._sql(
@@ -675,6 +697,7 @@ class SQLiteStore(Store):
                 " WHERE id=? AND status='running'", (now, now, error, run.id))
             if cur.rowcount != 1:
                 return False  # another process recorded it first
+            self._chain(run.id, after, now)
             # What ``spend`` stored as the run went: the requests it made before it died.
             run.requests = self._sql("SELECT requests FROM runs WHERE id = ?", (run.id,)).fetchone()[0]
             self._tally(run.job, CRASHED, run.requests)

@@ -19,7 +19,7 @@ CREATE TABLE schedsync.runs (
     items_processed bigint NOT NULL DEFAULT 0, items_failed bigint NOT NULL DEFAULT 0,
     exit_code int, error text, retry_at float8, host text NOT NULL, pid int NOT NULL,
     token bigint, output text, slot float8, retry_of bigint, retry_number int NOT NULL DEFAULT 0,
-    params text);
+    params text, parent bigint);
 CREATE INDEX runs_by_job ON schedsync.runs (job, id);
 CREATE INDEX runs_by_job_status ON schedsync.runs (job, status, started_at);
 CREATE INDEX runs_running ON schedsync.runs (job) WHERE status = 'running';
@@ -59,9 +59,10 @@ CREATE TABLE schedsync.alert_marks (job text NOT NULL, event text NOT NULL, mark
 CREATE TABLE schedsync.slots (id bigserial PRIMARY KEY, job text NOT NULL, slot float8, kind text NOT NULL,
                               state text NOT NULL, due_at float8 NOT NULL, run_id bigint, reason text,
                               retry_of bigint, retry_number int NOT NULL DEFAULT 0,
-                              claimed_at float8, claimed_by text, params text);
+                              claimed_at float8, claimed_by text, params text, parent bigint);
+-- An `after` item (a chain's) names the upstream run whose end queued it: parent.
 CREATE UNIQUE INDEX slots_once ON schedsync.slots (job, coalesce(slot, -1), kind, coalesce(retry_of, 0),
-                                                   retry_number) WHERE kind <> 'api';
+                                                   retry_number, coalesce(parent, 0)) WHERE kind <> 'api';
 -- One waiting (queued or claimed) api item per job and params: a second trigger finds it.
 CREATE UNIQUE INDEX slots_api_waiting ON schedsync.slots (job, coalesce(params, ''))
     WHERE kind = 'api' AND state IN ('queued', 'claimed');
@@ -412,15 +413,37 @@ BEGIN
     END IF;
 END $$;
 
--- One run's end, in one transaction: the record, the breaker (or the trial lease
--- handed back), retention, and the run's own lease dropped.
+-- A chain's items: one per downstream job of the run p_id, due p_now; a run started
+-- from an item takes its parent when admit marks the item ran.
+CREATE FUNCTION schedsync.item_parent() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE schedsync.runs SET parent = NEW.parent WHERE id = NEW.run_id AND parent IS NULL;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER slots_item_parent AFTER UPDATE OF run_id ON schedsync.slots
+    FOR EACH ROW WHEN (NEW.parent IS NOT NULL AND NEW.run_id IS NOT NULL)
+    EXECUTE FUNCTION schedsync.item_parent();
+
+CREATE FUNCTION schedsync.chain(p_id bigint, p_after text[], p_now float8) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO schedsync.slots (job, kind, state, due_at, parent)
+        SELECT j, 'after', 'queued', p_now, p_id FROM unnest(p_after) AS j ORDER BY j
+        ON CONFLICT DO NOTHING
+$$;
+
+-- One run's end, in one transaction: the record, the chains' `after` items it calls
+-- for (p_after), the breaker (or the trial lease handed back), retention, and the run's
+-- own lease dropped.
 CREATE FUNCTION schedsync.finish(
     p_id bigint, p_status text, p_reason text, p_finished float8, p_duration bigint,
     p_attempts int, p_requests int, p_items bigint, p_failed_items bigint, p_exit int,
     p_error text, p_retry_at float8, p_output text,
     p_job text, p_breaker text, p_failures int, p_reset float8, p_evidence boolean,
     p_ok boolean, p_trial boolean, p_lease_end float8, p_why text,
-    p_keep_success float8, p_keep_failed float8, p_prune int,
+    p_keep_success float8, p_keep_failed float8, p_prune int, p_after text[],
     OUT old text, OUT new text, OUT failures int, OUT opened_at float8, OUT opens_until float8)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -441,6 +464,9 @@ BEGIN
                                         greatest(coalesce(p_attempts, 0), 1) + (coalesce(v_retry, 0) > 0)::int,
                                         p_items, p_failed_items);
         END IF;
+        IF coalesce(cardinality(p_after), 0) > 0 THEN
+            PERFORM schedsync.chain(p_id, p_after, t);
+        END IF;
     END IF;
     IF p_evidence THEN
         f := schedsync.feed_breaker(p_breaker, p_failures, p_reset, t, p_ok, p_trial, p_why);
@@ -457,7 +483,7 @@ END $$;
 -- A running row whose owner is gone: crashed once, by whichever reader gets here first.
 CREATE FUNCTION schedsync.crash(
     p_id bigint, p_now float8, p_error text, p_breaker text, p_failures int, p_reset float8,
-    p_evidence boolean, p_why text,
+    p_evidence boolean, p_why text, p_after text[],
     OUT done boolean, OUT old text, OUT new text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -471,6 +497,9 @@ BEGIN
     done := FOUND;
     IF done THEN
         PERFORM schedsync.tally(v_job, 'crashed', v_requests);
+        IF coalesce(cardinality(p_after), 0) > 0 THEN
+            PERFORM schedsync.chain(p_id, p_after, t);
+        END IF;
     END IF;
     IF done AND p_evidence AND p_breaker IS NOT NULL THEN
         f := schedsync.feed_breaker(p_breaker, p_failures, p_reset, t, false, false, p_why);

@@ -189,3 +189,49 @@ def test_processes_racing_for_queued_work_claim_each_item_once(store_factory, n)
     claimed = [int(i) for out in outs for i in out.split()]
     # each item at most once, and one item per job in flight however many claimers
     assert len(claimed) == 3 and {store.item(i).job for i in claimed} == {"a", "b", "c"}
+
+
+# --- api items (issue 18: ``schedsync trigger``) ---------------------------------------------
+
+def test_an_api_item_is_queued_once_per_params_until_its_run_starts(store):
+    first, deduped = store.enqueue_api("a", '{"x":"1"}', T0)
+    assert not deduped and store.enqueue_api("a", '{"x":"1"}', T0 + 5) == (first, True)
+    other, _ = store.enqueue_api("a", '{"x":"2"}', T0)
+    none, _ = store.enqueue_api("a", None, T0)
+    assert len({first, other, none}) == 3 and store.enqueue_api("a", None, T0) == (none, True)
+    assert store.enqueue_api("b", '{"x":"1"}', T0)[0] not in (first, other, none)  # per job
+    item = store.item(first)
+    assert (item.kind, item.state, item.slot, item.params, item.due_at) == ("api", "queued", None, '{"x":"1"}', T0)
+    # claimed by a tick: still waiting to start, still the same item
+    claimed = store.claim_due(["a"], 1, "h:1", now=T0 + 1)
+    assert [c.id for c in claimed] == [first] and store.enqueue_api("a", '{"x":"1"}', T0) == (first, True)
+    # a skipped start hands it back, queued
+    skip(store, "a", T0 + 2, "locked", item=first)
+    assert store.item(first).state == "queued" and store.enqueue_api("a", '{"x":"1"}', T0) == (first, True)
+    got = admit(store, item=first, at=T0 + 3, trigger="api")
+    assert got.run is not None and store.item(first).state == "ran"
+    # once its run started, the same params queue a new item, however many ran before
+    again, deduped = store.enqueue_api("a", '{"x":"1"}', T0 + 4)
+    assert again != first and not deduped
+    finish(store, got.run, T0 + 5)
+    assert store.runs("a")[0].trigger == "api"
+
+
+def test_a_run_stores_its_params(store):
+    got = store.admit_run("a", "api", API, 60.0, [], {}, 0, now=T0, params='{"final":"1"}')
+    assert got.run.params == '{"final":"1"}'
+    finish(store, got.run, T0 + 1)
+    run = skip(store, "a", T0 + 2, "paused")
+    assert [r.params for r in store.runs("a")] == [None, '{"final":"1"}'] and run.params is None
+    assert store.run("a", got.run.id).params == '{"final":"1"}'
+
+
+def test_processes_racing_to_trigger_the_same_params_queue_one_item(store_factory):
+    store = store_factory()
+    outs = _race(store_factory.target, """\
+        item, deduped = store.enqueue_api("a", '{"x":"1"}', T0)
+        print(item, deduped)
+    """, list(range(20)))
+    ids = {out.split()[0] for out in outs}
+    assert len(ids) == 1 and sorted(out.split()[1] for out in outs) == ["False"] + ["True"] * 19
+    assert [s.kind for s in store.slots("a")] == ["api"]

@@ -99,6 +99,48 @@ def test_trigger_without_a_tick_says_the_item_waits_for_one(project):
     assert shown["job"] == "plain" and shown["deduped"] is False and shown["due_at"].endswith("Z")
 
 
+def test_wait_with_a_tick_lets_the_tick_start_it_and_a_held_item_ends_the_wait_with_75(project):
+    project.write("""\
+        jobs:
+          flaky:
+            command: 'test -e ok'
+            breaker: {failures: 1, reset_after: 1h}
+        """)
+    assert project.cli("tick").returncode == 0  # a tick ran lately: --wait leaves the start to it
+    (project.path / "ok").touch()
+    waiting = project.start("trigger", "flaky", "--wait")
+    try:
+        deadline = time.monotonic() + 60
+        while not api_items(str(project.state), "flaky") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # it would have started it by now, had it meant to
+        assert project.history("flaky") == [] and waiting.poll() is None
+        assert project.cli("tick").returncode == 0
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 0, err
+    assert [(r["trigger"], r["status"]) for r in project.history("flaky")] == [("api", "success")]
+    (project.path / "ok").unlink()
+    assert project.cli("run", "flaky").returncode == 1  # the breaker opens
+    waiting = project.start("trigger", "flaky", "--wait")
+    try:
+        deadline = time.monotonic() + 60
+        while len(api_items(str(project.state), "flaky")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert project.cli("tick").returncode == 0  # holds it back: the breaker is open
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 75, err
+    assert "skipped (breaker_open)" in err and "stays queued" in err
+    assert api_items(str(project.state), "flaky")[-1].state == "queued"
+
+
 # --- dedupe ---------------------------------------------------------------------------------
 
 def test_the_same_params_queue_one_item_and_other_params_another(project):

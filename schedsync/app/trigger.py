@@ -128,11 +128,13 @@ def tick_seen(store, now: float) -> bool:
     return last is not None and not last.error and now - last.at <= TICK_LATE
 
 
-def wait_for(store, item_id: int, limit: float, process=None) -> tuple[int, str]:
+def wait_for(store, item_id: int, limit: float, process=None, held=...) -> tuple[int, str]:
     """Wait (at most ``limit`` seconds) for the run of ``item_id``; (its exit code as ``run``
     would give it, a line to print). ``process``: the ``Popen`` that runs it, when we started
     it: its exit code is the answer once it ends. Polls the state otherwise: bounded, and
-    fine for a run the tick started, on any host."""
+    fine for a run the tick started, on any host. ``held``: the item's ``reason`` when it
+    was queued (a new item: None); another one set since means the tick held it back
+    (else: the reason at the first look)."""
     from schedsync.core.models import FAILURES, PARTIAL, RUNNING, SKIPPED, SUCCESS
 
     end = time.monotonic() + limit
@@ -142,6 +144,8 @@ def wait_for(store, item_id: int, limit: float, process=None) -> tuple[int, str]
         item = store.item(item_id)
         if item is None:
             return (process.returncode if done else Exit.SKIPPED), f"work item {item_id} is gone"
+        if held is ...:
+            held = item.reason
         if item.state == "ran" and item.run_id is not None:
             run = store.run(item.job, item.run_id)
             if run is not None and run.status != RUNNING:
@@ -156,8 +160,9 @@ def wait_for(store, item_id: int, limit: float, process=None) -> tuple[int, str]
                 f" ({item.reason})" if item.reason else "")
         elif item.state == "claimed":
             claimed = True
-        elif item.state == "queued" and (claimed or done):
-            # started and handed back: its run was skipped (locked, paused, a budget, a breaker)
+        elif item.state == "queued" and (claimed or done or item.reason is not None and item.reason != held):
+            # started and handed back (its run was skipped: locked, paused, a budget, a breaker),
+            # or held back by the tick for one of those: the run would only be skipped now
             why = f" ({item.reason})" if item.reason else ""
             return (process.returncode if done else Exit.SKIPPED), (
                 f"{item.job}: skipped{why}; work item {item_id} stays queued for `schedsync tick`")
@@ -201,7 +206,8 @@ def trigger_cli(config, store, state: str, job_name: str, pairs: list[str], at: 
             from schedsync.app.starter import registry_path
 
             process = start_item(registry_path(config), state, item)
-    code, line = wait_for(store, item_id, delay + job.timeout + job.max_wait + WAIT_MARGIN, process)
+    code, line = wait_for(store, item_id, delay + job.timeout + job.max_wait + WAIT_MARGIN, process,
+                          held=... if deduped else None)  # a new item had no reason: any one is news
     print(line, file=sys.stderr)
     return int(code)
 

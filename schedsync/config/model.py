@@ -63,6 +63,7 @@ class Job:
     data_target: str | None = None
     catchup: dict | None = None  # {"within": seconds, "runs": "latest" | "all"}
     retry_later: dict | None = None  # {"after": seconds, "max": n}
+    fresh: dict | None = None  # http jobs: {"within": seconds, "field": name} (health STALE)
 
     def wants(self, event: str) -> bool:
         """Does one of the job's ``notify:`` targets take ``event``?"""

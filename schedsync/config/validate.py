@@ -18,7 +18,7 @@ TOP_KEYS = ("state", "timezone", "defaults", "budgets", "log", "jobs", "smtp", "
 # Settings that may sit in ``defaults`` and be overridden per job.
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
             "max_wait", "cost", "env", "notify", "ping", "run_by", "catchup", "retry_later")
-JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "cwd") + KEYS + ("into",)
+JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "cwd") + KEYS + ("into", "fresh")
 MERGED = ("retries", "breaker", "retention", "env", "catchup", "retry_later")  # merged key by key
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")
@@ -134,6 +134,9 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
         what = "has none of" if not kinds else f"has {' and '.join(kinds)}; pick one of"
         raise doc.error(path, f"{what} {', '.join(KEYS)}")
     found = kind_of(kinds[0])
+    if "fresh" in spec and found.key != "http":
+        raise doc.error(f"{path}.fresh", "is for http jobs: it reads the time field of the items they store",
+                        "drop it, or make this an http job")
     merged = _merge(base, _settings(spec, path, doc))
     job = {
         "name": name, "kind": found.key, "schedule": None,

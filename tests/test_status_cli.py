@@ -134,7 +134,7 @@ def test_json_has_the_documented_shape(project):
     for job in data["jobs"]:
         assert set(job) == JOB_KEYS
         assert set(job["breaker"]) == {"name", "state", "failures", "opens_until"}
-        assert job["health"] in ("RUNNING", "OK", "LATE", "STALLED", "FAILING", "PAUSED", "NEVER")
+        assert job["health"] in ("RUNNING", "OK", "LATE", "STALE", "STALLED", "FAILING", "PAUSED", "NEVER")
         assert isinstance(job["paused"], bool)
         for recent in job["recent"]:
             assert set(recent) == {"status", "duration_ms"}

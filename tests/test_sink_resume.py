@@ -209,3 +209,68 @@ def test_a_job_without_resume_starts_from_page_1_as_before(backend, upstream):
     assert backend.project.cli("run", "items", timeout=120).returncode == 0
     assert pages_asked(upstream, before) == list(range(1, PAGES + 1))
     assert backend.query("SELECT count(*) FROM resume_points", state=True) == [(0,)]
+
+
+def test_next_links_resume_without_saving_the_key_and_since_counts_from_the_first_page(
+        backend, upstream):
+    """A next link (here echoing the API key) is saved without the configured params and the
+    key is added back from jobs.yaml; ``since`` after a resumed sync counts from when that
+    sync's page 1 was asked for (run B), not from the start of the run that finished it (C)."""
+    key = "k3y-s3cr3t-value"
+    control = {"fail": None}
+
+    @upstream.route("/items")
+    def items(request):
+        assert request.query.get("key") == key  # every request, resumed ones too
+        page = int(request.query.get("page", "1"))
+        if page == control["fail"]:
+            control["fail"] = None
+            return reply(400, {"error": "not now"})
+        data = [{"id": page * 100 + i} for i in range(PER_PAGE)]
+        nxt = f"/items?page={page + 1}&key={key}" if page < 5 else None
+        return reply(200, {"data": data, "links": {"next": nxt}})
+
+    project = backend.project
+    project.write(f"""
+        jobs:
+          items:
+            retries: {{attempts: 1}}
+            overlap: wait 60s
+            http:
+              url: "{upstream.base}/items"
+              params: {{key: "${{API_KEY}}"}}
+              items: data
+              next: links.next
+              since: {{param: since}}
+              resume: {{within: 1h}}
+            into: {{table: items, pk: id, db: "{backend.into_db}"}}
+    """)
+    env = {"API_KEY": key}
+
+    def since_sent(start: int) -> list:
+        return [r.query.get("since") for r in upstream.requests[start:]]
+
+    assert project.cli("run", "items", env=env, timeout=120).returncode == 0  # run A
+    control["fail"] = 3
+    before = len(upstream.requests)
+    assert project.cli("run", "items", env=env, timeout=120).returncode == 1  # run B: page 3 fails
+    run_a_start = project.history("items")[1]["started_at"]
+    assert since_sent(before) == [run_a_start] * 3
+    [(point,)] = backend.query("SELECT point FROM resume_points", state=True)
+    assert key not in point and "page=3" in point
+    b_start = project.history("items")[0]["started_at"]
+    b_second = time.time()
+    wait_for(lambda: time.time() >= int(b_second) + 1.05, what="the next second")  # C starts later
+
+    before = len(upstream.requests)
+    assert project.cli("run", "items", env=env, timeout=120).returncode == 0  # run C: pages 3-5
+    assert [r.query.get("page") for r in upstream.requests[before:]] == ["3", "4", "5"]
+    assert since_sent(before) == [run_a_start] * 3  # what B sent: the same sync goes on
+    c_start = project.history("items")[0]["started_at"]
+    assert c_start > b_start
+
+    before = len(upstream.requests)
+    assert project.cli("run", "items", env=env, timeout=120).returncode == 0  # run D
+    [sent] = set(since_sent(before))
+    assert b_start <= sent < c_start  # from B's page 1, so nothing changed during B-C is skipped
+    assert stored(backend) == [page * 100 + i for page in range(1, 6) for i in range(PER_PAGE)]

@@ -134,9 +134,6 @@ def _job(name, spec, base, budgets, timezone, folder, doc) -> dict:
         what = "has none of" if not kinds else f"has {' and '.join(kinds)}; pick one of"
         raise doc.error(path, f"{what} {', '.join(KEYS)}")
     found = kind_of(kinds[0])
-    if "fresh" in spec and found.key != "http":
-        raise doc.error(f"{path}.fresh", "is for http jobs: it reads the time field of the items they store",
-                        "drop it, or make this an http job")
     merged = _merge(base, _settings(spec, path, doc))
     job = {
         "name": name, "kind": found.key, "schedule": None,

@@ -175,10 +175,11 @@ def test_a_resume_point_older_than_within_is_ignored(backend, upstream):
 
 def test_a_failed_page_is_resumed_and_a_timeout_too(backend, upstream):
     serve_pages(upstream, fail=6, hold=8)
-    write_job(backend, upstream, extra="timeout: 3s")
+    write_job(backend, upstream)
     project = backend.project
     result = project.cli("run", "items", timeout=120)
     assert result.returncode == 1, result.stderr
+    write_job(backend, upstream, extra="timeout: 6s")  # a timeout is no setting a point depends on
     before = len(upstream.requests)
     result = project.cli("run", "items", timeout=120)  # goes on at page 6, then page 8 hangs
     assert result.returncode != 0

@@ -40,6 +40,18 @@ upstream's clock, not ours, should decide; it suits APIs that return items
 oldest first). The first run, or one whose table is still empty, sends nothing
 and fetches everything.
 
+Resume (``http.resume: {within: 1h}``): after each stored page but the last, the run saves in
+the state where the next page is (``Pages.point``: the cursor or page number, or the next URL
+without the configured params; never a secret) with the ``since`` value it sent and when its
+page 1 was asked for. A run started within ``within`` of that save goes on from there
+(``Pages.resume``) and says so in its log; a completed sync clears the point, and ``since``
+then counts from that page 1. The page's write (data database) and the point's (state) are
+two statements: after a crash between them one page is fetched twice (at least once).
+
+Freshness (``fresh: {within, field}``): the newest ``field`` value among the items stored
+(``core.durations.data_time``) is kept in the state at the run's end as the maximum over
+runs (``note_watermark``); ``core.health`` turns it into STALE.
+
 Every request, pages and retries included, spends one token from the job's
 budgets; an empty budget stops the run (``partial`` with reason
 ``rate_limited`` when it stored something, else ``failed``), keeping what it

@@ -67,6 +67,7 @@ def test_old_data_makes_a_succeeding_job_stale_with_the_lag_and_check_fails_as_f
 
     job = health(project)
     assert job["health"] == "STALE"
+    assert job["fresh"] == {"field": "updated_at", "within_seconds": 7200.0, "newest": items[0]["updated_at"]}
     assert re.fullmatch(r"newest updated_at is 3h1[23]m old, over 2h", job["why"]), job["why"]
     check = project.cli("status", "--check")
     assert check.returncode == 1  # as for LATE

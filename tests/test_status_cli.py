@@ -23,7 +23,7 @@ RUN_KEYS = {"id", "job", "status", "reason", "trigger", "started_at", "finished_
             "retry_at", "host", "pid", "slot", "retry_of", "retry_number"}  # the last three: issue 17
 # SPEC's keys, then the ones we add (SPEC: "Add fields freely; do not rename these").
 JOB_KEYS = {"name", "health", "schedule", "paused", "next_expected", "last_run", "last_success_at",
-            "breaker", "budgets"} | {"why", "description", "kind", "consecutive_failures", "recent"}
+            "breaker", "budgets"} | {"why", "description", "kind", "consecutive_failures", "recent", "fresh"}
 
 
 def seen_long_ago(project, *jobs: str, ago: float = 3600) -> None:

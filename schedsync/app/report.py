@@ -47,6 +47,7 @@ class JobView:
     breaker_state: str
     health: Health
     consecutive_failures: int
+    watermark: float | None = None  # the newest fresh.field value stored (jobs with fresh:)
 
 
 def views(config: Config, store, now: float, names: list[str], crashed: list[Run] = (),
@@ -77,7 +78,8 @@ def views(config: Config, store, now: float, names: list[str], crashed: list[Run
         health = job_health(schedule=schedule, grace=job.grace, timeout=job.timeout,
                             state=state, breaker_state=breaker_state, now=now,
                             fresh=job.fresh, watermark=watermarks.get(name))
-        out.append(JobView(job, state, breaker, breaker_state, health, _streak(store, state)))
+        out.append(JobView(job, state, breaker, breaker_state, health, _streak(store, state),
+                           watermarks.get(name)))
     return out
 
 
@@ -139,6 +141,8 @@ def job_json(view: JobView) -> dict:
                     "failures": breaker.failures, "opens_until": iso(breaker.opens_until)},
         "budgets": job.budgets,
         "recent": [{"status": r.status, "duration_ms": r.duration_ms} for r in state.recent],
+        "fresh": {"field": job.fresh["field"], "within_seconds": job.fresh["within"],
+                  "newest": iso(view.watermark)} if job.fresh else None,
     }
 
 

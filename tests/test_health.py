@@ -322,7 +322,8 @@ def test_an_unscheduled_job_can_be_failing():
 
 
 def test_severity_ranks_every_health_worst_first():
-    assert sorted(SEVERITY, key=SEVERITY.get) == ["FAILING", "STALLED", "LATE", "RUNNING", "NEVER", "PAUSED", "OK"]
+    assert sorted(SEVERITY, key=SEVERITY.get) == ["FAILING", "STALLED", "LATE", "STALE", "RUNNING", "NEVER",
+                                                  "PAUSED", "OK"]
 
 
 # Ages: whole units, as every age shown ("39ms ago" beside "1.0s ago" was two styles)

@@ -110,7 +110,7 @@ def test_consecutive_failures_count_failed_runs_since_the_last_success(metrics):
 
 
 def test_health_is_one_hot_over_every_health(metrics):
-    healths = ("RUNNING", "OK", "LATE", "STALLED", "FAILING", "PAUSED", "NEVER")
+    healths = ("RUNNING", "OK", "LATE", "STALE", "STALLED", "FAILING", "PAUSED", "NEVER")
     for job, health in (("fine", "OK"), ("broken", "FAILING"), ("idle", "NEVER")):
         assert {h: value(metrics, "schedsync_job_health", job=job, health=h) for h in healths} == \
             {h: 1.0 if h == health else 0.0 for h in healths}

@@ -154,6 +154,7 @@ def test_rules_evaluate_the_failing_alert_fires_and_every_dashboard_query_has_da
         rules_seen = prom.until("every rule evaluated", evaluated)
         assert {r["name"] for r in rules_seen} == {
             "SchedsyncJobFailing", "SchedsyncJobLate", "SchedsyncJobStalled", "SchedsyncJobStale",
+            "SchedsyncJobDataStale",
             "SchedsyncJobNotRun", "SchedsyncBreakerOpen", "SchedsyncBudgetEmpty", "SchedsyncServeDown"}
 
         firing = prom.until("the failing-job alert", lambda: [

@@ -24,7 +24,7 @@ RUN_KEYS = {"id", "job", "status", "reason", "trigger", "started_at", "finished_
             "params", "parent"}  # issue 18: what started the run
 # SPEC's keys, then the ones we add (SPEC: "Add fields freely; do not rename these").
 JOB_KEYS = {"name", "health", "schedule", "paused", "next_expected", "last_run", "last_success_at",
-            "breaker", "budgets"} | {"why", "description", "kind", "consecutive_failures", "recent"}
+            "breaker", "budgets"} | {"why", "description", "kind", "consecutive_failures", "recent", "fresh"}
 
 
 def seen_long_ago(project, *jobs: str, ago: float = 3600) -> None:
@@ -135,7 +135,7 @@ def test_json_has_the_documented_shape(project):
     for job in data["jobs"]:
         assert set(job) == JOB_KEYS
         assert set(job["breaker"]) == {"name", "state", "failures", "opens_until"}
-        assert job["health"] in ("RUNNING", "OK", "LATE", "STALLED", "FAILING", "PAUSED", "NEVER")
+        assert job["health"] in ("RUNNING", "OK", "LATE", "STALE", "STALLED", "FAILING", "PAUSED", "NEVER")
         assert isinstance(job["paused"], bool)
         for recent in job["recent"]:
             assert set(recent) == {"status", "duration_ms"}

@@ -470,3 +470,29 @@ def test_a_retry_later_counts_as_a_retry_on_both_backends(store):
     run.status, run.finished_at, run.duration_ms, run.attempts = "success", T0 + 2, 1000, 0
     store.finish_run(run, API, True, False, 60.0, KEEP_ALL, now=T0 + 2)
     assert store.run_totals()["a"]["retries"] == 1
+
+
+# --- resume points and freshness watermarks (http.resume, fresh:) -----------------------
+
+def test_a_resume_point_is_saved_replaced_ended_and_a_watermark_only_grows(store):
+    assert store.resume_point("sync") is None
+    store.save_resume("sync", 7, '{"page": 2}', 100.0, now=1000.0)
+    store.save_resume("sync", 7, '{"page": 3}', 100.0, now=1010.0)
+    point = store.resume_point("sync")
+    assert (point.point, point.saved_at, point.run_id, point.began_at, point.done_run) == \
+        ('{"page": 3}', 1010.0, 7, 100.0, None)
+    store.end_resume("sync", done_run=8, began_at=100.0, now=1020.0)  # a resumed sync completed
+    point = store.resume_point("sync")
+    assert (point.point, point.run_id, point.done_run, point.done_began) == (None, None, 8, 100.0)
+    store.save_resume("sync", 9, '{"page": 2}', 200.0)  # a new sync keeps what the last one noted
+    assert (store.resume_point("sync").done_run, store.resume_point("sync").done_began) == (8, 100.0)
+    assert abs(store.resume_point("sync").saved_at - store.now()) < 60  # the store's clock
+    store.end_resume("sync")
+    assert store.resume_point("sync") is None
+
+    assert store.note_watermark("sync", None) is None
+    assert store.note_watermark("sync", 500.0) == 500.0
+    assert store.note_watermark("sync", 400.0) == 500.0  # older values never lower it
+    assert store.note_watermark("sync", 600.5) == 600.5
+    assert store.watermarks(["sync", "other"]) == {"sync": 600.5}
+    assert store.watermarks([]) == {}

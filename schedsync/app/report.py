@@ -15,7 +15,7 @@ from schedsync.core.records import dataclass
 from schedsync.core.schedule import Schedule, zone
 
 STRIP = 20  # recent runs shown per job
-NEEDS_ACTION = ("LATE", "STALLED", "FAILING")  # `status --check` exits 1 for these
+NEEDS_ACTION = ("LATE", "STALE", "STALLED", "FAILING")  # `status --check` exits 1 for these
 
 RUN_KEYS = ("id", "job", "status", "reason", "trigger", "started_at", "finished_at",
             "duration_ms", "attempts", "requests", "items_processed", "items_failed",
@@ -55,6 +55,7 @@ class JobView:
     breaker_state: str
     health: Health
     consecutive_failures: int
+    watermark: float | None = None  # the newest fresh.field value stored (jobs with fresh:)
 
 
 def views(config: Config, store, now: float, names: list[str], crashed: list[Run] = (),
@@ -67,6 +68,8 @@ def views(config: Config, store, now: float, names: list[str], crashed: list[Run
     breaker_states = store.breakers(list({config.jobs[name].breaker["name"] for name in names}))
     if crashed or seen:
         overlay(states.values(), crashed, now if seen else None)
+    fresh = [name for name in names if config.jobs[name].fresh]
+    watermarks = store.watermarks(fresh) if fresh else {}
     tz = display_zone(config)  # once: the system's zone means reading /etc/localtime
     schedules: dict[str, _Shared] = {}
     out = []
@@ -81,8 +84,10 @@ def views(config: Config, store, now: float, names: list[str], crashed: list[Run
         breaker = breaker_states[job.breaker["name"]]
         breaker_state = breakers.state_at(breaker, now)
         health = job_health(schedule=schedule, grace=job.grace, timeout=job.timeout,
-                            state=state, breaker_state=breaker_state, now=now)
-        out.append(JobView(job, state, breaker, breaker_state, health, _streak(store, state)))
+                            state=state, breaker_state=breaker_state, now=now,
+                            fresh=job.fresh, watermark=watermarks.get(name))
+        out.append(JobView(job, state, breaker, breaker_state, health, _streak(store, state),
+                           watermarks.get(name)))
     return out
 
 
@@ -144,6 +149,8 @@ def job_json(view: JobView) -> dict:
                     "failures": breaker.failures, "opens_until": iso(breaker.opens_until)},
         "budgets": job.budgets,
         "recent": [{"status": r.status, "duration_ms": r.duration_ms} for r in state.recent],
+        "fresh": {"field": job.fresh["field"], "within_seconds": job.fresh["within"],
+                  "newest": iso(view.watermark)} if job.fresh else None,
     }
 
 

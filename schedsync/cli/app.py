@@ -139,7 +139,7 @@ def status(
     job: str | None = typer.Argument(None, metavar="[JOB]", help="Show one job in detail."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (see README)."),
     check: bool = typer.Option(False, "--check", help="One line for Nagios (SCHEDSYNC OK|WARNING|CRITICAL - …); "
-                               "exit 1 if any job is LATE, STALLED or FAILING, 3 if the state cannot be read."),
+                               "exit 1 if any job is LATE, STALE, STALLED or FAILING, 3 if the state cannot be read."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="With --check: the table after the line."),
     watch: bool = typer.Option(False, "--watch", help="Refresh every 2 seconds until Ctrl-C."),
     init: bool = typer.Option(False, "--init", help="Create the state if there is none yet, as `run` "

@@ -138,9 +138,9 @@ def crontab_warning(config, state_opt: str | None) -> None:
         print(line, file=sys.stderr)
 
 
-# `status --check` levels: a failure needs someone now; a late or stalled job may yet catch up.
+# `status --check` levels: a failure needs someone now; a late, stale or stalled job may yet catch up.
 CRITICAL_HEALTH = ("FAILING",)
-WARNING_HEALTH = ("LATE", "STALLED")
+WARNING_HEALTH = ("LATE", "STALE", "STALLED")
 
 
 def check_line(jobs: list[dict], worst: list[dict]) -> str:

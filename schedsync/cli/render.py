@@ -17,7 +17,7 @@ import sys
 from schedsync.core.durations import clock, format_duration, posix, relative
 from schedsync.core.models import FAILURES
 
-HEALTH_STYLE = {"OK": "green", "RUNNING": "cyan", "LATE": "yellow", "STALLED": "magenta",
+HEALTH_STYLE = {"OK": "green", "RUNNING": "cyan", "LATE": "yellow", "STALE": "yellow", "STALLED": "magenta",
                 "FAILING": "bold red", "PAUSED": "dim", "NEVER": "dim"}
 RUN_MARK = {"success": ("●", "green"), "partial": ("◐", "yellow"), "failed": ("✗", "red"),
             "timeout": ("⏱", "red"), "crashed": ("☠", "red"), "skipped": ("·", "dim"),

@@ -99,3 +99,6 @@ def _is_url(location: str) -> bool:
 def no_into(spec: dict, path: str, doc) -> None:
     if "into" in spec:
         raise doc.error(f"{path}.into", "only http jobs store into a table")
+    if "fresh" in spec:
+        raise doc.error(f"{path}.fresh", "is for http jobs: it reads the time field of the items they store",
+                        "drop it, or make this an http job")

@@ -15,9 +15,9 @@ from schedsync.config.model import Config, Jobs
 from schedsync.config.state import resolve_config
 from schedsync.core.errors import ConfigError
 
-CACHE_VERSION = 13  # 5: the cache holds `defaults`; 6: a job's plain form is Job.to_dict's; 7: `environ`;
+CACHE_VERSION = 14  # 5: the cache holds `defaults`; 6: a job's plain form is Job.to_dict's; 7: `environ`;
 # 8: run_by; 9: catchup, retry_later; 10: `log`; 11: `limits`, a job's `limits`; 12: a job's `params`;
-# 13: after, requires, downstream, fails_when
+# 13: after, requires, downstream, fails_when; 14: `fresh`
 MAX_BYTES = 4 * 1024 * 1024
 
 

@@ -72,6 +72,7 @@ class Job:
     requires: dict | None = None  # {"job": upstream, "within": seconds}
     downstream: dict | None = None  # {on: [jobs]}: what this job's run's end queues (config.chains)
     fails_when: dict | None = None  # failure rules (app.rules)
+    fresh: dict | None = None  # http jobs: {"within": seconds, "field": name} (health STALE)
 
     def wants(self, event: str) -> bool:
         """Does one of the job's ``notify:`` targets take ``event``?"""

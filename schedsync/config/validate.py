@@ -19,7 +19,7 @@ TOP_KEYS = ("state", "timezone", "defaults", "budgets", "limits", "log", "jobs",
 SETTINGS = ("timeout", "jitter", "overlap", "retries", "breaker", "grace", "retention",
             "max_wait", "cost", "env", "notify", "ping", "run_by", "catchup", "retry_later", "fails_when")
 JOB_KEYS = SETTINGS + ("schedule", "description", "budget", "limit", "cwd", "params", "after", "requires") + KEYS + (
-    "into",)
+    "into", "fresh")
 MERGED = ("retries", "breaker", "retention", "env", "catchup", "retry_later")  # merged key by key
 RETRY_KEYS = ("attempts", "initial", "max", "multiplier", "jitter", "on_exit_codes")
 BREAKER_KEYS = ("failures", "reset_after", "half_open_runs", "name")

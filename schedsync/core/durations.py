@@ -86,3 +86,28 @@ def posix(iso_time: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+
+
+def data_time(value) -> float | None:
+    """POSIX seconds of a time as the data holds it (``fresh.field``): a number or a string of
+    digits is epoch seconds, a string else ISO 8601 (no offset: UTC). None if neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        t = float(value)
+    elif isinstance(value, str) and value:
+        try:
+            t = float(value)
+        except ValueError:
+            from datetime import datetime, timezone
+
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return parsed.timestamp()
+    else:
+        return None
+    return t if t == t and abs(t) != float("inf") else None

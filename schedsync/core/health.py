@@ -14,13 +14,16 @@ job's schedule and stored state. The first rule that matches wins:
    (the reason adds "now running for 2m"): at 09:00 a user is told the 08:00
    run failed and a retry is under way, and ``status --check`` does not turn
    green for the length of every retry of a job that keeps failing.
-4. RUNNING: the newest run is ``running``. It outranks LATE and STALLED below
+4. STALE (jobs with ``fresh:``, while a run is in progress): see 7. A run in
+   progress does not hide it (the reason adds "now running for 2m"): it may well
+   bring nothing newer, and ``status --check`` would flap with every run.
+5. RUNNING: the newest run is ``running``. It outranks LATE and STALLED below
    because a run in progress is the answer to both.
-5. LATE (scheduled jobs): ``e1``, the latest expected start at or before
+6. LATE (scheduled jobs): ``e1``, the latest expected start at or before
    now - grace, came after the job was first seen (None: now), and no run
    started since (5 s early still counts: cron wakes on its own clock). Skips
    count as starts: cron did start us.
-6. STALLED (scheduled jobs): ``e2``, the expected start before ``e1``, came
+7. STALLED (scheduled jobs): ``e2``, the expected start before ``e1``, came
    after the job was first seen, and there has been no success since it
    (``last_success_at``, where the store counts ``partial`` as a success): two
    expected runs in a row passed without one. This is
@@ -28,10 +31,15 @@ job's schedule and stored state. The first rule that matches wins:
    expected starts rather than multiplying an interval keeps it right for
    irregular schedules (``0 9 * * 1-5`` on a Monday morning after a Friday
    success) and across DST changes.
-7. NEVER: no run at all.
-8. OK.
+8. STALE (jobs with ``fresh: {within, field}``): the watermark, the newest value of
+   ``field`` the job has stored (kept by the state as the maximum over runs), is
+   older than ``within`` at ``now``, however well the runs go. A job with no
+   watermark yet (nothing stored) is not STALE: freshness starts with its first
+   stored value. LATE and STALLED outrank it: a missed start is the likelier cause.
+9. NEVER: no run at all.
+10. OK.
 
-Unscheduled jobs are thus PAUSED, FAILING, RUNNING, NEVER or OK.
+Unscheduled jobs are thus PAUSED, FAILING, STALE, RUNNING, NEVER or OK.
 """
 
 from __future__ import annotations
@@ -62,7 +70,8 @@ if TYPE_CHECKING:
 # (the job errs), STALLED (nothing good for two expected runs, or hung), LATE
 # (one start missed). Then those needing no action: in progress, not yet
 # started, put aside by a person, fine.
-SEVERITY = {"FAILING": 0, "STALLED": 1, "LATE": 2, "RUNNING": 3, "NEVER": 4, "PAUSED": 5, "OK": 6}
+SEVERITY = {"FAILING": 0, "STALLED": 1, "LATE": 2, "STALE": 3, "RUNNING": 4, "NEVER": 5, "PAUSED": 6,
+            "OK": 7}
 
 OVERRUN_SLACK = 60.0  # past the timeout, for SIGTERM, SIGKILL and recording the end
 START_SLACK = 5.0  # cron wakes on its own clock; a start this early still counts
@@ -79,7 +88,7 @@ _VERBS = {
 
 @dataclass
 class Health:
-    health: str  # RUNNING OK LATE STALLED FAILING PAUSED NEVER
+    health: str  # RUNNING OK LATE STALE STALLED FAILING PAUSED NEVER
     reason: str  # one short phrase saying why
     next_expected: float | None  # next fire time after now; None when unscheduled or paused
 
@@ -92,6 +101,8 @@ def job_health(
     state: JobState,
     breaker_state: str,
     now: float,
+    fresh: dict | None = None,
+    watermark: float | None = None,
 ) -> Health:
     """The job's health at ``now`` (see the module docstring for the rules)."""
     if state.paused:
@@ -114,12 +125,17 @@ def job_health(
             troubles.append(f"now running for {_age(running.started_at, now)}")
         return Health("FAILING", "; ".join(troubles), next_expected)
 
+    stale = _stale(fresh, watermark, now)
     if running:
+        if stale:
+            return Health("STALE", f"{stale}; now running for {_age(running.started_at, now)}", next_expected)
         return Health("RUNNING", f"running for {_age(running.started_at, now)}", next_expected)
     if schedule:
         verdict = _missed(schedule, grace, state, now)
         if verdict:
             return Health(*verdict, next_expected)
+    if stale:
+        return Health("STALE", stale, next_expected)
     if not state.recent:
         return Health("NEVER", "no runs yet", next_expected)
     # A run skipped while the job was paused says nothing once it is resumed (and its
@@ -141,6 +157,13 @@ def _missed(schedule: Schedule, grace: float, state: JobState, now: float) -> tu
         last = f"last {_ago(succeeded, now)}" if succeeded > _NEVER else "never succeeded"
         return "STALLED", f"no success in 2 expected runs ({last})"
     return None
+
+
+def _stale(fresh: dict | None, watermark: float | None, now: float) -> str | None:
+    """``newest updated_at is 3h12m old, over 2h`` when the watermark is older than ``within``."""
+    if not fresh or watermark is None or now - watermark <= fresh["within"]:
+        return None
+    return f"newest {fresh['field']} is {_age(watermark, now)} old, over {format_duration(fresh['within'])}"
 
 
 def _describe(run: Run, now: float) -> str:

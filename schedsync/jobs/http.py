@@ -40,6 +40,18 @@ upstream's clock, not ours, should decide; it suits APIs that return items
 oldest first). The first run, or one whose table is still empty, sends nothing
 and fetches everything.
 
+Resume (``http.resume: {within: 1h}``): after each stored page but the last, the run saves in
+the state where the next page is (``Pages.point``: the cursor or page number, or the next URL
+without the configured params; never a secret) with the ``since`` value it sent and when its
+page 1 was asked for. A run started within ``within`` of that save goes on from there
+(``Pages.resume``) and says so in its log; a completed sync clears the point, and ``since``
+then counts from that page 1. The page's write (data database) and the point's (state) are
+two statements: after a crash between them one page is fetched twice (at least once).
+
+Freshness (``fresh: {within, field}``): the newest ``field`` value among the items stored
+(``core.durations.data_time``) is kept in the state at the run's end as the maximum over
+runs (``note_watermark``); ``core.health`` turns it into STALE.
+
 Every request, pages and retries included, spends one token from the job's
 budgets; an empty budget stops the run (``partial`` with reason
 ``rate_limited`` when it stored something, else ``failed``), keeping what it
@@ -66,7 +78,8 @@ from collections import deque
 
 import httpx
 
-from schedsync.core.durations import format_duration, iso
+from schedsync.core.durations import data_time, format_age, format_duration, iso
+from schedsync.core.errors import SchedsyncError
 from schedsync.core.models import CANCELLED, FAILED, PARTIAL, RATE_LIMITED, SKIPPED, SUCCESS, TIMEOUT
 from schedsync.core.outcome import FENCED, Cancelled, DeadlinePassed, Fenced, Outcome
 from schedsync.core.redact import redact_url
@@ -127,6 +140,15 @@ class Sync:
         self.nan_key = 0
         self.clashing = 0  # items with two keys for one column (store.sink_base.column_name)
         self.clash: tuple | None = None  # the first such pair of keys
+        self.page = 0  # the number of the last page stored, counted from the sync's page 1
+        self.resume = self.http.get("resume")  # {"within": seconds}: save where to go on
+        self.row = None  # the stored resume point (store.base.ResumePoint), when resume is on
+        self.resumed_from: int | None = None  # the page a resumed sync went on from
+        self.began_at: float | None = None  # when this sync's page 1 was asked for
+        self.since_sent: str | None = None
+        self.unsaved = False  # a next page that could not be saved without a secret
+        self.fresh_field = (job.fresh or {}).get("field")
+        self.watermark: float | None = None  # the newest fresh.field value stored by this run
 
     # -- the loop --
 
@@ -135,28 +157,122 @@ class Sync:
         check_next_rule(http["next"])
         self._open_sink()
         params = dict(http["params"])
-        since = self._since()
+        point = self._resume_point()
+        since = point["since"] if point is not None else self._since()
+        self.since_sent = since
         if since is not None:
             params[http["since"]["param"]] = since
         pages = Pages(http["next"], http["url"], params, self.ctx.secrets)
-        target = pages.first()
+        if point is not None:
+            target, first = pages.resume(point["url"], point["params"]), point["page"]
+        else:
+            target, first = pages.first(), 1
+            self.began_at = self.ctx.store.now()  # before page 1 is asked for
         self.requester.home = pages.home  # next pages elsewhere get none of its credentials
-        for number in range(1, http["max_pages"] + 1):
+        for number in range(first, first + http["max_pages"]):
             response = self._fetch(target, pages.withheld)
             data = self._json(response)
             items = self._items(data, response)
             self._store(items)
-            self.pages = number
+            self.pages += 1
+            self.page = number
             self.display.update(pages=1)
             self.log(f"{response_line(response, self.ctx.secrets)} → HTTP {response.status_code}, "
-                     f"{len(items)} items")
+                     f"{len(items)} items" + (f" (page {number})" if self.resumed_from else ""))
             target = pages.next(data, response, items)
             if target is None:
                 if pages.looped:
                     self.log(f"stopped: the next page, {show_url(pages.looped, self.ctx.secrets)}, "
                              "was already fetched in this run")
                 return
+            self._save_point(pages, target, number + 1)
         self.log(f"stopped at http.max_pages ({http['max_pages']}) with pages left")
+
+    # -- resuming (http.resume) --
+
+    def _point_key(self) -> str:
+        """What a saved point is only valid for: the request and pagination as configured,
+        secrets shown as ``***`` (a point saved for other settings is not resumed)."""
+        http = self.http
+        return json.dumps([show_url(http["url"], self.ctx.secrets), http["method"], http["items"],
+                           http["next"], (http["since"] or {}).get("param")], sort_keys=True)
+
+    def _resume_point(self) -> dict | None:
+        """The saved point this run goes on from, or None (page 1); logs why."""
+        if not self.resume:
+            return None
+        store, name = self.ctx.store, self.job.name
+        if getattr(self.ctx, "full_refresh", False):
+            store.end_resume(name)
+            self.log("resume: a full refresh starts from page 1; any saved resume point is cleared")
+            return None
+        self.row = row = store.resume_point(name)
+        if row is None or row.point is None:
+            return None
+        age = store.now() - row.saved_at
+        of_run = f"run {row.run_id}" if row.run_id is not None else "an earlier run"
+        if age > self.resume["within"]:
+            self.log(f"resume: ignored the point {of_run} saved {format_age(age)} ago, older than "
+                     f"http.resume.within ({format_duration(self.resume['within'])}); starting from page 1")
+            return None
+        try:
+            point = json.loads(row.point)
+            ok = (isinstance(point, dict) and isinstance(point.get("page"), int) and point["page"] > 1
+                  and isinstance(point.get("params"), dict) and point.get("key") == self._point_key())
+        except ValueError:
+            ok = False
+        if not ok:
+            self.log(f"resume: ignored the point {of_run} saved: it was saved for other http settings;"
+                     " starting from page 1")
+            return None
+        self.resumed_from = point["page"]
+        self.began_at = row.began_at
+        self.log(f"resumed from page {point['page']} of {of_run} (saved {format_age(max(age, 0.0))} ago)")
+        return point
+
+    def _save_point(self, pages: Pages, target: httpx.URL, number: int) -> None:
+        """After page ``number - 1`` is stored: where the sync goes on (one statement)."""
+        if not self.resume:
+            return
+        found = pages.point(target)
+        if found is None:
+            if not self.unsaved:
+                self.log(f"resume: page {number}'s URL carries a secret of its own; not saved"
+                         " (a run stopped after this resumes from the last page that could be saved)")
+            self.unsaved = True
+            return
+        url, params = found
+        point = json.dumps({"page": number, "since": self.since_sent, "url": url, "params": params,
+                            "key": self._point_key()})
+        try:
+            self.ctx.store.save_resume(self.job.name, self.ctx.run_id, point, self.began_at)
+        except SchedsyncError as exc:  # the state went away: the sync goes on, unresumable
+            if not self.unsaved:
+                self.log(f"resume: could not save where to go on: {self.ctx.secrets.clip(exc, 200)}")
+            self.unsaved = True
+
+    def completed(self) -> None:
+        """The sync reached its end: the resume point is done with; the watermark is kept."""
+        if not self.resume:
+            return
+        if self.resumed_from is not None:
+            self.ctx.store.end_resume(self.job.name, self.ctx.run_id, self.began_at)
+        elif self.row is not None or self.pages > 1:
+            self.ctx.store.end_resume(self.job.name)
+
+    def note_watermark(self) -> None:
+        """Keep the newest ``fresh.field`` value stored (the state keeps the max over runs)."""
+        if not self.fresh_field:
+            return
+        stored = self.ctx.store.note_watermark(self.job.name, self.watermark)
+        if stored is None and self.watermark is None and self.sink is not None:
+            # Nothing known yet (fresh: just added to a job whose table has data): read the table once.
+            try:
+                self.watermark = data_time(self.sink.max_value(self.table, self.fresh_field))
+            except SinkError:
+                return
+            if self.watermark is not None:
+                self.ctx.store.note_watermark(self.job.name, self.watermark)
 
     def _fetch(self, target: httpx.URL, withheld=()) -> httpx.Response:
         kwargs = {} if self.http["body"] is None else {"json": self.http["body"]}
@@ -239,6 +355,14 @@ class Sync:
                     self.clash = self.clash or pair
         self.failed += failed
         self.processed += stored
+        if self.fresh_field and stored:
+            field, newest = self.fresh_field, self.watermark
+            for item in items:
+                if isinstance(item, dict) and item.get(field) is not None:
+                    t = data_time(item[field])
+                    if t is not None and (newest is None or t > newest):
+                        newest = t
+            self.watermark = newest
         self.display.update(items=stored, failed=failed)
 
     def _since(self) -> str | None:
@@ -248,12 +372,16 @@ class Sync:
         if rule.get("field"):
             return self._stored_max(rule["field"])
         future: list = []
-        started = last_complete_sync(self.ctx, future)
+        run = last_complete_run(self.ctx, future)
         if future:
             self.log(f"since: ignored run {future[0].id}, recorded as started at {iso(future[0].started_at)},"
                      " later than now (the clock stepped back); using the last complete sync before it")
-        if started is None:
+        if run is None:
             return None
+        started = run.started_at
+        row = self.row
+        if row is not None and row.done_run == run.id and row.done_began is not None:
+            started = min(started, row.done_began)  # a resumed sync: from when its page 1 was asked for
         if rule.get("format", "iso") == "epoch":
             return str(int(started))
         return iso(started)
@@ -309,8 +437,9 @@ def run_http(job, ctx) -> Outcome:
         try:
             with hard_deadline(ctx.deadline, held=ctx.held if ctx.fence is not None else None), sync.display:
                 sync.run()
+                sync.completed()
         except DeadlinePassed:
-            after = f" (on page {sync.pages + 1})" if sync.pages else ""
+            after = f" (on page {sync.page + 1})" if sync.page else ""
             return sync.outcome(TIMEOUT, error=f"timed out after {format_duration(job.timeout)}{after}")
         except BudgetExhausted as exc:
             sync.log(f"stopped: {exc}")
@@ -332,7 +461,12 @@ def run_http(job, ctx) -> Outcome:
             return sync.outcome(FAILED, reason=CANCELLED, error=f"cancelled by {exc}")
         return sync.outcome(SUCCESS)
     finally:
-        sync.close()
+        try:
+            sync.note_watermark()
+        except SchedsyncError as exc:
+            sync.log(f"fresh: could not save the watermark: {ctx.secrets.clip(exc, 200)}")
+        finally:
+            sync.close()
 
 
 def json_values(body: bytes, cap: int) -> int:
@@ -356,7 +490,13 @@ def json_values(body: bytes, cap: int) -> int:
 
 
 def last_complete_sync(ctx, skipped_future: list | None = None) -> float | None:
-    """Start time of the newest run that synced everything (see ``since`` above).
+    """Start time of the newest run that synced everything (see ``last_complete_run``)."""
+    run = last_complete_run(ctx, skipped_future)
+    return None if run is None else run.started_at
+
+
+def last_complete_run(ctx, skipped_future: list | None = None):
+    """The newest run that synced everything (see ``since`` above).
 
     ``partial`` runs count only when items were malformed, not when the run stopped
     early. If the runs kept by retention do not show one, None: sync everything. A run
@@ -374,7 +514,7 @@ def last_complete_sync(ctx, skipped_future: list | None = None) -> float | None:
                 # upsert takes a re-sent item again).
                 skipped_future.append(run)
                 continue
-            return run.started_at
+            return run
     return None
 
 

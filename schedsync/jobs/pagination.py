@@ -96,6 +96,44 @@ class Pages:
         self.requested.add(str(target))
         return target
 
+    def resume(self, url: str | None, params: dict) -> httpx.URL:
+        """The first page of a resumed sync: ``url`` (a next link saved without the configured
+        params, which are added back as for any next link; None: ``http.url``) with the
+        pagination ``params`` saved (a cursor, a page number) over the configured ones."""
+        home = self.target(self.url, self.params, True)
+        self.home = origin_of(home)
+        if url is None:
+            self.params = {**self.params, **params}
+        else:
+            following = self._follow(url, str(home))
+            if following is None:
+                raise RequestFailed("the saved resume point has no URL")
+            self.url, self.params = following
+        target = self.target(self.url, self.params, False)
+        self.requested.add(str(target))
+        return target
+
+    def point(self, target: httpx.URL) -> tuple[str | None, dict] | None:
+        """How to find ``target`` (the next page) again without any secret: (None, the
+        pagination params) for a cursor or page rule, (the URL without the configured params,
+        {}) for a next link; None when that would need a secret (a link carrying one of its own)."""
+        rule = self.rule
+        holds = self.secrets.holds if self.secrets else (lambda text: False)
+        if isinstance(rule, dict):
+            name = rule.get("param") or rule.get("page")
+            value = self.params.get(name)
+            if value is None or holds(str(value)):
+                return None
+            return None, {name: str(value)}
+        kept = [(k, v) for k, v in target.params.multi_items()
+                if not (k in self.base_params and self.base_params[k] == v)]
+        if any(credential_name(k) or holds(k) or holds(v) for k, v in kept):
+            return None
+        bare = target.copy_with(query=None)
+        if bare.userinfo or holds(str(bare)):
+            return None
+        return str(bare.copy_with(params=kept) if kept else bare), {}
+
     def next(self, data, response: httpx.Response, items: list) -> httpx.URL | None:
         """The URL of the next page, or None after the last (or on a loop)."""
         self.withheld = []

@@ -10,7 +10,7 @@ from schedsync.config.checks import TABLE_MAX, _duration, _is_url, _known, _q, _
 from schedsync.kinds import JobKind
 
 HTTP_KEYS = ("url", "method", "headers", "params", "body", "items", "next", "max_pages",
-             "timeout", "since", "max_bytes", "max_values", "allow_hosts")
+             "timeout", "since", "max_bytes", "max_values", "allow_hosts", "resume")
 INTO_KEYS = ("table", "pk", "db")
 
 
@@ -23,8 +23,9 @@ class Http(JobKind):
     secret_urls = ("url",)
 
     def validate(self, spec: dict, path: str, doc, folder: str) -> dict:
-        return {"section": _http(spec[self.key], f"{path}.{self.key}", doc),
-                "into": _into(spec, path, doc, folder)}
+        section = _http(spec[self.key], f"{path}.{self.key}", doc)
+        return {"section": section, "into": _into(spec, path, doc, folder),
+                "fresh": _fresh(spec, section, path, doc)}
 
 
 KIND = Http()
@@ -89,6 +90,15 @@ def _http(value, path: str, doc) -> dict:
         out["allow_hosts"] = _hosts(value["allow_hosts"], f"{path}.allow_hosts", doc)
     if "timeout" in value:
         out["timeout"] = _duration(value["timeout"], f"{path}.timeout", doc)
+    if "resume" in value:
+        resume = value["resume"]
+        if not isinstance(resume, dict) or set(resume) != {"within"}:
+            raise doc.error(f"{path}.resume", f"{_q(resume)} must be {{within: DURATION}}",
+                            "e.g. resume: {within: 1h}")
+        within = _duration(resume["within"], f"{path}.resume.within", doc)
+        if within <= 0:
+            raise doc.error(f"{path}.resume.within", "must be more than 0s")
+        out["resume"] = {"within": within}
     since = out["since"]
     if since is not None:
         if not isinstance(since, dict) or "param" not in since:
@@ -102,6 +112,28 @@ def _http(value, path: str, doc) -> dict:
         if since.get("format", "iso") not in ("iso", "epoch"):
             raise doc.error(f"{path}.since.format", "must be iso or epoch")
     return out
+
+
+def _fresh(spec: dict, http: dict, path: str, doc) -> dict | None:
+    """``fresh: {within: 2h, field: updated_at}``; field defaults to http.since.field."""
+    if "fresh" not in spec:
+        return None
+    value = spec["fresh"]
+    where = f"{path}.fresh"
+    if not isinstance(value, dict) or "within" not in value:
+        raise doc.error(where, "must be {within: DURATION} with optional field: NAME",
+                        "e.g. fresh: {within: 2h, field: updated_at}")
+    _known(value, ("within", "field"), where, doc)
+    within = _duration(value["within"], f"{where}.within", doc)
+    if within <= 0:
+        raise doc.error(f"{where}.within", "must be more than 0s")
+    field = value.get("field", (http.get("since") or {}).get("field"))
+    if "field" in value and (not isinstance(field, str) or not field):
+        raise doc.error(f"{where}.field", f"{_q(field)} must be a name", "e.g. field: updated_at")
+    if not field:
+        raise doc.error(where, "needs the items' time field: fresh.field, or http.since.field",
+                        "e.g. fresh: {within: 2h, field: updated_at}")
+    return {"within": within, "field": field}
 
 
 def _hosts(value, path: str, doc) -> list[str]:

@@ -1,6 +1,6 @@
 """``schedsync serve``: read-only HTTP over the state, for probes, Prometheus and people.
 
-    /healthz      every job's health as JSON; 200 when none is LATE, STALLED or FAILING, else 503
+    /healthz      every job's health as JSON; 200 when none is LATE, STALE, STALLED or FAILING, else 503
     /metrics      what ``schedsync metrics`` prints (text/plain; version=0.0.4)
     /             the dashboard: one row per job, worst first; it reloads itself
     /job/NAME     one job: status, breaker transitions, history, a run's output

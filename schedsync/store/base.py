@@ -99,6 +99,23 @@ class Admitted:
     error: str | None = None
 
 
+@dataclass
+class ResumePoint:
+    """Where an http job's interrupted sync goes on (``resume_point``). ``point`` is the
+    next page as JSON text holding no secret (None once a resumed sync completed);
+    ``saved_at`` is on the store's clock; ``run_id`` the run that saved it; ``began_at``
+    when the sync's page 1 was asked for (by that run or an earlier one). ``done_run``: the
+    run that last completed a resumed sync, ``done_began`` when that sync's page 1 was
+    asked for (``since`` counts from there, not from ``done_run``'s start)."""
+
+    point: str | None
+    saved_at: float
+    run_id: int | None
+    began_at: float | None
+    done_run: int | None
+    done_began: float | None
+
+
 class Lock(abc.ABC):
     """One job's overlap lock, released by the OS or the database if its holder dies."""
 
@@ -432,6 +449,33 @@ class Store(abc.ABC):
     def set_adhoc(self, name: str, settings: str | None, now: float | None = None) -> None:
         """Remember (JSON text; None forgets) the settings of a job ``schedsync exec`` ran
         without a registry entry, so ``status`` and ``serve`` can show it. Notes it as seen."""
+
+    # --- resume points and watermarks (http jobs) -------------------------------------
+
+    @abc.abstractmethod
+    def resume_point(self, job: str) -> ResumePoint | None:
+        """The job's stored resume point, or None."""
+
+    @abc.abstractmethod
+    def save_resume(self, job: str, run_id: int | None, point: str, began_at: float | None,
+                    now: float | None = None) -> None:
+        """Store where the job's sync goes on after its last stored page (one statement:
+        called after every page), ``saved_at`` the store's clock; ``done_*`` are kept."""
+
+    @abc.abstractmethod
+    def end_resume(self, job: str, done_run: int | None = None, began_at: float | None = None,
+                   now: float | None = None) -> None:
+        """The job's sync completed: forget its resume point (and the row). With ``done_run``
+        (a resumed sync completed), note ``began_at`` as its ``done_began``."""
+
+    @abc.abstractmethod
+    def note_watermark(self, job: str, value: float | None, now: float | None = None) -> float | None:
+        """Keep the larger of the stored watermark and ``value`` (None: only read it);
+        returns the stored one (None: none yet)."""
+
+    @abc.abstractmethod
+    def watermarks(self, names: list[str]) -> dict:
+        """{job: watermark} of those of ``names`` that have one."""
 
     # --- alerts ----------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from schedsync.store.base import (
     Liveness,
     Lock,
     Locks,
+    ResumePoint,
     Store,
     already_ran_error,
     item_taken_error,
@@ -976,6 +977,45 @@ class PostgresStore(Store):
         self._q("INSERT INTO schedsync.jobs (name, first_seen, adhoc)"
                 " VALUES (%s, coalesce(%s, schedsync.now()), %s)"
                 " ON CONFLICT (name) DO UPDATE SET adhoc = excluded.adhoc", (name, now, settings))
+
+    # --- resume points and watermarks (http jobs) ----------------------------------------
+
+    def resume_point(self, job):
+        rows = self._q("SELECT point, saved_at, run_id, began_at, done_run, done_began FROM schedsync.resume_points"
+                       " WHERE job = %s", (job,))
+        return ResumePoint(*rows[0]) if rows else None
+
+    def save_resume(self, job, run_id, point, began_at, now=None) -> None:
+        # One statement, one round trip per stored page; saved_at on the server's clock.
+        self._q("INSERT INTO schedsync.resume_points AS r (job, point, saved_at, run_id, began_at)"
+                " VALUES (%s, %s, coalesce(%s, schedsync.now()), %s, %s) ON CONFLICT (job) DO UPDATE"
+                " SET point = excluded.point, saved_at = excluded.saved_at, run_id = excluded.run_id,"
+                " began_at = excluded.began_at", (job, point, now, run_id, began_at))
+
+    def end_resume(self, job, done_run=None, began_at=None, now=None) -> None:
+        if done_run is None:
+            self._q("DELETE FROM schedsync.resume_points WHERE job = %s", (job,))
+            return
+        self._q("INSERT INTO schedsync.resume_points AS r (job, point, saved_at, done_run, done_began)"
+                " VALUES (%s, NULL, coalesce(%s, schedsync.now()), %s, %s) ON CONFLICT (job) DO UPDATE"
+                " SET point = NULL, saved_at = excluded.saved_at, run_id = NULL, began_at = NULL,"
+                " done_run = excluded.done_run, done_began = excluded.done_began", (job, now, done_run, began_at))
+
+    def note_watermark(self, job, value, now=None):
+        if value is None:
+            rows = self._q("SELECT value FROM schedsync.watermarks WHERE job = %s", (job,))
+        else:
+            rows = self._q("INSERT INTO schedsync.watermarks AS w (job, value, noted_at)"
+                           " VALUES (%s, %s, coalesce(%s, schedsync.now())) ON CONFLICT (job) DO UPDATE"
+                           " SET value = greatest(w.value, excluded.value), noted_at = excluded.noted_at"
+                           " RETURNING value", (job, value, now))
+        return rows[0][0] if rows else None
+
+    def watermarks(self, names) -> dict:
+        if not names:
+            return {}
+        return dict(self._q("SELECT job, value FROM schedsync.watermarks WHERE job = ANY (%s::text[])",
+                            (list(names),)))
 
     # --- alerts -------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ from schedsync.store.base import (
     SLOT_COLUMNS,
     Admitted,
     Locks,
+    ResumePoint,
     Store,
     already_ran_error,
     item_taken_error,
@@ -222,6 +223,19 @@ def _v9(db: sqlite3.Connection) -> None:
     """)
 
 
+def _v13(db: sqlite3.Connection) -> None:
+    # Issue 19: where an http job's interrupted sync resumes (``point``: the next page,
+    # JSON without secrets; ``began_at``: the start of the run that fetched its page 1;
+    # ``done_run``: the run that completed a resumed sync, ``point`` then NULL), and each
+    # job's freshness watermark (the newest value of its ``fresh.field`` stored, POSIX s).
+    _script(db, """
+        CREATE TABLE resume_points (job TEXT PRIMARY KEY, point TEXT, saved_at REAL NOT NULL,
+                                    run_id INTEGER, began_at REAL, done_run INTEGER,
+                                    done_began REAL);
+        CREATE TABLE watermarks (job TEXT PRIMARY KEY, value REAL NOT NULL, noted_at REAL NOT NULL)
+    """)
+
+
 _BOUNDS = "[" + ",".join(repr(b) for b in DURATION_BUCKETS) + "]"
 
 
@@ -230,7 +244,7 @@ def _v10(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN stop TEXT")
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]  # append, never edit: user_version counts them
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v13]  # append, never edit: user_version counts them
 
 
 # SQLite's primary result codes (the low byte of an extended code: SQLITE_IOERR_* is SQLITE_IOERR).
@@ -1075,6 +1089,44 @@ class SQLiteStore(Store):
         now = time.time() if now is None else now
         self._sql("INSERT INTO jobs (name, first_seen, adhoc) VALUES (?, ?, ?)"
                   " ON CONFLICT (name) DO UPDATE SET adhoc = excluded.adhoc", (name, now, settings))
+
+    # --- resume points and watermarks (http jobs) --------------------------------------
+
+    def resume_point(self, job):
+        row = self._sql("SELECT point, saved_at, run_id, began_at, done_run, done_began FROM resume_points"
+                        " WHERE job = ?", (job,)).fetchone()
+        return ResumePoint(*row) if row else None
+
+    def save_resume(self, job, run_id, point, began_at, now=None):
+        self._sql("INSERT INTO resume_points (job, point, saved_at, run_id, began_at)"
+                  " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job) DO UPDATE SET point = excluded.point,"
+                  " saved_at = excluded.saved_at, run_id = excluded.run_id, began_at = excluded.began_at",
+                  (job, point, time.time() if now is None else now, run_id, began_at))
+
+    def end_resume(self, job, done_run=None, began_at=None, now=None):
+        if done_run is None:
+            self._sql("DELETE FROM resume_points WHERE job = ?", (job,))
+            return
+        self._sql("INSERT INTO resume_points (job, point, saved_at, done_run, done_began)"
+                  " VALUES (?, NULL, ?, ?, ?) ON CONFLICT (job) DO UPDATE SET point = NULL,"
+                  " saved_at = excluded.saved_at, run_id = NULL, began_at = NULL,"
+                  " done_run = excluded.done_run, done_began = excluded.done_began",
+                  (job, time.time() if now is None else now, done_run, began_at))
+
+    def note_watermark(self, job, value, now=None):
+        if value is not None:
+            self._sql("INSERT INTO watermarks (job, value, noted_at) VALUES (?, ?, ?)"
+                      " ON CONFLICT (job) DO UPDATE SET value = max(value, excluded.value),"
+                      " noted_at = excluded.noted_at", (job, value, time.time() if now is None else now))
+        row = self._sql("SELECT value FROM watermarks WHERE job = ?", (job,)).fetchone()
+        return row[0] if row else None
+
+    def watermarks(self, names):
+        if not names:
+            return {}
+        marks = ",".join("?" * len(names))
+        return dict(self._sql(f"SELECT job, value FROM watermarks WHERE job IN ({marks})",
+                              tuple(names)).fetchall())
 
     # --- alerts -----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@
 
 CREATE SCHEMA IF NOT EXISTS schedsync;
 CREATE TABLE schedsync.meta (version int NOT NULL);
-INSERT INTO schedsync.meta VALUES (12);  -- the migrations applied
+INSERT INTO schedsync.meta VALUES (15);  -- the migrations applied
 
 CREATE TABLE schedsync.runs (
     id bigserial PRIMARY KEY, job text NOT NULL, status text NOT NULL, reason text,
@@ -83,6 +83,12 @@ CREATE TABLE schedsync.run_totals (job text PRIMARY KEY, runs bigint NOT NULL, s
                                    deleted bigint NOT NULL, retries bigint NOT NULL);
 CREATE TABLE schedsync.run_buckets (job text NOT NULL, le float8 NOT NULL, runs bigint NOT NULL,
                                     PRIMARY KEY (job, le));
+-- Where an http job's interrupted sync resumes (a page's next, no secret), saved after
+-- every stored page; and each job's freshness watermark (max over runs, POSIX seconds).
+CREATE TABLE schedsync.resume_points (job text PRIMARY KEY, point text, saved_at float8 NOT NULL,
+                                      run_id bigint, began_at float8, done_run bigint,
+                                      done_began float8);
+CREATE TABLE schedsync.watermarks (job text PRIMARY KEY, value float8 NOT NULL, noted_at float8 NOT NULL);
 
 CREATE FUNCTION schedsync.now() RETURNS float8 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$ SELECT extract(epoch FROM clock_timestamp())::float8 $$;

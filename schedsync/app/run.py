@@ -18,7 +18,8 @@ from schedsync.core.models import CRASHED, FAILED, Run
 
 
 def run(config: Config, name: str, store, *, trigger: str, interactive: bool, environ=os.environ,
-        sleep=time.sleep, force_slot: bool = False, item_id: int | None = None) -> RunResult:
+        sleep=time.sleep, force_slot: bool = False, item_id: int | None = None,
+        full_refresh: bool = False) -> RunResult:
     """``schedsync run JOB``: one run of ``name`` with every protection. The data database
     is the job's ``data_target``, which config resolved from the state in use.
 
@@ -53,7 +54,7 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
             config, store, job, result.run, secrets, result.run.finished_at, result.retry,
             opened=bool(result.transition and result.transition[1] == "open"))
     result = run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
-                     sleep=sleep, item=item, slot=slot, **hooks)
+                     sleep=sleep, item=item, slot=slot, full_refresh=full_refresh, **hooks)
     if config.log:  # the JSON run log: imported only when jobs.yaml asks for it
         from schedsync.app.runlog import log_run
 

@@ -81,6 +81,7 @@ class Context:
     fence: object = None  # the store's leases (PostgreSQL): a command's keeper fences on them
     run_id: int | None = None  # the running run's row
     slot: float | None = None  # the scheduled start this run serves (the ledger's), if any
+    full_refresh: bool = False  # `run --full-refresh`: an http job ignores since (and a resume point)
 
     @property
     def data_db(self) -> str:
@@ -124,7 +125,7 @@ class Context:
 
 def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger: str,
             interactive: bool, sleep=time.sleep, on_start=None, on_finish=None,
-            item=None, slot: float | None = None) -> RunResult:
+            item=None, slot: float | None = None, full_refresh: bool = False) -> RunResult:
     """Run ``job`` (already expanded) once. The application layer's hooks: ``on_start(run)``
     once it is admitted (the start ping), ``on_finish(result)`` once it is recorded and
     while the lock is still held (webhooks, the closing ping). Neither runs for a run
@@ -162,14 +163,14 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
                          slot, item)
     try:
         return _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
-                         on_start, on_finish, slot, item)
+                         on_start, on_finish, slot, item, full_refresh)
     finally:
         if lock:
             lock.release()
 
 
 def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,
-              on_finish, slot=None, item=None) -> RunResult:
+              on_finish, slot=None, item=None, full_refresh=False) -> RunResult:
     spec = breaker_spec(job)
     lease = job.timeout + 60  # the lease ends when the run surely has
     kind = job_kind(job.kind)
@@ -205,7 +206,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     ctx = Context(job, config, store, secrets, deadline=time.monotonic() + job.timeout,
                   interactive=interactive, pass_fds=lock.pass_fds if lock else (), sleep=sleep,
                   held=lock.held if lock else (leases.held if leases else None), run_id=run.id,
-                  slot=run.slot, fence=leases)
+                  slot=run.slot, fence=leases, full_refresh=full_refresh)
     if kind.needs_last_success:
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
     with _cancel_on_signals():
@@ -247,6 +248,8 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
     run.duration_ms = int((now - run.started_at if took is None else took) * 1000)
     run.attempts, run.requests = outcome.attempts, outcome.requests
     run.items_processed, run.items_failed = outcome.items_processed, outcome.items_failed
+    run.items_inserted, run.items_updated = outcome.items_inserted, outcome.items_updated
+    run.items_deleted = outcome.items_deleted
     run.exit_code = outcome.exit_code
     # readable(): a python job's exception may quote an undecodable file name, which
     # neither the store nor stdout could encode.

@@ -43,6 +43,9 @@ class Run:
     slot: float | None = None  # the scheduled start this run served (the ledger's slot), if any
     retry_of: int | None = None  # the first run of its retry chain (a retry later)
     retry_number: int = 0  # 0: not a retry; n: the chain's n-th retry
+    items_inserted: int = 0  # http jobs: rows the load inserted, updated and deleted
+    items_updated: int = 0
+    items_deleted: int = 0
     pid_start: int | None = None  # kernel start time of pid, to tell a reused pid
 
 

@@ -97,6 +97,15 @@ class Sink:
     def max_value(self, table: str, column: str) -> str | None:
         raise NotImplementedError
 
+    def write(self, table: str, pk, rows: list, load: Load | None = None) -> Counts:
+        raise NotImplementedError
+
+    def begin_replace(self, table: str, pk) -> None:
+        raise NotImplementedError
+
+    def swap(self, table: str) -> None:
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 

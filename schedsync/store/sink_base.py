@@ -64,7 +64,8 @@ class Load:
             key = tuple(_hashable(row[k]) for k in keys)
             last.pop(key, None)
             last[key] = row
-        keep, gone = [], []
+        keep: list = []
+        gone: list = []
         for row in last.values():
             (gone if self.flagged(row) else keep).append(row)
         return keep, gone
@@ -289,7 +290,7 @@ class SQLSink(Sink):
         return counts
 
     def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool,
-               load: Load | None = None, gone: list = ()) -> Counts:
+               load: Load | None = None, gone: tuple | list = ()) -> Counts:
         """Write one page in one transaction (a savepoint inside a caller's transaction)."""
         load = load or MERGE
         cur = self.conn.cursor()
@@ -314,7 +315,7 @@ class SQLSink(Sink):
                     self._merge(cur, sql, table, pk_names, keys, columns, list(flagged), False)
                     counts.deleted = len(flagged)
                 elif gone:
-                    counts.deleted = self._delete(cur, table, pk_names, keys, gone)
+                    counts.deleted = self._delete(cur, table, pk_names, keys, list(gone))
                 counts.stored = len(rows) + len(gone)
             else:
                 sql = self._cached(table, (), names, "append")

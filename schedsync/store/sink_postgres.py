@@ -68,7 +68,7 @@ class PostgresSink(SQLSink):
         return clip(text.replace(secret, "***") if secret else text, 200)
 
     def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool,
-               load=None, gone: list = ()):
+               load=None, gone: tuple | list = ()):
         dropped = 0
         if keys:
             before = len(rows)

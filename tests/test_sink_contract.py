@@ -351,3 +351,19 @@ def test_a_bad_new_into_key_is_one_line_with_file_and_line(project, into, what):
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and "jobs.yaml:6" in line and what in line, line
+
+
+def test_since_with_replace_is_refused_since_each_run_would_keep_only_what_changed(project):
+    project.write("""
+        state: schedsync.db
+        jobs:
+          items:
+            http:
+              url: "http://127.0.0.1:9/items"
+              since: {param: updated_since}
+            into: {table: t, pk: id, mode: replace}
+    """)
+    result = project.cli("validate")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "jobs.yaml:7 jobs.items.http.since:" in line and "replace" in line, line

@@ -24,8 +24,11 @@ class Http(JobKind):
     secret_urls = ("url",)
 
     def validate(self, spec: dict, path: str, doc, folder: str) -> dict:
-        return {"section": _http(spec[self.key], f"{path}.{self.key}", doc),
-                "into": _into(spec, path, doc, folder)}
+        section, into = _http(spec[self.key], f"{path}.{self.key}", doc), _into(spec, path, doc, folder)
+        if section["since"] and into["mode"] == "replace":  # each run would keep only what changed
+            raise doc.error(f"{path}.{self.key}.since", "cannot go with into.mode: replace, which rebuilds "
+                            "the table from each run's items", "remove since:, or use mode: merge")
+        return {"section": section, "into": into}
 
 
 KIND = Http()

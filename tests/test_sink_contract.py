@@ -1,6 +1,7 @@
 """How http jobs write their items (issue 19: ``into.mode``, ``into.delete``, ``into.lineage``,
 ``run --full-refresh``), through the real CLI against a real server on loopback, on both
-sinks: a SQLite data file and a real PostgreSQL database (``pg_url``)."""
+sinks: a SQLite data file and a real PostgreSQL database (``pg_url``, which then holds the
+state as well)."""
 
 from __future__ import annotations
 
@@ -64,8 +65,10 @@ class Target:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def target(request, project):
-    if request.param == "postgres":
-        return Target("postgres", project, request.getfixturevalue("pg_url"))
+    if request.param == "postgres":  # the state too: run records go through PostgreSQL's finish
+        url = request.getfixturevalue("pg_url")
+        project.env["SCHEDSYNC_STATE"] = url
+        return Target("postgres", project, url)
     return Target("sqlite", project)
 
 
@@ -291,6 +294,8 @@ def test_hard_delete_removes_the_flagged_rows_and_counts_them(project, upstream,
 
     assert target.query("SELECT id FROM items ORDER BY id") == [(1,), (4,)]
     assert loads(last_run(project)) == (0, 1, 2)
+    metrics = project.cli("metrics")
+    assert 'schedsync_items_total{job="items",result="deleted"} 2' in metrics.stdout, metrics.stdout
 
 
 def test_soft_delete_keeps_the_row_with_deleted_at_and_a_later_item_undeletes_it(project, upstream, target):

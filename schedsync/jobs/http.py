@@ -9,6 +9,12 @@ as it arrives, so memory stays flat however many pages there are and a run
 cut short keeps what it stored. Nested objects and lists are stored as JSON
 text; new keys become new columns. Items that are not JSON objects or lack the
 key are counted failed and the run ends ``partial`` (exit 0, one line on stderr).
+``into.mode`` ``append`` inserts every item instead; ``replace`` loads a staging table
+(``sink.begin_replace`` at the start) and swaps it in only once every page is stored
+(``_complete``), so a run that stops early leaves the table as it was. ``into.delete`` and
+``into.lineage`` are the sink's (``sink_base.Load``); the run record gets the rows
+inserted, updated and deleted. ``run --full-refresh`` (``ctx.full_refresh``) sends no
+``since``.
 
 A page is parsed whole, so its memory is bounded by what it holds: at most
 ``http.max_values`` JSON values (objects, lists, strings, numbers…, nested ones

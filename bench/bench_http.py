@@ -9,6 +9,10 @@ so the server is not what is measured), then runs, each in its own process:
   token per request, breaker, run record, upsert through the SQLite data sink);
 - a minimal hand-written httpx + sqlite3 script doing the same sync.
 
+Each ``into.mode`` (``--modes``, default merge,append,replace) is measured the same way
+against its own hand-written script: merge upserts on ``id``, append inserts every item
+into a table without a key, replace loads a staging table and swaps it in at the end.
+
 Runs are interleaved (schedsync, script, schedsync, …) and the best of ``--repeat``
 is kept. It reports items/s for both, their time ratio (target: schedsync <= 1.15x
 the script at 100k items) and the peak RSS of each process at 10k, 100k and 300k
@@ -34,13 +38,19 @@ BASELINE = textwrap.dedent("""
     import json, sqlite3, sys
     import httpx
 
-    url, db_path = sys.argv[1], sys.argv[2]
+    url, db_path, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     db = sqlite3.connect(db_path)
-    db.execute("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT, chain TEXT,"
+    table = "items_staging" if mode == "replace" else "items"
+    if mode == "replace":
+        db.execute("DROP TABLE IF EXISTS items_staging")
+    key = "" if mode == "append" else " PRIMARY KEY"
+    db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER{key}, name TEXT, chain TEXT,"
                " score INTEGER, reward TEXT, tags TEXT, updated_at TEXT)")
-    sql = ("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
-           " name=excluded.name, chain=excluded.chain, score=excluded.score,"
-           " reward=excluded.reward, tags=excluded.tags, updated_at=excluded.updated_at")
+    sql = f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?)"
+    if mode != "append":
+        sql += (" ON CONFLICT(id) DO UPDATE SET"
+                " name=excluded.name, chain=excluded.chain, score=excluded.score,"
+                " reward=excluded.reward, tags=excluded.tags, updated_at=excluded.updated_at")
     count = 0
     with httpx.Client() as client:
         while url:
@@ -51,6 +61,11 @@ BASELINE = textwrap.dedent("""
             count += len(page["data"])
             nxt = page["links"]["next"]
             url = str(httpx.URL(url).join(nxt)) if nxt else None
+    if mode == "replace":
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("DROP TABLE IF EXISTS items")
+        db.execute("ALTER TABLE items_staging RENAME TO items")
+        db.execute("COMMIT")
     print(count)
 """)
 
@@ -66,7 +81,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
     return server, match.group(0)
 
 
-CPU = {}  # (name, total) -> best CPU seconds (user + system), steadier than wall time under load
+CPU = {}  # (name, mode, total) -> best CPU seconds (user + system), steadier than wall time under load
 
 
 def measured(argv: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
@@ -88,7 +103,7 @@ def bench_url(base: str, total: int, per_page: int) -> str:
     return f"{base}/v1/bench?page=1&per_page={per_page}&total={total}"
 
 
-def run_schedsync(base: str, total: int, per_page: int, folder: Path, env: dict):
+def run_schedsync(base: str, total: int, per_page: int, folder: Path, env: dict, mode: str = "merge"):
     for stale in folder.glob("*.db*"):
         stale.unlink() if stale.is_file() else None
     (folder / "jobs.yaml").write_text(textwrap.dedent(f"""
@@ -104,7 +119,7 @@ def run_schedsync(base: str, total: int, per_page: int, folder: Path, env: dict)
               items: data
               next: links.next
               max_pages: 10000
-            into: {{table: items, pk: id}}
+            into: {{table: items, pk: id, mode: {mode}}}
     """))
     took, rss, out = measured([sys.executable, "-m", "schedsync", "-c", "jobs.yaml", "run", "bench"],
                               folder, env)
@@ -118,11 +133,11 @@ def run_schedsync(base: str, total: int, per_page: int, folder: Path, env: dict)
     return took, rss
 
 
-def run_baseline(base: str, total: int, per_page: int, folder: Path, env: dict):
+def run_baseline(base: str, total: int, per_page: int, folder: Path, env: dict, mode: str = "merge"):
     db = folder / "baseline.sqlite"
     if db.exists():
         db.unlink()
-    took, rss, out = measured([sys.executable, "-c", BASELINE, bench_url(base, total, per_page), str(db)],
+    took, rss, out = measured([sys.executable, "-c", BASELINE, bench_url(base, total, per_page), str(db), mode],
                               folder, env)
     if out.strip() != str(total):
         raise SystemExit(f"the baseline synced {out.strip()} items, expected {total}")
@@ -135,45 +150,50 @@ def main() -> None:
     parser.add_argument("--per-page", type=int, default=1000)
     parser.add_argument("--totals", default="10000,100000,300000",
                         help="item counts to sync, comma-separated")
+    parser.add_argument("--modes", default="merge,append,replace", help="into.mode values to measure")
     args = parser.parse_args()
+    modes = args.modes.split(",")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDSYNC_")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     server, base = start_server()
+    results: dict = {}  # (mode, total) -> {"schedsync": (time, rss), "baseline": (time, rss)}
     try:
         with tempfile.TemporaryDirectory(prefix="schedsync-bench-") as tmp:
             folder = Path(tmp)
             env.update(HOME=tmp, XDG_CACHE_HOME=f"{tmp}/cache", XDG_STATE_HOME=f"{tmp}/state")
             run_baseline(base, 100_000, args.per_page, folder, env)  # warm the server's page cache
-            results = {}
-            for total in [int(t) for t in args.totals.split(",")]:
-                best = {"schedsync": (float("inf"), 0.0), "baseline": (float("inf"), 0.0)}
-                for _ in range(args.repeat):
-                    for name, fn in (("schedsync", run_schedsync), ("baseline", run_baseline)):
-                        took, rss = fn(base, total, args.per_page, folder, env)
-                        best[name] = (min(best[name][0], took), max(best[name][1], rss))
-                        CPU[name, total] = min(CPU.get((name, total), float("inf")), measured.cpu)
-                results[total] = best
+            for mode in modes:
+                for total in [int(t) for t in args.totals.split(",")]:
+                    best = {"schedsync": (float("inf"), 0.0), "baseline": (float("inf"), 0.0)}
+                    for _ in range(args.repeat):
+                        for name, fn in (("schedsync", run_schedsync), ("baseline", run_baseline)):
+                            took, rss = fn(base, total, args.per_page, folder, env, mode)
+                            best[name] = (min(best[name][0], took), max(best[name][1], rss))
+                            key = (name, mode, total)
+                            CPU[key] = min(CPU.get(key, float("inf")), measured.cpu)
+                    results[mode, total] = best
     finally:
         server.terminate()
         server.wait()
 
     print(f"http job sync, {args.per_page} items per page, best of {args.repeat} "
           f"(process start to exit; peak RSS from the process's rusage)")
-    print(f"{'items':>8} {'pages':>6} {'schedsync':>18} {'httpx+sqlite3':>18} {'time ratio':>11} "
+    print(f"{'mode':>8} {'items':>8} {'pages':>6} {'schedsync':>18} {'httpx+sqlite3':>18} {'time ratio':>11} "
           f"{'RSS schedsync':>14} {'RSS script':>11}")
-    for total, best in results.items():
+    for (mode, total), best in results.items():
         (s_time, s_rss), (b_time, b_rss) = best["schedsync"], best["baseline"]
-        print(f"{total:>8,} {total // args.per_page:>6} {total / s_time:>11,.0f} it/s "
+        print(f"{mode:>8} {total:>8,} {total // args.per_page:>6} {total / s_time:>11,.0f} it/s "
               f"{total / b_time:>11,.0f} it/s {s_time / b_time:>10.2f}x "
               f"{s_rss:>10.1f} MiB {b_rss:>7.1f} MiB   CPU ratio "
-              f"{CPU['schedsync', total] / CPU['baseline', total]:.2f}x")
-    totals = sorted(results)
-    small, large = results[totals[0]]["schedsync"][1], results[totals[-1]]["schedsync"][1]
-    mid = 100_000 if 100_000 in results else totals[-1]
-    ratio = results[mid]["schedsync"][0] / results[mid]["baseline"][0]
-    print(f"targets: time ratio at {mid:,} <= 1.15x: {ratio:.2f}x; RSS flat "
-          f"({totals[0]:,} {small:.1f} MiB -> {totals[-1]:,} {large:.1f} MiB) and <= 80 MiB")
+              f"{CPU['schedsync', mode, total] / CPU['baseline', mode, total]:.2f}x")
+    for mode in modes:
+        totals = sorted(t for m, t in results if m == mode)
+        small, large = results[mode, totals[0]]["schedsync"][1], results[mode, totals[-1]]["schedsync"][1]
+        mid = 100_000 if 100_000 in totals else totals[-1]
+        ratio = results[mode, mid]["schedsync"][0] / results[mode, mid]["baseline"][0]
+        print(f"{mode}: time ratio at {mid:,}: {ratio:.2f}x (target for merge <= 1.15x); RSS flat "
+              f"({totals[0]:,} {small:.1f} MiB -> {totals[-1]:,} {large:.1f} MiB) and <= 80 MiB")
 
 
 if __name__ == "__main__":

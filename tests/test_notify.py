@@ -18,7 +18,8 @@ from stored import finished_run
 RUN_KEYS = {"id", "job", "status", "reason", "trigger", "started_at", "finished_at", "duration_ms",
             "attempts", "requests", "items_processed", "items_failed", "exit_code", "error",
             "retry_at", "host", "pid", "slot", "retry_of", "retry_number",  # the last three: issue 17
-            "params", "parent"}  # issue 18: what started the run
+            "params", "parent",  # issue 18: what started the run
+            "items_inserted", "items_updated", "items_deleted"}  # issue 19: what an http job's load did
 
 
 @pytest.fixture

@@ -110,6 +110,34 @@ def test_rows_without_a_whole_key_are_counted_failed_not_stored(sink, db):
     assert sink.max_value("none", "id") is None  # a page with no good row creates nothing
 
 
+def test_write_counts_new_keys_as_inserted_and_the_rest_as_updated(sink, db):
+    from schedsync.store.sink_base import Load
+
+    merge = Load()
+    page = [{"chain": "eth", "id": 1, "v": 1}, {"chain": "sol", "id": 1, "v": 2}]
+    counts = sink.write("pairs", ["chain", "id"], page, merge)
+    assert (counts.stored, counts.failed, counts.inserted, counts.updated) == (2, 0, 2, 0)
+    page = [{"chain": "eth", "id": 1, "v": 3}, {"chain": "eth", "id": 2, "v": 4},
+            {"chain": "eth", "id": 2, "v": 5}, {"chain": "x"}]  # a repeated key: one insert, one update
+    counts = sink.write("pairs", ["chain", "id"], page, merge)
+    assert (counts.stored, counts.failed, counts.inserted, counts.updated) == (3, 1, 1, 2)
+    counts = sink.write("one", "id", [{"id": "a"}, {"id": "b"}], merge)
+    assert (counts.inserted, counts.updated) == (2, 0)
+    counts = sink.write("one", "id", [{"id": "a"}, {"id": "c"}], merge)
+    assert (counts.inserted, counts.updated) == (1, 1)
+    assert [r["v"] for r in rows(db, "pairs", "chain, id, v")] == [3, 5, 2]
+
+
+def test_a_delete_rule_matches_a_boolean_only_with_a_boolean(sink, db):
+    from schedsync.store.sink_base import Load
+
+    load = Load("merge", {"field": "gone", "equals": True, "soft": False})
+    sink.write("t", "id", [{"id": 1, "gone": 0}, {"id": 2, "gone": 0}], load)
+    counts = sink.write("t", "id", [{"id": 1, "gone": 1}, {"id": 2, "gone": True}], load)
+    assert (counts.stored, counts.updated, counts.deleted) == (2, 1, 1)
+    assert rows(db, "t", "id, gone") == [{"id": 1, "gone": 1}]
+
+
 def test_max_value_is_what_since_sends(sink):
     assert sink.max_value("items", "updated") is None  # no table yet
     sink.upsert("items", "id", [{"id": 1, "updated": 1_700_000_000.0, "n": 5, "s": "2024-01-02"},

@@ -19,7 +19,8 @@ NEEDS_ACTION = ("LATE", "STALE", "STALLED", "FAILING")  # `status --check` exits
 
 RUN_KEYS = ("id", "job", "status", "reason", "trigger", "started_at", "finished_at",
             "duration_ms", "attempts", "requests", "items_processed", "items_failed",
-            "exit_code", "error", "retry_at", "host", "pid", "slot", "retry_of", "retry_number", "parent")
+            "exit_code", "error", "retry_at", "host", "pid", "slot", "retry_of", "retry_number", "parent",
+            "items_inserted", "items_updated", "items_deleted")
 
 
 def run_json(run: Run, output: bool = False) -> dict:

@@ -18,7 +18,8 @@ from schedsync.core.models import CRASHED, FAILED, Run
 
 
 def run(config: Config, name: str, store, *, trigger: str, interactive: bool, environ=os.environ,
-        sleep=time.sleep, force_slot: bool = False, item_id: int | None = None) -> RunResult:
+        sleep=time.sleep, force_slot: bool = False, item_id: int | None = None,
+        full_refresh: bool = False) -> RunResult:
     """``schedsync run JOB``: one run of ``name`` with every protection. The data database
     is the job's ``data_target``, which config resolved from the state in use.
 
@@ -62,7 +63,7 @@ def run(config: Config, name: str, store, *, trigger: str, interactive: bool, en
     if params is not None:
         hooks["params"] = params
     result = run_job(config, job, secrets, store, trigger=trigger, interactive=interactive,
-                     sleep=sleep, item=item, slot=slot, **hooks)
+                     sleep=sleep, item=item, slot=slot, full_refresh=full_refresh, **hooks)
     if result.chained:  # its end queued runs of other jobs (after:): started now, not at the next tick
         from schedsync.app.starter import start_chained
 

@@ -85,6 +85,7 @@ class Context:
     run_id: int | None = None  # the running run's row
     slot: float | None = None  # the scheduled start this run serves (the ledger's), if any
     params: dict | None = None  # the run's params ({NAME: value}), if it has any
+    full_refresh: bool = False  # `run --full-refresh`: an http job ignores since (and a resume point)
 
     @property
     def data_db(self) -> str:
@@ -128,7 +129,8 @@ class Context:
 
 def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger: str,
             interactive: bool, sleep=time.sleep, on_start=None, on_finish=None,
-            item=None, slot: float | None = None, params: dict | None = None) -> RunResult:
+            item=None, slot: float | None = None, params: dict | None = None,
+            full_refresh: bool = False) -> RunResult:
     """Run ``job`` (already expanded) once. The application layer's hooks: ``on_start(run)``
     once it is admitted (the start ping), ``on_finish(result)`` once it is recorded and
     while the lock is still held (webhooks, the closing ping). Neither runs for a run
@@ -203,7 +205,7 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
             if full is not None:
                 return _limited(config, store, job, trigger, full, slot, item, stored)
         result = _admitted(config, job, secrets, store, lock, trigger, interactive, sleep,
-                           on_start, on_finish, slot, item, places, params, stored)
+                           on_start, on_finish, slot, item, places, params, stored, full_refresh)
         return result
     finally:
         if places:
@@ -222,7 +224,8 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
 
 
 def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on_start,
-              on_finish, slot=None, item=None, places=(), params=None, stored=None) -> RunResult:
+              on_finish, slot=None, item=None, places=(), params=None, stored=None,
+              full_refresh=False) -> RunResult:
     spec = breaker_spec(job)
     lease = job.timeout + 60  # the lease ends when the run surely has
     kind = job_kind(job.kind)
@@ -263,7 +266,7 @@ def _admitted(config, job, secrets, store, lock, trigger, interactive, sleep, on
     ctx = Context(job, config, store, secrets, deadline=time.monotonic() + job.timeout,
                   interactive=interactive, pass_fds=pass_fds, sleep=sleep,
                   held=lock.held if lock else (leases.held if leases else None), run_id=run.id,
-                  slot=run.slot, fence=leases, params=params)
+                  slot=run.slot, fence=leases, params=params, full_refresh=full_refresh)
     if kind.needs_last_success:
         ctx.last_success_at = store.job_states([job.name], recent=1)[job.name].last_success_at
     replace = job.overlap[0] == "replace"
@@ -320,6 +323,8 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
     run.duration_ms = int((now - run.started_at if took is None else took) * 1000)
     run.attempts, run.requests = outcome.attempts, outcome.requests
     run.items_processed, run.items_failed = outcome.items_processed, outcome.items_failed
+    run.items_inserted, run.items_updated = outcome.items_inserted, outcome.items_updated
+    run.items_deleted = outcome.items_deleted
     run.exit_code = outcome.exit_code
     # readable(): a python job's exception may quote an undecodable file name, which
     # neither the store nor stdout could encode.

@@ -87,11 +87,15 @@ def run(ctx: typer.Context, job: str = typer.Argument(..., metavar="JOB", help="
         force_slot: bool = typer.Option(False, "--force-slot",
                                         help="Run even if another host already ran this scheduled slot."),
         item: int = typer.Option(None, "--item", hidden=True, min=1,
-                                 help="The ledger's work item to run (as `schedsync tick` starts it).")):
+                                 help="The ledger's work item to run (as `schedsync tick` starts it)."),
+        full_refresh: bool = typer.Option(False, "--full-refresh",
+                                          help="http jobs: ignore since and fetch everything; with "
+                                               "into.mode replace, rebuild the table.")):
     """Run one job once, with every protection. Example: schedsync run airdrops"""
     from schedsync.cli.run import run_cli
 
-    raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job, force_slot=force_slot, item=item))
+    raise typer.Exit(run_cli(ctx.obj["config"], ctx.obj["state"], job, force_slot=force_slot, item=item,
+                             full_refresh=full_refresh))
 
 
 @app.command()

@@ -514,6 +514,7 @@ def history_table(runs: list[dict], tz=None) -> None:
         mark, style = RUN_MARK.get(run["status"], ("?", ""))
         status = run["status"] + (f" ({run['reason']})" if run["reason"] else "")
         items = str(run["items_processed"]) + (f" ({run['items_failed']} failed)" if run["items_failed"] else "")
+        items += loads(run)
         detail = run["error"] or ""
         if run["retry_at"]:
             detail += f" ({_again(run)} {_clock(run['retry_at'], tz)})"
@@ -524,6 +525,14 @@ def history_table(runs: list[dict], tz=None) -> None:
                       "" if run["exit_code"] is None else str(run["exit_code"]), _trigger(run),
                       run["host"] or "", detail)
     _emit([table])
+
+
+def loads(run: dict) -> str:
+    """What an http job's load did, as ``history`` shows it: `` +3 new ~2 updated -1 deleted``."""
+    parts = [f"{sign}{run.get(key) or 0} {word}" for sign, key, word in (
+        ("+", "items_inserted", "new"), ("~", "items_updated", "updated"), ("-", "items_deleted", "deleted"))
+        if run.get(key)]
+    return " " + " ".join(parts) if parts else ""
 
 
 def _again(run: dict) -> str:

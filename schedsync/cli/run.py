@@ -8,7 +8,7 @@ import sys
 
 
 def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
-            force_slot: bool = False, item: int | None = None) -> int:
+            force_slot: bool = False, item: int | None = None, full_refresh: bool = False) -> int:
     """``schedsync run JOB`` as cron and a terminal see it; returns the exit code."""
     from schedsync.app.run import broken_registry, run
     from schedsync.config import load, resolve_config, resolve_state
@@ -34,7 +34,8 @@ def run_cli(config_opt: str | None, state_opt: str | None, job_name: str,
             raise
         try:
             result = run(config, job_name, store, trigger=trigger,
-                         interactive=interactive, force_slot=force_slot, item_id=item)
+                         interactive=interactive, force_slot=force_slot, item_id=item,
+                         full_refresh=full_refresh)
         finally:
             store.close()
     except SchedsyncError as exc:

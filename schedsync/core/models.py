@@ -48,6 +48,9 @@ class Run:
     retry_number: int = 0  # 0: not a retry; n: the chain's n-th retry
     params: str | None = None  # the run's params (JSON text, ``{NAME: value}``), if the job has any
     parent: int | None = None  # the run whose end queued this one (``after:``), if any
+    items_inserted: int = 0  # http jobs: rows the load inserted, updated and deleted
+    items_updated: int = 0
+    items_deleted: int = 0
     pid_start: int | None = None  # kernel start time of pid, to tell a reused pid
 
 

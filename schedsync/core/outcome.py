@@ -30,6 +30,9 @@ class Outcome:
     requests: int = 0
     items_processed: int = 0
     items_failed: int = 0
+    items_inserted: int = 0  # http jobs: rows the load inserted, updated and deleted
+    items_updated: int = 0
+    items_deleted: int = 0
     output: str | None = None  # redacted tail kept in the record
     held: str | None = None  # redacted output shown when a cron run fails
     stderr: str | None = None  # fails_when.stderr: the first line the job wrote to stderr (redacted)

@@ -9,6 +9,12 @@ as it arrives, so memory stays flat however many pages there are and a run
 cut short keeps what it stored. Nested objects and lists are stored as JSON
 text; new keys become new columns. Items that are not JSON objects or lack the
 key are counted failed and the run ends ``partial`` (exit 0, one line on stderr).
+``into.mode`` ``append`` inserts every item instead; ``replace`` loads a staging table
+(``sink.begin_replace`` at the start) and swaps it in only once every page is stored
+(``_complete``), so a run that stops early leaves the table as it was. ``into.delete`` and
+``into.lineage`` are the sink's (``sink_base.Load``); the run record gets the rows
+inserted, updated and deleted. ``run --full-refresh`` (``ctx.full_refresh``) sends no
+``since``.
 
 A page is parsed whole, so its memory is bounded by what it holds: at most
 ``http.max_values`` JSON values (objects, lists, strings, numbers…, nested ones
@@ -122,7 +128,9 @@ class Sync:
         self.ctx = ctx
         self.http = job.section
         self.pk = job.into["pk"]
-        self.keys = key_columns(self.pk)
+        self.mode = job.into.get("mode", "merge")
+        self.keys = key_columns(self.pk) if self.pk else ()
+        self.load = None  # the sink's Load, once the sink is open
         self.log = PageLog()
         self.display = LiveProgress(job.name, ctx.interactive)
         self.requester = Requester(ctx, timeout=self.http["timeout"],
@@ -135,6 +143,8 @@ class Sync:
         self.pages = 0
         self.processed = 0
         self.failed = 0
+        self.inserted = self.updated = self.deleted = 0
+        self.complete = False  # every page fetched and stored: a replace may swap its table in
         self.not_objects = 0
         self.without_key = 0
         self.nan_key = 0
@@ -157,9 +167,14 @@ class Sync:
         check_next_rule(http["next"])
         self._open_sink()
         params = dict(http["params"])
-        point = self._resume_point()
-        since = point["since"] if point is not None else self._since()
+        full = getattr(self.ctx, "full_refresh", False)
+        point = self._resume_point()  # None on a full refresh (which also clears it)
+        since = point["since"] if point is not None else (None if full else self._since())
         self.since_sent = since
+        if full and http["since"]:
+            self.log("full refresh: since ignored, fetching everything")
+        if self.mode == "replace":
+            self._call(self.sink.begin_replace, self.table, self.pk)
         if since is not None:
             params[http["since"]["param"]] = since
         pages = Pages(http["next"], http["url"], params, self.ctx.secrets)
@@ -184,9 +199,27 @@ class Sync:
                 if pages.looped:
                     self.log(f"stopped: the next page, {show_url(pages.looped, self.ctx.secrets)}, "
                              "was already fetched in this run")
+                self._complete()
                 return
             self._save_point(pages, target, number + 1)
         self.log(f"stopped at http.max_pages ({http['max_pages']}) with pages left")
+        if self.mode == "replace":
+            raise RequestFailed(f"stopped at http.max_pages ({http['max_pages']}) with pages left, so "
+                                f"{self.table} was not replaced — raise http.max_pages")
+        self._complete()
+
+    def _complete(self) -> None:
+        """Every page is stored: a replace swaps its staging table in now."""
+        if self.mode == "replace":
+            self._call(self.sink.swap, self.table)
+            self.log(f"replaced {self.table} with the {self.processed} items of this run")
+        self.complete = True
+
+    def _call(self, function, *args):
+        try:
+            return function(*args)
+        except SinkError as exc:
+            raise self._store_error(exc) from None
 
     # -- resuming (http.resume) --
 
@@ -330,6 +363,11 @@ class Sync:
             self.sink = open_sink(self.ctx.data_db)
         except SinkError as exc:
             raise self._store_error(exc) from None
+        from schedsync.store.sink_base import Load
+
+        into = self.job.into
+        lineage = (self.ctx.run_id, Load.now()) if into.get("lineage") else None
+        self.load = Load(self.mode, into.get("delete"), lineage)
 
     def _store_error(self, exc: Exception) -> RequestFailed:
         return RequestFailed(f"cannot store items into {self.table} in {redact_url(self.ctx.data_db)}: "
@@ -337,11 +375,17 @@ class Sync:
 
     def _store(self, items: list) -> None:
         try:
-            stored, failed = self.sink.upsert(self.table, self.pk, items) if items else (0, 0)
+            if not items:
+                return
+            counts = self.sink.write(self.table, self.pk, items, self.load)
         except SinkError as exc:
             raise self._store_error(exc) from None
         except RecursionError:  # a value parsed just within Python's limit, stored from deeper
             raise RequestFailed(f"cannot store items into {self.table}: a value is nested too deeply") from None
+        stored, failed = counts.stored, counts.failed
+        self.inserted += counts.inserted
+        self.updated += counts.updated
+        self.deleted += counts.deleted
         if failed:
             for item in items:
                 if not isinstance(item, dict):
@@ -412,7 +456,8 @@ class Sync:
         log = self.log.text()  # kept in the record, and what cron mails when the run fails
         return Outcome(status, attempts=self.requester.attempts, requests=self.requester.requests,
                        items_processed=self.processed, items_failed=self.failed,
-                       output=log, held=log, **fields)
+                       items_inserted=self.inserted, items_updated=self.updated,
+                       items_deleted=self.deleted, output=log, held=log, **fields)
 
     def _failed_items(self) -> str:
         parts = []

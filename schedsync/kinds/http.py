@@ -11,7 +11,8 @@ from schedsync.kinds import JobKind
 
 HTTP_KEYS = ("url", "method", "headers", "params", "body", "items", "next", "max_pages",
              "timeout", "since", "max_bytes", "max_values", "allow_hosts", "resume")
-INTO_KEYS = ("table", "pk", "db")
+INTO_KEYS = ("table", "pk", "db", "mode", "delete", "lineage")
+MODES = ("merge", "append", "replace")  # store.sink_base.MODES (not imported: run stays lean)
 
 
 class Http(JobKind):
@@ -23,9 +24,14 @@ class Http(JobKind):
     secret_urls = ("url",)
 
     def validate(self, spec: dict, path: str, doc, folder: str) -> dict:
-        section = _http(spec[self.key], f"{path}.{self.key}", doc)
-        return {"section": section, "into": _into(spec, path, doc, folder),
-                "fresh": _fresh(spec, section, path, doc)}
+        section, into = _http(spec[self.key], f"{path}.{self.key}", doc), _into(spec, path, doc, folder)
+        if section["since"] and into["mode"] == "replace":  # each run would keep only what changed
+            raise doc.error(f"{path}.{self.key}.since", "cannot go with into.mode: replace, which rebuilds "
+                            "the table from each run's items", "remove since:, or use mode: merge")
+        if section.get("resume") and into["mode"] == "replace":  # the staging table starts afresh each run
+            raise doc.error(f"{path}.{self.key}.resume", "cannot go with into.mode: replace, whose table is "
+                            "rebuilt from page 1 by each run", "remove resume:, or use mode: merge")
+        return {"section": section, "into": into, "fresh": _fresh(spec, section, path, doc)}
 
 
 KIND = Http()
@@ -43,16 +49,48 @@ def _into(spec: dict, path: str, doc, folder: str) -> dict:
     if len(table.encode()) > TABLE_MAX or any(c < " " for c in table):
         raise doc.error(f"{path}.into.table", f"{_q(table)} is not a usable table name",
                         f"use at most {TABLE_MAX} bytes and no control characters")
+    mode = into.get("mode", "merge")
+    if mode not in MODES:
+        raise doc.error(f"{path}.into.mode", f"{_q(mode)} is not a write mode", "use merge, append or replace")
     pk = into.get("pk")
-    if not (isinstance(pk, str) and pk) and not (
+    if pk is None and mode != "merge":
+        pass  # append and replace load without a key
+    elif not (isinstance(pk, str) and pk) and not (
             isinstance(pk, list) and pk and all(isinstance(p, str) for p in pk)):
-        raise doc.error(f"{path}.into.pk", "is required: the item key (or list of keys) to upsert on")
+        raise doc.error(f"{path}.into.pk", "is required: the item key (or list of keys) to upsert on"
+                        if pk is None else f"{_q(pk)} is not a key name or a list of them")
     db = into.get("db")
     if db is not None and (not isinstance(db, str) or not db):
         raise doc.error(f"{path}.into.db", f"{_q(db)} is not a file path")
     if db and not _is_url(db):
         db = os.path.join(folder, os.path.expanduser(db))
-    return {"table": into["table"], "pk": pk, "db": db or None}
+    lineage = into.get("lineage", False)
+    if not isinstance(lineage, bool):
+        raise doc.error(f"{path}.into.lineage", f"{_q(lineage)} is not true or false")
+    delete = _delete(into, mode, pk, path, doc) if "delete" in into else None
+    return {"table": into["table"], "pk": pk, "db": db or None, "mode": mode, "delete": delete,
+            "lineage": lineage}
+
+
+def _delete(into: dict, mode: str, pk, path: str, doc) -> dict:
+    """into.delete: {field: NAME, equals: VALUE, soft: BOOL}, merge mode with a pk only."""
+    where = f"{path}.into.delete"
+    rule = into["delete"]
+    if not isinstance(rule, dict) or not isinstance(rule.get("field"), str) or not rule["field"] \
+            or "equals" not in rule:
+        raise doc.error(where, "must be {field: NAME, equals: VALUE} with optional soft: true",
+                        "e.g. delete: {field: is_deleted, equals: true}")
+    _known(rule, ("field", "equals", "soft"), where, doc)
+    if mode != "merge":
+        raise doc.error(where, f"works with mode: merge only, not {mode}",
+                        "remove delete:, or use mode: merge")
+    if isinstance(rule["equals"], (dict, list)) or rule["equals"] is None:
+        raise doc.error(f"{where}.equals", f"{_q(rule['equals'])} is not a plain value",
+                        "use a string, a number or true/false")
+    soft = rule.get("soft", False)
+    if not isinstance(soft, bool):
+        raise doc.error(f"{where}.soft", f"{_q(soft)} is not true or false")
+    return {"field": rule["field"], "equals": rule["equals"], "soft": soft}
 
 
 def _http(value, path: str, doc) -> dict:

@@ -33,7 +33,7 @@ from schedsync.core.records import dataclass
 RUN_FIELDS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason",
               "finished_at", "duration_ms", "attempts", "requests", "items_processed",
               "items_failed", "exit_code", "error", "retry_at", "output", "slot", "retry_of",
-              "retry_number", "params", "parent")
+              "retry_number", "params", "parent", "items_inserted", "items_updated", "items_deleted")
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
 SLOT_FIELDS = ("id", "job", "slot", "kind", "state", "due_at", "run_id", "reason", "retry_of",
                "retry_number", "claimed_at", "claimed_by", "params", "parent")  # ``core.models.SlotItem``'s order

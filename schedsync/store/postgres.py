@@ -613,7 +613,7 @@ class PostgresStore(Store):
             " AND c.status = 'crashed';"
             f" SELECT f.* FROM (SELECT 1 AS one WHERE {open_}) AS g, LATERAL schedsync.finish("
             "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[]) AS f")
+            " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s) AS f")
         back = (end, end, breaker.name, end, run.id) if hand_back else ()
         args = ((run.id, run.id) + queue + back + (run.id, run.id) + (
              run.id, run.status, run.reason, now, run.duration_ms,
@@ -622,7 +622,8 @@ class PostgresStore(Store):
              run.job, breaker.name, int(settings["failures"]),
              float(settings["reset_after"]), bool(evidence), run.status not in FAILURES,
              bool(trial), None if hand_back else end, why[:300],
-             retention.get("success"), retention.get("failed"), PRUNE_BATCH, list(after or ())))
+             retention.get("success"), retention.get("failed"), PRUNE_BATCH, list(after or ()),
+             [run.items_inserted or 0, run.items_updated or 0, run.items_deleted or 0]))
         return sql, args
 
     @staticmethod

@@ -15,6 +15,17 @@ data database; a PostgreSQL URL later) and offers three operations:
     columns the page does not mention keep their values; of rows sharing a key, the
     last wins. Lists and objects are stored as JSON text, everything else as it is (a
     backend that cannot hold a NUL in text stores U+FFFD).
+``write(table, pk, rows, load) -> Counts``
+    ``upsert`` generalised by a ``sink_base.Load`` (``into.mode``, ``into.delete``,
+    ``into.lineage``): ``merge`` is the upsert above; ``append`` inserts every object into a
+    table without a key (``pk`` optional, not enforced); ``replace`` writes into
+    ``staging(table)`` (merge with a pk, append without). Items whose ``delete`` field equals
+    its value delete the row with their pk (``soft``: stored with ``_deleted_at`` set, others
+    with it NULL). ``Counts`` holds stored, failed, inserted (new keys), updated and deleted.
+``begin_replace(table, pk)`` / ``swap(table)``
+    A replace: drop any staging table left by a killed run and create it with ``table``'s
+    columns; once every page is stored, put it in ``table``'s place in one transaction with
+    ``table``'s indexes (readers see the old table or the new one, never neither).
 ``max_value(table, column) -> str | None``
     The largest value stored in ``column`` as text (a whole float as an integer), for
     incremental ``since``; None when the table or the column does not exist yet or

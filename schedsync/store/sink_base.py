@@ -24,6 +24,67 @@ NAME_BYTES = 63  # PostgreSQL's identifier length; the rule is the same on SQLit
 _FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
+RUN_COLUMN = "_schedsync_run"              # into.lineage: the run that last wrote the row
+SYNCED_COLUMN = "_schedsync_synced_at"     # into.lineage: when it did
+DELETED_COLUMN = "_deleted_at"             # into.delete with soft: when the item said deleted
+STAGING = "__schedsync_staging"            # into.mode replace loads into TABLE + this
+MODES = ("merge", "append", "replace")
+
+
+class Counts:
+    """What writing one page did: rows stored (inserted, updated or deleted) and failed."""
+
+    __slots__ = ("stored", "failed", "inserted", "updated", "deleted")
+
+    def __init__(self, stored: int, failed: int, inserted: int = 0, updated: int = 0, deleted: int = 0):
+        self.stored, self.failed = stored, failed
+        self.inserted, self.updated, self.deleted = inserted, updated, deleted
+
+
+class Load:
+    """How pages are written: ``mode`` (merge, append, replace), ``delete`` ({field, equals,
+    soft}) and ``lineage`` ((run id, ISO UTC time) written to each row, or None)."""
+
+    __slots__ = ("mode", "delete", "lineage")
+
+    def __init__(self, mode: str = "merge", delete: dict | None = None, lineage: tuple | None = None):
+        self.mode, self.delete, self.lineage = mode, delete, lineage
+
+    def flagged(self, row: dict) -> bool:
+        """Whether ``row`` says it is deleted: its field equals the value (a bool only a bool)."""
+        rule = self.delete
+        assert rule is not None
+        value = row.get(rule["field"])
+        return value == rule["equals"] and (type(value) is bool) == (type(rule["equals"]) is bool)
+
+    def split(self, keys: tuple, rows: list) -> tuple[list, list]:
+        """``rows`` as (to store, deleted): of the rows sharing a key the last decides."""
+        last: dict = {}
+        for row in rows:
+            key = tuple(_hashable(row[k]) for k in keys)
+            last.pop(key, None)
+            last[key] = row
+        keep: list = []
+        gone: list = []
+        for row in last.values():
+            (gone if self.flagged(row) else keep).append(row)
+        return keep, gone
+
+    @staticmethod
+    def now() -> str:
+        """The time written to ``_deleted_at`` and ``_schedsync_synced_at``: ISO 8601 UTC."""
+        import time
+
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+MERGE = Load()
+
+
+def _hashable(value):
+    return value if type(value) not in (list, dict) else repr(value)
+
+
 class SinkError(Exception):
     """The sink could not store or read; str() is a one-line reason."""
 
@@ -35,6 +96,15 @@ class Sink:
         raise NotImplementedError
 
     def max_value(self, table: str, column: str) -> str | None:
+        raise NotImplementedError
+
+    def write(self, table: str, pk, rows: list, load: Load | None = None) -> Counts:
+        raise NotImplementedError
+
+    def begin_replace(self, table: str, pk) -> None:
+        raise NotImplementedError
+
+    def swap(self, table: str) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -140,6 +210,7 @@ class SQLSink(Sink):
     DIALECT = ""              # "sqlite", "postgresql"
     TYPES: dict = {}          # a first non-null value's Python type -> the column's type
     TEXT = "TEXT"             # the type of anything else
+    TIMESTAMP = "TEXT"        # _deleted_at, _schedsync_synced_at
     ERRORS: tuple = ()        # exceptions that mean "cannot store": translated to SinkError
     IF_NOT_EXISTS = ""        # "IF NOT EXISTS " where schema work can race other writers
     MAX = "max"               # the aggregate, named with its schema where others may shadow it
@@ -151,47 +222,105 @@ class SQLSink(Sink):
         self._sql: dict[tuple, str] = {}
 
     def upsert(self, table: str, pk, rows: list) -> tuple[int, int]:
-        keys = key_columns(pk)
-        good = good_rows(keys, rows)
+        counts = self.write(table, pk, rows)
+        return counts.stored, counts.failed
+
+    def write(self, table: str, pk, rows: list, load: Load | None = None) -> Counts:
+        """Store one page as ``load`` says (``into.mode``, ``into.delete``, ``into.lineage``):
+        in one transaction; what it did as ``Counts``. ``upsert`` is ``write`` with a merge."""
+        load = load or MERGE
+        keys = key_columns(pk) if pk else ()
+        keyed = load.mode == "merge" or (load.mode == "replace" and keys)
+        if keyed:
+            good = good_rows(keys, rows)
+        else:  # append (and replace without pk): every object is a row, pk or not
+            keys = ()
+            good = [row for row in rows if type(row) is dict and row]
         if not good:
-            return 0, len(rows)
-        first = good[0].keys()
-        same = all(map(first.__eq__, map(dict.keys, good)))
+            return Counts(0, len(rows))
+        accepted = len(good)
+        gone: list = []
+        if load.delete is not None:
+            good, gone = load.split(keys, good)
+        twice = accepted - len(good) - len(gone)  # rows a later one of the same key overrode
+        if load.lineage is not None:
+            run, at = load.lineage
+            for row in good:
+                row[RUN_COLUMN] = run
+                row[SYNCED_COLUMN] = at
+            for row in gone:
+                row[RUN_COLUMN] = run
+                row[SYNCED_COLUMN] = at
+        soft = load.delete is not None and load.delete.get("soft")
+        if soft:
+            stamp = load.now()
+            for row in good:
+                row[DELETED_COLUMN] = None
+            for row in gone:
+                row[DELETED_COLUMN] = stamp
+        if gone and not soft:  # hard: the key is all a delete needs
+            gone = [{k: row[k] for k in keys} for row in gone]
+        sample = good + gone if soft else good or gone
+        first = sample[0].keys()
+        same = all(map(first.__eq__, map(dict.keys, sample)))
         if same:
             columns = tuple(first)
         else:
             union = dict.fromkeys(first)
-            for row in good:
+            for row in sample:
                 union.update(dict.fromkeys(row))
             columns = tuple(union)
         page = PageColumns(columns)
         if page.of is not None:  # keys renamed or sharing a column (rare): items re-keyed
+            before = len(good) + len(gone)
             good = [row for row in map(page.merge, good) if row is not None]
-            if not good:
-                return 0, len(rows)
+            gone = [row for row in map(page.merge, gone) if row is not None]
+            accepted -= before - len(good) - len(gone)
+            if not good and not gone:
+                return Counts(0, len(rows))
             columns, keys = page.columns, tuple(page.of[k] for k in keys)
+        into = self.staging(table) if load.mode == "replace" else table
         try:
-            self._store(table, keys, columns, good, same)
+            counts = self._store(into, keys, columns, good, same, load, gone)
         except self.ERRORS as exc:
-            self._columns.pop(table, None)  # re-read the schema next time
+            self._columns.pop(into, None)  # re-read the schema next time
             raise SinkError(self._reason(exc)) from None
-        return len(good), len(rows) - len(good)
+        counts.stored, counts.failed = accepted, len(rows) - accepted
+        counts.updated += twice
+        return counts
 
-    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool) -> None:
+    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool,
+               load: Load | None = None, gone: tuple | list = ()) -> Counts:
         """Write one page in one transaction (a savepoint inside a caller's transaction)."""
+        load = load or MERGE
         cur = self.conn.cursor()
         nested = self.in_transaction
         cur.execute("SAVEPOINT sink_page") if nested else self._begin(cur)
         try:
             known = self._columns.get(table)
             if known is None or any(fold(c) not in known for c in columns):
-                known = self._schema(cur, table, keys, columns, rows)
+                known = self._schema(cur, table, keys, columns, rows or list(gone))
             names = tuple(known[fold(c)] for c in columns)  # the table's spelling
             pk_names = tuple(known[fold(c)] for c in keys)
-            sql = self._sql.get((table, pk_names, names))
-            if sql is None:
-                sql = self._sql[(table, pk_names, names)] = self._upsert_sql(table, pk_names, names)
-            self._write(cur, sql, columns, rows, same)
+            soft = load.delete is not None and load.delete.get("soft")
+            counts = Counts(0, 0)
+            if keys:
+                flagged = gone if soft else ()
+                if rows:
+                    sql = self._cached(table, pk_names, names, "merge")
+                    counts.inserted = self._merge(cur, sql, table, pk_names, keys, columns, rows, same)
+                    counts.updated = len(rows) - counts.inserted
+                if flagged:
+                    sql = self._cached(table, pk_names, names, "soft")
+                    self._merge(cur, sql, table, pk_names, keys, columns, list(flagged), False)
+                    counts.deleted = len(flagged)
+                elif gone:
+                    counts.deleted = self._delete(cur, table, pk_names, keys, list(gone))
+                counts.stored = len(rows) + len(gone)
+            else:
+                sql = self._cached(table, (), names, "append")
+                self._write(cur, sql, columns, rows, same)
+                counts.inserted = counts.stored = len(rows)
             cur.execute("RELEASE SAVEPOINT sink_page") if nested else self._commit()
         except BaseException:
             if nested:
@@ -202,6 +331,28 @@ class SQLSink(Sink):
             raise
         finally:
             cur.close()
+        return counts
+
+    def _cached(self, table: str, keys: tuple, names: tuple, how: str) -> str:
+        sql = self._sql.get((table, keys, names, how))
+        if sql is None:
+            if how == "append":
+                sql = self._statement(f"INSERT INTO {quote(table)} ({', '.join(map(quote, names))}) VALUES ",
+                                      len(names), "")
+            else:
+                sql = self._upsert_sql(table, keys, names, soft=how == "soft")
+            self._sql[(table, keys, names, how)] = sql
+        return sql
+
+    def _merge(self, cur, sql: str, table: str, keys: tuple, row_keys: tuple, columns: tuple,
+               rows: list, same: bool) -> int:
+        """Upsert ``rows`` (their key is ``row_keys``, the table's ``keys``); how many were new
+        keys (the rest updated a row)."""
+        raise NotImplementedError
+
+    def _delete(self, cur, table: str, keys: tuple, columns: tuple, rows: list) -> int:
+        """Delete the rows whose key ``rows`` (dicts of the key ``columns``) hold; how many went."""
+        raise NotImplementedError
 
     def _schema(self, cur, table: str, keys: tuple, columns: tuple, rows: list) -> dict[str, str]:
         """Create ``table`` or add the columns it lacks (inside the page's transaction)."""
@@ -212,8 +363,10 @@ class SQLSink(Sink):
             return known
         types = {c: self._type_of(c, rows) for c in missing}
         if not known:
+            missing.sort(key=lambda c: c not in keys)  # the key's columns first
             defs = [f"{quote(c)} {types[c]}" for c in missing]
-            defs.append(f"PRIMARY KEY ({', '.join(map(quote, keys))})")
+            if keys:
+                defs.append(f"PRIMARY KEY ({', '.join(map(quote, keys))})")
             cur.execute(f"CREATE TABLE {self.IF_NOT_EXISTS}{quote(table)} ({', '.join(defs)})")
         # With IF NOT EXISTS a concurrent writer's CREATE may have won: its columns may differ.
         for c in missing if known or self.IF_NOT_EXISTS else ():
@@ -230,17 +383,80 @@ class SQLSink(Sink):
         return known
 
     def _type_of(self, column: str, rows: list) -> str:
+        if column in (DELETED_COLUMN, SYNCED_COLUMN):
+            return self.TIMESTAMP
         for row in rows:
             value = row.get(column)
             if value is not None:
                 return self.TYPES.get(type(value), self.TEXT)
         return self.TEXT
 
-    def _upsert_sql(self, table: str, keys: tuple, columns: tuple) -> str:
-        updates = [f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in keys]
+    def _upsert_sql(self, table: str, keys: tuple, columns: tuple, soft: bool = False) -> str:
+        rest = [c for c in columns if c not in keys]
+        updates = [f"{quote(c)} = excluded.{quote(c)}" for c in rest]
+        if soft:  # a row deleted again keeps when it was first deleted
+            updates = [f"{quote(c)} = coalesce({quote(table)}.{quote(c)}, excluded.{quote(c)})"
+                       if c == DELETED_COLUMN else u for c, u in zip(rest, updates, strict=True)]
         action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
         return self._statement(f"INSERT INTO {quote(table)} ({', '.join(map(quote, columns))}) VALUES ",
                                len(columns), f" ON CONFLICT ({', '.join(map(quote, keys))}) {action}")
+
+    # -- replace: a staging table swapped in when the sync completes --
+
+    @staticmethod
+    def staging(table: str) -> str:
+        """The table a ``replace`` loads into before it is swapped in."""
+        return column_name(table + STAGING)
+
+    def begin_replace(self, table: str, pk) -> None:
+        """Drop a staging table a killed run left, and create it fresh with ``table``'s columns
+        (and ``pk`` as its key) so the swapped-in table is shaped like the old one."""
+        keys = key_columns(pk) if pk else ()
+        staging = self.staging(table)
+        try:
+            cur = self.conn.cursor()
+            self._begin(cur)
+            try:
+                self._lock_schema(cur, staging)
+                cur.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
+                old = self._column_types(cur, table)
+                if old and all(k in dict(old) for k in keys):
+                    defs = [f"{quote(name)} {kind}" for name, kind in old]
+                    if keys:
+                        defs.append(f"PRIMARY KEY ({', '.join(map(quote, keys))})")
+                    cur.execute(f"CREATE TABLE {quote(staging)} ({', '.join(defs)})")
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+            finally:
+                cur.close()
+        except self.ERRORS as exc:
+            raise SinkError(self._reason(exc)) from None
+        self._columns.pop(staging, None)
+
+    def swap(self, table: str) -> None:
+        """Put the staging table in ``table``'s place in one transaction, with ``table``'s
+        indexes: readers see the old table or the new one, never a missing or half one."""
+        staging = self.staging(table)
+        try:
+            cur = self.conn.cursor()
+            self._begin(cur)
+            try:
+                self._lock_schema(cur, table)
+                if self._column_names(cur, staging):
+                    self._swap(cur, table, staging)
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+            finally:
+                cur.close()
+        except self.ERRORS as exc:
+            raise SinkError(self._reason(exc)) from None
+        for name in (table, staging):
+            self._columns.pop(name, None)
+        self._sql = {k: v for k, v in self._sql.items() if k[0] not in (table, staging)}
 
     def max_value(self, table: str, column: str) -> str | None:
         try:
@@ -279,6 +495,14 @@ class SQLSink(Sink):
 
     def _column_names(self, cur, table: str) -> list[str]:
         """``table``'s column names in order; none when it does not exist."""
+        raise NotImplementedError
+
+    def _column_types(self, cur, table: str) -> list[tuple[str, str]]:
+        """``table``'s (column, declared type) in order; none when it does not exist."""
+        raise NotImplementedError
+
+    def _swap(self, cur, table: str, staging: str) -> None:
+        """Inside the swap's transaction: drop ``table``, rename ``staging`` to it, indexes again."""
         raise NotImplementedError
 
     def _statement(self, head: str, width: int, tail: str) -> str:

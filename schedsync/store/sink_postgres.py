@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 
 from schedsync.core.redact import clip
-from schedsync.store.sink_base import SinkError, SQLSink, quote
+from schedsync.store.sink_base import SinkError, SQLSink, column_name, quote
 
 PAGE = 1000
 _to_json = json.JSONEncoder(default=repr, sort_keys=True).encode
@@ -34,6 +34,7 @@ class PostgresSink(SQLSink):
     TYPES = {int: "bigint", bool: "boolean", float: "double precision", str: "text",
              dict: "jsonb", list: "jsonb", bytes: "bytea"}
     TEXT = "text"
+    TIMESTAMP = "timestamptz"
     IF_NOT_EXISTS = "IF NOT EXISTS "
     MAX = "pg_catalog.max"  # a role with CREATE on public could plant a better-matching max()
 
@@ -66,15 +67,25 @@ class PostgresSink(SQLSink):
         secret = getattr(self, "_secret", None)
         return clip(text.replace(secret, "***") if secret else text, 200)
 
-    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool) -> None:
-        rows = _last_of_each_key(rows, keys)  # one statement may update a row only once
+    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool,
+               load=None, gone: tuple | list = ()):
+        dropped = 0
+        if keys:
+            before = len(rows)
+            rows = _last_of_each_key(rows, keys)  # one statement may update a row only once
+            dropped = before - len(rows)
         try:
-            super()._store(table, keys, columns, rows, same)
+            counts = super()._store(table, keys, columns, rows, same, load, gone)
         except (ValueError, self._pg.errors.UntranslatableCharacter) as exc:
             if isinstance(exc, ValueError) and "NUL" not in str(exc):
                 raise
             self._columns.pop(table, None)  # text cannot hold a NUL: store U+FFFD instead
-            super()._store(table, keys, columns, list(map(_without_nul, rows)), same)
+            counts = super()._store(table, keys, columns, list(map(_without_nul, rows)), same, load,
+                                    list(map(_without_nul, gone)))
+        # rows sent once for their key count as updates of it, as on SQLite
+        counts.stored += dropped
+        counts.updated += dropped
+        return counts
 
     def _lock_schema(self, cur, table: str) -> None:
         # Concurrent CREATE TABLE IF NOT EXISTS races in the catalog: one writer at a time
@@ -88,6 +99,56 @@ class PostgresSink(SQLSink):
         cur.execute("SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(%s)"
                     " AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (quote(table),))
         return [name for (name,) in cur.fetchall()]
+
+    def _column_types(self, cur, table: str) -> list[tuple[str, str]]:
+        cur.execute("SELECT attname, pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute"
+                    " WHERE attrelid = pg_catalog.to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
+                    " ORDER BY attnum", (quote(table),))
+        return [(name, kind) for name, kind in cur.fetchall()]
+
+    def _merge(self, cur, sql: str, table: str, keys: tuple, row_keys: tuple, columns: tuple,
+               rows: list, same: bool) -> int:
+        # A row the statement inserted has no xmax yet; one it updated has this transaction's.
+        wrap = self._json
+        values = [tuple(wrap(v) if type(v) in (dict, list) else v for v in map(row.get, columns))
+                  for row in rows]
+        got = self._execute_values(cur, sql + " RETURNING (xmax = 0)", values, page_size=PAGE, fetch=True)
+        return sum(1 for (new,) in got if new)
+
+    def _delete(self, cur, table: str, keys: tuple, columns: tuple, rows: list) -> int:
+        match = " AND ".join(f"t.{quote(k)} = d.{quote(k)}" for k in keys)
+        sql = (f"DELETE FROM {quote(table)} AS t USING (VALUES ".replace("%", "%%") + "%s"
+               + f") AS d ({', '.join(map(quote, keys))}) WHERE {match} RETURNING 1".replace("%", "%%"))
+        values = [tuple(map(row.get, columns)) for row in rows]
+        return len(self._execute_values(cur, sql, values, page_size=PAGE, fetch=True))
+
+    def _swap(self, cur, table: str, staging: str) -> None:
+        cur.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (quote(table),))
+        indexes, key_name = [], None
+        if cur.fetchone()[0]:
+            # Readers wait on this lock and then read the new table: never a missing or half one.
+            cur.execute(f"LOCK TABLE {quote(table)} IN ACCESS EXCLUSIVE MODE")
+            cur.execute("SELECT pg_catalog.pg_get_indexdef(indexrelid) FROM pg_catalog.pg_index"
+                        " WHERE indrelid = pg_catalog.to_regclass(%s) AND NOT indisprimary", (quote(table),))
+            indexes = [sql for (sql,) in cur.fetchall()]
+            key_name = self._key_name(cur, table)
+            cur.execute(f"DROP TABLE {quote(table)}")
+        cur.execute(f"ALTER TABLE {quote(staging)} RENAME TO {quote(table)}")
+        new_name = self._key_name(cur, table)
+        if key_name and new_name and key_name != new_name:  # the next staging table may reuse its name
+            cur.execute(f"ALTER TABLE {quote(table)} RENAME CONSTRAINT {quote(new_name)} TO {quote(key_name)}")
+        elif new_name and not key_name:
+            cur.execute(f"ALTER TABLE {quote(table)} RENAME CONSTRAINT {quote(new_name)} TO "
+                        f"{quote(column_name(table + '_pkey'))}")
+        for sql in indexes:
+            cur.execute(sql)
+
+    @staticmethod
+    def _key_name(cur, table: str) -> str | None:
+        cur.execute("SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid = pg_catalog.to_regclass(%s)"
+                    " AND contype = 'p'", (quote(table),))
+        found = cur.fetchone()
+        return found[0] if found else None
 
     def _statement(self, head: str, width: int, tail: str) -> str:
         # execute_values reads a % in the statement as a placeholder: names may hold one.

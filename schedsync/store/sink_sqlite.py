@@ -94,8 +94,49 @@ class SQLiteSink(SQLSink):
     def _column_names(self, cur, table: str) -> list[str]:
         return [row[1] for row in cur.execute(f"PRAGMA table_info({quote(table)})")]
 
+    def _column_types(self, cur, table: str) -> list[tuple[str, str]]:
+        return [(row[1], row[2]) for row in cur.execute(f"PRAGMA table_info({quote(table)})")]
+
     def _statement(self, head: str, width: int, tail: str) -> str:
         return f"{head}({', '.join('?' * width)}){tail}"
+
+    def _merge(self, cur, sql: str, table: str, keys: tuple, row_keys: tuple, columns: tuple,
+               rows: list, same: bool) -> int:
+        # New keys are counted before the upsert: one lookup of the page's keys on the key's index.
+        try:
+            if len(row_keys) == 1:
+                key = row_keys[0]
+                wanted = list({row[key] for row in rows})
+            else:
+                wanted = list({tuple(map(row.__getitem__, row_keys)) for row in rows})
+        except TypeError:  # a list or an object in the key: counted as updates
+            wanted = []
+        existing = 0
+        if wanted:
+            if len(keys) == 1:
+                probe = (f"SELECT count(*) FROM {quote(table)} WHERE {quote(keys[0])} IN"
+                         " (SELECT value FROM json_each(?))")
+            else:
+                picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(keys)))
+                probe = (f"SELECT count(*) FROM {quote(table)} WHERE ({', '.join(map(quote, keys))}) IN"
+                         f" (SELECT {picks} FROM json_each(?))")
+            existing = cur.execute(probe, (_to_json(wanted),)).fetchone()[0]
+        self._write(cur, sql, columns, rows, same)
+        return len(wanted) - existing
+
+    def _delete(self, cur, table: str, keys: tuple, columns: tuple, rows: list) -> int:
+        where = " AND ".join(f"{quote(k)} = ?" for k in keys)
+        before = self.conn.total_changes
+        cur.executemany(f"DELETE FROM {quote(table)} WHERE {where}", [tuple(map(row.get, columns)) for row in rows])
+        return self.conn.total_changes - before
+
+    def _swap(self, cur, table: str, staging: str) -> None:
+        indexes = [sql for (sql,) in cur.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,))]
+        cur.execute(f"DROP TABLE IF EXISTS {quote(table)}")
+        cur.execute(f"ALTER TABLE {quote(staging)} RENAME TO {quote(table)}")
+        for sql in indexes:
+            cur.execute(sql)
 
     def _write(self, cur, sql: str, columns: tuple, rows: list, same: bool) -> None:
         # Tuples by itemgetter when every row has every key: no Python code per plain value.

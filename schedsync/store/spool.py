@@ -36,7 +36,7 @@ OUTPUT_KEPT = 16000
 SMALL = 4096  # a run that did not start: its few fields
 RUN_KEYS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason", "finished_at",
             "duration_ms", "attempts", "requests", "items_processed", "items_failed", "exit_code",
-            "error", "retry_at", "output", "pid_start")
+            "error", "retry_at", "output", "pid_start", "items_inserted", "items_updated", "items_deleted")
 VERSION = 1
 STALE = 3600.0  # seconds after which a temporary file a killed writer left is removed
 

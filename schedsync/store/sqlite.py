@@ -244,7 +244,16 @@ def _v10(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN stop TEXT")
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v13]  # append, never edit: user_version counts them
+def _v11(db: sqlite3.Connection) -> None:
+    # What an http job's load did per run (into.mode, into.delete): rows inserted, updated, deleted.
+    _script(db, """
+        ALTER TABLE runs ADD COLUMN items_inserted INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN items_updated INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN items_deleted INTEGER NOT NULL DEFAULT 0
+    """)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v13]  # append, never edit
 
 
 # SQLite's primary result codes (the low byte of an extended code: SQLITE_IOERR_* is SQLITE_IOERR).
@@ -623,10 +632,11 @@ class SQLiteStore(Store):
         # run_totals and run_buckets (_v6), in finish_run's transaction like _tally.
         seconds = (run.duration_ms or 0) / 1000
         self._sql("INSERT INTO run_totals (job, runs, seconds, processed, failed, deleted, retries)"
-                  " VALUES (?, 1, ?, ?, ?, 0, ?) ON CONFLICT (job) DO UPDATE SET runs = runs + 1,"
+                  " VALUES (?, 1, ?, ?, ?, ?, ?) ON CONFLICT (job) DO UPDATE SET runs = runs + 1,"
                   " seconds = seconds + excluded.seconds, processed = processed + excluded.processed,"
-                  " failed = failed + excluded.failed, retries = retries + excluded.retries",
-                  (run.job, seconds, run.items_processed or 0, run.items_failed or 0,
+                  " failed = failed + excluded.failed, deleted = deleted + excluded.deleted,"
+                  " retries = retries + excluded.retries",
+                  (run.job, seconds, run.items_processed or 0, run.items_failed or 0, run.items_deleted or 0,
                    max((run.attempts or 0) - 1, 0) + (1 if run.retry_number else 0)))
         le = next((b for b in DURATION_BUCKETS if seconds <= b), None)
         if le is not None:
@@ -646,10 +656,11 @@ class SQLiteStore(Store):
             self._sql(
                 "UPDATE runs SET status=?, reason=?, finished_at=?, duration_ms=?, attempts=?,"
                 " requests=?, items_processed=?, items_failed=?, exit_code=?, error=?, retry_at=?,"
-                " output=? WHERE id=?",
+                " output=?, items_inserted=?, items_updated=?, items_deleted=? WHERE id=?",
                 (run.status, run.reason, run.finished_at, run.duration_ms, run.attempts,
                  run.requests, run.items_processed, run.items_failed, run.exit_code, run.error,
-                 run.retry_at, run.output, run.id))
+                 run.retry_at, run.output, run.items_inserted or 0, run.items_updated or 0,
+                 run.items_deleted or 0, run.id))
             self._tally(run.job, run.status, run.requests)
             if run.status != SKIPPED:
                 self._totals(run)

@@ -19,7 +19,8 @@ CREATE TABLE schedsync.runs (
     items_processed bigint NOT NULL DEFAULT 0, items_failed bigint NOT NULL DEFAULT 0,
     exit_code int, error text, retry_at float8, host text NOT NULL, pid int NOT NULL,
     token bigint, output text, slot float8, retry_of bigint, retry_number int NOT NULL DEFAULT 0,
-    params text, parent bigint);
+    params text, parent bigint, items_inserted bigint NOT NULL DEFAULT 0,
+    items_updated bigint NOT NULL DEFAULT 0, items_deleted bigint NOT NULL DEFAULT 0);
 CREATE INDEX runs_by_job ON schedsync.runs (job, id);
 CREATE INDEX runs_by_job_status ON schedsync.runs (job, status, started_at);
 CREATE INDEX runs_running ON schedsync.runs (job) WHERE status = 'running';
@@ -449,7 +450,7 @@ CREATE FUNCTION schedsync.finish(
     p_error text, p_retry_at float8, p_output text,
     p_job text, p_breaker text, p_failures int, p_reset float8, p_evidence boolean,
     p_ok boolean, p_trial boolean, p_lease_end float8, p_why text,
-    p_keep_success float8, p_keep_failed float8, p_prune int, p_after text[],
+    p_keep_success float8, p_keep_failed float8, p_prune int, p_after text[], p_loads bigint[],
     OUT old text, OUT new text, OUT failures int, OUT opened_at float8, OUT opens_until float8)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -461,7 +462,9 @@ BEGIN
         duration_ms = coalesce(p_duration, ((t - started_at) * 1000)::bigint),
         attempts = p_attempts, requests = p_requests, items_processed = p_items,
         items_failed = p_failed_items, exit_code = p_exit, error = p_error, retry_at = p_retry_at,
-        output = p_output WHERE id = p_id RETURNING duration_ms, retry_number INTO v_ms, v_retry;
+        output = p_output, items_inserted = coalesce(p_loads[1], 0),
+        items_updated = coalesce(p_loads[2], 0), items_deleted = coalesce(p_loads[3], 0)
+        WHERE id = p_id RETURNING duration_ms, retry_number INTO v_ms, v_retry;
     IF FOUND THEN
         PERFORM schedsync.tally(p_job, p_status, p_requests);
         IF p_status <> 'skipped' THEN
@@ -469,6 +472,8 @@ BEGIN
             PERFORM schedsync.tally_run(p_job, v_ms / 1000.0,
                                         greatest(coalesce(p_attempts, 0), 1) + (coalesce(v_retry, 0) > 0)::int,
                                         p_items, p_failed_items);
+            UPDATE schedsync.run_totals SET deleted = deleted + p_loads[3]
+                WHERE job = p_job AND coalesce(p_loads[3], 0) > 0;
         END IF;
         IF coalesce(cardinality(p_after), 0) > 0 THEN
             PERFORM schedsync.chain(p_id, p_after, t);

@@ -21,10 +21,17 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
 import sys
 import time
 from collections import deque
+
+# The C module that ``signal`` wraps, with the same names and int values: ``signal`` adds
+# enums, and ``enum`` (with functools and types) would cost every cron tick about a tenth of
+# its start-up (docs/design.md, Start-up).
+try:
+    import _signal as signal
+except ImportError:  # pragma: no cover - not CPython
+    import signal
 
 from schedsync.core.durations import format_duration
 from schedsync.core.models import CANCELLED, FAILED, SUCCESS, TIMEOUT

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -132,6 +133,8 @@ class Bench:
             for name in (OTHER_PASS, OTHER_WARM):  # its own installed package, not this checkout
                 self.case_env[name] = {"PYTHONPATH": None}
         self.rss_tool = TIME if os.access(TIME, os.X_OK) else None
+        self.cpu: dict[str, list[float]] = {name: [] for name in self.cases}
+        self.last_cpu = 0.0
 
     def _env(self, cache: Path | None, name: str | None = None, **extra) -> dict:
         env = dict(self.env, **extra)
@@ -149,11 +152,16 @@ class Bench:
         if cache == self.cold_cache:
             shutil.rmtree(cache, ignore_errors=True)
         env = self._env(cache, name, **extra)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         # stdin/stdout/stderr are not a TTY, as under cron: trigger cron, output held back.
         proc = subprocess.run([*prefix, *argv], env=env, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         took = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU time of the process and what it waited for (the keeper, the job): steadier
+        # than wall time on a loaded machine, though blind to waits on the disk.
+        self.last_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         if proc.returncode != 0:
             sys.exit(f"bench_run: {name} exited {proc.returncode}:\n{proc.stderr.decode()}")
         self._forget_slots()
@@ -183,12 +191,14 @@ class Bench:
     def measure(self, runs: int):
         times = {name: [] for name in self.cases}
         rss = {name: [] for name in self.cases}
+
         order = list(self.cases)
         rng = random.Random(1)
         for _ in range(runs):
             rng.shuffle(order)
             for name in order:
                 times[name].append(self._spawn(name))
+                self.cpu[name].append(self.last_cpu)
             if self.rss_tool:
                 rng.shuffle(order)
                 for name in order:
@@ -256,16 +266,20 @@ class Bench:
 
 def report(bench: Bench, runs: int, times, rss, imports, cold_heavy, check: bool) -> int:
     base = statistics.median(times["python -c pass"])
+    print("ratio: median wall time over python -c pass's; CPU: median user + sys time of the process"
+          " and the processes it waited for, and its ratio")
     print(f"schedsync run: {runs} interleaved rounds, {sys.executable} "
           f"(Python {sys.version.split()[0]}), load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'case':32} {'median':>9} {'p25-p75 ms':>14} {'ratio':>7} {'max RSS':>9}")
+    cpu = {name: statistics.median(v) for name, v in bench.cpu.items()}
+    print(f"{'case':32} {'median':>9} {'p25-p75 ms':>14} {'ratio':>7} {'max RSS':>9} {'CPU':>8} {'ratio':>6}")
     for name, samples in times.items():
         q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
         peak = f"{max(rss[name]):.1f} MiB" if rss[name] else "n/a"
-        own = statistics.median(times[OTHER_PASS]) if name in (OTHER_PASS, OTHER_WARM) else base
+        floor = OTHER_PASS if name in (OTHER_PASS, OTHER_WARM) else "python -c pass"
+        own = statistics.median(times[floor])
         print(f"{name:32} {statistics.median(samples) * 1000:6.1f} ms "
               f"{q[0] * 1000:6.1f}-{q[2] * 1000:<6.1f} {statistics.median(samples) / own:6.2f}x "
-              f"{peak:>9}")
+              f"{peak:>9} {cpu[name] * 1000:5.1f} ms {cpu[name] / max(cpu[floor], 1e-9):5.2f}x")
     if OTHER_WARM in times:
         print(f"other: {bench.cases[OTHER_WARM][0][0]}, its ratio against its own python -c pass")
     warm = "schedsync run trivial (warm)"

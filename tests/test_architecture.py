@@ -336,7 +336,7 @@ RUN_PATH = {
     "schedsync.cli.main", "schedsync.cli.run", "schedsync.config", "schedsync.config.load",
     "schedsync.config.model", "schedsync.config.secrets", "schedsync.config.state", "schedsync.core",
     "schedsync.core.breaker", "schedsync.core.budgets", "schedsync.core.cronmatch",
-    "schedsync.core.durations", "schedsync.core.errors", "schedsync.core.models", "schedsync.core.outcome",
+    "schedsync.core.errors", "schedsync.core.models", "schedsync.core.outcome",
     "schedsync.core.records", "schedsync.core.redact", "schedsync.jobs", "schedsync.jobs.command",
     "schedsync.kinds", "schedsync.kinds.command", "schedsync.paths", "schedsync.store",
     "schedsync.store.base", "schedsync.store.liveness", "schedsync.store.lock", "schedsync.store.sqlite",

@@ -32,3 +32,37 @@ def test_it_rejects_missing_and_unknown_arguments():
         Point(1, z=2)
     with pytest.raises(TypeError):
         Point(1, x=2)
+
+
+def test_the_generated_init_is_compiled_on_the_first_instance_only():
+    # A cron tick imports some 15 records and makes some 10: the others cost no compiling.
+    @dataclass
+    class Lazy:
+        a: int
+        b: list = field(default_factory=list)
+
+    assert Lazy.__init__.__code__.co_varnames[:3] == ("self", "args", "kwargs")
+    first = Lazy(1)
+    generated = Lazy.__init__
+    assert generated.__code__.co_varnames[:3] == ("self", "a", "b")
+    assert (first.a, first.b, Lazy(2, [3]).b) == (1, [], [3]) and Lazy.__init__ is generated
+
+
+def test_subclasses_get_their_fields_whichever_is_made_first():
+    @dataclass
+    class Base:
+        a: int
+        b: int
+
+    @dataclass
+    class Child(Base):
+        c: int = 3
+
+    class Plain(Base):
+        pass
+
+    assert (Child(1, 2).a, Child(1, 2).b, Child(1, 2).c) == (1, 2, 3)
+    assert (Plain(5, 6).a, Plain(5, 6).b) == (5, 6) and not hasattr(Plain(5, 6), "c")
+    assert Base(7, 8) == Base(a=7, b=8) and repr(Child(1, 2, c=4)).endswith("Child(a=1, b=2, c=4)")
+    with pytest.raises(TypeError):
+        Base(1, 2, c=3)

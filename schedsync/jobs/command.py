@@ -33,7 +33,6 @@ try:
 except ImportError:  # pragma: no cover - not CPython
     import signal
 
-from schedsync.core.durations import format_duration
 from schedsync.core.models import CANCELLED, FAILED, SUCCESS, TIMEOUT
 from schedsync.core.outcome import FENCED, Cancelled, Outcome
 
@@ -190,6 +189,8 @@ def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
     if cancelled:
         return Outcome(FAILED, exit_code=code, reason=CANCELLED, error=f"cancelled by {cancelled}")
     if timed_out:
+        from schedsync.core.durations import format_duration  # a timeout's message only
+
         return Outcome(TIMEOUT, exit_code=code, error=f"timed out after {format_duration(job.timeout)}")
     if code == 0:
         return Outcome(SUCCESS, exit_code=0)

@@ -384,6 +384,10 @@ def test_a_cron_tick_of_a_plain_command_job_imports_only_its_budget(project):
     import os
     import sys
 
+    # A token in the environment, as crontabs often set: a secret of every run (redacted in all
+    # its forms) that must not cost a pattern.
+    env = {**project.env, "DEPLOY_TOKEN": "tok/en secret+value-1234"}
+
     project.write("""\
         jobs:
           trivial:
@@ -400,8 +404,8 @@ def test_a_cron_tick_of_a_plain_command_job_imports_only_its_budget(project):
     else:
         python = [sys.executable, "-S"]
         script = [*python, str(PACKAGE.parent / "bin" / "schedsync")]
-    base = imported([*python, "-c", "pass"], project.env, project.path)
-    modules = imported([*script, "-c", str(project.config), "run", "trivial"], project.env, project.path) - base
+    base = imported([*python, "-c", "pass"], env, project.path)
+    modules = imported([*script, "-c", str(project.config), "run", "trivial"], env, project.path) - base
     assert {"schedsync.core.cronmatch", "schedsync.jobs.command", "sqlite3"} <= modules, sorted(modules)
     offenders = run_path_offenders(modules)
     assert offenders == [], "; ".join(offenders)

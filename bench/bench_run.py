@@ -155,7 +155,9 @@ class Bench:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         # stdin/stdout/stderr are not a TTY, as under cron: trigger cron, output held back.
-        proc = subprocess.run([*prefix, *argv], env=env, stdin=subprocess.DEVNULL,
+        # cwd: the temp folder, as ``-m`` puts the current folder first on sys.path (another
+        # checkout's schedsync there would be the one measured)
+        proc = subprocess.run([*prefix, *argv], env=env, stdin=subprocess.DEVNULL, cwd=self.tmp,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         took = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -216,7 +218,7 @@ class Bench:
         if cache == self.cold_cache:
             shutil.rmtree(cache, ignore_errors=True)
         self._forget_slots()
-        proc = subprocess.run(argv, env=self._env(cache, PYTHONPROFILEIMPORTTIME="1"),
+        proc = subprocess.run(argv, env=self._env(cache, name, PYTHONPROFILEIMPORTTIME="1"), cwd=self.tmp,
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
         rows = []

@@ -338,3 +338,101 @@ def test_the_run_path_does_not_import_the_trigger_module():
     assert "schedsync.app.tick" in edges["schedsync.app.trigger"]  # the graph sees its lazy imports
     assert [name for name in RUN_PATH if "schedsync.app.trigger" in edges[name]] == []
     assert edges["schedsync.config.params"] == set()  # imports nothing of the package
+
+
+# --- the import budget of a cron tick ----------------------------------------------------
+# `schedsync run JOB` of a plain command job is on every cron tick's start-up path, whose
+# budget is 3.5x `python -c pass` (bench/bench_run.py; docs/design.md, Start-up). These are
+# the package's modules it may import. A new one must be tiny and needed: add it here, and
+# measure with bench/bench_run.py in a regular install.
+RUN_PATH_MODULES = {
+    "schedsync", "schedsync.app", "schedsync.app.run", "schedsync.app.runner", "schedsync.cli",
+    "schedsync.cli.main", "schedsync.cli.run", "schedsync.config", "schedsync.config.load",
+    "schedsync.config.model", "schedsync.config.secrets", "schedsync.config.state", "schedsync.core",
+    "schedsync.core.breaker", "schedsync.core.budgets", "schedsync.core.cronmatch",
+    "schedsync.core.errors", "schedsync.core.models", "schedsync.core.outcome",
+    "schedsync.core.records", "schedsync.core.redact", "schedsync.jobs", "schedsync.jobs.command",
+    "schedsync.kinds", "schedsync.kinds.command", "schedsync.paths", "schedsync.store",
+    "schedsync.store.base", "schedsync.store.liveness", "schedsync.store.lock", "schedsync.store.sqlite",
+}
+# Never on that path, listed or not: what a job without these features must not pay for
+# (names of modules that do not exist yet included), and the costly libraries. The standard
+# library's are measured under `-X importtime` (`re` ~3 ms and `enum` ~2 ms of a ~45 ms tick):
+# `Pattern` (core) compiles a pattern on first use, `_signal` is `signal` without its enums.
+NEVER_ON_THE_RUN_PATH = (
+    "schedsync.app.trigger", "schedsync.ops*", "schedsync.*serve*", "schedsync.*trigger*",
+    "schedsync.*chain*", "schedsync.*fails*", "schedsync.*failure*", "schedsync.*rules*",
+    "schedsync.*limit*", "schedsync.*overlap*", "schedsync.*audit*", "schedsync.*param*",
+    "schedsync.notify*", "schedsync.app.tick", "schedsync.app.later", "schedsync.config.validate",
+    "schedsync.store.postgres*", "schedsync.store.spool", "schedsync.store.sink*",
+    "typer", "click", "rich", "httpx", "httpcore", "anyio", "yaml", "_yaml", "cronsim", "tenacity",
+    "sqlite_utils", "jinja2", "psycopg2", "pygments",
+    "re", "enum", "contextlib", "typing", "dataclasses", "inspect", "json", "pathlib", "subprocess",
+    "logging", "threading", "importlib", "urllib*", "zoneinfo", "calendar", "random", "traceback",
+    "tempfile", "shutil", "socket", "ssl", "locale", "argparse", "textwrap", "string", "difflib",
+)
+
+
+def imported(argv: list[str], env: dict, cwd) -> set[str]:
+    """The modules ``argv`` (a python process) imports after the interpreter's start-up,
+    read from ``-X importtime``; asserts it exits 0."""
+    import subprocess
+
+    out = subprocess.run(argv, env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, cwd=cwd, capture_output=True,
+                         text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return {line.split("|")[-1].strip() for line in out.stderr.splitlines()
+            if line.startswith("import time:") and "[us]" not in line}
+
+
+def run_path_offenders(modules: set[str]) -> list[str]:
+    from fnmatch import fnmatchcase
+
+    never = sorted(m for m in modules if any(fnmatchcase(m, p) for p in NEVER_ON_THE_RUN_PATH))
+    unknown = sorted(m for m in modules if m.partition(".")[0] == "schedsync" and m not in RUN_PATH_MODULES)
+    return [f"{m}: never on the run path" for m in never] + [f"{m}: not in RUN_PATH_MODULES" for m in unknown
+                                                             if m not in never]
+
+
+def test_a_cron_tick_of_a_plain_command_job_imports_only_its_budget(project):
+    import os
+    import sys
+
+    from schedsync.core.redact import secret_name
+
+    # A token in the environment, as crontabs often set: a secret of every run (redacted in all
+    # its forms) that must not cost a pattern. Only this one: a secret holding a % (kept as an
+    # escape in its query form) does cost one, and the machine's own must not decide the test.
+    env = {k: v for k, v in project.env.items() if not secret_name(k)}
+    env["DEPLOY_TOKEN"] = "tok/en secret+value-1234"
+
+    project.write("""\
+        jobs:
+          trivial:
+            schedule: "* * * * *"
+            command: ["true"]
+    """)
+    # Fills the config cache and creates the state, as every later tick finds them; claims no slot.
+    assert project.cli("run", "--force-slot", "trivial").returncode == 0
+    # The command cron runs: the installed one under .ci/run; else the checkout's (on PYTHONPATH)
+    # under -S, without site-packages, whose editable install's finder would import re, enum and
+    # more into every interpreter (and so hide them here).
+    if os.environ.get("SCHEDSYNC_TEST_INSTALLED"):
+        python, script = [sys.executable], [str(Path(sys.executable).with_name("schedsync"))]
+    else:
+        python = [sys.executable, "-S"]
+        script = [*python, str(PACKAGE.parent / "bin" / "schedsync")]
+    base = imported([*python, "-c", "pass"], env, project.path)
+    modules = imported([*script, "-c", str(project.config), "run", "trivial"], env, project.path) - base
+    assert {"schedsync.core.cronmatch", "schedsync.jobs.command", "sqlite3"} <= modules, sorted(modules)
+    offenders = run_path_offenders(modules)
+    assert offenders == [], "; ".join(offenders)
+
+
+def test_the_run_path_check_finds_new_and_forbidden_modules():
+    assert run_path_offenders({"schedsync.app.runner", "sqlite3", "collections"}) == []
+    assert run_path_offenders({"re", "schedsync.app.trigger", "schedsync.core.chains", "schedsync.core.newthing",
+                               "schedsync.ops.serve", "yaml"}) == [
+        "re: never on the run path", "schedsync.app.trigger: never on the run path",
+        "schedsync.core.chains: never on the run path", "schedsync.ops.serve: never on the run path",
+        "yaml: never on the run path", "schedsync.core.newthing: not in RUN_PATH_MODULES"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schedsync.config import expand, parse
-from schedsync.core.redact import Secrets, clip, credential_name, environment_secrets
+from schedsync.core.redact import Secrets, clip, credential_name, environment_secrets, secret_name
 
 
 @pytest.mark.parametrize("value", ["a b/c:d@e", "sec/ret-pass-991", "ünï cøde+&=?%41x", "plain-token-123"])
@@ -37,6 +40,25 @@ def test_secret_named_environment_variables_are_secrets_declared_or_not(tmp_path
     again = Secrets()
     environment_secrets(env, again)
     assert "tok-12345" in again.values
+
+
+# What made a variable's name a secret's before secret_name() (the pattern every run used to compile).
+SECRET_NAME_BEFORE = re.compile(r"TOKEN|SECRET|KEY|PASS|AUTH|CRED", re.I)
+NAME_PIECES = st.sampled_from(["TOKEN", "token", "Secret", "kEy", "PASS", "auth", "Cred", "KE", "Y", "_", "A",
+                               "1", "API", "HOME", "ſ", "K", "ı", "İ", "ß", "é", "TOKEN\n"])
+
+
+@given(st.lists(NAME_PIECES, max_size=6).map("".join) | st.text(max_size=12))
+def test_a_secret_name_is_told_as_the_case_blind_pattern_tells_it(name):
+    assert secret_name(name) is bool(SECRET_NAME_BEFORE.search(name)), name
+
+
+def test_a_secret_name_without_re_as_before():
+    for name in ("AIRDROPS_TOKEN", "my_api_key", "PGPASSWORD", "X_Auth", "aws_credentials", "ToKeN",
+                 "\u017fECRET", "\u212aEY"):  # the long s and the Kelvin sign: re.I's S and K
+        assert secret_name(name), name
+    for name in ("HOME", "PATH", "LANG", "SHELL", "TOKE_N", "KE Y", ""):
+        assert not secret_name(name), name
 
 
 def test_credential_names():

@@ -294,3 +294,18 @@ def test_a_bad_now_is_a_usage_error(project, args):
     project.write(JOBS)
     result = project.cli(*args)
     assert result.returncode == 2 and result.stderr.startswith("error: ")
+
+
+def test_a_tick_with_nothing_to_start_imports_no_subprocess(project):
+    # subprocess (with locale, re, threading…) is for starting runs: not every idle minute's tick
+    project.write("""\
+        jobs:
+          by-its-line:
+            schedule: "* * * * *"
+            command: ["true"]
+    """)
+    assert project.cli("tick").returncode == 0  # the config cache, the state and the marks
+    traced = project.cli("tick", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert traced.returncode == 0, traced.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")}
+    assert "schedsync.app.tick" in imported and "subprocess" not in imported

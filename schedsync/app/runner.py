@@ -9,9 +9,12 @@ record (running the breaker and bucket arithmetic inside), the job kinds
 
 from __future__ import annotations
 
-import signal
 import time
-from contextlib import contextmanager
+
+try:  # the C module that ``signal`` wraps: see _cancel_on_signals
+    import _signal as signal
+except ImportError:  # pragma: no cover - not CPython
+    import signal
 
 from schedsync.config import Config, Job, Secrets
 from schedsync.core.errors import Exit, SchedsyncError, StateError
@@ -442,23 +445,27 @@ def never_started(store, name: str, trigger: str, status: str, reason, retry_at,
                duration_ms=0, retry_at=retry_at, error=error)
 
 
-@contextmanager
-def _cancel_on_signals():
-    """SIGTERM, SIGINT and SIGHUP raise Cancelled once, so the child is stopped and recorded."""
-    names = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP"}
-    previous = {sig: signal.getsignal(sig) for sig in names}
+class _cancel_on_signals:
+    """SIGTERM, SIGINT and SIGHUP raise Cancelled once, so the child is stopped and recorded.
 
-    def handler(sig, frame):
-        for s in names:
-            signal.signal(s, signal.SIG_IGN)  # one cancel; the cleanup must not be cut short
-        raise Cancelled(names[sig])
+    A class, not ``@contextmanager``, and ``_signal``, the C module that ``signal`` wraps:
+    ``contextlib`` and ``signal``'s enums (``enum``, ``functools``, ``types``) would be every
+    cron tick's largest imports after sqlite3 (docs/design.md, Start-up)."""
 
-    for sig in names:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
+    def __enter__(self) -> None:
+        names = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP"}
+        self.previous = {sig: signal.getsignal(sig) for sig in names}
+
+        def handler(sig, frame):
+            for s in names:
+                signal.signal(s, signal.SIG_IGN)  # one cancel; the cleanup must not be cut short
+            raise Cancelled(names[sig])
+
+        for sig in names:
+            signal.signal(sig, handler)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.previous.items():
             signal.signal(sig, old)
 
 

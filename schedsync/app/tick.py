@@ -88,9 +88,10 @@ def tick(config: Config, store, state: str, now: float | None = None, start=None
         import time
 
         time.sleep(float(os.environ[PAUSE]))
-    start = start or starter(registry_path(config), state)
-    for item in items:
-        start(item)
+    if items:  # the starter imports subprocess (with locale, re, threading…): not for an idle tick
+        start = start or starter(registry_path(config), state)
+        for item in items:
+            start(item)
     return items
 
 

@@ -84,7 +84,7 @@ def _cached(real: str, st) -> list[str] | None:
     cache = os.path.join(cache_dir(), real.strip("/").replace("/", "%")[-180:] + ".config")
     try:
         with open(cache, "rb") as f:
-            key, data = marshal.load(f)
+            key, data = marshal.loads(f.read())  # not load(f): piece by piece, some 10x slower
         if tuple(key)[1:] == (real, st.st_size, st.st_mtime_ns, st.st_ino):
             return [str(name) for name in data["jobs"]]
     except (OSError, ValueError, EOFError, TypeError, KeyError, IndexError):

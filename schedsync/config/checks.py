@@ -6,8 +6,6 @@ and raises a one-line ``ConfigError`` naming the fix.
 
 from __future__ import annotations
 
-import re
-
 from schedsync.core import Pattern
 from schedsync.core.durations import parse_duration
 
@@ -83,8 +81,11 @@ def _duration(value, path: str, doc) -> float:
         raise doc.error(path, str(exc)) from exc
 
 
+_URL = Pattern(r"^(https?://|\$\{)")
+
+
 def _url(value, path: str, doc) -> str:
-    if not isinstance(value, str) or not re.match(r"^(https?://|\$\{)", value):
+    if not isinstance(value, str) or not _URL.match(value):
         raise doc.error(path, f"{_q(value)} is not an http(s) URL")
     return value
 

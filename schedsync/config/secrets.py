@@ -7,7 +7,7 @@ import os
 
 from schedsync.core import Pattern
 from schedsync.core.errors import ConfigError
-from schedsync.core.redact import SECRET_NAME, Secrets, environment_secrets, in_query_or_userinfo
+from schedsync.core.redact import Secrets, environment_secrets, in_query_or_userinfo, secret_name
 
 VAR = Pattern(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -56,7 +56,7 @@ def expand(job, config_path: str, environ=os.environ) -> tuple:
             secret_place = not name.startswith("SCHEDSYNC_PARAM_") and (
                 (path.startswith(places) if places else False)
                 or (path in urls and in_query_or_userinfo(value, match.start())))
-            if SECRET_NAME.search(name) or secret_place:
+            if secret_name(name) or secret_place:
                 secrets.add(got)
             return got
 
@@ -79,7 +79,7 @@ def expand(job, config_path: str, environ=os.environ) -> tuple:
         if (target.get("smtp") or {}).get("password"):
             secrets.add(target["smtp"]["password"])
     for key, value in fields["env"].items():
-        if SECRET_NAME.search(key):
+        if secret_name(key):
             secrets.add(value)
     from schedsync.core.records import replace
 

@@ -5,10 +5,11 @@ Only the CLI prints these (as ``error: <what> — <fix>``); library code raises 
 
 from __future__ import annotations
 
-from enum import IntEnum
 
+class Exit:
+    """The exit codes, as plain ints: not an ``IntEnum``, since ``enum`` (with functools and
+    types) would cost every cron tick a tenth of its start-up (docs/design.md, Start-up)."""
 
-class Exit(IntEnum):
     OK = 0
     FAILED = 1  # the job failed, or the state is unusable so it could not run
     USAGE = 2  # usage or configuration error: nothing was run

@@ -13,17 +13,17 @@ credential (``api_key``, ``X-Auth-Token``, ``accessToken``) even when its value 
 come from ``${VAR}``; ``in_query_or_userinfo`` tells where in a URL template a ``${VAR}``
 sits. ``redact_url`` hides a database URL's password, even one holding a raw ``/``, ``@`` or
 ``%`` (which ``misencoded_password`` tells, so the store can refuse it before libpq quotes a
-piece of it). Pure: imports only ``re``, so a cron tick pays nothing for it.
+piece of it). Pure, and without ``re`` until a pattern is used (``Pattern``): every cron
+tick imports this module and checks every environment variable's name (``secret_name``).
 """
 
 from __future__ import annotations
 
-import re
-
 from schedsync.core import Pattern
 
 # A ${VAR}, an env: entry or an environment variable with one of these in its name is a secret.
-SECRET_NAME = Pattern(r"TOKEN|SECRET|KEY|PASS|AUTH|CRED", re.I)
+SECRET_WORDS = ("TOKEN", "SECRET", "KEY", "PASS", "AUTH", "CRED")
+SECRET_NAME = Pattern("(?i)" + "|".join(SECRET_WORDS))
 MIN_LENGTH = 4  # shorter values are not treated as secrets: redacting "1" would wreck every line
 # Values of secret-named environment variables that are settings, not credentials: redacting
 # every "true" in a job's output would make it unreadable and hide nothing.
@@ -35,6 +35,7 @@ CREDENTIAL_WORDS = {"key", "token", "secret", "sig", "signature", "pass", "passw
                     "auth", "authorization", "credential", "credentials", "session", "code", "jwt",
                     "cookie"}
 CREDENTIAL_PARTS = ("token", "secret", "apikey", "password")
+_CREDENTIAL_SPLIT = Pattern(r"[_\-.\[\]]+")
 
 # How httpx percent-encodes a URL's query: RFC 3986 unreserved characters and the WHATWG
 # query set stay, existing %XX escapes stay, everything else is UTF-8 %XX.
@@ -168,6 +169,8 @@ def _escaped_length(value: str) -> int:
 
 def query_form(value: str) -> str:
     """``value`` as httpx percent-encodes it in a URL's query (``a b/c`` → ``a%20b/c``)."""
+    if "%" not in value:  # no escape to keep: no pattern (a token in cron's environment, every tick)
+        return "".join(c if c in _QUERY_KEEP else _percent(c) for c in value)
     parts = []
     for piece in _ESCAPE.split(value):
         if _ESCAPE.fullmatch(piece):
@@ -267,17 +270,28 @@ def strip_password(url: str) -> str:
     return f"{scheme}://{head}{q}{query}"
 
 
+def secret_name(name: str) -> bool:
+    """Whether ``name`` (a variable's) says it holds a secret: ``SECRET_NAME.search(name)``.
+    An ASCII name (every environment's, in practice) is checked without ``re``: upper-casing
+    is then exactly ``re.I``'s matching; any other goes through the pattern, whose ``re.I``
+    also matches the Kelvin sign as K and the long s as S."""
+    if name.isascii():
+        upper = name.upper()
+        return any(word in upper for word in SECRET_WORDS)
+    return SECRET_NAME.search(name) is not None
+
+
 def environment_secrets(environ, secrets: Secrets) -> None:
     """Add the value of every variable in ``environ`` whose name says it is a secret."""
     for name, value in environ.items():
-        if SECRET_NAME.search(name) and value.lower() not in NOT_SECRET:
+        if secret_name(name) and value.lower() not in NOT_SECRET:
             secrets.add(value)
 
 
 def credential_name(name: str) -> bool:
     """Whether a query parameter or header called ``name`` holds a credential by its name."""
     lowered = name.lower()
-    return (any(part in CREDENTIAL_WORDS for part in re.split(r"[_\-.\[\]]+", lowered))
+    return (any(part in CREDENTIAL_WORDS for part in _CREDENTIAL_SPLIT.split(lowered))
             or any(part in lowered for part in CREDENTIAL_PARTS))
 
 

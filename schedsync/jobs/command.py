@@ -21,12 +21,18 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
 import sys
 import time
 from collections import deque
 
-from schedsync.core.durations import format_duration
+# The C module that ``signal`` wraps, with the same names and int values: ``signal`` adds
+# enums, and ``enum`` (with functools and types) would cost every cron tick about a tenth of
+# its start-up (docs/design.md, Start-up).
+try:
+    import _signal as signal
+except ImportError:  # pragma: no cover - not CPython
+    import signal
+
 from schedsync.core.models import CANCELLED, FAILED, SUCCESS, TIMEOUT
 from schedsync.core.outcome import FENCED, Cancelled, Outcome
 
@@ -219,6 +225,8 @@ def _watch(keeper, failure, argv, job, ctx, output: Output) -> Outcome:
     if cancelled:
         return Outcome(FAILED, exit_code=code, reason=CANCELLED, error=f"cancelled by {cancelled}")
     if timed_out:
+        from schedsync.core.durations import format_duration  # a timeout's message only
+
         return Outcome(TIMEOUT, exit_code=code, error=f"timed out after {format_duration(job.timeout)}")
     if code == 0:
         return Outcome(SUCCESS, exit_code=0)

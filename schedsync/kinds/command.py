@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from schedsync.config.checks import no_into
 from schedsync.kinds import JobKind
 
 
@@ -14,6 +13,8 @@ class Command(JobKind):
     stores_items = False
 
     def validate(self, spec: dict, path: str, doc, folder: str) -> dict:
+        from schedsync.config.checks import no_into  # validating only: not on a cron tick's path
+
         command = spec[self.key]
         where = f"{path}.{self.key}"
         if isinstance(command, list):

@@ -127,12 +127,22 @@ class Sync:
         self.nan_key = 0
         self.clashing = 0  # items with two keys for one column (store.sink_base.column_name)
         self.clash: tuple | None = None  # the first such pair of keys
+        self.nested_key = 0  # items whose key is a list or an object
+        self.shaped: dict[str, int] = {}  # why items were not stored (store.shape, the sink's types)
+        self.discarded: dict[str, int] = {}  # key -> values dropped by into.columns: discard (bounded)
+        self.shaper = None
+        self.transform = None
+        if any(k in job.into for k in ("select", "types", "columns", "nested")):
+            from schedsync.store.shape import Shaper
+
+            self.shaper = Shaper(self.table, self.keys, job.into)
 
     # -- the loop --
 
     def run(self) -> None:
         http = self.http
         check_next_rule(http["next"])
+        self._load_transform()
         self._open_sink()
         params = dict(http["params"])
         since = self._since()
@@ -214,19 +224,95 @@ class Sync:
             self.sink = open_sink(self.ctx.data_db)
         except SinkError as exc:
             raise self._store_error(exc) from None
+        if self.shaper is not None and self.shaper.types:
+            self.sink.pin(self.table, self.shaper.pinned())
+
+    def _load_transform(self) -> None:
+        """into.transform's function, imported as python jobs' are (jobs.yaml's folder first on the path)."""
+        target = self.job.into.get("transform")
+        if not target:
+            return
+        import sys
+
+        from schedsync.jobs.python import JobImportError, load_function
+
+        folder = self.ctx.config.dir
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        try:
+            self.transform = load_function(target)
+        except JobImportError as exc:
+            raise RequestFailed(f"into.transform: {_one_line(self.ctx.secrets.clip(exc, 200))}") from None
+
+    def _transformed(self, items: list) -> list:
+        target = self.job.into["transform"]
+        try:
+            result = self.transform(items)
+        except (DeadlinePassed, Cancelled, Fenced):
+            raise
+        except Exception as exc:
+            text = _one_line(self.ctx.secrets.clip(exc, 200))
+            raise RequestFailed(f"transform {target} raised {type(exc).__name__}"
+                                + (f": {text}" if text else "")) from None
+        if not isinstance(result, list):
+            raise RequestFailed(f"transform {target} returned {kind(result)}, not a list of items")
+        return result
+
+    def _shape(self, items: list):
+        """The page as into.select/types/nested/columns shape it (store.shape); None when no rule is set."""
+        from schedsync.store.shape import ShapeError
+
+        page = self.shaper.shape(items)
+        try:
+            self.shaper.apply_contract(page, self.sink.known_columns)
+        except ShapeError as exc:
+            raise RequestFailed(f"cannot store items into {self.table}: {exc}") from None
+        except SinkError as exc:
+            raise self._store_error(exc) from None
+        for reason in page.failed:
+            self._count(reason)
+        if page.failed:
+            self.log(f"{_count(len(page.failed))} not stored: {page.failed[0]}"
+                     + (f" (and {len(page.failed) - 1} more)" if len(page.failed) > 1 else ""))
+        if page.discarded:
+            for key, n in page.discarded.items():
+                if key in self.discarded or len(self.discarded) < 20:
+                    self.discarded[key] = self.discarded.get(key, 0) + n
+            keys_ = ", ".join(f"`{self.ctx.secrets.clip(k, 40)}`" for k in list(page.discarded)[:5])
+            self.log(f"into.columns is discard: dropped {sum(page.discarded.values())} values of "
+                     f"{len(page.discarded)} unknown {'key' if len(page.discarded) == 1 else 'keys'} ({keys_})")
+        return page
+
+    def _classified(self) -> int:
+        return self.not_objects + self.without_key + self.nan_key + self.nested_key + self.clashing
+
+    def _count(self, reason: str) -> None:
+        if reason in self.shaped or len(self.shaped) < 20:
+            self.shaped[reason] = self.shaped.get(reason, 0) + 1
+        else:
+            self.shaped["other reasons"] = self.shaped.get("other reasons", 0) + 1
 
     def _store_error(self, exc: Exception) -> RequestFailed:
         return RequestFailed(f"cannot store items into {self.table} in {redact_url(self.ctx.data_db)}: "
                              f"{self.ctx.secrets.clip(exc, 200)}")
 
     def _store(self, items: list) -> None:
+        if self.transform is not None:
+            items = self._transformed(items)
+        children = None
+        shaped_out = 0
+        if self.shaper is not None and items:
+            page = self._shape(items)
+            shaped_out = len(page.failed)
+            items, children = page.rows, page.children
         try:
-            stored, failed = self.sink.upsert(self.table, self.pk, items) if items else (0, 0)
+            stored, failed = self.sink.upsert(self.table, self.pk, items, children) if items else (0, 0)
         except SinkError as exc:
             raise self._store_error(exc) from None
         except RecursionError:  # a value parsed just within Python's limit, stored from deeper
             raise RequestFailed(f"cannot store items into {self.table}: a value is nested too deeply") from None
         if failed:
+            before = self._classified()
             for item in items:
                 if not isinstance(item, dict):
                     self.not_objects += 1
@@ -234,9 +320,18 @@ class Sync:
                     self.without_key += 1
                 elif any(item[key] != item[key] for key in self.keys):
                     self.nan_key += 1
+                elif any(isinstance(item[key], (list, dict)) for key in self.keys):
+                    self.nested_key += 1
                 elif pair := clashing_keys(item):
                     self.clashing += 1
                     self.clash = self.clash or pair
+            refused = failed - (self._classified() - before)
+            if refused > 0:  # the database refused a value for its column's type (PostgreSQL)
+                why = self.sink.rejected[0] if self.sink.rejected else "refused by the database"
+                self.log(f"{_count(refused)} not stored: {_one_line(self.ctx.secrets.clip(why, 200))}")
+                for _ in range(refused):
+                    self._count("a value its column's type refused")
+        failed += shaped_out
         self.failed += failed
         self.processed += stored
         self.display.update(items=stored, failed=failed)
@@ -296,6 +391,10 @@ class Sync:
         if self.clashing:
             pair = "`, `".join(self.ctx.secrets.clip(key, 40) for key in self.clash)
             parts.append(f"{self.clashing} {_items_word(self.clashing)} had two keys for one column (`{pair}`)")
+        if self.nested_key:
+            parts.append(f"{_count(self.nested_key)} had a list or an object in `{'`, `'.join(self.keys)}`")
+        for reason, n in self.shaped.items():
+            parts.append(f"{_count(n)} not stored: {self.ctx.secrets.clip(reason, 120)}")
         if self.not_objects:
             parts.append(f"{self.not_objects} {_items_word(self.not_objects)} "
                          f"{'was not a JSON object' if self.not_objects == 1 else 'were not JSON objects'}")
@@ -376,6 +475,14 @@ def last_complete_sync(ctx, skipped_future: list | None = None) -> float | None:
                 continue
             return run.started_at
     return None
+
+
+def _count(n: int) -> str:
+    return f"{n} {_items_word(n)}"
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
 
 
 def _items_word(n: int) -> str:

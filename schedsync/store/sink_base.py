@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 NAME_BYTES = 63  # PostgreSQL's identifier length; the rule is the same on SQLite
+MAX_COLUMNS = 1000  # columns in one table: a page that would add more fails (SQLite allows 2000, PostgreSQL 1600)
+_NESTED = (list, dict)
 _FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
@@ -122,13 +124,15 @@ def quote(name: str) -> str:
 
 
 def good_rows(keys: tuple, rows: list) -> list:
-    """The rows that are objects with every part of the key there, not null and not NaN (SQLite
-    would store a NaN as NULL, and PostgreSQL's NaN equals NaN: either way a new row every run)."""
+    """The rows that are objects with every part of the key there, not null, not NaN (SQLite
+    would store a NaN as NULL, and PostgreSQL's NaN equals NaN: either way a new row every run),
+    and not a list or an object (JSON text on one backend, jsonb on the other: no stable key)."""
     if len(keys) == 1:
         key = keys[0]
-        return [row for row in rows if type(row) is dict and (v := row.get(key)) is not None and v == v]
-    return [row for row in rows
-            if type(row) is dict and all((v := row.get(k)) is not None and v == v for k in keys)]
+        return [row for row in rows if type(row) is dict and (v := row.get(key)) is not None and v == v
+                and type(v) not in _NESTED]
+    return [row for row in rows if type(row) is dict and all(
+        (v := row.get(k)) is not None and v == v and type(v) not in _NESTED for k in keys)]
 
 
 class SQLSink(Sink):
@@ -141,6 +145,8 @@ class SQLSink(Sink):
     TYPES: dict = {}          # a first non-null value's Python type -> the column's type
     TEXT = "TEXT"             # the type of anything else
     ERRORS: tuple = ()        # exceptions that mean "cannot store": translated to SinkError
+    ROW_ERRORS: tuple = ()    # a value its column's type refuses: the page is sent again row by row
+    PINNED: dict = {}         # into.types' type -> the column's type
     IF_NOT_EXISTS = ""        # "IF NOT EXISTS " where schema work can race other writers
     MAX = "max"               # the aggregate, named with its schema where others may shadow it
     conn: Any = None          # the driver's connection (DB-API)
@@ -149,8 +155,34 @@ class SQLSink(Sink):
     def __init__(self) -> None:
         self._columns: dict[str, dict[str, str]] = {}  # table -> {fold(name): name}
         self._sql: dict[tuple, str] = {}
+        self.pinned: dict[str, dict[str, str]] = {}  # table -> {fold(column): into.types' type}
+        self.rejected: list[str] = []  # why the last upsert's type-refused rows were not stored
 
-    def upsert(self, table: str, pk, rows: list) -> tuple[int, int]:
+    def pin(self, table: str, types: dict) -> None:
+        """Create ``table``'s columns named in ``types`` ({column: integer|real|text|json|timestamp})
+        with that type (a column that exists keeps its own)."""
+        self.pinned[table] = {fold(c): kind for c, kind in types.items()}
+
+    def known_columns(self, table: str) -> set[str]:
+        """``table``'s columns, folded (``fold``); empty when it does not exist."""
+        known = self._columns.get(table)
+        if known is None:
+            try:
+                cur = self.conn.cursor()
+                try:
+                    known = self._read_columns(cur, table)
+                finally:
+                    cur.close()
+                    if not self.in_transaction:
+                        self._rollback()
+            except self.ERRORS as exc:
+                raise SinkError(self._reason(exc)) from None
+        return set(known)
+
+    def upsert(self, table: str, pk, rows: list, children: dict | None = None) -> tuple[int, int]:
+        """``children``: {child table: (parent keys, child rows)} (``store.shape``): in the same
+        transaction, each listed parent's rows in the child table are replaced by its child rows."""
+        self.rejected = []
         keys = key_columns(pk)
         good = good_rows(keys, rows)
         if not good:
@@ -171,28 +203,54 @@ class SQLSink(Sink):
                 return 0, len(rows)
             columns, keys = page.columns, tuple(page.of[k] for k in keys)
         try:
-            self._store(table, keys, columns, good, same)
+            try:
+                self._store(table, keys, columns, good, same, children)
+            except self.ROW_ERRORS:  # a value its column refuses: find the rows, store the others
+                self._columns.pop(table, None)
+                stored = self._store(table, keys, columns, good, same, children, one_by_one=True)
+                return stored, len(rows) - stored
         except self.ERRORS as exc:
             self._columns.pop(table, None)  # re-read the schema next time
+            for name in children or ():
+                self._columns.pop(name, None)
             raise SinkError(self._reason(exc)) from None
         return len(good), len(rows) - len(good)
 
-    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool) -> None:
-        """Write one page in one transaction (a savepoint inside a caller's transaction)."""
+    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool,
+               children: dict | None = None, one_by_one: bool = False) -> int:
+        """Write one page in one transaction (a savepoint inside a caller's transaction), its
+        children too; ``one_by_one``: each row in its own savepoint, those refused left out
+        (with their children; why in ``rejected``). Returns the rows stored."""
         cur = self.conn.cursor()
         nested = self.in_transaction
         cur.execute("SAVEPOINT sink_page") if nested else self._begin(cur)
         try:
-            known = self._columns.get(table)
-            if known is None or any(fold(c) not in known for c in columns):
-                known = self._schema(cur, table, keys, columns, rows)
-            names = tuple(known[fold(c)] for c in columns)  # the table's spelling
-            pk_names = tuple(known[fold(c)] for c in keys)
-            sql = self._sql.get((table, pk_names, names))
-            if sql is None:
-                sql = self._sql[(table, pk_names, names)] = self._upsert_sql(table, pk_names, names)
-            self._write(cur, sql, columns, rows, same)
+            sql = self._prepare(cur, table, keys, columns, rows)
+            if not one_by_one:
+                self._write(cur, sql, columns, rows, same)
+                stored = len(rows)
+            else:
+                refused = set()
+                for row in rows:
+                    cur.execute("SAVEPOINT sink_row")
+                    try:
+                        self._write(cur, sql, columns, [row], False)
+                        cur.execute("RELEASE SAVEPOINT sink_row")
+                    except self.ROW_ERRORS as exc:
+                        cur.execute("ROLLBACK TO SAVEPOINT sink_row")
+                        cur.execute("RELEASE SAVEPOINT sink_row")
+                        refused.add(tuple(row[k] for k in keys))
+                        if len(self.rejected) < 20:
+                            self.rejected.append(self._reason(exc))
+                stored = len(rows) - len(refused)
+                if refused and children:
+                    children = {name: ([p for p in parents if p not in refused],
+                                       [r for r in kids if tuple(r[f"_parent_{k}"] for k in keys) not in refused])
+                                for name, (parents, kids) in children.items()}
+            for name, (parents, kids) in (children or {}).items():
+                self._replace_children(cur, name, keys, parents, kids)
             cur.execute("RELEASE SAVEPOINT sink_page") if nested else self._commit()
+            return stored
         except BaseException:
             if nested:
                 cur.execute("ROLLBACK TO SAVEPOINT sink_page")
@@ -203,6 +261,43 @@ class SQLSink(Sink):
         finally:
             cur.close()
 
+    def _prepare(self, cur, table: str, keys: tuple, columns: tuple, rows: list) -> str:
+        """The schema work ``rows`` need, and the upsert statement for ``columns``."""
+        known = self._columns.get(table)
+        if known is None or any(fold(c) not in known for c in columns):
+            known = self._schema(cur, table, keys, columns, rows)
+        names = tuple(known[fold(c)] for c in columns)  # the table's spelling
+        pk_names = tuple(known[fold(c)] for c in keys)
+        sql = self._sql.get((table, pk_names, names))
+        if sql is None:
+            sql = self._sql[(table, pk_names, names)] = self._upsert_sql(table, pk_names, names)
+        return sql
+
+    def _replace_children(self, cur, table: str, parent_keys: tuple, parents: list, rows: list) -> None:
+        """In ``table`` (a child table), delete the rows of ``parents`` and write ``rows``."""
+        keys = tuple("_parent_" + k for k in parent_keys)
+        known = self._columns.get(table)
+        if known is None:
+            known = self._read_columns(cur, table)
+        if known and parents:
+            self._delete_children(cur, table, tuple(known[fold(k)] for k in keys), parents)
+        if not rows:
+            return
+        union = dict.fromkeys(rows[0])
+        for row in rows:
+            union.update(dict.fromkeys(row))
+        page = PageColumns(tuple(union))
+        if page.of is not None:  # the shaper has already failed parents whose elements clash
+            rows = [r for r in map(page.merge, rows) if r is not None]
+        columns = page.columns
+        sql = self._prepare(cur, table, keys + ("_idx",), columns, rows)
+        self._write(cur, sql, columns, rows, False)
+
+    def _delete_children(self, cur, table: str, keys: tuple, parents: list) -> None:
+        """Delete the rows of ``table`` whose ``keys`` columns hold one of ``parents`` (tuples)."""
+        where = " AND ".join(f"{quote(k)} = {self._placeholder()}" for k in keys)
+        cur.executemany(f"DELETE FROM {quote(table)} WHERE {where}", parents)
+
     def _schema(self, cur, table: str, keys: tuple, columns: tuple, rows: list) -> dict[str, str]:
         """Create ``table`` or add the columns it lacks (inside the page's transaction)."""
         self._lock_schema(cur, table)
@@ -210,7 +305,12 @@ class SQLSink(Sink):
         missing = [c for c in columns if fold(c) not in known]
         if not missing:
             return known
-        types = {c: self._type_of(c, rows) for c in missing}
+        if len(known) + len(missing) > MAX_COLUMNS:
+            raise SinkError(f"{table} would have {len(known) + len(missing):,} columns, more than "
+                            f"{MAX_COLUMNS:,} — keep fewer keys with into.select or into.columns: discard")
+        pinned = self.pinned.get(table, {})
+        types = {c: self.PINNED[pinned[fold(c)]] if fold(c) in pinned else self._type_of(c, rows)
+                 for c in missing}
         if not known:
             defs = [f"{quote(c)} {types[c]}" for c in missing]
             defs.append(f"PRIMARY KEY ({', '.join(map(quote, keys))})")
@@ -279,6 +379,10 @@ class SQLSink(Sink):
 
     def _column_names(self, cur, table: str) -> list[str]:
         """``table``'s column names in order; none when it does not exist."""
+        raise NotImplementedError
+
+    def _placeholder(self) -> str:
+        """One value's placeholder in a statement run by ``executemany``."""
         raise NotImplementedError
 
     def _statement(self, head: str, width: int, tail: str) -> str:

@@ -34,6 +34,8 @@ class PostgresSink(SQLSink):
     TYPES = {int: "bigint", bool: "boolean", float: "double precision", str: "text",
              dict: "jsonb", list: "jsonb", bytes: "bytea"}
     TEXT = "text"
+    PINNED = {"integer": "bigint", "real": "double precision", "text": "text", "json": "jsonb",
+              "timestamp": "timestamptz"}
     IF_NOT_EXISTS = "IF NOT EXISTS "
     MAX = "pg_catalog.max"  # a role with CREATE on public could plant a better-matching max()
 
@@ -49,6 +51,7 @@ class PostgresSink(SQLSink):
         self._pg, self._json = psycopg2, psycopg2.extras.Json
         self._execute_values = psycopg2.extras.execute_values
         self.ERRORS = (psycopg2.Error, ValueError)
+        self.ROW_ERRORS = (psycopg2.DataError,)  # "abc" for a bigint, a value out of range…
         self.path = redact_url(url)
         if misencoded_password(url):  # libpq would read and quote a piece of it as the host
             raise SinkError(f"its password holds a raw /, @ or % — {MISENCODED_FIX}")
@@ -66,15 +69,28 @@ class PostgresSink(SQLSink):
         secret = getattr(self, "_secret", None)
         return clip(text.replace(secret, "***") if secret else text, 200)
 
-    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool) -> None:
+    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool,
+               children: dict | None = None, one_by_one: bool = False) -> int:
         rows = _last_of_each_key(rows, keys)  # one statement may update a row only once
         try:
-            super()._store(table, keys, columns, rows, same)
+            return super()._store(table, keys, columns, rows, same, children, one_by_one)
         except (ValueError, self._pg.errors.UntranslatableCharacter) as exc:
             if isinstance(exc, ValueError) and "NUL" not in str(exc):
                 raise
             self._columns.pop(table, None)  # text cannot hold a NUL: store U+FFFD instead
-            super()._store(table, keys, columns, list(map(_without_nul, rows)), same)
+            if children:
+                children = {name: (parents, list(map(_without_nul, kids)))
+                            for name, (parents, kids) in children.items()}
+            return super()._store(table, keys, columns, list(map(_without_nul, rows)), same,
+                                  children, one_by_one)
+
+    def _delete_children(self, cur, table: str, keys: tuple, parents: list) -> None:
+        names = ", ".join(map(quote, keys)).replace("%", "%%")
+        self._execute_values(cur, f"DELETE FROM {quote(table).replace('%', '%%')} WHERE ({names}) IN (VALUES %s)",
+                             parents, page_size=PAGE)
+
+    def _placeholder(self) -> str:
+        return "%s"
 
     def _lock_schema(self, cur, table: str) -> None:
         # Concurrent CREATE TABLE IF NOT EXISTS races in the catalog: one writer at a time

@@ -67,6 +67,7 @@ class SQLiteSink(SQLSink):
     TYPES = {int: "INTEGER", bool: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB",
              dict: "TEXT", list: "TEXT"}
     ERRORS = (sqlite3.Error, OSError, OverflowError, ValueError)
+    PINNED = {"integer": "INTEGER", "real": "REAL", "text": "TEXT", "json": "TEXT", "timestamp": "TEXT"}
 
     def __init__(self, path: str):
         global _open_sinks
@@ -93,6 +94,9 @@ class SQLiteSink(SQLSink):
 
     def _column_names(self, cur, table: str) -> list[str]:
         return [row[1] for row in cur.execute(f"PRAGMA table_info({quote(table)})")]
+
+    def _placeholder(self) -> str:
+        return "?"
 
     def _statement(self, head: str, width: int, tail: str) -> str:
         return f"{head}({', '.join('?' * width)}){tail}"

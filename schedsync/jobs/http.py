@@ -255,7 +255,7 @@ class Sync:
             raise RequestFailed(f"transform {target} raised {type(exc).__name__}"
                                 + (f": {text}" if text else "")) from None
         if not isinstance(result, list):
-            raise RequestFailed(f"transform {target} returned {kind(result)}, not a list of items")
+            raise RequestFailed(f"transform {target} returned a {type(result).__name__}, not a list of items")
         return result
 
     def _shape(self, items: list):

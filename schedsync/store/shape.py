@@ -271,7 +271,7 @@ class Shaper:
                                  " — add the column, or use columns: evolve or discard")
             drop = set(new)
             for row in good:
-                for key in drop.intersection(row):
+                for key in [k for k in row if k in drop]:
                     del row[key]
                     page.discarded[key] = page.discarded.get(key, 0) + 1
 

@@ -11,11 +11,11 @@ import re
 import textwrap
 
 import pytest
-from test_http import FAST, Upstream, reply
 
 from schedsync.store.data_db import DataDB
-from schedsync.store.shape import Bad, Shaper, ShapeError, child_table, coerce, select_column
+from schedsync.store.shape import Bad, ShapeError, Shaper, child_table, coerce, select_column
 from schedsync.store.sink import SinkError, open_sink
+from test_http import FAST, Upstream, reply
 
 # --- the pure rules ------------------------------------------------------------------------------
 
@@ -200,6 +200,26 @@ def test_child_rows_are_replaced_when_their_parent_is_upserted(sink, db):
         {"_parent_id": 2, "_idx": 0, "sku": "z"}]  # 2 sent no lines: kept
     assert rows(db, "orders__tags") == []          # 2 sent an empty list: none left
     assert sorted(column_types(db, "orders")) == ["id"]
+
+
+def test_a_child_value_its_column_refuses_fails_the_item_with_its_children(sink, db):
+    shaper = Shaper("p", ("id",), {"nested": "tables"})
+
+    def store(items):
+        page = shaper.shape(items)
+        return sink.upsert("p", "id", page.rows, page.children)
+
+    assert store([{"id": 1, "l": [{"q": 1}]}, {"id": 2, "l": [{"q": 2}]}]) == (2, 0)  # q: an integer column
+    result = store([{"id": 2, "v": "x", "l": [{"q": "abc"}]}, {"id": 3, "v": "y", "l": [{"q": 3}, {"q": 4}]}])
+
+    kids = [(r["_parent_id"], r["q"]) for r in rows(db, "p__l", '"_parent_id", q', "1, 2")]
+    if db.backend == "postgresql":
+        assert result == (1, 1)
+        assert rows(db, "p") == [{"id": 1, "v": None}, {"id": 2, "v": None}, {"id": 3, "v": "y"}]
+        assert kids == [(1, 1), (2, 2), (3, 3), (3, 4)]  # 2 and its children as they were
+    else:
+        assert result == (2, 0)
+        assert kids == [(1, 1), (2, "abc"), (3, 3), (3, 4)]
 
 
 def test_a_page_whose_children_cannot_be_stored_stores_its_parents_not_at_all(sink, db):

@@ -118,6 +118,18 @@ def clashing_keys(row: dict) -> tuple[str, str] | None:
     return None
 
 
+def _children_by_parent(children: dict, keys: tuple) -> dict:
+    """{parent key: {child table: its child rows}} of a page's ``children`` (``SQLSink.upsert``)."""
+    out: dict = {}
+    columns = tuple("_parent_" + k for k in keys)
+    for name, (parents, kids) in children.items():
+        for parent in parents:
+            out.setdefault(parent, {})[name] = []
+        for kid in kids:
+            out[tuple(kid[c] for c in columns)][name].append(kid)
+    return out
+
+
 def quote(name: str) -> str:
     """``name`` as a quoted SQL identifier (the same on SQLite and PostgreSQL)."""
     return '"' + str(name).replace('"', '""') + '"'
@@ -207,8 +219,8 @@ class SQLSink(Sink):
                 self._store(table, keys, columns, good, same, children)
             except self.ROW_ERRORS:  # a value its column refuses: find the rows, store the others
                 self._columns.pop(table, None)
-                stored = self._store(table, keys, columns, good, same, children, one_by_one=True)
-                return stored, len(rows) - stored
+                refused = self._store(table, keys, columns, good, same, children, one_by_one=True)
+                return len(good) - refused, len(rows) - len(good) + refused
         except self.ERRORS as exc:
             self._columns.pop(table, None)  # re-read the schema next time
             for name in children or ():
@@ -220,37 +232,35 @@ class SQLSink(Sink):
                children: dict | None = None, one_by_one: bool = False) -> int:
         """Write one page in one transaction (a savepoint inside a caller's transaction), its
         children too; ``one_by_one``: each row in its own savepoint, those refused left out
-        (with their children; why in ``rejected``). Returns the rows stored."""
+        (with their children; why in ``rejected``). Returns how many rows were refused."""
         cur = self.conn.cursor()
         nested = self.in_transaction
         cur.execute("SAVEPOINT sink_page") if nested else self._begin(cur)
         try:
             sql = self._prepare(cur, table, keys, columns, rows)
+            refused: set = set()
             if not one_by_one:
                 self._write(cur, sql, columns, rows, same)
-                stored = len(rows)
-            else:
-                refused = set()
+                for name, (parents, kids) in (children or {}).items():
+                    self._replace_children(cur, name, keys, parents, kids)
+            else:  # an item is its row and its children: refused together
+                of_parent = _children_by_parent(children or {}, keys)
                 for row in rows:
+                    parent = tuple(row[k] for k in keys)
                     cur.execute("SAVEPOINT sink_row")
                     try:
                         self._write(cur, sql, columns, [row], False)
+                        for name, kids in of_parent.get(parent, {}).items():
+                            self._replace_children(cur, name, keys, [parent], kids)
                         cur.execute("RELEASE SAVEPOINT sink_row")
                     except self.ROW_ERRORS as exc:
                         cur.execute("ROLLBACK TO SAVEPOINT sink_row")
                         cur.execute("RELEASE SAVEPOINT sink_row")
-                        refused.add(tuple(row[k] for k in keys))
+                        refused.add(parent)
                         if len(self.rejected) < 20:
                             self.rejected.append(self._reason(exc))
-                stored = len(rows) - len(refused)
-                if refused and children:
-                    children = {name: ([p for p in parents if p not in refused],
-                                       [r for r in kids if tuple(r[f"_parent_{k}"] for k in keys) not in refused])
-                                for name, (parents, kids) in children.items()}
-            for name, (parents, kids) in (children or {}).items():
-                self._replace_children(cur, name, keys, parents, kids)
             cur.execute("RELEASE SAVEPOINT sink_page") if nested else self._commit()
-            return stored
+            return len(refused)
         except BaseException:
             if nested:
                 cur.execute("ROLLBACK TO SAVEPOINT sink_page")

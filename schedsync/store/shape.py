@@ -17,7 +17,11 @@ import json
 import math
 import re
 
-from schedsync.store.sink_base import MAX_COLUMNS, column_name, fold, good_rows
+from schedsync.store.sink_base import column_name, fold, good_rows
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CONTRACTS = ("evolve", "freeze", "discard")
 TYPES = ("integer", "real", "text", "json", "timestamp")
@@ -118,7 +122,7 @@ def _timestamp(value) -> str:
 
 def dig_path(item: dict, parts: tuple):
     """The value at ``parts`` in ``item``, or None where the path is missing."""
-    value = item
+    value: Any = item
     for part in parts:
         if type(value) is not dict:
             return None
@@ -275,7 +279,3 @@ class Shaper:
                     del row[key]
                     page.discarded[key] = page.discarded.get(key, 0) + 1
 
-
-def too_many_columns(count: int) -> str:
-    return (f"it would have {count:,} columns, more than {MAX_COLUMNS:,} — keep fewer keys with "
-            "into.select or into.columns: discard")

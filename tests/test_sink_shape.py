@@ -459,3 +459,62 @@ def test_too_many_columns_fails_the_run_in_one_line(project, upstream, target):
 
     assert failure(result) == (f"cannot store items into items in {target}: items would have 1,001 "
                                "columns, more than 1,000 — keep fewer keys with into.select or into.columns: discard")
+
+
+# --- jobs.yaml: every new key checked, with file:line ---------------------------------------------
+
+def config_error(into: str) -> str:
+    from schedsync.config import parse
+    from schedsync.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse(textwrap.dedent(f"""\
+            jobs:
+              a:
+                http: {{url: "https://example.test/x"}}
+                into:
+                  table: t
+                  pk: id
+                  {into}
+            """), "jobs.yaml", "/srv/sync")
+    assert caught.value.exit_code == 2
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(("into", "message"), [
+    ("columns: strict", "jobs.yaml:7 jobs.a.into.columns: 'strict' is not one of evolve, freeze, discard"),
+    ("nested: flat", "jobs.yaml:7 jobs.a.into.nested: 'flat' is not one of json, tables"),
+    ("select: name", "jobs.yaml:7 jobs.a.into.select: 'name' is not a list of keys — e.g. select: [id, name, owner.login]"),
+    ("select: []", "jobs.yaml:7 jobs.a.into.select: [] is not a list of keys — e.g. select: [id, name, owner.login]"),
+    ("select: [a, owner..login]", "jobs.yaml:7 jobs.a.into.select[1]: 'owner..login' is not a key or dotted path — "
+                                  "write e.g. owner.login (parts separated by single dots)"),
+    ("select: [a.b, a__b]", "jobs.yaml:7 jobs.a.into.select[1]: 'a__b' is stored in column a__b, as 'a.b' is — "
+                            "list each key once"),
+    ("types: {n: int}", "jobs.yaml:7 jobs.a.into.types.n: 'int' is not a type — "
+                        "use one of integer, real, text, json, timestamp"),
+    ("types: [n]", "jobs.yaml:7 jobs.a.into.types: ['n'] is not a mapping of column: type — "
+                   "e.g. types: {amount: real}; types are integer, real, text, json, timestamp"),
+    ("select: [a.b]\n                  types: {a.b: real}",
+     "jobs.yaml:8 jobs.a.into.types.a.b: is not a column into.select keeps — "
+     "name a selected column (a dotted path a.b is column a__b)"),
+    ("transform: clean", "jobs.yaml:7 jobs.a.into.transform: 'clean' is not module:function — "
+                         'write e.g. transform: "shaping:clean"'),
+    ("colums: freeze", "jobs.yaml:7 jobs.a.into.colums: unknown key — did you mean 'columns'?"),
+])
+def test_each_new_into_key_is_checked_with_its_line(into, message):
+    assert config_error(into) == message
+
+
+def test_good_shaping_keys_are_kept():
+    from schedsync.config import parse
+
+    config = parse(textwrap.dedent("""\
+        jobs:
+          a:
+            http: {url: "https://example.test/x"}
+            into: {table: t, pk: id, columns: freeze, select: [a.b], types: {a__b: real},
+                   nested: tables, transform: "shaping:clean"}
+        """), "jobs.yaml", "/srv/sync")
+    assert config.job("a").into == {"table": "t", "pk": "id", "db": None, "columns": "freeze",
+                                    "select": ["a.b"], "types": {"a__b": "real"}, "nested": "tables",
+                                    "transform": "shaping:clean"}

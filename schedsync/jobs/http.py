@@ -9,6 +9,9 @@ as it arrives, so memory stays flat however many pages there are and a run
 cut short keeps what it stored. Nested objects and lists are stored as JSON
 text; new keys become new columns. Items that are not JSON objects or lack the
 key are counted failed and the run ends ``partial`` (exit 0, one line on stderr).
+``into.transform`` (a function, imported as python jobs are) and ``into.select``,
+``types``, ``nested``, ``columns`` (``store.shape``) shape each page before the sink
+writes it; with none set the page goes to the sink as it came.
 
 A page is parsed whole, so its memory is bounded by what it holds: at most
 ``http.max_values`` JSON values (objects, lists, strings, numbers…, nested ones

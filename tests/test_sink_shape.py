@@ -169,6 +169,7 @@ def test_pinned_columns_are_created_with_their_type(sink, db):
                          "at": "timestamp with time zone"}
         [row] = rows(db, "t", "id, n, r, s, j, at::text AS at")
         assert row == {"id": 1, "n": 7, "r": 1.0, "s": "5", "j": "x", "at": "2024-05-01 12:00:00+00"}
+    assert sink.max_value("t", "at") == "2024-05-01T12:00:00+00:00"  # what since.field sends, on both
 
 
 def test_a_value_its_column_refuses_fails_that_item_and_the_rest_of_the_page_is_stored(sink, db):

@@ -54,6 +54,8 @@ def since_text(value) -> str | None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    if hasattr(value, "isoformat"):  # a timestamptz (into.types): ISO 8601, as SQLite stores it
+        return value.isoformat()
     return str(value)
 
 

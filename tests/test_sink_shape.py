@@ -485,7 +485,8 @@ def config_error(into: str) -> str:
 @pytest.mark.parametrize(("into", "message"), [
     ("columns: strict", "jobs.yaml:7 jobs.a.into.columns: 'strict' is not one of evolve, freeze, discard"),
     ("nested: flat", "jobs.yaml:7 jobs.a.into.nested: 'flat' is not one of json, tables"),
-    ("select: name", "jobs.yaml:7 jobs.a.into.select: 'name' is not a list of keys — e.g. select: [id, name, owner.login]"),
+    ("select: name",
+     "jobs.yaml:7 jobs.a.into.select: 'name' is not a list of keys — e.g. select: [id, name, owner.login]"),
     ("select: []", "jobs.yaml:7 jobs.a.into.select: [] is not a list of keys — e.g. select: [id, name, owner.login]"),
     ("select: [a, owner..login]", "jobs.yaml:7 jobs.a.into.select[1]: 'owner..login' is not a key or dotted path — "
                                   "write e.g. owner.login (parts separated by single dots)"),

@@ -158,6 +158,8 @@ class Shaper:
             self.select += [(k, (k,)) for k in keys if fold(k) not in chosen]
         self.types = {fold(column_name(c)): (c, kind) for c, kind in (into.get("types") or {}).items()}
         self._pin_of: dict = {}  # key -> (column, type) or None, as _typed met them
+        self._plain: set = set()  # child element keys that are not reserved
+        self._children: dict = {}  # key -> its child table's name
         self.contract = into.get("columns") or "evolve"
         self.tables = into.get("nested") == "tables"
         self.active = bool(self.select or self.types or self.contract != "evolve" or self.tables)
@@ -214,6 +216,7 @@ class Shaper:
             page.rows = [row for row in page.rows if id(row) in kept or id(row) not in of_parents]
         parent_columns = [PARENT + k for k in keys]
         reserved = {fold(c) for c in parent_columns} | {fold(INDEX)}
+        seen = self._plain  # element keys already known not to clash
         children = page.children
         dropped = set()
         for key_values, row in last.items():
@@ -221,20 +224,20 @@ class Shaper:
             if not lists:
                 continue
             made = []
+            head = dict(zip(parent_columns, key_values, strict=True))
             try:
                 for key, values in lists:
-                    head = dict(zip(parent_columns, key_values, strict=True))
                     child = []
                     for idx, element in enumerate(values):
                         if type(element) is dict:
-                            if any(fold(column_name(k)) in reserved for k in element):
-                                clash = next(k for k in element if fold(column_name(k)) in reserved)
+                            clash = None if seen.issuperset(element) else self._reserved_key(element, reserved)
+                            if clash is not None:
                                 raise Bad(f"an element of `{key}` has key `{clash}`, "
                                           "which child tables use for the parent's key and position")
                             child.append({**head, INDEX: idx, **element})
                         else:
                             child.append({**head, INDEX: idx, VALUE: element})
-                    made.append((child_table(self.table, key), key_values, child))
+                    made.append((self._child_name(key), key_values, child))
             except Bad as exc:
                 page.failed.append(str(exc))
                 dropped.add(id(row))
@@ -247,6 +250,24 @@ class Shaper:
                 child_rows.extend(child)
         if dropped:
             page.rows = [row for row in page.rows if id(row) not in dropped]
+
+    def _child_name(self, key: str) -> str:
+        name = self._children.get(key)
+        if name is None:
+            name = child_table(self.table, key)
+            if len(self._children) < 10_000:
+                self._children[key] = name
+        return name
+
+    def _reserved_key(self, element: dict, reserved: set):
+        """The first key of ``element`` stored in a column child tables reserve, else None (the
+        keys are remembered as plain, up to a bound)."""
+        for key in element:
+            if fold(column_name(key)) in reserved:
+                return key
+        if len(self._plain) < 10_000:  # bounded: keys are the upstream's
+            self._plain.update(element)
+        return None
 
     def apply_contract(self, page: Page, known_of) -> None:
         """``into.columns`` on ``page``: ``known_of(table)`` is the table's folded column names

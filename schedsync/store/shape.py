@@ -17,6 +17,7 @@ import json
 import math
 import re
 
+from schedsync.core.redact import clip
 from schedsync.store.sink_base import column_name, fold, good_rows
 
 TYPE_CHECKING = False
@@ -197,7 +198,7 @@ class Shaper:
                         if pinned is not None and value is not None:
                             row[key] = coerce(pinned[1], value)
                 except Bad as exc:
-                    failed.append(f"`{key}` held {exc}")
+                    failed.append(f"`{clip(key, 60)}` held {exc}")
                     continue
             out.append(row)
         return out
@@ -232,7 +233,7 @@ class Shaper:
                         if type(element) is dict:
                             clash = None if seen.issuperset(element) else self._reserved_key(element, reserved)
                             if clash is not None:
-                                raise Bad(f"an element of `{key}` has key `{clash}`, "
+                                raise Bad(f"an element of `{clip(key, 60)}` has key `{clip(clash, 60)}`, "
                                           "which child tables use for the parent's key and position")
                             child.append({**head, INDEX: idx, **element})
                         else:
@@ -292,7 +293,7 @@ class Shaper:
             if not new:
                 continue
             if self.contract == "freeze":
-                raise ShapeError(f"into.columns is freeze and key `{new[0]}` is not a column of {table}"
+                raise ShapeError(f"into.columns is freeze and key `{clip(new[0], 60)}` is not a column of {table}"
                                  " — add the column, or use columns: evolve or discard")
             drop = set(new)
             for row in good:

@@ -80,13 +80,15 @@ def test_of_parents_sharing_a_key_the_last_and_its_children_win():
     assert page.children == {"o__l": ([(1,)], [{"_parent_id": 1, "_idx": 0, "value": 9}])}
 
 
-def test_an_element_with_a_key_child_tables_reserve_fails_its_item_never_merged():
+def test_an_element_with_a_reserved_key_or_two_keys_for_one_column_fails_its_item_never_merged():
     page = Shaper("o", ("id",), {"nested": "tables"}).shape(
-        [{"id": 1, "l": [{"_IDX": 5}]}, {"id": 2, "l": [{"_parent_id": 1}]}, {"id": 3, "l": [{"a": 1}]}])
-    assert page.rows == [{"id": 3}]
+        [{"id": 1, "l": [{"_IDX": 5}]}, {"id": 2, "l": [{"_parent_id": 1}]}, {"id": 3, "l": [{"a": 1}]},
+         {"id": 4, "l": [{"a": 1}, {"a": 2, "A": 3}]}, {"id": 5, "l": [{"a": 1}, {"A": 2}]}])
+    assert page.rows == [{"id": 3}, {"id": 5}]  # `a` in one element and `A` in another share a column
     assert page.failed == [
         "an element of `l` has key `_IDX`, which child tables use for the parent's key and position",
-        "an element of `l` has key `_parent_id`, which child tables use for the parent's key and position"]
+        "an element of `l` has key `_parent_id`, which child tables use for the parent's key and position",
+        "an element of `l` has two keys for one column (`a`, `A`)"]
 
 
 def test_a_long_child_table_name_gets_the_hash_suffix():
@@ -174,7 +176,7 @@ def test_pinned_columns_are_created_with_their_type(sink, db):
 
 def test_a_value_its_column_refuses_fails_that_item_and_the_rest_of_the_page_is_stored(sink, db):
     assert sink.upsert("t", "id", [{"id": 1, "n": 5}]) == (1, 0)  # n: an integer column
-    stored, failed = sink.upsert("t", "id", [{"id": 2, "n": 6}, {"id": 3, "n": "abc"}, {"id": 4, "n": 8}])
+    stored, failed = sink.store_page("t", "id", [{"id": 2, "n": 6}, {"id": 3, "n": "abc"}, {"id": 4, "n": 8}])
     got = {r["id"]: r["n"] for r in rows(db, "t")}
     if db.backend == "postgresql":  # bigint refuses "abc": that row alone is left out
         assert (stored, failed) == (2, 1)
@@ -190,7 +192,7 @@ def test_child_rows_are_replaced_when_their_parent_is_upserted(sink, db):
 
     def store(items):
         page = shaper.shape(items)
-        return sink.upsert("orders", "id", page.rows, page.children)
+        return sink.store_page("orders", "id", page.rows, page.children)
 
     assert store([{"id": 1, "lines": [{"sku": "a"}, {"sku": "b"}, {"sku": "c"}]},
                   {"id": 2, "lines": [{"sku": "z", "n": 1}], "tags": ["x"]}]) == (2, 0)
@@ -208,7 +210,7 @@ def test_a_child_value_its_column_refuses_fails_the_item_with_its_children(sink,
 
     def store(items):
         page = shaper.shape(items)
-        return sink.upsert("p", "id", page.rows, page.children)
+        return sink.store_page("p", "id", page.rows, page.children)
 
     assert store([{"id": 1, "l": [{"q": 1}]}, {"id": 2, "l": [{"q": 2}]}]) == (2, 0)  # q: an integer column
     result = store([{"id": 2, "v": "x", "l": [{"q": "abc"}]}, {"id": 3, "v": "y", "l": [{"q": 3}, {"q": 4}]}])
@@ -226,10 +228,10 @@ def test_a_child_value_its_column_refuses_fails_the_item_with_its_children(sink,
 def test_a_page_whose_children_cannot_be_stored_stores_its_parents_not_at_all(sink, db):
     shaper = Shaper("p", ("id",), {"nested": "tables"})
     page = shaper.shape([{"id": 1, "v": "old", "l": [{"a": 1}]}])
-    sink.upsert("p", "id", page.rows, page.children)
+    sink.store_page("p", "id", page.rows, page.children)
     page = shaper.shape([{"id": 1, "v": "new", "l": [{f"k{i}": i for i in range(1001)}]}])
     with pytest.raises(SinkError):
-        sink.upsert("p", "id", page.rows, page.children)
+        sink.store_page("p", "id", page.rows, page.children)
     assert rows(db, "p") == [{"id": 1, "v": "old"}]
     assert rows(db, "p__l", '"_parent_id", a') == [{"_parent_id": 1, "a": 1}]
 

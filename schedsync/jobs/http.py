@@ -309,7 +309,7 @@ class Sync:
             shaped_out = len(page.failed)
             items, children = page.rows, page.children
         try:
-            stored, failed = self.sink.upsert(self.table, self.pk, items, children) if items else (0, 0)
+            stored, failed = self.sink.store_page(self.table, self.pk, items, children) if items else (0, 0)
         except SinkError as exc:
             raise self._store_error(exc) from None
         except RecursionError:  # a value parsed just within Python's limit, stored from deeper

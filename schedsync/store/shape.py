@@ -18,7 +18,7 @@ import math
 import re
 
 from schedsync.core.redact import clip
-from schedsync.store.sink_base import column_name, fold, good_rows
+from schedsync.store.sink_base import INDEX, PARENT, column_name, fold, good_rows
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,8 +30,6 @@ NESTED = ("json", "tables")
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1  # bigint on PostgreSQL, INTEGER on SQLite
 _INT = re.compile(r"\s*[+-]?\d{1,19}\s*")
 _to_json = json.JSONEncoder(default=repr, ensure_ascii=False, sort_keys=True).encode
-PARENT = "_parent_"  # a child row's copy of its parent's key column K is column _parent_K
-INDEX = "_idx"       # and its position in the parent's list
 VALUE = "value"      # a scalar element's column
 
 
@@ -159,7 +157,7 @@ class Shaper:
             self.select += [(k, (k,)) for k in keys if fold(k) not in chosen]
         self.types = {fold(column_name(c)): (c, kind) for c, kind in (into.get("types") or {}).items()}
         self._pin_of: dict = {}  # key -> (column, type) or None, as _typed met them
-        self._plain: set = set()  # child element keys that are not reserved
+        self._plain: set = set()  # child element keys that are their own column, not reserved
         self._children: dict = {}  # key -> its child table's name
         self.contract = into.get("columns") or "evolve"
         self.tables = into.get("nested") == "tables"
@@ -231,10 +229,9 @@ class Shaper:
                     child = []
                     for idx, element in enumerate(values):
                         if type(element) is dict:
-                            clash = None if seen.issuperset(element) else self._reserved_key(element, reserved)
-                            if clash is not None:
-                                raise Bad(f"an element of `{clip(key, 60)}` has key `{clip(clash, 60)}`, "
-                                          "which child tables use for the parent's key and position")
+                            why = None if seen.issuperset(element) else self._bad_element(element, reserved)
+                            if why is not None:
+                                raise Bad(f"an element of `{clip(key, 60)}` {why}")
                             child.append({**head, INDEX: idx, **element})
                         else:
                             child.append({**head, INDEX: idx, VALUE: element})
@@ -260,14 +257,20 @@ class Shaper:
                 self._children[key] = name
         return name
 
-    def _reserved_key(self, element: dict, reserved: set):
-        """The first key of ``element`` stored in a column child tables reserve, else None (the
-        keys are remembered as plain, up to a bound)."""
+    def _bad_element(self, element: dict, reserved: set) -> str | None:
+        """Why ``element`` cannot be a child row (a key child tables reserve, or two keys for one
+        column), else None; keys that are their own column are remembered (up to a bound) so
+        elements made of them only are not looked at again."""
+        names: dict = {}
         for key in element:
-            if fold(column_name(key)) in reserved:
-                return key
+            name = fold(column_name(key))
+            if name in reserved:
+                return f"has key `{clip(key, 60)}`, which child tables use for the parent's key and position"
+            other = names.setdefault(name, key)
+            if other is not key:
+                return f"has two keys for one column (`{clip(other, 40)}`, `{clip(key, 40)}`)"
         if len(self._plain) < 10_000:  # bounded: keys are the upstream's
-            self._plain.update(element)
+            self._plain.update(key for key in element if names.get(key) is key)
         return None
 
     def apply_contract(self, page: Page, known_of) -> None:

@@ -3,26 +3,30 @@
 A sink is opened on a *target* (today a SQLite file path: ``into.db``, or the default
 data database; a PostgreSQL URL later) and offers three operations:
 
-``upsert(table, pk, rows, children=None) -> (stored, failed)``
+``upsert(table, pk, rows) -> (stored, failed)``
     Insert or update ``rows`` (decoded JSON items) in ``table``, keyed on ``pk`` (a
     column name, or a list of them), all in one transaction: a page is stored whole or
-    not at all, except that rows with a value their column's type refuses (PostgreSQL's
-    data errors: ``"abc"`` for a bigint) are found by sending the page again one row at a
-    time, and are counted ``failed`` with the database's reason in ``rejected``. Rows that
-    are not JSON objects or lack a part of the key (missing, null, NaN, a list or an
-    object) are not stored and are counted ``failed``. ``children`` ({child table: (parent
-    keys, child rows)}, made by ``store.shape``) replaces, in the same transaction, each
-    listed parent's rows in each child table (keyed on ``_parent_PK`` and ``_idx``). The table is created on first use
+    not at all. Rows that are not JSON objects or lack a part of the key (missing, null,
+    NaN, a list or an object) are not stored and are counted ``failed``. The table is created on first use
     and gains a column for each new key (schema work only when a page brings a key the
     table lacks), named by ``sink_base.column_name`` and matched ASCII case-insensitively
     (``sink_base.fold``); a row with two keys for one column is counted ``failed``. A
     key that another row of the same page has but this row lacks is stored as NULL;
     columns the page does not mention keep their values; of rows sharing a key, the
-    last wins. A page that would give a table more than ``MAX_COLUMNS`` (1,000) columns
-    is a SinkError. Lists and objects are stored as JSON text, everything else as it is (a
-    backend that cannot hold a NUL in text stores U+FFFD).
+    last wins. Lists and objects are stored as JSON text, everything else as it is (a
+    backend that cannot hold a NUL in text stores U+FFFD). A page that would give a table
+    more than ``MAX_COLUMNS`` (1,000) columns is a SinkError, and nothing of it is stored.
+``store_page(table, pk, rows, children=None) -> (stored, failed)``
+    What an http job writes for one page (``store.shape`` made ``rows`` and ``children``):
+    ``upsert``, and in the same transaction, for each child table in ``children``
+    ({table: (parent keys, child rows)}), each listed parent's rows there deleted and its
+    child rows upserted (keyed on ``_parent_PK``… and ``_idx``). When the database refuses
+    a value for its column's type (PostgreSQL's data errors: ``"abc"`` for a bigint), the
+    page is sent again one item (its row and its children) at a time in savepoints: those
+    refused count ``failed``, their reasons in ``rejected``, the others are stored.
 ``pin(table, types)``, ``known_columns(table)``
-    Columns created later with ``into.types``' types; the table's columns as they compare.
+    Columns created from then on with ``into.types``' types; the table's columns as they
+    compare (``fold``), none when it does not exist.
 ``max_value(table, column) -> str | None``
     The largest value stored in ``column`` as text (a whole float as an integer), for
     incremental ``since``; None when the table or the column does not exist yet or

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 NAME_BYTES = 63  # PostgreSQL's identifier length; the rule is the same on SQLite
 MAX_COLUMNS = 1000  # columns in one table: a page that would add more fails (SQLite allows 2000, PostgreSQL 1600)
+PARENT = "_parent_"  # a child table's copy of its parent's key column K is _parent_K (into.nested)
+INDEX = "_idx"       # and the element's position in the parent's list
 _NESTED = (list, dict)
 _FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
@@ -120,18 +122,6 @@ def clashing_keys(row: dict) -> tuple[str, str] | None:
     return None
 
 
-def _children_by_parent(children: dict, keys: tuple) -> dict:
-    """{parent key: {child table: its child rows}} of a page's ``children`` (``SQLSink.upsert``)."""
-    out: dict = {}
-    columns = tuple("_parent_" + k for k in keys)
-    for name, (parents, kids) in children.items():
-        for parent in parents:
-            out.setdefault(parent, {})[name] = []
-        for kid in kids:
-            out[tuple(kid[c] for c in columns)][name].append(kid)
-    return out
-
-
 def quote(name: str) -> str:
     """``name`` as a quoted SQL identifier (the same on SQLite and PostgreSQL)."""
     return '"' + str(name).replace('"', '""') + '"'
@@ -149,6 +139,23 @@ def good_rows(keys: tuple, rows: list) -> list:
         (v := row.get(k)) is not None and v == v and type(v) not in _NESTED for k in keys)]
 
 
+def child_keys(pk) -> tuple[str, ...]:
+    """The key of a child table of a table keyed on ``pk``: ``_parent_K`` for each part, ``_idx``."""
+    return tuple(PARENT + k for k in key_columns(pk)) + (INDEX,)
+
+
+def _children_of(children: dict, keys: tuple) -> dict:
+    """{parent key: {child table: (its child rows)}} of a page's ``children``."""
+    out: dict = {}
+    columns = tuple(PARENT + k for k in keys)
+    for name, (parents, kids) in children.items():
+        for parent in parents:
+            out.setdefault(parent, {})[name] = []
+        for kid in kids:
+            out[tuple(kid[c] for c in columns)][name].append(kid)
+    return out
+
+
 class SQLSink(Sink):
     """What both SQL backends share: the row filter, the column rule, type inference, schema work
     and the upsert statement. A dialect sets ``TYPES``/``TEXT``/``ERRORS``/``IF_NOT_EXISTS`` and
@@ -159,7 +166,7 @@ class SQLSink(Sink):
     TYPES: dict = {}          # a first non-null value's Python type -> the column's type
     TEXT = "TEXT"             # the type of anything else
     ERRORS: tuple = ()        # exceptions that mean "cannot store": translated to SinkError
-    ROW_ERRORS: tuple = ()    # a value its column's type refuses: the page is sent again row by row
+    ROW_ERRORS: tuple = ()    # a value its column's type refuses: store_page finds the rows one by one
     PINNED: dict = {}         # into.types' type -> the column's type
     IF_NOT_EXISTS = ""        # "IF NOT EXISTS " where schema work can race other writers
     MAX = "max"               # the aggregate, named with its schema where others may shadow it
@@ -170,7 +177,9 @@ class SQLSink(Sink):
         self._columns: dict[str, dict[str, str]] = {}  # table -> {fold(name): name}
         self._sql: dict[tuple, str] = {}
         self.pinned: dict[str, dict[str, str]] = {}  # table -> {fold(column): into.types' type}
-        self.rejected: list[str] = []  # why the last upsert's type-refused rows were not stored
+        self.rejected: list[str] = []  # why store_page's rows refused for a value's type were
+
+    # -- an http job's page, as store.shape made it --
 
     def pin(self, table: str, types: dict) -> None:
         """Create ``table``'s columns named in ``types`` ({column: integer|real|text|json|timestamp})
@@ -193,10 +202,105 @@ class SQLSink(Sink):
                 raise SinkError(self._reason(exc)) from None
         return set(known)
 
-    def upsert(self, table: str, pk, rows: list, children: dict | None = None) -> tuple[int, int]:
-        """``children``: {child table: (parent keys, child rows)} (``store.shape``): in the same
-        transaction, each listed parent's rows in the child table are replaced by its child rows."""
+    def store_page(self, table: str, pk, rows: list, children: dict | None = None) -> tuple[int, int]:
+        """``upsert``, with the page's ``children`` and rows refused for a value's type (see
+        ``store.sink``)."""
         self.rejected = []
+        if not children:
+            try:
+                return self.upsert(table, pk, rows)
+            except SinkError as exc:
+                if not isinstance(exc.__context__, self.ROW_ERRORS):
+                    raise
+            return self._together([table], lambda cur: self._one_by_one(cur, table, pk, rows, {}))
+        tables = [table, *children]
+        try:
+            return self._together(tables, lambda cur: self._with_children(cur, table, pk, rows, children))
+        except SinkError as exc:
+            if not isinstance(exc.__context__, self.ROW_ERRORS):
+                raise
+        return self._together(tables, lambda cur: self._one_by_one(cur, table, pk, rows, children))
+
+    def _with_children(self, cur, table: str, pk, rows: list, children: dict) -> tuple[int, int]:
+        stored, failed = self.upsert(table, pk, rows)
+        for name, (parents, kids) in children.items():
+            self._replace_children(cur, name, pk, parents, kids)
+        return stored, failed
+
+    def _one_by_one(self, cur, table: str, pk, rows: list, children: dict) -> tuple[int, int]:
+        """Each item (its row and its children) in a savepoint: those refused are left out."""
+        keys = key_columns(pk)
+        of_parent = _children_of(children, keys)
+        stored = failed = 0
+        for row in rows:
+            cur.execute("SAVEPOINT sink_item")
+            try:
+                done, bad = self.upsert(table, pk, [row])
+                if done:
+                    for name, kids in of_parent.get(tuple(row[k] for k in keys), {}).items():
+                        self._replace_children(cur, name, pk, [tuple(row[k] for k in keys)], kids)
+                cur.execute("RELEASE SAVEPOINT sink_item")
+            except (SinkError, *self.ROW_ERRORS) as exc:
+                if isinstance(exc, SinkError) and not isinstance(exc.__context__, self.ROW_ERRORS):
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT sink_item")
+                cur.execute("RELEASE SAVEPOINT sink_item")
+                for name in (table, *children):
+                    self._columns.pop(name, None)
+                if len(self.rejected) < 20:
+                    self.rejected.append(str(exc) if isinstance(exc, SinkError) else self._reason(exc))
+                done, bad = 0, 1
+            stored += done
+            failed += bad
+        return stored, failed
+
+    def _replace_children(self, cur, table: str, pk, parents: list, rows: list) -> None:
+        """In child table ``table``, delete the rows of ``parents`` (key tuples), then upsert ``rows``."""
+        keys = child_keys(pk)[:-1]
+        known = self._columns.get(table)
+        if known is None or not known:
+            known = self._read_columns(cur, table)
+        if known and parents and all(fold(k) in known for k in keys):
+            self._delete_children(cur, table, tuple(known[fold(k)] for k in keys), parents)
+        if rows:
+            self.upsert(table, list(child_keys(pk)), rows)
+
+    def _together(self, tables: list, work):
+        """``work(cur)`` in one transaction (a savepoint inside a caller's); on failure the schema
+        of ``tables`` is read again next time (their changes were rolled back)."""
+        outer = self.in_transaction
+        try:
+            cur = self.conn.cursor()
+            try:
+                cur.execute("SAVEPOINT sink_items") if outer else self._begin(cur)
+                self.in_transaction = True
+                result = work(cur)
+                cur.execute("RELEASE SAVEPOINT sink_items") if outer else self._commit()
+                return result
+            except BaseException:
+                for name in tables:
+                    self._columns.pop(name, None)
+                self.in_transaction = outer
+                if outer:
+                    cur.execute("ROLLBACK TO SAVEPOINT sink_items")
+                    cur.execute("RELEASE SAVEPOINT sink_items")
+                else:
+                    self._rollback()
+                raise
+            finally:
+                self.in_transaction = outer
+                cur.close()
+        except self.ERRORS as exc:
+            raise SinkError(self._reason(exc)) from None  # __context__ keeps exc (store_page reads it)
+
+    def _delete_children(self, cur, table: str, keys: tuple, parents: list) -> None:
+        """Delete the rows of ``table`` whose ``keys`` columns hold one of ``parents`` (tuples)."""
+        where = " AND ".join(f"{quote(k)} = {self._placeholder()}" for k in keys)
+        cur.executemany(f"DELETE FROM {quote(table)} WHERE {where}", parents)
+
+    # -- one page --
+
+    def upsert(self, table: str, pk, rows: list) -> tuple[int, int]:
         keys = key_columns(pk)
         good = good_rows(keys, rows)
         if not good:
@@ -217,52 +321,28 @@ class SQLSink(Sink):
                 return 0, len(rows)
             columns, keys = page.columns, tuple(page.of[k] for k in keys)
         try:
-            try:
-                self._store(table, keys, columns, good, same, children)
-            except self.ROW_ERRORS:  # a value its column refuses: find the rows, store the others
-                self._columns.pop(table, None)
-                refused = self._store(table, keys, columns, good, same, children, one_by_one=True)
-                return len(good) - refused, len(rows) - len(good) + refused
+            self._store(table, keys, columns, good, same)
         except self.ERRORS as exc:
             self._columns.pop(table, None)  # re-read the schema next time
-            for name in children or ():
-                self._columns.pop(name, None)
             raise SinkError(self._reason(exc)) from None
         return len(good), len(rows) - len(good)
 
-    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool,
-               children: dict | None = None, one_by_one: bool = False) -> int:
-        """Write one page in one transaction (a savepoint inside a caller's transaction), its
-        children too; ``one_by_one``: each row in its own savepoint, those refused left out
-        (with their children; why in ``rejected``). Returns how many rows were refused."""
+    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool) -> None:
+        """Write one page in one transaction (a savepoint inside a caller's transaction)."""
         cur = self.conn.cursor()
         nested = self.in_transaction
         cur.execute("SAVEPOINT sink_page") if nested else self._begin(cur)
         try:
-            sql = self._prepare(cur, table, keys, columns, rows)
-            refused: set = set()
-            if not one_by_one:
-                self._write(cur, sql, columns, rows, same)
-                for name, (parents, kids) in (children or {}).items():
-                    self._replace_children(cur, name, keys, parents, kids)
-            else:  # an item is its row and its children: refused together
-                of_parent = _children_by_parent(children or {}, keys)
-                for row in rows:
-                    parent = tuple(row[k] for k in keys)
-                    cur.execute("SAVEPOINT sink_row")
-                    try:
-                        self._write(cur, sql, columns, [row], False)
-                        for name, kids in of_parent.get(parent, {}).items():
-                            self._replace_children(cur, name, keys, [parent], kids)
-                        cur.execute("RELEASE SAVEPOINT sink_row")
-                    except self.ROW_ERRORS as exc:
-                        cur.execute("ROLLBACK TO SAVEPOINT sink_row")
-                        cur.execute("RELEASE SAVEPOINT sink_row")
-                        refused.add(parent)
-                        if len(self.rejected) < 20:
-                            self.rejected.append(self._reason(exc))
+            known = self._columns.get(table)
+            if known is None or any(fold(c) not in known for c in columns):
+                known = self._schema(cur, table, keys, columns, rows)
+            names = tuple(known[fold(c)] for c in columns)  # the table's spelling
+            pk_names = tuple(known[fold(c)] for c in keys)
+            sql = self._sql.get((table, pk_names, names))
+            if sql is None:
+                sql = self._sql[(table, pk_names, names)] = self._upsert_sql(table, pk_names, names)
+            self._write(cur, sql, columns, rows, same)
             cur.execute("RELEASE SAVEPOINT sink_page") if nested else self._commit()
-            return len(refused)
         except BaseException:
             if nested:
                 cur.execute("ROLLBACK TO SAVEPOINT sink_page")
@@ -272,43 +352,6 @@ class SQLSink(Sink):
             raise
         finally:
             cur.close()
-
-    def _prepare(self, cur, table: str, keys: tuple, columns: tuple, rows: list) -> str:
-        """The schema work ``rows`` need, and the upsert statement for ``columns``."""
-        known = self._columns.get(table)
-        if known is None or any(fold(c) not in known for c in columns):
-            known = self._schema(cur, table, keys, columns, rows)
-        names = tuple(known[fold(c)] for c in columns)  # the table's spelling
-        pk_names = tuple(known[fold(c)] for c in keys)
-        sql = self._sql.get((table, pk_names, names))
-        if sql is None:
-            sql = self._sql[(table, pk_names, names)] = self._upsert_sql(table, pk_names, names)
-        return sql
-
-    def _replace_children(self, cur, table: str, parent_keys: tuple, parents: list, rows: list) -> None:
-        """In ``table`` (a child table), delete the rows of ``parents`` and write ``rows``."""
-        keys = tuple("_parent_" + k for k in parent_keys)
-        known = self._columns.get(table)
-        if known is None:
-            known = self._read_columns(cur, table)
-        if known and parents:
-            self._delete_children(cur, table, tuple(known[fold(k)] for k in keys), parents)
-        if not rows:
-            return
-        union = dict.fromkeys(rows[0])
-        for row in rows:
-            union.update(dict.fromkeys(row))
-        page = PageColumns(tuple(union))
-        if page.of is not None:  # the shaper has already failed parents whose elements clash
-            rows = [r for r in map(page.merge, rows) if r is not None]
-        columns = page.columns
-        sql = self._prepare(cur, table, keys + ("_idx",), columns, rows)
-        self._write(cur, sql, columns, rows, False)
-
-    def _delete_children(self, cur, table: str, keys: tuple, parents: list) -> None:
-        """Delete the rows of ``table`` whose ``keys`` columns hold one of ``parents`` (tuples)."""
-        where = " AND ".join(f"{quote(k)} = {self._placeholder()}" for k in keys)
-        cur.executemany(f"DELETE FROM {quote(table)} WHERE {where}", parents)
 
     def _schema(self, cur, table: str, keys: tuple, columns: tuple, rows: list) -> dict[str, str]:
         """Create ``table`` or add the columns it lacks (inside the page's transaction)."""

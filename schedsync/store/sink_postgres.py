@@ -51,7 +51,7 @@ class PostgresSink(SQLSink):
         self._pg, self._json = psycopg2, psycopg2.extras.Json
         self._execute_values = psycopg2.extras.execute_values
         self.ERRORS = (psycopg2.Error, ValueError)
-        self.ROW_ERRORS = (psycopg2.DataError,)  # "abc" for a bigint, a value out of range…
+        self.ROW_ERRORS = (psycopg2.DataError,)  # "abc" for a bigint, a number out of range…
         self.path = redact_url(url)
         if misencoded_password(url):  # libpq would read and quote a piece of it as the host
             raise SinkError(f"its password holds a raw /, @ or % — {MISENCODED_FIX}")
@@ -69,20 +69,15 @@ class PostgresSink(SQLSink):
         secret = getattr(self, "_secret", None)
         return clip(text.replace(secret, "***") if secret else text, 200)
 
-    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool,
-               children: dict | None = None, one_by_one: bool = False) -> int:
+    def _store(self, table: str, keys: tuple, columns: tuple, rows: list, same: bool) -> None:
         rows = _last_of_each_key(rows, keys)  # one statement may update a row only once
         try:
-            return super()._store(table, keys, columns, rows, same, children, one_by_one)
+            super()._store(table, keys, columns, rows, same)
         except (ValueError, self._pg.errors.UntranslatableCharacter) as exc:
             if isinstance(exc, ValueError) and "NUL" not in str(exc):
                 raise
             self._columns.pop(table, None)  # text cannot hold a NUL: store U+FFFD instead
-            if children:
-                children = {name: (parents, list(map(_without_nul, kids)))
-                            for name, (parents, kids) in children.items()}
-            return super()._store(table, keys, columns, list(map(_without_nul, rows)), same,
-                                  children, one_by_one)
+            super()._store(table, keys, columns, list(map(_without_nul, rows)), same)
 
     def _delete_children(self, cur, table: str, keys: tuple, parents: list) -> None:
         names = ", ".join(map(quote, keys)).replace("%", "%%")

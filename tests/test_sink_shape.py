@@ -410,16 +410,23 @@ def test_nested_tables_through_runs_replace_a_parents_children(project, upstream
 
 def test_a_transform_filters_and_renames(project, upstream, target):
     (project.path / "shaping.py").write_text(textwrap.dedent("""\
+        import sys
+
         def clean(items):
-            return [{"id": i["uid"], "name": i["title"].upper()} for i in items if not i.get("hidden")]
+            kept = [{"id": i["uid"], "name": i["title"].upper()} for i in items if not i.get("hidden")]
+            print("kept", len(kept), end=" ")
+            print("of", len(items), file=sys.stderr)
+            return kept
         """))
     serve(upstream, [[{"uid": 1, "title": "a"}, {"uid": 2, "title": "b", "hidden": True}], [{"uid": 3, "title": "c"}]])
     write(project, upstream, target, ', transform: "shaping:clean"')
 
     result = run(project)
 
-    assert (result.returncode, result.stderr) == (0, "")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")  # cron mails nothing
     assert stored(target) == [{"id": 1, "name": "A"}, {"id": 3, "name": "C"}]
+    log = project.history("items")[0]["output"]
+    assert "transform: kept 1 of 2" in log and "transform: kept 1 of 1" in log  # what it printed
 
 
 @pytest.mark.parametrize(("body", "line"), [

@@ -132,7 +132,6 @@ class Sync:
         self.clash: tuple | None = None  # the first such pair of keys
         self.nested_key = 0  # items whose key is a list or an object
         self.shaped: dict[str, int] = {}  # why items were not stored (store.shape, the sink's types)
-        self.discarded: dict[str, int] = {}  # key -> values dropped by into.columns: discard (bounded)
         self.shaper = None
         self.transform = None
         if any(k in job.into for k in ("select", "types", "columns", "nested")):
@@ -248,21 +247,28 @@ class Sync:
             raise RequestFailed(f"into.transform: {_one_line(self.ctx.secrets.clip(exc, 200))}") from None
 
     def _transformed(self, items: list) -> list:
+        """The items into.transform returns for this page; what it prints goes to the run's log."""
+        from contextlib import redirect_stderr, redirect_stdout
+
         target = self.job.into["transform"]
+        printed = _LogLines(self.log, "transform: ")
         try:
-            result = self.transform(items)
+            with redirect_stdout(printed), redirect_stderr(printed):
+                result = self.transform(items)
         except (DeadlinePassed, Cancelled, Fenced):
             raise
         except Exception as exc:
             text = _one_line(self.ctx.secrets.clip(exc, 200))
             raise RequestFailed(f"transform {target} raised {type(exc).__name__}"
                                 + (f": {text}" if text else "")) from None
+        finally:
+            printed.close()
         if not isinstance(result, list):
             raise RequestFailed(f"transform {target} returned a {type(result).__name__}, not a list of items")
         return result
 
     def _shape(self, items: list):
-        """The page as into.select/types/nested/columns shape it (store.shape); None when no rule is set."""
+        """The page as into.select/types/nested/columns shape it (store.shape), its failures counted."""
         from schedsync.store.shape import ShapeError
 
         page = self.shaper.shape(items)
@@ -273,14 +279,11 @@ class Sync:
         except SinkError as exc:
             raise self._store_error(exc) from None
         for reason in page.failed:
-            self._count(reason)
+            self._not_stored(reason)
         if page.failed:
             self.log(f"{_count(len(page.failed))} not stored: {page.failed[0]}"
                      + (f" (and {len(page.failed) - 1} more)" if len(page.failed) > 1 else ""))
         if page.discarded:
-            for key, n in page.discarded.items():
-                if key in self.discarded or len(self.discarded) < 20:
-                    self.discarded[key] = self.discarded.get(key, 0) + n
             keys_ = ", ".join(f"`{self.ctx.secrets.clip(k, 40)}`" for k in list(page.discarded)[:5])
             self.log(f"into.columns is discard: dropped {sum(page.discarded.values())} values of "
                      f"{len(page.discarded)} unknown {'key' if len(page.discarded) == 1 else 'keys'} ({keys_})")
@@ -289,11 +292,11 @@ class Sync:
     def _classified(self) -> int:
         return self.not_objects + self.without_key + self.nan_key + self.nested_key + self.clashing
 
-    def _count(self, reason: str) -> None:
-        if reason in self.shaped or len(self.shaped) < 20:
-            self.shaped[reason] = self.shaped.get(reason, 0) + 1
-        else:
-            self.shaped["other reasons"] = self.shaped.get("other reasons", 0) + 1
+    def _not_stored(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` items not stored for ``reason`` (20 reasons kept, then "other reasons")."""
+        if reason not in self.shaped and len(self.shaped) >= 20:
+            reason = "other reasons"
+        self.shaped[reason] = self.shaped.get(reason, 0) + n
 
     def _store_error(self, exc: Exception) -> RequestFailed:
         return RequestFailed(f"cannot store items into {self.table} in {redact_url(self.ctx.data_db)}: "
@@ -332,8 +335,7 @@ class Sync:
             if refused > 0:  # the database refused a value for its column's type (PostgreSQL)
                 why = self.sink.rejected[0] if self.sink.rejected else "refused by the database"
                 self.log(f"{_count(refused)} not stored: {_one_line(self.ctx.secrets.clip(why, 200))}")
-                for _ in range(refused):
-                    self._count("a value its column's type refused")
+                self._not_stored("a value its column's type refused", refused)
         failed += shaped_out
         self.failed += failed
         self.processed += stored
@@ -478,6 +480,31 @@ def last_complete_sync(ctx, skipped_future: list | None = None) -> float | None:
                 continue
             return run.started_at
     return None
+
+
+class _LogLines:
+    """A text stream whose lines go to ``log`` (a PageLog), each cut to 300 characters."""
+
+    def __init__(self, log, prefix: str):
+        self.log, self.prefix, self.part = log, prefix, ""
+
+    def write(self, text: str) -> int:
+        self.part += text
+        if "\n" in self.part:
+            *lines, self.part = self.part.split("\n")
+            for line in lines:
+                self.log(self.prefix + _one_line(line)[:300])
+        if len(self.part) > 4096:  # memory stays bounded without a newline
+            self.close()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.part:
+            self.log(self.prefix + _one_line(self.part)[:300])
+            self.part = ""
 
 
 def _count(n: int) -> str:

@@ -435,7 +435,7 @@ def test_a_transform_filters_and_renames(project, upstream, target):
      "transform shaping:clean raised ValueError: bad item *** line 2"),
     ("def clean(items):\n    return items if items[0]['id'] != 3 else {'items': items}\n",
      "transform shaping:clean returned a dict, not a list of items"),
-])
+], ids=["raises", "returns_a_dict"])
 def test_a_transform_that_raises_or_returns_no_list_fails_the_run_in_one_line_before_that_page(
         project, upstream, target, body, line):
     (project.path / "shaping.py").write_text(body)
@@ -459,6 +459,8 @@ def test_bad_keys_are_counted_failed_with_their_reasons(project, upstream, targe
     assert result.stderr == ("items: partial: 5 of 6 items failed (2 items had no `id` and 1 item had two "
                              "keys for one column (`A`, `a`) and 2 items had a list or an object in `id`)\n")
     assert [r["id"] for r in stored(target, columns="id")] == [1]
+    assert ("5 items not stored: 2 items had no `id` and 1 item had two keys for one column (`A`, `a`) "
+            "and 2 items had a list or an object in `id`") in project.history("items")[0]["output"]
 
 
 def test_too_many_columns_fails_the_run_in_one_line(project, upstream, target):

@@ -289,9 +289,6 @@ class Sync:
                      f"{len(page.discarded)} unknown {'key' if len(page.discarded) == 1 else 'keys'} ({keys_})")
         return page
 
-    def _classified(self) -> int:
-        return self.not_objects + self.without_key + self.nan_key + self.nested_key + self.clashing
-
     def _not_stored(self, reason: str, n: int = 1) -> None:
         """Count ``n`` items not stored for ``reason`` (20 reasons kept, then "other reasons")."""
         if reason not in self.shaped and len(self.shaped) >= 20:
@@ -318,7 +315,7 @@ class Sync:
         except RecursionError:  # a value parsed just within Python's limit, stored from deeper
             raise RequestFailed(f"cannot store items into {self.table}: a value is nested too deeply") from None
         if failed:
-            before = self._classified()
+            before = self._tally()
             for item in items:
                 if not isinstance(item, dict):
                     self.not_objects += 1
@@ -331,7 +328,10 @@ class Sync:
                 elif pair := clashing_keys(item):
                     self.clashing += 1
                     self.clash = self.clash or pair
-            refused = failed - (self._classified() - before)
+            page = tuple(now - then for now, then in zip(self._tally(), before, strict=True))
+            if any(page):
+                self.log(f"{_count(sum(page))} not stored: {self._describe(page, {})}")
+            refused = failed - sum(page)
             if refused > 0:  # the database refused a value for its column's type (PostgreSQL)
                 why = self.sink.rejected[0] if self.sink.rejected else "refused by the database"
                 self.log(f"{_count(refused)} not stored: {_one_line(self.ctx.secrets.clip(why, 200))}")
@@ -387,22 +387,30 @@ class Sync:
                        output=log, held=log, **fields)
 
     def _failed_items(self) -> str:
+        return self._describe(self._tally(), self.shaped)
+
+    def _tally(self) -> tuple:
+        return self.without_key, self.nan_key, self.clashing, self.nested_key, self.not_objects
+
+    def _describe(self, tally: tuple, shaped: dict) -> str:
+        """Why items were not stored: ``tally`` (``_tally``'s counts) and ``shaped`` {reason: n}."""
+        without_key, nan_key, clashing, nested_key, not_objects = tally
+        keys = "`, `".join(self.keys)
         parts = []
-        if self.without_key:
-            keys = "`, `".join(self.keys)
-            parts.append(f"{self.without_key} {_items_word(self.without_key)} had no `{keys}`")
-        if self.nan_key:
-            parts.append(f"{self.nan_key} {_items_word(self.nan_key)} had NaN in `{'`, `'.join(self.keys)}`")
-        if self.clashing:
-            pair = "`, `".join(self.ctx.secrets.clip(key, 40) for key in self.clash)
-            parts.append(f"{self.clashing} {_items_word(self.clashing)} had two keys for one column (`{pair}`)")
-        if self.nested_key:
-            parts.append(f"{_count(self.nested_key)} had a list or an object in `{'`, `'.join(self.keys)}`")
-        for reason, n in self.shaped.items():
+        if without_key:
+            parts.append(f"{without_key} {_items_word(without_key)} had no `{keys}`")
+        if nan_key:
+            parts.append(f"{nan_key} {_items_word(nan_key)} had NaN in `{keys}`")
+        if clashing:
+            pair = "`, `".join(self.ctx.secrets.clip(key, 40) for key in self.clash or ())
+            parts.append(f"{clashing} {_items_word(clashing)} had two keys for one column (`{pair}`)")
+        if nested_key:
+            parts.append(f"{_count(nested_key)} had a list or an object in `{keys}`")
+        for reason, n in shaped.items():
             parts.append(f"{_count(n)} not stored: {self.ctx.secrets.clip(reason, 120)}")
-        if self.not_objects:
-            parts.append(f"{self.not_objects} {_items_word(self.not_objects)} "
-                         f"{'was not a JSON object' if self.not_objects == 1 else 'were not JSON objects'}")
+        if not_objects:
+            parts.append(f"{not_objects} {_items_word(not_objects)} "
+                         f"{'was not a JSON object' if not_objects == 1 else 'were not JSON objects'}")
         return " and ".join(parts)
 
 

@@ -91,6 +91,15 @@ def test_an_element_with_a_reserved_key_or_two_keys_for_one_column_fails_its_ite
         "an element of `l` has two keys for one column (`a`, `A`)"]
 
 
+def test_lists_whose_keys_differ_in_case_share_a_child_table_and_never_meet_in_one_item():
+    shaper = Shaper("o", ("id",), {"nested": "tables"})
+    page = shaper.shape([{"id": 1, "Lines": [1]}, {"id": 2, "lines": [2]}, {"id": 3, "lines": [3], "LINES": [4]}])
+    assert page.rows == [{"id": 1}, {"id": 2}]
+    assert page.failed == ["had two lists for one child table (`lines`, `LINES`)"]
+    assert list(page.children) == ["o__Lines"]
+    assert page.children["o__Lines"][0] == [(1,), (2,)]
+
+
 def test_a_long_child_table_name_gets_the_hash_suffix():
     name = child_table("t" * 40, "k" * 40)
     assert len(name.encode()) == 63 and name.startswith("t" * 40 + "__")

@@ -159,6 +159,7 @@ class Shaper:
         self._pin_of: dict = {}  # key -> (column, type) or None, as _typed met them
         self._plain: set = set()  # child element keys that are their own column, not reserved
         self._children: dict = {}  # key -> its child table's name
+        self._child_spelling: dict = {}  # fold(child table) -> its first spelling
         self.contract = into.get("columns") or "evolve"
         self.tables = into.get("nested") == "tables"
         self.active = bool(self.select or self.types or self.contract != "evolve" or self.tables)
@@ -225,6 +226,8 @@ class Shaper:
             made = []
             head = dict(zip(parent_columns, key_values, strict=True))
             try:
+                if len(lists) > 1:
+                    self._one_table_each(lists)
                 for key, values in lists:
                     child = []
                     for idx, element in enumerate(values):
@@ -250,12 +253,23 @@ class Shaper:
             page.rows = [row for row in page.rows if id(row) not in dropped]
 
     def _child_name(self, key: str) -> str:
+        """``key``'s child table: ``child_table``, spelled as the first key that folds to it
+        (as columns are), so SQLite and PostgreSQL hold the same tables."""
         name = self._children.get(key)
         if name is None:
             name = child_table(self.table, key)
-            if len(self._children) < 10_000:
+            name = self._child_spelling.setdefault(fold(name), name)
+            if len(self._children) < 10_000:  # bounded: keys are the upstream's
                 self._children[key] = name
         return name
+
+    def _one_table_each(self, lists: list) -> None:
+        """Bad when two of an item's lists would go to one child table (``Lines``, ``lines``)."""
+        seen: dict = {}
+        for key, _ in lists:
+            other = seen.setdefault(fold(self._child_name(key)), key)
+            if other is not key:
+                raise Bad(f"had two lists for one child table (`{clip(other, 40)}`, `{clip(key, 40)}`)")
 
     def _bad_element(self, element: dict, reserved: set) -> str | None:
         """Why ``element`` cannot be a child row (a key child tables reserve, or two keys for one

@@ -258,9 +258,10 @@ class Shaper:
         name = self._children.get(key)
         if name is None:
             name = child_table(self.table, key)
-            name = self._child_spelling.setdefault(fold(name), name)
+            name = self._child_spelling.get(fold(name), name)
             if len(self._children) < 10_000:  # bounded: keys are the upstream's
                 self._children[key] = name
+                self._child_spelling.setdefault(fold(name), name)
         return name
 
     def _one_table_each(self, lists: list) -> None:

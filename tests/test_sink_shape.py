@@ -459,17 +459,18 @@ def test_a_transform_that_raises_or_returns_no_list_fails_the_run_in_one_line_be
 
 
 def test_bad_keys_are_counted_failed_with_their_reasons(project, upstream, target):
-    serve(upstream, [[{"id": 1}, {"x": 1}, {"id": None}, {"id": [1]}, {"id": {"a": 1}}, {"id": 2, "A": 1, "a": 2}]])
+    serve(upstream, [[{"id": 1}, {"x": 1}, {"id": None}, {"id": [1]}, {"id": {"a": 1}}, {"id": 2, "A": 1, "a": 2},
+                      {"id": math.nan}, "text"]])  # the upstream sends NaN, which Python's JSON reads
     write(project, upstream, target)
 
     result = run(project)
 
     assert result.returncode == 0
-    assert result.stderr == ("items: partial: 5 of 6 items failed (2 items had no `id` and 1 item had two "
-                             "keys for one column (`A`, `a`) and 2 items had a list or an object in `id`)\n")
+    reasons = ("2 items had no `id` and 1 item had NaN in `id` and 1 item had two keys for one column (`A`, `a`) "
+               "and 2 items had a list or an object in `id` and 1 item was not a JSON object")
+    assert result.stderr == f"items: partial: 7 of 8 items failed ({reasons})\n"
     assert [r["id"] for r in stored(target, columns="id")] == [1]
-    assert ("5 items not stored: 2 items had no `id` and 1 item had two keys for one column (`A`, `a`) "
-            "and 2 items had a list or an object in `id`") in project.history("items")[0]["output"]
+    assert f"7 items not stored: {reasons}" in project.history("items")[0]["output"]
 
 
 def test_too_many_columns_fails_the_run_in_one_line(project, upstream, target):

@@ -137,7 +137,8 @@ class Sync:
         if any(k in job.into for k in ("select", "types", "columns", "nested")):
             from schedsync.store.shape import Shaper
 
-            self.shaper = Shaper(self.table, self.keys, job.into)
+            shaper = Shaper(self.table, self.keys, job.into)
+            self.shaper = shaper if shaper.active else None  # e.g. columns: evolve, nested: json
 
     # -- the loop --
 

@@ -444,7 +444,12 @@ def test_a_transform_filters_and_renames(project, upstream, target):
      "transform shaping:clean raised ValueError: bad item *** line 2"),
     ("def clean(items):\n    return items if items[0]['id'] != 3 else {'items': items}\n",
      "transform shaping:clean returned a dict, not a list of items"),
-], ids=["raises", "returns_a_dict"])
+    ("def clean(items):\n    return items if items[0]['id'] != 3 else [{'id': 3, 7: 'x'}]\n",
+     "transform shaping:clean returned an item with key 7; keys must be strings"),
+    ("def clean(items):\n    return items if items[0]['id'] != 3 else [{'id': 3, 'v': {(1, 2): 'x'}}]\n",
+     "cannot store items into items: transform shaping:clean returned a value that is not JSON "
+     "(keys must be str, int, float, bool or None, not tuple)"),
+], ids=["raises", "returns_a_dict", "int_key", "not_json"])
 def test_a_transform_that_raises_or_returns_no_list_fails_the_run_in_one_line_before_that_page(
         project, upstream, target, body, line):
     (project.path / "shaping.py").write_text(body)

@@ -266,6 +266,11 @@ class Sync:
             printed.close()
         if not isinstance(result, list):
             raise RequestFailed(f"transform {target} returned a {type(result).__name__}, not a list of items")
+        for item in result:
+            if type(item) is dict and not all(type(key) is str for key in item):
+                key = next(key for key in item if type(key) is not str)
+                raise RequestFailed(f"transform {target} returned an item with key "
+                                    f"{self.ctx.secrets.clip(repr(key), 40)}; keys must be strings")
         return result
 
     def _shape(self, items: list):
@@ -315,6 +320,11 @@ class Sync:
             raise self._store_error(exc) from None
         except RecursionError:  # a value parsed just within Python's limit, stored from deeper
             raise RequestFailed(f"cannot store items into {self.table}: a value is nested too deeply") from None
+        except TypeError as exc:  # JSON cannot hold what into.transform returned (a tuple as a key…)
+            if self.transform is None:
+                raise
+            raise RequestFailed(f"cannot store items into {self.table}: transform {self.job.into['transform']} "
+                                f"returned a value that is not JSON ({self.ctx.secrets.clip(exc, 100)})") from None
         if failed:
             before = self._tally()
             for item in items:

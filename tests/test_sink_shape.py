@@ -123,6 +123,22 @@ def test_the_contracts_on_a_known_table():
     frozen.apply_contract(page, lambda table: set())  # no table yet: the first page defines it
 
 
+def test_child_tables_follow_the_contract_too():
+    known = {"t": {"id"}, "t__l": {"_parent_id", "_idx", "a"}}
+    frozen = Shaper("t", ("id",), {"columns": "freeze", "nested": "tables"})
+    page = frozen.shape([{"id": 1, "l": [{"a": 1}, {"a": 2, "b": 3}]}])
+    with pytest.raises(ShapeError) as error:
+        frozen.apply_contract(page, known.get)
+    assert str(error.value).startswith("into.columns is freeze and key `b` is not a column of t__l — ")
+
+    dropping = Shaper("t", ("id",), {"columns": "discard", "nested": "tables"})
+    page = dropping.shape([{"id": 1, "l": [{"a": 1}, {"a": 2, "b": 3}], "m": [1]}])
+    dropping.apply_contract(page, lambda table: known.get(table, set()))
+    assert page.children["t__l"][1] == [{"_parent_id": 1, "_idx": 0, "a": 1}, {"_parent_id": 1, "_idx": 1, "a": 2}]
+    assert page.children["t__m"][1] == [{"_parent_id": 1, "_idx": 0, "value": 1}]  # a new child table
+    assert page.discarded == {"b": 1}
+
+
 # --- the sink, on both backends ------------------------------------------------------------------
 
 def sqlite_target(request, tmp_path) -> str:

@@ -131,12 +131,18 @@ def test_child_tables_follow_the_contract_too():
         frozen.apply_contract(page, known.get)
     assert str(error.value).startswith("into.columns is freeze and key `b` is not a column of t__l — ")
 
+    page = frozen.shape([{"id": 1, "l": [{"a": 1}], "m": [1]}])
+    with pytest.raises(ShapeError) as error:  # a new list key of a table that exists
+        frozen.apply_contract(page, lambda table: known.get(table, set()))
+    assert str(error.value).startswith("into.columns is freeze and key `m` is a list with no child table t__m — ")
+    frozen.apply_contract(page, lambda table: set())  # no table yet: the first page makes its child tables
+
     dropping = Shaper("t", ("id",), {"columns": "discard", "nested": "tables"})
     page = dropping.shape([{"id": 1, "l": [{"a": 1}, {"a": 2, "b": 3}], "m": [1]}])
     dropping.apply_contract(page, lambda table: known.get(table, set()))
-    assert page.children["t__l"][1] == [{"_parent_id": 1, "_idx": 0, "a": 1}, {"_parent_id": 1, "_idx": 1, "a": 2}]
-    assert page.children["t__m"][1] == [{"_parent_id": 1, "_idx": 0, "value": 1}]  # a new child table
-    assert page.discarded == {"b": 1}
+    assert page.children == {"t__l": ([(1,)], [{"_parent_id": 1, "_idx": 0, "a": 1},
+                                               {"_parent_id": 1, "_idx": 1, "a": 2}])}
+    assert page.discarded == {"m": 1, "b": 1}
 
 
 # --- the sink, on both backends ------------------------------------------------------------------

@@ -135,13 +135,14 @@ class Page:
     """One shaped page: ``rows`` for the table, ``children`` {child table: (parent keys whose
     children are replaced, child rows)}, and ``failed``: one reason per item not stored."""
 
-    __slots__ = ("rows", "children", "failed", "discarded")
+    __slots__ = ("rows", "children", "failed", "discarded", "lists")
 
     def __init__(self, rows: list):
         self.rows = rows
         self.children: dict[str, tuple[list, list]] = {}
         self.failed: list[str] = []
         self.discarded: dict[str, int] = {}  # key -> values dropped (into.columns: discard)
+        self.lists: dict[str, str] = {}  # child table -> the key whose lists it holds
 
 
 class Shaper:
@@ -238,17 +239,18 @@ class Shaper:
                             child.append({**head, INDEX: idx, **element})
                         else:
                             child.append({**head, INDEX: idx, VALUE: element})
-                    made.append((self._child_name(key), key_values, child))
+                    made.append((self._child_name(key), key, child))
             except Bad as exc:
                 page.failed.append(str(exc))
                 dropped.add(id(row))
                 continue
             for key, _ in lists:
                 del row[key]
-            for name, parent, child in made:
+            for name, key, child in made:
                 replaced, child_rows = children.setdefault(name, ([], []))
-                replaced.append(parent)
+                replaced.append(key_values)
                 child_rows.extend(child)
+                page.lists.setdefault(name, key)
         if dropped:
             page.rows = [row for row in page.rows if id(row) not in dropped]
 
@@ -294,6 +296,14 @@ class Shaper:
         ShapeError naming the first new key; ``discard`` drops new keys' values, counted."""
         if self.contract == "evolve":
             return
+        if page.children and known_of(self.table):  # a table that exists gets no new child table
+            for name, key in page.lists.items():
+                if name in page.children and not known_of(name):
+                    if self.contract == "freeze":
+                        raise ShapeError(f"into.columns is freeze and key `{clip(key, 60)}` is a list with no "
+                                         f"child table {name} — create it, or use columns: evolve or discard")
+                    parents, _ = page.children.pop(name)
+                    page.discarded[key] = page.discarded.get(key, 0) + len(parents)
         tables = [(self.table, page.rows, self.keys)]
         tables += [(name, rows, tuple(PARENT + k for k in self.keys) + (INDEX,))
                    for name, (_, rows) in page.children.items()]

@@ -343,6 +343,7 @@ def test_full_refresh_ignores_since_for_that_run_only(project, upstream, target)
     ("{table: t, pk: id, delete: {field: d}}", "into.delete"),
     ("{table: t, pk: id, delete: {field: d, equals: true, soft: maybe}}", "into.delete.soft"),
     ("{table: t, pk: id, lineage: yes please}", "into.lineage"),
+    ("{table: t, pk: id, mode: append, nested: tables}", "into.nested"),  # children follow a merge only
 ])
 def test_a_bad_new_into_key_is_one_line_with_file_and_line(project, into, what):
     project.write(f"""
@@ -372,3 +373,20 @@ def test_since_with_replace_is_refused_since_each_run_would_keep_only_what_chang
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "jobs.yaml:7 jobs.items.http.since:" in line and "replace" in line, line
+
+
+def test_resume_with_replace_is_refused_since_its_table_is_rebuilt_from_page_1(project):
+    project.write("""
+        state: schedsync.db
+        jobs:
+          items:
+            http:
+              url: "http://127.0.0.1:9/items"
+              next: {cursor: next, param: after}
+              resume: {within: 1h}
+            into: {table: t, pk: id, mode: replace}
+    """)
+    result = project.cli("validate")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "jobs.items.http.resume:" in line and "replace" in line, line

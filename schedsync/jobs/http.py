@@ -15,6 +15,9 @@ key are counted failed and the run ends ``partial`` (exit 0, one line on stderr)
 ``into.lineage`` are the sink's (``sink_base.Load``); the run record gets the rows
 inserted, updated and deleted. ``run --full-refresh`` (``ctx.full_refresh``) sends no
 ``since``.
+``into.transform`` (a function, imported as python jobs are) and ``into.select``,
+``types``, ``nested``, ``columns`` (``store.shape``) shape each page before the sink
+writes it; with none set the page goes to the sink as it came.
 
 A page is parsed whole, so its memory is bounded by what it holds: at most
 ``http.max_values`` JSON values (objects, lists, strings, numbers…, nested ones
@@ -93,7 +96,7 @@ from schedsync.jobs.common import LiveProgress, hard_deadline
 from schedsync.jobs.display import excerpt, keys, kind, response_line, show_url, status_error
 from schedsync.jobs.pagination import Pages, check_next_rule, dig
 from schedsync.jobs.transport import DEFAULT_MAX_BYTES, BudgetExhausted, Requester, RequestFailed, Transient
-from schedsync.store.sink import SinkError, clashing_keys, key_columns, open_sink
+from schedsync.store.sink import Counts, SinkError, clashing_keys, key_columns, open_sink
 
 LOG_LINES = 60  # lines of the page log kept in the run record
 DEFAULT_MAX_VALUES = 1_000_000  # JSON values in one page (http.max_values)
@@ -159,12 +162,22 @@ class Sync:
         self.unsaved = False  # a next page that could not be saved without a secret
         self.fresh_field = (job.fresh or {}).get("field")
         self.watermark: float | None = None  # the newest fresh.field value stored by this run
+        self.nested_key = 0  # items whose key is a list or an object
+        self.shaped: dict[str, int] = {}  # why items were not stored (store.shape, the sink's types)
+        self.shaper = None
+        self.transform = None
+        if any(k in job.into for k in ("select", "types", "columns", "nested")):
+            from schedsync.store.shape import Shaper
+
+            shaper = Shaper(self.table, self.keys, job.into)
+            self.shaper = shaper if shaper.active else None  # e.g. columns: evolve, nested: json
 
     # -- the loop --
 
     def run(self) -> None:
         http = self.http
         check_next_rule(http["next"])
+        self._load_transform()
         self._open_sink()
         params = dict(http["params"])
         full = getattr(self.ctx, "full_refresh", False)
@@ -368,25 +381,110 @@ class Sync:
         into = self.job.into
         lineage = (self.ctx.run_id, Load.now()) if into.get("lineage") else None
         self.load = Load(self.mode, into.get("delete"), lineage)
+        if self.shaper is not None and self.shaper.types:
+            self.sink.pin(self.table, self.shaper.pinned())
+
+    def _load_transform(self) -> None:
+        """into.transform's function, imported as python jobs' are (jobs.yaml's folder first on the path)."""
+        target = self.job.into.get("transform")
+        if not target:
+            return
+        import sys
+
+        from schedsync.jobs.python import JobImportError, load_function
+
+        folder = self.ctx.config.dir
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        try:
+            self.transform = load_function(target)
+        except JobImportError as exc:
+            raise RequestFailed(f"into.transform: {_one_line(self.ctx.secrets.clip(exc, 200))}") from None
+
+    def _transformed(self, items: list) -> list:
+        """The items into.transform returns for this page; what it prints goes to the run's log."""
+        from contextlib import redirect_stderr, redirect_stdout
+
+        target = self.job.into["transform"]
+        printed = _LogLines(self.log, "transform: ")
+        try:
+            with redirect_stdout(printed), redirect_stderr(printed):
+                result = self.transform(items)
+        except (DeadlinePassed, Cancelled, Fenced):
+            raise
+        except Exception as exc:
+            text = _one_line(self.ctx.secrets.clip(exc, 200))
+            raise RequestFailed(f"transform {target} raised {type(exc).__name__}"
+                                + (f": {text}" if text else "")) from None
+        finally:
+            printed.close()
+        if not isinstance(result, list):
+            raise RequestFailed(f"transform {target} returned a {type(result).__name__}, not a list of items")
+        for item in result:
+            if type(item) is dict and not all(type(key) is str for key in item):
+                key = next(key for key in item if type(key) is not str)
+                raise RequestFailed(f"transform {target} returned an item with key "
+                                    f"{self.ctx.secrets.clip(repr(key), 40)}; keys must be strings")
+        return result
+
+    def _shape(self, items: list):
+        """The page as into.select/types/nested/columns shape it (store.shape), its failures counted."""
+        from schedsync.store.shape import ShapeError
+
+        page = self.shaper.shape(items)
+        try:
+            self.shaper.apply_contract(page, self.sink.known_columns)
+        except ShapeError as exc:
+            raise RequestFailed(f"cannot store items into {self.table}: {exc}") from None
+        except SinkError as exc:
+            raise self._store_error(exc) from None
+        for reason in page.failed:
+            self._not_stored(reason)
+        if page.failed:
+            self.log(f"{_count(len(page.failed))} not stored: {page.failed[0]}"
+                     + (f" (and {len(page.failed) - 1} more)" if len(page.failed) > 1 else ""))
+        if page.discarded:
+            keys_ = ", ".join(f"`{self.ctx.secrets.clip(k, 40)}`" for k in list(page.discarded)[:5])
+            self.log(f"into.columns is discard: dropped {sum(page.discarded.values())} values of "
+                     f"{len(page.discarded)} unknown {'key' if len(page.discarded) == 1 else 'keys'} ({keys_})")
+        return page
+
+    def _not_stored(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` items not stored for ``reason`` (20 reasons kept, then "other reasons")."""
+        if reason not in self.shaped and len(self.shaped) >= 20:
+            reason = "other reasons"
+        self.shaped[reason] = self.shaped.get(reason, 0) + n
 
     def _store_error(self, exc: Exception) -> RequestFailed:
         return RequestFailed(f"cannot store items into {self.table} in {redact_url(self.ctx.data_db)}: "
                              f"{self.ctx.secrets.clip(exc, 200)}")
 
     def _store(self, items: list) -> None:
+        if self.transform is not None:
+            items = self._transformed(items)
+        children = None
+        shaped_out = 0
+        if self.shaper is not None and items:
+            page = self._shape(items)
+            shaped_out = len(page.failed)
+            items, children = page.rows, page.children
         try:
-            if not items:
-                return
-            counts = self.sink.write(self.table, self.pk, items, self.load)
+            counts = self.sink.store_page(self.table, self.pk, items, children, self.load) if items else Counts(0, 0)
         except SinkError as exc:
             raise self._store_error(exc) from None
         except RecursionError:  # a value parsed just within Python's limit, stored from deeper
             raise RequestFailed(f"cannot store items into {self.table}: a value is nested too deeply") from None
+        except TypeError as exc:  # JSON cannot hold what into.transform returned (a tuple as a key…)
+            if self.transform is None:
+                raise
+            raise RequestFailed(f"cannot store items into {self.table}: transform {self.job.into['transform']} "
+                                f"returned a value that is not JSON ({self.ctx.secrets.clip(exc, 100)})") from None
         stored, failed = counts.stored, counts.failed
         self.inserted += counts.inserted
         self.updated += counts.updated
         self.deleted += counts.deleted
         if failed:
+            before = self._tally()
             for item in items:
                 if not isinstance(item, dict):
                     self.not_objects += 1
@@ -394,9 +492,20 @@ class Sync:
                     self.without_key += 1
                 elif any(item[key] != item[key] for key in self.keys):
                     self.nan_key += 1
+                elif any(isinstance(item[key], (list, dict)) for key in self.keys):
+                    self.nested_key += 1
                 elif pair := clashing_keys(item):
                     self.clashing += 1
                     self.clash = self.clash or pair
+            page = tuple(now - then for now, then in zip(self._tally(), before, strict=True))
+            if any(page):
+                self.log(f"{_count(sum(page))} not stored: {self._describe(page, {})}")
+            refused = failed - sum(page)
+            if refused > 0:  # the database refused a value for its column's type (PostgreSQL)
+                why = self.sink.rejected[0] if self.sink.rejected else "refused by the database"
+                self.log(f"{_count(refused)} not stored: {_one_line(self.ctx.secrets.clip(why, 200))}")
+                self._not_stored("a value its column's type refused", refused)
+        failed += shaped_out
         self.failed += failed
         self.processed += stored
         if self.fresh_field and stored:
@@ -460,18 +569,30 @@ class Sync:
                        items_deleted=self.deleted, output=log, held=log, **fields)
 
     def _failed_items(self) -> str:
+        return self._describe(self._tally(), self.shaped)
+
+    def _tally(self) -> tuple:
+        return self.without_key, self.nan_key, self.clashing, self.nested_key, self.not_objects
+
+    def _describe(self, tally: tuple, shaped: dict) -> str:
+        """Why items were not stored: ``tally`` (``_tally``'s counts) and ``shaped`` {reason: n}."""
+        without_key, nan_key, clashing, nested_key, not_objects = tally
+        keys = "`, `".join(self.keys)
         parts = []
-        if self.without_key:
-            keys = "`, `".join(self.keys)
-            parts.append(f"{self.without_key} {_items_word(self.without_key)} had no `{keys}`")
-        if self.nan_key:
-            parts.append(f"{self.nan_key} {_items_word(self.nan_key)} had NaN in `{'`, `'.join(self.keys)}`")
-        if self.clashing:
-            pair = "`, `".join(self.ctx.secrets.clip(key, 40) for key in self.clash)
-            parts.append(f"{self.clashing} {_items_word(self.clashing)} had two keys for one column (`{pair}`)")
-        if self.not_objects:
-            parts.append(f"{self.not_objects} {_items_word(self.not_objects)} "
-                         f"{'was not a JSON object' if self.not_objects == 1 else 'were not JSON objects'}")
+        if without_key:
+            parts.append(f"{without_key} {_items_word(without_key)} had no `{keys}`")
+        if nan_key:
+            parts.append(f"{nan_key} {_items_word(nan_key)} had NaN in `{keys}`")
+        if clashing:
+            pair = "`, `".join(self.ctx.secrets.clip(key, 40) for key in self.clash or ())
+            parts.append(f"{clashing} {_items_word(clashing)} had two keys for one column (`{pair}`)")
+        if nested_key:
+            parts.append(f"{_count(nested_key)} had a list or an object in `{keys}`")
+        for reason, n in shaped.items():
+            parts.append(f"{_count(n)} not stored: {self.ctx.secrets.clip(reason, 120)}")
+        if not_objects:
+            parts.append(f"{not_objects} {_items_word(not_objects)} "
+                         f"{'was not a JSON object' if not_objects == 1 else 'were not JSON objects'}")
         return " and ".join(parts)
 
 
@@ -561,6 +682,39 @@ def last_complete_run(ctx, skipped_future: list | None = None):
                 continue
             return run
     return None
+
+
+class _LogLines:
+    """A text stream whose lines go to ``log`` (a PageLog), each cut to 300 characters."""
+
+    def __init__(self, log, prefix: str):
+        self.log, self.prefix, self.part = log, prefix, ""
+
+    def write(self, text: str) -> int:
+        self.part += text
+        if "\n" in self.part:
+            *lines, self.part = self.part.split("\n")
+            for line in lines:
+                self.log(self.prefix + _one_line(line)[:300])
+        if len(self.part) > 4096:  # memory stays bounded without a newline
+            self.close()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.part:
+            self.log(self.prefix + _one_line(self.part)[:300])
+            self.part = ""
+
+
+def _count(n: int) -> str:
+    return f"{n} {_items_word(n)}"
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
 
 
 def _items_word(n: int) -> str:

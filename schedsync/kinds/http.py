@@ -11,8 +11,12 @@ from schedsync.kinds import JobKind
 
 HTTP_KEYS = ("url", "method", "headers", "params", "body", "items", "next", "max_pages",
              "timeout", "since", "max_bytes", "max_values", "allow_hosts", "resume")
-INTO_KEYS = ("table", "pk", "db", "mode", "delete", "lineage")
-MODES = ("merge", "append", "replace")  # store.sink_base.MODES (not imported: run stays lean)
+INTO_KEYS = ("table", "pk", "db", "mode", "delete", "lineage", "columns", "select", "types", "nested", "transform")
+# store.sink_base's and store.shape's values (kept here too: validating a jobs.yaml imports no sink code)
+MODES = ("merge", "append", "replace")
+CONTRACTS = ("evolve", "freeze", "discard")
+TYPES = ("integer", "real", "text", "json", "timestamp")
+NESTED = ("json", "tables")
 
 
 class Http(JobKind):
@@ -68,8 +72,12 @@ def _into(spec: dict, path: str, doc, folder: str) -> dict:
     if not isinstance(lineage, bool):
         raise doc.error(f"{path}.into.lineage", f"{_q(lineage)} is not true or false")
     delete = _delete(into, mode, pk, path, doc) if "delete" in into else None
+    shape = _shape(into, f"{path}.into", doc)
+    if shape.get("nested") == "tables" and mode != "merge":  # child rows are replaced with their parent's
+        raise doc.error(f"{path}.into.nested", f"tables works with mode: merge only, not {mode}",
+                        "remove nested:, or use mode: merge")
     return {"table": into["table"], "pk": pk, "db": db or None, "mode": mode, "delete": delete,
-            "lineage": lineage}
+            "lineage": lineage, **shape}
 
 
 def _delete(into: dict, mode: str, pk, path: str, doc) -> dict:
@@ -91,6 +99,56 @@ def _delete(into: dict, mode: str, pk, path: str, doc) -> dict:
     if not isinstance(soft, bool):
         raise doc.error(f"{where}.soft", f"{_q(soft)} is not true or false")
     return {"field": rule["field"], "equals": rule["equals"], "soft": soft}
+
+
+def _shape(into: dict, path: str, doc) -> dict:
+    """into.columns, select, types, nested and transform (see store.shape and docs/jobs-yaml.md)."""
+    out: dict = {}
+    for key, allowed in (("columns", CONTRACTS), ("nested", NESTED)):
+        if key in into:
+            if into[key] not in allowed:
+                raise doc.error(f"{path}.{key}", f"{_q(into[key])} is not one of {', '.join(allowed)}")
+            out[key] = into[key]
+    chosen: dict[str, str] = {}
+    if "select" in into:
+        select = into["select"]
+        if not isinstance(select, list) or not select:
+            raise doc.error(f"{path}.select", f"{_q(select)} is not a list of keys",
+                            "e.g. select: [id, name, owner.login]")
+        for i, item in enumerate(select):
+            if not isinstance(item, str) or not all(item.split(".")):
+                raise doc.error(f"{path}.select[{i}]", f"{_q(item)} is not a key or dotted path",
+                                "write e.g. owner.login (parts separated by single dots)")
+            column = "__".join(item.split("."))
+            if column.lower() in chosen:
+                raise doc.error(f"{path}.select[{i}]",
+                                f"{_q(item)} is stored in column {column}, as {_q(chosen[column.lower()])} is",
+                                "list each key once")
+            chosen[column.lower()] = item
+        out["select"] = list(select)
+    if "types" in into:
+        types = into["types"]
+        if not isinstance(types, dict) or not types:
+            raise doc.error(f"{path}.types", f"{_q(types)} is not a mapping of column: type",
+                            f"e.g. types: {{amount: real}}; types are {', '.join(TYPES)}")
+        pk = into.get("pk") if isinstance(into.get("pk"), list) else [into.get("pk")]
+        for column, kind in types.items():
+            if not isinstance(column, str) or not column:
+                raise doc.error(f"{path}.types", f"{_q(column)} is not a column name")
+            if kind not in TYPES:
+                raise doc.error(f"{path}.types.{column}", f"{_q(kind)} is not a type",
+                                f"use one of {', '.join(TYPES)}")
+            if chosen and column.lower() not in chosen and column not in pk:
+                raise doc.error(f"{path}.types.{column}", "is not a column into.select keeps",
+                                "name a selected column (a dotted path a.b is column a__b)")
+        out["types"] = {str(c): k for c, k in types.items()}
+    if "transform" in into:
+        target = into["transform"]
+        if not isinstance(target, str) or not re.match(r"^[\w.]+:\w+$", target):
+            raise doc.error(f"{path}.transform", f"{_q(target)} is not module:function",
+                            'write e.g. transform: "shaping:clean"')
+        out["transform"] = target
+    return out
 
 
 def _http(value, path: str, doc) -> dict:

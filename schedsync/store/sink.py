@@ -6,8 +6,8 @@ data database; a PostgreSQL URL later) and offers three operations:
 ``upsert(table, pk, rows) -> (stored, failed)``
     Insert or update ``rows`` (decoded JSON items) in ``table``, keyed on ``pk`` (a
     column name, or a list of them), all in one transaction: a page is stored whole or
-    not at all. Rows that are not JSON objects or lack a part of the key (missing, null
-    or NaN) are not stored and are counted ``failed``. The table is created on first use
+    not at all. Rows that are not JSON objects or lack a part of the key (missing, null,
+    NaN, a list or an object) are not stored and are counted ``failed``. The table is created on first use
     and gains a column for each new key (schema work only when a page brings a key the
     table lacks), named by ``sink_base.column_name`` and matched ASCII case-insensitively
     (``sink_base.fold``); a row with two keys for one column is counted ``failed``. A
@@ -26,6 +26,19 @@ data database; a PostgreSQL URL later) and offers three operations:
     A replace: drop any staging table left by a killed run and create it with ``table``'s
     columns; once every page is stored, put it in ``table``'s place in one transaction with
     ``table``'s indexes (readers see the old table or the new one, never neither).
+    backend that cannot hold a NUL in text stores U+FFFD). A page that would give a table
+    more than ``MAX_COLUMNS`` (1,000) columns is a SinkError, and nothing of it is stored.
+``store_page(table, pk, rows, children=None, load=None) -> Counts``
+    What an http job writes for one page (``store.shape`` made ``rows`` and ``children``):
+    ``write`` (with ``load``), and in the same transaction, for each child table in ``children``
+    ({table: (parent keys, child rows)}), each listed parent's rows there deleted and its
+    child rows upserted (keyed on ``_parent_PK``… and ``_idx``). When the database refuses
+    a value for its column's type (PostgreSQL's data errors: ``"abc"`` for a bigint), the
+    page is sent again one item (its row and its children) at a time in savepoints: those
+    refused count ``failed``, their reasons in ``rejected``, the others are stored.
+``pin(table, types)``, ``known_columns(table)``
+    Columns created from then on with ``into.types``' types; the table's columns as they
+    compare (``fold``), none when it does not exist.
 ``max_value(table, column) -> str | None``
     The largest value stored in ``column`` as text (a whole float as an integer), for
     incremental ``since``; None when the table or the column does not exist yet or
@@ -40,9 +53,9 @@ page with one batched statement (``executemany``, ``COPY``).
 
 from __future__ import annotations
 
-from schedsync.store.sink_base import Sink, SinkError, SQLSink, clashing_keys, key_columns
+from schedsync.store.sink_base import Counts, Sink, SinkError, SQLSink, clashing_keys, key_columns
 
-__all__ = ["Sink", "SinkError", "clashing_keys", "key_columns", "open_sink"]
+__all__ = ["Counts", "Sink", "SinkError", "clashing_keys", "key_columns", "open_sink"]
 
 
 def open_sink(target: str) -> SQLSink:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 NAME_BYTES = 63  # PostgreSQL's identifier length; the rule is the same on SQLite
+MAX_COLUMNS = 1000  # columns in one table: a page that would add more fails (SQLite allows 2000, PostgreSQL 1600)
+PARENT = "_parent_"  # a child table's copy of its parent's key column K is _parent_K (into.nested)
+INDEX = "_idx"       # and the element's position in the parent's list
+_NESTED = (list, dict)
 _FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
@@ -122,6 +126,8 @@ def since_text(value) -> str | None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    if hasattr(value, "isoformat"):  # a timestamptz (into.types): ISO 8601, as SQLite stores it
+        return value.isoformat()
     return str(value)
 
 
@@ -192,13 +198,32 @@ def quote(name: str) -> str:
 
 
 def good_rows(keys: tuple, rows: list) -> list:
-    """The rows that are objects with every part of the key there, not null and not NaN (SQLite
-    would store a NaN as NULL, and PostgreSQL's NaN equals NaN: either way a new row every run)."""
+    """The rows that are objects with every part of the key there, not null, not NaN (SQLite
+    would store a NaN as NULL, and PostgreSQL's NaN equals NaN: either way a new row every run),
+    and not a list or an object (JSON text on one backend, jsonb on the other: no stable key)."""
     if len(keys) == 1:
         key = keys[0]
-        return [row for row in rows if type(row) is dict and (v := row.get(key)) is not None and v == v]
-    return [row for row in rows
-            if type(row) is dict and all((v := row.get(k)) is not None and v == v for k in keys)]
+        return [row for row in rows if type(row) is dict and (v := row.get(key)) is not None and v == v
+                and type(v) not in _NESTED]
+    return [row for row in rows if type(row) is dict and all(
+        (v := row.get(k)) is not None and v == v and type(v) not in _NESTED for k in keys)]
+
+
+def child_keys(pk) -> tuple[str, ...]:
+    """The key of a child table of a table keyed on ``pk``: ``_parent_K`` for each part, ``_idx``."""
+    return tuple(PARENT + k for k in key_columns(pk)) + (INDEX,)
+
+
+def _children_of(children: dict, keys: tuple) -> dict:
+    """{parent key: {child table: (its child rows)}} of a page's ``children``."""
+    out: dict = {}
+    columns = tuple(PARENT + k for k in keys)
+    for name, (parents, kids) in children.items():
+        for parent in parents:
+            out.setdefault(parent, {})[name] = []
+        for kid in kids:
+            out[tuple(kid[c] for c in columns)][name].append(kid)
+    return out
 
 
 class SQLSink(Sink):
@@ -212,6 +237,8 @@ class SQLSink(Sink):
     TEXT = "TEXT"             # the type of anything else
     TIMESTAMP = "TEXT"        # _deleted_at, _schedsync_synced_at
     ERRORS: tuple = ()        # exceptions that mean "cannot store": translated to SinkError
+    ROW_ERRORS: tuple = ()    # a value its column's type refuses: store_page finds the rows one by one
+    PINNED: dict = {}         # into.types' type -> the column's type
     IF_NOT_EXISTS = ""        # "IF NOT EXISTS " where schema work can race other writers
     MAX = "max"               # the aggregate, named with its schema where others may shadow it
     conn: Any = None          # the driver's connection (DB-API)
@@ -220,6 +247,133 @@ class SQLSink(Sink):
     def __init__(self) -> None:
         self._columns: dict[str, dict[str, str]] = {}  # table -> {fold(name): name}
         self._sql: dict[tuple, str] = {}
+        self.pinned: dict[str, dict[str, str]] = {}  # table -> {fold(column): into.types' type}
+        self.rejected: list[str] = []  # why store_page's rows refused for a value's type were
+
+    # -- an http job's page, as store.shape made it --
+
+    def pin(self, table: str, types: dict) -> None:
+        """Create ``table``'s columns named in ``types`` ({column: integer|real|text|json|timestamp})
+        with that type (a column that exists keeps its own)."""
+        self.pinned[table] = {fold(c): kind for c, kind in types.items()}
+
+    def known_columns(self, table: str) -> set[str]:
+        """``table``'s columns, folded (``fold``); empty when it does not exist."""
+        known = self._columns.get(table)
+        if known is None:
+            try:
+                cur = self.conn.cursor()
+                try:
+                    known = self._read_columns(cur, table)
+                finally:
+                    cur.close()
+                    if not self.in_transaction:
+                        self._rollback()
+            except self.ERRORS as exc:
+                raise SinkError(self._reason(exc)) from None
+        return set(known)
+
+    def store_page(self, table: str, pk, rows: list, children: dict | None = None,
+                   load: Load | None = None) -> Counts:
+        """``write`` (with ``load``), with the page's ``children`` and rows refused for a
+        value's type (see ``store.sink``)."""
+        self.rejected = []
+        if not children:
+            try:
+                return self.write(table, pk, rows, load)
+            except SinkError as exc:
+                if not isinstance(exc.__context__, self.ROW_ERRORS):
+                    raise
+            return self._together([table], lambda cur: self._one_by_one(cur, table, pk, rows, {}, load))
+        tables = [table, *children]
+        try:
+            return self._together(tables, lambda cur: self._with_children(cur, table, pk, rows, children, load))
+        except SinkError as exc:
+            if not isinstance(exc.__context__, self.ROW_ERRORS):
+                raise
+        return self._together(tables, lambda cur: self._one_by_one(cur, table, pk, rows, children, load))
+
+    def _with_children(self, cur, table: str, pk, rows: list, children: dict, load) -> Counts:
+        counts = self.write(table, pk, rows, load)
+        for name, (parents, kids) in children.items():
+            self._replace_children(cur, name, pk, parents, kids)
+        return counts
+
+    def _one_by_one(self, cur, table: str, pk, rows: list, children: dict, load) -> Counts:
+        """Each item (its row and its children) in a savepoint: those refused are left out."""
+        keys = key_columns(pk)
+        of_parent = _children_of(children, keys)
+        total = Counts(0, 0)
+        for row in rows:
+            cur.execute("SAVEPOINT sink_item")
+            try:
+                counts = self.write(table, pk, [row], load)
+                if counts.stored:
+                    for name, kids in of_parent.get(tuple(row[k] for k in keys), {}).items():
+                        self._replace_children(cur, name, pk, [tuple(row[k] for k in keys)], kids)
+                cur.execute("RELEASE SAVEPOINT sink_item")
+            except (SinkError, *self.ROW_ERRORS) as exc:
+                if isinstance(exc, SinkError) and not isinstance(exc.__context__, self.ROW_ERRORS):
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT sink_item")
+                cur.execute("RELEASE SAVEPOINT sink_item")
+                for name in (table, *children):
+                    self._columns.pop(name, None)
+                if len(self.rejected) < 20:
+                    self.rejected.append(str(exc) if isinstance(exc, SinkError) else self._reason(exc))
+                counts = Counts(0, 1)
+            total.stored += counts.stored
+            total.failed += counts.failed
+            total.inserted += counts.inserted
+            total.updated += counts.updated
+            total.deleted += counts.deleted
+        return total
+
+    def _replace_children(self, cur, table: str, pk, parents: list, rows: list) -> None:
+        """In child table ``table``, delete the rows of ``parents`` (key tuples), then upsert ``rows``."""
+        keys = child_keys(pk)[:-1]
+        known = self._columns.get(table)
+        if known is None or not known:
+            known = self._read_columns(cur, table)
+        if known and parents and all(fold(k) in known for k in keys):
+            self._delete_children(cur, table, tuple(known[fold(k)] for k in keys), parents)
+        if rows:
+            self.upsert(table, list(child_keys(pk)), rows)
+
+    def _together(self, tables: list, work):
+        """``work(cur)`` in one transaction (a savepoint inside a caller's); on failure the schema
+        of ``tables`` is read again next time (their changes were rolled back)."""
+        outer = self.in_transaction
+        try:
+            cur = self.conn.cursor()
+            try:
+                cur.execute("SAVEPOINT sink_items") if outer else self._begin(cur)
+                self.in_transaction = True
+                result = work(cur)
+                cur.execute("RELEASE SAVEPOINT sink_items") if outer else self._commit()
+                return result
+            except BaseException:
+                for name in tables:
+                    self._columns.pop(name, None)
+                self.in_transaction = outer
+                if outer:
+                    cur.execute("ROLLBACK TO SAVEPOINT sink_items")
+                    cur.execute("RELEASE SAVEPOINT sink_items")
+                else:
+                    self._rollback()
+                raise
+            finally:
+                self.in_transaction = outer
+                cur.close()
+        except self.ERRORS as exc:
+            raise SinkError(self._reason(exc)) from None  # __context__ keeps exc (store_page reads it)
+
+    def _delete_children(self, cur, table: str, keys: tuple, parents: list) -> None:
+        """Delete the rows of ``table`` whose ``keys`` columns hold one of ``parents`` (tuples)."""
+        where = " AND ".join(f"{quote(k)} = {self._placeholder()}" for k in keys)
+        cur.executemany(f"DELETE FROM {quote(table)} WHERE {where}", parents)
+
+    # -- one page --
 
     def upsert(self, table: str, pk, rows: list) -> tuple[int, int]:
         counts = self.write(table, pk, rows)
@@ -361,7 +515,12 @@ class SQLSink(Sink):
         missing = [c for c in columns if fold(c) not in known]
         if not missing:
             return known
-        types = {c: self._type_of(c, rows) for c in missing}
+        if len(known) + len(missing) > MAX_COLUMNS:
+            raise SinkError(f"{table} would have {len(known) + len(missing):,} columns, more than "
+                            f"{MAX_COLUMNS:,} — keep fewer keys with into.select or into.columns: discard")
+        pinned = self.pinned.get(table, {})
+        types = {c: self.PINNED[pinned[fold(c)]] if fold(c) in pinned else self._type_of(c, rows)
+                 for c in missing}
         if not known:
             missing.sort(key=lambda c: c not in keys)  # the key's columns first
             defs = [f"{quote(c)} {types[c]}" for c in missing]
@@ -503,6 +662,9 @@ class SQLSink(Sink):
 
     def _swap(self, cur, table: str, staging: str) -> None:
         """Inside the swap's transaction: drop ``table``, rename ``staging`` to it, indexes again."""
+
+    def _placeholder(self) -> str:
+        """One value's placeholder in a statement run by ``executemany``."""
         raise NotImplementedError
 
     def _statement(self, head: str, width: int, tail: str) -> str:

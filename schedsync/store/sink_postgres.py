@@ -35,6 +35,8 @@ class PostgresSink(SQLSink):
              dict: "jsonb", list: "jsonb", bytes: "bytea"}
     TEXT = "text"
     TIMESTAMP = "timestamptz"
+    PINNED = {"integer": "bigint", "real": "double precision", "text": "text", "json": "jsonb",
+              "timestamp": "timestamptz"}
     IF_NOT_EXISTS = "IF NOT EXISTS "
     MAX = "pg_catalog.max"  # a role with CREATE on public could plant a better-matching max()
 
@@ -50,6 +52,7 @@ class PostgresSink(SQLSink):
         self._pg, self._json = psycopg2, psycopg2.extras.Json
         self._execute_values = psycopg2.extras.execute_values
         self.ERRORS = (psycopg2.Error, ValueError)
+        self.ROW_ERRORS = (psycopg2.DataError,)  # "abc" for a bigint, a number out of range…
         self.path = redact_url(url)
         if misencoded_password(url):  # libpq would read and quote a piece of it as the host
             raise SinkError(f"its password holds a raw /, @ or % — {MISENCODED_FIX}")
@@ -86,6 +89,14 @@ class PostgresSink(SQLSink):
         counts.stored += dropped
         counts.updated += dropped
         return counts
+
+    def _delete_children(self, cur, table: str, keys: tuple, parents: list) -> None:
+        names = ", ".join(map(quote, keys)).replace("%", "%%")
+        self._execute_values(cur, f"DELETE FROM {quote(table).replace('%', '%%')} WHERE ({names}) IN (VALUES %s)",
+                             parents, page_size=PAGE)
+
+    def _placeholder(self) -> str:
+        return "%s"
 
     def _lock_schema(self, cur, table: str) -> None:
         # Concurrent CREATE TABLE IF NOT EXISTS races in the catalog: one writer at a time

@@ -67,6 +67,7 @@ class SQLiteSink(SQLSink):
     TYPES = {int: "INTEGER", bool: "INTEGER", float: "FLOAT", str: "TEXT", bytes: "BLOB",
              dict: "TEXT", list: "TEXT"}
     ERRORS = (sqlite3.Error, OSError, OverflowError, ValueError)
+    PINNED = {"integer": "INTEGER", "real": "REAL", "text": "TEXT", "json": "TEXT", "timestamp": "TEXT"}
 
     def __init__(self, path: str):
         global _open_sinks
@@ -96,6 +97,9 @@ class SQLiteSink(SQLSink):
 
     def _column_types(self, cur, table: str) -> list[tuple[str, str]]:
         return [(row[1], row[2]) for row in cur.execute(f"PRAGMA table_info({quote(table)})")]
+
+    def _placeholder(self) -> str:
+        return "?"
 
     def _statement(self, head: str, width: int, tail: str) -> str:
         return f"{head}({', '.join('?' * width)}){tail}"

@@ -193,6 +193,20 @@ def test_a_failed_page_is_resumed_and_a_timeout_too(backend, upstream):
     assert stored(backend) == ALL_IDS
 
 
+def test_a_full_refresh_starts_from_page_1_and_clears_the_resume_point(backend, upstream):
+    serve_pages(upstream, fail=6)
+    write_job(backend, upstream)
+    project = backend.project
+    assert project.cli("run", "items", timeout=120).returncode == 1  # a point saved after page 5
+    assert backend.query("SELECT count(*) FROM resume_points WHERE point IS NOT NULL", state=True) == [(1,)]
+    before = len(upstream.requests)
+    result = project.cli("run", "items", "--full-refresh", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert pages_asked(upstream, before) == list(range(1, PAGES + 1))
+    assert backend.query("SELECT count(*) FROM resume_points WHERE point IS NOT NULL", state=True) == [(0,)]
+    assert stored(backend) == ALL_IDS
+
+
 def test_a_job_without_resume_starts_from_page_1_as_before(backend, upstream):
     serve_pages(upstream, fail=6)
     backend.project.write(f"""

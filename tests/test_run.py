@@ -321,9 +321,9 @@ def test_a_full_disk_is_one_line_and_loses_no_records(project):
     project.write('state: disk/schedsync.db\njobs:\n  a: {command: ["true"]}\n')
     script = f"""
         set -e
-        mount -t tmpfs -o size=256k tmpfs {disk}
+        mount -t tmpfs -o size=2m tmpfs {disk}
         {' '.join(project.argv('run', 'a'))}
-        dd if=/dev/zero of={disk}/filler bs=1k count=1000 2>/dev/null || true
+        dd if=/dev/zero of={disk}/filler bs=1k count=4000 2>/dev/null || true
         {' '.join(project.argv('run', 'a'))} && exit 99 || echo "exit=$?" >&2
         rm {disk}/filler
         {' '.join(project.argv('history', 'a', '--json'))}

@@ -42,7 +42,22 @@ def _job(config: Config, name: str):
 
 
 def _params_text(params: dict | None) -> str | None:
-    return json.dumps(params, sort_keys=True) if params else None
+    """Params as the audit log keeps them: redacted as the run's record keeps them (a param
+    reaches the job as ``SCHEDSYNC_PARAM_<NAME>``, a secret when that name says so, and a
+    value equal to a secret of this process's environment is one too)."""
+    if not params:
+        return None
+    import os
+
+    from schedsync.config.params import PREFIX
+    from schedsync.core.redact import Secrets, environment_secrets, secret_name
+
+    secrets = Secrets()
+    environment_secrets(os.environ, secrets)
+    for name, value in params.items():
+        if isinstance(value, str) and secret_name(PREFIX + name.upper()):
+            secrets.add(value)
+    return secrets.redact(json.dumps(params, sort_keys=True, ensure_ascii=False))
 
 
 def trigger(config: Config, store, name: str, params: dict | None, actor: Actor | None) -> tuple[int, bool]:

@@ -38,3 +38,48 @@ def test_a_secret_param_given_to_serve_is_not_shown_by_the_audit_log(project: Pr
         assert SECRET not in page
     finally:
         server.stop()
+
+
+# --- d1's into.mode: replace meets d3's fresh: -----------------------------------------------------
+
+def test_a_replace_that_failed_does_not_make_its_unswapped_rows_the_jobs_freshness(project: Project):
+    """A replace run that fails keeps the old table (d1), but d3's note_watermark (in a
+    ``finally``) noted the newest fresh.field of the pages it loaded into the staging table,
+    which nobody can read: the state's watermark is a max over runs, so every later run that
+    loads the same old data shows OK instead of STALE."""
+    from test_freshness import iso_ago
+    from test_http import Upstream, reply
+
+    upstream = Upstream()
+    pages = {"first": [{"id": 1, "updated_at": iso_ago(5 * 3600)}], "fail": False}
+
+    @upstream.route("/items")
+    def route(request):
+        if request.query.get("page") == "2":
+            return reply(500, {"error": "down"}) if pages["fail"] else reply(200, {"data": [], "next": None})
+        return reply(200, {"data": pages["first"], "next": 2})
+
+    try:
+        project.write(f"""
+            jobs:
+              drops:
+                retries: {{attempts: 1}}
+                fresh: {{within: 2h, field: updated_at}}
+                http:
+                  url: "{upstream.base}/items"
+                  items: data
+                  next: {{page: page}}
+                into: {{table: drops, pk: id, db: data.db, mode: replace}}
+        """)
+        assert project.cli("run", "drops").returncode == 0
+        assert project.status()["jobs"][0]["health"] == "STALE"  # 5h old data
+
+        pages["first"], pages["fail"] = [{"id": 2, "updated_at": iso_ago(60)}], True
+        assert project.cli("run", "drops").returncode == 1  # page 2 fails: drops is not replaced
+
+        pages["first"], pages["fail"] = [{"id": 1, "updated_at": iso_ago(5 * 3600)}], False
+        assert project.cli("run", "drops").returncode == 0  # the same 5h old data again
+        job = project.status()["jobs"][0]
+        assert job["health"] == "STALE", job
+    finally:
+        upstream.close()

@@ -310,6 +310,10 @@ class Sync:
         """Keep the newest ``fresh.field`` value stored (the state keeps the max over runs)."""
         if not self.fresh_field:
             return
+        if self.mode == "replace" and not self.complete:
+            # The pages went to the staging table, which was not swapped in: readers still
+            # see the old table, so its freshness is unchanged.
+            self.watermark = None
         stored = self.ctx.store.note_watermark(self.job.name, self.watermark)
         if stored is None and self.watermark is None and self.sink is not None:
             # Nothing known yet (fresh: just added to a job whose table has data): read the table once.

@@ -83,3 +83,46 @@ def test_a_replace_that_failed_does_not_make_its_unswapped_rows_the_jobs_freshne
         assert job["health"] == "STALE", job
     finally:
         upstream.close()
+
+
+# --- d1's into.delete meets d2's into.select ---------------------------------------------------------
+
+def test_select_keeps_the_delete_field_so_a_deleted_item_is_deleted(project: Project):
+    """``select`` keeps the listed keys and the pk (d2) and nothing else, so the field
+    ``into.delete`` reads (d1) was gone before the sink looked: a deleted item was upserted
+    as a live row, and nothing was ever deleted."""
+    import sqlite3
+
+    from test_http import Upstream, reply
+
+    upstream = Upstream()
+    items = [{"id": 1, "name": "a", "is_deleted": False}, {"id": 2, "name": "b", "is_deleted": False}]
+
+    @upstream.route("/items")
+    def route(request):
+        return reply(200, list(items))
+
+    try:
+        project.write(f"""
+            jobs:
+              drops:
+                retries: {{attempts: 1}}
+                http: {{url: "{upstream.base}/items"}}
+                into:
+                  table: drops
+                  pk: id
+                  db: data.db
+                  select: [id, name]
+                  delete: {{field: is_deleted, equals: true}}
+        """)
+        assert project.cli("run", "drops").returncode == 0
+        items[1] = {"id": 2, "name": "b", "is_deleted": True}
+        assert project.cli("run", "drops").returncode == 0
+        db = sqlite3.connect(str(project.path / "data.db"))
+        try:
+            assert [row[0] for row in db.execute("SELECT id FROM drops ORDER BY id")] == [1]
+        finally:
+            db.close()
+        assert project.history("drops")[0]["items_deleted"] == 1
+    finally:
+        upstream.close()

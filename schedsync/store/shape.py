@@ -153,9 +153,11 @@ class Shaper:
         self.keys = keys
         select = into.get("select")
         self.select = None if not select else [(select_column(p), tuple(p.split("."))) for p in select]
-        if self.select is not None:  # the key is always kept
+        if self.select is not None:  # the key is always kept, and into.delete's field (the sink reads it)
             chosen = {fold(c) for c, _ in self.select}
-            self.select += [(k, (k,)) for k in keys if fold(k) not in chosen]
+            deleted = (into.get("delete") or {}).get("field")
+            self.select += [(k, (k,)) for k in dict.fromkeys([*keys, *([deleted] if deleted else [])])
+                            if fold(k) not in chosen]
         self.types = {fold(column_name(c)): (c, kind) for c, kind in (into.get("types") or {}).items()}
         self._pin_of: dict = {}  # key -> (column, type) or None, as _typed met them
         self._plain: set = set()  # child element keys that are their own column, not reserved

@@ -126,3 +126,51 @@ def test_select_keeps_the_delete_field_so_a_deleted_item_is_deleted(project: Pro
         assert project.history("drops")[0]["items_deleted"] == 1
     finally:
         upstream.close()
+
+
+# --- d1's into.delete meets d2's nested: tables ------------------------------------------------------
+
+def test_a_deleted_parent_takes_its_child_rows_with_it(project: Project):
+    """nested: tables replaces a parent's child rows with its upsert (d2); a parent that
+    into.delete removes (d1) had its lists written again as children of a row that is gone."""
+    import sqlite3
+
+    from test_http import Upstream, reply
+
+    upstream = Upstream()
+    items = [{"id": 1, "tags": [{"t": "x"}, {"t": "y"}], "is_deleted": False},
+             {"id": 2, "tags": [{"t": "z"}], "is_deleted": False}]
+
+    @upstream.route("/items")
+    def route(request):
+        return reply(200, list(items))
+
+    try:
+        project.write(f"""
+            jobs:
+              drops:
+                retries: {{attempts: 1}}
+                http: {{url: "{upstream.base}/items"}}
+                into:
+                  table: drops
+                  pk: id
+                  db: data.db
+                  nested: tables
+                  delete: {{field: is_deleted, equals: true}}
+        """)
+        assert project.cli("run", "drops").returncode == 0
+        items[0] = {"id": 1, "tags": [{"t": "x"}, {"t": "y"}], "is_deleted": True}
+        assert project.cli("run", "drops").returncode == 0
+        db = sqlite3.connect(str(project.path / "data.db"))
+        try:
+            assert [row[0] for row in db.execute("SELECT id FROM drops ORDER BY id")] == [2]
+            tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            child = next(name for name in tables if name.lower().startswith("drops__"))
+            columns = [row[1] for row in db.execute(f'PRAGMA table_info("{child}")')]
+            rows = db.execute(f'SELECT * FROM "{child}"').fetchall()
+            assert all(row[columns.index(next(c for c in columns if "id" in c.lower()))] == 2 for row in rows), \
+                (columns, rows)
+        finally:
+            db.close()
+    finally:
+        upstream.close()

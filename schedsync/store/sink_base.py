@@ -214,6 +214,16 @@ def child_keys(pk) -> tuple[str, ...]:
     return tuple(PARENT + k for k in key_columns(pk)) + (INDEX,)
 
 
+def _hard_deleted(pk, rows: list, load) -> set:
+    """The keys (tuples) of the page's rows that ``load`` deletes outright (``into.delete``
+    without ``soft``; of the rows sharing a key the last decides, as ``Load.split``)."""
+    if load is None or load.delete is None or load.delete.get("soft") or not pk:
+        return set()
+    keys = key_columns(pk)
+    _, gone = load.split(keys, good_rows(keys, rows))
+    return {tuple(row[k] for k in keys) for row in gone}
+
+
 def _children_of(children: dict, keys: tuple) -> dict:
     """{parent key: {child table: (its child rows)}} of a page's ``children``."""
     out: dict = {}
@@ -294,8 +304,13 @@ class SQLSink(Sink):
         return self._together(tables, lambda cur: self._one_by_one(cur, table, pk, rows, children, load))
 
     def _with_children(self, cur, table: str, pk, rows: list, children: dict, load) -> Counts:
+        gone = _hard_deleted(pk, rows, load)
         counts = self.write(table, pk, rows, load)
         for name, (parents, kids) in children.items():
+            if gone:  # a parent into.delete removed: its children go, none come back
+                columns = tuple(PARENT + k for k in key_columns(pk))
+                parents = list(dict.fromkeys([*parents, *gone]))
+                kids = [kid for kid in kids if tuple(kid[c] for c in columns) not in gone]
             self._replace_children(cur, name, pk, parents, kids)
         return counts
 
@@ -307,10 +322,11 @@ class SQLSink(Sink):
         for row in rows:
             cur.execute("SAVEPOINT sink_item")
             try:
+                gone = _hard_deleted(pk, [row], load)
                 counts = self.write(table, pk, [row], load)
                 if counts.stored:
                     for name, kids in of_parent.get(tuple(row[k] for k in keys), {}).items():
-                        self._replace_children(cur, name, pk, [tuple(row[k] for k in keys)], kids)
+                        self._replace_children(cur, name, pk, [tuple(row[k] for k in keys)], [] if gone else kids)
                 cur.execute("RELEASE SAVEPOINT sink_item")
             except (SinkError, *self.ROW_ERRORS) as exc:
                 if isinstance(exc, SinkError) and not isinstance(exc.__context__, self.ROW_ERRORS):

@@ -174,3 +174,37 @@ def test_a_deleted_parent_takes_its_child_rows_with_it(project: Project):
             db.close()
     finally:
         upstream.close()
+
+
+# --- t1's triggered items meet t3's requires: ---------------------------------------------------------
+
+def test_a_triggered_run_skipped_upstream_not_ready_is_not_retried_every_tick(project: Project):
+    """A trigger (t1) of a job whose ``requires:`` (t3) upstream has not succeeded is skipped
+    ``upstream_not_ready``; the skip put its api item back to ``queued`` (as for a budget or
+    lock skip, which a later tick may clear), so every tick started it again and recorded one
+    more skipped run, for as long as the upstream did not succeed, and ``trigger --wait``
+    waited that long."""
+    import time as clock
+
+    from test_trigger import api_items, finished, trigger
+
+    project.write("""
+        jobs:
+          up:
+            command: ["sh", "-c", "exit 3"]
+          down:
+            requires: {job: up, within: 1h}
+            command: ["sh", "-c", "true"]
+    """)
+    assert trigger(project, "down").returncode == 0
+    assert project.cli("tick").returncode == 0
+    (run,) = finished(project, "down", 1)
+    assert (run["status"], run["reason"]) == ("skipped", "upstream_not_ready")
+    for minute in (1, 2):
+        at = clock.strftime("%Y-%m-%dT%H:%M:%SZ", clock.gmtime(clock.time() + 60 * minute + 5))
+        assert project.cli("tick", "--now", at).returncode == 0
+    clock.sleep(1.5)
+    runs = [r for r in project.history("down") if r["status"] != "running"]
+    assert len(runs) == 1, runs
+    (item,) = api_items(str(project.state), "down")
+    assert item.state == "skipped", item

@@ -196,7 +196,10 @@ def run_job(config: Config, job: Job, secrets: Secrets, store: Store, *, trigger
 
             why = upstream_ready(store, job, store.now())
             if why is not None:
-                return _skip(store, job, trigger, UPSTREAM_NOT_READY, None, why, slot, item, stored)
+                skipped = _skip(store, job, trigger, UPSTREAM_NOT_READY, None, why, slot, item, stored)
+                if item is not None:  # not back to the queue: every tick would skip it again
+                    store.release_item(item.id, SKIPPED, UPSTREAM_NOT_READY)
+                return skipped
         if job.limits:  # concurrency limits: imported only by jobs that name one
             from schedsync.app.limits import take_places
 

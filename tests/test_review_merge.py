@@ -208,3 +208,44 @@ def test_a_triggered_run_skipped_upstream_not_ready_is_not_retried_every_tick(pr
     assert len(runs) == 1, runs
     (item,) = api_items(str(project.state), "down")
     assert item.state == "skipped", item
+
+
+# --- t1's params meet d3's http.resume ---------------------------------------------------------------
+
+def test_a_resume_point_saved_for_other_params_is_not_resumed(project: Project):
+    """A trigger's params reach http values (t1: ``${SCHEDSYNC_PARAM_REGION}`` in http.params);
+    a resume point (d3) is keyed on the url, method, items, next and since only, so a run for
+    region us went on from the page an interrupted run for region eu had reached, never
+    fetching us's first pages."""
+    from test_http import Upstream, reply
+    from test_trigger import trigger
+
+    upstream = Upstream()
+    broken = {"eu": True}
+
+    @upstream.route("/items")
+    def route(request):
+        region, page = request.query.get("region"), int(request.query.get("page", "1"))
+        if page == 3 and region == "eu" and broken["eu"]:
+            return reply(500, {"error": "down"})
+        return reply(200, [{"id": f"{region}-{page}"}] if page <= 3 else [])
+
+    try:
+        project.write(f"""
+            jobs:
+              drops:
+                retries: {{attempts: 1}}
+                params: {{region: {{default: eu}}}}
+                http:
+                  url: "{upstream.base}/items"
+                  params: {{region: "${{SCHEDSYNC_PARAM_REGION}}"}}
+                  next: {{page: page}}
+                  resume: {{within: 1h}}
+                into: {{table: drops, pk: id, db: data.db}}
+        """)
+        assert project.cli("run", "drops").returncode == 1  # eu: page 3 fails, the point says page 3
+        assert trigger(project, "drops", "--param", "region=us", "--wait").returncode == 0
+        us = [int(r.query.get("page", "1")) for r in upstream.hits("/items") if r.query.get("region") == "us"]
+        assert 1 in us and 2 in us, us
+    finally:
+        upstream.close()

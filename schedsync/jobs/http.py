@@ -240,8 +240,11 @@ class Sync:
         """What a saved point is only valid for: the request and pagination as configured,
         secrets shown as ``***`` (a point saved for other settings is not resumed)."""
         http = self.http
+        # params and body too: a trigger's params reach them (${SCHEDSYNC_PARAM_X}), and a
+        # point saved for region=eu must not send a region=us run on from eu's page N
+        sent = self.ctx.secrets.redact(json.dumps([http["params"], http["body"]], sort_keys=True, default=str))
         return json.dumps([show_url(http["url"], self.ctx.secrets), http["method"], http["items"],
-                           http["next"], (http["since"] or {}).get("param")], sort_keys=True)
+                           http["next"], (http["since"] or {}).get("param"), sent], sort_keys=True)
 
     def _resume_point(self) -> dict | None:
         """The saved point this run goes on from, or None (page 1); logs why."""

@@ -249,3 +249,33 @@ def test_a_resume_point_saved_for_other_params_is_not_resumed(project: Project):
         assert 1 in us and 2 in us, us
     finally:
         upstream.close()
+
+
+# --- d1's load counts meet the spool's format ---------------------------------------------------------
+
+def test_a_run_end_spooled_by_the_previous_version_is_still_replayed(tmp_path):
+    """d1 added items_inserted/updated/deleted to spool.RUN_KEYS without a new VERSION, and
+    _read removes an entry whose run keys differ: a run's end spooled before the upgrade
+    (the database away) was deleted unread by the upgraded schedsync, and the run then
+    reaped as crashed."""
+    import os
+
+    from schedsync.core.models import Run
+    from schedsync.store import spool
+    from schedsync.store.base import BreakerSpec
+
+    folder = str(tmp_path / "spool")
+    run = Run(7, "job", "success", "cron", 1000.0, "h", 1, finished_at=1001.0, duration_ms=1000)
+    path = spool.write_finish("postgresql://x/y", run, BreakerSpec("job", {"failures": 5, "reset_after": 600}),
+                              True, False, 60.0, {}, host="h", at=1001.0, folder=folder)
+    import json
+
+    with open(path) as f:
+        entry = json.load(f)
+    for key in ("items_inserted", "items_updated", "items_deleted"):  # as 91f6ace wrote them
+        del entry["run"][key]
+    del entry["after"]
+    with open(path, "w") as f:
+        json.dump(entry, f)
+    assert spool._read(path) is not None
+    assert os.path.exists(path)

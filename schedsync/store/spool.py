@@ -37,6 +37,9 @@ SMALL = 4096  # a run that did not start: its few fields
 RUN_KEYS = ("id", "job", "status", "trigger", "started_at", "host", "pid", "reason", "finished_at",
             "duration_ms", "attempts", "requests", "items_processed", "items_failed", "exit_code",
             "error", "retry_at", "output", "pid_start", "items_inserted", "items_updated", "items_deleted")
+# Keys a run's end gained after VERSION 1 was written (d1: load counts): an entry spooled
+# by a schedsync before them is still one of ours (Run's defaults fill them in).
+LATER_KEYS = ("items_inserted", "items_updated", "items_deleted")
 VERSION = 1
 STALE = 3600.0  # seconds after which a temporary file a killed writer left is removed
 
@@ -130,7 +133,8 @@ def _read(path: str) -> dict | None:
             or not (entry.get("later") is None or isinstance(entry["later"], dict)) \
             or not (entry.get("after") is None or isinstance(entry["after"], list)
                     and all(isinstance(name, str) for name in entry["after"])) \
-            or (entry["kind"] == "finish" and (set(entry["run"]) != set(RUN_KEYS)
+            or (entry["kind"] == "finish" and (set(entry["run"]) not in (set(RUN_KEYS),
+                                                                         set(RUN_KEYS) - set(LATER_KEYS))
                                                or not isinstance(entry["run"]["id"], int))):
         _remove(path)
         return None

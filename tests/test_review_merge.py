@@ -279,3 +279,32 @@ def test_a_run_end_spooled_by_the_previous_version_is_still_replayed(tmp_path):
         json.dump(entry, f)
     assert spool._read(path) is not None
     assert os.path.exists(path)
+
+
+# --- d3's fresh: meets d2's into.select ---------------------------------------------------------------
+
+def test_select_keeps_the_fresh_field_so_old_data_is_stale(project: Project):
+    """``select`` (d2) dropped ``fresh.field`` (d3) before the watermark was read, and the
+    table never had the column: no watermark, so the job was OK however old its data."""
+    from test_freshness import iso_ago
+    from test_http import Upstream, reply
+
+    upstream = Upstream()
+
+    @upstream.route("/items")
+    def route(request):
+        return reply(200, [{"id": 1, "name": "a", "updated_at": iso_ago(5 * 3600)}])
+
+    try:
+        project.write(f"""
+            jobs:
+              drops:
+                retries: {{attempts: 1}}
+                fresh: {{within: 2h, field: updated_at}}
+                http: {{url: "{upstream.base}/items"}}
+                into: {{table: drops, pk: id, db: data.db, select: [id, name]}}
+        """)
+        assert project.cli("run", "drops").returncode == 0
+        assert project.status()["jobs"][0]["health"] == "STALE"
+    finally:
+        upstream.close()

@@ -169,7 +169,8 @@ class Sync:
         if any(k in job.into for k in ("select", "types", "columns", "nested")):
             from schedsync.store.shape import Shaper
 
-            shaper = Shaper(self.table, self.keys, job.into)
+            keep = tuple(f for f in (self.fresh_field, (self.http["since"] or {}).get("field")) if f)
+            shaper = Shaper(self.table, self.keys, job.into, keep)
             self.shaper = shaper if shaper.active else None  # e.g. columns: evolve, nested: json
 
     # -- the loop --

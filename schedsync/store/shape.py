@@ -148,15 +148,17 @@ class Page:
 class Shaper:
     """The shaping rules of one job's ``into`` (see the module's docstring)."""
 
-    def __init__(self, table: str, keys: tuple, into: dict):
+    def __init__(self, table: str, keys: tuple, into: dict, keep: tuple = ()):
         self.table = table
         self.keys = keys
         select = into.get("select")
         self.select = None if not select else [(select_column(p), tuple(p.split("."))) for p in select]
-        if self.select is not None:  # the key is always kept, and into.delete's field (the sink reads it)
+        if self.select is not None:
+            # always kept: the key, into.delete's field (the sink reads it) and ``keep`` (the
+            # fields fresh: and since: read from the stored rows)
             chosen = {fold(c) for c, _ in self.select}
             deleted = (into.get("delete") or {}).get("field")
-            self.select += [(k, (k,)) for k in dict.fromkeys([*keys, *([deleted] if deleted else [])])
+            self.select += [(k, (k,)) for k in dict.fromkeys([*keys, *([deleted] if deleted else []), *keep])
                             if fold(k) not in chosen]
         self.types = {fold(column_name(c)): (c, kind) for c, kind in (into.get("types") or {}).items()}
         self._pin_of: dict = {}  # key -> (column, type) or None, as _typed met them

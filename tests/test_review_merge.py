@@ -308,3 +308,29 @@ def test_select_keeps_the_fresh_field_so_old_data_is_stale(project: Project):
         assert project.status()["jobs"][0]["health"] == "STALE"
     finally:
         upstream.close()
+
+
+# --- t2's retry meets t1's redacted params ------------------------------------------------------------
+
+def test_a_retry_runs_with_the_secret_param_not_its_redaction(project: Project):
+    """serve's retry (t2) queued the run's params as the run's record keeps them, redacted
+    (t1): the retried run got SCHEDSYNC_PARAM_API_TOKEN=*** instead of the token."""
+    project.write("""
+        state: schedsync.db
+        jobs:
+          pull:
+            params: {api_token: {}}
+            command: ["sh", "-c", "printf '%s\\\\n' \\"$SCHEDSYNC_PARAM_API_TOKEN\\" >> seen.txt; exit 1"]
+    """)
+    assert project.cli("status", "--init").returncode in (0, 1)
+    server = Served(project, env={"SCHEDSYNC_SERVE_TOKEN": TOKEN})
+    try:
+        code, _, body = post(server, "/api/jobs/pull/trigger", {"params": {"api_token": SECRET}}, bearer())
+        assert code == 202, body
+        (first,) = wait_for_run(project, "pull")
+        code, _, body = post(server, f"/api/runs/{first['id']}/retry", {}, bearer())
+        assert code == 202, body
+        wait_for_run(project, "pull", 2)
+        assert (project.path / "seen.txt").read_text().splitlines() == [SECRET, SECRET]
+    finally:
+        server.stop()

@@ -84,6 +84,13 @@ def retry(config: Config, store, run_id: int, actor: Actor | None) -> tuple[str,
     from schedsync.config.params import decode
 
     params = decode(run.params)  # as the run kept them (a value equal to a job's secret is redacted)
+    if "***" in (run.params or ""):  # redacted: the ledger item it ran from holds the values
+        item = next((s for s in store.slots(run.job, 1000) if s.run_id == run_id and s.params), None)
+        if item is None:
+            raise ConfigError(f"run {run_id} of {run.job} kept its params redacted (a secret), and the"
+                              " work item it ran from is gone",
+                              f"trigger {run.job} again with its params")
+        params = decode(item.params)
 
     reason = actor.reason if actor and actor.reason else f"retry of run {run_id}"
     item_id, deduped = queue_trigger(config, store, run.job, params, store.now(),

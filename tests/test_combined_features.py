@@ -1,11 +1,11 @@
-"""Integration defects found reviewing the issue 18/19 merge (91f6ace..082fce2): each test
-shows where two branches meet."""
+"""Features that meet: params and the audit log, replace and freshness, select and deletes,
+nested tables and deletes, triggers and requires, params and resume, the spool across an
+upgrade, select and since/fresh, retries of a run with secret params. Each test failed when
+these features were first put together."""
 
 from __future__ import annotations
 
 import json
-
-import pytest
 
 from conftest import Project
 from test_serve import Served

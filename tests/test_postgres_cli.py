@@ -343,8 +343,13 @@ budgets:
         finally:
             store.close()
 
+    from schedsync.core.models import AuditEntry
+
     store = open_store(str(project.state))
     store.enqueue("hello", [{"slot": 1_790_000_000.0, "kind": "backfill", "due_at": 1_790_000_000.0}])
+    store.record_audit(AuditEntry(1_790_000_000.0, "pause", "hello", "token", "127.0.0.1", reason="copy me"))
+    store.save_resume("hello", None, '{"page": 4}', 1_790_000_000.0)
+    store.note_watermark("hello", 1_790_000_123.0)
     store.close()
     before_ledger = ledger(str(project.state))
     result = project.cli("state", "copy", "--to", pg_url)
@@ -373,6 +378,13 @@ budgets:
     assert counters(after) == counters(project.env)  # the run counters came along
     assert ledger(pg_url) == before_ledger and ("hello", 1_790_000_000.0, "backfill", "queued", None) in before_ledger
     assert 'schedsync_run_duration_seconds_count{job="flaky"} 2' in counters(after)  # the third: skipped
+    store = open_store(pg_url)  # serve's audit log, resume points and watermarks come along (issues 18, 19)
+    try:
+        assert [(a.action, a.reason) for a in store.audit("hello")] == [("pause", "copy me")]
+        assert store.resume_point("hello").point == '{"page": 4}'
+        assert store.watermarks(["hello"]) == {"hello": 1_790_000_123.0}
+    finally:
+        store.close()
     again = project.cli("state", "copy", "--to", pg_url)
     assert again.returncode == 1 and "already holds runs" in again.stderr
 

@@ -35,6 +35,9 @@ TABLES = {  # table: columns, as both backends name them (SQLite's pid_start is 
     "slots": SLOT_FIELDS,  # the slot ledger and its queue (marks are re-derived by the next tick)
     "slot_counts": ("job", "state", "n"),
     "ticks": ("host", "at", "error"),
+    "audit": ("id", "at", "action", "job", "who", "client", "breaker", "run_id", "item_id", "params", "reason"),
+    "resume_points": ("job", "point", "saved_at", "run_id", "began_at", "done_run", "done_began"),
+    "watermarks": ("job", "value", "noted_at"),
 }
 
 
@@ -116,7 +119,7 @@ def copy_state(source: str, url: str) -> dict:
                     row[1] == "runs" for row in src.execute("PRAGMA table_info(run_totals)")):
                 # a file older than run_totals: sum its runs, as its own migration would
                 cur.execute(SEED_TOTALS, (list(DURATION_BUCKETS),))
-            for table in ("runs", "breaker_events", "notifications", "slots"):
+            for table in ("runs", "breaker_events", "notifications", "slots", "audit"):
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('schedsync.{table}', 'id'),"
                             f" greatest((SELECT max(id) FROM schedsync.{table}), 1))")
         db.commit()

@@ -6,6 +6,8 @@ these features were first put together."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 from conftest import Project
 from test_serve import Served
@@ -334,3 +336,40 @@ def test_a_retry_runs_with_the_secret_param_not_its_redaction(project: Project):
         assert (project.path / "seen.txt").read_text().splitlines() == [SECRET, SECRET]
     finally:
         server.stop()
+
+
+# --- t4's overlap: replace meets t3's chains --------------------------------------------------------
+
+def test_a_replaced_run_starts_no_chain_its_successor_ends_for_it(project: Project):
+    """A run stopped by ``overlap: replace`` is recorded failed/replaced, but the job did not
+    fail: the newer run goes on, and its own end is what ``after:`` follows. The replaced run
+    queued ``on: failure`` jobs all the same (a cleanup ran while the job was running)."""
+    import time
+
+    from test_limits import wait_for
+
+    project.write("""
+        jobs:
+          swap:
+            overlap: replace
+            command: ["sh", "-c", "echo $$ >> pids; exec sleep 300"]
+          cleanup:
+            after: [{job: swap, on: failure}]
+            command: ["touch", "cleaned"]
+    """)
+    old = project.start("run", "swap", start_new_session=True)
+    new = None
+    try:
+        wait_for(lambda: (project.path / "pids").exists() and (project.path / "pids").read_text().split(),
+                 what="the first run's job to start")
+        new = project.start("run", "swap", start_new_session=True)
+        assert old.wait(timeout=60) == 1
+        [replaced] = [r for r in project.history("swap") if r["pid"] == old.pid]
+        assert replaced["reason"] == "replaced"
+        time.sleep(3)  # a chain starts at once when its upstream's end queues it
+        assert project.history("cleanup") == [] and not (project.path / "cleaned").exists()
+    finally:
+        for proc in (old, new):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)

@@ -344,7 +344,7 @@ def _finish(store, job, run: Run, outcome: Outcome, trial: bool, secrets, lease:
 
         later, retry = retry_item(job, run, timezone)
     after = None
-    if job.downstream:  # chains: imported only by jobs that others run after
+    if job.downstream and run.reason != REPLACED:  # chains (a replaced run's successor ends for it)
         from schedsync.app.chains import downstream
 
         after = downstream(job, run.status) or None

@@ -327,6 +327,25 @@ def test_the_tick_starts_an_api_item_when_it_is_due(project):
     assert (item.id, item.state, item.run_id) == (later["item"], "ran", run["id"])
 
 
+def test_a_paused_job_s_trigger_waits_in_the_queue_until_resume(project):
+    """The tick holds a paused job's items back (started, each would only be skipped
+    ``paused``, a record a minute); after ``resume`` the next tick runs it."""
+    project.write(JOBS)
+    assert project.cli("pause", "plain").returncode == 0
+    queued = json.loads(trigger(project, "plain", "--json").stdout)
+    for _ in range(2):
+        assert project.cli("tick").returncode == 0
+    time.sleep(0.5)  # a wrongly started run would show
+    assert project.history("plain") == []
+    assert api_items(str(project.state), "plain")[0].state == "queued"
+    assert project.cli("resume", "plain").returncode == 0
+    assert project.cli("tick").returncode == 0
+    run, = finished(project, "plain", 1)
+    assert (run["trigger"], run["status"]) == ("api", "success")
+    item, = api_items(str(project.state), "plain")
+    assert (item.id, item.state) == (queued["item"], "ran")
+
+
 def test_an_alert_says_what_started_the_run(project, httpserver):
     no_proxy(project)
     httpserver.expect_request("/hook", method="POST").respond_with_data("ok")

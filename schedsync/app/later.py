@@ -141,7 +141,7 @@ def plan(config: Config, store, now: float, names: list[str] | None = None) -> i
 class Gate:
     """May the tick start a claimed catch-up, backfill, retry or api (triggered) item now? ``gate(item)``:
     None for yes; else ``(state, reason)`` to release it with: back to ``queued`` while the
-    job's breaker is open, a budget cannot grant the run's cost now or its previous run is
+    job is paused or its breaker is open, a budget cannot grant the run's cost now or its previous run is
     still going (the new one would only be skipped, every minute), or ``missed`` /
     ``skipped`` when it can no longer run. Budgets are read, not spent (the run spends), once
     a tick; one that grants the cost within ``BUDGET_SLACK`` seconds counts (the run waits that
@@ -173,6 +173,8 @@ class Gate:
             ended = item.due_at - job.retry_later["after"]
             if catchup.superseded(now, Schedule(job.schedule, zone(config.timezone)).next_after(ended)):
                 return SKIPPED, catchup.SUPERSEDED
+        if store.job_states([job.name], recent=1)[job.name].paused:
+            return "queued", "paused"  # started, it would only be skipped, every minute: waits for resume
         running = store.running_runs([job.name])
         if running and len(store.liveness.gone(running)) < len(running):
             return "queued", "locked"  # its previous run is still going: the new one would only skip

@@ -149,22 +149,30 @@ def test_a_backfill_of_five_slots_runs_five_times_through_a_one_token_a_minute_b
     assert result.stderr.startswith("warning: no `schedsync tick` ran in the last 3 minutes")
     shown = cli_at(project, "2026-12-04 08:59", "status", "daily")
     assert "5 items waiting for `schedsync tick`" in shown.stdout, shown.stdout
-    # Ticks 2 minutes apart: a run spends its token when its (faked) clock has moved on from
-    # the tick's minute by its start-up, which a loaded box makes seconds; a minute apart, the
-    # next run could find the token a few seconds short and skip rate_limited.
-    for n in range(5):
+    # One run a tick, 2 minutes apart, until every slot ran (bounded): a run spends its token
+    # when its own faked clock has moved on by its start-up, seconds on a loaded box, so a
+    # run may come up short and skip rate_limited; its item then waits for the next tick.
+    done = 0
+    for n in range(10):
         tick(project, f"2026-12-04 09:{2 * n:02d}:00")
-        finished(project, "daily", n + 1)
+        done = len(finished(project, "daily", done + 1))
         tick(project, f"2026-12-04 09:{2 * n:02d}:00")  # the same minute: the token is spent
-    history = finished(project, "daily", 5)
-    assert [r["trigger"] for r in history] == ["backfill"] * 5
-    assert ran(project) == [f"2026-{d}T06:00:00Z" for d in ("11-28", "11-29", "11-30", "12-01", "12-02")]
-    assert "waiting for `schedsync tick`" not in cli_at(project, "2026-12-04 09:10", "status", "daily").stdout
+        if len(ran(project)) == 5:
+            break
+    history = [(r["slot"], r["status"], r["reason"], r["error"]) for r in project.history("daily")]
+    assert sorted(ran(project)) == [f"2026-{d}T06:00:00Z" for d in ("11-28", "11-29", "11-30", "12-01", "12-02")], \
+        history
+    assert ran(project)[0] == "2026-11-28T06:00:00Z", history  # oldest first
+    assert {r["trigger"] for r in project.history("daily")} == {"backfill"}
+    assert [r[1] for r in history].count("success") == 5, history
+    last = 2 * n
+    at = f"2026-12-04 09:{last + 1:02d}"
+    assert "waiting for `schedsync tick`" not in cli_at(project, at, "status", "daily").stdout
     # asked for again (the first backfill met the same bug): queued again, and no warning now
-    again = cli_at(project, "2026-12-04 09:10", "backfill", "daily", "--from", "2026-12-02", "--to", "2026-12-02")
+    again = cli_at(project, at, "backfill", "daily", "--from", "2026-12-02", "--to", "2026-12-02")
     assert (again.stdout.split(";")[0], again.stderr) == ("daily: 1 slot queued for backfill", "")
-    tick(project, "2026-12-04 09:12:00")
-    assert finished(project, "daily", 6)[-1]["slot"] == "2026-12-02T06:00:00Z"
+    tick(project, f"2026-12-04 09:{last + 2:02d}:00")
+    assert finished(project, "daily", len(history) + 1)[-1]["slot"] == "2026-12-02T06:00:00Z"
 
 
 def test_backfill_cancel_empties_the_queue(project):

@@ -29,7 +29,8 @@ def finished(project, job: str, count: int, timeout: float = 60) -> list[dict]:
     while True:
         runs = [r for r in project.history(job) if r["status"] != "running"]
         if len(runs) >= count or time.monotonic() > deadline:
-            assert len(runs) == count, runs
+            assert len(runs) == count, [(r["status"], r["trigger"], r["reason"], r["error"], r["output"],
+                                         r["exit_code"]) for r in runs]
             return runs[::-1]
         time.sleep(0.1)
 
